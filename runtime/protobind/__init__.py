@@ -1,0 +1,44 @@
+"""protobind: one protobuf contract, served over gRPC, REST/JSON (Connect) and NATS by configuration.
+
+Importing this package loads no transport library; ``grpc``, ``nats`` and ``starlette`` are
+imported when a URL of their scheme is first used.
+"""
+
+from .client import Channel, RequestStream, connect
+from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
+from .context import CallInfo, Context
+from .errors import Code, RpcError
+from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
+from .metadata import Metadata, MetadataLike
+from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo, check_generated_api
+from .server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JSON",
+    "PROTO",
+    "CallInfo",
+    "Channel",
+    "ClientInterceptor",
+    "Code",
+    "Codec",
+    "Context",
+    "Handler",
+    "Idempotency",
+    "Invoker",
+    "JsonCodec",
+    "Metadata",
+    "MetadataLike",
+    "MethodInfo",
+    "MethodKind",
+    "ProtoCodec",
+    "RequestStream",
+    "RpcError",
+    "Server",
+    "ServerInterceptor",
+    "ServiceInfo",
+    "__version__",
+    "check_generated_api",
+    "connect",
+]

@@ -1,0 +1,193 @@
+"""``Channel`` and ``connect()``: the client side that generated clients call into."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from .context import CallInfo
+from .errors import Code, RpcError
+from .interceptors import ClientInterceptor, Invoker, chain_client
+from .metadata import MetadataLike
+from .method import MethodInfo
+from .transport import ClientTransport, query_options, transport_module
+
+ReqT = TypeVar("ReqT", bound=Message)
+RespT = TypeVar("RespT", bound=Message)
+
+#: What client-streaming and bidi methods accept as requests.
+RequestStream = AsyncIterable[ReqT] | Iterable[ReqT]
+
+
+async def _as_async_iterator(requests: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield request
+    else:
+        for request in requests:
+            yield request
+
+
+async def _single(request: Any) -> AsyncIterator[Any]:
+    yield request
+
+
+class Channel:
+    """A connection to one server URL, shared by any number of generated clients.
+
+    Use it as an async context manager (``async with protobind.connect(url) as channel``), or call
+    :meth:`close` when done. It connects on first use if not opened explicitly.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        interceptors: Sequence[ClientInterceptor] = (),
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.interceptors = tuple(interceptors)
+        self._options = query_options(url, options)
+        self._transport: ClientTransport | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._unary: Invoker = self._unary_first_call
+        self._stream: Invoker = self._stream_first_call
+
+    @property
+    def transport(self) -> ClientTransport:
+        if self._transport is None:
+            raise RuntimeError("channel is not open")
+        return self._transport
+
+    async def open(self) -> Channel:
+        """Connect now (otherwise the first call connects)."""
+        if self._transport is not None:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._transport is None:
+                module = transport_module(self.url)
+                transport: ClientTransport = await module.dial(self.url, self._options)
+                self._unary = chain_client(transport.unary, self.interceptors)
+                self._stream = chain_client(self._open_stream_with(transport), self.interceptors)
+                self._transport = transport
+        return self
+
+    @staticmethod
+    def _open_stream_with(transport: ClientTransport) -> Invoker:
+        async def open_stream(requests: Any, call: CallInfo) -> Any:
+            return transport.stream(requests, call)
+
+        return open_stream
+
+    async def _unary_first_call(self, request: Any, call: CallInfo) -> Any:
+        await self.open()
+        return await self._unary(request, call)
+
+    async def _stream_first_call(self, requests: Any, call: CallInfo) -> Any:
+        await self.open()
+        return await self._stream(requests, call)
+
+    async def close(self) -> None:
+        transport, self._transport = self._transport, None
+        self._unary = self._unary_first_call
+        self._stream = self._stream_first_call
+        if transport is not None:
+            await transport.close()
+
+    async def __aenter__(self) -> Channel:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- the four call shapes generated clients use -------------------------------------------
+
+    async def unary(
+        self,
+        method: MethodInfo[ReqT, RespT],
+        request: ReqT,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> RespT:
+        _check_request(method, request)
+        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        return await self._unary(request, call)  # type: ignore[no-any-return]
+
+    async def server_stream(
+        self,
+        method: MethodInfo[ReqT, RespT],
+        request: ReqT,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> AsyncIterator[RespT]:
+        _check_request(method, request)
+        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        responses = await self._stream(_single(request), call)
+        async for response in responses:
+            yield response
+
+    async def client_stream(
+        self,
+        method: MethodInfo[ReqT, RespT],
+        requests: RequestStream[ReqT],
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> RespT:
+        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        responses = await self._stream(_checked(method, requests), call)
+        result: RespT | None = None
+        async for response in responses:
+            result = response
+        if result is None:
+            raise RpcError(Code.INTERNAL, f"{method.full_name}: server closed the stream without a response")
+        return result
+
+    async def bidi_stream(
+        self,
+        method: MethodInfo[ReqT, RespT],
+        requests: RequestStream[ReqT],
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> AsyncIterator[RespT]:
+        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        responses = await self._stream(_checked(method, requests), call)
+        async for response in responses:
+            yield response
+
+
+def _check_request(method: MethodInfo[Any, Any], request: object) -> None:
+    if not isinstance(request, method.input_type):
+        raise TypeError(
+            f"{method.full_name} takes {method.input_type.DESCRIPTOR.full_name}, not {type(request).__name__}"
+        )
+
+
+async def _checked(
+    method: MethodInfo[Any, Any], requests: AsyncIterable[Any] | Iterable[Any]
+) -> AsyncIterator[Any]:
+    async for request in _as_async_iterator(requests):
+        _check_request(method, request)
+        yield request
+
+
+def connect(
+    url: str,
+    *,
+    interceptors: Sequence[ClientInterceptor] = (),
+    options: Mapping[str, Any] | None = None,
+) -> Channel:
+    """A :class:`Channel` to ``url`` (``inproc://``, ``grpc://``, ``grpcs://``, ``http://``,
+    ``https://``, ``nats://``, ``tls://``). Transport options come from the URL's query string and
+    ``options``. Use it as ``async with protobind.connect(url) as channel:``."""
+    transport_module(url)  # fail now on an unknown scheme or a missing extra
+    return Channel(url, interceptors=interceptors, options=options)

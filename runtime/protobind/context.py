@@ -1,0 +1,186 @@
+"""Per-call state: :class:`Context` on the server side, :class:`CallInfo` on the client side.
+
+Deadlines are absolute ``time.monotonic()`` values (the clock asyncio's loop uses), so they can be
+compared and converted to a wire timeout (``grpc-timeout``, ``Connect-Timeout-Ms``, a NATS header)
+without drift between clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from .metadata import Metadata, MetadataLike, as_metadata
+
+if TYPE_CHECKING:
+    from .method import MethodInfo
+
+
+class Context:
+    """What a handler knows about the call it serves.
+
+    - ``metadata``: the request metadata (case-insensitive).
+    - ``set_header()`` / ``set_trailer()``: response metadata, sent before / after the response.
+    - ``deadline`` / ``time_remaining()``: when the caller gives up (``None``: never).
+    - ``method``: ``package.Service/Method``; ``method_info`` the full :class:`MethodInfo`.
+    - ``transport``: ``"grpc" | "http" | "nats" | "inproc"``; ``peer``: the caller's address.
+    - ``cancelled()``: true once the caller went away or the deadline passed. The handler's task is
+      also cancelled then, so a handler blocked in ``await`` sees ``asyncio.CancelledError``.
+    """
+
+    __slots__ = (
+        "_cancelled",
+        "_headers",
+        "_trailers",
+        "deadline",
+        "metadata",
+        "method_info",
+        "peer",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        method_info: MethodInfo[Any, Any],
+        transport: str,
+        *,
+        metadata: Metadata | None = None,
+        deadline: float | None = None,
+        peer: str = "",
+    ) -> None:
+        self.method_info = method_info
+        self.transport = transport
+        self.metadata = metadata if metadata is not None else Metadata()
+        self.deadline = deadline
+        self.peer = peer
+        self._headers: Metadata | None = None
+        self._trailers: Metadata | None = None
+        self._cancelled = False
+
+    @property
+    def method(self) -> str:
+        return self.method_info.full_name
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline (never negative), or ``None`` without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def set_header(self, key: str, value: str | bytes) -> None:
+        """Add a response header. Headers set after the first response message may be dropped."""
+        if self._headers is None:
+            self._headers = Metadata()
+        self._headers.add(key, value)
+
+    def set_trailer(self, key: str, value: str | bytes) -> None:
+        """Add a response trailer, sent with the end of the call (also when it fails)."""
+        if self._trailers is None:
+            self._trailers = Metadata()
+        self._trailers.add(key, value)
+
+    @property
+    def response_headers(self) -> Metadata:
+        """Headers set so far (for transports and interceptors)."""
+        return self._headers if self._headers is not None else Metadata()
+
+    @property
+    def response_trailers(self) -> Metadata:
+        """Trailers set so far (for transports and interceptors)."""
+        return self._trailers if self._trailers is not None else Metadata()
+
+    def cancelled(self) -> bool:
+        """True once the caller cancelled or the deadline passed."""
+        return self._cancelled or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def cancel(self) -> None:
+        """Mark the call cancelled (transports call this when the caller goes away)."""
+        self._cancelled = True
+
+    def __repr__(self) -> str:
+        return f"Context(method={self.method!r}, transport={self.transport!r}, peer={self.peer!r})"
+
+
+class CallInfo:
+    """Client side of one call: what goes out and what came back.
+
+    Pass one as ``call=`` to a generated client method to read the response ``headers`` and
+    ``trailers`` afterwards (also after an :class:`RpcError`). Client interceptors receive the
+    ``CallInfo`` of every call and may change ``metadata`` or ``timeout`` before it is sent.
+    """
+
+    __slots__ = ("deadline", "headers", "metadata", "method", "trailers")
+
+    def __init__(self) -> None:
+        self.method: MethodInfo[Any, Any] | None = None
+        self.metadata: Metadata = Metadata()
+        self.deadline: float | None = None
+        self.headers: Metadata = Metadata()
+        self.trailers: Metadata = Metadata()
+
+    def prepare(
+        self, method: MethodInfo[Any, Any], timeout: float | None, metadata: MetadataLike | None
+    ) -> CallInfo:
+        self.method = method
+        if metadata is not None:
+            self.metadata = (
+                as_metadata(metadata).copy() if isinstance(metadata, Metadata) else Metadata(metadata)
+            )
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        return self
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds left until the deadline (may be negative once passed), or ``None``."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.deadline = None if value is None else time.monotonic() + value
+
+
+class DeadlineScope:
+    """Cancel the current task at ``deadline``; turn that cancellation into DEADLINE_EXCEEDED.
+
+    ``async with DeadlineScope(deadline):`` costs nothing when ``deadline`` is ``None``. It is used
+    by the server side of every transport around the handler, and by clients that must stop waiting.
+    """
+
+    __slots__ = ("_deadline", "_expired", "_handle", "_task")
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> DeadlineScope:
+        if self._deadline is not None:
+            from .errors import Code, RpcError
+
+            if self._deadline <= time.monotonic():
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            self._task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            # loop.time() and time.monotonic() are the same clock in asyncio's default loop, but
+            # converting keeps us right on loops where they differ.
+            when = loop.time() + (self._deadline - time.monotonic())
+            self._handle = loop.call_at(when, self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            task = self._task
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            from .errors import Code, RpcError
+
+            raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")

@@ -1,0 +1,187 @@
+"""``Server``: the registered services, their endpoints, and the bindings that serve them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from .context import Context, DeadlineScope
+from .errors import Code, RpcError
+from .interceptors import Handler, ServerInterceptor, chain_server
+from .method import MethodInfo, MethodKind, ServiceInfo
+from .transport import ServerBinding, query_options, transport_module
+
+logger = logging.getLogger("protobind.server")
+
+INTERNAL_MESSAGE = "internal error"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One servable method: its description and its handler with the interceptors applied."""
+
+    method: MethodInfo[Any, Any]
+    handler: Handler
+
+
+def service_info(service: object) -> ServiceInfo:
+    """The :class:`ServiceInfo` of an implementation of a generated ``{Service}Service`` class."""
+    info = getattr(type(service), "PROTOBIND_SERVICE", None)
+    if not isinstance(info, ServiceInfo):
+        raise TypeError(
+            f"{type(service).__name__} is not a protobind service: subclass a generated `...Service` class"
+        )
+    return info
+
+
+def _user_handler(service: object, method: MethodInfo[Any, Any]) -> Handler:
+    fn = getattr(service, method.python_name)
+    if method.kind in (MethodKind.UNARY, MethodKind.CLIENT_STREAMING):
+        return fn  # type: ignore[no-any-return]
+
+    async def open_stream(request: Any, context: Context) -> Any:
+        return fn(request, context)
+
+    return open_stream
+
+
+def to_rpc_error(exc: BaseException, context: Context | None = None) -> RpcError:
+    """The error a caller sees for ``exc``. Unexpected exceptions are logged and become INTERNAL
+    with a generic message: exception text never leaves the process."""
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return RpcError(Code.CANCELLED, "call cancelled")
+    method = context.method if context is not None else "?"
+    logger.error("handler of %s raised", method, exc_info=exc)
+    return RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
+
+
+def _check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
+    if type(response) is not method.output_type:
+        if isinstance(response, method.output_type):
+            return response  # type: ignore[no-any-return]
+        logger.error(
+            "handler of %s returned %s, expected %s",
+            method.full_name,
+            type(response).__name__,
+            method.output_type.DESCRIPTOR.full_name,
+        )
+        raise RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
+    return response  # type: ignore[no-any-return]
+
+
+async def invoke_unary(endpoint: Endpoint, request: Any, context: Context) -> Message:
+    """Run a unary or client-streaming endpoint under the context's deadline.
+
+    Returns the response message or raises :class:`RpcError` (never anything else but
+    ``CancelledError`` when the transport itself cancels the task).
+    """
+    try:
+        if context.deadline is None:
+            response = await endpoint.handler(request, context)
+        else:
+            async with DeadlineScope(context.deadline):
+                response = await endpoint.handler(request, context)
+        return _check_response(endpoint.method, response)
+    except RpcError:
+        raise
+    except asyncio.CancelledError:
+        context.cancel()
+        raise
+    except Exception as exc:
+        raise to_rpc_error(exc, context) from None
+
+
+async def invoke_stream(endpoint: Endpoint, request: Any, context: Context) -> AsyncIterator[Message]:
+    """Run a server- or bidi-streaming endpoint; yield its responses, raise :class:`RpcError`.
+
+    The deadline applies to the whole stream, in the task that iterates this generator.
+    """
+    scope = DeadlineScope(context.deadline)
+    try:
+        async with scope:
+            responses = await endpoint.handler(request, context)
+            async for response in responses:
+                yield _check_response(endpoint.method, response)
+    except RpcError:
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        context.cancel()
+        raise
+    except Exception as exc:
+        raise to_rpc_error(exc, context) from None
+
+
+class Server:
+    """Serve protobind services on one or more URLs.
+
+    ``Server([Greeter()], interceptors=[...])`` registers the services;
+    ``await server.start("grpc://127.0.0.1:50051", "nats://127.0.0.1:4222")`` binds them;
+    ``await server.stop(grace=5.0)`` refuses new calls and drains in-flight ones.
+    ``transport_options`` maps a scheme (``"grpc"``, ``"http"``, ...) to options for that
+    transport, merged over the URL's query string.
+    """
+
+    def __init__(
+        self,
+        services: Iterable[object],
+        *,
+        interceptors: Sequence[ServerInterceptor] = (),
+        transport_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.services: list[ServiceInfo] = []
+        self.implementations: list[object] = []
+        self.endpoints: dict[str, Endpoint] = {}
+        self.interceptors = tuple(interceptors)
+        self.transport_options = {k: dict(v) for k, v in (transport_options or {}).items()}
+        self.bindings: list[ServerBinding] = []
+        for service in services:
+            self.add_service(service)
+
+    def add_service(self, service: object) -> None:
+        info = service_info(service)
+        if any(s.name == info.name for s in self.services):
+            raise ValueError(f"service {info.name} registered twice")
+        self.services.append(info)
+        self.implementations.append(service)
+        for method in info.methods:
+            handler = chain_server(_user_handler(service, method), self.interceptors)
+            self.endpoints[method.path] = Endpoint(method, handler)
+
+    @property
+    def urls(self) -> list[str]:
+        """The bound URLs, with real port numbers."""
+        return [binding.url for binding in self.bindings]
+
+    async def start(self, *urls: str) -> list[str]:
+        """Bind every URL; return the bound URLs. On failure, bindings already started are stopped."""
+        started: list[ServerBinding] = []
+        try:
+            for url in urls:
+                module = transport_module(url)
+                scheme = url.partition(":")[0]
+                options = query_options(url, self.transport_options.get(scheme))
+                started.append(await module.serve(self, url, options))
+        except BaseException:
+            for binding in started:
+                await binding.stop(0)
+            raise
+        self.bindings.extend(started)
+        return [binding.url for binding in started]
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop every binding: new calls are refused at once, in-flight calls get ``grace`` seconds."""
+        bindings, self.bindings = self.bindings, []
+        await asyncio.gather(*(binding.stop(grace) for binding in bindings))
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
