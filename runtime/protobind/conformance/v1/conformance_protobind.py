@@ -12,50 +12,24 @@ from protobind.conformance.v1 import conformance_pb2 as _conformance_pb2
 protobind.check_generated_api(1, __name__)
 
 _CONFORMANCE_SERVICE_DESCRIPTOR = _conformance_pb2.DESCRIPTOR.services_by_name["ConformanceService"]
-CONFORMANCE_SERVICE_UNARY: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = (
-    protobind.MethodInfo.from_descriptor(
-        _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["Unary"],
-        _conformance_pb2.Request,
-        _conformance_pb2.Response,
-    )
+CONFORMANCE_SERVICE_UNARY: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = protobind.MethodInfo.from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["Unary"], _conformance_pb2.Request, _conformance_pb2.Response
 )
-CONFORMANCE_SERVICE_LOOKUP: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = (
-    protobind.MethodInfo.from_descriptor(
-        _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["Lookup"],
-        _conformance_pb2.Request,
-        _conformance_pb2.Response,
-    )
+CONFORMANCE_SERVICE_LOOKUP: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = protobind.MethodInfo.from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["Lookup"], _conformance_pb2.Request, _conformance_pb2.Response
 )
-CONFORMANCE_SERVICE_SERVER_STREAM: protobind.MethodInfo[
-    _conformance_pb2.Request, _conformance_pb2.Response
-] = protobind.MethodInfo.from_descriptor(
-    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["ServerStream"],
-    _conformance_pb2.Request,
-    _conformance_pb2.Response,
+CONFORMANCE_SERVICE_SERVER_STREAM: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = protobind.MethodInfo.from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["ServerStream"], _conformance_pb2.Request, _conformance_pb2.Response
 )
-CONFORMANCE_SERVICE_CLIENT_STREAM: protobind.MethodInfo[
-    _conformance_pb2.Request, _conformance_pb2.Response
-] = protobind.MethodInfo.from_descriptor(
-    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["ClientStream"],
-    _conformance_pb2.Request,
-    _conformance_pb2.Response,
+CONFORMANCE_SERVICE_CLIENT_STREAM: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = protobind.MethodInfo.from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["ClientStream"], _conformance_pb2.Request, _conformance_pb2.Response
 )
-CONFORMANCE_SERVICE_BIDI_STREAM: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = (
-    protobind.MethodInfo.from_descriptor(
-        _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["BidiStream"],
-        _conformance_pb2.Request,
-        _conformance_pb2.Response,
-    )
+CONFORMANCE_SERVICE_BIDI_STREAM: protobind.MethodInfo[_conformance_pb2.Request, _conformance_pb2.Response] = protobind.MethodInfo.from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["BidiStream"], _conformance_pb2.Request, _conformance_pb2.Response
 )
 CONFORMANCE_SERVICE_SERVICE_INFO = protobind.ServiceInfo(
     "protobind.conformance.v1.ConformanceService",
-    (
-        CONFORMANCE_SERVICE_UNARY,
-        CONFORMANCE_SERVICE_LOOKUP,
-        CONFORMANCE_SERVICE_SERVER_STREAM,
-        CONFORMANCE_SERVICE_CLIENT_STREAM,
-        CONFORMANCE_SERVICE_BIDI_STREAM,
-    ),
+    (CONFORMANCE_SERVICE_UNARY, CONFORMANCE_SERVICE_LOOKUP, CONFORMANCE_SERVICE_SERVER_STREAM, CONFORMANCE_SERVICE_CLIENT_STREAM, CONFORMANCE_SERVICE_BIDI_STREAM, ),
     _CONFORMANCE_SERVICE_DESCRIPTOR,
 )
 
@@ -72,46 +46,31 @@ class ConformanceServiceService:
         self, request: _conformance_pb2.Request, context: protobind.Context
     ) -> _conformance_pb2.Response:
         """Echoes the request; applies `behavior` first."""
-        raise protobind.RpcError(
-            protobind.Code.UNIMPLEMENTED,
-            "protobind.conformance.v1.ConformanceService/Unary is not implemented",
-        )
+        raise protobind.RpcError(protobind.Code.UNIMPLEMENTED, "protobind.conformance.v1.ConformanceService/Unary is not implemented")
 
     async def lookup(
         self, request: _conformance_pb2.Request, context: protobind.Context
     ) -> _conformance_pb2.Response:
         """Same as Unary, marked side-effect free (Connect GET)."""
-        raise protobind.RpcError(
-            protobind.Code.UNIMPLEMENTED,
-            "protobind.conformance.v1.ConformanceService/Lookup is not implemented",
-        )
+        raise protobind.RpcError(protobind.Code.UNIMPLEMENTED, "protobind.conformance.v1.ConformanceService/Lookup is not implemented")
 
     def server_stream(
         self, request: _conformance_pb2.Request, context: protobind.Context
     ) -> AsyncIterator[_conformance_pb2.Response]:
         """Sends `behavior.stream_count` responses."""
-        raise protobind.RpcError(
-            protobind.Code.UNIMPLEMENTED,
-            "protobind.conformance.v1.ConformanceService/ServerStream is not implemented",
-        )
+        raise protobind.RpcError(protobind.Code.UNIMPLEMENTED, "protobind.conformance.v1.ConformanceService/ServerStream is not implemented")
 
     async def client_stream(
         self, requests: AsyncIterator[_conformance_pb2.Request], context: protobind.Context
     ) -> _conformance_pb2.Response:
         """Counts the requests and joins their texts."""
-        raise protobind.RpcError(
-            protobind.Code.UNIMPLEMENTED,
-            "protobind.conformance.v1.ConformanceService/ClientStream is not implemented",
-        )
+        raise protobind.RpcError(protobind.Code.UNIMPLEMENTED, "protobind.conformance.v1.ConformanceService/ClientStream is not implemented")
 
     def bidi_stream(
         self, requests: AsyncIterator[_conformance_pb2.Request], context: protobind.Context
     ) -> AsyncIterator[_conformance_pb2.Response]:
         """Answers each request with one response."""
-        raise protobind.RpcError(
-            protobind.Code.UNIMPLEMENTED,
-            "protobind.conformance.v1.ConformanceService/BidiStream is not implemented",
-        )
+        raise protobind.RpcError(protobind.Code.UNIMPLEMENTED, "protobind.conformance.v1.ConformanceService/BidiStream is not implemented")
 
 
 class ConformanceServiceClient:
@@ -162,9 +121,7 @@ class ConformanceServiceClient:
         call: protobind.CallInfo | None = None,
     ) -> _conformance_pb2.Response:
         """Counts the requests and joins their texts."""
-        return await self.channel.client_stream(
-            CONFORMANCE_SERVICE_CLIENT_STREAM, requests, timeout, metadata, call
-        )
+        return await self.channel.client_stream(CONFORMANCE_SERVICE_CLIENT_STREAM, requests, timeout, metadata, call)
 
     def bidi_stream(
         self,

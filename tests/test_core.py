@@ -1,0 +1,199 @@
+"""The core: codes, errors, metadata, codecs, interceptors, the lazy import rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import protobind
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2
+from protobind import Code, Metadata, RpcError
+from protobind.conformance.v1.conformance_pb2 import Request, Response
+from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
+
+from .conformance import Conformance
+
+
+def test_import_loads_no_transport_library() -> None:
+    code = (
+        "import sys, protobind, protobind.conformance.v1.conformance_protobind\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('grpc', 'nats', 'starlette', 'uvicorn', 'pyqwest', 'aiohttp', 'httpx', 'jinja2', 'grpc_tools'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names() -> None:
+    assert set(protobind.__all__) == {
+        "CallInfo",
+        "Channel",
+        "ClientInterceptor",
+        "Code",
+        "Codec",
+        "Context",
+        "Handler",
+        "Idempotency",
+        "Invoker",
+        "JSON",
+        "JsonCodec",
+        "Metadata",
+        "MetadataLike",
+        "MethodInfo",
+        "MethodKind",
+        "PROTO",
+        "ProtoCodec",
+        "RequestStream",
+        "RpcError",
+        "Server",
+        "ServerInterceptor",
+        "ServiceInfo",
+        "__version__",
+        "check_generated_api",
+        "connect",
+    }
+    assert all(hasattr(protobind, name) for name in protobind.__all__)
+
+
+def test_codes_match_grpc() -> None:
+    assert len(Code) == 17
+    assert Code.OK == 0 and Code.UNAUTHENTICATED == 16 and Code.DATA_LOSS == 15
+    assert Code.CANCELLED.connect_name == "canceled"
+    for code in Code:
+        assert Code.from_connect_name(code.connect_name) is code
+    assert Code.from_number(99) is Code.UNKNOWN
+    assert Code.from_connect_name("bogus") is Code.UNKNOWN
+
+
+def test_error_status_roundtrip_with_details() -> None:
+    info = error_details_pb2.ErrorInfo(reason="R", domain="d")
+    unknown = any_pb2.Any(type_url="type.googleapis.com/not.a.Known", value=b"\x01")
+    err = RpcError(Code.NOT_FOUND, "missing", [info, unknown])
+    back = RpcError.from_status(err.to_status())
+    assert back.code is Code.NOT_FOUND and back.message == "missing"
+    assert back.details[0] == info
+    assert back.details[1] == unknown  # an unknown type stays an Any
+    assert str(err) == "NOT_FOUND: missing"
+
+
+def test_metadata_is_case_insensitive_and_multi_valued() -> None:
+    md = Metadata({"X-User": "ada"})
+    md.add("x-tag", "a")
+    md.add("X-Tag", "b")
+    assert md["x-user"] == "ada" and "X-USER" in md
+    assert md.get_all("x-tag") == ["a", "b"]
+    assert list(md.items()) == [("x-user", "ada"), ("x-tag", "a"), ("x-tag", "b")]
+    md["x-tag"] = "c"
+    assert md.get_all("X-TAG") == ["c"]
+    assert Metadata([("a", "1"), ("A", "2")]).get_all("a") == ["1", "2"]
+    assert md == {"x-user": "ada", "x-tag": "c"}
+
+
+def test_codecs() -> None:
+    msg = Request(text="é", number=2**53 + 1, labels={"k": "v"})
+    assert protobind.PROTO.decode(protobind.PROTO.encode(msg), Request) == msg
+    data = protobind.JSON.encode(msg)
+    assert b'"number":"9007199254740993"' in data  # int64 as a string, proto3 JSON
+    assert protobind.JSON.decode(data, Request) == msg
+    assert protobind.JSON.decode(b"", Request) == Request()
+    with pytest.raises(RpcError) as info:
+        protobind.JSON.decode(b'{"nope": 1}', Request)
+    assert info.value.code is Code.INVALID_ARGUMENT and "nope" in info.value.message
+    assert (
+        protobind.JsonCodec(ignore_unknown_fields=True).decode(b'{"nope":1,"text":"t"}', Request).text == "t"
+    )
+    for bad in (b"{", b"\xff\xfe", b'{"number": "x"}', b"[1]"):
+        with pytest.raises(RpcError) as info:
+            protobind.JSON.decode(bad, Request)
+        assert info.value.code is Code.INVALID_ARGUMENT
+    with pytest.raises(RpcError) as info:
+        protobind.PROTO.decode(b"\xff\xff\xff", Request)
+    assert info.value.code is Code.INVALID_ARGUMENT
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    async def intercept(self, next_: Any, request: Any, ctx: Any) -> Any:
+        self.log.append(f"{self.name}>")
+        try:
+            return await next_(request, ctx)
+        finally:
+            self.log.append(f"<{self.name}")
+
+
+class Deny:
+    async def intercept(self, next_: Any, request: Any, context: protobind.Context) -> Any:
+        if context.metadata.get("authorization") != "Bearer ok":
+            raise RpcError(Code.UNAUTHENTICATED, "no token")
+        return await next_(request, context)
+
+
+class AddToken:
+    async def intercept(self, next_: Any, request: Any, call: protobind.CallInfo) -> Any:
+        call.metadata["authorization"] = "Bearer ok"
+        return await next_(request, call)
+
+
+async def test_interceptors_order_and_auth() -> None:
+    log: list[str] = []
+    server = protobind.Server(
+        [Conformance()], interceptors=[Recorder("s1", log), Recorder("s2", log), Deny()]
+    )
+    await server.start("inproc://interceptors")
+    try:
+        async with protobind.connect("inproc://interceptors") as plain:
+            with pytest.raises(RpcError) as info:
+                await ConformanceServiceClient(plain).unary(Request(text="x"))
+            assert info.value.code is Code.UNAUTHENTICATED
+        log.clear()
+        channel = protobind.connect("inproc://interceptors", interceptors=[Recorder("c1", log), AddToken()])
+        async with channel:
+            client = ConformanceServiceClient(channel)
+            reply = await client.unary(Request(text="x"))
+            assert isinstance(reply, Response)
+            assert log == ["c1>", "s1>", "s2>", "<s2", "<s1", "<c1"]
+            # the same interceptors see streaming calls
+            log.clear()
+            got = [r async for r in client.server_stream(Request(behavior={"stream_count": 2}))]
+            assert len(got) == 2 and log[0] == "c1>" and "s1>" in log
+    finally:
+        await server.stop()
+
+
+async def test_server_rejects_non_services_and_duplicates() -> None:
+    with pytest.raises(TypeError, match="not a protobind service"):
+        protobind.Server([object()])
+    with pytest.raises(ValueError, match="registered twice"):
+        protobind.Server([Conformance(), Conformance()])
+
+
+async def test_unknown_scheme_and_unbound_inproc() -> None:
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        protobind.connect("ftp://x")
+    async with protobind.connect("inproc://nobody") as channel:
+        with pytest.raises(RpcError) as info:
+            await ConformanceServiceClient(channel).unary(Request())
+        assert info.value.code is Code.UNAVAILABLE
+
+
+async def test_graceful_stop_inproc() -> None:
+    import asyncio
+
+    service = Conformance()
+    server = protobind.Server([service])
+    await server.start("inproc://drain")
+    async with protobind.connect("inproc://drain") as channel:
+        client = ConformanceServiceClient(channel)
+        slow = asyncio.ensure_future(client.unary(Request(text="slow", behavior={"sleep_ms": 200})))
+        await service.started.wait()
+        await server.stop(grace=2.0)
+        assert (await slow).text == "slow"  # the in-flight call finished
+        with pytest.raises(RpcError) as info:
+            await client.unary(Request())
+        assert info.value.code is Code.UNAVAILABLE  # new calls are refused
