@@ -1,0 +1,166 @@
+"""protobind vs the raw libraries, same machine, same run.
+
+    python -m benchmarks.run                       # every pair, 100 B payloads, 3 rounds
+    python -m benchmarks.run --only grpc,nats --payloads 100,16384 --duration 5
+
+Each server runs in its own process and each client in another (the inproc binding, having no
+wire, runs both in the client process). Per round and pair, protobind and its raw peer are
+measured back to back, in alternating order. Reported: sequential p50/p99 latency and throughput
+with ``--concurrency`` calls in flight, as medians over rounds with min-max, and the ratios
+protobind / raw computed from the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import peers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start_server(kind: str, nats_url: str | None) -> tuple[subprocess.Popen[str], str]:
+    args = [sys.executable, "-m", "benchmarks.serve", kind, "127.0.0.1"]
+    if nats_url:
+        args.append(nats_url)
+    proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"server {kind} did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def _stop_server(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | None) -> dict[str, float]:
+    inproc = kind.endswith("-inproc")
+    proc, url = (None, "inproc") if inproc else _start_server(kind, nats_url)
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.drive",
+                kind,
+                url,
+                "--payload",
+                str(payload),
+                "--concurrency",
+                str(args.concurrency),
+                "--duration",
+                str(args.duration),
+                "--sequential",
+                str(args.sequential),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=args.duration * 4 + 120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"client {kind} failed:\n{out.stderr[-2000:]}")
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        if proc is not None:
+            _stop_server(proc)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated pair labels (inproc, grpc, nats, ...)")
+    parser.add_argument("--payloads", default="100", help="payload sizes in bytes, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds of each throughput run")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--sequential", type=int, default=1000, help="calls in the latency run")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
+    args = parser.parse_args()
+
+    only = {s for s in args.only.split(",") if s}
+    pairs = [p for p in peers.PAIRS if not only or p[0] in only]
+    if not pairs:
+        parser.error(f"no pair matches --only; known: {', '.join(p[0] for p in peers.PAIRS)}")
+    nats_url, stop_nats = None, None
+    if any("nats" in p[0] for p in pairs):
+        nats_url = os.environ.get("PROTOBIND_NATS_URL")
+        if not nats_url:
+            from protobind._nats_embedded import start_nats_server
+
+            nats_url, stop_nats = start_nats_server()
+
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "args": vars(args),
+        "pairs": [],
+    }
+    try:
+        for payload in [int(p) for p in args.payloads.split(",")]:
+            for label, ours, raw in pairs:
+                kinds = [ours] + ([raw] if raw else [])
+                samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+                for round_no in range(args.rounds):
+                    order = kinds if round_no % 2 == 0 else kinds[::-1]
+                    for kind in order:
+                        samples[kind].append(measure(kind, args, payload, nats_url))
+                        time.sleep(0.2)
+                entry: dict[str, Any] = {"pair": label, "payload": payload, "peers": {}}
+                for kind in kinds:
+                    entry["peers"][kind] = {
+                        metric: _summary([s[metric] for s in samples[kind]])
+                        for metric in ("calls_per_s", "p50_us", "p99_us")
+                    }
+                if raw:
+                    a, b = entry["peers"][ours], entry["peers"][raw]
+                    entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
+                    entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
+                results["pairs"].append(entry)
+                _print_entry(entry)
+    finally:
+        if stop_nats is not None:
+            stop_nats()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {args.json}")
+
+
+def _fmt(s: dict[str, float], unit: str = "") -> str:
+    return f"{s['median']:,.0f}{unit} [{s['min']:,.0f}-{s['max']:,.0f}]"
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    print(f"\n## {entry['pair']}  payload {entry['payload']} B")
+    print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22}")
+    for kind, m in entry["peers"].items():
+        print(f"{kind:<22} {_fmt(m['calls_per_s']):<28} {_fmt(m['p50_us']):<22} {_fmt(m['p99_us']):<22}")
+    if "throughput_ratio" in entry:
+        print(
+            f"ratio protobind/raw: throughput {entry['throughput_ratio']:.2f}x, p50 {entry['p50_ratio']:.2f}x"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

