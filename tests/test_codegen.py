@@ -152,7 +152,7 @@ async def test_edge_service_over_inproc(edge_modules: Path) -> None:
                     pass
             assert info.value.code is protobind.Code.UNIMPLEMENTED
             # a wrong request type is refused before anything is sent
-            with pytest.raises(TypeError, match="takes shop.v1.Item"):
+            with pytest.raises(TypeError, match=r"takes shop\.v1\.Item"):
                 await client.get_item(money_pb2.Money())  # type: ignore[arg-type]
     finally:
         await server.stop()
