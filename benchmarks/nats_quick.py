@@ -101,10 +101,11 @@ async def pb_client(url: str, seconds: float, timeout: bool) -> tuple[float, flo
         return await drive(call, seconds)
 
 
-def serve_forever(url: str, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+def serve_forever(url: str, ready: multiprocessing.synchronize.Event, only_raw: bool) -> None:  # type: ignore[name-defined]
     async def main() -> None:
         await raw_server(url)
-        await pb_server(url)
+        if not only_raw:
+            await pb_server(url)
         ready.set()
         await asyncio.Event().wait()
 
@@ -124,12 +125,15 @@ async def main() -> None:
     try:
         if args.split:
             ready = multiprocessing.Event()
-            child = multiprocessing.Process(target=serve_forever, args=(url, ready), daemon=True)
+            child = multiprocessing.Process(
+                target=serve_forever, args=(url, ready, args.only == "raw"), daemon=True
+            )
             child.start()
             ready.wait(10)
         else:
             await raw_server(url)
-            await pb_server(url)
+            if args.only != "raw":
+                await pb_server(url)
         raw: list[tuple[float, float]] = []
         pb: list[tuple[float, float]] = []
         for _ in range(args.rounds):

@@ -11,7 +11,7 @@ makes one call. Transports add their peers here; ``PAIRS`` says which two are co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import protobind
@@ -70,5 +70,91 @@ CLIENTS["protobind-inproc"] = protobind_client
 PAIRS.append(("inproc", "protobind-inproc", None))
 
 
-async def aiter_once(item: Any) -> AsyncIterator[Any]:
-    yield item
+# --- gRPC: protobind's grpc:// binding vs a raw grpc.aio server and channel ----------------------
+
+
+async def _protobind_grpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await serve_protobind(f"grpc://{host}:0")
+
+
+async def _raw_grpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import grpc
+
+    async def unary(request: Request, context: Any) -> Response:
+        return Response(payload=request.payload)
+
+    handler = grpc.method_handlers_generic_handler(
+        "protobind.conformance.v1.ConformanceService",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=Request.FromString, response_serializer=Response.SerializeToString
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{host}:0")
+    await server.start()
+    return f"grpc://{host}:{port}", lambda: server.stop(1.0)
+
+
+async def _raw_grpc_client(url: str) -> tuple[Call, Close]:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
+    unary = channel.unary_unary(
+        UNARY_PATH, request_serializer=Request.SerializeToString, response_deserializer=Response.FromString
+    )
+
+    async def call(payload: bytes) -> Any:
+        return await unary(Request(payload=payload), timeout=30)
+
+    return call, channel.close
+
+
+SERVERS["protobind-grpc"] = _protobind_grpc_server
+CLIENTS["protobind-grpc"] = protobind_client
+SERVERS["grpc-aio"] = _raw_grpc_server
+CLIENTS["grpc-aio"] = _raw_grpc_client
+PAIRS.append(("grpc", "protobind-grpc", "grpc-aio"))
+
+
+# --- NATS: protobind's nats:// binding vs raw nats-py request/reply ------------------------------
+
+
+async def _protobind_nats_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    assert nats_url is not None
+    return await serve_protobind(nats_url)
+
+
+async def _raw_nats_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import nats
+
+    assert nats_url is not None
+    nc = await nats.connect(nats_url)
+
+    async def respond(msg: Any) -> None:
+        request = Request.FromString(msg.data)
+        await msg.respond(Response(payload=request.payload).SerializeToString())
+
+    await nc.subscribe(NATS_SUBJECT, queue="raw", cb=respond)
+    return nats_url, nc.drain
+
+
+async def _raw_nats_client(url: str) -> tuple[Call, Close]:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def call(payload: bytes) -> Any:
+        msg = await nc.request(NATS_SUBJECT, Request(payload=payload).SerializeToString(), timeout=30)
+        return Response.FromString(msg.data)
+
+    return call, nc.drain
+
+
+SERVERS["protobind-nats"] = _protobind_nats_server
+CLIENTS["protobind-nats"] = protobind_client
+SERVERS["nats-py"] = _raw_nats_server
+CLIENTS["nats-py"] = _raw_nats_client
+PAIRS.append(("nats", "protobind-nats", "nats-py"))
