@@ -1,0 +1,43 @@
+"""Load ``.proto`` files at run time (no generated code): for ``call``, ``openapi`` and ``breaking``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from protobind.method import MethodInfo, ServiceInfo
+
+from .protoc import compile_protos
+
+
+def build_pool(files: Sequence[descriptor_pb2.FileDescriptorProto]) -> descriptor_pool.DescriptorPool:
+    """A pool holding ``files`` (protoc lists dependencies before their users)."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    return pool
+
+
+def services_in(pool: descriptor_pool.DescriptorPool, file_names: Sequence[str]) -> list[ServiceInfo]:
+    """Every service declared in ``file_names``, with message classes made from ``pool``."""
+    services = []
+    for name in file_names:
+        file = pool.FindFileByName(name)
+        for service in file.services_by_name.values():
+            methods: list[MethodInfo[Any, Any]] = [
+                MethodInfo.from_descriptor(
+                    method,
+                    message_factory.GetMessageClass(method.input_type),
+                    message_factory.GetMessageClass(method.output_type),
+                )
+                for method in service.methods
+            ]
+            services.append(ServiceInfo(service.full_name, tuple(methods), service))
+    return services
+
+
+def load_services(paths: Sequence[str], includes: Sequence[str] = ()) -> list[ServiceInfo]:
+    """Compile ``paths`` and return their services; raises ``ProtoError`` on bad input."""
+    files, names = compile_protos(paths, includes)
+    return services_in(build_pool(files), names)

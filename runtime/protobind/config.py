@@ -1,0 +1,127 @@
+"""``protobind.toml``: which services to serve, on which URLs, and the URL each client uses.
+
+```toml
+[server]
+services = ["myapp.greeter:Greeter"]          # MODULE:ATTR, a class (instantiated) or an instance
+bind = ["grpc://0.0.0.0:50051", "http://0.0.0.0:8080", "nats://127.0.0.1:4222"]
+grace = 5.0                                   # seconds in-flight calls get on shutdown
+
+[server.options.grpc]                         # transport options by URL scheme
+max_message_size = 8388608
+
+[clients]
+greeter = "nats://127.0.0.1:4222"             # protobind.Config.load().client_url("greeter")
+```
+
+Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
+``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, and
+``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` as ``_``).
+Switching a deployment from gRPC to NATS is a one-line change in either place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    services: tuple[str, ...] = ()
+    bind: tuple[str, ...] = ()
+    grace: float = 5.0
+    transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    clients: Mapping[str, str] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+        """Read ``path`` (default ``./protobind.toml`` when it exists), then apply the environment."""
+        env = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        source = "<defaults>"
+        candidate = Path(path) if path is not None else Path("protobind.toml")
+        if path is not None or candidate.exists():
+            source = str(candidate)
+            try:
+                data = tomllib.loads(candidate.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"{candidate}: no such file") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{candidate}: {exc}") from None
+        server = _table(data, "server", source)
+        services = _strings(server.get("services", []), "server.services", source)
+        bind = _strings(server.get("bind", []), "server.bind", source)
+        grace = server.get("grace", 5.0)
+        if not isinstance(grace, (int, float)) or grace < 0:
+            raise ConfigError(f"{source}: server.grace must be a number of seconds >= 0")
+        options = _table(server, "options", source)
+        clients = {k: str(v) for k, v in _table(data, "clients", source).items()}
+        if env.get("PROTOBIND_BIND"):
+            bind = [u.strip() for u in env["PROTOBIND_BIND"].split(",") if u.strip()]
+        if env.get("PROTOBIND_SERVICES"):
+            services = [s.strip() for s in env["PROTOBIND_SERVICES"].split(",") if s.strip()]
+        for key, value in env.items():
+            if key.startswith("PROTOBIND_CLIENT_"):
+                name = key[len("PROTOBIND_CLIENT_") :].lower()
+                clients[next((c for c in clients if _env_name(c) == name), name)] = value
+        return cls(tuple(services), tuple(bind), float(grace), options, clients, source)
+
+    def client_url(self, name: str) -> str:
+        """The URL configured for client ``name``."""
+        try:
+            return self.clients[name]
+        except KeyError:
+            raise ConfigError(
+                f"{self.source}: no URL for client {name!r}: add it under [clients] "
+                f"or set PROTOBIND_CLIENT_{_env_name(name).upper()}"
+            ) from None
+
+
+def _env_name(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def _table(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key} must be a table")
+    return value
+
+
+def _strings(value: Any, key: str, source: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key} must be a list of strings")
+    return list(value)
+
+
+def load_service(spec: str) -> object:
+    """``MODULE:ATTR`` -> a service instance (a class is instantiated without arguments)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"service {spec!r} must be MODULE:ATTR, e.g. myapp.greeter:Greeter")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"service {spec!r}: cannot import {module_name}: {exc}") from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"service {spec!r}: {module_name} has no attribute {attr!r}") from None
+    return target() if isinstance(target, type) else target
