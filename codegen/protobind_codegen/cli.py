@@ -128,6 +128,19 @@ async def _call_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def _breaking(args: argparse.Namespace) -> int:
+    from .breaking import breaking_changes
+
+    problems = breaking_changes([args.old], [args.new], args.include)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} breaking change(s)", file=sys.stderr)
+        return 1
+    print("no breaking changes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protobind", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -155,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
     call.add_argument("--proto", action="append", default=[], metavar="FILE", help="the contract")
     call.set_defaults(run=_call)
+
+    breaking = commands.add_parser("breaking", help="list changes in NEW that break clients of OLD")
+    breaking.add_argument("old", metavar="OLD_PATH", help="the old .proto file or directory")
+    breaking.add_argument("new", metavar="NEW_PATH", help="the new .proto file or directory")
+    breaking.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
+    breaking.set_defaults(run=_breaking)
     return parser
 
 
