@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import protobind
 import pytest
 from google.rpc import error_details_pb2
+
+import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient

@@ -10,8 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import protobind
 import pytest
+
+import protobind
 from protobind_codegen.generate import generate
 from protobind_codegen.protoc import ProtoError
 

@@ -50,7 +50,7 @@ def test_bad_config_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"bad\.toml"):
         Config.load(path, env={})
     path.write_text("[server]\nbind = 3\n")
-    with pytest.raises(ConfigError, match="server.bind must be a list of strings"):
+    with pytest.raises(ConfigError, match=r"server\.bind must be a list of strings"):
         Config.load(path, env={})
     with pytest.raises(ConfigError, match="no such file"):
         Config.load(tmp_path / "missing.toml", env={})

@@ -6,10 +6,11 @@ import subprocess
 import sys
 from typing import Any
 
-import protobind
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
+
+import protobind
 from protobind import Code, Metadata, RpcError
 from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
@@ -197,3 +198,17 @@ async def test_graceful_stop_inproc() -> None:
         with pytest.raises(RpcError) as info:
             await client.unary(Request())
         assert info.value.code is Code.UNAVAILABLE  # new calls are refused
+
+
+def test_missing_extra_gives_an_install_hint() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['nats'] = None  # as if protobind[nats] were not installed\n"
+        "import protobind\n"
+        "try:\n"
+        "    protobind.connect('nats://127.0.0.1:4222')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'protobind[nats]'" in out.stdout

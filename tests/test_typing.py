@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from protobind_codegen.generate import generate
 
 from .conftest import ROOT

@@ -79,8 +79,9 @@ def _find_method(args: argparse.Namespace) -> Any:
 
 
 async def _call_async(args: argparse.Namespace) -> int:
-    import protobind
     from google.protobuf import json_format
+
+    import protobind
 
     method = _find_method(args)
     try:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
 from protobind.method import MethodInfo, ServiceInfo
 
 from .protoc import compile_protos

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2
+
 from protobind.method import MethodKind, python_name
 
 # FileDescriptorProto field numbers, for locating comments in SourceCodeInfo paths.

@@ -18,10 +18,11 @@ from _support import all_transport_urls, generate_stubs  # noqa: E402
 
 generate_stubs(HERE)
 
-import protobind  # noqa: E402
 from greeter.v1.greeter_pb2 import HelloRequest  # noqa: E402
 from greeter.v1.greeter_protobind import GreeterClient  # noqa: E402
 from service import Greeter  # noqa: E402
+
+import protobind  # noqa: E402
 
 
 async def call(url: str) -> None:

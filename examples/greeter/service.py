@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import protobind
 from greeter.v1.greeter_pb2 import HelloReply, HelloRequest
 from greeter.v1.greeter_protobind import GreeterService
+
+import protobind
 
 
 class Greeter(GreeterService):

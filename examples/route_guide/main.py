@@ -17,10 +17,11 @@ from _support import all_transport_urls, generate_stubs  # noqa: E402
 
 generate_stubs(HERE)
 
-import protobind  # noqa: E402
 from routeguide.v1.route_guide_pb2 import Point, Rectangle, RouteNote  # noqa: E402
 from routeguide.v1.route_guide_protobind import RouteGuideClient  # noqa: E402
 from service import FEATURES, RouteGuide  # noqa: E402
+
+import protobind  # noqa: E402
 
 
 async def call(url: str) -> None:

@@ -7,9 +7,10 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-import protobind
 from routeguide.v1.route_guide_pb2 import Feature, Point, Rectangle, RouteNote, RouteSummary
 from routeguide.v1.route_guide_protobind import RouteGuideService
+
+import protobind
 
 FEATURES = [
     Feature(name="Patriots Path, Mendham, NJ", location=Point(latitude=407838351, longitude=-746143763)),
