@@ -14,6 +14,7 @@ GEN = ROOT / "tests" / ".gen"
 PROTO_ROOTS = [
     ROOT / "examples" / "greeter" / "proto",
     ROOT / "examples" / "route_guide" / "proto",
+    ROOT / "tests" / "protos" / "rest",
 ]
 
 

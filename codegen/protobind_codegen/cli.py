@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import openapi_cmd
+
 
 class UsageError(Exception):
     """A user mistake: printed as one line, exit code 1, no traceback."""
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     breaking.add_argument("new", metavar="NEW_PATH", help="the new .proto file or directory")
     breaking.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
     breaking.set_defaults(run=_breaking)
+    openapi_cmd.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,603 @@
+"""An OpenAPI 3.1 document for the HTTP binding: the Connect routes and the REST routes.
+
+``openapi_document(services)`` describes, for every method:
+
+- its Connect route ``POST /{package}.{Service}/{Method}`` (``application/json`` bodies; for
+  streaming methods, Connect's enveloped ``application/connect+json`` stream), plus ``GET`` with the
+  ``message``/``encoding`` query for unary methods marked ``NO_SIDE_EFFECTS``; bidi methods are left
+  out (they answer UNIMPLEMENTED over HTTP/1.1);
+- every ``google.api.http`` binding of a unary method: path parameters, query parameters for the
+  fields neither in the path nor in the body, the body, ``response_body``.
+
+Messages are JSON Schemas of their proto3 JSON form in ``components/schemas``, named by full
+message name. Errors are the Connect error JSON (``components/schemas/protobind.ConnectError``).
+Importing this module loads no HTTP library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+
+from ._http_rule import (
+    DOUBLE_STAR,
+    LITERAL,
+    HttpBinding,
+    collect_bindings,
+    enum_of,
+    is_map,
+    is_repeated,
+    message_of,
+)
+from .errors import Code
+from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo
+
+__all__ = ["openapi_document"]
+
+_T = FieldDescriptor
+_SCHEMAS = "#/components/schemas/"
+ERROR_SCHEMA = "protobind.ConnectError"
+
+_INT32 = {_T.TYPE_INT32, _T.TYPE_SINT32, _T.TYPE_SFIXED32}
+_UINT32 = {_T.TYPE_UINT32, _T.TYPE_FIXED32}
+_INT64 = {_T.TYPE_INT64, _T.TYPE_SINT64, _T.TYPE_SFIXED64}
+_UINT64 = {_T.TYPE_UINT64, _T.TYPE_FIXED64}
+
+#: Path Item fields of OpenAPI 3.1; other HTTP methods go under ``x-protobind-methods``.
+_OPENAPI_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _scalar_schema(kind: int, *, nullable: bool = False) -> dict[str, Any]:
+    """The proto3 JSON schema of a scalar type (``nullable`` adds ``null``, for the wrappers)."""
+    schema: dict[str, Any]
+    if kind in _INT32:
+        schema = {"type": "integer", "format": "int32"}
+    elif kind in _UINT32:
+        schema = {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
+    elif kind in _INT64:
+        schema = {"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"}
+    elif kind in _UINT64:
+        schema = {"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$"}
+    elif kind in (_T.TYPE_DOUBLE, _T.TYPE_FLOAT):
+        schema = {
+            "type": ["number", "string"],
+            "format": "double" if kind == _T.TYPE_DOUBLE else "float",
+            "description": "A JSON number; NaN, Infinity and -Infinity are strings.",
+        }
+    elif kind == _T.TYPE_BOOL:
+        schema = {"type": "boolean"}
+    elif kind == _T.TYPE_BYTES:
+        schema = {"type": "string", "format": "byte", "contentEncoding": "base64"}
+    else:
+        schema = {"type": "string"}
+    if nullable:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        schema["type"] = [*types, "null"]
+    return schema
+
+
+def _wrapper(kind: int, what: str) -> dict[str, Any]:
+    schema = _scalar_schema(kind, nullable=True)
+    schema["description"] = f"A {what}, or null (a google.protobuf wrapper)."
+    return schema
+
+
+#: The proto3 JSON forms of the well-known types.
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "description": "An RFC 3339 timestamp, e.g. 2024-01-02T03:04:05.678Z.",
+    },
+    "google.protobuf.Duration": {
+        "type": "string",
+        "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$",
+        "description": "Seconds with up to nine fractional digits and an 's' suffix, e.g. 1.5s.",
+    },
+    "google.protobuf.FieldMask": {
+        "type": "string",
+        "description": "Comma-separated field paths in lowerCamelCase, e.g. title,author.name.",
+    },
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {"description": "Any JSON value."},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
+    "google.protobuf.Any": {
+        "type": "object",
+        "description": "A message of any type: its JSON form plus '@type' (the type URL); "
+        "well-known types put their JSON form under 'value'.",
+        "properties": {"@type": {"type": "string"}},
+        "required": ["@type"],
+        "additionalProperties": True,
+    },
+    "google.protobuf.DoubleValue": _wrapper(_T.TYPE_DOUBLE, "double"),
+    "google.protobuf.FloatValue": _wrapper(_T.TYPE_FLOAT, "float"),
+    "google.protobuf.Int64Value": _wrapper(_T.TYPE_INT64, "64-bit integer (a JSON string)"),
+    "google.protobuf.UInt64Value": _wrapper(_T.TYPE_UINT64, "64-bit unsigned integer (a JSON string)"),
+    "google.protobuf.Int32Value": _wrapper(_T.TYPE_INT32, "32-bit integer"),
+    "google.protobuf.UInt32Value": _wrapper(_T.TYPE_UINT32, "32-bit unsigned integer"),
+    "google.protobuf.BoolValue": _wrapper(_T.TYPE_BOOL, "boolean"),
+    "google.protobuf.StringValue": _wrapper(_T.TYPE_STRING, "string"),
+    "google.protobuf.BytesValue": _wrapper(_T.TYPE_BYTES, "base64 string"),
+}
+#: Well-known types that a query parameter can carry (as their JSON string or scalar).
+_QUERY_WKT = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    *(name for name in _WELL_KNOWN if name.endswith("Value") and name != "google.protobuf.Value"),
+}
+
+
+def _connect_error_schema() -> dict[str, Any]:
+    codes = [code.connect_name for code in Code if code is not Code.OK]
+    return {
+        "type": "object",
+        "description": "A Connect error. The HTTP status follows the code (as Connect and "
+        "gRPC-Gateway map gRPC codes).",
+        "properties": {
+            "code": {"type": "string", "enum": codes},
+            "message": {"type": "string"},
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "description": "Full name of the detail message, e.g. google.rpc.ErrorInfo.",
+                        },
+                        "value": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "The detail in binary protobuf, base64 without padding.",
+                        },
+                        "debug": {"description": "The detail in JSON form, when the server adds it."},
+                    },
+                    "required": ["type", "value"],
+                },
+            },
+        },
+        "required": ["code"],
+    }
+
+
+class _Comments:
+    """Leading comments by element (``full name`` or ``service/method``), from source info."""
+
+    def __init__(self, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
+        self.text: dict[str, str] = {}
+        for file in files:
+            locations = {
+                tuple(loc.path): loc.leading_comments.strip()
+                for loc in file.source_code_info.location
+                if loc.leading_comments.strip()
+            }
+            if locations:
+                self._walk(file, locations)
+
+    def _walk(self, file: descriptor_pb2.FileDescriptorProto, locations: dict[tuple[int, ...], str]) -> None:
+        prefix = file.package + "." if file.package else ""
+
+        def message(proto: descriptor_pb2.DescriptorProto, path: tuple[int, ...], scope: str) -> None:
+            name = scope + proto.name
+            self._put(name, locations.get(path))
+            for i, field in enumerate(proto.field):
+                self._put(f"{name}.{field.name}", locations.get((*path, 2, i)))
+            for i, nested in enumerate(proto.nested_type):
+                message(nested, (*path, 3, i), name + ".")
+            for i, enum in enumerate(proto.enum_type):
+                self._put(f"{name}.{enum.name}", locations.get((*path, 4, i)))
+            for i, oneof in enumerate(proto.oneof_decl):
+                self._put(f"{name}.{oneof.name}", locations.get((*path, 8, i)))
+
+        for i, msg in enumerate(file.message_type):
+            message(msg, (4, i), prefix)
+        for i, enum in enumerate(file.enum_type):
+            self._put(prefix + enum.name, locations.get((5, i)))
+        for i, service in enumerate(file.service):
+            self._put(prefix + service.name, locations.get((6, i)))
+            for j, method in enumerate(service.method):
+                self._put(f"{prefix}{service.name}/{method.name}", locations.get((6, i, 2, j)))
+
+    def _put(self, key: str, text: str | None) -> None:
+        if text:
+            self.text[key] = text
+
+    def get(self, key: str) -> str | None:
+        return self.text.get(key)
+
+
+class _Schemas:
+    """Builds ``components/schemas``; each message and enum once, recursion through ``$ref``."""
+
+    def __init__(self, comments: _Comments) -> None:
+        self.comments = comments
+        self.schemas: dict[str, dict[str, Any]] = {}
+
+    def ref(self, descriptor: Descriptor | EnumDescriptor) -> dict[str, Any]:
+        name = descriptor.full_name
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placeholder: a recursive reference finds the name taken
+            if isinstance(descriptor, EnumDescriptor):
+                self.schemas[name] = self._enum(descriptor)
+            else:
+                self.schemas[name] = self._message(descriptor)
+        return {"$ref": _SCHEMAS + name}
+
+    def _enum(self, enum: EnumDescriptor) -> dict[str, Any]:
+        if enum.full_name == "google.protobuf.NullValue":
+            return {"type": "null"}
+        schema: dict[str, Any] = {"type": "string", "enum": [value.name for value in enum.values]}
+        text = self.comments.get(enum.full_name)
+        note = "Written as the value's name; the number is accepted on input too."
+        schema["description"] = f"{text}\n\n{note}" if text else note
+        return schema
+
+    def _message(self, message: Descriptor) -> dict[str, Any]:
+        if message.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[message.full_name])
+        schema: dict[str, Any] = {"type": "object"}
+        text = self.comments.get(message.full_name)
+        properties: dict[str, Any] = {}
+        for field in message.fields:
+            properties[field.json_name] = self.field(field)
+        if properties:
+            schema["properties"] = properties
+        notes = []
+        constraints = []
+        for oneof, members in _real_oneofs(message):
+            names = [field.json_name for field in members]
+            listed = ", ".join(f"`{n}`" for n in names)
+            about = self.comments.get(f"{message.full_name}.{oneof}")
+            notes.append(f"At most one of {listed} is set (oneof `{oneof}`{': ' + about if about else ''}).")
+            present = [{"required": [n]} for n in names]
+            constraints.append({"oneOf": [*present, {"not": {"anyOf": present}}]})
+        if constraints:
+            schema["allOf"] = constraints
+        description = "\n\n".join(part for part in (text, *notes) if part)
+        if description:
+            schema["description"] = description
+        return schema
+
+    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+        """The schema of a field as it appears in its message's JSON."""
+        if is_map(field):
+            value = message_of(field).fields_by_name["value"]
+            schema: dict[str, Any] = {"type": "object", "additionalProperties": self.single(value)}
+        elif is_repeated(field):
+            schema = {"type": "array", "items": self.single(field)}
+        else:
+            schema = self.single(field)
+        text = self.comments.get(field.full_name)
+        if text:
+            schema = {**schema, "description": text}
+        return schema
+
+    def single(self, field: FieldDescriptor) -> dict[str, Any]:
+        """The schema of one value of ``field`` (an element, for repeated fields)."""
+        if field.type in (_T.TYPE_MESSAGE, _T.TYPE_GROUP):
+            return self.ref(message_of(field))
+        if field.type == _T.TYPE_ENUM:
+            return self.ref(enum_of(field))
+        return _scalar_schema(field.type)
+
+
+def _real_oneofs(message: Descriptor) -> list[tuple[str, list[FieldDescriptor]]]:
+    """(name, members) of each oneof but the synthetic ones of proto3 ``optional`` fields."""
+    proto = descriptor_pb2.DescriptorProto()
+    message.CopyToProto(proto)
+    synthetic = {f.name for f in proto.field if f.proto3_optional}
+    groups: list[tuple[str, list[FieldDescriptor]]] = []
+    for oneof in message.oneofs:
+        members = list(oneof.fields)
+        if len(members) == 1 and members[0].name in synthetic:
+            continue
+        groups.append((oneof.name, members))
+    return groups
+
+
+def openapi_document(
+    services: Sequence[ServiceInfo],
+    *,
+    title: str = "protobind API",
+    version: str = "1.0.0",
+    servers: Sequence[str] = (),
+    source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``services`` served by the HTTP binding.
+
+    ``servers`` are base URLs. ``source_files`` are ``FileDescriptorProto`` s with source info
+    (``protoc --include_source_info``): their comments become descriptions. Descriptors of
+    generated ``_pb2`` modules carry no comments, so without them descriptions are absent.
+    Raises ``ValueError`` for an invalid ``google.api.http`` rule or two conflicting routes.
+    """
+    comments = _Comments(source_files)
+    schemas = _Schemas(comments)
+    paths: dict[str, dict[str, Any]] = {}
+    tags = []
+    for service in services:
+        tag: dict[str, Any] = {"name": service.name}
+        text = comments.get(service.name)
+        if text:
+            tag["description"] = text
+        tags.append(tag)
+        for method in service.methods:
+            _connect_operations(paths, method, schemas, comments)
+    for binding in collect_bindings(services):
+        _rest_operation(paths, binding, schemas, comments)
+    schemas.schemas[ERROR_SCHEMA] = _connect_error_schema()
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+    }
+    if servers:
+        document["servers"] = [{"url": url} for url in servers]
+    document["tags"] = tags
+    document["paths"] = paths
+    document["components"] = {
+        "schemas": dict(sorted(schemas.schemas.items())),
+        "responses": {
+            "ConnectError": {
+                "description": "The call failed: a Connect error.",
+                "content": {"application/json": {"schema": {"$ref": _SCHEMAS + ERROR_SCHEMA}}},
+            }
+        },
+        "parameters": {
+            "ConnectProtocolVersion": {
+                "name": "Connect-Protocol-Version",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "enum": ["1"]},
+            },
+            "ConnectTimeoutMs": {
+                "name": "Connect-Timeout-Ms",
+                "in": "header",
+                "required": False,
+                "description": "The deadline of the call, in milliseconds from now.",
+                "schema": {"type": "integer", "minimum": 0, "maximum": 9999999999},
+            },
+        },
+    }
+    return document
+
+
+def _error_responses() -> dict[str, Any]:
+    return {"default": {"$ref": "#/components/responses/ConnectError"}}
+
+
+def _header_parameters() -> list[dict[str, Any]]:
+    return [
+        {"$ref": "#/components/parameters/ConnectProtocolVersion"},
+        {"$ref": "#/components/parameters/ConnectTimeoutMs"},
+    ]
+
+
+def _base_operation(method: MethodInfo[Any, Any], comments: _Comments, operation_id: str) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [method.service],
+        "summary": method.name,
+    }
+    text = comments.get(method.full_name)
+    if text:
+        operation["description"] = text
+    return operation
+
+
+def _connect_operations(
+    paths: dict[str, dict[str, Any]], method: MethodInfo[Any, Any], schemas: _Schemas, comments: _Comments
+) -> None:
+    if method.kind is MethodKind.BIDI_STREAMING:
+        return
+    base = f"{method.service}.{method.name}"
+    post = _base_operation(method, comments, base)
+    post["parameters"] = _header_parameters()
+    request = schemas.ref(method.input_type.DESCRIPTOR)
+    response = schemas.ref(method.output_type.DESCRIPTOR)
+    if method.kind is MethodKind.UNARY:
+        post["requestBody"] = {"required": True, "content": {"application/json": {"schema": request}}}
+        ok = {"description": "The response.", "content": {"application/json": {"schema": response}}}
+    else:
+        request_stream = method.kind.client_streams
+        post["requestBody"] = {
+            "required": True,
+            "description": _stream_text(method.input_type.DESCRIPTOR.full_name, request_stream),
+            "content": {"application/connect+json": {"schema": {"type": "string", "format": "binary"}}},
+        }
+        ok = {
+            "description": _stream_text(method.output_type.DESCRIPTOR.full_name, not request_stream),
+            "content": {"application/connect+json": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    post["responses"] = {"200": ok, **_error_responses()}
+    item: dict[str, Any] = {"post": post}
+    if method.kind is MethodKind.UNARY and method.idempotency is Idempotency.NO_SIDE_EFFECTS:
+        get = _base_operation(method, comments, base + ".get")
+        get["parameters"] = [
+            *_header_parameters(),
+            {"name": "connect", "in": "query", "schema": {"type": "string", "enum": ["v1"]}},
+            {
+                "name": "encoding",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "enum": ["json", "proto"]},
+            },
+            {
+                "name": "message",
+                "in": "query",
+                "required": True,
+                "description": "The request: its JSON with encoding=json; with base64=1, the "
+                "(URL-safe) base64 of the encoded request.",
+                "content": {"application/json": {"schema": request}},
+            },
+            {"name": "base64", "in": "query", "schema": {"type": "string", "enum": ["1"]}},
+            {"name": "compression", "in": "query", "schema": {"type": "string"}},
+        ]
+        get["responses"] = {"200": ok, **_error_responses()}
+        item["get"] = get
+    paths[method.path] = item
+
+
+def _stream_text(message: str, many: bool) -> str:
+    if many:
+        return f"A Connect enveloped stream of {message} messages in JSON."
+    return f"One {message} message in a Connect envelope (followed by the end-of-stream message)."
+
+
+def _rest_path(binding: HttpBinding) -> tuple[str, list[dict[str, Any]]]:
+    """The OpenAPI path of a binding, and its path parameters.
+
+    A variable that is exactly one ``*`` (or ``**``) becomes ``{field}``; in a variable with literal
+    segments, such as ``{name=shelves/*/books/*}``, the literals stay in the path and each wildcard
+    is a parameter named after the literal before it: ``shelves/{shelves}/books/{books}``, and the
+    field is set to the whole text. A ``**`` parameter may contain ``/``, sent as it is.
+    """
+    template = binding.template
+    owner: dict[int, int] = {}
+    for index, variable in enumerate(template.variables):
+        for position in range(variable.start, variable.end):
+            owner[position] = index
+    names: dict[int, str] = {}
+    for position, segment in enumerate(template.segments):
+        if segment.kind == LITERAL:
+            continue
+        var_index = owner.get(position)
+        var = template.variables[var_index] if var_index is not None else None
+        previous = template.segments[position - 1] if position else None
+        if var is not None and var.end - var.start == 1:
+            name = var.name
+        elif previous is not None and previous.kind == LITERAL:
+            name = previous.literal
+        else:
+            name = var.name if var is not None else "segment"
+        base, counter = name, 2
+        while name in names.values():
+            name, counter = f"{base}{counter}", counter + 1
+        names[position] = name
+    parts = [
+        "{" + names[i] + "}" if i in names else _escape_literal(segment.literal)
+        for i, segment in enumerate(template.segments)
+    ]
+    parameters: list[dict[str, Any]] = []
+    for position, name in names.items():
+        segment = template.segments[position]
+        var_index = owner.get(position)
+        parameter: dict[str, Any] = {"name": name, "in": "path", "required": True}
+        if var_index is None:
+            parameter["schema"] = {"type": "string"}
+            parameter["description"] = "Any value (not used)."
+        else:
+            var = template.variables[var_index]
+            leaf = binding.path_fields[var_index][-1]
+            if var.end - var.start == 1 and segment.kind != DOUBLE_STAR and leaf.type != _T.TYPE_ENUM:
+                parameter["schema"] = _scalar_schema(leaf.type)
+                parameter["description"] = f"Sets `{var.name}`."
+            else:
+                parameter["schema"] = {"type": "string"}
+                shape = "/".join(parts[var.start : var.end])
+                parameter["description"] = f"Part of `{var.name}`, which is set to `{shape}`."
+        if segment.kind == DOUBLE_STAR:
+            parameter["description"] += " Any number of segments: '/' is sent as it is."
+        parameters.append(parameter)
+    path = "/" + "/".join(parts)
+    if template.verb:
+        path += ":" + template.verb
+    return path, parameters
+
+
+def _escape_literal(literal: str) -> str:
+    return literal.replace("{", "%7B").replace("}", "%7D")
+
+
+def _query_parameters(binding: HttpBinding, schemas: _Schemas) -> list[dict[str, Any]]:
+    if binding.body == "*":
+        return []
+    bound = {tuple(f.name for f in fields) for fields in binding.path_fields}
+    parameters: list[dict[str, Any]] = []
+
+    def walk(
+        message: Descriptor, names: tuple[str, ...], json_names: tuple[str, ...], seen: tuple[str, ...]
+    ) -> None:
+        for field in message.fields:
+            path = (*names, field.name)
+            if path in bound or (not names and field is binding.body_field):
+                continue
+            if is_map(field):
+                continue
+            json_path = (*json_names, field.json_name)
+            if field.type == _T.TYPE_MESSAGE:
+                nested = message_of(field)
+                if nested.full_name in _QUERY_WKT and not is_repeated(field):
+                    parameters.append(_query_parameter(json_path, schemas.ref(nested), field, schemas))
+                elif (
+                    not is_repeated(field)
+                    and not nested.full_name.startswith("google.protobuf.")
+                    and nested.full_name not in seen
+                ):
+                    walk(nested, path, json_path, (*seen, nested.full_name))
+                continue
+            schema = schemas.single(field)
+            if is_repeated(field):
+                schema = {"type": "array", "items": schema}
+            parameters.append(_query_parameter(json_path, schema, field, schemas))
+
+    request: Descriptor = binding.method.input_type.DESCRIPTOR
+    walk(request, (), (), (request.full_name,))
+    return parameters
+
+
+def _query_parameter(
+    json_path: tuple[str, ...], schema: dict[str, Any], field: FieldDescriptor, schemas: _Schemas
+) -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": ".".join(json_path), "in": "query", "schema": schema}
+    text = schemas.comments.get(field.full_name)
+    if text:
+        parameter["description"] = text
+    if is_repeated(field):
+        parameter["style"] = "form"
+        parameter["explode"] = True
+    return parameter
+
+
+def _rest_operation(
+    paths: dict[str, dict[str, Any]], binding: HttpBinding, schemas: _Schemas, comments: _Comments
+) -> None:
+    method = binding.method
+    suffix = ".rest" if binding.index == 0 else f".rest{binding.index}"
+    operation = _base_operation(method, comments, f"{method.service}.{method.name}{suffix}")
+    path, path_parameters = _rest_path(binding)
+    operation["parameters"] = [
+        *path_parameters,
+        *_query_parameters(binding, schemas),
+        {"$ref": "#/components/parameters/ConnectTimeoutMs"},
+    ]
+    if binding.body == "*":
+        operation["requestBody"] = {
+            "description": "The request; fields in the path come from the path.",
+            "content": {"application/json": {"schema": schemas.ref(method.input_type.DESCRIPTOR)}},
+        }
+    elif binding.body_field is not None:
+        operation["requestBody"] = {
+            "description": f"The request's `{binding.body_field.json_name}` field.",
+            "content": {"application/json": {"schema": schemas.field(binding.body_field)}},
+        }
+    if binding.response_field is not None:
+        response = schemas.field(binding.response_field)
+    else:
+        response = schemas.ref(method.output_type.DESCRIPTOR)
+    operation["responses"] = {
+        "200": {"description": "The response.", "content": {"application/json": {"schema": response}}},
+        **_error_responses(),
+    }
+    item = paths.setdefault(path, {})
+    verb = binding.http_method.lower()
+    if verb in _OPENAPI_METHODS:
+        key = verb
+        while key in item:  # an equivalent template of the same method already here
+            key = "x-protobind-" + key
+        item[key] = operation
+    else:
+        item.setdefault("x-protobind-methods", {})[binding.http_method] = operation
