@@ -20,6 +20,7 @@ _names = itertools.count()
 # transport name -> function(request) giving the URL to bind (port 0: any free port)
 BIND_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "inproc": lambda request: f"inproc://conformance-{next(_names)}",
+    "http": lambda request: "http://127.0.0.1:0",
 }
 TRANSPORTS = list(BIND_URLS)
 

@@ -1,0 +1,252 @@
+"""The client half of the HTTP binding: Connect calls over a keep-alive aiohttp connection pool.
+
+Why aiohttp: measured on this project's 2-core machine against one raw ASGI app under uvicorn,
+64 concurrent 100-byte POSTs, 3 s per run, repeated: aiohttp ~6,800-7,000 calls/s (there the
+single-process server was the bottleneck at 100% CPU), the Rust-backed pyqwest 0.12 ~4,400-5,800
+(with its pool tuned), httpx ~360. pyqwest also aborted the interpreter at exit in 3 to 5 of every
+40 short scripts, with or without closing its transport first; aiohttp never did. A client library
+that can kill the user's process at exit is not an option, whatever its speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from google.protobuf.message import Message
+from yarl import URL
+
+from . import __version__
+from ._http_wire import (
+    ENVELOPE_HEADER_SIZE,
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    STREAM_CONTENT_TYPES,
+    UNARY_CONTENT_TYPES,
+    content_type_codec,
+    envelope,
+    error_from_body,
+    gunzip,
+    header_value,
+    parse_end_stream,
+    parse_envelope_header,
+    split_response_headers,
+)
+from .codec import JSON, PROTO, Codec
+from .context import CallInfo, DeadlineScope
+from .errors import Code, RpcError
+from .method import MethodInfo, MethodKind
+
+_USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
+
+
+def _unavailable(base: str, exc: BaseException) -> RpcError:
+    reason = type(exc).__name__ if not str(exc) else str(exc)
+    return RpcError(Code.UNAVAILABLE, f"HTTP request to {base} failed: {reason}")
+
+
+def _invalid_response(method: MethodInfo[Any, Any], what: str) -> RpcError:
+    return RpcError(Code.INTERNAL, f"invalid response from {method.full_name}: {what}")
+
+
+class HttpTransport:
+    """One keep-alive connection pool to one base URL (``scheme://host:port[/prefix]``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        codec: str,
+        max_connections: int,
+        max_body_size: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._codec: Codec = JSON if codec == "json" else PROTO
+        self._unary_type = f"application/{self._codec.name}"
+        self._stream_type = f"application/connect+{self._codec.name}"
+        self._limit = max_body_size
+        self._urls: dict[str, URL] = {}
+        connector = aiohttp.TCPConnector(
+            limit=max_connections,
+            limit_per_host=0,
+            # shorter than the server's keep-alive, so the pool drops an idle connection before the
+            # server does and a call never races a closing connection
+            keepalive_timeout=15,
+            ssl=ssl_context if ssl_context is not None else True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # deadlines come from the call (Connect-Timeout-Ms plus a local backstop), not from the pool
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"user-agent": _USER_AGENT},
+        )
+
+    def _url(self, method: MethodInfo[Any, Any]) -> URL:
+        url = self._urls.get(method.path)
+        if url is None:
+            url = self._urls[method.path] = URL(self._base + method.path, encoded=False)
+        return url
+
+    @staticmethod
+    def _headers(call: CallInfo, content_type: str) -> list[tuple[str, str]]:
+        headers = [("content-type", content_type), ("connect-protocol-version", "1")]
+        for key, value in call.metadata.items():
+            headers.append((key, header_value(key, value)))
+        if call.deadline is not None:
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            headers.append(("connect-timeout-ms", str(min(math.ceil(remaining * 1000), 9_999_999_999))))
+        return headers
+
+    # --- unary ------------------------------------------------------------------------------------
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = call.method
+        assert method is not None
+        if method.kind is not MethodKind.UNARY:
+            raise RpcError(Code.INTERNAL, f"{method.full_name} is not a unary method")
+        body = self._codec.encode(request)
+        if call.deadline is None:
+            return await self._unary(method, body, call)
+        async with DeadlineScope(call.deadline):
+            return await self._unary(method, body, call)
+
+    async def _unary(self, method: MethodInfo[Any, Any], body: bytes, call: CallInfo) -> Message:
+        headers = self._headers(call, self._unary_type)
+        try:
+            async with self._session.post(self._url(method), data=body, headers=headers) as response:
+                status = response.status
+                length = response.content_length
+                if length is not None and length > self._limit:
+                    raise RpcError(Code.RESOURCE_EXHAUSTED, f"response is larger than {self._limit} bytes")
+                data = await response.read()
+                pairs = response.headers.items()
+                content_type = response.headers.get("content-type", "")
+        except aiohttp.ClientError as exc:
+            raise _unavailable(self._base, exc) from None
+        except OSError as exc:
+            raise _unavailable(self._base, exc) from None
+        call.headers, call.trailers = split_response_headers(pairs)
+        if status != 200:
+            raise error_from_body(status, data)
+        if content_type_codec(content_type, UNARY_CONTENT_TYPES) != self._codec.name:
+            raise _invalid_response(method, f"unexpected content type {content_type!r}")
+        try:
+            message: Message = self._codec.decode(data, method.output_type)
+        except RpcError as exc:
+            raise _invalid_response(method, exc.message) from None
+        return message
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        method = call.method
+        assert method is not None
+        if method.kind is MethodKind.BIDI_STREAMING:
+            raise RpcError(
+                Code.UNIMPLEMENTED,
+                f"{method.full_name} is a bidirectional stream, which needs full-duplex HTTP/2; "
+                "protobind's HTTP binding speaks HTTP/1.1: call it over grpc:// or nats://",
+            )
+        headers = self._headers(call, self._stream_type)
+        failure: list[BaseException] = []
+        body: bytes | AsyncIterator[bytes]
+        if method.kind is MethodKind.SERVER_STREAMING:
+            body = envelope(self._codec.encode(await anext(requests)))
+        else:
+            body = self._request_body(requests, failure)
+        deadline = call.deadline
+        try:
+            async with DeadlineScope(deadline):
+                response = await self._session.post(self._url(method), data=body, headers=headers)
+        except aiohttp.ClientError as exc:
+            if failure:
+                raise failure[0] from None
+            raise _unavailable(self._base, exc) from None
+        except OSError as exc:
+            raise _unavailable(self._base, exc) from None
+        async with response:
+            call.headers, _ = split_response_headers(response.headers.items())
+            if response.status != 200:
+                async with DeadlineScope(deadline):
+                    data = await self._read(response.read())
+                raise error_from_body(response.status, data)
+            content_type = response.headers.get("content-type", "")
+            if content_type_codec(content_type, STREAM_CONTENT_TYPES) != self._codec.name:
+                raise _invalid_response(method, f"unexpected content type {content_type!r}")
+            gzipped = response.headers.get("connect-content-encoding", "identity") == "gzip"
+            content = response.content
+            while True:
+                async with DeadlineScope(deadline):
+                    header = await self._read(content.readexactly(ENVELOPE_HEADER_SIZE), allow_eof=True)
+                    if not header:
+                        raise _invalid_response(method, "the stream ended without an end-of-stream message")
+                    flags, size = parse_envelope_header(header)
+                    if size > self._limit:
+                        raise RpcError(
+                            Code.RESOURCE_EXHAUSTED, f"a response message is larger than {self._limit} bytes"
+                        )
+                    data = await self._read(content.readexactly(size))
+                if flags & FLAG_COMPRESSED:
+                    if not gzipped:
+                        raise _invalid_response(method, "compressed message without Connect-Content-Encoding")
+                    data = gunzip(data, self._limit)
+                if flags & FLAG_END_STREAM:
+                    error, call.trailers = parse_end_stream(data)
+                    if error is not None:
+                        raise error
+                    if failure:
+                        raise failure[0]
+                    return
+                try:
+                    message = self._codec.decode(data, method.output_type)
+                except RpcError as exc:
+                    raise _invalid_response(method, exc.message) from None
+                yield message
+
+    async def _read(self, awaitable: Any, allow_eof: bool = False) -> bytes:
+        try:
+            data: bytes = await awaitable
+        except asyncio.IncompleteReadError as exc:
+            if allow_eof and not exc.partial:
+                return b""
+            raise RpcError(Code.UNAVAILABLE, f"connection to {self._base} closed mid-message") from None
+        except aiohttp.ClientError as exc:
+            raise _unavailable(self._base, exc) from None
+        except OSError as exc:
+            raise _unavailable(self._base, exc) from None
+        return data
+
+    async def _request_body(
+        self, requests: AsyncIterator[Message], failure: list[BaseException]
+    ) -> AsyncIterator[bytes]:
+        """Enveloped request messages; an exception of the caller's iterator is kept in ``failure``
+        so the call re-raises it instead of the connection error it causes."""
+        try:
+            async for request in requests:
+                yield envelope(self._codec.encode(request))
+        except Exception as exc:
+            failure.append(exc)
+            raise
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def make_ssl_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> ssl.SSLContext | None:
+    if ca_file is None and cert_file is None:
+        return None
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    return context

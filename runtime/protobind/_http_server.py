@@ -1,0 +1,653 @@
+"""The server half of the HTTP binding: a raw ASGI app that speaks the Connect protocol.
+
+Connect calls are dispatched on ``scope["path"]`` with one dict lookup before any framework code
+runs: on a unary call the framework's routing, request and response objects cost about as much as
+the RPC itself. Everything else (google.api.http REST routes, ``/openapi.json``, the 404 for unknown
+paths, lifespan) goes to a Starlette router behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from google.protobuf.message import Message
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._http_wire import (
+    ENVELOPE_HEADER_SIZE,
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    HTTP_STATUS,
+    PROTOCOL_HEADERS,
+    STREAM_CONTENT_TYPES,
+    UNARY_CONTENT_TYPES,
+    b64decode_lenient,
+    content_type_codec,
+    encode_header,
+    end_stream_message,
+    envelope,
+    error_body,
+    gunzip,
+    metadata_value,
+    parse_envelope_header,
+)
+from .codec import JSON, PROTO, Codec, JsonCodec
+from .context import Context
+from .errors import Code, RpcError
+from .metadata import Metadata
+from .method import Idempotency, MethodKind
+from .server import Endpoint, Server, invoke_stream, invoke_unary, to_rpc_error
+
+logger = logging.getLogger("protobind.http")
+
+#: Connect's request headers a browser must be allowed to send, and response headers it may read.
+CORS_ALLOW_HEADERS = (
+    "Content-Type",
+    "Content-Encoding",
+    "Connect-Protocol-Version",
+    "Connect-Timeout-Ms",
+    "Connect-Content-Encoding",
+    "Connect-Accept-Encoding",
+    "X-User-Agent",
+)
+CORS_EXPOSE_HEADERS = ("Content-Encoding", "Connect-Content-Encoding", "Connect-Accept-Encoding")
+
+# A call that ends within this time never needs to learn that its client went away, so the task
+# that watches for a disconnect is only started for calls that run longer (most unary calls end
+# well before, and then cost a timer instead of a task).
+_WATCH_DELAY = 0.01
+
+_BIDI_MESSAGE = (
+    "{method} is a bidirectional stream, which needs full-duplex HTTP/2; protobind's HTTP "
+    "binding serves HTTP/1.1: call it over grpc:// or nats://"
+)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Options of the HTTP server binding (see docs/protocols.md and ``protobind.http``)."""
+
+    prefix: str = ""
+    max_body_size: int = 4 * 1024 * 1024
+    ignore_unknown_fields: bool = False
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_headers: tuple[str, ...] = ("*",)
+    cors_expose_headers: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
+    cors_max_age: int = 7200
+
+
+class _ProtocolError(Exception):
+    """A request refused before it reaches a handler, with its own HTTP status."""
+
+    def __init__(self, status: int, error: RpcError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+        self.headers = headers
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class _Watch:
+    """Cancels the running call when its client disconnects.
+
+    ``arm()`` is called once the request body has been read completely (from then on, ASGI's
+    ``receive()`` only reports the disconnect); the actual watcher task starts ``_WATCH_DELAY``
+    later.
+    """
+
+    __slots__ = ("_context", "_receive", "_task", "_timer", "_watcher", "gone")
+
+    def __init__(self, receive: Receive, context: Context) -> None:
+        self._receive = receive
+        self._context = context
+        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+
+    def arm(self) -> None:
+        if self._timer is None and self._watcher is None:
+            self._timer = asyncio.get_running_loop().call_later(_WATCH_DELAY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.client_went_away()
+
+    def client_went_away(self) -> None:
+        self.gone = True
+        self._context.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+
+def _deadline(timeout_ms: bytes | None) -> float | None:
+    if timeout_ms is None:
+        return None
+    if not (0 < len(timeout_ms) <= 10 and timeout_ms.isdigit()):
+        raise RpcError(
+            Code.INVALID_ARGUMENT, "Connect-Timeout-Ms must be a positive integer of at most 10 digits"
+        )
+    return time.monotonic() + int(timeout_ms) / 1000
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
+def _add_metadata(headers: list[tuple[bytes, bytes]], metadata: Metadata, prefix: str) -> None:
+    for key, value in metadata.items():
+        header = encode_header(prefix + key, value)
+        if header is None:
+            logger.warning(
+                "dropped response metadata %r: not a valid header (binary values need a -bin key)", key
+            )
+        else:
+            headers.append(header)
+
+
+def _query(query_string: bytes) -> dict[str, bytes]:
+    params: dict[str, bytes] = {}
+    for part in query_string.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            key = unquote_to_bytes(name.replace(b"+", b" ")).decode("latin-1")
+            params.setdefault(key, unquote_to_bytes(value.replace(b"+", b" ")))
+    return params
+
+
+async def _send_error(
+    send: Send,
+    error: RpcError,
+    status: int | None = None,
+    context: Context | None = None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """A unary-style Connect error: JSON body, HTTP status from the code (or ``status``)."""
+    body = error_body(error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    if context is not None:
+        _add_metadata(headers, context.response_headers, "")
+        _add_metadata(headers, context.response_trailers, "trailer-")
+    await send(
+        {"type": "http.response.start", "status": status or HTTP_STATUS[error.code], "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Head:
+    """What one pass over the request headers finds: protocol headers and the call metadata."""
+
+    __slots__ = ("content_length", "content_type", "encoding", "metadata", "timeout_ms")
+
+    def __init__(self, raw_headers: list[tuple[bytes, bytes]], streaming_encoding: bool) -> None:
+        self.content_type = ""
+        self.encoding: str | None = None
+        self.timeout_ms: bytes | None = None
+        self.content_length: int | None = None
+        metadata = self.metadata = Metadata()
+        encoding_header = "connect-content-encoding" if streaming_encoding else "content-encoding"
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.decode("latin-1")
+            if name in PROTOCOL_HEADERS:
+                if name == "content-type":
+                    self.content_type = raw_value.decode("latin-1")
+                elif name == "connect-timeout-ms":
+                    self.timeout_ms = raw_value
+                elif name == encoding_header:
+                    self.encoding = raw_value.decode("latin-1").strip().lower()
+                elif name == "content-length" and raw_value.isdigit():
+                    self.content_length = int(raw_value)
+                continue
+            metadata.add(name, metadata_value(name, raw_value.decode("latin-1")))
+
+    def check_encoding(self) -> bool:
+        """Whether the body (or each compressed envelope) is gzip; raise for unknown encodings."""
+        encoding = self.encoding
+        if encoding is None or encoding == "identity":
+            return False
+        if encoding == "gzip":
+            return True
+        raise RpcError(Code.UNIMPLEMENTED, f"unsupported compression {encoding!r}: use gzip or identity")
+
+
+class ConnectApp:
+    """ASGI app serving every endpoint of a :class:`~protobind.Server` with the Connect protocol.
+
+    ``fallback`` receives every request that is not a Connect call (and non-HTTP scopes).
+    """
+
+    def __init__(self, server: Server, options: ServerOptions, fallback: ASGIApp) -> None:
+        self._endpoints = server.endpoints
+        self._prefix = options.prefix
+        self._limit = options.max_body_size
+        self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
+        self._fallback = fallback
+
+    def _codec(self, name: str) -> Codec:
+        return PROTO if name == "proto" else self._json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._fallback(scope, receive, send)
+            return
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            # mounted under a prefix by a parent app (Starlette's Mount, uvicorn's --root-path)
+            path = path[len(root_path) :]
+        if self._prefix:
+            if not (path.startswith(self._prefix) and path[len(self._prefix) : len(self._prefix) + 1] == "/"):
+                await _not_found(scope, receive, send)
+                return
+            path = path[len(self._prefix) :]
+            scope = dict(scope, root_path=root_path + self._prefix)
+        endpoint = self._endpoints.get(path)
+        if endpoint is None:
+            await self._fallback(scope, receive, send)
+            return
+        try:
+            method = scope["method"]
+            if method == "POST":
+                if endpoint.method.kind is MethodKind.UNARY:
+                    await self._post_unary(endpoint, scope, receive, send)
+                else:
+                    await self._stream(endpoint, scope, receive, send)
+            elif method == "GET":
+                await self._get(endpoint, scope, receive, send)
+            else:
+                raise _ProtocolError(
+                    405,
+                    RpcError(Code.UNIMPLEMENTED, f"{endpoint.method.full_name} is called with POST"),
+                    ((b"allow", b"POST"),),
+                )
+        except _ProtocolError as exc:
+            await _send_error(send, exc.error, exc.status, extra=exc.headers)
+
+    # --- unary ------------------------------------------------------------------------------------
+
+    async def _read_body(self, receive: Receive, head: _Head) -> bytes:
+        limit = self._limit
+        if head.content_length is not None and head.content_length > limit:
+            raise _too_large(limit)
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            size = len(body)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise _ClientGone
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+
+    async def _post_unary(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        head = _Head(scope["headers"], False)
+        codec_name = content_type_codec(head.content_type, UNARY_CONTENT_TYPES)
+        if codec_name is None:
+            raise _unsupported_media_type(head.content_type, endpoint)
+        try:
+            gzipped = head.check_encoding()
+            body = await self._read_body(receive, head)
+        except RpcError as exc:
+            await _send_error(send, exc)
+            return
+        except _ClientGone:
+            return  # nobody to answer
+        if gzipped:
+            try:
+                body = gunzip(body, self._limit)
+            except RpcError as exc:
+                await _send_error(send, exc)
+                return
+        await self._unary(endpoint, self._codec(codec_name), codec_name, body, head, scope, receive, send)
+
+    async def _get(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        method = endpoint.method
+        if method.kind is not MethodKind.UNARY or method.idempotency is not Idempotency.NO_SIDE_EFFECTS:
+            raise _ProtocolError(
+                405,
+                RpcError(
+                    Code.UNIMPLEMENTED,
+                    f"{method.full_name} accepts GET only when marked idempotency_level = NO_SIDE_EFFECTS;"
+                    " call it with POST",
+                ),
+                ((b"allow", b"POST"),),
+            )
+        head = _Head(scope["headers"], False)
+        params = _query(scope.get("query_string", b""))
+        codec_name = params.get("encoding", b"").decode("latin-1")
+        if codec_name not in ("json", "proto"):
+            raise _ProtocolError(
+                415,
+                RpcError(
+                    Code.INVALID_ARGUMENT, "GET needs the query parameter encoding=json or encoding=proto"
+                ),
+            )
+        try:
+            data = params.get("message", b"")
+            if params.get("base64") == b"1":
+                try:
+                    data = b64decode_lenient(data.decode("latin-1"))
+                except ValueError:
+                    raise RpcError(
+                        Code.INVALID_ARGUMENT, "the message parameter is not valid base64"
+                    ) from None
+            if len(data) > self._limit:
+                raise _too_large(self._limit)
+            compression = params.get("compression", b"identity").decode("latin-1")
+            if compression == "gzip":
+                data = gunzip(data, self._limit)
+            elif compression != "identity":
+                raise RpcError(
+                    Code.UNIMPLEMENTED, f"unsupported compression {compression!r}: use gzip or identity"
+                )
+        except RpcError as exc:
+            await _send_error(send, exc)
+            return
+        await self._unary(endpoint, self._codec(codec_name), codec_name, data, head, scope, receive, send)
+
+    async def _unary(
+        self,
+        endpoint: Endpoint,
+        codec: Codec,
+        codec_name: str,
+        body: bytes,
+        head: _Head,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        context: Context | None = None
+        watch: _Watch | None = None
+        try:
+            try:
+                request = codec.decode(body, endpoint.method.input_type)
+                context = Context(
+                    endpoint.method,
+                    "http",
+                    metadata=head.metadata,
+                    deadline=_deadline(head.timeout_ms),
+                    peer=_peer(scope),
+                )
+                watch = _Watch(receive, context)
+                watch.arm()
+                response = await invoke_unary(endpoint, request, context)
+                watch.stop()
+                data = codec.encode(response)
+            except RpcError as exc:
+                if watch is not None:
+                    watch.stop()
+                await _send_error(send, exc, context=context)
+                return
+            headers = [
+                (b"content-type", b"application/proto" if codec_name == "proto" else b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ]
+            _add_metadata(headers, context.response_headers, "")
+            _add_metadata(headers, context.response_trailers, "trailer-")
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+        except asyncio.CancelledError:
+            if watch is not None:
+                watch.stop()
+                if watch.gone:
+                    return  # the client went away: nobody to answer
+            # the server is stopping and its grace period ran out
+            await _send_error(send, RpcError(Code.UNAVAILABLE, "server is shutting down"), context=context)
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    async def _stream(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        method = endpoint.method
+        head = _Head(scope["headers"], True)
+        codec_name = content_type_codec(head.content_type, STREAM_CONTENT_TYPES)
+        if codec_name is None:
+            if method.kind is MethodKind.BIDI_STREAMING:
+                # even a caller that does not speak Connect streaming should learn why
+                raise _ProtocolError(
+                    HTTP_STATUS[Code.UNIMPLEMENTED],
+                    RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name)),
+                )
+            raise _unsupported_media_type(head.content_type, endpoint)
+        codec = self._codec(codec_name)
+        started = False
+        context: Context | None = None
+        watch: _Watch | None = None
+        error: RpcError | None = None
+
+        async def start() -> None:
+            nonlocal started
+            started = True
+            headers = [(b"content-type", b"application/connect+" + codec_name.encode())]
+            if context is not None:
+                _add_metadata(headers, context.response_headers, "")
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        try:
+            try:
+                if method.kind is MethodKind.BIDI_STREAMING:
+                    raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
+                gzipped = head.check_encoding()
+                context = Context(
+                    method,
+                    "http",
+                    metadata=head.metadata,
+                    deadline=_deadline(head.timeout_ms),
+                    peer=_peer(scope),
+                )
+                watch = _Watch(receive, context)
+                if method.kind is MethodKind.SERVER_STREAMING:
+                    request = await self._single_message(receive, head, codec, gzipped, endpoint)
+                    watch.arm()
+                    async for response in invoke_stream(endpoint, request, context):
+                        data = codec.encode(response)
+                        if not started:
+                            await start()
+                        await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
+                else:
+                    requests = self._messages(receive, codec, gzipped, endpoint, watch)
+                    response = await invoke_unary(endpoint, requests, context)
+                    data = codec.encode(response)
+                    await start()
+                    await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
+            except RpcError as exc:
+                error = exc
+            except _ProtocolError as exc:
+                error = exc.error
+            except _ClientGone:
+                return
+            except Exception as exc:
+                error = to_rpc_error(exc, context)
+            if watch is not None:
+                watch.stop()
+        except asyncio.CancelledError:
+            if watch is not None:
+                watch.stop()
+                if watch.gone:
+                    return
+            error = RpcError(Code.UNAVAILABLE, "server is shutting down")
+        if not started:
+            await start()
+        trailers = context.response_trailers if context is not None else Metadata()
+        await send({"type": "http.response.body", "body": end_stream_message(error, trailers)})
+
+    async def _single_message(
+        self, receive: Receive, head: _Head, codec: Codec, gzipped: bool, endpoint: Endpoint
+    ) -> Message:
+        body = await self._read_body(receive, head)
+        if len(body) < ENVELOPE_HEADER_SIZE:
+            raise RpcError(Code.INVALID_ARGUMENT, "the request body holds no enveloped message")
+        flags, size = parse_envelope_header(body[:ENVELOPE_HEADER_SIZE])
+        if ENVELOPE_HEADER_SIZE + size != len(body):
+            raise RpcError(
+                Code.INVALID_ARGUMENT, "a server-streaming request holds exactly one enveloped message"
+            )
+        return self._decode(flags, body[ENVELOPE_HEADER_SIZE:], codec, gzipped, endpoint)
+
+    def _decode(self, flags: int, data: bytes, codec: Codec, gzipped: bool, endpoint: Endpoint) -> Message:
+        if flags & FLAG_COMPRESSED:
+            if not gzipped:
+                raise RpcError(
+                    Code.INVALID_ARGUMENT, "a compressed message arrived without Connect-Content-Encoding"
+                )
+            data = gunzip(data, self._limit)
+        message: Message = codec.decode(data, endpoint.method.input_type)
+        return message
+
+    async def _messages(
+        self, receive: Receive, codec: Codec, gzipped: bool, endpoint: Endpoint, watch: _Watch
+    ) -> AsyncIterator[Message]:
+        """The request messages of a client stream, decoded as they arrive."""
+        buffer = bytearray()
+        more = True
+        limit = self._limit
+        while True:
+            while len(buffer) >= ENVELOPE_HEADER_SIZE:
+                flags, size = parse_envelope_header(bytes(buffer[:ENVELOPE_HEADER_SIZE]))
+                if size > limit:
+                    raise RpcError(Code.RESOURCE_EXHAUSTED, f"a request message is larger than {limit} bytes")
+                end = ENVELOPE_HEADER_SIZE + size
+                if len(buffer) < end:
+                    break
+                data = bytes(buffer[ENVELOPE_HEADER_SIZE:end])
+                del buffer[:end]
+                if flags & FLAG_END_STREAM:
+                    continue
+                yield self._decode(flags, data, codec, gzipped, endpoint)
+            if not more:
+                if buffer:
+                    raise RpcError(Code.INVALID_ARGUMENT, "the request body ends inside an enveloped message")
+                return
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                watch.client_went_away()
+                raise RpcError(Code.CANCELLED, "the client went away")
+            buffer += message.get("body", b"")
+            more = message.get("more_body", False)
+            if not more:
+                watch.arm()
+
+
+def _too_large(limit: int) -> _ProtocolError:
+    return _ProtocolError(
+        413, RpcError(Code.RESOURCE_EXHAUSTED, f"request body is larger than {limit} bytes")
+    )
+
+
+def _unsupported_media_type(content_type: str, endpoint: Endpoint) -> _ProtocolError:
+    if endpoint.method.kind is MethodKind.UNARY:
+        accepted = "application/json, application/proto"
+    else:
+        accepted = "application/connect+json, application/connect+proto"
+    shown = content_type or "none"
+    return _ProtocolError(
+        415,
+        RpcError(
+            Code.INVALID_ARGUMENT,
+            f"unsupported content type {shown[:100]!r} for {endpoint.method.full_name}: use {accepted}",
+        ),
+        ((b"accept-post", accepted.encode()),),
+    )
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close"})
+        return
+    if scope["type"] != "http":
+        return
+    path = scope.get("path", "")
+    error = RpcError(Code.UNIMPLEMENTED, f"no RPC method or route at {path[:200]}")
+    await _send_error(send, error, 404)
+
+
+def _optional(module: str, attribute: str) -> Callable[..., Any] | None:
+    """``module.attribute`` when that (optional, separately owned) module exists."""
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+    value = getattr(found, attribute, None)
+    return value if callable(value) else None
+
+
+def _fallback_routes(server: Server, options: ServerOptions) -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    rest_routes = _optional("protobind._rest", "rest_routes")
+    if rest_routes is not None:
+        routes.extend(rest_routes(server, ignore_unknown_fields=options.ignore_unknown_fields))
+    openapi_document = _optional("protobind.openapi", "openapi_document")
+    if openapi_document is not None:
+        document: dict[str, Any] = {}
+
+        async def openapi(request: Request) -> Response:
+            if not document:
+                document.update(openapi_document(server.services))
+            return JSONResponse(document)
+
+        routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    return routes
+
+
+def build_app(server: Server, options: ServerOptions) -> ASGIApp:
+    """The complete ASGI app: Connect fast path, fallback routes, CORS when configured."""
+    fallback = Router(routes=_fallback_routes(server, options), default=_not_found)
+    app: ASGIApp = ConnectApp(server, options, fallback)
+    if options.cors_origins:
+        allow = list(CORS_ALLOW_HEADERS) + [
+            h for h in options.cors_allow_headers if h not in CORS_ALLOW_HEADERS
+        ]
+        expose = list(CORS_EXPOSE_HEADERS) + list(options.cors_expose_headers)
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=allow,
+            expose_headers=expose,
+            allow_credentials=options.cors_allow_credentials,
+            max_age=options.cors_max_age,
+        )
+    return app

@@ -1,0 +1,306 @@
+"""What the server and client halves of the HTTP binding agree on: the status table, the Connect
+error body, metadata carried in headers, stream envelopes and request compression.
+
+This module imports no third-party library, so both halves (and tests) can use it freely.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import any_pb2
+
+from .errors import Code, RpcError, pack_details, unpack_details
+from .metadata import Metadata, MetadataValue
+
+#: gRPC code -> HTTP status of a Connect unary error (SPEC.md section 4; the same as Connect and
+#: gRPC-Gateway use). The only copy of this table in protobind.
+HTTP_STATUS: Mapping[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+# Connect's rule for a response whose body is not a Connect error (a proxy's page, a bare status):
+# the code is guessed from the HTTP status, anything unlisted is UNKNOWN.
+_CODE_OF_BARE_STATUS: Mapping[int, Code] = {
+    400: Code.INTERNAL,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.UNIMPLEMENTED,
+    429: Code.UNAVAILABLE,
+    502: Code.UNAVAILABLE,
+    503: Code.UNAVAILABLE,
+    504: Code.UNAVAILABLE,
+}
+
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+
+UNARY_CONTENT_TYPES = {"application/proto": "proto", "application/json": "json"}
+STREAM_CONTENT_TYPES = {"application/connect+proto": "proto", "application/connect+json": "json"}
+
+FLAG_COMPRESSED = 0x01
+FLAG_END_STREAM = 0x02
+_ENVELOPE = struct.Struct(">BI")
+ENVELOPE_HEADER_SIZE = _ENVELOPE.size
+
+#: Headers that belong to HTTP or to the Connect protocol itself, never to call metadata.
+PROTOCOL_HEADERS = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "date",
+        "server",
+        "vary",
+        "connect-protocol-version",
+        "connect-timeout-ms",
+        "connect-content-encoding",
+        "connect-accept-encoding",
+    }
+)
+TRAILER_PREFIX = "trailer-"
+
+
+def code_of_bare_status(status: int) -> Code:
+    return _CODE_OF_BARE_STATUS.get(status, Code.UNKNOWN)
+
+
+def content_type_codec(content_type: str, table: Mapping[str, str]) -> str | None:
+    """The codec name for ``content_type`` (parameters such as ``charset`` ignored), or ``None``."""
+    base = content_type.partition(";")[0].strip().lower()
+    return table.get(base)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def error_dict(error: RpcError) -> dict[str, Any]:
+    """The Connect error object: ``{"code": ..., "message": ..., "details": [{"type", "value"}]}``."""
+    out: dict[str, Any] = {"code": error.code.connect_name}
+    if error.message:
+        out["message"] = error.message
+    if error.details:
+        out["details"] = [
+            {
+                "type": detail.type_url.rpartition("/")[2],
+                "value": b64encode_unpadded(detail.value),
+            }
+            for detail in pack_details(error.details)
+        ]
+    return out
+
+
+def error_body(error: RpcError) -> bytes:
+    return json.dumps(error_dict(error), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_from_dict(obj: object, fallback: Code) -> RpcError:
+    """Rebuild an :class:`RpcError` from a Connect error object; ``fallback`` when it has no code."""
+    if not isinstance(obj, dict):
+        return RpcError(fallback, "")
+    code_name = obj.get("code")
+    code = Code.from_connect_name(code_name) if isinstance(code_name, str) else fallback
+    message = obj.get("message")
+    anys: list[any_pb2.Any] = []
+    details = obj.get("details")
+    if isinstance(details, list):
+        for item in details:
+            if not isinstance(item, dict):
+                continue
+            type_name, value = item.get("type"), item.get("value")
+            if not isinstance(type_name, str) or not isinstance(value, str):
+                continue
+            try:
+                raw = b64decode_lenient(value)
+            except ValueError:
+                continue
+            anys.append(any_pb2.Any(type_url=_TYPE_URL_PREFIX + type_name, value=raw))
+    return RpcError(code, message if isinstance(message, str) else "", unpack_details(anys))
+
+
+def error_from_body(status: int, body: bytes) -> RpcError:
+    """The error a non-200 unary response carries; a body that is not a Connect error falls back
+    to the HTTP status (the body of such a response is not shown: it may be a proxy's page)."""
+    fallback = code_of_bare_status(status)
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return RpcError(fallback, f"HTTP status {status}")
+    if not isinstance(obj, dict) or not isinstance(obj.get("code"), str):
+        return RpcError(fallback, f"HTTP status {status}")
+    return error_from_dict(obj, fallback)
+
+
+# --- base64 and metadata --------------------------------------------------------------------------
+
+
+def b64encode_unpadded(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def b64decode_lenient(text: str) -> bytes:
+    """Decode standard or URL-safe base64, padded or not (Connect lets senders choose)."""
+    text = text.strip()
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("invalid base64") from exc
+
+
+def header_value(key: str, value: MetadataValue) -> str:
+    """The header text of one metadata value: ``-bin`` keys carry base64, others plain text."""
+    if key.endswith("-bin"):
+        return b64encode_unpadded(value if isinstance(value, bytes) else value.encode())
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value
+
+
+def metadata_value(key: str, text: str) -> MetadataValue:
+    """Inverse of :func:`header_value`; a ``-bin`` value that is not base64 stays text."""
+    if key.endswith("-bin"):
+        try:
+            return b64decode_lenient(text)
+        except ValueError:
+            return text
+    return text
+
+
+_NOT_IN_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+
+
+def encode_header(key: str, value: MetadataValue) -> tuple[bytes, bytes] | None:
+    """One ASGI header for a metadata entry, or ``None`` when it cannot be a header: a control
+    character would break (or split) the response, so such entries are dropped, not sent. Binary
+    values belong under ``-bin`` keys, which carry base64."""
+    text = header_value(key, value)
+    if _NOT_IN_HEADER_VALUE.search(text) or not _HEADER_NAME.fullmatch(key):
+        return None
+    return key.encode("latin-1"), text.encode("latin-1")
+
+
+def metadata_json(trailers: Metadata) -> dict[str, list[str]]:
+    """Trailers as the ``metadata`` object of a Connect end-of-stream message."""
+    out: dict[str, list[str]] = {}
+    for key, value in trailers.items():
+        out.setdefault(key, []).append(header_value(key, value))
+    return out
+
+
+def metadata_from_json(obj: object) -> Metadata:
+    trailers = Metadata()
+    if isinstance(obj, dict):
+        for key, values in obj.items():
+            if isinstance(key, str) and isinstance(values, list):
+                for value in values:
+                    if isinstance(value, str):
+                        trailers.add(key, metadata_value(key.lower(), value))
+    return trailers
+
+
+def split_response_headers(pairs: Iterable[tuple[str, str]]) -> tuple[Metadata, Metadata]:
+    """Response headers -> (header metadata, unary trailers from ``Trailer-`` headers)."""
+    headers, trailers = Metadata(), Metadata()
+    for name, text in pairs:
+        key = name.lower()
+        if key in PROTOCOL_HEADERS:
+            continue
+        if key.startswith(TRAILER_PREFIX):
+            key = key[len(TRAILER_PREFIX) :]
+            trailers.add(key, metadata_value(key, text))
+        else:
+            headers.add(key, metadata_value(key, text))
+    return headers, trailers
+
+
+# --- envelopes ------------------------------------------------------------------------------------
+
+
+def envelope(data: bytes, flags: int = 0) -> bytes:
+    return _ENVELOPE.pack(flags, len(data)) + data
+
+
+def parse_envelope_header(header: bytes) -> tuple[int, int]:
+    flags, size = _ENVELOPE.unpack(header)
+    return flags, size
+
+
+def end_stream_message(error: RpcError | None, trailers: Metadata) -> bytes:
+    """The final envelope of a Connect stream: the error, if any, and the trailers."""
+    obj: dict[str, Any] = {}
+    if error is not None:
+        obj["error"] = error_dict(error)
+    if trailers:
+        obj["metadata"] = metadata_json(trailers)
+    return envelope(json.dumps(obj, separators=(",", ":")).encode(), FLAG_END_STREAM)
+
+
+def parse_end_stream(data: bytes) -> tuple[RpcError | None, Metadata]:
+    try:
+        obj = json.loads(data) if data else {}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return RpcError(Code.INTERNAL, "invalid end-of-stream message"), Metadata()
+    if not isinstance(obj, dict):
+        return RpcError(Code.INTERNAL, "invalid end-of-stream message"), Metadata()
+    trailers = metadata_from_json(obj.get("metadata"))
+    error = obj.get("error")
+    if error is None:
+        return None, trailers
+    return error_from_dict(error, Code.UNKNOWN), trailers
+
+
+# --- compression ----------------------------------------------------------------------------------
+
+COMPRESSIONS = ("gzip", "identity")
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate a gzip body, refusing to grow past ``limit`` bytes (a small body can expand a lot)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise RpcError(Code.INVALID_ARGUMENT, "body is not valid gzip") from exc
+    if len(out) > limit:
+        raise RpcError(Code.RESOURCE_EXHAUSTED, f"decompressed message is larger than {limit} bytes")
+    return out
+
+
+def gzip_compress(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
