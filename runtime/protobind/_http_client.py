@@ -1,11 +1,17 @@
 """The client half of the HTTP binding: Connect calls over a keep-alive aiohttp connection pool.
 
-Why aiohttp: measured on this project's 2-core machine against one raw ASGI app under uvicorn,
-64 concurrent 100-byte POSTs, 3 s per run, repeated: aiohttp ~6,800-7,000 calls/s (there the
-single-process server was the bottleneck at 100% CPU), the Rust-backed pyqwest 0.12 ~4,400-5,800
-(with its pool tuned), httpx ~360. pyqwest also aborted the interpreter at exit in 3 to 5 of every
-40 short scripts, with or without closing its transport first; aiohttp never did. A client library
-that can kill the user's process at exit is not an option, whatever its speed.
+Why aiohttp, measured on this project's 2-core machine (shared with other work, so each figure was
+repeated) with 64 concurrent 100-byte POSTs for 3 s against one raw ASGI app under uvicorn:
+
+- uvicorn on h11 (its default here): aiohttp 6,800-7,000 calls/s, with the single-process server
+  at 100% CPU; pyqwest 0.12 4,400-5,800 (4,400-4,900 with its default pool of 2 idle connections);
+  httpx 360.
+- uvicorn on httptools (a faster server, so the client counts for more): aiohttp 6,100-8,400,
+  pyqwest 5,800-8,400, both ~120 us of client CPU per call.
+
+pyqwest is no faster, and it aborted the interpreter at exit in 5 of 40 short scripts (3 of 20
+that closed its transport first, 2 of 20 that did not); aiohttp never did. A client that can kill
+the user's process at exit is not an option whatever its speed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ._http_wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
+    PROTOCOL_HEADERS,
     STREAM_CONTENT_TYPES,
     UNARY_CONTENT_TYPES,
     content_type_codec,
@@ -87,6 +94,12 @@ class HttpTransport:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"user-agent": _USER_AGENT},
         )
+        # A channel the caller forgot to close would otherwise make aiohttp log a page of
+        # "Unclosed client session" at exit; asyncio.run cancels leftover tasks when it ends, so
+        # this idle task closes the pool then, on the loop that owns it.
+        self._closer = asyncio.get_running_loop().create_task(
+            self._close_when_cancelled(), name=f"protobind http client {self._base}"
+        )
 
     def _url(self, method: MethodInfo[Any, Any]) -> URL:
         url = self._urls.get(method.path)
@@ -98,6 +111,8 @@ class HttpTransport:
     def _headers(call: CallInfo, content_type: str) -> list[tuple[str, str]]:
         headers = [("content-type", content_type), ("connect-protocol-version", "1")]
         for key, value in call.metadata.items():
+            if key in PROTOCOL_HEADERS:
+                continue  # the binding owns these (e.g. metadata forwarded from an incoming call)
             headers.append((key, header_value(key, value)))
         if call.deadline is not None:
             remaining = call.deadline - time.monotonic()
@@ -237,7 +252,14 @@ class HttpTransport:
             failure.append(exc)
             raise
 
+    async def _close_when_cancelled(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self._session.close()
+
     async def close(self) -> None:
+        self._closer.cancel()
         await self._session.close()
 
 

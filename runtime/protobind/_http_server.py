@@ -160,11 +160,17 @@ def _deadline(timeout_ms: bytes | None) -> float | None:
 
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else ""
+    if not client:
+        return ""
+    host = client[0]
+    return f"[{host}]:{client[1]}" if ":" in host else f"{host}:{client[1]}"
 
 
 def _add_metadata(headers: list[tuple[bytes, bytes]], metadata: Metadata, prefix: str) -> None:
     for key, value in metadata.items():
+        if not prefix and key in PROTOCOL_HEADERS:
+            logger.warning("dropped response metadata %r: the HTTP binding sets that header itself", key)
+            continue
         header = encode_header(prefix + key, value)
         if header is None:
             logger.warning(
