@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -624,7 +625,10 @@ def _fallback_routes(server: Server, options: ServerOptions) -> list[BaseRoute]:
     routes: list[BaseRoute] = []
     rest_routes = _optional("protobind._rest", "rest_routes")
     if rest_routes is not None:
-        routes.extend(rest_routes(server, ignore_unknown_fields=options.ignore_unknown_fields))
+        extra: dict[str, Any] = {}
+        if "max_body_size" in inspect.signature(rest_routes).parameters:
+            extra["max_body_size"] = options.max_body_size  # one limit for every route
+        routes.extend(rest_routes(server, ignore_unknown_fields=options.ignore_unknown_fields, **extra))
     openapi_document = _optional("protobind.openapi", "openapi_document")
     if openapi_document is not None:
         document: dict[str, Any] = {}
