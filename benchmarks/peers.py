@@ -158,3 +158,127 @@ CLIENTS["protobind-nats"] = protobind_client
 SERVERS["nats-py"] = _raw_nats_server
 CLIENTS["nats-py"] = _raw_nats_client
 PAIRS.append(("nats", "protobind-nats", "nats-py"))
+
+
+# --- HTTP: protobind's http:// client + server vs the connectrpc package's client + ASGI server ----
+# Both servers run under uvicorn with the same settings; JSON and binary proto are separate pairs.
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def connectrpc_stubs() -> Any:
+    """connectrpc's generated module for the conformance contract (made with its protoc plugin,
+    loaded beside protobind's conformance_pb2 so both use the same message classes)."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import grpc_tools
+
+    name = "protobind.conformance.v1.conformance_connect"
+    if name in sys.modules:
+        return sys.modules[name]
+    plugin = shutil.which("protoc-gen-connectrpc", path=str(Path(sys.executable).parent))
+    if plugin is None:
+        raise RuntimeError("protoc-gen-connectrpc is not installed (pip install protoc-gen-connectrpc)")
+    idl = Path(__file__).resolve().parent.parent / "idl"
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{idl}",
+             f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+             f"--plugin=protoc-gen-connectrpc={plugin}", f"--connectrpc_out={out}",
+             "--connectrpc_opt=protobuf=google", "protobind/conformance/v1/conformance.proto"],
+            check=True,
+        )  # fmt: skip
+        spec = importlib.util.spec_from_file_location(
+            name, Path(out) / "protobind" / "conformance" / "v1" / "conformance_connect.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+async def _protobind_http_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await serve_protobind(f"http://{host}:0")
+
+
+async def _connectrpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import asyncio
+
+    import uvicorn
+
+    stubs = connectrpc_stubs()
+
+    class Service(stubs.ConformanceService):  # type: ignore[misc, name-defined]
+        async def unary(self, request: Request, ctx: Any) -> Response:
+            return Response(payload=request.payload)
+
+    port = _free_port(host)
+    config = uvicorn.Config(
+        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off",
+        log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+
+    return f"http://{host}:{port}", stop
+
+
+def _protobind_http_client(codec: str) -> ClientFactory:
+    async def make(url: str) -> tuple[Call, Close]:
+        channel = await protobind.connect(url, options={"codec": codec}).open()
+        client = ConformanceServiceClient(channel)
+
+        async def call(payload: bytes) -> Any:
+            return await client.unary(Request(payload=payload), timeout=30)
+
+        return call, channel.close
+
+    return make
+
+
+def _connectrpc_client(codec: str) -> ClientFactory:
+    async def make(url: str) -> tuple[Call, Close]:
+        from connectrpc.compat import google_protobuf_json_codec
+
+        stubs = connectrpc_stubs()
+        kwargs: dict[str, Any] = {"codec": google_protobuf_json_codec()} if codec == "json" else {}
+        client = stubs.ConformanceServiceClient(url, **kwargs)
+        await client.__aenter__()
+
+        async def call(payload: bytes) -> Any:
+            return await client.unary(Request(payload=payload))
+
+        async def close() -> None:
+            await client.__aexit__(None, None, None)
+
+        return call, close
+
+    return make
+
+
+for _codec in ("json", "proto"):
+    SERVERS[f"protobind-http-{_codec}"] = _protobind_http_server
+    CLIENTS[f"protobind-http-{_codec}"] = _protobind_http_client(_codec)
+    SERVERS[f"connectrpc-{_codec}"] = _connectrpc_server
+    CLIENTS[f"connectrpc-{_codec}"] = _connectrpc_client(_codec)
+    PAIRS.append((f"http-{_codec}", f"protobind-http-{_codec}", f"connectrpc-{_codec}"))
