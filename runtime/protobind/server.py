@@ -76,14 +76,18 @@ def _check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
     return response  # type: ignore[no-any-return]
 
 
-async def invoke_unary(endpoint: Endpoint, request: Any, context: Context) -> Message:
+async def invoke_unary(
+    endpoint: Endpoint, request: Any, context: Context, *, enforce_deadline: bool = True
+) -> Message:
     """Run a unary or client-streaming endpoint under the context's deadline.
 
     Returns the response message or raises :class:`RpcError` (never anything else but
-    ``CancelledError`` when the transport itself cancels the task).
+    ``CancelledError`` when the transport itself cancels the task). A transport whose protocol
+    stack already cancels the handler at the deadline (gRPC does) passes
+    ``enforce_deadline=False`` to skip the timer this would cost on every call.
     """
     try:
-        if context.deadline is None:
+        if context.deadline is None or not enforce_deadline:
             response = await endpoint.handler(request, context)
         else:
             async with DeadlineScope(context.deadline):
@@ -98,12 +102,15 @@ async def invoke_unary(endpoint: Endpoint, request: Any, context: Context) -> Me
         raise to_rpc_error(exc, context) from None
 
 
-async def invoke_stream(endpoint: Endpoint, request: Any, context: Context) -> AsyncIterator[Message]:
+async def invoke_stream(
+    endpoint: Endpoint, request: Any, context: Context, *, enforce_deadline: bool = True
+) -> AsyncIterator[Message]:
     """Run a server- or bidi-streaming endpoint; yield its responses, raise :class:`RpcError`.
 
-    The deadline applies to the whole stream, in the task that iterates this generator.
+    The deadline applies to the whole stream, in the task that iterates this generator
+    (``enforce_deadline`` as for :func:`invoke_unary`).
     """
-    scope = DeadlineScope(context.deadline)
+    scope = DeadlineScope(context.deadline if enforce_deadline else None)
     try:
         async with scope:
             responses = await endpoint.handler(request, context)
