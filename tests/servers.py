@@ -21,6 +21,7 @@ _names = itertools.count()
 BIND_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "inproc": lambda request: f"inproc://conformance-{next(_names)}",
     "http": lambda request: "http://127.0.0.1:0",
+    "grpc": lambda request: "grpc://127.0.0.1:0",
 }
 TRANSPORTS = list(BIND_URLS)
 
