@@ -28,7 +28,7 @@ def _generate() -> None:
 _generate()
 sys.path.insert(0, str(GEN))
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.nats_server"]
 
 
 @pytest.fixture(scope="session")
