@@ -20,6 +20,7 @@ _names = itertools.count()
 # transport name -> function(request) giving the URL to bind (port 0: any free port)
 BIND_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "inproc": lambda request: f"inproc://conformance-{next(_names)}",
+    "nats": lambda request: f"{request.getfixturevalue('nats_server')}?prefix=t{next(_names)}",
     "http": lambda request: "http://127.0.0.1:0",
     "grpc": lambda request: "grpc://127.0.0.1:0",
 }

@@ -1,0 +1,92 @@
+"""nats-py's client, with quicker paths for the two things every protobind call does.
+
+nats-py builds and parses NATS headers in Python one character at a time, and wraps every
+publish in checks that protobind's own subjects do not need; on a small call that costs more than
+the rest of protobind's per-call work. :class:`Connection` keeps nats-py's behaviour and its
+connection management, and only:
+
+- parses header blocks of the plain form (``NATS/1.0`` then ``Name: value`` lines) in one pass;
+  anything else (an inline status such as no-responders' ``NATS/1.0 503``) goes to nats-py;
+- offers :meth:`Connection.send`, a publish that writes the protocol line and header block in one
+  go. It appends to nats-py's pending buffer exactly as ``publish`` does, and falls back to
+  ``publish`` whenever the connection is not plainly connected (reconnect buffering and its limits
+  stay nats-py's) or when this nats-py lacks the internals it uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from nats import errors as nats_errors
+from nats.aio.client import Client
+
+# RFC 7230 token characters, the rule nats-py applies to header names
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block for ``headers`` (names checked, line breaks in values made spaces)."""
+    lines = ["NATS/1.0\r\n"]
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise nats_errors.BadHeaderError(name)
+        if "\r" in value or "\n" in value:
+            value = value.replace("\r", " ").replace("\n", " ")
+        lines.append(f"{name}: {value.strip()}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode()
+
+
+class Connection(Client):
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fast = all(
+            hasattr(self, name)
+            for name in ("_send_command", "_flush_pending", "_flush_queue", "_status", "stats")
+        )
+
+    async def send(
+        self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish ``payload``; the caller has checked the size against ``max_payload``."""
+        if not self._fast or self._status != Client.CONNECTED:
+            await self.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
+            return
+        if headers:
+            block = encode_headers(headers)
+            command = (
+                f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
+                + block
+                + payload
+                + b"\r\n"
+            )
+        else:
+            command = f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        await self._send_command(command)
+        flush_queue = self._flush_queue
+        if flush_queue is not None and flush_queue.empty():
+            await self._flush_pending()
+
+    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
+        if not headers or headers[8:10] != b"\r\n":
+            return await super()._process_headers(headers)
+        try:
+            text = headers[10:].decode()
+        except UnicodeDecodeError:
+            return await super()._process_headers(headers)
+        out: dict[str, str] = {}
+        for line in text.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if sep:
+                name = name.strip()
+                # the names nats-py's parser drops: empty, with blanks, not ASCII
+                if name and name.isascii() and " " not in name and "\t" not in name:
+                    out[name] = value.strip()
+        return out or None

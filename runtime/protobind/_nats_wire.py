@@ -1,0 +1,292 @@
+"""The NATS binding's wire vocabulary: header names, status mapping, metadata and error encoding.
+
+docs/protocols.md ("NATS request-reply") is the normative description; this module is its code.
+Header names are matched case-insensitively on receipt and sent in the spelling below.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .codec import JSON, PROTO, Codec
+from .errors import Code, RpcError, pack_details, unpack_details
+from .metadata import Metadata
+
+CONTENT_TYPE = "Content-Type"
+JSON_CONTENT_TYPE = "application/json"
+PROTO_CONTENT_TYPE = "application/protobuf"
+#: Relative deadline of a call, integer milliseconds (relative so clocks need not agree).
+TIMEOUT = "Protobind-Timeout-Ms"
+#: Exact gRPC status code of an error reply or a stream's end frame.
+STATUS = "Protobind-Status"
+#: NATS micro error headers, understood by `nats micro` tooling and other micro clients.
+MICRO_ERROR_CODE = "Nats-Service-Error-Code"
+MICRO_ERROR = "Nats-Service-Error"
+#: Streaming control vocabulary (see _nats_stream).
+FRAME = "Protobind-Frame"
+WINDOW = "Protobind-Window"
+HEARTBEAT = "Protobind-Heartbeat-Ms"
+ACK = "Protobind-Ack"
+COUNT = "Protobind-Count"
+#: Response header prefix that marks a unary trailer (the Connect convention).
+TRAILER_PREFIX = "trailer-"
+#: Subject (after the prefix) where a client announces that it abandoned a unary call; the
+#: body is the call's reply subject. Every replica listens, the one running the call cancels it.
+CANCEL_SUBJECT = "$PROTOBIND.CANCEL"
+
+# lower-case spellings for lookups in received headers
+_CONTENT_TYPE = CONTENT_TYPE.lower()
+_TIMEOUT = TIMEOUT.lower()
+#: Header names that are never metadata: ours, NATS's own, and the inline status nats-py exposes.
+RESERVED_PREFIXES = ("protobind-", "nats-")
+RESERVED = frozenset({_CONTENT_TYPE, "status", "description"})
+
+# gRPC code -> HTTP-style status, for Nats-Service-Error-Code (the table in SPEC section 4).
+HTTP_STATUS: dict[Code, int] = {
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+# Used only for replies of plain NATS micro services, which carry no Protobind-Status; codes that
+# several gRPC codes share (400, 409, 500) go to the most general one.
+_FROM_HTTP_STATUS: dict[int, Code] = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    408: Code.DEADLINE_EXCEEDED,
+    409: Code.ABORTED,
+    429: Code.RESOURCE_EXHAUSTED,
+    499: Code.CANCELLED,
+    501: Code.UNIMPLEMENTED,
+    503: Code.UNAVAILABLE,
+    504: Code.DEADLINE_EXCEEDED,
+}
+
+
+def codec_for(headers: Mapping[str, str] | None) -> Codec:
+    """The codec a message's ``Content-Type`` asks for (binary protobuf when absent)."""
+    if headers:
+        for key, value in headers.items():
+            if key.lower() == _CONTENT_TYPE:
+                return codec_named(value)
+    return PROTO
+
+
+def codec_named(content_type: str) -> Codec:
+    media = content_type.partition(";")[0].strip().lower()
+    if media == JSON_CONTENT_TYPE:
+        return JSON
+    if media in ("", PROTO_CONTENT_TYPE, "application/proto", "application/x-protobuf"):
+        return PROTO
+    raise RpcError(
+        Code.INVALID_ARGUMENT,
+        f"unsupported Content-Type {content_type!r}: use {JSON_CONTENT_TYPE} or {PROTO_CONTENT_TYPE}",
+    )
+
+
+def is_reserved(key: str) -> bool:
+    """True for header names (lower case) that belong to the protocol, not to metadata."""
+    return key in RESERVED or key.startswith(RESERVED_PREFIXES)
+
+
+def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") -> None:
+    """Add ``metadata`` to ``headers``. Repeated values of one key are joined with "," (gRPC's rule
+    for HTTP/2 headers, which also applies here); ``-bin`` values are unpadded base64."""
+    for key in metadata:
+        if is_reserved(key):
+            continue
+        values = metadata.get_all(key)
+        if key.endswith("-bin"):
+            encoded = [_b64(v) for v in values]
+        else:
+            encoded = [v if isinstance(v, str) else v.decode("latin-1") for v in values]
+        headers[prefix + key] = encoded[0] if len(encoded) == 1 else ",".join(encoded)
+
+
+def _b64(value: str | bytes) -> str:
+    raw = value.encode() if isinstance(value, str) else value
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
+    """Add one received header (``key`` in lower case) to ``metadata``."""
+    if key.endswith("-bin"):
+        for part in value.split(","):
+            part = part.strip()
+            try:
+                metadata.add(key, base64.b64decode(part + "=" * (-len(part) % 4), validate=True))
+            except (binascii.Error, ValueError):
+                raise RpcError(Code.INVALID_ARGUMENT, f"header {key!r} is not valid base64") from None
+    else:
+        metadata.add(key, value)
+
+
+def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None, Metadata]:
+    """Parse a call's headers: (codec, timeout in ms or None, metadata)."""
+    codec: Codec = PROTO
+    timeout_ms: int | None = None
+    metadata = Metadata()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower == _TIMEOUT:
+            try:
+                timeout_ms = int(value)
+            except ValueError:
+                raise RpcError(
+                    Code.INVALID_ARGUMENT, f"{TIMEOUT} must be an integer, got {value!r}"
+                ) from None
+        elif lower == _CONTENT_TYPE:
+            codec = codec_named(value)
+        elif not is_reserved(lower):
+            add_metadata_value(metadata, lower, value)
+    return codec, timeout_ms, metadata
+
+
+def read_response_headers(headers: Mapping[str, str]) -> tuple[Metadata, Metadata]:
+    """Split a unary reply's headers into (response headers, trailers)."""
+    response = Metadata()
+    trailers = Metadata()
+    for key, value in headers.items():
+        lower = key.lower()
+        if is_reserved(lower):
+            continue
+        if lower.startswith(TRAILER_PREFIX):
+            add_metadata_value(trailers, lower[len(TRAILER_PREFIX) :], value)
+        else:
+            add_metadata_value(response, lower, value)
+    return response, trailers
+
+
+def headers_size(headers: Mapping[str, str] | None) -> int:
+    """Bytes of the NATS header block for ``headers`` (it counts against max_payload)."""
+    if not headers:
+        return 0
+    # "NATS/1.0\r\n" + "Key: Value\r\n"... + "\r\n"
+    return 12 + sum(len(key) + len(value.encode()) + 4 for key, value in headers.items())
+
+
+def read_metadata(headers: Mapping[str, str] | None) -> Metadata:
+    """Every non-protocol header as metadata (stream header and end frames)."""
+    metadata = Metadata()
+    if headers:
+        for key, value in headers.items():
+            lower = key.lower()
+            if not is_reserved(lower):
+                add_metadata_value(metadata, lower, value)
+    return metadata
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """The value of header ``name`` (given in its canonical spelling), matched case-insensitively."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lower = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+def error_headers(error: RpcError, codec: Codec) -> dict[str, str]:
+    headers = {
+        STATUS: str(int(error.code)),
+        MICRO_ERROR_CODE: str(HTTP_STATUS.get(error.code, 500)),
+        # header values cannot hold line breaks; the exact message is in the body
+        MICRO_ERROR: " ".join(error.message.split()) or error.code.name,
+    }
+    if codec is JSON:
+        headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
+    return headers
+
+
+def error_body(error: RpcError, codec: Codec) -> bytes:
+    """``google.rpc.Status`` in binary, or the Connect JSON error object for JSON callers."""
+    if codec is JSON:
+        body: dict[str, Any] = {"code": error.code.connect_name, "message": error.message}
+        if error.details:
+            body["details"] = [
+                {
+                    "type": detail.type_url.rpartition("/")[2],
+                    "value": base64.b64encode(detail.value).decode("ascii").rstrip("="),
+                }
+                for detail in pack_details(error.details)
+            ]
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return bytes(error.to_status().SerializeToString())
+
+
+def read_error(headers: Mapping[str, str], body: bytes) -> RpcError | None:
+    """The error a reply carries, or ``None`` when it is a success.
+
+    Protobind peers send ``Protobind-Status`` with the exact code and the status in the body; plain
+    NATS micro services send only the micro headers, mapped here to the nearest code.
+    """
+    status = header(headers, STATUS)
+    if status is not None:
+        try:
+            code = Code.from_number(int(status))
+        except ValueError:
+            code = Code.UNKNOWN
+        if code is Code.OK:
+            return None
+        return _decode_status(code, body, codec_for(headers), header(headers, MICRO_ERROR) or "")
+    micro_code = header(headers, MICRO_ERROR_CODE)
+    if micro_code is not None:
+        try:
+            number = int(micro_code)
+        except ValueError:
+            number = 500
+        return RpcError(_FROM_HTTP_STATUS.get(number, Code.UNKNOWN), header(headers, MICRO_ERROR) or "")
+    return None
+
+
+def _decode_status(code: Code, body: bytes, codec: Codec, fallback: str) -> RpcError:
+    if not body:
+        return RpcError(code, fallback)
+    try:
+        if codec is JSON:
+            return _decode_json_error(code, body)
+        from google.rpc import status_pb2
+
+        status = status_pb2.Status.FromString(body)
+        return RpcError(code, status.message, unpack_details(status.details))
+    except Exception:
+        # a malformed error body must not hide the status code the header already gave
+        return RpcError(code, fallback)
+
+
+def _decode_json_error(code: Code, body: bytes) -> RpcError:
+    from google.protobuf import any_pb2
+
+    data = json.loads(body)
+    details: list[any_pb2.Any] = []
+    for item in data.get("details") or ():
+        value = str(item.get("value", ""))
+        details.append(
+            any_pb2.Any(
+                type_url="type.googleapis.com/" + str(item.get("type", "")),
+                value=base64.b64decode(value + "=" * (-len(value) % 4)),
+            )
+        )
+    return RpcError(code, str(data.get("message", "")), unpack_details(details))

@@ -1,0 +1,895 @@
+"""The NATS binding against a real nats-server: wire format, raw nats-py peers, flow control,
+cancellation, discovery, reconnection and bad input. The behaviour suite (test_behaviour.py)
+covers the call semantics shared with the other transports."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
+
+import protobind
+from protobind import Code, RpcError
+from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
+from protobind.conformance.v1.conformance_protobind import (
+    ConformanceServiceClient,
+    ConformanceServiceService,
+)
+
+from .conformance import Conformance
+from .nats_server import NatsServers
+
+SERVICE = "protobind.conformance.v1.ConformanceService"
+_prefixes = itertools.count()
+
+
+def _prefix() -> str:
+    return f"tn{next(_prefixes)}."
+
+
+class Served:
+    """A protobind server on NATS and what tests need to reach it."""
+
+    def __init__(self, server: protobind.Server, url: str, prefix: str, nats_url: str) -> None:
+        self.server = server
+        self.url = url
+        self.prefix = prefix
+        self.nats_url = nats_url
+
+    def subject(self, method: str) -> str:
+        return f"{self.prefix}{SERVICE}.{method}"
+
+    @property
+    def binding(self) -> Any:
+        return self.server.bindings[0]
+
+
+async def _serve(nats_url: str, service: object, query: str = "", prefix: str | None = None) -> Served:
+    prefix = _prefix() if prefix is None else prefix
+    server = protobind.Server([service])
+    (url,) = await server.start(f"{nats_url}?prefix={prefix}{query}")
+    return Served(server, url, prefix, nats_url)
+
+
+@pytest.fixture
+async def served(nats_server: str) -> AsyncIterator[tuple[Served, Conformance]]:
+    service = Conformance()
+    served = await _serve(nats_server, service, "&heartbeat=0.2")
+    try:
+        yield served, service
+    finally:
+        await served.server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def raw(nats_server: str) -> AsyncIterator[Any]:
+    nc = await nats.connect(nats_server)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def _eventually(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+# --- the embedded server and the module boundary -------------------------------------------------
+
+
+def test_import_protobind_loads_no_nats() -> None:
+    code = "import sys, protobind; sys.exit(any(m.split('.')[0] == 'nats' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_embedded_server_restarts_on_the_same_port(nats_servers: NatsServers) -> None:
+    url, stop = nats_servers.start()
+    port = int(url.rsplit(":", 1)[1])
+    stop()
+    again, _ = nats_servers.start(port)
+    assert again == url
+
+
+# --- load sharing and concurrency ----------------------------------------------------------------
+
+
+class Recorder(Conformance):
+    def __init__(self, name: str = "", delay: float = 0.0) -> None:
+        super().__init__()
+        self.name = name
+        self.delay = delay
+        self.calls = 0
+        self.running = 0
+        self.most = 0
+
+    async def unary(self, request: Request, context: protobind.Context) -> Response:
+        self.calls += 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            delay = request.behavior.sleep_ms / 1000 if request.behavior.sleep_ms else self.delay
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            self.running -= 1
+        return Response(text=self.name or request.text)
+
+
+async def test_two_replicas_share_the_calls(nats_server: str) -> None:
+    first, second = Recorder("a"), Recorder("b")
+    one = await _serve(nats_server, first)
+    two = await _serve(nats_server, second, prefix=one.prefix)
+    try:
+        async with protobind.connect(one.url) as channel:
+            client = ConformanceServiceClient(channel)
+            replies = await asyncio.gather(*(client.unary(Request(), timeout=10) for _ in range(200)))
+        assert first.calls + second.calls == 200
+        assert first.calls > 0 and second.calls > 0
+        assert {r.text for r in replies} == {"a", "b"}
+    finally:
+        await one.server.stop(0)
+        await two.server.stop(0)
+
+
+async def test_a_slow_call_does_not_hold_up_others(nats_server: str) -> None:
+    served = await _serve(nats_server, Recorder())
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            slow = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=3000)), timeout=10))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await asyncio.gather(*(client.unary(Request(), timeout=5) for _ in range(20)))
+            assert time.monotonic() - started < 1.0
+            assert not slow.done()
+            slow.cancel()
+    finally:
+        await served.server.stop(0)
+
+
+async def test_handlers_run_concurrently_up_to_max_concurrency(nats_server: str) -> None:
+    service = Recorder(delay=0.2)
+    served = await _serve(nats_server, service, "&max_concurrency=3")
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            started = time.monotonic()
+            await asyncio.gather(*(client.unary(Request(), timeout=10) for _ in range(9)))
+            elapsed = time.monotonic() - started
+        assert service.most == 3
+        assert 0.55 < elapsed < 2.0  # three rounds of three
+    finally:
+        await served.server.stop(0)
+
+
+async def test_overload_is_refused_with_resource_exhausted(nats_server: str) -> None:
+    service = Recorder(delay=0.3)
+    served = await _serve(nats_server, service, "&max_concurrency=1&max_pending=2")
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            results = await asyncio.gather(
+                *(client.unary(Request(), timeout=10) for _ in range(12)), return_exceptions=True
+            )
+        refused = [r for r in results if isinstance(r, RpcError)]
+        assert refused and all(r.code is Code.RESOURCE_EXHAUSTED for r in refused)
+        assert any(isinstance(r, Response) for r in results)
+    finally:
+        await served.server.stop(0)
+
+
+async def test_without_nats_py_internals_calls_get_a_task_each(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protobind import _nats_delivery
+
+    monkeypatch.setattr(_nats_delivery.Delivery, "attach", classmethod(lambda cls, *args: None))
+    service = Recorder(delay=0.2)
+    served = await _serve(nats_server, service, "&max_concurrency=4")
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            await asyncio.gather(*(client.unary(Request(), timeout=10) for _ in range(8)))
+        assert service.most == 4
+    finally:
+        await served.server.stop(0)
+
+
+# --- the client ------------------------------------------------------------------------------------
+
+
+async def test_unary_calls_share_one_reply_subscription(served: tuple[Served, Conformance]) -> None:
+    server, _ = served
+    async with protobind.connect(server.url) as channel:
+        client = ConformanceServiceClient(channel)
+        await client.unary(Request())
+        connection = channel.transport.connection  # type: ignore[attr-defined]
+        subscribes = 0
+        original = connection.subscribe
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal subscribes
+            subscribes += 1
+            return await original(*args, **kwargs)
+
+        connection.subscribe = counting
+        replies = await asyncio.gather(*(client.unary(Request(number=i), timeout=5) for i in range(100)))
+        assert sorted(r.number for r in replies) == list(range(100))
+        assert subscribes == 0
+
+
+async def test_connect_to_several_servers_and_json_codec(served: tuple[Served, Conformance]) -> None:
+    server, _ = served
+    host = server.nats_url.removeprefix("nats://")
+    url = f"nats://{host},{host}?prefix={server.prefix}&codec=json"
+    async with protobind.connect(url) as channel:
+        client = ConformanceServiceClient(channel)
+        reply = await client.unary(Request(text="j", number=2**40), metadata={"x-a": "1"}, timeout=5)
+        assert (reply.text, reply.number, reply.metadata["x-a"]) == ("j", 2**40, "1")
+        streamed = [r.index async for r in client.server_stream(Request(behavior=Behavior(stream_count=3)))]
+        assert streamed == [0, 1, 2]
+
+
+async def test_cannot_connect_is_unavailable(nats_servers: NatsServers) -> None:
+    url, stop = nats_servers.start()
+    stop()
+    channel = protobind.connect(url + "?connect_timeout=0.5&reconnect_wait=0.1")
+    started = time.monotonic()
+    with pytest.raises(RpcError) as info:
+        await ConformanceServiceClient(channel).unary(Request(), timeout=5)
+    assert info.value.code is Code.UNAVAILABLE
+    assert time.monotonic() - started < 3
+
+
+# --- raw nats-py peers: body, headers, errors ----------------------------------------------------
+
+
+async def test_raw_client_calls_with_json(served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = served
+    msg = await raw.request(
+        server.subject("Unary"),
+        b'{"text": "hi", "number": "7"}',
+        headers={"Content-Type": "application/json", "x-user": "ada", "Protobind-Timeout-Ms": "5000"},
+        timeout=5,
+    )
+    assert msg.headers["Content-Type"] == "application/json"
+    body = json.loads(msg.data)
+    assert body["text"] == "hi"
+    assert body["number"] == "7"
+    assert body["metadata"] == {"x-user": "ada"}
+    assert 3.0 < body["timeRemaining"] <= 5.0
+    assert body["transport"] == "nats"
+
+
+async def test_raw_client_calls_with_binary(served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = served
+    msg = await raw.request(server.subject("Unary"), Request(text="bin").SerializeToString(), timeout=5)
+    assert msg.headers is None
+    assert Response.FromString(msg.data).text == "bin"
+
+
+async def test_error_reply_headers_and_binary_status(served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = served
+    request = Request(
+        behavior=Behavior(error_code=5, error_message="no\nsuch thing", error_detail_reason="GONE")
+    )
+    msg = await raw.request(server.subject("Unary"), request.SerializeToString(), timeout=5)
+    assert msg.headers["Nats-Service-Error-Code"] == "404"
+    assert msg.headers["Nats-Service-Error"] == "no such thing"
+    assert msg.headers["Protobind-Status"] == "5"
+    status = status_pb2.Status.FromString(msg.data)
+    assert (status.code, status.message) == (5, "no\nsuch thing")
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "GONE"
+
+
+async def test_error_reply_as_json(served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = served
+    body = b'{"behavior": {"errorCode": 7, "errorMessage": "denied", "errorDetailReason": "R"}}'
+    msg = await raw.request(
+        server.subject("Unary"), body, headers={"Content-Type": "application/json"}, timeout=5
+    )
+    assert msg.headers["Nats-Service-Error-Code"] == "403"
+    assert msg.headers["Protobind-Status"] == "7"
+    error = json.loads(msg.data)
+    assert (error["code"], error["message"]) == ("permission_denied", "denied")
+    (detail,) = error["details"]
+    assert detail["type"] == "google.rpc.ErrorInfo"
+    value = detail["value"]
+    decoded = error_details_pb2.ErrorInfo.FromString(base64.b64decode(value + "=" * (-len(value) % 4)))
+    assert decoded.reason == "R"
+
+
+async def test_plain_micro_error_maps_to_nearest_code(nats_server: str, raw: Any) -> None:
+    subject = f"{_prefix()}micro.v1.Thing.Do"
+
+    async def micro_handler(msg: Any) -> None:
+        await msg.respond(b"")
+
+    async def respond(msg: Any) -> None:
+        await raw.publish(
+            msg.reply, b"", headers={"Nats-Service-Error-Code": "404", "Nats-Service-Error": "missing"}
+        )
+
+    await raw.subscribe(subject, cb=respond)
+    await raw.flush()
+    from protobind.nats import _settings
+
+    transport = protobind.nats.NatsTransport(_settings(nats_server, {}))
+    await transport.start()
+    try:
+        method = protobind.MethodInfo(
+            name="Do",
+            service="micro.v1.Thing",
+            input_type=Request,
+            output_type=Response,
+            kind=protobind.MethodKind.UNARY,
+        )
+        call = protobind.CallInfo().prepare(method, 5.0, None)
+        transport._subjects[method.path] = subject
+        with pytest.raises(RpcError) as info:
+            await transport.unary(Request(), call)
+        assert (info.value.code, info.value.message) == (Code.NOT_FOUND, "missing")
+    finally:
+        await transport.close()
+
+
+async def test_metadata_binary_and_repeated_values(nats_server: str) -> None:
+    seen: dict[str, list[Any]] = {}
+
+    class Echo(ConformanceServiceService):
+        async def unary(self, request: Request, context: protobind.Context) -> Response:
+            for key in context.metadata:
+                seen[key] = context.metadata.get_all(key)
+            context.set_header("x-out-bin", b"\x00\xfe")
+            context.set_trailer("x-done", "yes")
+            return Response()
+
+    served = await _serve(nats_server, Echo())
+    try:
+        async with protobind.connect(served.url) as channel:
+            call = protobind.CallInfo()
+            metadata = protobind.Metadata([("x-key-bin", b"\x01\x02"), ("x-key-bin", b"\xff"), ("x-t", "a")])
+            metadata.add("x-t", "b")
+            await ConformanceServiceClient(channel).unary(Request(), metadata=metadata, call=call, timeout=5)
+        assert seen["x-key-bin"] == [b"\x01\x02", b"\xff"]
+        assert seen["x-t"] == ["a,b"]  # joined with "," as gRPC allows for repeated headers
+        assert call.headers["x-out-bin"] == b"\x00\xfe"
+        assert call.trailers["x-done"] == "yes"
+    finally:
+        await served.server.stop(0)
+
+
+async def test_no_responders_is_unavailable_at_once(nats_server: str) -> None:
+    async with protobind.connect(f"{nats_server}?prefix={_prefix()}") as channel:
+        client = ConformanceServiceClient(channel)
+        started = time.monotonic()
+        with pytest.raises(RpcError) as info:
+            await client.unary(Request(), timeout=10)
+        assert info.value.code is Code.UNAVAILABLE
+        with pytest.raises(RpcError) as stream_info:
+            async for _ in client.server_stream(Request(), timeout=10):
+                pass
+        assert stream_info.value.code is Code.UNAVAILABLE
+        assert time.monotonic() - started < 1.0
+
+
+async def test_deadline_from_a_raw_header_cancels_the_handler(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, service = served
+    request = Request(text="late", behavior=Behavior(sleep_ms=3000))
+    msg = await raw.request(
+        server.subject("Unary"),
+        request.SerializeToString(),
+        headers={"Protobind-Timeout-Ms": "100"},
+        timeout=5,
+    )
+    assert msg.headers["Protobind-Status"] == str(int(Code.DEADLINE_EXCEEDED))
+    assert "late" in service.cancelled
+
+
+async def test_one_way_publish_runs_the_handler(nats_server: str, raw: Any) -> None:
+    service = Recorder()
+    served = await _serve(nats_server, service)
+    try:
+        await raw.publish(served.subject("Unary"), Request().SerializeToString())
+        await _eventually(lambda: service.calls == 1)
+    finally:
+        await served.server.stop(1.0)
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+async def test_bad_input_gets_clear_errors_and_service_keeps_serving(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, _ = served
+
+    async def status(subject: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        msg = await raw.request(subject, body, headers=headers, timeout=5)
+        return int(msg.headers["Protobind-Status"]), msg.headers["Nats-Service-Error"]
+
+    code, message = await status(server.subject("Unary"), b"\xff\xff\xff\xff garbage")
+    assert code == Code.INVALID_ARGUMENT and "Request" in message
+    json_headers = {"Content-Type": "application/json"}
+    code, message = await status(server.subject("Unary"), b'{"number": "not a number"}', json_headers)
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await status(server.subject("Unary"), b'{"noSuchField": 1}', json_headers)
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await status(server.subject("Unary"), b"{", json_headers)
+    assert code == Code.INVALID_ARGUMENT
+    code, message = await status(server.subject("NoSuchMethod"), b"")
+    assert code == Code.UNIMPLEMENTED and "NoSuchMethod" in message
+    code, _ = await status(server.subject("Unary"), b"", {"Content-Type": "text/plain"})
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await status(server.subject("Unary"), b"", {"Protobind-Timeout-Ms": "soon"})
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await status(server.subject("Unary"), b"", {"x-k-bin": "%%%"})
+    assert code == Code.INVALID_ARGUMENT
+    async with protobind.connect(server.url) as channel:
+        assert (await ConformanceServiceClient(channel).unary(Request(text="ok"), timeout=5)).text == "ok"
+
+
+async def test_messages_above_max_payload_are_resource_exhausted(nats_servers: NatsServers) -> None:
+    nats_url, _ = nats_servers.start(config="max_payload: 4096")
+    served = await _serve(nats_url, Conformance())
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(payload=b"x" * 5000), timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(behavior=Behavior(response_size=5000)), timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            with pytest.raises(RpcError) as info:
+                await client.client_stream([Request(payload=b"x" * 5000)], timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            # the connection survived all of that
+            assert (await client.unary(Request(text="still"), timeout=5)).text == "still"
+    finally:
+        await served.server.stop(0)
+
+
+# --- streaming: flow control, cancellation, liveness ----------------------------------------------
+
+
+class Streams(ConformanceServiceService):
+    def __init__(self) -> None:
+        self.produced = 0
+        self.consumed = 0
+        self.cancelled = asyncio.Event()
+        self.paused = asyncio.Event()
+
+    async def server_stream(self, request: Request, context: protobind.Context) -> AsyncIterator[Response]:
+        try:
+            for index in range(request.behavior.stream_count or 1000):
+                self.produced = index + 1
+                yield Response(index=index)
+                if request.behavior.sleep_ms:
+                    await asyncio.sleep(request.behavior.sleep_ms / 1000)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def client_stream(self, requests: AsyncIterator[Request], context: protobind.Context) -> Response:
+        async for _ in requests:
+            self.consumed += 1
+            if self.consumed == 2:
+                self.paused.set()
+                await asyncio.sleep(0.5)
+        return Response(request_count=self.consumed)
+
+
+async def test_server_stream_flow_control_bounds_a_fast_producer(nats_server: str) -> None:
+    service = Streams()
+    served = await _serve(nats_server, service, "&window=8")
+    try:
+        async with protobind.connect(served.url + "&window=8") as channel:
+            responses = ConformanceServiceClient(channel).server_stream(Request(), timeout=30)
+            first = [(await anext(responses)).index for _ in range(3)]
+            await asyncio.sleep(0.3)
+            # 8 in flight, plus one produced and waiting for credit
+            assert service.produced <= 3 + 8 + 1
+            rest = [r.index async for r in responses]
+        assert first + rest == list(range(1000))
+    finally:
+        await served.server.stop(0)
+
+
+async def test_client_stream_flow_control_bounds_a_fast_producer(nats_server: str) -> None:
+    service = Streams()
+    served = await _serve(nats_server, service, "&window=4")
+    produced = 0
+
+    async def requests() -> AsyncIterator[Request]:
+        nonlocal produced
+        for _ in range(200):
+            produced += 1
+            yield Request()
+
+    try:
+        async with protobind.connect(served.url) as channel:
+            call = asyncio.ensure_future(
+                ConformanceServiceClient(channel).client_stream(requests(), timeout=30)
+            )
+            await asyncio.wait_for(service.paused.wait(), 5)
+            await asyncio.sleep(0.2)
+            assert produced <= 2 + 4 + 1
+            reply = await call
+        assert reply.request_count == 200
+    finally:
+        await served.server.stop(0)
+
+
+async def test_leaving_a_stream_early_cancels_the_handler(nats_server: str) -> None:
+    service = Streams()
+    served = await _serve(nats_server, service)
+    try:
+        async with protobind.connect(served.url) as channel:
+            responses = ConformanceServiceClient(channel).server_stream(
+                Request(behavior=Behavior(sleep_ms=50)), timeout=30
+            )
+            assert (await anext(responses)).index == 0
+            await responses.aclose()
+            await asyncio.wait_for(service.cancelled.wait(), 2)
+    finally:
+        await served.server.stop(0)
+
+
+async def test_client_that_vanishes_is_noticed_by_the_server(nats_server: str) -> None:
+    service = Streams()
+    served = await _serve(nats_server, service, "&heartbeat=0.2")
+    try:
+        channel = await protobind.connect(served.url + "&heartbeat=0.2").open()
+        responses = ConformanceServiceClient(channel).server_stream(
+            Request(behavior=Behavior(sleep_ms=100)), timeout=30
+        )
+        assert (await anext(responses)).index == 0
+        # the NATS connection goes away without a word to the server (no cancel frame)
+        await channel.transport.connection.close()  # type: ignore[attr-defined]
+        await asyncio.wait_for(service.cancelled.wait(), 3)
+        await channel.close()
+    finally:
+        await served.server.stop(0)
+
+
+_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path[:0] = [{root!r}, {gen!r}]
+    import protobind
+    from tests.conformance import Conformance
+
+    async def main():
+        server = protobind.Server([Conformance()])
+        await server.start(sys.argv[1])
+        print("READY", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, gen_dir: Path) -> None:
+    prefix = _prefix()
+    url = f"{nats_server}?prefix={prefix}&heartbeat=0.2"
+    script = _SERVER_SCRIPT.format(root=str(gen_dir.parent.parent), gen=str(gen_dir))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 10)).strip() == b"READY"
+        async with protobind.connect(url) as channel:
+            responses = ConformanceServiceClient(channel).server_stream(
+                Request(behavior=Behavior(stream_count=1000, sleep_ms=100)), timeout=60
+            )
+            assert (await anext(responses)).index == 0
+            process.kill()
+            started = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                async for _ in responses:
+                    pass
+            assert info.value.code is Code.UNAVAILABLE
+            assert time.monotonic() - started < 2.0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_bidi_stream_error_mid_stream_and_trailers(served: tuple[Served, Conformance]) -> None:
+    server, _ = served
+    failing = Request(text="bad", behavior=Behavior(error_code=int(Code.ABORTED), error_message="stop"))
+    call = protobind.CallInfo()
+    seen = []
+    async with protobind.connect(server.url) as channel:
+        with pytest.raises(RpcError) as info:
+            async for reply in ConformanceServiceClient(channel).bidi_stream(
+                [Request(text="a"), Request(text="b"), failing, Request(text="never")],
+                metadata={"x-echo-t": "v"},
+                call=call,
+                timeout=5,
+            ):
+                seen.append(reply.text)
+    assert seen == ["a", "b"]
+    assert (info.value.code, info.value.message) == (Code.ABORTED, "stop")
+    assert call.headers["x-echo-t-header"] == "v"
+    assert call.trailers["x-echo-t-trailer"] == "v"
+
+
+async def test_raw_peer_speaks_the_streaming_protocol(served: tuple[Served, Conformance], raw: Any) -> None:
+    """A server stream driven by hand with nats-py, following docs/protocols.md."""
+    server, _ = served
+    inbox = raw.new_inbox()
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await raw.subscribe(inbox, cb=frames.put)
+    request = Request(text="raw", behavior=Behavior(stream_count=6))
+    await raw.publish(
+        server.subject("ServerStream"),
+        request.SerializeToString(),
+        reply=inbox,
+        headers={"Protobind-Frame": "open", "Protobind-Window": "2", "Protobind-Heartbeat-Ms": "5000"},
+    )
+    accept = await asyncio.wait_for(frames.get(), 5)
+    assert accept.headers["Protobind-Frame"] == "accept"
+    server_inbox = accept.reply
+    indexes = []
+    while True:
+        frame = await asyncio.wait_for(frames.get(), 5)
+        if frame.headers is None:
+            indexes.append(Response.FromString(frame.data).index)
+            # acknowledge each message: cumulative count of messages consumed
+            await raw.publish(
+                server_inbox, b"", headers={"Protobind-Frame": "ack", "Protobind-Ack": str(len(indexes))}
+            )
+        elif frame.headers["Protobind-Frame"] == "end":
+            assert frame.headers["Protobind-Status"] == "0"
+            assert frame.headers["Protobind-Count"] == "6"
+            break
+    assert indexes == list(range(6))
+    await sub.unsubscribe()
+
+
+async def test_a_peer_that_ignores_the_window_is_stopped(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, _ = served
+    inbox = raw.new_inbox()
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+    sub = await raw.subscribe(inbox, cb=frames.put)
+    await raw.publish(
+        server.subject("ClientStream"),
+        b"",
+        reply=inbox,
+        headers={"Protobind-Frame": "open", "Protobind-Window": "4"},
+    )
+    accept = await asyncio.wait_for(frames.get(), 5)
+    window = int(accept.headers["Protobind-Window"])
+    for _ in range(window * 3):
+        await raw.publish(accept.reply, Request().SerializeToString(), reply=inbox)
+    while True:
+        frame = await asyncio.wait_for(frames.get(), 5)
+        if frame.headers and frame.headers.get("Protobind-Frame") == "end":
+            assert frame.headers["Protobind-Status"] == str(int(Code.RESOURCE_EXHAUSTED))
+            break
+    await sub.unsubscribe()
+
+
+# --- micro discovery ------------------------------------------------------------------------------
+
+
+async def _gather_replies(raw: Any, subject: str, wait: float = 0.3) -> list[dict[str, Any]]:
+    inbox = raw.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def collect(msg: Any) -> None:
+        replies.append(json.loads(msg.data))
+
+    sub = await raw.subscribe(inbox, cb=collect)
+    await raw.publish(subject, b"", reply=inbox)
+    await asyncio.sleep(wait)
+    await sub.unsubscribe()
+    return replies
+
+
+async def test_micro_discovery(served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = served
+    async with protobind.connect(server.url) as channel:
+        client = ConformanceServiceClient(channel)
+        await client.unary(Request(), timeout=5)
+        with pytest.raises(RpcError):
+            await client.unary(Request(behavior=Behavior(error_code=5, error_message="x")), timeout=5)
+    name = "protobind_conformance_v1_ConformanceService"
+    (micro,) = server.binding._micro
+    ours = micro.id
+
+    for subject in ("$SRV.PING", f"$SRV.PING.{name}", f"$SRV.PING.{name}.{ours}"):
+        replies = [r for r in await _gather_replies(raw, subject) if r["id"] == ours]
+        assert len(replies) == 1, subject
+        ping = ServicePing.from_dict(replies[0])
+        assert (ping.name, replies[0]["type"]) == (name, "io.nats.micro.v1.ping_response")
+
+    (info_reply,) = [r for r in await _gather_replies(raw, f"$SRV.INFO.{name}") if r["id"] == ours]
+    info = ServiceInfo.from_dict(info_reply)
+    assert info_reply["type"] == "io.nats.micro.v1.info_response"
+    assert info.metadata["protobind.service"] == SERVICE
+    endpoints = {e.name: e for e in info.endpoints}
+    assert set(endpoints) == {"Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream"}
+    assert endpoints["Unary"].subject == server.subject("Unary")
+    assert endpoints["Unary"].queue_group == "protobind"
+    assert endpoints["BidiStream"].metadata["protobind.kind"] == "bidi_streaming"
+
+    (stats_reply,) = await _gather_replies(raw, f"$SRV.STATS.{name}.{ours}")
+    stats = ServiceStats.from_dict(stats_reply)
+    assert stats_reply["type"] == "io.nats.micro.v1.stats_response"
+    unary = next(e for e in stats.endpoints if e.name == "Unary")
+    assert (unary.num_requests, unary.num_errors) == (2, 1)
+    assert unary.last_error == "NOT_FOUND: x"
+    assert unary.processing_time >= unary.average_processing_time > 0
+    assert stats.started <= datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    assert await _gather_replies(raw, f"$SRV.INFO.{name}.not-this-one") == []
+
+
+# --- reconnection, stop, TLS ---------------------------------------------------------------------------
+
+
+async def test_calls_recover_after_nats_server_restart(nats_servers: NatsServers) -> None:
+    nats_url, stop_nats = nats_servers.start()
+    port = int(nats_url.rsplit(":", 1)[1])
+    served = await _serve(nats_url, Conformance(), "&reconnect_wait=0.1")
+    try:
+        async with protobind.connect(served.url + "&reconnect_wait=0.1") as channel:
+            client = ConformanceServiceClient(channel)
+            assert (await client.unary(Request(text="before"), timeout=5)).text == "before"
+            in_flight = asyncio.ensure_future(
+                client.unary(Request(behavior=Behavior(sleep_ms=2000)), timeout=30)
+            )
+            await asyncio.sleep(0.1)
+            stop_nats()
+            started = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                await in_flight
+            assert info.value.code is Code.UNAVAILABLE
+            for _ in range(3):
+                with pytest.raises(RpcError) as info:
+                    await client.unary(Request(text="gap"), timeout=1)
+                assert info.value.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+            assert time.monotonic() - started < 5
+            nats_servers.start(port)
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    reply = await client.unary(Request(text="after"), timeout=1)
+                    break
+                except RpcError as exc:
+                    assert exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+                    assert time.monotonic() < deadline, "calls did not recover"
+                    await asyncio.sleep(0.1)
+            assert reply.text == "after"
+    finally:
+        await served.server.stop(0)
+
+
+async def test_stop_drains_in_flight_calls_and_refuses_new_ones(nats_server: str) -> None:
+    service = Recorder()
+    served = await _serve(nats_server, service)
+    async with protobind.connect(served.url) as channel:
+        client = ConformanceServiceClient(channel)
+        slow = asyncio.ensure_future(
+            client.unary(Request(text="slow", behavior=Behavior(sleep_ms=300)), timeout=5)
+        )
+        await _eventually(lambda: service.running == 1)
+        await served.server.stop(grace=2.0)
+        assert (await slow).text == "slow"
+        with pytest.raises(RpcError) as info:
+            await client.unary(Request(), timeout=5)
+        assert info.value.code is Code.UNAVAILABLE
+
+
+async def test_stop_after_grace_fails_calls_with_unavailable(nats_server: str) -> None:
+    service = Recorder()
+    served = await _serve(nats_server, service)
+    async with protobind.connect(served.url) as channel:
+        client = ConformanceServiceClient(channel)
+        slow = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=5000)), timeout=10))
+        stream = ConformanceServiceClient(channel).server_stream(
+            Request(behavior=Behavior(stream_count=100, sleep_ms=100)), timeout=10
+        )
+        await anext(stream)
+        await _eventually(lambda: service.running == 1)
+        await served.server.stop(grace=0.1)
+        with pytest.raises(RpcError) as info:
+            await slow
+        assert info.value.code is Code.UNAVAILABLE
+        with pytest.raises(RpcError) as info:
+            async for _ in stream:
+                pass
+        assert info.value.code is Code.UNAVAILABLE
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    nats_url, _ = nats_servers.start(args=["--tls", "--tlscert", str(cert), "--tlskey", str(key)])
+    assert nats_url.startswith("tls://")
+    served = await _serve(nats_url, Conformance(), f"&tls_ca={cert}")
+    try:
+        async with protobind.connect(served.url) as channel:
+            reply = await ConformanceServiceClient(channel).unary(Request(text="secure"), timeout=5)
+        assert reply.text == "secure"
+    finally:
+        await served.server.stop(0)
+
+
+def test_error_details_of_unknown_types_stay_any() -> None:
+    from protobind._nats_wire import JSON, error_body, read_error
+
+    unknown = any_pb2.Any(type_url="type.googleapis.com/some.Unknown", value=b"\x08\x01")
+    error = RpcError(Code.ABORTED, "m", [unknown])
+    for codec in (JSON, protobind.PROTO):
+        headers = {"Protobind-Status": "10"}
+        if codec is JSON:
+            headers["Content-Type"] = "application/json"
+        back = read_error(headers, error_body(error, codec))
+        assert back is not None
+        assert back.details[0].type_url == unknown.type_url
+        assert back.details[0].value == unknown.value
