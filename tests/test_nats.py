@@ -453,6 +453,35 @@ async def test_bad_input_gets_clear_errors_and_service_keeps_serving(
         assert (await ConformanceServiceClient(channel).unary(Request(text="ok"), timeout=5)).text == "ok"
 
 
+async def test_streaming_method_called_like_unary_is_refused(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, _ = served
+    msg = await raw.request(server.subject("ServerStream"), Request().SerializeToString(), timeout=5)
+    assert msg.headers["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
+    assert "Protobind-Frame: open" in msg.headers["Nats-Service-Error"]
+
+
+async def test_metadata_that_cannot_be_a_header(nats_server: str) -> None:
+    class BadHeaders(Conformance):
+        async def unary(self, request: Request, context: protobind.Context) -> Response:
+            context.set_header("bad key", "v")
+            return Response()
+
+    served = await _serve(nats_server, BadHeaders())
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(), metadata={"bad key": "v"}, timeout=5)
+            assert info.value.code is Code.INVALID_ARGUMENT
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(), timeout=5)
+            assert info.value.code is Code.INTERNAL
+    finally:
+        await served.server.stop(0)
+
+
 async def test_messages_above_max_payload_are_resource_exhausted(nats_servers: NatsServers) -> None:
     nats_url, _ = nats_servers.start(config="max_payload: 4096")
     served = await _serve(nats_url, Conformance())

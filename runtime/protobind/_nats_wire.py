@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,12 +108,19 @@ def is_reserved(key: str) -> bool:
     return key in RESERVED or key.startswith(RESERVED_PREFIXES)
 
 
+#: Header names NATS accepts (RFC 7230 tokens).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") -> None:
     """Add ``metadata`` to ``headers``. Repeated values of one key are joined with "," (gRPC's rule
-    for HTTP/2 headers, which also applies here); ``-bin`` values are unpadded base64."""
+    for HTTP/2 headers, which also applies here); ``-bin`` values are unpadded base64. Keys that
+    are protocol headers are left out; a key that cannot be a header name is an error."""
     for key in metadata:
         if is_reserved(key):
             continue
+        if not _HEADER_NAME.fullmatch(key):
+            raise RpcError(Code.INTERNAL, f"metadata key {key!r} cannot be sent as a NATS header")
         values = metadata.get_all(key)
         if key.endswith("-bin"):
             encoded = [_b64(v) for v in values]

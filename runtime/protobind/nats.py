@@ -13,7 +13,8 @@ Options, from the URL query string or ``options`` (server = S, client = C):
 ``queue_group`` (S)
     Queue group of the service subscriptions. Default ``protobind``.
 ``max_concurrency`` (S)
-    Handlers running at once on this binding; further calls wait. Default 1024.
+    Unary handlers running at once on this binding, and streams running at once; further calls
+    wait. Default 1024.
 ``max_pending`` (S)
     Calls allowed to wait for a handler slot; beyond that a call is refused with
     RESOURCE_EXHAUSTED at once. Default 8192.
@@ -68,6 +69,7 @@ from ._nats_wire import (
     codec_for,
     error_body,
     error_headers,
+    header,
     headers_size,
     put_metadata,
     read_error,
@@ -151,7 +153,9 @@ def _settings(url: str, options: Mapping[str, Any]) -> _Settings:
     servers = [f"{parts.scheme}://{auth}{host.strip()}" for host in hosts.split(",") if host.strip()]
     unknown = set(options) - _KNOWN_OPTIONS
     if unknown:
-        logger.warning("ignoring unknown NATS options: %s", ", ".join(sorted(unknown)))
+        raise ValueError(
+            f"unknown NATS option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KNOWN_OPTIONS))}"
+        )
     prefix = str(options.get("prefix", "") or "")
     if prefix and not prefix.endswith("."):
         prefix += "."
@@ -402,7 +406,9 @@ class NatsBinding:
         elif self._closing:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
         elif route.streaming:
-            if self._running_streams < self.settings.max_concurrency:
+            if header(msg.headers, FRAME) != OPEN:
+                await self._refuse(msg, _not_opened(route))
+            elif self._running_streams < self.settings.max_concurrency:
                 self._start_stream(route, msg)
             elif len(self._waiting_streams) < self.settings.max_pending:
                 self._waiting_streams.append((route, msg))
@@ -555,7 +561,11 @@ class NatsBinding:
         if error is not None and reply:
             out = error_headers(error, codec)
             if context is not None:
-                _add_response_metadata(out, context)
+                try:
+                    _add_response_metadata(out, context)
+                except RpcError:
+                    logger.error("%s set response metadata that NATS cannot carry", route.method.full_name)
+                    out = error_headers(error, codec)
             await self._send(reply, error_body(error, codec), out)
 
     def _expire_call(self, key: str) -> None:
@@ -659,10 +669,13 @@ class NatsBinding:
         else:
             headers[STATUS] = "0"
         if context is not None:
-            if error is not None and context.response_headers:
-                # headers that never went out with a message still reach the caller
-                await _send_headers(state, context)
-            put_metadata(headers, context.response_trailers)
+            try:
+                if error is not None and context.response_headers:
+                    # headers that never went out with a message still reach the caller
+                    await _send_headers(state, context)
+                put_metadata(headers, context.response_trailers)
+            except RpcError:
+                logger.error("%s set response metadata that NATS cannot carry", context.method)
         await state.control(END, headers, body)
 
     # --- stopping ---
@@ -738,6 +751,14 @@ class _Resume:
                     waiting = run(coro.send, value)
                 except StopIteration as done:
                     return done.value  # type: ignore[no-any-return]
+
+
+def _not_opened(route: _Route) -> RpcError:
+    return RpcError(
+        Code.INVALID_ARGUMENT,
+        f"{route.method.full_name} is a {route.method.kind.value.replace('_', ' ')} method: "
+        "start it with a Protobind-Frame: open message (see docs/protocols.md)",
+    )
 
 
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")
@@ -876,7 +897,10 @@ class NatsTransport:
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
             headers[TIMEOUT] = str(max(1, int(remaining * 1000)))
         if call.metadata:
-            put_metadata(headers, call.metadata)
+            try:
+                put_metadata(headers, call.metadata)
+            except RpcError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
         return headers
 
     def _spawn(self, coro: Any) -> None:
