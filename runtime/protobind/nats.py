@@ -271,14 +271,17 @@ class _Deadlines(Generic[T]):
     def __init__(self, expire: Callable[[T], None]) -> None:
         self._expire = expire
         self._slots: dict[int, set[T]] = {}
+        self._timers: set[int] = set()  # slots with a loop timer pending
 
     def add(self, deadline: float, item: T) -> int:
         slot = int(deadline * 1000) + 1
         items = self._slots.get(slot)
         if items is None:
             items = self._slots[slot] = set()
-            loop = asyncio.get_running_loop()
-            loop.call_at(_loop_time(loop, slot / 1000), self._fire, slot)
+            if slot not in self._timers:
+                self._timers.add(slot)
+                loop = asyncio.get_running_loop()
+                loop.call_at(_loop_time(loop, slot / 1000), self._fire, slot)
         items.add(item)
         return slot
 
@@ -286,8 +289,11 @@ class _Deadlines(Generic[T]):
         items = self._slots.get(slot)
         if items is not None:
             items.discard(item)
+            if not items:
+                del self._slots[slot]
 
     def _fire(self, slot: int) -> None:
+        self._timers.discard(slot)
         for item in self._slots.pop(slot, ()):
             self._expire(item)
 
@@ -296,11 +302,12 @@ class _Deadlines(Generic[T]):
 
 
 class _Route:
-    __slots__ = ("endpoint", "method", "stats", "streaming")
+    __slots__ = ("endpoint", "input_type", "method", "stats", "streaming")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
         self.endpoint = endpoint
         self.method = endpoint.method
+        self.input_type: type[Message] = endpoint.method.input_type
         self.stats = stats
         self.streaming = endpoint.method.kind.client_streams or endpoint.method.kind.server_streams
 
@@ -399,23 +406,27 @@ class NatsBinding:
     # --- dispatch ---
 
     async def _on_call(self, msg: Msg, delivery: Delivery | None = None) -> None:
-        """Serve one call message; runs in a consumer (see _nats_delivery) and never raises."""
+        """Serve one call message; runs in a consumer (see _nats_delivery) and never raises.
+        Unary calls are served right here: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
+        if route is None or route.streaming or self._closing:
+            await self._on_other_call(msg, route)
+        else:
+            await self._serve_unary(route, msg, delivery)
+
+    async def _on_other_call(self, msg: Msg, route: _Route | None) -> None:
         if route is None:
             await self._refuse(msg, RpcError(Code.UNIMPLEMENTED, f"method {msg.subject} is not served here"))
         elif self._closing:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
-        elif route.streaming:
-            if header(msg.headers, FRAME) != OPEN:
-                await self._refuse(msg, _not_opened(route))
-            elif self._running_streams < self.settings.max_concurrency:
-                self._start_stream(route, msg)
-            elif len(self._waiting_streams) < self.settings.max_pending:
-                self._waiting_streams.append((route, msg))
-            else:
-                await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
+        elif header(msg.headers, FRAME) != OPEN:
+            await self._refuse(msg, _not_opened(route))
+        elif self._running_streams < self.settings.max_concurrency:
+            self._start_stream(route, msg)
+        elif len(self._waiting_streams) < self.settings.max_pending:
+            self._waiting_streams.append((route, msg))
         else:
-            await self._serve_unary(route, msg, delivery)
+            await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
 
     async def _shed(self, msg: Msg) -> None:
         await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
@@ -506,7 +517,13 @@ class NatsBinding:
                 context = Context(
                     route.method, "nats", metadata=metadata, deadline=deadline, peer=reply.rpartition(".")[0]
                 )
-            request = codec.decode(msg.data, route.method.input_type)
+            if codec is PROTO:
+                try:
+                    request = route.input_type.FromString(msg.data)
+                except Exception:
+                    request = PROTO.decode(msg.data, route.input_type)  # raises the caller's error
+            else:
+                request = codec.decode(msg.data, route.input_type)
             # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
             call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
             # First step inline, in a copy of the context as a task of its own would have: most
@@ -529,7 +546,7 @@ class NatsBinding:
                     slot = self._deadlines.add(deadline, key)
                 response = await _Resume(call, isolated, waiting)
             if reply:
-                body = codec.encode(response)
+                body = response.SerializeToString() if codec is PROTO else codec.encode(response)
                 out = _response_headers(context, codec)
                 nc = self.connection
                 size = len(body) if out is None else len(body) + headers_size(out)
@@ -557,16 +574,26 @@ class NatsBinding:
                 self._cancelled.pop(key, None)
                 if slot:
                     self._deadlines.discard(slot, key)
-        _record(route.stats, started, error)
-        if error is not None and reply:
-            out = error_headers(error, codec)
-            if context is not None:
-                try:
-                    _add_response_metadata(out, context)
-                except RpcError:
-                    logger.error("%s set response metadata that NATS cannot carry", route.method.full_name)
-                    out = error_headers(error, codec)
-            await self._send(reply, error_body(error, codec), out)
+        stats = route.stats
+        stats.num_requests += 1
+        stats.processing_time += time.perf_counter_ns() - started
+        if error is not None:
+            stats.num_errors += 1
+            stats.last_error = f"{error.code.name}: {error.message}"
+            if reply:
+                await self._reply_error(route, reply, error, codec, context)
+
+    async def _reply_error(
+        self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
+    ) -> None:
+        out = error_headers(error, codec)
+        if context is not None:
+            try:
+                _add_response_metadata(out, context)
+            except RpcError:
+                logger.error("%s set response metadata that NATS cannot carry", route.method.full_name)
+                out = error_headers(error, codec)
+        await self._send(reply, error_body(error, codec), out)
 
     def _expire_call(self, key: str) -> None:
         self._cancel_call(key, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
