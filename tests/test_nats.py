@@ -160,7 +160,7 @@ async def test_a_slow_call_does_not_hold_up_others(nats_server: str) -> None:
             await asyncio.sleep(0.05)
             started = time.monotonic()
             await asyncio.gather(*(client.unary(Request(), timeout=5) for _ in range(20)))
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.0
             assert not slow.done()
             slow.cancel()
     finally:
@@ -177,7 +177,7 @@ async def test_handlers_run_concurrently_up_to_max_concurrency(nats_server: str)
             await asyncio.gather(*(client.unary(Request(), timeout=10) for _ in range(9)))
             elapsed = time.monotonic() - started
         assert service.most == 3
-        assert 0.55 < elapsed < 2.0  # three rounds of three
+        assert 0.55 < elapsed < 3.0  # three rounds of three
     finally:
         await served.server.stop(0)
 
@@ -392,7 +392,7 @@ async def test_no_responders_is_unavailable_at_once(nats_server: str) -> None:
             async for _ in client.server_stream(Request(), timeout=10):
                 pass
         assert stream_info.value.code is Code.UNAVAILABLE
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.0  # far from the 10 s timeouts
 
 
 async def test_deadline_from_a_raw_header_cancels_the_handler(
@@ -645,7 +645,7 @@ async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, g
                 async for _ in responses:
                     pass
             assert info.value.code is Code.UNAVAILABLE
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 3.0
     finally:
         if process.returncode is None:
             process.kill()
