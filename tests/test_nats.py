@@ -321,38 +321,31 @@ async def test_error_reply_as_json(served: tuple[Served, Conformance], raw: Any)
     assert decoded.reason == "R"
 
 
-async def test_plain_micro_error_maps_to_nearest_code(nats_server: str, raw: Any) -> None:
-    subject = f"{_prefix()}micro.v1.Thing.Do"
-
-    async def micro_handler(msg: Any) -> None:
-        await msg.respond(b"")
+@pytest.mark.parametrize(
+    ("body", "headers", "code", "message"),
+    [
+        (b"", {"Nats-Service-Error-Code": "404", "Nats-Service-Error": "missing"}, Code.NOT_FOUND, "missing"),
+        (b"", {"Nats-Service-Error-Code": "418", "Nats-Service-Error": "teapot"}, Code.UNKNOWN, "teapot"),
+        (b"\xff\xff\xff not a response", None, Code.INTERNAL, None),
+    ],
+)
+async def test_replies_of_foreign_services(
+    nats_server: str, raw: Any, body: bytes, headers: dict[str, str] | None, code: Code, message: str | None
+) -> None:
+    """A protobind client calling a plain NATS (micro) service."""
+    prefix = _prefix()
 
     async def respond(msg: Any) -> None:
-        await raw.publish(
-            msg.reply, b"", headers={"Nats-Service-Error-Code": "404", "Nats-Service-Error": "missing"}
-        )
+        await raw.publish(msg.reply, body, headers=headers)
 
-    await raw.subscribe(subject, cb=respond)
+    await raw.subscribe(f"{prefix}{SERVICE}.Unary", cb=respond)
     await raw.flush()
-    from protobind.nats import _settings
-
-    transport = protobind.nats.NatsTransport(_settings(nats_server, {}))
-    await transport.start()
-    try:
-        method = protobind.MethodInfo(
-            name="Do",
-            service="micro.v1.Thing",
-            input_type=Request,
-            output_type=Response,
-            kind=protobind.MethodKind.UNARY,
-        )
-        call = protobind.CallInfo().prepare(method, 5.0, None)
-        transport._subjects[method.path] = subject
+    async with protobind.connect(f"{nats_server}?prefix={prefix}") as channel:
         with pytest.raises(RpcError) as info:
-            await transport.unary(Request(), call)
-        assert (info.value.code, info.value.message) == (Code.NOT_FOUND, "missing")
-    finally:
-        await transport.close()
+            await ConformanceServiceClient(channel).unary(Request(), timeout=5)
+    assert info.value.code is code
+    if message is not None:
+        assert info.value.message == message
 
 
 async def test_metadata_binary_and_repeated_values(nats_server: str) -> None:
@@ -670,6 +663,21 @@ async def test_bidi_stream_error_mid_stream_and_trailers(served: tuple[Served, C
     assert (info.value.code, info.value.message) == (Code.ABORTED, "stop")
     assert call.headers["x-echo-t-header"] == "v"
     assert call.trailers["x-echo-t-trailer"] == "v"
+
+
+async def test_empty_stream_still_delivers_headers_and_trailers(served: tuple[Served, Conformance]) -> None:
+    server, _ = served
+    call = protobind.CallInfo()
+    async with protobind.connect(server.url) as channel:
+        replies = [
+            r
+            async for r in ConformanceServiceClient(channel).server_stream(
+                Request(behavior=Behavior(stream_count=0)), metadata={"x-echo-z": "1"}, call=call, timeout=5
+            )
+        ]
+    assert replies == []
+    assert call.headers["x-echo-z-header"] == "1"
+    assert call.trailers["x-echo-z-trailer"] == "1"
 
 
 async def test_raw_peer_speaks_the_streaming_protocol(served: tuple[Served, Conformance], raw: Any) -> None:

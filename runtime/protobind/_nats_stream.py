@@ -57,6 +57,7 @@ class StreamState:
         "consumed",
         "error",
         "gone",
+        "headers_sent",
         "heartbeat",
         "inbox",
         "last_received",
@@ -98,6 +99,7 @@ class StreamState:
         self._credit_waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self.gone = False
+        self.headers_sent = False  # the server side's response headers frame (sent at most once)
         self.on_cancel: Callable[[], None] | None = None
         now = time.monotonic()
         self.last_received = now

@@ -670,13 +670,12 @@ class NatsBinding:
             request = _incoming(state, codec, method.input_type)
         else:
             request = codec.decode(msg.data, method.input_type)
-        headers_sent = False
         if method.kind.server_streams:
             responses = cast(AsyncGenerator[Message, None], invoke_stream(route.endpoint, request, context))
             try:
                 async for response in responses:
-                    if not headers_sent:
-                        headers_sent = await _send_headers(state, context)
+                    if not state.headers_sent:
+                        await _send_headers(state, context)
                     await state.send_data(codec.encode(response))
             finally:
                 await responses.aclose()
@@ -697,7 +696,7 @@ class NatsBinding:
             headers[STATUS] = "0"
         if context is not None:
             try:
-                if error is not None and context.response_headers:
+                if not state.headers_sent:
                     # headers that never went out with a message still reach the caller
                     await _send_headers(state, context)
                 put_metadata(headers, context.response_trailers)
@@ -815,13 +814,14 @@ def _add_response_metadata(headers: dict[str, str], context: Context) -> None:
     put_metadata(headers, context.response_trailers, prefix=TRAILER_PREFIX)
 
 
-async def _send_headers(state: StreamState, context: Context) -> bool:
+async def _send_headers(state: StreamState, context: Context) -> None:
+    """The response headers frame, once per stream, if the handler set any headers."""
+    state.headers_sent = True
     response_headers = context.response_headers
     if response_headers:
         frame: dict[str, str] = {}
         put_metadata(frame, response_headers)
         await state.control(HEADERS, frame)
-    return True
 
 
 async def _incoming(state: StreamState, codec: Codec, message_type: type[Message]) -> AsyncIterator[Any]:
@@ -844,6 +844,14 @@ async def serve(server: Server, url: str, options: Mapping[str, Any]) -> NatsBin
 
 
 # --- client -----------------------------------------------------------------------------------
+
+
+def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
+    try:
+        return codec.decode(data, message_type)
+    except RpcError as exc:
+        # the server sent what the method's response type cannot be: the server's fault, as in gRPC
+        raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
@@ -904,11 +912,12 @@ class NatsTransport:
         self._fail_all(RpcError(Code.UNAVAILABLE, "lost the connection to NATS"))
 
     def _fail_all(self, error: RpcError) -> None:
+        # one exception object per call: each is raised, and given a traceback, in its own task
         for future in list(self._unary.values()):
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(RpcError(error.code, error.message))
         for state in list(self._streams.values()):
-            state.peer_gone(error)
+            state.peer_gone(RpcError(error.code, error.message))
 
     def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
         subject = self._subjects[method.path] = _subject(self.settings.prefix, method)
@@ -982,8 +991,7 @@ class NatsTransport:
                 self._deadlines.discard(slot, future)
         out = msg.headers
         if out is None:
-            response: Message = codec.decode(msg.data, method.output_type)
-            return response
+            return _decode_response(codec, msg.data, method.output_type)
         return self._unary_result(msg, out, call, subject)
 
     def _unary_result(self, msg: Msg, headers: dict[str, str], call: CallInfo, subject: str) -> Message:
@@ -994,8 +1002,7 @@ class NatsTransport:
         error = read_error(headers, msg.data)
         if error is not None:
             raise error
-        response: Message = codec_for(headers).decode(msg.data, call.method.output_type)
-        return response
+        return _decode_response(codec_for(headers), msg.data, call.method.output_type)
 
     async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
         method = call.method
@@ -1040,7 +1047,7 @@ class NatsTransport:
             while True:
                 frame, msg = await state.receive()
                 if frame is None:
-                    yield codec.decode(msg.data, output_type)
+                    yield _decode_response(codec, msg.data, output_type)
                 elif frame == HEADERS:
                     call.headers = read_metadata(msg.headers)
                 elif frame == END:
@@ -1068,12 +1075,10 @@ class NatsTransport:
             async for request in requests:
                 await state.send_data(codec.encode(request))
             await state.control(END, {COUNT: str(state.sent)})
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             # the request iterator failed (the caller sees its exception) or the call already ended
             if state.error is None:
-                state.fail(exc if isinstance(exc, Exception) else RpcError(Code.CANCELLED, "cancelled"))
+                state.fail(exc)
 
     async def close(self) -> None:
         if self._closed:
