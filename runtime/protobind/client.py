@@ -117,7 +117,10 @@ class Channel:
         call: CallInfo | None = None,
     ) -> RespT:
         _check_request(method, request)
-        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        if call is None:
+            call = CallInfo()
+            call.wants_response_metadata = bool(self.interceptors)
+        call.prepare(method, timeout, metadata)
         return await self._unary(request, call)  # type: ignore[no-any-return]
 
     async def server_stream(

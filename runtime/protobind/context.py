@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .metadata import Metadata, MetadataLike, as_metadata
@@ -32,9 +33,10 @@ class Context:
     __slots__ = (
         "_cancelled",
         "_headers",
+        "_metadata",
+        "_metadata_source",
         "_trailers",
         "deadline",
-        "metadata",
         "method_info",
         "peer",
         "transport",
@@ -48,15 +50,32 @@ class Context:
         metadata: Metadata | None = None,
         deadline: float | None = None,
         peer: str = "",
+        metadata_source: Callable[[], MetadataLike] | None = None,
     ) -> None:
         self.method_info = method_info
         self.transport = transport
-        self.metadata = metadata if metadata is not None else Metadata()
+        # A transport may pass ``metadata_source`` instead of ``metadata``: the request metadata
+        # is then built on first use, which most handlers never make.
+        self._metadata = metadata
+        self._metadata_source = metadata_source
         self.deadline = deadline
         self.peer = peer
         self._headers: Metadata | None = None
         self._trailers: Metadata | None = None
         self._cancelled = False
+
+    @property
+    def metadata(self) -> Metadata:
+        """The request metadata (case-insensitive)."""
+        metadata = self._metadata
+        if metadata is None:
+            source, self._metadata_source = self._metadata_source, None
+            metadata = self._metadata = Metadata(source() if source is not None else None)
+        return metadata
+
+    @metadata.setter
+    def metadata(self, value: Metadata) -> None:
+        self._metadata = value
 
     @property
     def method(self) -> str:
@@ -90,6 +109,11 @@ class Context:
         """Trailers set so far (for transports and interceptors)."""
         return self._trailers if self._trailers is not None else Metadata()
 
+    def response_metadata(self) -> tuple[Metadata | None, Metadata | None]:
+        """``(headers, trailers)`` set so far, ``None`` where none were: for transports, which ask
+        on every call, without allocating empty ``Metadata``."""
+        return self._headers, self._trailers
+
     def cancelled(self) -> bool:
         """True once the caller cancelled or the deadline passed."""
         return self._cancelled or (self.deadline is not None and time.monotonic() >= self.deadline)
@@ -110,7 +134,7 @@ class CallInfo:
     ``CallInfo`` of every call and may change ``metadata`` or ``timeout`` before it is sent.
     """
 
-    __slots__ = ("deadline", "headers", "metadata", "method", "trailers")
+    __slots__ = ("deadline", "headers", "metadata", "method", "trailers", "wants_response_metadata")
 
     def __init__(self) -> None:
         self.method: MethodInfo[Any, Any] | None = None
@@ -118,6 +142,10 @@ class CallInfo:
         self.deadline: float | None = None
         self.headers: Metadata = Metadata()
         self.trailers: Metadata = Metadata()
+        #: False when nothing can read ``headers`` / ``trailers`` of a successful call (the channel
+        #: made this ``CallInfo`` itself and has no interceptors); a transport for which collecting
+        #: them has a cost may then skip it.
+        self.wants_response_metadata = True
 
     def prepare(
         self, method: MethodInfo[Any, Any], timeout: float | None, metadata: MetadataLike | None
