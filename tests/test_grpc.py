@@ -442,6 +442,26 @@ async def test_failing_request_iterator_reaches_the_caller() -> None:
         assert (await client.unary(Request(text="still"))).text == "still"
 
 
+class HeaderSpy:
+    """A client interceptor that reads the response headers of every call it sees."""
+
+    def __init__(self) -> None:
+        self.seen: list[protobind.Metadata] = []
+
+    async def intercept(self, invoker: protobind.Invoker, request: Any, call: protobind.CallInfo) -> Any:
+        response = await invoker(request, call)
+        self.seen.append(call.headers)
+        return response
+
+
+async def test_interceptors_see_response_headers_of_calls_without_call_info() -> None:
+    """The channel skips collecting response metadata only when nothing could read it."""
+    spy = HeaderSpy()
+    async with serving() as (url, _), protobind.connect(url, interceptors=[spy]) as channel:
+        await ConformanceServiceClient(channel).unary(Request(), metadata={"x-echo-i": "1"})
+    assert spy.seen[0]["x-echo-i-header"] == "1"
+
+
 class BinaryEcho(Conformance):
     async def unary(self, request: Request, context: protobind.Context) -> Response:
         context.set_header("x-back-bin", context.metadata["x-in-bin"])
