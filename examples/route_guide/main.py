@@ -24,7 +24,7 @@ from service import FEATURES, RouteGuide  # noqa: E402
 import protobind  # noqa: E402
 
 
-async def call(url: str) -> None:
+async def call(url: str, spot: int) -> None:
     async with protobind.connect(url) as channel:
         client = RouteGuideClient(channel)
         feature = await client.get_feature(Point(latitude=407838351, longitude=-746143763), timeout=5)
@@ -40,7 +40,7 @@ async def call(url: str) -> None:
         if url.startswith(("http://", "https://")):
             print("  route_chat     -> skipped: bidi streaming needs HTTP/2 (answers UNIMPLEMENTED here)")
             return
-        here = Point(latitude=1, longitude=1)
+        here = Point(latitude=spot, longitude=1)  # a fresh spot per transport: one server, shared notes
         notes = [RouteNote(location=here, message=m) for m in ("first", "second", "third")]
         replies = [n.message async for n in client.route_chat(notes, timeout=5)]
         print(f"  route_chat     -> {replies}")
@@ -51,9 +51,9 @@ async def main(urls: list[str]) -> None:
         server = protobind.Server([RouteGuide()])
         bound = await server.start(*bind_urls)
         try:
-            for url in bound:
+            for spot, url in enumerate(bound, start=1):
                 print(url)
-                await call(url)
+                await call(url, spot)
         finally:
             await server.stop(grace=1.0)
 
