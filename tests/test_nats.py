@@ -86,6 +86,13 @@ async def raw(nats_server: str) -> AsyncIterator[Any]:
         await nc.close()
 
 
+async def _settle(nc: Any) -> None:
+    """Wait until nc's subscriptions are in place: one nats-py flush does not prove that (its PING
+    can overtake a SUB still in the pending buffer), two do."""
+    await nc.flush()
+    await nc.flush()
+
+
 async def _eventually(predicate: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -339,7 +346,7 @@ async def test_replies_of_foreign_services(
         await raw.publish(msg.reply, body, headers=headers)
 
     await raw.subscribe(f"{prefix}{SERVICE}.Unary", cb=respond)
-    await raw.flush()
+    await _settle(raw)
     async with protobind.connect(f"{nats_server}?prefix={prefix}") as channel:
         with pytest.raises(RpcError) as info:
             await ConformanceServiceClient(channel).unary(Request(), timeout=5)

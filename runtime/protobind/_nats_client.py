@@ -49,6 +49,17 @@ class Connection(Client):
             for name in ("_send_command", "_flush_pending", "_flush_queue", "_status", "stats")
         )
 
+    async def settle(self) -> None:
+        """Return once the server has processed everything sent so far (subscriptions included).
+
+        nats-py's ``flush()`` writes its PING straight to the socket, possibly ahead of commands
+        still in its pending buffer, so one flush does not prove that a SUB sent just before has
+        arrived; by the time its PONG is back the buffer has been written, and a second PING
+        follows the SUB.
+        """
+        await self.flush()
+        await self.flush()
+
     async def send(
         self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
     ) -> None:

@@ -147,11 +147,11 @@ def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
         metadata.add(key, value)
 
 
-def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None, Metadata]:
-    """Parse a call's headers: (codec, timeout in ms or None, metadata)."""
+def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None, Metadata | None]:
+    """Parse a call's headers: (codec, timeout in ms or None, metadata or None when there is none)."""
     codec: Codec = PROTO
     timeout_ms: int | None = None
-    metadata = Metadata()
+    metadata: Metadata | None = None
     for key, value in headers.items():
         lower = key.lower()
         if lower == _TIMEOUT:
@@ -164,6 +164,8 @@ def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None,
         elif lower == _CONTENT_TYPE:
             codec = codec_named(value)
         elif not is_reserved(lower):
+            if metadata is None:
+                metadata = Metadata()
             add_metadata_value(metadata, lower, value)
     return codec, timeout_ms, metadata
 

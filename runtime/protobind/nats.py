@@ -386,7 +386,8 @@ class NatsBinding:
                 self._other_subs.append(await nc.subscribe(subject, cb=self._on_discovery))
             for info in self.server.services:
                 await self._subscribe_service(f"{settings.prefix}{info.name}.*")
-            await nc.flush()
+            # callers on other connections may call as soon as start() returns
+            await nc.settle()
         except BaseException:
             await nc.close()
             raise
