@@ -462,6 +462,22 @@ async def test_streaming_method_called_like_unary_is_refused(
     assert "Protobind-Frame: open" in msg.headers["Nats-Service-Error"]
 
 
+async def test_stream_to_an_unknown_method_is_unimplemented(served: tuple[Served, Conformance]) -> None:
+    server, _ = served
+    method = protobind.MethodInfo(
+        name="NoSuchStream",
+        service=SERVICE,
+        input_type=Request,
+        output_type=Response,
+        kind=protobind.MethodKind.SERVER_STREAMING,
+    )
+    async with protobind.connect(server.url) as channel:
+        with pytest.raises(RpcError) as info:
+            async for _ in channel.server_stream(method, Request(), timeout=5):
+                pass
+    assert info.value.code is Code.UNIMPLEMENTED
+
+
 async def test_metadata_that_cannot_be_a_header(nats_server: str) -> None:
     class BadHeaders(Conformance):
         async def unary(self, request: Request, context: protobind.Context) -> Response:

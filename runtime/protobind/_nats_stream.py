@@ -22,7 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._nats_wire import ACK, COUNT, FRAME, HEARTBEAT, WINDOW, header, headers_size
+from nats import errors as nats_errors
+
+from ._nats_wire import ACK, COUNT, FRAME, HEARTBEAT, MICRO_ERROR_CODE, STATUS, WINDOW, header, headers_size
 from .errors import Code, RpcError
 
 logger = logging.getLogger("protobind.nats")
@@ -112,11 +114,10 @@ class StreamState:
         if reply:
             self.peer = reply
         window = header(headers, WINDOW)
-        if window is not None:
-            try:
-                self.peer_window = max(1, int(window))
-            except ValueError:
-                self.peer_window = 1
+        try:
+            self.peer_window = max(1, int(window or 1))
+        except ValueError:
+            self.peer_window = 1  # a peer that does not say gets the smallest window that works
         beat = header(headers, HEARTBEAT)
         if beat is not None:
             with contextlib.suppress(ValueError):
@@ -131,6 +132,10 @@ class StreamState:
             return
         frame = header(headers, FRAME)
         if frame is None:
+            if header(headers, STATUS) is not None or header(headers, MICRO_ERROR_CODE) is not None:
+                # a plain error reply (the server refused the call before it became a stream)
+                self._push(END, msg)
+                return
             if headers.get("Status") == "503":
                 # our last frame found no subscriber on the peer's inbox: the peer is gone
                 if self.peer is None:
@@ -214,8 +219,11 @@ class StreamState:
 
     async def _send_ack(self) -> None:
         self._ack_sent = self.consumed
-        if self.peer is not None:
+        try:
             await self.control(ACK_FRAME, {ACK: str(self.consumed)})
+        except RpcError as exc:
+            # acks are cumulative: the next one repairs a lost one, and a dead peer is noticed anyway
+            logger.debug("ack not sent: %s", exc)
 
     async def send_data(self, body: bytes) -> None:
         """Send one data frame, first waiting for credit from the peer."""
@@ -232,10 +240,8 @@ class StreamState:
                 Code.RESOURCE_EXHAUSTED,
                 f"message of {len(body)} bytes exceeds the NATS server's max_payload ({self.max_payload()})",
             )
-        assert self.peer is not None
         self.sent += 1
-        self.last_sent = time.monotonic()
-        await self.publish(self.peer, body, reply=self.inbox)
+        await self._publish(body, None)
 
     async def control(self, frame: str, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         """Send a control frame to the peer (no flow control: control frames are small and few)."""
@@ -246,8 +252,17 @@ class StreamState:
             all_headers.update(headers)
         if len(body) + headers_size(all_headers) > self.max_payload():
             raise RpcError(Code.RESOURCE_EXHAUSTED, "frame exceeds the NATS server's max_payload")
+        await self._publish(body, all_headers)
+
+    async def _publish(self, body: bytes, headers: dict[str, str] | None) -> None:
+        assert self.peer is not None
         self.last_sent = time.monotonic()
-        await self.publish(self.peer, body, reply=self.inbox, headers=all_headers)
+        try:
+            await self.publish(self.peer, body, reply=self.inbox, headers=headers)
+        except (nats_errors.Error, OSError) as exc:
+            raise RpcError(
+                Code.UNAVAILABLE, f"NATS did not take a stream frame: {type(exc).__name__}"
+            ) from None
 
     def announce(self) -> dict[str, str]:
         """Headers that tell the peer our window and heartbeat (sent in open and accept frames)."""

@@ -655,8 +655,8 @@ class NatsBinding:
             _record(route.stats, started, error)
             if not state.gone and msg.reply:
                 await self._end_stream(state, codec, context, error)
-        except (nats_errors.Error, OSError) as exc:
-            logger.debug("stream %s ended without its end frame: %r", key, exc)
+        except RpcError as exc:
+            logger.debug("stream %s ended without its end frame: %s", key, exc)
         finally:
             self._heartbeats.discard(state)
             self._streams.pop(token, None)
@@ -701,9 +701,18 @@ class NatsBinding:
                     # headers that never went out with a message still reach the caller
                     await _send_headers(state, context)
                 put_metadata(headers, context.response_trailers)
-            except RpcError:
-                logger.error("%s set response metadata that NATS cannot carry", context.method)
-        await state.control(END, headers, body)
+            except RpcError as exc:
+                if exc.code is Code.UNAVAILABLE:
+                    raise
+                logger.error("%s set response metadata that NATS cannot carry: %s", context.method, exc)
+        try:
+            await state.control(END, headers, body)
+        except RpcError as exc:
+            if exc.code is not Code.RESOURCE_EXHAUSTED:
+                raise
+            # trailers too large for one message: the caller still learns how the call ended
+            too_large = RpcError(Code.RESOURCE_EXHAUSTED, "the stream's trailers exceed max_payload")
+            await state.control(END, {COUNT: str(state.sent), **error_headers(too_large, codec)})
 
     # --- stopping ---
 
@@ -845,6 +854,13 @@ async def serve(server: Server, url: str, options: Mapping[str, Any]) -> NatsBin
 
 
 # --- client -----------------------------------------------------------------------------------
+
+
+async def _send_cancel(state: StreamState) -> None:
+    try:
+        await state.control(CANCEL)
+    except RpcError as exc:  # the server notices a vanished client by itself
+        logger.debug("cancel frame not sent: %s", exc)
 
 
 def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
@@ -1067,7 +1083,7 @@ class NatsTransport:
                 sender.cancel()
             if not finished and not state.gone and state.peer is not None:
                 # the caller stopped early or the call failed here: let the server stop the handler
-                self._spawn(state.control(CANCEL))
+                self._spawn(_send_cancel(state))
 
     async def _send_requests(
         self, state: StreamState, requests: AsyncIterator[Message], codec: Codec
