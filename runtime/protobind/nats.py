@@ -809,10 +809,12 @@ def _uncancel() -> None:
 
 
 def _response_headers(context: Context, codec: Codec) -> dict[str, str] | None:
+    """The reply's headers: ``None`` (no header block at all) in the common case."""
     headers: dict[str, str] | None = None
     if codec is JSON:
         headers = {CONTENT_TYPE: JSON_CONTENT_TYPE}
-    if context._headers or context._trailers:  # read without building empty Metadata objects
+    response_headers, trailers = context.response_metadata()
+    if response_headers or trailers:
         if headers is None:
             headers = {}
         _add_response_metadata(headers, context)
@@ -820,8 +822,11 @@ def _response_headers(context: Context, codec: Codec) -> dict[str, str] | None:
 
 
 def _add_response_metadata(headers: dict[str, str], context: Context) -> None:
-    put_metadata(headers, context.response_headers)
-    put_metadata(headers, context.response_trailers, prefix=TRAILER_PREFIX)
+    response_headers, trailers = context.response_metadata()
+    if response_headers:
+        put_metadata(headers, response_headers)
+    if trailers:
+        put_metadata(headers, trailers, prefix=TRAILER_PREFIX)
 
 
 async def _send_headers(state: StreamState, context: Context) -> None:
