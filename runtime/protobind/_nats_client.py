@@ -67,16 +67,13 @@ class Connection(Client):
         if not self._fast or self._status != Client.CONNECTED:
             await self.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
             return
+        # one join: "a + payload + b" would copy a large payload twice
         if headers:
             block = encode_headers(headers)
-            command = (
-                f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
-                + block
-                + payload
-                + b"\r\n"
-            )
+            line = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
+            command = b"".join((line, block, payload, b"\r\n"))
         else:
-            command = f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
+            command = b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
         stats = self.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += len(payload)
