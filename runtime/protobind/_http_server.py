@@ -29,7 +29,6 @@ from ._http_wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
-    HTTP_STATUS,
     PROTOCOL_HEADERS,
     STREAM_CONTENT_TYPES,
     UNARY_CONTENT_TYPES,
@@ -45,7 +44,7 @@ from ._http_wire import (
 )
 from .codec import JSON, PROTO, Codec, JsonCodec
 from .context import Context
-from .errors import Code, RpcError
+from .errors import HTTP_STATUS, Code, RpcError
 from .metadata import Metadata
 from .method import Idempotency, MethodKind
 from .server import Endpoint, Server, invoke_stream, invoke_unary, to_rpc_error

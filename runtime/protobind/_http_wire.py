@@ -20,28 +20,6 @@ from google.protobuf import any_pb2
 from .errors import Code, RpcError, pack_details, unpack_details
 from .metadata import Metadata, MetadataValue
 
-#: gRPC code -> HTTP status of a Connect unary error (SPEC.md section 4; the same as Connect and
-#: gRPC-Gateway use). The only copy of this table in protobind.
-HTTP_STATUS: Mapping[Code, int] = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
 # Connect's rule for a response whose body is not a Connect error (a proxy's page, a bare status):
 # the code is guessed from the HTTP status, anything unlisted is UNKNOWN.
 _CODE_OF_BARE_STATUS: Mapping[int, Code] = {

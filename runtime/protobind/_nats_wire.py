@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .codec import JSON, PROTO, Codec
-from .errors import Code, RpcError, pack_details, unpack_details
+from .errors import HTTP_STATUS, Code, RpcError, pack_details, unpack_details
 from .metadata import Metadata
 
 CONTENT_TYPE = "Content-Type"
@@ -46,25 +46,6 @@ _TIMEOUT = TIMEOUT.lower()
 RESERVED_PREFIXES = ("protobind-", "nats-")
 RESERVED = frozenset({_CONTENT_TYPE, "status", "description"})
 
-# gRPC code -> HTTP-style status, for Nats-Service-Error-Code (the table in SPEC section 4).
-HTTP_STATUS: dict[Code, int] = {
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
 # Used only for replies of plain NATS micro services, which carry no Protobind-Status; codes that
 # several gRPC codes share (400, 409, 500) go to the most general one.
 _FROM_HTTP_STATUS: dict[int, Code] = {

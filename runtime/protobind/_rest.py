@@ -40,7 +40,6 @@ from ._http_rule import (
     message_of,
 )
 from ._http_wire import (
-    HTTP_STATUS,
     PROTOCOL_HEADERS,
     TRAILER_PREFIX,
     encode_header,
@@ -49,7 +48,7 @@ from ._http_wire import (
 )
 from .codec import JsonCodec
 from .context import Context
-from .errors import Code, RpcError
+from .errors import HTTP_STATUS, Code, RpcError
 from .metadata import Metadata
 from .server import Endpoint, Server, invoke_unary, to_rpc_error
 

@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._http_wire import HTTP_STATUS
+from .errors import HTTP_STATUS
 from .server import Server
 
 if TYPE_CHECKING:
