@@ -8,9 +8,7 @@ from typing import Union
 #: Value of one metadata entry. Keys ending in ``-bin`` carry bytes, the others text.
 MetadataValue = str | bytes
 #: What the API accepts wherever metadata goes in.
-MetadataLike = Union[
-    "Metadata", Mapping[str, MetadataValue], Iterable[tuple[str, MetadataValue]]
-]
+MetadataLike = Union["Metadata", Mapping[str, MetadataValue], Iterable[tuple[str, MetadataValue]]]
 
 
 class Metadata(Mapping[str, MetadataValue]):
