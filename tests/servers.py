@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Callable
 
-import protobind
 import pytest
+
+import protobind
 
 from .conformance import Conformance
 
