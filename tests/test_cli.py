@@ -73,3 +73,53 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, args
         assert "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
+    """`protobind serve` in one process, `protobind call` from another, JSON in and out."""
+    import json
+    import os
+    import signal
+    import socket
+
+    from .conftest import ROOT
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proto = ["--proto", "idl/protobind/conformance/v1/conformance.proto", "-I", "idl"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(
+        [*PROTOBIND, "serve", "tests.conformance:Conformance", "--bind", f"grpc://127.0.0.1:{port}",
+         "--bind", "http://127.0.0.1:0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        urls = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(2)]
+        assert urls[0] == f"grpc://127.0.0.1:{port}" and urls[1].startswith("http://127.0.0.1:")
+        method = "protobind.conformance.v1.ConformanceService/Unary"
+        for url in urls:
+            ok = _run(
+                "call", url, method, '{"text": "hi", "number": "7"}', "-H", "x-user:ada", *proto, cwd=ROOT
+            )
+            assert ok.returncode == 0, ok.stderr
+            reply = json.loads(ok.stdout)
+            assert reply["text"] == "hi" and reply["number"] == "7" and reply["metadata"] == {"x-user": "ada"}
+            bad = _run(
+                "call",
+                url,
+                method,
+                '{"behavior": {"errorCode": 5, "errorMessage": "gone"}}',
+                *proto,
+                cwd=ROOT,
+            )
+            assert bad.returncode == 1 and bad.stderr.startswith("error: NOT_FOUND: gone")
+        stream = _run("call", urls[0], "protobind.conformance.v1.ConformanceService/ServerStream",
+                      '{"behavior": {"streamCount": 3}}', *proto, cwd=ROOT)  # fmt: skip
+        assert [json.loads(line).get("index", 0) for line in stream.stdout.splitlines()] == [0, 1, 2]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=20)
+    assert server.returncode == 0, err
+    assert "stopping" in out
