@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, with lint and type checks first. Extra arguments go to pytest.
 source "$(dirname "$0")/env.sh"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check runtime codegen tests examples benchmarks
+.venv/bin/ruff format --check runtime codegen tests examples benchmarks
 .venv/bin/mypy runtime/protobind codegen/protobind_codegen
 .venv/bin/python -m pytest "$@"
