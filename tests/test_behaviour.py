@@ -161,8 +161,12 @@ async def test_client_stream_error(client):  # type: ignore[no-untyped-def]
 
 
 async def test_bidi_ping_pong(client, transport):  # type: ignore[no-untyped-def]
-    if transport == "http":
-        pytest.skip("bidi over HTTP/1.1 answers UNIMPLEMENTED (tested in test_http.py)")
+    if transport == "http":  # Connect over HTTP/1.1 has no full duplex: a clear UNIMPLEMENTED
+        with pytest.raises(RpcError) as info:
+            async for _ in client.bidi_stream([Request(text="0")]):
+                pass
+        assert info.value.code is Code.UNIMPLEMENTED
+        return
     queue: asyncio.Queue[Request | None] = asyncio.Queue()
     await queue.put(Request(text="0"))
 
