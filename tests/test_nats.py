@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import ipaddress
 import itertools
 import json
 import subprocess
@@ -34,6 +33,7 @@ from protobind.conformance.v1.conformance_protobind import (
 
 from .conformance import Conformance
 from .nats_server import NatsServers
+from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
 _prefixes = itertools.count()
@@ -894,41 +894,8 @@ async def test_stop_after_grace_fails_calls_with_unavailable(nats_server: str) -
         assert info.value.code is Code.UNAVAILABLE
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     nats_url, _ = nats_servers.start(args=["--tls", "--tlscert", str(cert), "--tlskey", str(key)])
     assert nats_url.startswith("tls://")
     served = await _serve(nats_url, Conformance(), f"&tls_ca={cert}")
