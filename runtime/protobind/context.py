@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .metadata import Metadata, MetadataLike, as_metadata
+from .metadata import Metadata, MetadataLike
 
 if TYPE_CHECKING:
     from .method import MethodInfo
@@ -152,9 +152,7 @@ class CallInfo:
     ) -> CallInfo:
         self.method = method
         if metadata is not None:
-            self.metadata = (
-                as_metadata(metadata).copy() if isinstance(metadata, Metadata) else Metadata(metadata)
-            )
+            self.metadata = Metadata(metadata)  # a copy: interceptors may change it
         self.deadline = None if timeout is None else time.monotonic() + timeout
         return self
 

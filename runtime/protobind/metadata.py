@@ -85,10 +85,3 @@ class Metadata(Mapping[str, MetadataValue]):
 
     def __repr__(self) -> str:
         return f"Metadata({list(self.items())!r})"
-
-
-def as_metadata(value: MetadataLike | None) -> Metadata:
-    """Return ``value`` as a ``Metadata``, without copying one that already is."""
-    if isinstance(value, Metadata):
-        return value
-    return Metadata(value)
