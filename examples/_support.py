@@ -1,11 +1,13 @@
-"""Shared by the examples: generate the stubs next to the example, and pick the URLs to serve."""
+"""Shared by the examples: generate the stubs next to the example, pick the URLs, serve and call."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 
@@ -42,3 +44,29 @@ async def all_transport_urls(urls: list[str]) -> AsyncIterator[list[str]]:
     finally:
         if stop is not None:
             stop()
+
+
+def run_example(
+    service: object, call: Callable[[str, int], Awaitable[None]], default_url: str, doc: str
+) -> None:
+    """Parse ``--url``/``--all``, serve ``service`` on those URLs and run ``call(url, n)`` on each
+    bound URL in turn (``n`` counts from 1), then stop the server."""
+    import protobind
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--url", action="append", default=[], help="URL to serve and call (repeatable)")
+    parser.add_argument("--all", action="store_true", help="gRPC, HTTP and NATS (embedded nats-server)")
+    args = parser.parse_args()
+
+    async def main(urls: list[str]) -> None:
+        async with all_transport_urls(urls) as bind_urls:
+            server = protobind.Server([service])
+            bound = await server.start(*bind_urls)
+            try:
+                for n, url in enumerate(bound, start=1):
+                    print(url)
+                    await call(url, n)
+            finally:
+                await server.stop(grace=1.0)
+
+    asyncio.run(main(["all"] if args.all else args.url or [default_url]))

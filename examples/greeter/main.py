@@ -7,14 +7,12 @@ python examples/greeter/main.py --url grpc://127.0.0.1:50051
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _support import all_transport_urls, generate_stubs  # noqa: E402
+from _support import generate_stubs, run_example  # noqa: E402
 
 generate_stubs(HERE)
 
@@ -25,7 +23,7 @@ from service import Greeter  # noqa: E402
 import protobind  # noqa: E402
 
 
-async def call(url: str) -> None:
+async def call(url: str, n: int) -> None:
     async with protobind.connect(url) as channel:
         client = GreeterClient(channel)
         reply = await client.say_hello(HelloRequest(name="Ada"), timeout=5.0)
@@ -38,21 +36,5 @@ async def call(url: str) -> None:
             print(f"  say_hello('') -> RpcError {exc.code.name}: {exc.message}")
 
 
-async def main(urls: list[str]) -> None:
-    async with all_transport_urls(urls) as bind_urls:
-        server = protobind.Server([Greeter()])
-        bound = await server.start(*bind_urls)
-        try:
-            for url in bound:
-                print(f"{url}")
-                await call(url)
-        finally:
-            await server.stop(grace=1.0)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--url", action="append", default=[], help="URL to serve and call (repeatable)")
-    parser.add_argument("--all", action="store_true", help="gRPC, HTTP and NATS (embedded nats-server)")
-    args = parser.parse_args()
-    asyncio.run(main(["all"] if args.all else args.url or ["inproc://greeter"]))
+    run_example(Greeter(), call, "inproc://greeter", __doc__)

@@ -6,14 +6,12 @@ python examples/route_guide/main.py --all        # gRPC, HTTP and NATS (HTTP/1.1
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _support import all_transport_urls, generate_stubs  # noqa: E402
+from _support import generate_stubs, run_example  # noqa: E402
 
 generate_stubs(HERE)
 
@@ -46,21 +44,5 @@ async def call(url: str, spot: int) -> None:
         print(f"  route_chat     -> {replies}")
 
 
-async def main(urls: list[str]) -> None:
-    async with all_transport_urls(urls) as bind_urls:
-        server = protobind.Server([RouteGuide()])
-        bound = await server.start(*bind_urls)
-        try:
-            for spot, url in enumerate(bound, start=1):
-                print(url)
-                await call(url, spot)
-        finally:
-            await server.stop(grace=1.0)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--url", action="append", default=[], help="URL to serve and call (repeatable)")
-    parser.add_argument("--all", action="store_true", help="gRPC, HTTP and NATS (embedded nats-server)")
-    args = parser.parse_args()
-    asyncio.run(main(["all"] if args.all else args.url or ["inproc://route_guide"]))
+    run_example(RouteGuide(), call, "inproc://route_guide", __doc__)
