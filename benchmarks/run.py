@@ -112,7 +112,7 @@ def main() -> None:
     if any("nats" in p[0] for p in pairs):
         nats_url = os.environ.get("PROTOBIND_NATS_URL")
         if not nats_url:
-            from protobind._nats_embedded import start_nats_server
+            from protobind.nats.embedded import start_nats_server
 
             nats_url, stop_nats = start_nats_server()
 

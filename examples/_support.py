@@ -36,7 +36,7 @@ async def all_transport_urls(urls: list[str]) -> AsyncIterator[list[str]]:
     nats_url = os.environ.get("PROTOBIND_NATS_URL")
     stop = None
     if not nats_url:
-        from protobind._nats_embedded import start_nats_server
+        from protobind.nats.embedded import start_nats_server
 
         nats_url, stop = start_nats_server()
     try:

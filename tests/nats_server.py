@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from protobind._nats_embedded import start_nats_server
+from protobind.nats.embedded import start_nats_server
 
 
 @pytest.fixture(scope="session")

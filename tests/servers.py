@@ -1,43 +1,51 @@
 """Fixtures that start real servers on 127.0.0.1 and stop them.
 
-``serve_conformance(transport)`` starts a protobind Server with the conformance service bound to
-one transport and yields ``(url_for_clients, service)``. Transports register how they bind in
-``BIND_URLS``; the behaviour suite in test_behaviour.py runs once per entry of ``TRANSPORTS``.
+The transports come from protobind's registry; each one's test harness (a nats-server for NATS, a
+free port for gRPC and HTTP) is started once per session. ``served`` starts a protobind Server with
+the conformance service bound to one transport and yields ``(url_for_clients, service)``; the
+behaviour suite in test_behaviour.py runs once per registered transport.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import pytest_asyncio
 
 import protobind
+from protobind.testing import transport_names
+from protobind.transport import transport_named
 
 from .conformance import Conformance
 
-_names = itertools.count()
+TRANSPORTS = transport_names()
 
-# transport name -> function(request) giving the URL to bind (port 0: any free port)
-BIND_URLS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
-    "inproc": lambda request: f"inproc://conformance-{next(_names)}",
-    "nats": lambda request: f"{request.getfixturevalue('nats_server')}?prefix=t{next(_names)}",
-    "http": lambda request: "http://127.0.0.1:0",
-    "grpc": lambda request: "grpc://127.0.0.1:0",
-}
-TRANSPORTS = list(BIND_URLS)
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def harnesses() -> AsyncIterator[dict[str, Callable[[], str]]]:
+    """Every transport's harness, entered for the whole session. Entered here, on the session's
+    event loop: a harness is an async generator, and a test's loop finalizes the async generators
+    first run on it when it closes."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {
+            name: await stack.enter_async_context(transport_named(name).test_harness()) for name in TRANSPORTS
+        }
 
 
 @pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield str(request.param)
 
 
 @pytest.fixture
-async def served(transport: str, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Conformance]]:
+async def served(
+    transport: str, harnesses: dict[str, Callable[[], str]]
+) -> AsyncIterator[tuple[str, Conformance]]:
     service = Conformance()
     server = protobind.Server([service])
-    (url,) = await server.start(BIND_URLS[transport](request))
+    (url,) = await server.start(harnesses[transport]())
     try:
         yield url, service
     finally:

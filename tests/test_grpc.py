@@ -26,7 +26,7 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.grpc import DETAILS_KEY, from_grpc_code, to_grpc_code
+from protobind.grpc.wire import DETAILS_KEY, from_grpc_code, to_grpc_code
 
 from .conformance import Conformance
 
@@ -796,7 +796,7 @@ async def test_stop_cancels_calls_still_running_after_the_grace_period() -> None
     [
         ("grpc://127.0.0.1", "needs a port"),
         ("grpc://127.0.0.1:0/prefix", "no path"),
-        ("grpc://127.0.0.1:0?max_mesage_size=10", "unknown gRPC server option"),
+        ("grpc://127.0.0.1:0?max_mesage_size=10", "unknown grpc server option"),
         ("grpc://127.0.0.1:0?max_message_size=lots", "integer"),
         ("grpc://127.0.0.1:0?health=maybe", "true or false"),
         ("grpcs://127.0.0.1:0", "needs the options `cert` and `key`"),
@@ -812,7 +812,7 @@ async def test_bad_server_configuration_is_reported(url: str, message: str) -> N
 
 
 async def test_bad_client_configuration_is_reported() -> None:
-    with pytest.raises(ValueError, match="unknown gRPC client option"):
+    with pytest.raises(ValueError, match="unknown grpc client option"):
         await protobind.connect("grpc://127.0.0.1:1?health=false").open()
     with pytest.raises(ValueError, match="both `cert` and `key`"):
         await protobind.connect("grpcs://127.0.0.1:1", options={"cert": b"-----BEGIN x"}).open()

@@ -62,7 +62,7 @@ async def _start(
     url: str = "http://127.0.0.1:0", **options: Any
 ) -> tuple[protobind.Server, str, Conformance]:
     service = Conformance()
-    server = protobind.Server([service], transport_options={url.partition(":")[0]: options})
+    server = protobind.Server([service], transport_options={"http": options})
     (bound,) = await server.start(url)
     return server, bound, service
 
@@ -578,9 +578,9 @@ async def test_rest_routes_and_openapi_hooks(monkeypatch: pytest.MonkeyPatch) ->
     def openapi_document(services: list[protobind.ServiceInfo]) -> dict[str, Any]:
         return {"openapi": "3.1.0", "services": [s.name for s in services]}
 
-    monkeypatch.setitem(sys.modules, "protobind._rest", types.SimpleNamespace(rest_routes=rest_routes))
+    monkeypatch.setitem(sys.modules, "protobind.http.rest", types.SimpleNamespace(rest_routes=rest_routes))
     monkeypatch.setitem(
-        sys.modules, "protobind.openapi", types.SimpleNamespace(openapi_document=openapi_document)
+        sys.modules, "protobind.http.openapi", types.SimpleNamespace(openapi_document=openapi_document)
     )
     server, url, _ = await _start(ignore_unknown_fields=True)
     try:
@@ -695,7 +695,7 @@ async def test_stop_lets_in_flight_calls_finish() -> None:
 
 
 def test_error_from_non_connect_responses() -> None:
-    from protobind._http_wire import error_from_body
+    from protobind.http.wire import error_from_body
 
     assert error_from_body(503, b"<html>busy</html>").code is Code.UNAVAILABLE
     assert error_from_body(404, b"").code is Code.UNIMPLEMENTED
@@ -712,7 +712,7 @@ def test_status_table_matches_spec() -> None:
 
 
 async def test_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="unknown http option"):
+    with pytest.raises(ValueError, match="unknown http server option"):
         await protobind.Server([Conformance()]).start("http://127.0.0.1:0?max_body=1")
     with pytest.raises(ValueError, match="tls_cert"):
         await protobind.Server([Conformance()]).start("https://127.0.0.1:0")

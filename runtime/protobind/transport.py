@@ -1,43 +1,53 @@
-"""The line between the RPC model and the wire.
+"""The line between the RPC model and the wire: the :class:`Transport` interface and its registry.
 
 Everything above this module (``Server``, ``Channel``, generated code, interceptors) speaks in
 messages, :class:`~protobind.Context` and :class:`~protobind.CallInfo`; everything below it is one
-module per wire protocol. A transport module (``protobind.inproc``, ``protobind.grpc``,
-``protobind.http``, ``protobind.nats``) provides two coroutine functions:
+package per wire protocol (``protobind.inproc``, ``protobind.grpc``, ``protobind.http``,
+``protobind.nats``). Each exposes one :class:`Transport` value named ``TRANSPORT`` and registers it
+under the entry-point group ``protobind.transports``; a third-party package adds a transport the
+same way, without touching protobind. docs/architecture.md walks through the whole contract.
 
-``async def serve(server, url, options) -> ServerBinding``
-    Start serving every endpoint of ``server`` (:attr:`Server.endpoints`, keyed by
-    ``/{package}.{Service}/{Method}``) at ``url``. For each call the binding decodes the request,
-    builds a :class:`Context` (metadata, deadline, peer), and runs the endpoint through
-    :func:`protobind.server.invoke_unary` or :func:`protobind.server.invoke_stream`, which apply
-    the deadline, check the response type and turn any exception into an :class:`RpcError`. The
-    binding then encodes the response or the error in its protocol's own form. ``url`` may carry
-    options in its query string; ``options`` holds the same as Python values.
-
-``async def dial(url, options) -> ClientTransport``
-    Open a client. ``ClientTransport.unary`` sends one request and returns one response;
-    ``ClientTransport.stream`` carries the three streaming kinds (for server streaming the
-    request iterator yields exactly one message; for client streaming the response iterator yields
-    exactly one). Both read the method, outgoing metadata and deadline from the :class:`CallInfo`,
-    fill in its ``headers`` and ``trailers``, and raise :class:`RpcError` on failure, whatever the
-    protocol's own error form was.
-
-The registry below maps URL schemes to modules, imported only when a URL with that scheme is used,
-so ``import protobind`` loads no transport library.
+A transport's package must import without its third-party library: ``serve`` and ``dial`` import
+it when first called, so ``import protobind`` and the registry load no transport library.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import AsyncIterator, Mapping
-from types import ModuleType
+import contextlib
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
 
+from .urls import redact
+
 if TYPE_CHECKING:
     from .context import CallInfo
+    from .server import EndpointTable
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ClientTransport",
+    "ServerBinding",
+    "Transport",
+    "all_transports",
+    "check_options",
+    "loopback_harness",
+    "query_options",
+    "register",
+    "transport_for_url",
+    "transport_named",
+]
+
+ENTRY_POINT_GROUP = "protobind.transports"
+
+#: Options as they reach a transport: the URL's query string merged with Python values.
+Options = Mapping[str, Any]
 
 
 class ServerBinding(Protocol):
@@ -54,42 +64,136 @@ class ServerBinding(Protocol):
 
 
 class ClientTransport(Protocol):
-    """The client half of a transport."""
+    """The client half of a transport.
 
-    async def unary(self, request: Message, call: CallInfo) -> Message: ...
+    ``unary`` sends one request and returns one response; ``stream`` carries the three streaming
+    kinds (for server streaming the request iterator yields exactly one message; for client
+    streaming the response iterator yields exactly one). Both read the method, outgoing metadata
+    and deadline from the :class:`CallInfo`, fill in its ``headers`` and ``trailers``, and raise
+    :class:`~protobind.RpcError` on failure, whatever the protocol's own error form was.
+    """
 
-    def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]: ...
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        """One request, one response."""
+        ...
 
-    async def close(self) -> None: ...
+    def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        """Any streaming kind: requests in, responses out."""
+        ...
 
-
-# scheme -> (module, extra that installs its dependencies)
-SCHEMES: dict[str, tuple[str, str]] = {
-    "inproc": ("protobind.inproc", ""),
-    "grpc": ("protobind.grpc", "grpc"),
-    "grpcs": ("protobind.grpc", "grpc"),
-    "http": ("protobind.http", "http"),
-    "https": ("protobind.http", "http"),
-    "nats": ("protobind.nats", "nats"),
-    "tls": ("protobind.nats", "nats"),
-}
+    async def close(self) -> None:
+        """Release connections; calls in flight fail."""
+        ...
 
 
-def transport_module(url: str) -> ModuleType:
-    """Import the transport module for ``url``'s scheme, with a clear error when its extra is missing."""
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported URL {url!r}: the scheme must be one of {known}")
-    module_name, extra = SCHEMES[scheme]
+ServeFunction = Callable[["EndpointTable", str, Options], Awaitable[ServerBinding]]
+DialFunction = Callable[[str, Options], Awaitable[ClientTransport]]
+#: The test harness: an async context manager that starts what test servers need (a nats-server,
+#: say), yields a function giving a fresh URL to bind for each server, and stops what it started.
+TestHarness = Callable[[], contextlib.AbstractAsyncContextManager[Callable[[], str]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transport:
+    """One wire protocol: how to serve endpoints on a URL and how to dial one.
+
+    ``serve(endpoints, url, options)`` starts serving every endpoint of the frozen
+    :class:`~protobind.server.EndpointTable` at ``url``; for each call the binding decodes the
+    request, builds a :class:`~protobind.Context` and runs the endpoint through
+    :func:`protobind.server.invoke_unary` / :func:`~protobind.server.invoke_stream`, then encodes
+    the response or the error in its protocol's own form. ``dial(url, options)`` opens a
+    :class:`ClientTransport`. ``options`` were already checked against ``server_options`` /
+    ``client_options`` (see :func:`check_options`) and the libraries in ``server_requires`` /
+    ``client_requires`` found (``serve`` and ``dial`` import them).
+    """
+
+    name: str
+    schemes: tuple[str, ...]
+    extra: str
+    serve: ServeFunction
+    dial: DialFunction
+    test_harness: TestHarness
+    server_options: frozenset[str] = field(default_factory=frozenset)
+    client_options: frozenset[str] = field(default_factory=frozenset)
+    server_requires: tuple[str, ...] = ()
+    client_requires: tuple[str, ...] = ()
+
+    def check_installed(self, *, server: bool) -> None:
+        """Fail with the pip command to run when a library this side needs is not installed
+        (found without importing it)."""
+        for module in self.server_requires if server else self.client_requires:
+            if not _installed(module):
+                raise ImportError(
+                    f"the {self.name} transport needs the package {module!r}: "
+                    f"pip install 'protobind[{self.extra}]'"
+                )
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
     try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == "protobind":
-            raise
-        raise ImportError(
-            f"the {scheme}:// transport needs the package {exc.name!r}: pip install 'protobind[{extra}]'"
-        ) from exc
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_registry: dict[str, Transport] | None = None
+
+
+def _load() -> dict[str, Transport]:
+    global _registry
+    if _registry is None:
+        found: dict[str, Transport] = {}
+        for entry in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+            transport = entry.load()
+            if not isinstance(transport, Transport):
+                raise TypeError(
+                    f"entry point {entry.name} = {entry.value} is not a protobind.transport.Transport"
+                )
+            found[transport.name] = transport
+        _registry = found
+    return _registry
+
+
+def register(transport: Transport) -> None:
+    """Add (or replace) a transport at run time; entry points are the usual way."""
+    _load()[transport.name] = transport
+
+
+def all_transports() -> list[Transport]:
+    """Every registered transport, in a stable order (built-ins first, then by name)."""
+    builtin = ("inproc", "grpc", "http", "nats")
+
+    def order(transport: Transport) -> tuple[int, str]:
+        name = transport.name
+        return (builtin.index(name) if name in builtin else len(builtin), name)
+
+    return sorted(_load().values(), key=order)
+
+
+def transport_named(name: str) -> Transport:
+    """The transport called ``name`` (``"grpc"``, ...)."""
+    transports = _load()
+    if name not in transports:
+        raise ValueError(
+            f"unknown transport {name!r}; registered: {', '.join(t.name for t in all_transports())}"
+        )
+    return transports[name]
+
+
+def transport_for_url(url: str) -> Transport:
+    """The transport serving ``url``'s scheme."""
+    scheme = urlsplit(url).scheme
+    for transport in all_transports():
+        if scheme in transport.schemes:
+            return transport
+    known = ", ".join(f"{s}://" for t in all_transports() for s in t.schemes)
+    raise ValueError(f"unsupported URL {_safe(url)!r}: the scheme must be one of {known}")
+
+
+def _safe(url: str) -> str:
+    return redact(url)
 
 
 def query_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -98,3 +202,27 @@ def query_options(url: str, options: Mapping[str, Any] | None = None) -> dict[st
     if options:
         merged.update(options)
     return merged
+
+
+def check_options(transport: Transport, options: Mapping[str, Any], *, server: bool) -> None:
+    """Refuse option names the transport does not know for this side (a typo is an error, not a
+    silently ignored setting)."""
+    known = transport.server_options if server else transport.client_options
+    unknown = sorted(set(options) - known)
+    if unknown:
+        side = "server" if server else "client"
+        raise ValueError(
+            f"unknown {transport.name} {side} option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def loopback_harness(scheme: str) -> TestHarness:
+    """The test harness of a socket transport that needs nothing started first: port 0 on
+    127.0.0.1, a free port for every server."""
+
+    @contextlib.asynccontextmanager
+    async def harness() -> AsyncIterator[Callable[[], str]]:
+        yield lambda: f"{scheme}://127.0.0.1:0"
+
+    return harness

@@ -124,7 +124,7 @@ def _accepts(url: str) -> bool:
         return False
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m protobind._nats_embedded
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m protobind.nats.embedded
     served_url, stop_server = start_nats_server(int(os.environ.get("NATS_PORT", "0")))
     print(served_url, flush=True)
     try:

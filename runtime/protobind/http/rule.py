@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from .method import MethodInfo, MethodKind, ServiceInfo
+from ..method import MethodInfo, MethodKind, ServiceInfo
 
 LITERAL, STAR, DOUBLE_STAR = "literal", "*", "**"
 

@@ -1,23 +1,10 @@
-"""``grpc://host:port`` and ``grpcs://host:port``: standard gRPC over grpcio's asyncio API.
-
-Server side, every endpoint of the :class:`~protobind.Server` becomes a grpcio method handler in
-one generic handler per service, with the message classes' own ``FromString`` /
-``SerializeToString`` as (de)serializers, so no protoc ``_pb2_grpc`` module is needed and
-grpcio's C core does the framing. Client side, each method path gets one cached grpcio
-multicallable per channel. Errors travel as gRPC status plus a ``google.rpc.Status`` in
-``grpc-status-details-bin``, which is what ``grpcio-status`` and other gRPC stacks read.
-
-Options (URL query string or ``options``), see docs/protocols.md: ``max_message_size`` (bytes,
-default 4 MiB), ``cert`` / ``key`` / ``ca`` (PEM paths or PEM bytes), ``server_name`` (client),
-``health`` / ``reflection`` (server, default true).
-"""
+"""The gRPC server binding: every endpoint as a grpc.aio generic method handler."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -26,87 +13,18 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from ._grpc_config import Address, GrpcOptions, client_options, parse_address, server_options
-from ._grpc_services import Health, add_reflection
-from .context import CallInfo, Context
-from .errors import Code, RpcError, unpack_details
-from .metadata import Metadata
-from .method import MethodInfo, MethodKind
-from .server import Endpoint, invoke_stream, invoke_unary
+from ..context import Context
+from ..errors import Code, RpcError
+from ..method import MethodInfo, MethodKind
+from ..server import Endpoint, invoke_stream, invoke_unary
+from .options import Address, GrpcOptions, parse_address, server_options
+from .services import Health, add_reflection
+from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import EndpointTable
 
 logger = logging.getLogger("protobind.grpc")
-
-DETAILS_KEY = "grpc-status-details-bin"
-
-# The one mapping between protobind's codes and grpcio's; both use gRPC's names.
-_TO_GRPC: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}
-_FROM_GRPC: dict[grpc.StatusCode, Code] = {status: code for code, status in _TO_GRPC.items()}
-
-
-def to_grpc_code(code: Code) -> grpc.StatusCode:
-    return _TO_GRPC[code]
-
-
-def from_grpc_code(status: grpc.StatusCode | None) -> Code:
-    return _FROM_GRPC.get(status, Code.UNKNOWN) if status is not None else Code.UNKNOWN
-
-
-WireMetadata = tuple[tuple[str, str | bytes], ...]
-
-
-_KEY = re.compile(r"[0-9a-z_.\-]+\Z")
-_TEXT = re.compile(r"[\x20-\x7e]*\Z")
-
-
-def _wire_pair(key: str, value: str | bytes) -> tuple[str, str | bytes] | None:
-    """One entry as grpcio wants it (``-bin`` keys carry bytes, every other key printable ASCII),
-    or ``None`` when gRPC cannot carry it: core would fail the whole call on such an entry."""
-    if not _KEY.match(key) or key.startswith("grpc-"):
-        return None
-    if key.endswith("-bin"):
-        return key, value if isinstance(value, bytes) else value.encode()
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    return (key, value) if _TEXT.match(value) else None
-
-
-def _wire(metadata: Metadata, *, strict: bool) -> WireMetadata:
-    """``metadata`` for grpcio. Entries gRPC cannot carry raise ``ValueError`` when ``strict``
-    (a caller's own request metadata), otherwise they are logged and left out (a handler's
-    response metadata: the call itself should still succeed)."""
-    pairs: list[tuple[str, str | bytes]] = []
-    for key, value in metadata.items():
-        pair = _wire_pair(key, value)
-        if pair is not None:
-            pairs.append(pair)
-        elif strict:
-            raise ValueError(
-                f"metadata {key!r} cannot be sent over gRPC: keys are lower-case [0-9a-z_.-] and not "
-                "grpc-*, values of keys not ending in -bin are printable ASCII"
-            )
-        else:
-            logger.error("response metadata %r left out: not valid gRPC metadata", key)
-    return tuple(pairs)
-
-
-def _deserializer(message_type: type[Message]) -> Callable[[bytes], Message | None]:
-    """Parse, or give ``None`` for bytes that are not the message: grpcio would otherwise turn a
-    parse error into UNKNOWN with the exception text in the status message."""
-    parse = message_type.FromString
-
-    def deserialize(data: bytes) -> Message | None:
-        try:
-            return parse(data)
-        except Exception:
-            return None
-
-    return deserialize
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -136,7 +54,7 @@ class GrpcBinding:
         await self._server.stop(grace or None)
 
 
-async def serve(server: Server, url: str, options: Mapping[str, Any]) -> GrpcBinding:
+async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
     # so_reuseport off: binding a port another server holds must fail, not silently share it.
@@ -149,7 +67,9 @@ async def serve(server: Server, url: str, options: Mapping[str, Any]) -> GrpcBin
         raise
 
 
-async def _start(grpc_server: Any, server: Server, address: Address, config: GrpcOptions) -> GrpcBinding:
+async def _start(
+    grpc_server: Any, server: EndpointTable, address: Address, config: GrpcOptions
+) -> GrpcBinding:
     for info in server.services:
         handlers = {
             m.name: _method_handler(server.endpoints[m.path])
@@ -388,180 +308,3 @@ def _bidi_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
         await _write_stream(endpoint, _requests(request_iterator, rpc, method), rpc, _context(method, rpc))
 
     return handle
-
-
-# --- client ---------------------------------------------------------------------------------------
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
-    address = parse_address(url, need_port=False)
-    config = client_options(address, options)
-    target = address.target()
-    if address.tls:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=config.ca, private_key=config.key, certificate_chain=config.cert
-        )
-        channel = grpc.aio.secure_channel(target, credentials, options=config.channel_args())
-    else:
-        channel = grpc.aio.insecure_channel(target, options=config.channel_args())
-    return GrpcTransport(channel)
-
-
-def _metadata(pairs: Any) -> Metadata:
-    """grpcio's response metadata as protobind's, without the status details (already in the error)."""
-    metadata = Metadata()
-    for key, value in pairs:
-        if key != DETAILS_KEY:
-            metadata.add(key, value)
-    return metadata
-
-
-def _timeout(call: CallInfo) -> float | None:
-    deadline = call.deadline
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def _bad_response(method: MethodInfo[Any, Any]) -> RpcError:
-    return RpcError(
-        Code.INTERNAL,
-        f"the server sent a response that is not a valid {method.output_type.DESCRIPTOR.full_name}",
-    )
-
-
-def _error(exc: grpc.aio.AioRpcError, call: CallInfo) -> RpcError:
-    """The :class:`RpcError` for a failed grpcio call; headers and trailers go to ``call``."""
-    initial = exc.initial_metadata()
-    if initial:
-        call.headers = _metadata(initial)
-    details: list[Message] = []
-    trailers = Metadata()
-    trailing: Any = exc.trailing_metadata() or ()
-    for key, value in trailing:
-        if key == DETAILS_KEY:
-            status = status_pb2.Status()
-            with contextlib.suppress(Exception):
-                status.ParseFromString(value)
-                details = unpack_details(status.details)
-        else:
-            trailers.add(key, value)
-    call.trailers = trailers
-    return RpcError(from_grpc_code(exc.code()), exc.details() or "", details)
-
-
-class GrpcTransport:
-    """The client half: one grpc.aio channel, one multicallable per method path."""
-
-    def __init__(self, channel: Any) -> None:
-        self._channel = channel
-        self._callables: dict[str, Any] = {}
-
-    def _callable(self, method: MethodInfo[Any, Any]) -> Any:
-        factory = {
-            MethodKind.UNARY: self._channel.unary_unary,
-            MethodKind.SERVER_STREAMING: self._channel.unary_stream,
-            MethodKind.CLIENT_STREAMING: self._channel.stream_unary,
-            MethodKind.BIDI_STREAMING: self._channel.stream_stream,
-        }[method.kind]
-        multicallable = factory(
-            method.path,
-            request_serializer=method.input_type.SerializeToString,
-            response_deserializer=_deserializer(method.output_type),
-        )
-        self._callables[method.path] = multicallable
-        return multicallable
-
-    async def unary(self, request: Message, call: CallInfo) -> Message:
-        method = call.method
-        assert method is not None
-        multicallable = self._callables.get(method.path) or self._callable(method)
-        metadata = call.metadata
-        grpc_call = multicallable(
-            request, timeout=_timeout(call), metadata=_wire(metadata, strict=True) if metadata else None
-        )
-        try:
-            response = await grpc_call
-        except grpc.aio.AioRpcError as exc:
-            raise _error(exc, call) from None
-        if call.wants_response_metadata:
-            # Each of these awaits costs about as much as all the rest of this method.
-            headers = await grpc_call.initial_metadata()
-            if headers:
-                call.headers = _metadata(headers)
-            trailers = await grpc_call.trailing_metadata()
-            if trailers:
-                call.trailers = _metadata(trailers)
-        if response is None:
-            raise _bad_response(method)
-        return response  # type: ignore[no-any-return]
-
-    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
-        method = call.method
-        assert method is not None
-        multicallable = self._callables.get(method.path) or self._callable(method)
-        metadata = _wire(call.metadata, strict=True) if call.metadata else None
-        writer: asyncio.Task[None] | None = None
-        if method.kind.client_streams:
-            grpc_call = multicallable(timeout=_timeout(call), metadata=metadata)
-            writer = asyncio.ensure_future(_write_requests(grpc_call, requests))
-            writer.add_done_callback(_cancel_call_on_failure(grpc_call))
-        else:
-            grpc_call = multicallable(await anext(requests), timeout=_timeout(call), metadata=metadata)
-        try:
-            if method.kind.server_streams:
-                first = True
-                async for response in grpc_call:
-                    if first:
-                        first = False
-                        call.headers = _metadata(await grpc_call.initial_metadata())
-                    if response is None:
-                        raise _bad_response(method)
-                    yield response
-            else:
-                response = await grpc_call
-                if response is None:
-                    raise _bad_response(method)
-                call.headers = _metadata(await grpc_call.initial_metadata())
-                yield response
-            call.headers = _metadata(await grpc_call.initial_metadata())
-            call.trailers = _metadata(await grpc_call.trailing_metadata())
-        except grpc.aio.AioRpcError as exc:
-            _raise_request_failure(writer)
-            raise _error(exc, call) from None
-        except asyncio.CancelledError:
-            # A failing request iterator cancels the gRPC call; surface its exception instead.
-            _raise_request_failure(writer)
-            raise
-        finally:
-            if writer is not None and not writer.done():
-                writer.cancel()
-            if not grpc_call.done():
-                grpc_call.cancel()
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-
-async def _write_requests(grpc_call: Any, requests: AsyncIterator[Message]) -> None:
-    async for request in requests:
-        try:
-            await grpc_call.write(request)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # The call already ended (the server answered or failed); the reader reports it.
-            return
-    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        await grpc_call.done_writing()
-
-
-def _cancel_call_on_failure(grpc_call: Any) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            grpc_call.cancel()
-
-    return done
-
-
-def _raise_request_failure(writer: asyncio.Task[None] | None) -> None:
-    if writer is not None and writer.done() and not writer.cancelled():
-        failure = writer.exception()
-        if failure is not None:
-            raise failure

@@ -24,8 +24,8 @@ from typing import Any
 
 from nats import errors as nats_errors
 
-from ._nats_wire import ACK, COUNT, FRAME, HEARTBEAT, MICRO_ERROR_CODE, STATUS, WINDOW, header, headers_size
-from .errors import Code, RpcError
+from ..errors import Code, RpcError
+from .wire import ACK, COUNT, FRAME, HEARTBEAT, MICRO_ERROR_CODE, STATUS, WINDOW, header, headers_size
 
 logger = logging.getLogger("protobind.nats")
 

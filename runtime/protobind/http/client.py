@@ -20,15 +20,21 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from google.protobuf.message import Message
 from yarl import URL
 
-from . import __version__
-from ._http_wire import (
+from .. import __version__
+from ..codec import JSON, PROTO, Codec
+from ..context import CallInfo, DeadlineScope
+from ..errors import Code, RpcError
+from ..method import MethodInfo, MethodKind
+from .options import _DEFAULT_MAX_BODY, _int, _prefix, _require, _str
+from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
@@ -44,10 +50,6 @@ from ._http_wire import (
     parse_envelope_header,
     split_response_headers,
 )
-from .codec import JSON, PROTO, Codec
-from .context import CallInfo, DeadlineScope
-from .errors import Code, RpcError
-from .method import MethodInfo, MethodKind
 
 _USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
 
@@ -272,3 +274,32 @@ def make_ssl_context(
     if cert_file is not None:
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+# --- client ---------------------------------------------------------------------------------------
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
+    """A Connect client transport for ``url`` (``http://host:port[/prefix]`` or ``https://``)."""
+    _require("aiohttp")
+    from .client import HttpTransport, make_ssl_context
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host: use http://host:port")
+    codec = str(options.get("codec", "proto")).lower()
+    if codec not in ("proto", "json"):
+        raise ValueError(f"http option codec must be proto or json, not {codec!r}")
+    base = f"{parts.scheme}://{parts.netloc}{_prefix(parts.path)}"
+    ssl_context = None
+    if parts.scheme == "https":
+        ssl_context = make_ssl_context(
+            _str(options, "tls_ca"), _str(options, "tls_cert"), _str(options, "tls_key")
+        )
+    return HttpTransport(
+        base,
+        codec=codec,
+        max_connections=_int(options, "max_connections", 100),
+        max_body_size=_int(options, "max_body_size", _DEFAULT_MAX_BODY),
+        ssl_context=ssl_context,
+    )

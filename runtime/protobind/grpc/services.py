@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
-from .method import ServiceInfo
+from ..method import ServiceInfo
 
 
 class GenericOnly:

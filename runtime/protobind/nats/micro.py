@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .method import MethodInfo, ServiceInfo
+from ..method import MethodInfo, ServiceInfo
 
 logger = logging.getLogger("protobind.nats")
 

@@ -15,12 +15,21 @@ connection management, and only:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
+
+from ..errors import Code, RpcError
+
+if TYPE_CHECKING:
+    from .options import Settings
+
+logger = logging.getLogger("protobind.nats")
 
 # RFC 7230 token characters, the rule nats-py applies to header names
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -98,3 +107,38 @@ class Connection(Client):
                 if name and name.isascii() and " " not in name and "\t" not in name:
                     out[name] = value.strip()
         return out or None
+
+
+async def connect(settings: Settings, **callbacks: Any) -> Connection:
+    async def error_cb(exc: Exception) -> None:
+        # nats-py reports every failed reconnect attempt here; the default handler logs tracebacks
+        logger.warning("NATS connection: %s", exc or type(exc).__name__)
+
+    client = Connection()
+    # nats-py retries its first connection as often as later reconnections; when it cannot reach
+    # any server now, fail after one more try (the caller sees UNAVAILABLE) rather than hang
+    first = {**settings.connect, "max_reconnect_attempts": 1}
+    try:
+        await client.connect(settings.servers, error_cb=error_cb, **first, **callbacks)
+    except (OSError, asyncio.TimeoutError, nats_errors.Error) as exc:
+        raise ConnectionError(
+            f"cannot connect to NATS at {', '.join(settings.servers)}: {exc or type(exc).__name__}"
+        ) from exc
+    # nats-py reads its options at each reconnection: from now on, the configured persistence
+    client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
+    return client
+
+
+def publish_error(exc: Exception) -> RpcError:
+    """The error a caller sees when NATS refused to send its message."""
+    if isinstance(exc, nats_errors.MaxPayloadError):
+        return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the NATS server's max_payload")
+    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
+        return RpcError(Code.UNAVAILABLE, "not connected to NATS")
+    return RpcError(Code.UNAVAILABLE, f"NATS refused the message: {type(exc).__name__}")
+
+
+def too_large(size: int, limit: int) -> RpcError:
+    return RpcError(
+        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the NATS server's max_payload ({limit})"
+    )

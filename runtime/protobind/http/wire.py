@@ -17,8 +17,8 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from .errors import Code, RpcError, pack_details, unpack_details
-from .metadata import Metadata, MetadataValue
+from ..errors import Code, RpcError, pack_details, unpack_details
+from ..metadata import Metadata, MetadataValue
 
 # Connect's rule for a response whose body is not a Connect error (a proxy's page, a bare status):
 # the code is guessed from the HTTP status, anything unlisted is UNKNOWN.

@@ -30,7 +30,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
-from ._http_rule import (
+from ..codec import JsonCodec
+from ..context import Context
+from ..errors import HTTP_STATUS, Code, RpcError
+from ..metadata import Metadata
+from ..server import Endpoint, EndpointTable, invoke_unary, to_rpc_error
+from .rule import (
     HttpBinding,
     collect_bindings,
     decode_path_value,
@@ -39,18 +44,13 @@ from ._http_rule import (
     is_repeated,
     message_of,
 )
-from ._http_wire import (
+from .wire import (
     PROTOCOL_HEADERS,
     TRAILER_PREFIX,
     encode_header,
     error_dict,
     metadata_value,
 )
-from .codec import JsonCodec
-from .context import Context
-from .errors import HTTP_STATUS, Code, RpcError
-from .metadata import Metadata
-from .server import Endpoint, Server, invoke_unary, to_rpc_error
 
 logger = logging.getLogger("protobind.http.rest")
 
@@ -87,7 +87,7 @@ DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 
 
 def rest_routes(
-    server: Server, *, ignore_unknown_fields: bool, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    server: EndpointTable, *, ignore_unknown_fields: bool, max_body_size: int = DEFAULT_MAX_BODY_SIZE
 ) -> list[BaseRoute]:
     """Starlette routes serving the ``google.api.http`` bindings of ``server``'s unary methods.
 
@@ -189,7 +189,7 @@ class _TooLarge(Exception):
 
 
 class _RestHandler:
-    def __init__(self, server: Server, *, ignore_unknown_fields: bool, max_body_size: int) -> None:
+    def __init__(self, server: EndpointTable, *, ignore_unknown_fields: bool, max_body_size: int) -> None:
         self.server = server
         self.max_body_size = max_body_size
         self.ignore_unknown_fields = ignore_unknown_fields

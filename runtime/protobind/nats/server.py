@@ -1,37 +1,4 @@
-"""``nats://host:port[,host:port...]`` and ``tls://``: protobind over NATS request-reply.
-
-The wire rules are in docs/protocols.md ("NATS request-reply"). In short: a service subscribes
-once to ``{prefix}{package}.{Service}.*`` in a queue group; a unary call is one request and one
-reply (the client multiplexes every reply over one wildcard inbox subscription); streams use
-per-call inboxes with credit flow control and heartbeats (``_nats_stream``); errors carry the
-NATS micro error headers plus the exact gRPC status; micro discovery is answered per service.
-
-Options, from the URL query string or ``options`` (server = S, client = C):
-
-``prefix`` (S, C)
-    Prepended to every call subject; a trailing ``.`` is added when missing. Default none.
-``queue_group`` (S)
-    Queue group of the service subscriptions. Default ``protobind``.
-``max_concurrency`` (S)
-    Unary handlers running at once on this binding, and streams running at once; further calls
-    wait. Default 1024.
-``max_pending`` (S)
-    Calls allowed to wait for a handler slot; beyond that a call is refused with
-    RESOURCE_EXHAUSTED at once. Default 8192.
-``window`` (S, C)
-    Flow-control window of each stream direction this side receives, in messages. Default 64.
-``heartbeat`` (S, C)
-    Seconds between heartbeats on quiet streams; a stream whose peer is silent for three of its
-    intervals fails with UNAVAILABLE (the server cancels the handler). Default 5.
-``codec`` (C)
-    ``proto`` (default) or ``json``: the body encoding the client sends and asks for.
-``version`` (S)
-    The version reported to micro discovery. Default: the protobind version.
-``name``, ``connect_timeout``, ``reconnect_wait``, ``max_reconnect_attempts`` (default -1: for
-ever), ``user``, ``password``, ``token``, ``creds`` (a credentials file), ``nkeys_seed`` (a seed
-file), ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_hostname`` (files and names for ``tls://``)
-and ``ssl_context`` (Python only) go to the NATS connection.
-"""
+"""The NATS server binding."""
 
 from __future__ import annotations
 
@@ -41,261 +8,48 @@ import contextlib
 import contextvars
 import itertools
 import logging
-import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from google.protobuf.message import Message
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
 
-from . import __version__
-from ._nats_client import Connection
-from ._nats_delivery import ConsumerPool, Delivery
-from ._nats_micro import EndpointStats, MicroService, answers, subjects
-from ._nats_stream import ACCEPT, CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
-from ._nats_wire import (
+from ..aio import Deadlines
+from ..codec import JSON, PROTO, Codec
+from ..context import Context
+from ..errors import Code, RpcError
+from ..server import Endpoint, invoke_stream, invoke_unary
+from .connection import Connection, connect, too_large
+from .delivery import ConsumerPool, Delivery
+from .micro import EndpointStats, MicroService, answers, subjects
+from .options import Settings, client_url, settings_from
+from .stream import ACCEPT, END, HEADERS, OPEN, Heartbeats, StreamState
+from .wire import (
     CANCEL_SUBJECT,
     CONTENT_TYPE,
     COUNT,
     FRAME,
     JSON_CONTENT_TYPE,
     STATUS,
-    TIMEOUT,
     TRAILER_PREFIX,
+    call_subject,
     codec_for,
     error_body,
     error_headers,
     header,
     headers_size,
     put_metadata,
-    read_error,
-    read_metadata,
     read_request_headers,
-    read_response_headers,
 )
-from .codec import JSON, PROTO, Codec
-from .context import CallInfo, Context
-from .errors import Code, RpcError
-from .method import MethodInfo
-from .server import Endpoint, invoke_stream, invoke_unary
 
 if TYPE_CHECKING:
-    from .server import Server
-
-__all__ = ["NatsBinding", "NatsTransport", "dial", "serve"]
+    from ..server import EndpointTable
 
 logger = logging.getLogger("protobind.nats")
 
 T = TypeVar("T")
-
-_SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version"}
-_CLIENT_OPTIONS = {"codec"}
-_CONNECTION_OPTIONS = {
-    "prefix",
-    "window",
-    "heartbeat",
-    "name",
-    "connect_timeout",
-    "reconnect_wait",
-    "max_reconnect_attempts",
-    "user",
-    "password",
-    "token",
-    "creds",
-    "nkeys_seed",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-    "tls_hostname",
-    "ssl_context",
-}
-_KNOWN_OPTIONS = _SERVER_OPTIONS | _CLIENT_OPTIONS | _CONNECTION_OPTIONS
-
-
-# --- options and connections ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    servers: list[str]
-    prefix: str
-    queue_group: str
-    max_concurrency: int
-    max_pending: int
-    window: int
-    heartbeat: float
-    codec: Codec
-    version: str
-    connect: dict[str, Any]
-
-
-def _number(options: Mapping[str, Any], key: str, default: float, kind: type[float] | type[int]) -> Any:
-    value = options.get(key, default)
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"NATS option {key}={value!r} must be a number") from None
-
-
-def _settings(url: str, options: Mapping[str, Any]) -> _Settings:
-    parts = urlsplit(url)
-    if parts.scheme not in ("nats", "tls"):
-        raise ValueError(f"not a NATS URL: {url!r}")
-    netloc = parts.netloc
-    userinfo, _, hosts = netloc.rpartition("@")
-    if not hosts:
-        raise ValueError(f"NATS URL needs a host: nats://host:port, got {url!r}")
-    auth = userinfo + "@" if userinfo else ""
-    servers = [f"{parts.scheme}://{auth}{host.strip()}" for host in hosts.split(",") if host.strip()]
-    unknown = set(options) - _KNOWN_OPTIONS
-    if unknown:
-        raise ValueError(
-            f"unknown NATS option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KNOWN_OPTIONS))}"
-        )
-    prefix = str(options.get("prefix", "") or "")
-    if prefix and not prefix.endswith("."):
-        prefix += "."
-    codec_name = str(options.get("codec", "proto")).lower()
-    if codec_name not in ("proto", "json"):
-        raise ValueError(f"NATS option codec={codec_name!r} must be proto or json")
-    connect: dict[str, Any] = {
-        "connect_timeout": _number(options, "connect_timeout", 2.0, float),
-        "reconnect_time_wait": _number(options, "reconnect_wait", 2.0, float),
-        "max_reconnect_attempts": _number(options, "max_reconnect_attempts", -1, int),
-    }
-    if "name" in options:
-        connect["name"] = str(options["name"])
-    for key in ("user", "password", "token"):
-        if key in options:
-            connect[key] = str(options[key])
-    if "creds" in options:
-        connect["user_credentials"] = str(options["creds"])
-    if "nkeys_seed" in options:
-        connect["nkeys_seed"] = str(options["nkeys_seed"])
-    tls = _ssl_context(options)
-    if tls is not None:
-        connect["tls"] = tls
-    if "tls_hostname" in options:
-        connect["tls_hostname"] = str(options["tls_hostname"])
-    return _Settings(
-        servers=servers,
-        prefix=prefix,
-        queue_group=str(options.get("queue_group", "protobind")),
-        max_concurrency=max(1, _number(options, "max_concurrency", 1024, int)),
-        max_pending=max(0, _number(options, "max_pending", 8192, int)),
-        window=max(1, _number(options, "window", 64, int)),
-        heartbeat=max(0.01, _number(options, "heartbeat", 5.0, float)),
-        codec=JSON if codec_name == "json" else PROTO,
-        version=str(options.get("version", __version__)),
-        connect=connect,
-    )
-
-
-def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
-    context = options.get("ssl_context")
-    if context is not None:
-        if not isinstance(context, ssl.SSLContext):
-            raise ValueError("NATS option ssl_context must be an ssl.SSLContext")
-        return context
-    if not any(key in options for key in ("tls_ca", "tls_cert", "tls_key")):
-        return None
-    context = ssl.create_default_context(cafile=options.get("tls_ca"))
-    if "tls_cert" in options:
-        context.load_cert_chain(str(options["tls_cert"]), options.get("tls_key"))
-    return context
-
-
-async def _connect(settings: _Settings, **callbacks: Any) -> Connection:
-    async def error_cb(exc: Exception) -> None:
-        # nats-py reports every failed reconnect attempt here; the default handler logs tracebacks
-        logger.warning("NATS connection: %s", exc or type(exc).__name__)
-
-    client = Connection()
-    # nats-py retries its first connection as often as later reconnections; when it cannot reach
-    # any server now, fail after one more try (the caller sees UNAVAILABLE) rather than hang
-    first = {**settings.connect, "max_reconnect_attempts": 1}
-    try:
-        await client.connect(settings.servers, error_cb=error_cb, **first, **callbacks)
-    except (OSError, asyncio.TimeoutError, nats_errors.Error) as exc:
-        raise ConnectionError(
-            f"cannot connect to NATS at {', '.join(settings.servers)}: {exc or type(exc).__name__}"
-        ) from exc
-    # nats-py reads its options at each reconnection: from now on, the configured persistence
-    client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
-    return client
-
-
-def _subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
-    return f"{prefix}{method.service}.{method.name}"
-
-
-def _publish_error(exc: Exception) -> RpcError:
-    """The error a caller sees when NATS refused to send its message."""
-    if isinstance(exc, nats_errors.MaxPayloadError):
-        return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the NATS server's max_payload")
-    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
-        return RpcError(Code.UNAVAILABLE, "not connected to NATS")
-    return RpcError(Code.UNAVAILABLE, f"NATS refused the message: {type(exc).__name__}")
-
-
-def _too_large(size: int, limit: int) -> RpcError:
-    return RpcError(
-        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the NATS server's max_payload ({limit})"
-    )
-
-
-#: An upper bound of the header block of a call without metadata (content type, timeout).
-_SMALL_HEADERS = 128
-
-
-def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
-    # deadlines are time.monotonic() values; the loop's clock is the same in asyncio's default loop,
-    # converting keeps timers right on loops where it is not
-    return loop.time() + (deadline - time.monotonic())
-
-
-class _Deadlines(Generic[T]):
-    """Deadline timers for many calls at once.
-
-    An event-loop timer per call costs a push onto the loop's heap, whose comparisons run in
-    Python, plus a cancelled entry left behind: at tens of thousands of calls per second that is a
-    large share of a call's cost. Here calls whose deadlines fall in the same millisecond share one
-    loop timer, and a call that finishes first just leaves its slot. Deadlines fire up to one
-    millisecond late.
-    """
-
-    def __init__(self, expire: Callable[[T], None]) -> None:
-        self._expire = expire
-        self._slots: dict[int, set[T]] = {}
-        self._timers: set[int] = set()  # slots with a loop timer pending
-
-    def add(self, deadline: float, item: T) -> int:
-        slot = int(deadline * 1000) + 1
-        items = self._slots.get(slot)
-        if items is None:
-            items = self._slots[slot] = set()
-            if slot not in self._timers:
-                self._timers.add(slot)
-                loop = asyncio.get_running_loop()
-                loop.call_at(_loop_time(loop, slot / 1000), self._fire, slot)
-        items.add(item)
-        return slot
-
-    def discard(self, slot: int, item: T) -> None:
-        items = self._slots.get(slot)
-        if items is not None:
-            items.discard(item)
-            if not items:
-                del self._slots[slot]
-
-    def _fire(self, slot: int) -> None:
-        self._timers.discard(slot)
-        for item in self._slots.pop(slot, ()):
-            self._expire(item)
 
 
 # --- server -----------------------------------------------------------------------------------
@@ -323,9 +77,9 @@ def _record(stats: EndpointStats, started: int, error: RpcError | None) -> None:
 class NatsBinding:
     """A protobind server on one NATS connection (see the module docstring for the options)."""
 
-    def __init__(self, server: Server, url: str, settings: _Settings) -> None:
+    def __init__(self, server: EndpointTable, url: str, settings: Settings) -> None:
         self.server = server
-        self._url = url
+        self._url = client_url(url)
         self.settings = settings
         self._nc: Connection | None = None
         self._routes: dict[str, _Route] = {}
@@ -347,7 +101,7 @@ class NatsBinding:
         self._heartbeats = Heartbeats(settings.heartbeat)
         self._stream_inbox = ""
         self._tokens = itertools.count(1)
-        self._deadlines: _Deadlines[str] = _Deadlines(self._expire_call)
+        self._deadlines: Deadlines[str] = Deadlines(self._expire_call)
         # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
         self._cancelled: dict[str, RpcError] = {}
 
@@ -363,7 +117,7 @@ class NatsBinding:
 
     async def start(self) -> None:
         settings = self.settings
-        nc = self._nc = await _connect(
+        nc = self._nc = await connect(
             settings,
             name=settings.connect.get("name", "protobind server"),
             disconnected_cb=self._on_disconnect,
@@ -373,7 +127,7 @@ class NatsBinding:
             for info in self.server.services:
                 stats = []
                 for method in info.methods:
-                    subject = _subject(settings.prefix, method)
+                    subject = call_subject(settings.prefix, method)
                     route = _Route(self.server.endpoints[method.path], EndpointStats(method, subject))
                     self._routes[subject] = route
                     stats.append(route.stats)
@@ -557,7 +311,7 @@ class NatsBinding:
                     except (nats_errors.Error, OSError) as exc:
                         logger.debug("reply to %s dropped: %r", reply, exc)
                 else:
-                    error = _too_large(size, nc.max_payload)
+                    error = too_large(size, nc.max_payload)
         except RpcError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -852,276 +606,7 @@ async def _incoming(state: StreamState, codec: Codec, message_type: type[Message
             return
 
 
-async def serve(server: Server, url: str, options: Mapping[str, Any]) -> NatsBinding:
-    binding = NatsBinding(server, url, _settings(url, options))
+async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> NatsBinding:
+    binding = NatsBinding(server, url, settings_from(url, options))
     await binding.start()
     return binding
-
-
-# --- client -----------------------------------------------------------------------------------
-
-
-async def _send_cancel(state: StreamState) -> None:
-    try:
-        await state.control(CANCEL)
-    except RpcError as exc:  # the server notices a vanished client by itself
-        logger.debug("cancel frame not sent: %s", exc)
-
-
-def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
-    try:
-        return codec.decode(data, message_type)
-    except RpcError as exc:
-        # the server sent what the method's response type cannot be: the server's fault, as in gRPC
-        raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None
-
-
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
-
-
-class NatsTransport:
-    """The client side: one NATS connection, one wildcard subscription for every reply."""
-
-    def __init__(self, settings: _Settings) -> None:
-        self.settings = settings
-        self._nc: Connection | None = None
-        self._inbox = ""
-        self._unary: dict[str, asyncio.Future[Msg]] = {}
-        self._streams: dict[str, StreamState] = {}
-        self._subjects: dict[str, str] = {}
-        self._next_token = itertools.count(1).__next__
-        self._deadlines: _Deadlines[asyncio.Future[Msg]] = _Deadlines(_expire)
-        self._heartbeats = Heartbeats(settings.heartbeat)
-        self._background: set[asyncio.Task[Any]] = set()
-        self._codec = settings.codec
-        self._closed = False
-
-    async def start(self) -> None:
-        nc = self._nc = await _connect(
-            self.settings,
-            name=self.settings.connect.get("name", "protobind client"),
-            disconnected_cb=self._on_disconnect,
-        )
-        try:
-            self._inbox = nc.new_inbox() + "."
-            await nc.subscribe(self._inbox + "*", cb=self._on_reply)
-            await nc.flush()
-        except BaseException:
-            await nc.close()
-            raise
-
-    @property
-    def connection(self) -> Connection:
-        if self._nc is None:
-            raise RuntimeError("the NATS transport is not started")
-        return self._nc
-
-    async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject[len(self._inbox) :]
-        future = self._unary.get(token)
-        if future is not None:
-            if not future.done():
-                future.set_result(msg)
-            return
-        state = self._streams.get(token)
-        if state is not None:
-            state.feed(msg)
-
-    async def _on_disconnect(self) -> None:
-        # a reply published while we were away is lost for good: fail those calls now, not never
-        self._fail_all(RpcError(Code.UNAVAILABLE, "lost the connection to NATS"))
-
-    def _fail_all(self, error: RpcError) -> None:
-        # one exception object per call: each is raised, and given a traceback, in its own task
-        for future in list(self._unary.values()):
-            if not future.done():
-                future.set_exception(RpcError(error.code, error.message))
-        for state in list(self._streams.values()):
-            state.peer_gone(RpcError(error.code, error.message))
-
-    def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
-        subject = self._subjects[method.path] = _subject(self.settings.prefix, method)
-        return subject
-
-    def _request_headers(self, call: CallInfo, codec: Codec) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if codec is JSON:
-            headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
-        if call.deadline is not None:
-            remaining = call.deadline - time.monotonic()
-            if remaining <= 0:
-                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
-            headers[TIMEOUT] = str(max(1, int(remaining * 1000)))
-        if call.metadata:
-            try:
-                put_metadata(headers, call.metadata)
-            except RpcError as exc:
-                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
-        return headers
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _announce_cancel(self, reply: str) -> None:
-        try:
-            await self.connection.send(self.settings.prefix + CANCEL_SUBJECT, reply.encode())
-        except (nats_errors.Error, OSError) as exc:
-            logger.debug("cancel notice not sent: %r", exc)
-
-    async def unary(self, request: Message, call: CallInfo) -> Message:
-        method = call.method
-        assert method is not None
-        subject = self._subjects.get(method.path) or self._subject_of(method)
-        codec = self._codec
-        data = codec.encode(request)
-        headers = None
-        size = len(data)
-        if call.metadata or call.deadline is not None or codec is not PROTO:
-            headers = self._request_headers(call, codec)
-            # without metadata the headers are a few dozen bytes; only metadata can make them large
-            size += headers_size(headers) if call.metadata else _SMALL_HEADERS
-        nc = self.connection
-        if size > nc.max_payload:
-            raise _too_large(size, nc.max_payload)
-        if not nc.is_connected:
-            raise RpcError(Code.UNAVAILABLE, "not connected to NATS")
-        token = str(self._next_token())
-        reply = self._inbox + token
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._unary[token] = future
-        slot = 0
-        if call.deadline is not None:
-            slot = self._deadlines.add(call.deadline, future)
-        try:
-            await nc.send(subject, data, reply, headers)
-            msg = await future
-        except asyncio.CancelledError:
-            # cancelling this task also cancelled the future it awaited
-            if future.cancelled() or not future.done():
-                self._spawn(self._announce_cancel(reply))
-            raise
-        except (nats_errors.Error, OSError) as exc:
-            raise _publish_error(exc) from None
-        finally:
-            del self._unary[token]
-            if slot:
-                self._deadlines.discard(slot, future)
-        out = msg.headers
-        if out is None:
-            return _decode_response(codec, msg.data, method.output_type)
-        return self._unary_result(msg, out, call, subject)
-
-    def _unary_result(self, msg: Msg, headers: dict[str, str], call: CallInfo, subject: str) -> Message:
-        assert call.method is not None
-        if headers.get("Status") == "503" and not msg.data:
-            raise RpcError(Code.UNAVAILABLE, f"no server is serving {subject} (no responders)")
-        call.headers, call.trailers = read_response_headers(headers)
-        error = read_error(headers, msg.data)
-        if error is not None:
-            raise error
-        return _decode_response(codec_for(headers), msg.data, call.method.output_type)
-
-    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
-        method = call.method
-        assert method is not None
-        subject = self._subjects.get(method.path) or self._subject_of(method)
-        codec = self._codec
-        nc = self.connection
-        token = str(self._next_token())
-        settings = self.settings
-        state = StreamState(
-            self._inbox + token, nc.send, lambda: nc.max_payload, settings.window, settings.heartbeat
-        )
-        headers = {FRAME: OPEN, **state.announce(), **self._request_headers(call, codec)}
-        body = b""
-        if not method.kind.client_streams:
-            body = codec.encode(await anext(requests))
-        size = len(body) + headers_size(headers)
-        if size > nc.max_payload:
-            raise _too_large(size, nc.max_payload)
-        if not nc.is_connected:
-            raise RpcError(Code.UNAVAILABLE, "not connected to NATS")
-        loop = asyncio.get_running_loop()
-        timer = None
-        if call.deadline is not None:
-            timer = loop.call_at(
-                _loop_time(loop, call.deadline),
-                state.fail,
-                RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"),
-            )
-        self._streams[token] = state
-        self._heartbeats.add(state)
-        sender: asyncio.Task[None] | None = None
-        finished = False
-        try:
-            try:
-                await nc.send(subject, body, state.inbox, headers)
-            except (nats_errors.Error, OSError) as exc:
-                raise _publish_error(exc) from None
-            if method.kind.client_streams:
-                sender = loop.create_task(self._send_requests(state, requests, codec))
-            output_type = method.output_type
-            while True:
-                frame, msg = await state.receive()
-                if frame is None:
-                    yield _decode_response(codec, msg.data, output_type)
-                elif frame == HEADERS:
-                    call.headers = read_metadata(msg.headers)
-                elif frame == END:
-                    finished = True
-                    call.trailers = read_metadata(msg.headers)
-                    error = read_error(msg.headers or {}, msg.data) or state.end_count(msg.headers)
-                    if error is not None:
-                        raise error
-                    return
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._heartbeats.discard(state)
-            self._streams.pop(token, None)
-            if sender is not None and not sender.done():
-                sender.cancel()
-            if not finished and not state.gone and state.peer is not None:
-                # the caller stopped early or the call failed here: let the server stop the handler
-                self._spawn(_send_cancel(state))
-
-    async def _send_requests(
-        self, state: StreamState, requests: AsyncIterator[Message], codec: Codec
-    ) -> None:
-        try:
-            async for request in requests:
-                await state.send_data(codec.encode(request))
-            await state.control(END, {COUNT: str(state.sent)})
-        except Exception as exc:
-            # the request iterator failed (the caller sees its exception) or the call already ended
-            if state.error is None:
-                state.fail(exc)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._fail_all(RpcError(Code.CANCELLED, "the channel was closed"))
-        self._heartbeats.close()
-        for task in list(self._background):
-            if not task.done():
-                await asyncio.wait([task], timeout=1.0)
-        if self._nc is not None:
-            try:
-                await self._nc.close()
-            except Exception as exc:
-                logger.debug("closing the NATS connection: %r", exc)
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> NatsTransport:
-    transport = NatsTransport(_settings(url, options))
-    try:
-        await transport.start()
-    except ConnectionError as exc:
-        raise RpcError(Code.UNAVAILABLE, str(exc)) from exc
-    return transport

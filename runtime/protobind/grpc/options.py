@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
-_SERVER_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "health", "reflection"})
-_CLIENT_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "server_name"})
+SERVER_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "health", "reflection"})
+CLIENT_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "server_name"})
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -81,7 +81,7 @@ class GrpcOptions:
 
 def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
     _check_tls_names(address, options, ("cert", "key", "ca"))
-    parsed = _parse(options, _SERVER_OPTIONS, "server")
+    parsed = _parse(options)
     if address.tls and (parsed.cert is None or parsed.key is None):
         raise ValueError("a grpcs:// server needs the options `cert` and `key` (PEM files)")
     return parsed
@@ -89,7 +89,7 @@ def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
 
 def client_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
     _check_tls_names(address, options, ("cert", "key", "ca", "server_name"))
-    parsed = _parse(options, _CLIENT_OPTIONS, "client")
+    parsed = _parse(options)
     if (parsed.cert is None) != (parsed.key is None):
         raise ValueError("a client certificate needs both `cert` and `key`")
     return parsed
@@ -102,12 +102,7 @@ def _check_tls_names(address: Address, options: Mapping[str, Any], names: tuple[
         raise ValueError(f"TLS options ({', '.join(given)}) were given for a plain grpc:// URL: use grpcs://")
 
 
-def _parse(options: Mapping[str, Any], allowed: frozenset[str], side: str) -> GrpcOptions:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown gRPC {side} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
-        )
+def _parse(options: Mapping[str, Any]) -> GrpcOptions:
     size = _positive_int(options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE), "max_message_size")
     server_name = options.get("server_name")
     return GrpcOptions(

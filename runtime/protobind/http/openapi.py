@@ -22,7 +22,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from ._http_rule import (
+from ..errors import Code
+from ..method import Idempotency, MethodInfo, MethodKind, ServiceInfo
+from .rule import (
     DOUBLE_STAR,
     LITERAL,
     HttpBinding,
@@ -32,8 +34,6 @@ from ._http_rule import (
     is_repeated,
     message_of,
 )
-from .errors import Code
-from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo
 
 __all__ = ["openapi_document"]
 

@@ -13,9 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .codec import JSON, PROTO, Codec
-from .errors import HTTP_STATUS, Code, RpcError, pack_details, unpack_details
-from .metadata import Metadata
+from ..codec import JSON, PROTO, Codec
+from ..errors import HTTP_STATUS, Code, RpcError, pack_details, unpack_details
+from ..metadata import Metadata
+from ..method import MethodInfo
 
 CONTENT_TYPE = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
@@ -281,3 +282,7 @@ def _decode_json_error(code: Code, body: bytes) -> RpcError:
             )
         )
     return RpcError(code, str(data.get("message", "")), unpack_details(details))
+
+
+def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
+    return f"{prefix}{method.service}.{method.name}"

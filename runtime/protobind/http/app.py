@@ -25,7 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ._http_wire import (
+from ..codec import JSON, PROTO, Codec, JsonCodec
+from ..context import Context
+from ..errors import HTTP_STATUS, Code, RpcError
+from ..metadata import Metadata
+from ..method import Idempotency, MethodKind
+from ..server import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
+from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
     FLAG_END_STREAM,
@@ -42,12 +48,6 @@ from ._http_wire import (
     metadata_value,
     parse_envelope_header,
 )
-from .codec import JSON, PROTO, Codec, JsonCodec
-from .context import Context
-from .errors import HTTP_STATUS, Code, RpcError
-from .metadata import Metadata
-from .method import Idempotency, MethodKind
-from .server import Endpoint, Server, invoke_stream, invoke_unary, to_rpc_error
 
 logger = logging.getLogger("protobind.http")
 
@@ -251,7 +251,7 @@ class ConnectApp:
     ``fallback`` receives every request that is not a Connect call (and non-HTTP scopes).
     """
 
-    def __init__(self, server: Server, options: ServerOptions, fallback: ASGIApp) -> None:
+    def __init__(self, server: EndpointTable, options: ServerOptions, fallback: ASGIApp) -> None:
         self._endpoints = server.endpoints
         self._prefix = options.prefix
         self._limit = options.max_body_size
@@ -620,15 +620,15 @@ def _optional(module: str, attribute: str) -> Callable[..., Any] | None:
     return value if callable(value) else None
 
 
-def _fallback_routes(server: Server, options: ServerOptions) -> list[BaseRoute]:
+def _fallback_routes(server: EndpointTable, options: ServerOptions) -> list[BaseRoute]:
     routes: list[BaseRoute] = []
-    rest_routes = _optional("protobind._rest", "rest_routes")
+    rest_routes = _optional("protobind.http.rest", "rest_routes")
     if rest_routes is not None:
         extra: dict[str, Any] = {}
         if "max_body_size" in inspect.signature(rest_routes).parameters:
             extra["max_body_size"] = options.max_body_size  # one limit for every route
         routes.extend(rest_routes(server, ignore_unknown_fields=options.ignore_unknown_fields, **extra))
-    openapi_document = _optional("protobind.openapi", "openapi_document")
+    openapi_document = _optional("protobind.http.openapi", "openapi_document")
     if openapi_document is not None:
         document: dict[str, Any] = {}
 
@@ -641,7 +641,7 @@ def _fallback_routes(server: Server, options: ServerOptions) -> list[BaseRoute]:
     return routes
 
 
-def build_app(server: Server, options: ServerOptions) -> ASGIApp:
+def build_app(server: EndpointTable, options: ServerOptions) -> ASGIApp:
     """The complete ASGI app: Connect fast path, fallback routes, CORS when configured."""
     fallback = Router(routes=_fallback_routes(server, options), default=_not_found)
     app: ASGIApp = ConnectApp(server, options, fallback)

@@ -1,0 +1,56 @@
+"""``grpc://host:port`` and ``grpcs://host:port``: standard gRPC over grpcio's asyncio API.
+
+Server side, every endpoint of the :class:`~protobind.Server` becomes a grpcio method handler in
+one generic handler per service, with the message classes' own ``FromString`` /
+``SerializeToString`` as (de)serializers, so no protoc ``_pb2_grpc`` module is needed and
+grpcio's C core does the framing. Client side, each method path gets one cached grpcio
+multicallable per channel. Errors travel as gRPC status plus a ``google.rpc.Status`` in
+``grpc-status-details-bin``, which is what ``grpcio-status`` and other gRPC stacks read.
+
+Options (URL query string or ``options``), see docs/protocols.md: ``max_message_size`` (bytes,
+default 4 MiB), ``cert`` / ``key`` / ``ca`` (PEM paths or PEM bytes), ``server_name`` (client),
+``health`` / ``reflection`` (server, default true).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..transport import Transport, loopback_harness
+from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+
+if TYPE_CHECKING:
+    from ..server import EndpointTable
+    from .client import GrpcTransport
+    from .server import GrpcBinding
+
+__all__ = ["TRANSPORT", "dial", "serve"]
+
+
+async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
+    """Serve ``endpoints`` on a ``grpc://`` / ``grpcs://`` URL."""
+    from .server import serve as serve_grpc
+
+    return await serve_grpc(endpoints, url, options)
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
+    """A gRPC client transport for ``url``."""
+    from .client import dial as dial_grpc
+
+    return await dial_grpc(url, options)
+
+
+TRANSPORT = Transport(
+    name="grpc",
+    schemes=("grpc", "grpcs"),
+    extra="grpc",
+    serve=serve,
+    dial=dial,
+    test_harness=loopback_harness("grpc"),
+    server_options=SERVER_OPTIONS,
+    client_options=CLIENT_OPTIONS,
+    server_requires=("grpc", "grpc_status", "grpc_health", "grpc_reflection"),
+    client_requires=("grpc", "grpc_status"),
+)

@@ -1,0 +1,88 @@
+"""``http://host:port[/prefix]`` and ``https://``: the Connect protocol over HTTP/1.1.
+
+Server: an ASGI app (Connect calls on a raw-ASGI fast path, everything else through Starlette),
+run by uvicorn inside :meth:`protobind.Server.start`. The same app is available on its own through
+:func:`asgi_app`, to mount in an existing Starlette or FastAPI application::
+
+    app.mount("/rpc", protobind.http.asgi_app([Greeter()]))
+
+Client: :func:`protobind.connect` with an ``http://`` URL; unary, server- and client-streaming
+calls over a keep-alive connection pool (aiohttp). Bidirectional streams need full-duplex HTTP/2
+and answer ``UNIMPLEMENTED``.
+
+Options, in the URL's query string or as Python values (``Server(transport_options={"http": ...})``,
+``connect(url, options=...)``):
+
+server
+    ``max_body_size`` (bytes, default 4 MiB; larger requests get 413 / ``resource_exhausted``),
+    ``ignore_unknown_fields`` (accept JSON fields the schema does not know; default false),
+    ``cors_origins`` (comma-separated origins or ``*``; CORS is off without it),
+    ``cors_allow_headers`` (default ``*``), ``cors_expose_headers``, ``cors_allow_credentials``,
+    ``cors_max_age``, ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``).
+client
+    ``codec`` (``proto``, the default, or ``json``), ``max_connections`` (default 100),
+    ``max_body_size`` (largest response message, default 4 MiB), ``tls_ca`` (PEM CA bundle to
+    trust instead of the system's), ``tls_cert`` / ``tls_key`` (client certificate).
+
+Module imports are deferred: the client does not load Starlette or uvicorn, the server does not
+load aiohttp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HTTP_STATUS
+from ..transport import Transport, loopback_harness
+from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from ..server import EndpointTable, Server
+    from .client import HttpTransport
+    from .server import HttpBinding
+
+__all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app", "dial", "serve"]
+
+
+async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
+    """Serve ``endpoints`` on an ``http://`` / ``https://`` URL with uvicorn."""
+    from .server import serve as serve_http
+
+    return await serve_http(endpoints, url, options)
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
+    """A Connect client transport for ``url`` (``http://host:port[/prefix]`` or ``https://``)."""
+    from .client import dial as dial_http
+
+    return await dial_http(url, options)
+
+
+def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> ASGIApp:
+    """The ASGI app serving ``server_or_services`` (a :class:`protobind.Server` or the service
+    implementations), for mounting in another ASGI application.
+
+    Takes the server options of this transport (``max_message_size``, ``ignore_unknown_fields``,
+    ``cors_origins``, ...) plus ``prefix``, a path the Connect routes live under.
+    """
+    TRANSPORT.check_installed(server=True)
+    from .server import asgi_app as build
+
+    return build(server_or_services, **options)
+
+
+TRANSPORT = Transport(
+    name="http",
+    schemes=("http", "https"),
+    extra="http",
+    serve=serve,
+    dial=dial,
+    test_harness=loopback_harness("http"),
+    server_options=SERVER_OPTIONS,
+    client_options=CLIENT_OPTIONS,
+    server_requires=("starlette", "uvicorn"),
+    client_requires=("aiohttp",),
+)

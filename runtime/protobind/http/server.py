@@ -1,0 +1,132 @@
+"""The HTTP server binding: uvicorn running the Connect/REST ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..server import EndpointTable, Server
+from ..transport import check_options
+from .options import _KEEP_ALIVE, _prefix, _require, _server_options, _str
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
+
+logger = logging.getLogger("protobind.http")
+
+
+# --- server ---------------------------------------------------------------------------------------
+
+
+def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> ASGIApp:
+    """The ASGI app serving ``server_or_services`` (a :class:`protobind.Server` or the service
+    implementations), for mounting in another ASGI application.
+
+    Takes the server options of this module (``max_body_size``, ``ignore_unknown_fields``,
+    ``cors_origins``, ...) plus ``prefix``, a path the Connect routes live under.
+    """
+    from . import TRANSPORT
+    from .app import build_app
+
+    server = server_or_services if isinstance(server_or_services, Server) else Server(server_or_services)
+    prefix = _prefix(str(options.pop("prefix", "")))
+    check_options(TRANSPORT, options, server=True)
+    return build_app(server.table(), _server_options(options, prefix))
+
+
+@dataclass
+class HttpBinding:
+    """A running uvicorn server for one ``http://`` / ``https://`` URL."""
+
+    _url: str
+    _server: uvicorn.Server
+    _main: asyncio.Task[None]
+    _socket: socket.socket
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def stop(self, grace: float | None) -> None:
+        if self._main.done():
+            return
+        self._main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._main
+        # typed int, but uvicorn hands it to asyncio.wait_for, which takes fractions of a second
+        self._server.config.timeout_graceful_shutdown = None if grace is None else max(grace, 0.0)  # type: ignore[assignment]
+        await self._server.shutdown(sockets=[self._socket])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )[0]
+        # The protocol must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets
+        # whose proto says TCP, and without it Nagle's algorithm holds the body of every response
+        # until the client's delayed ACK (40 ms per call).
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
+    """Start uvicorn with :func:`asgi_app` on ``url``'s host and port (port 0: any free port)."""
+    uvicorn = _require("uvicorn")
+    _require("starlette")
+    from .app import build_app
+
+    parts = urlsplit(url)
+    host = parts.hostname or "0.0.0.0"
+    try:
+        port = parts.port or 0
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    prefix = _prefix(parts.path)
+    app = build_app(server, _server_options(options, prefix))
+    cert, key = _str(options, "tls_cert"), _str(options, "tls_key")
+    if parts.scheme == "https" and cert is None:
+        raise ValueError(f"{url}: https:// needs the options tls_cert and tls_key (PEM files)")
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        # the embedding application owns logging; uvicorn would otherwise reconfigure it
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=_KEEP_ALIVE,
+        ssl_certfile=cert if parts.scheme == "https" else None,
+        ssl_keyfile=key if parts.scheme == "https" else None,
+    )
+    config.load()
+    sock = _bind(host, port)
+    userver = uvicorn.Server(config)
+    # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.
+    userver.lifespan = config.lifespan_class(config)
+    try:
+        await userver.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    # main_loop refreshes the Date header once a second; stop() replaces its shutdown path
+    main = asyncio.get_running_loop().create_task(userver.main_loop(), name=f"protobind http {url}")
+    real_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    bound = f"{parts.scheme}://{shown_host}:{real_port}{prefix}"
+    return HttpBinding(bound, userver, main, sock)

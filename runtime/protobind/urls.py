@@ -1,0 +1,32 @@
+"""URL helpers shared by every transport."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["redact"]
+
+_SECRET_QUERY_KEYS = ("password", "token", "nkeys_seed", "creds", "api_key", "secret")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (and secret-looking query values) replaced by ``***``: URLs are
+    printed in errors, logs and ``Server.urls``, credentials never are."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        # a bare userinfo is a token for NATS (nats://TOKEN@host): hide it too
+        netloc = f"{user}:***@{hosts}" if sep else f"***@{hosts}"
+    query = parts.query
+    if query:
+        pieces = []
+        for piece in query.split("&"):
+            key, eq, _value = piece.partition("=")
+            pieces.append(f"{key}=***" if eq and key.lower() in _SECRET_QUERY_KEYS else piece)
+        query = "&".join(pieces)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
