@@ -67,6 +67,28 @@ async def _serve(nats_url: str, service: object, query: str = "", prefix: str | 
     return Served(server, url, prefix, nats_url)
 
 
+_memory_names = itertools.count()
+
+
+@pytest.fixture(params=["nats", "memory"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The broker engine's behaviour does not depend on NATS: these tests run on nats-server and
+    on the in-memory broker."""
+    if request.param == "nats":
+        return str(request.getfixturevalue("nats_server"))
+    return f"memory://engine-{next(_memory_names)}"
+
+
+@pytest.fixture
+async def served_any(broker_url: str) -> AsyncIterator[tuple[Served, Conformance]]:
+    service = Conformance()
+    served = await _serve(broker_url, service, "&heartbeat=0.2")
+    try:
+        yield served, service
+    finally:
+        await served.server.stop(0)
+
+
 @pytest.fixture
 async def served(nats_server: str) -> AsyncIterator[tuple[Served, Conformance]]:
     service = Conformance()
@@ -142,10 +164,10 @@ class Recorder(Conformance):
         return Response(text=self.name or request.text)
 
 
-async def test_two_replicas_share_the_calls(nats_server: str) -> None:
+async def test_two_replicas_share_the_calls(broker_url: str) -> None:
     first, second = Recorder("a"), Recorder("b")
-    one = await _serve(nats_server, first)
-    two = await _serve(nats_server, second, prefix=one.prefix)
+    one = await _serve(broker_url, first)
+    two = await _serve(broker_url, second, prefix=one.prefix)
     try:
         async with protobind.connect(one.url) as channel:
             client = ConformanceServiceClient(channel)
@@ -158,8 +180,8 @@ async def test_two_replicas_share_the_calls(nats_server: str) -> None:
         await two.server.stop(0)
 
 
-async def test_a_slow_call_does_not_hold_up_others(nats_server: str) -> None:
-    served = await _serve(nats_server, Recorder())
+async def test_a_slow_call_does_not_hold_up_others(broker_url: str) -> None:
+    served = await _serve(broker_url, Recorder())
     try:
         async with protobind.connect(served.url) as channel:
             client = ConformanceServiceClient(channel)
@@ -174,9 +196,9 @@ async def test_a_slow_call_does_not_hold_up_others(nats_server: str) -> None:
         await served.server.stop(0)
 
 
-async def test_handlers_run_concurrently_up_to_max_concurrency(nats_server: str) -> None:
+async def test_handlers_run_concurrently_up_to_max_concurrency(broker_url: str) -> None:
     service = Recorder(delay=0.2)
-    served = await _serve(nats_server, service, "&max_concurrency=3")
+    served = await _serve(broker_url, service, "&max_concurrency=3")
     try:
         async with protobind.connect(served.url) as channel:
             client = ConformanceServiceClient(channel)
@@ -189,9 +211,9 @@ async def test_handlers_run_concurrently_up_to_max_concurrency(nats_server: str)
         await served.server.stop(0)
 
 
-async def test_overload_is_refused_with_resource_exhausted(nats_server: str) -> None:
+async def test_overload_is_refused_with_resource_exhausted(broker_url: str) -> None:
     service = Recorder(delay=0.3)
-    served = await _serve(nats_server, service, "&max_concurrency=1&max_pending=2")
+    served = await _serve(broker_url, service, "&max_concurrency=1&max_pending=2")
     try:
         async with protobind.connect(served.url) as channel:
             client = ConformanceServiceClient(channel)
@@ -205,12 +227,12 @@ async def test_overload_is_refused_with_resource_exhausted(nats_server: str) -> 
         await served.server.stop(0)
 
 
-async def test_without_nats_py_internals_calls_get_a_task_each(
+async def test_without_nats_py_internals_calls_are_still_bounded(
     nats_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from protobind.nats import delivery as _nats_delivery
+    from protobind.nats import connection
 
-    monkeypatch.setattr(_nats_delivery.Delivery, "attach", classmethod(lambda cls, *args: None))
+    monkeypatch.setattr(connection, "_pending_queue", lambda sub: None)
     service = Recorder(delay=0.2)
     served = await _serve(nats_server, service, "&max_concurrency=4")
     try:
@@ -230,7 +252,7 @@ async def test_unary_calls_share_one_reply_subscription(served: tuple[Served, Co
     async with protobind.connect(server.url) as channel:
         client = ConformanceServiceClient(channel)
         await client.unary(Request())
-        connection = channel.transport.connection  # type: ignore[attr-defined]
+        connection = channel.transport.broker.client  # type: ignore[attr-defined]
         subscribes = 0
         original = connection.subscribe
 
@@ -355,7 +377,7 @@ async def test_replies_of_foreign_services(
         assert info.value.message == message
 
 
-async def test_metadata_binary_and_repeated_values(nats_server: str) -> None:
+async def test_metadata_binary_and_repeated_values(broker_url: str) -> None:
     seen: dict[str, list[Any]] = {}
 
     class Echo(ConformanceServiceService):
@@ -366,7 +388,7 @@ async def test_metadata_binary_and_repeated_values(nats_server: str) -> None:
             context.set_trailer("x-done", "yes")
             return Response()
 
-    served = await _serve(nats_server, Echo())
+    served = await _serve(broker_url, Echo())
     try:
         async with protobind.connect(served.url) as channel:
             call = protobind.CallInfo()
@@ -381,8 +403,8 @@ async def test_metadata_binary_and_repeated_values(nats_server: str) -> None:
         await served.server.stop(0)
 
 
-async def test_no_responders_is_unavailable_at_once(nats_server: str) -> None:
-    async with protobind.connect(f"{nats_server}?prefix={_prefix()}") as channel:
+async def test_no_responders_is_unavailable_at_once(broker_url: str) -> None:
+    async with protobind.connect(f"{broker_url}?prefix={_prefix()}") as channel:
         client = ConformanceServiceClient(channel)
         started = time.monotonic()
         with pytest.raises(RpcError) as info:
@@ -462,8 +484,8 @@ async def test_streaming_method_called_like_unary_is_refused(
     assert "Protobind-Frame: open" in msg.headers["Nats-Service-Error"]
 
 
-async def test_stream_to_an_unknown_method_is_unimplemented(served: tuple[Served, Conformance]) -> None:
-    server, _ = served
+async def test_stream_to_an_unknown_method_is_unimplemented(served_any: tuple[Served, Conformance]) -> None:
+    server, _ = served_any
     method = protobind.MethodInfo(
         name="NoSuchStream",
         service=SERVICE,
@@ -478,13 +500,13 @@ async def test_stream_to_an_unknown_method_is_unimplemented(served: tuple[Served
     assert info.value.code is Code.UNIMPLEMENTED
 
 
-async def test_metadata_that_cannot_be_a_header(nats_server: str) -> None:
+async def test_metadata_that_cannot_be_a_header(broker_url: str) -> None:
     class BadHeaders(Conformance):
         async def unary(self, request: Request, context: protobind.Context) -> Response:
             context.set_header("bad key", "v")
             return Response()
 
-    served = await _serve(nats_server, BadHeaders())
+    served = await _serve(broker_url, BadHeaders())
     try:
         async with protobind.connect(served.url) as channel:
             client = ConformanceServiceClient(channel)
@@ -549,9 +571,9 @@ class Streams(ConformanceServiceService):
         return Response(request_count=self.consumed)
 
 
-async def test_server_stream_flow_control_bounds_a_fast_producer(nats_server: str) -> None:
+async def test_server_stream_flow_control_bounds_a_fast_producer(broker_url: str) -> None:
     service = Streams()
-    served = await _serve(nats_server, service, "&window=8")
+    served = await _serve(broker_url, service, "&window=8")
     try:
         async with protobind.connect(served.url + "&window=8") as channel:
             responses = ConformanceServiceClient(channel).server_stream(Request(), timeout=30)
@@ -565,9 +587,9 @@ async def test_server_stream_flow_control_bounds_a_fast_producer(nats_server: st
         await served.server.stop(0)
 
 
-async def test_client_stream_flow_control_bounds_a_fast_producer(nats_server: str) -> None:
+async def test_client_stream_flow_control_bounds_a_fast_producer(broker_url: str) -> None:
     service = Streams()
-    served = await _serve(nats_server, service, "&window=4")
+    served = await _serve(broker_url, service, "&window=4")
     produced = 0
 
     async def requests() -> AsyncIterator[Request]:
@@ -590,9 +612,9 @@ async def test_client_stream_flow_control_bounds_a_fast_producer(nats_server: st
         await served.server.stop(0)
 
 
-async def test_leaving_a_stream_early_cancels_the_handler(nats_server: str) -> None:
+async def test_leaving_a_stream_early_cancels_the_handler(broker_url: str) -> None:
     service = Streams()
-    served = await _serve(nats_server, service)
+    served = await _serve(broker_url, service)
     try:
         async with protobind.connect(served.url) as channel:
             responses = ConformanceServiceClient(channel).server_stream(
@@ -615,7 +637,7 @@ async def test_client_that_vanishes_is_noticed_by_the_server(nats_server: str) -
         )
         assert (await anext(responses)).index == 0
         # the NATS connection goes away without a word to the server (no cancel frame)
-        await channel.transport.connection.close()  # type: ignore[attr-defined]
+        await channel.transport.broker.client.close()  # type: ignore[attr-defined]
         await asyncio.wait_for(service.cancelled.wait(), 3)
         await channel.close()
     finally:
@@ -668,8 +690,8 @@ async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, g
         await process.wait()
 
 
-async def test_bidi_stream_error_mid_stream_and_trailers(served: tuple[Served, Conformance]) -> None:
-    server, _ = served
+async def test_bidi_stream_error_mid_stream_and_trailers(served_any: tuple[Served, Conformance]) -> None:
+    server, _ = served_any
     failing = Request(text="bad", behavior=Behavior(error_code=int(Code.ABORTED), error_message="stop"))
     call = protobind.CallInfo()
     seen = []
@@ -688,8 +710,10 @@ async def test_bidi_stream_error_mid_stream_and_trailers(served: tuple[Served, C
     assert call.trailers["x-echo-t-trailer"] == "v"
 
 
-async def test_empty_stream_still_delivers_headers_and_trailers(served: tuple[Served, Conformance]) -> None:
-    server, _ = served
+async def test_empty_stream_still_delivers_headers_and_trailers(
+    served_any: tuple[Served, Conformance],
+) -> None:
+    server, _ = served_any
     call = protobind.CallInfo()
     async with protobind.connect(server.url) as channel:
         replies = [
@@ -725,8 +749,12 @@ async def test_raw_peer_speaks_the_streaming_protocol(served: tuple[Served, Conf
         if frame.headers is None:
             indexes.append(Response.FromString(frame.data).index)
             # acknowledge each message: cumulative count of messages consumed
+            # every frame names the sender's inbox as its reply subject: the stream is bound to it
             await raw.publish(
-                server_inbox, b"", headers={"Protobind-Frame": "ack", "Protobind-Ack": str(len(indexes))}
+                server_inbox,
+                b"",
+                reply=inbox,
+                headers={"Protobind-Frame": "ack", "Protobind-Ack": str(len(indexes))},
             )
         elif frame.headers["Protobind-Frame"] == "end":
             assert frame.headers["Protobind-Status"] == "0"
@@ -857,9 +885,9 @@ async def test_calls_recover_after_nats_server_restart(nats_servers: NatsServers
         await served.server.stop(0)
 
 
-async def test_stop_drains_in_flight_calls_and_refuses_new_ones(nats_server: str) -> None:
+async def test_stop_drains_in_flight_calls_and_refuses_new_ones(broker_url: str) -> None:
     service = Recorder()
-    served = await _serve(nats_server, service)
+    served = await _serve(broker_url, service)
     async with protobind.connect(served.url) as channel:
         client = ConformanceServiceClient(channel)
         slow = asyncio.ensure_future(
@@ -873,9 +901,9 @@ async def test_stop_drains_in_flight_calls_and_refuses_new_ones(nats_server: str
         assert info.value.code is Code.UNAVAILABLE
 
 
-async def test_stop_after_grace_fails_calls_with_unavailable(nats_server: str) -> None:
+async def test_stop_after_grace_fails_calls_with_unavailable(broker_url: str) -> None:
     service = Recorder()
-    served = await _serve(nats_server, service)
+    served = await _serve(broker_url, service)
     async with protobind.connect(served.url) as channel:
         client = ConformanceServiceClient(channel)
         slow = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=5000)), timeout=10))
@@ -908,7 +936,8 @@ async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
 
 
 def test_error_details_of_unknown_types_stay_any() -> None:
-    from protobind.nats.wire import JSON, error_body, read_error
+    from protobind.broker.wire import error_body, read_error
+    from protobind.codec import JSON
 
     unknown = any_pb2.Any(type_url="type.googleapis.com/some.Unknown", value=b"\x08\x01")
     error = RpcError(Code.ABORTED, "m", [unknown])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -54,3 +55,46 @@ class Deadlines(Generic[T]):
         self._timers.discard(slot)
         for item in self._slots.pop(slot, ()):
             self._expire(item)
+
+
+class Resume(Generic[T]):
+    """Go on awaiting a coroutine whose first step already ran, each step in ``context``.
+
+    This is what a task does for its coroutine; it lets a handler that started inline in a
+    consumer wait there, in its own context, without a task being created for it.
+    """
+
+    __slots__ = ("_context", "_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], context: contextvars.Context, waiting: Any) -> None:
+        self._coro = coro
+        self._context = context
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro = self._coro
+        run = self._context.run
+        waiting = self._waiting
+        while True:
+            try:
+                value = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting = run(coro.throw, exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    waiting = run(coro.send, value)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+
+
+def uncancel() -> None:
+    # the cancellation was ours and is handled: leave the task as if it never happened (3.11+)
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()

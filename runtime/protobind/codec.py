@@ -10,6 +10,18 @@ from __future__ import annotations
 import json
 from typing import Protocol, TypeVar
 
+__all__ = [
+    "CODECS",
+    "JSON",
+    "PROTO",
+    "Codec",
+    "JsonCodec",
+    "ProtoCodec",
+    "codec_for_media_type",
+    "codec_named",
+    "register_codec",
+]
+
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
@@ -19,19 +31,26 @@ M = TypeVar("M", bound=Message)
 
 
 class Codec(Protocol):
-    """Serialize messages. ``name`` is the Connect encoding name (``proto`` or ``json``)."""
+    """Serialize messages. ``name`` is the Connect encoding name (``proto``, ``json``);
+    ``content_type`` the media type a transport labels the bytes with."""
 
     name: str
+    content_type: str
 
-    def encode(self, message: Message) -> bytes: ...
+    def encode(self, message: Message) -> bytes:
+        """The message as bytes."""
+        ...
 
-    def decode(self, data: bytes, message_type: type[M]) -> M: ...
+    def decode(self, data: bytes, message_type: type[M]) -> M:
+        """Bytes as a ``message_type``; ``RpcError(INVALID_ARGUMENT)`` when they are not one."""
+        ...
 
 
 class ProtoCodec:
     """Binary protobuf."""
 
     name = "proto"
+    content_type = "application/proto"
 
     def encode(self, message: Message) -> bytes:
         return message.SerializeToString()
@@ -53,6 +72,7 @@ class JsonCodec:
     """
 
     name = "json"
+    content_type = "application/json"
 
     def __init__(self, *, ignore_unknown_fields: bool = False) -> None:
         self.ignore_unknown_fields = ignore_unknown_fields
@@ -85,3 +105,32 @@ class JsonCodec:
 
 PROTO = ProtoCodec()
 JSON = JsonCodec()
+
+#: Codecs by name; transports look codecs up here, so adding one touches no transport.
+CODECS: dict[str, Codec] = {PROTO.name: PROTO, JSON.name: JSON}
+#: Other spellings of the binary media type that peers send.
+_PROTO_ALIASES = frozenset({"application/protobuf", "application/x-protobuf", "application/octet-stream"})
+
+
+def register_codec(codec: Codec) -> None:
+    """Make ``codec`` available to every transport under ``codec.name``."""
+    CODECS[codec.name] = codec
+
+
+def codec_named(name: str) -> Codec:
+    """The codec called ``name``, or ``ValueError`` listing the known ones."""
+    codec = CODECS.get(name.strip().lower())
+    if codec is None:
+        raise ValueError(f"unknown codec {name!r}; one of {', '.join(sorted(CODECS))}")
+    return codec
+
+
+def codec_for_media_type(media_type: str) -> Codec | None:
+    """The codec whose ``content_type`` is ``media_type`` (parameters ignored), or ``None``."""
+    media = media_type.partition(";")[0].strip().lower()
+    if media in _PROTO_ALIASES:
+        return CODECS[PROTO.name]
+    for codec in CODECS.values():
+        if codec.content_type == media:
+            return codec
+    return None

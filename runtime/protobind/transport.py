@@ -163,7 +163,7 @@ def register(transport: Transport) -> None:
 
 def all_transports() -> list[Transport]:
     """Every registered transport, in a stable order (built-ins first, then by name)."""
-    builtin = ("inproc", "grpc", "http", "nats")
+    builtin = ("inproc", "grpc", "http", "nats", "memory")
 
     def order(transport: Transport) -> tuple[int, str]:
         name = transport.name

@@ -44,21 +44,21 @@ from ..transport import Transport
 from .options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 if TYPE_CHECKING:
+    from ..broker.client import BrokerClient
+    from ..broker.server import BrokerBinding
     from ..server import EndpointTable
-    from .client import NatsTransport
-    from .server import NatsBinding
 
 __all__ = ["TRANSPORT", "dial", "serve"]
 
 
-async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> NatsBinding:
+async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> BrokerBinding:
     """Serve ``endpoints`` on a ``nats://`` / ``tls://`` URL."""
     from .server import serve as serve_nats
 
     return await serve_nats(endpoints, url, options)
 
 
-async def dial(url: str, options: Mapping[str, Any]) -> NatsTransport:
+async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
     """A NATS client transport for ``url``."""
     from .client import dial as dial_nats
 

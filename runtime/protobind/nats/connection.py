@@ -18,13 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
-from ..errors import Code, RpcError
+from ..broker.base import (
+    BrokerError,
+    BrokerMessage,
+    Callback,
+    InboxCallback,
+    NotConnected,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -129,16 +136,145 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     return client
 
 
-def publish_error(exc: Exception) -> RpcError:
-    """The error a caller sees when NATS refused to send its message."""
+def _broker_error(exc: BaseException) -> BrokerError:
     if isinstance(exc, nats_errors.MaxPayloadError):
-        return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the NATS server's max_payload")
+        return PayloadTooLarge(str(exc))
     if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
-        return RpcError(Code.UNAVAILABLE, "not connected to NATS")
-    return RpcError(Code.UNAVAILABLE, f"NATS refused the message: {type(exc).__name__}")
+        return NotConnected(str(exc))
+    return BrokerError(type(exc).__name__)
 
 
-def too_large(size: int, limit: int) -> RpcError:
-    return RpcError(
-        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the NATS server's max_payload ({limit})"
-    )
+class _Inbound:
+    """A queue-group subscription whose pending messages protobind's consumers take themselves.
+
+    It reads two private attributes of nats-py's ``Subscription``, ``_pending_queue`` and
+    ``_pending_size``, exactly as nats-py's own delivery loop does. When a nats-py version lacks
+    them, a callback subscription fills a queue of our own instead (one extra hop per message).
+    """
+
+    def __init__(self, sub: Any, queue: asyncio.Queue[BrokerMessage], counted: bool) -> None:
+        self._sub = sub
+        self.queue = queue
+        self._counted = counted
+
+    def taken(self, message: BrokerMessage) -> None:
+        if self._counted:
+            # nats-py's slow-consumer limit counts the bytes waiting in the queue
+            self._sub._pending_size -= len(message.data)
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats_errors.Error as exc:
+            raise _broker_error(exc) from None
+
+
+class _Subscription:
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats_errors.Error as exc:
+            raise _broker_error(exc) from None
+
+
+class _Inbox:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def address(self, token: str) -> str:
+        return self.prefix + token
+
+
+def _pending_queue(sub: Any) -> asyncio.Queue[BrokerMessage] | None:
+    """nats-py's queue of a subscription's undelivered messages, if this nats-py has one."""
+    pending = getattr(sub, "_pending_queue", None)
+    if isinstance(pending, asyncio.Queue) and isinstance(getattr(sub, "_pending_size", None), int):
+        return pending
+    return None
+
+
+class NatsBroker:
+    """:class:`protobind.broker.base.Broker` on one nats-py connection; the only code that
+    touches nats-py (and its internals)."""
+
+    name = "nats"
+
+    def __init__(self, client: Connection) -> None:
+        self.client = client
+        self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.client.max_payload)
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.client.is_connected)
+
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._disconnect_callbacks.append(callback)
+
+    async def disconnected(self) -> None:
+        for callback in self._disconnect_callbacks:
+            await callback()
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        try:
+            await self.client.send(subject, payload, reply, headers)
+        except (nats_errors.Error, OSError) as exc:
+            raise _broker_error(exc) from None
+
+    async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscription:
+        return _Subscription(await self.client.subscribe(subject, queue=queue, cb=callback))
+
+    async def pull(self, subject: str, queue: str = "") -> _Inbound:
+        sub = await self.client.subscribe(subject, queue=queue)
+        pending = _pending_queue(sub)
+        if pending is not None:
+            return _Inbound(sub, pending, counted=True)
+        await sub.unsubscribe()
+        own: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+
+        async def put(msg: BrokerMessage) -> None:
+            own.put_nowait(msg)
+
+        return _Inbound(await self.client.subscribe(subject, queue=queue, cb=put), own, counted=False)
+
+    async def inbox(self, callback: InboxCallback) -> _Inbox:
+        # nats-py's inbox prefix is random (a NUID), so addresses are not guessable
+        inbox = _Inbox(self.client.new_inbox() + ".")
+        start = len(inbox.prefix)
+
+        async def on_reply(msg: BrokerMessage) -> None:
+            await callback(msg.subject[start:], msg)
+
+        await self.client.subscribe(inbox.prefix + "*", cb=on_reply)
+        return inbox
+
+    def peer_of(self, reply: str) -> str:
+        return reply.rpartition(".")[0]
+
+    async def settle(self) -> None:
+        await self.client.settle()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def open_broker(settings: Settings, name: str) -> NatsBroker:
+    """Connect to NATS with ``settings``; the connection's disconnects reach the broker's callbacks."""
+    holder: list[NatsBroker] = []
+
+    async def disconnected_cb() -> None:
+        if holder:
+            await holder[0].disconnected()
+
+    client = await connect(settings, name=settings.connect.get("name", name), disconnected_cb=disconnected_cb)
+    broker = NatsBroker(client)
+    holder.append(broker)
+    return broker

@@ -1,20 +1,16 @@
-"""NATS binding options and connections."""
+"""Options of the NATS binding: the connection's and the broker engine's (docs/protocols.md)."""
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import __version__
-from ..codec import JSON, PROTO, Codec
-
-logger = logging.getLogger("protobind.nats")
-
-T = TypeVar("T")
+from ..broker.base import EngineSettings
+from ..codec import codec_named
 
 _SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version"}
 _CLIENT_OPTIONS = {"codec"}
@@ -46,16 +42,11 @@ CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """A NATS binding's options: where and how to connect, and the engine's settings."""
+
     servers: list[str]
-    prefix: str
-    queue_group: str
-    max_concurrency: int
-    max_pending: int
-    window: int
-    heartbeat: float
-    codec: Codec
-    version: str
     connect: dict[str, Any]
+    engine: EngineSettings
 
 
 def _number(options: Mapping[str, Any], key: str, default: float, kind: type[float] | type[int]) -> Any:
@@ -80,8 +71,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
     if prefix and not prefix.endswith("."):
         prefix += "."
     codec_name = str(options.get("codec", "proto")).lower()
-    if codec_name not in ("proto", "json"):
-        raise ValueError(f"NATS option codec={codec_name!r} must be proto or json")
+    codec_named(codec_name)  # unknown names fail here, with the list of known ones
     connect: dict[str, Any] = {
         "connect_timeout": _number(options, "connect_timeout", 2.0, float),
         "reconnect_time_wait": _number(options, "reconnect_wait", 2.0, float),
@@ -101,18 +91,17 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         connect["tls"] = tls
     if "tls_hostname" in options:
         connect["tls_hostname"] = str(options["tls_hostname"])
-    return Settings(
-        servers=servers,
+    engine = EngineSettings(
         prefix=prefix,
         queue_group=str(options.get("queue_group", "protobind")),
         max_concurrency=max(1, _number(options, "max_concurrency", 1024, int)),
         max_pending=max(0, _number(options, "max_pending", 8192, int)),
         window=max(1, _number(options, "window", 64, int)),
         heartbeat=max(0.01, _number(options, "heartbeat", 5.0, float)),
-        codec=JSON if codec_name == "json" else PROTO,
+        codec_name=codec_name,
         version=str(options.get("version", __version__)),
-        connect=connect,
     )
+    return Settings(servers=servers, connect=connect, engine=engine)
 
 
 def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
@@ -127,10 +116,6 @@ def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
     if "tls_cert" in options:
         context.load_cert_chain(str(options["tls_cert"]), options.get("tls_key"))
     return context
-
-
-#: An upper bound of the header block of a call without metadata (content type, timeout).
-_SMALL_HEADERS = 128
 
 
 def client_url(url: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..method import MethodInfo, ServiceInfo
 
-logger = logging.getLogger("protobind.nats")
+logger = logging.getLogger("protobind.broker")
 
 PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"

@@ -1,8 +1,13 @@
-"""One side of a streaming call over NATS: per-call inboxes, credit flow control, heartbeats.
+"""One side of a streaming call over a broker: per-call inboxes, credit flow control, heartbeats.
 
 Each side of a stream receives on its own per-call inbox subject and sends to the other side's,
 always naming its own inbox as the reply subject, so every frame says where to answer and a frame
-sent to a side that has gone away comes back at once as a NATS "no responders" status.
+sent to a side that has gone away comes back at once as a "no responders" status.
+
+A stream is bound to its peer: once the peer's inbox is known (from the open or accept frame),
+frames that do not name it as their reply address are dropped, and per-call inboxes end in a
+random 128-bit token, so another connection can neither guess a stream's address nor speak for
+its peer (docs/security.md).
 
 A data frame is a NATS message without headers whose body is one encoded message; control
 frames carry a ``Protobind-Frame`` header. Flow control is credit based: a receiver announces a
@@ -22,12 +27,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nats import errors as nats_errors
-
 from ..errors import Code, RpcError
+from .base import NO_RESPONDERS_STATUS, BrokerError
 from .wire import ACK, COUNT, FRAME, HEARTBEAT, MICRO_ERROR_CODE, STATUS, WINDOW, header, headers_size
 
-logger = logging.getLogger("protobind.nats")
+logger = logging.getLogger("protobind.broker")
 
 OPEN = "open"
 ACCEPT = "accept"
@@ -125,8 +129,11 @@ class StreamState:
         self._wake_sender()
 
     def feed(self, msg: Any) -> None:
-        self.last_received = time.monotonic()
         headers = msg.headers
+        peer = self.peer
+        if peer is not None and msg.reply != peer and not _no_responders(msg):
+            return  # not from the peer this stream is bound to: dropped
+        self.last_received = time.monotonic()
         if headers is None:
             self._push(None, msg)
             return
@@ -136,7 +143,7 @@ class StreamState:
                 # a plain error reply (the server refused the call before it became a stream)
                 self._push(END, msg)
                 return
-            if headers.get("Status") == "503":
+            if headers.get("Status") == NO_RESPONDERS_STATUS:
                 # our last frame found no subscriber on the peer's inbox: the peer is gone
                 if self.peer is None:
                     self.peer_gone(
@@ -259,9 +266,9 @@ class StreamState:
         self.last_sent = time.monotonic()
         try:
             await self.publish(self.peer, body, reply=self.inbox, headers=headers)
-        except (nats_errors.Error, OSError) as exc:
+        except BrokerError as exc:
             raise RpcError(
-                Code.UNAVAILABLE, f"NATS did not take a stream frame: {type(exc).__name__}"
+                Code.UNAVAILABLE, f"the broker did not take a stream frame: {type(exc).__name__}"
             ) from None
 
     def announce(self) -> dict[str, str]:
@@ -283,6 +290,12 @@ class StreamState:
                 Code.DATA_LOSS, f"stream lost messages: {expected} sent, {self.received} received"
             )
         return None
+
+
+def _no_responders(msg: Any) -> bool:
+    # the broker's own answer to a frame that found nobody: no reply address, no body
+    headers = msg.headers
+    return bool(headers) and headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data and not msg.reply
 
 
 class Heartbeats:

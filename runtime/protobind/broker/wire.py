@@ -1,4 +1,4 @@
-"""The NATS binding's wire vocabulary: header names, status mapping, metadata and error encoding.
+"""The broker engine's wire vocabulary: header names, status mapping, metadata and error encoding.
 
 docs/protocols.md ("NATS request-reply") is the normative description; this module is its code.
 Header names are matched case-insensitively on receipt and sent in the spelling below.
@@ -13,10 +13,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..codec import JSON, PROTO, Codec
+from ..codec import PROTO, Codec, codec_for_media_type
 from ..errors import HTTP_STATUS, Code, RpcError, pack_details, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo
+from .base import BrokerError, NotConnected, PayloadTooLarge
 
 CONTENT_TYPE = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
@@ -69,20 +70,27 @@ def codec_for(headers: Mapping[str, str] | None) -> Codec:
     if headers:
         for key, value in headers.items():
             if key.lower() == _CONTENT_TYPE:
-                return codec_named(value)
+                return codec_of_content_type(value)
     return PROTO
 
 
-def codec_named(content_type: str) -> Codec:
-    media = content_type.partition(";")[0].strip().lower()
-    if media == JSON_CONTENT_TYPE:
-        return JSON
-    if media in ("", PROTO_CONTENT_TYPE, "application/proto", "application/x-protobuf"):
+def codec_of_content_type(content_type: str) -> Codec:
+    """The codec for a ``Content-Type`` header value; INVALID_ARGUMENT for one nobody knows."""
+    if not content_type.strip():
         return PROTO
-    raise RpcError(
-        Code.INVALID_ARGUMENT,
-        f"unsupported Content-Type {content_type!r}: use {JSON_CONTENT_TYPE} or {PROTO_CONTENT_TYPE}",
-    )
+    codec = codec_for_media_type(content_type)
+    if codec is None:
+        raise RpcError(
+            Code.INVALID_ARGUMENT,
+            f"unsupported Content-Type {content_type!r}: use {JSON_CONTENT_TYPE} or {PROTO_CONTENT_TYPE}",
+        )
+    return codec
+
+
+def put_content_type(headers: dict[str, str], codec: Codec) -> None:
+    """Label a message body with its codec; binary protobuf, the default, goes unlabelled."""
+    if codec is not PROTO:
+        headers[CONTENT_TYPE] = codec.content_type
 
 
 def is_reserved(key: str) -> bool:
@@ -144,7 +152,7 @@ def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None,
                     Code.INVALID_ARGUMENT, f"{TIMEOUT} must be an integer, got {value!r}"
                 ) from None
         elif lower == _CONTENT_TYPE:
-            codec = codec_named(value)
+            codec = codec_of_content_type(value)
         elif not is_reserved(lower):
             if metadata is None:
                 metadata = Metadata()
@@ -207,14 +215,13 @@ def error_headers(error: RpcError, codec: Codec) -> dict[str, str]:
         # header values cannot hold line breaks; the exact message is in the body
         MICRO_ERROR: " ".join(error.message.split()) or error.code.name,
     }
-    if codec is JSON:
-        headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
+    put_content_type(headers, codec)
     return headers
 
 
 def error_body(error: RpcError, codec: Codec) -> bytes:
     """``google.rpc.Status`` in binary, or the Connect JSON error object for JSON callers."""
-    if codec is JSON:
+    if codec is not PROTO:
         body: dict[str, Any] = {"code": error.code.connect_name, "message": error.message}
         if error.details:
             body["details"] = [
@@ -257,7 +264,7 @@ def _decode_status(code: Code, body: bytes, codec: Codec, fallback: str) -> RpcE
     if not body:
         return RpcError(code, fallback)
     try:
-        if codec is JSON:
+        if codec is not PROTO:
             return _decode_json_error(code, body)
         from google.rpc import status_pb2
 
@@ -286,3 +293,19 @@ def _decode_json_error(code: Code, body: bytes) -> RpcError:
 
 def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
     return f"{prefix}{method.service}.{method.name}"
+
+
+def publish_error(exc: BrokerError) -> RpcError:
+    """The error a caller sees when the broker refused to send its message."""
+    if isinstance(exc, PayloadTooLarge):
+        return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the broker's max_payload")
+    if isinstance(exc, NotConnected):
+        return RpcError(Code.UNAVAILABLE, "not connected to the broker")
+    return RpcError(Code.UNAVAILABLE, f"the broker refused the message: {type(exc).__name__}")
+
+
+def too_large(size: int, limit: int) -> RpcError:
+    """The error for a message of ``size`` bytes on a broker that takes at most ``limit``."""
+    return RpcError(
+        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the NATS server's max_payload ({limit})"
+    )

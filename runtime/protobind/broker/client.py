@@ -1,0 +1,301 @@
+"""The client side of the broker engine: calls as messages on a :class:`Broker`.
+
+Every unary reply arrives on one private inbox and is matched to its call by token; streams use
+per-call tokens on the same inbox (see :mod:`protobind.broker.stream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..aio import Deadlines, loop_time
+from ..codec import PROTO, Codec
+from ..context import CallInfo
+from ..errors import Code, RpcError
+from ..method import MethodInfo
+from .base import NO_RESPONDERS_STATUS, Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
+from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
+from .wire import (
+    CANCEL_SUBJECT,
+    COUNT,
+    FRAME,
+    TIMEOUT,
+    call_subject,
+    codec_for,
+    headers_size,
+    publish_error,
+    put_content_type,
+    put_metadata,
+    read_error,
+    read_metadata,
+    read_response_headers,
+    too_large,
+)
+
+logger = logging.getLogger("protobind.broker")
+
+#: Size allowance for the headers of a call without metadata (content type, timeout): a few
+#: dozen bytes, so counting them exactly is not worth it on every call.
+_SMALL_HEADERS = 128
+
+
+async def _send_cancel(state: StreamState) -> None:
+    try:
+        await state.control(CANCEL)
+    except RpcError as exc:  # the server notices a vanished client by itself
+        logger.debug("cancel frame not sent: %s", exc)
+
+
+def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
+    try:
+        return codec.decode(data, message_type)
+    except RpcError as exc:
+        # the server sent what the method's response type cannot be: the server's fault, as in gRPC
+        raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None
+
+
+def _expire(future: asyncio.Future[BrokerMessage]) -> None:
+    if not future.done():
+        future.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+
+class BrokerClient:
+    """The client side: one broker connection, one private inbox for every reply. It owns the
+    connection and closes it on :meth:`close`."""
+
+    def __init__(self, broker: Broker, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.broker = broker
+        self._inbox: Inbox | None = None
+        self._unary: dict[str, asyncio.Future[BrokerMessage]] = {}
+        self._streams: dict[str, StreamState] = {}
+        self._subjects: dict[str, str] = {}
+        self._deadlines: Deadlines[asyncio.Future[BrokerMessage]] = Deadlines(_expire)
+        self._heartbeats = Heartbeats(settings.heartbeat)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._codec = settings.codec()
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open the reply inbox."""
+        broker = self.broker
+        broker.on_disconnect(self._on_disconnect)
+        try:
+            self._inbox = await broker.inbox(self._on_reply)
+            await broker.settle()
+        except BaseException:
+            await broker.close()
+            raise
+
+    async def _on_reply(self, token: str, msg: BrokerMessage) -> None:
+        future = self._unary.get(token)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+            return
+        state = self._streams.get(token)
+        if state is not None:
+            state.feed(msg)
+
+    async def _on_disconnect(self) -> None:
+        # a reply published while we were away is lost for good: fail those calls now, not never
+        self._fail_all(RpcError(Code.UNAVAILABLE, f"lost the connection to {self.broker.name}"))
+
+    def _fail_all(self, error: RpcError) -> None:
+        # one exception object per call: each is raised, and given a traceback, in its own task
+        for future in list(self._unary.values()):
+            if not future.done():
+                future.set_exception(RpcError(error.code, error.message))
+        for state in list(self._streams.values()):
+            state.peer_gone(RpcError(error.code, error.message))
+
+    def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
+        subject = self._subjects[method.path] = call_subject(self.settings.prefix, method)
+        return subject
+
+    def _request_headers(self, call: CallInfo, codec: Codec) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        put_content_type(headers, codec)
+        if call.deadline is not None:
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
+            headers[TIMEOUT] = str(max(1, int(remaining * 1000)))
+        if call.metadata:
+            try:
+                put_metadata(headers, call.metadata)
+            except RpcError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
+        return headers
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_cancel(self, reply: str) -> None:
+        try:
+            await self.broker.publish(self.settings.prefix + CANCEL_SUBJECT, reply.encode())
+        except BrokerError as exc:
+            logger.debug("cancel notice not sent: %r", exc)
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = call.method
+        assert method is not None
+        subject = self._subjects.get(method.path) or self._subject_of(method)
+        codec = self._codec
+        data = codec.encode(request)
+        headers = None
+        size = len(data)
+        if call.metadata or call.deadline is not None or codec is not PROTO:
+            headers = self._request_headers(call, codec)
+            # without metadata the headers are a few dozen bytes; only metadata can make them large
+            size += headers_size(headers) if call.metadata else _SMALL_HEADERS
+        broker = self.broker
+        if size > broker.max_payload:
+            raise too_large(size, broker.max_payload)
+        if not broker.is_connected:
+            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
+        assert self._inbox is not None
+        # random, not a counter: a reply address is all another connection would need to answer
+        # in the server's place (urandom costs well under a microsecond)
+        token = os.urandom(16).hex()
+        reply = self._inbox.address(token)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[BrokerMessage] = loop.create_future()
+        self._unary[token] = future
+        slot = 0
+        if call.deadline is not None:
+            slot = self._deadlines.add(call.deadline, future)
+        try:
+            await broker.publish(subject, data, reply, headers)
+            msg = await future
+        except asyncio.CancelledError:
+            # cancelling this task also cancelled the future it awaited
+            if future.cancelled() or not future.done():
+                self._spawn(self._announce_cancel(reply))
+            raise
+        except BrokerError as exc:
+            raise publish_error(exc) from None
+        finally:
+            del self._unary[token]
+            if slot:
+                self._deadlines.discard(slot, future)
+        out = msg.headers
+        if out is None:
+            return _decode_response(codec, msg.data, method.output_type)
+        return self._unary_result(msg, out, call, subject)
+
+    def _unary_result(
+        self, msg: BrokerMessage, headers: dict[str, str], call: CallInfo, subject: str
+    ) -> Message:
+        assert call.method is not None
+        if headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data:
+            raise RpcError(Code.UNAVAILABLE, f"no server is serving {subject} (no responders)")
+        call.headers, call.trailers = read_response_headers(headers)
+        error = read_error(headers, msg.data)
+        if error is not None:
+            raise error
+        return _decode_response(codec_for(headers), msg.data, call.method.output_type)
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        method = call.method
+        assert method is not None
+        subject = self._subjects.get(method.path) or self._subject_of(method)
+        codec = self._codec
+        broker = self.broker
+        assert self._inbox is not None
+        token = os.urandom(16).hex()
+        settings = self.settings
+        state = StreamState(
+            self._inbox.address(token),
+            broker.publish,
+            lambda: broker.max_payload,
+            settings.window,
+            settings.heartbeat,
+        )
+        headers = {FRAME: OPEN, **state.announce(), **self._request_headers(call, codec)}
+        body = b""
+        if not method.kind.client_streams:
+            body = codec.encode(await anext(requests))
+        size = len(body) + headers_size(headers)
+        if size > broker.max_payload:
+            raise too_large(size, broker.max_payload)
+        if not broker.is_connected:
+            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
+        loop = asyncio.get_running_loop()
+        timer = None
+        if call.deadline is not None:
+            timer = loop.call_at(
+                loop_time(loop, call.deadline),
+                state.fail,
+                RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"),
+            )
+        self._streams[token] = state
+        self._heartbeats.add(state)
+        sender: asyncio.Task[None] | None = None
+        finished = False
+        try:
+            try:
+                await broker.publish(subject, body, state.inbox, headers)
+            except BrokerError as exc:
+                raise publish_error(exc) from None
+            if method.kind.client_streams:
+                sender = loop.create_task(self._send_requests(state, requests, codec))
+            output_type = method.output_type
+            while True:
+                frame, msg = await state.receive()
+                if frame is None:
+                    yield _decode_response(codec, msg.data, output_type)
+                elif frame == HEADERS:
+                    call.headers = read_metadata(msg.headers)
+                elif frame == END:
+                    finished = True
+                    call.trailers = read_metadata(msg.headers)
+                    error = read_error(msg.headers or {}, msg.data) or state.end_count(msg.headers)
+                    if error is not None:
+                        raise error
+                    return
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._heartbeats.discard(state)
+            self._streams.pop(token, None)
+            if sender is not None and not sender.done():
+                sender.cancel()
+            if not finished and not state.gone and state.peer is not None:
+                # the caller stopped early or the call failed here: let the server stop the handler
+                self._spawn(_send_cancel(state))
+
+    async def _send_requests(
+        self, state: StreamState, requests: AsyncIterator[Message], codec: Codec
+    ) -> None:
+        try:
+            async for request in requests:
+                await state.send_data(codec.encode(request))
+            await state.control(END, {COUNT: str(state.sent)})
+        except Exception as exc:
+            # the request iterator failed (the caller sees its exception) or the call already ended
+            if state.error is None:
+                state.fail(exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(RpcError(Code.CANCELLED, "the channel was closed"))
+        self._heartbeats.close()
+        for task in list(self._background):
+            if not task.done():
+                await asyncio.wait([task], timeout=1.0)
+        try:
+            await self.broker.close()
+        except Exception as exc:
+            logger.debug("closing the broker connection: %r", exc)

@@ -1,0 +1,284 @@
+"""An in-memory broker: the broker engine without a network, for tests and embedding.
+
+``memory://NAME`` names a broker living in this process; servers and clients that use the same
+name talk through it exactly as they would through NATS (same engine, same subjects and headers,
+queue groups, no-responders answers, a payload limit), minus sockets. Messages are delivered in
+order per subscription; a queue group hands each message to one of its members at random.
+
+It is the worked example of docs/architecture.md ("adding a broker").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..codec import codec_named
+from ..transport import Transport
+from .base import (
+    NO_RESPONDERS_STATUS,
+    BrokerMessage,
+    Callback,
+    EngineSettings,
+    InboxCallback,
+    NotConnected,
+    PayloadTooLarge,
+)
+
+if TYPE_CHECKING:
+    from ..server import EndpointTable
+    from .client import BrokerClient
+    from .server import BrokerBinding
+
+__all__ = ["TRANSPORT", "MemoryBroker", "MemoryMessage", "dial", "serve"]
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryMessage:
+    """One message as subscribers receive it."""
+
+    subject: str
+    reply: str
+    data: bytes
+    headers: dict[str, str] | None
+
+
+def _matches(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
+    for i, token in enumerate(pattern):
+        if token == ">":
+            return len(subject) > i
+        if i >= len(subject) or (token != "*" and token != subject[i]):
+            return False
+    return len(pattern) == len(subject)
+
+
+class _Subscriber:
+    """One subscription: a queue drained by a delivery task (callback) or by the engine (pull)."""
+
+    def __init__(self, hub: _Hub, subject: str, queue: str, callback: Callback | None) -> None:
+        self.hub = hub
+        self.pattern = tuple(subject.split("."))
+        self.group = queue
+        self.queue: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+        self.active = True
+        self._task: asyncio.Task[None] | None = None
+        if callback is not None:
+            self._task = asyncio.get_running_loop().create_task(self._deliver(callback))
+
+    async def _deliver(self, callback: Callback) -> None:
+        while True:
+            message = await self.queue.get()
+            try:
+                await callback(message)
+            except Exception:  # a subscriber's failure must not stop delivery, as in nats-py
+                import logging
+
+                logging.getLogger("protobind.broker").exception("memory broker callback failed")
+
+    def taken(self, message: BrokerMessage) -> None:
+        """Nothing to count: the queue is this broker's own."""
+
+    async def unsubscribe(self) -> None:
+        self.active = False
+        self.hub.subscribers.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+
+
+class _Hub:
+    """The shared state of one ``memory://NAME``: its subscriptions."""
+
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
+        self.subscribers: set[_Subscriber] = set()
+
+    def route(self, message: MemoryMessage) -> int:
+        tokens = tuple(message.subject.split("."))
+        groups: dict[str, list[_Subscriber]] = {}
+        delivered = 0
+        for sub in list(self.subscribers):
+            if sub.active and _matches(sub.pattern, tokens):
+                if sub.group:
+                    groups.setdefault(sub.group, []).append(sub)
+                else:
+                    sub.queue.put_nowait(message)
+                    delivered += 1
+        for members in groups.values():
+            random.choice(members).queue.put_nowait(message)
+            delivered += 1
+        return delivered
+
+
+_hubs: dict[str, _Hub] = {}
+
+
+class _Inbox:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def address(self, token: str) -> str:
+        return self.prefix + token
+
+
+class MemoryBroker:
+    """:class:`protobind.broker.base.Broker` over a hub in this process."""
+
+    name = "memory"
+
+    def __init__(self, hub: _Hub) -> None:
+        self._hub = hub
+        self._subscribers: list[_Subscriber] = []
+        self._closed = False
+
+    @property
+    def max_payload(self) -> int:
+        return self._hub.max_payload
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._closed
+
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """An in-process broker is never disconnected."""
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        if self._closed:
+            raise NotConnected("the memory broker connection is closed")
+        size = len(payload) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items())
+        if size > self._hub.max_payload:
+            raise PayloadTooLarge(f"{size} bytes exceed max_payload {self._hub.max_payload}")
+        # a copy of the headers: the receiver must not see the sender's later changes
+        message = MemoryMessage(subject, reply, bytes(payload), dict(headers) if headers else None)
+        if not self._hub.route(message) and reply:
+            self._hub.route(MemoryMessage(reply, "", b"", {"Status": NO_RESPONDERS_STATUS}))
+
+    def _add(self, subject: str, queue: str, callback: Callback | None) -> _Subscriber:
+        sub = _Subscriber(self._hub, subject, queue, callback)
+        self._hub.subscribers.add(sub)
+        self._subscribers.append(sub)
+        return sub
+
+    async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscriber:
+        return self._add(subject, queue, callback)
+
+    async def pull(self, subject: str, queue: str = "") -> _Subscriber:
+        return self._add(subject, queue, None)
+
+    async def inbox(self, callback: InboxCallback) -> _Inbox:
+        inbox = _Inbox(f"_INBOX.{secrets.token_hex(16)}.")
+        start = len(inbox.prefix)
+
+        async def on_reply(message: BrokerMessage) -> None:
+            await callback(message.subject[start:], message)
+
+        self._add(inbox.prefix + "*", "", on_reply)
+        return inbox
+
+    def peer_of(self, reply: str) -> str:
+        return reply.rpartition(".")[0]
+
+    async def settle(self) -> None:
+        """Subscriptions take effect at once."""
+
+    async def close(self) -> None:
+        self._closed = True
+        for sub in self._subscribers:
+            await sub.unsubscribe()
+        self._subscribers.clear()
+
+
+_ENGINE_OPTIONS = {"prefix", "window", "heartbeat"}
+SERVER_OPTIONS = frozenset(
+    _ENGINE_OPTIONS | {"queue_group", "max_concurrency", "max_pending", "version", "max_payload"}
+)
+CLIENT_OPTIONS = frozenset(_ENGINE_OPTIONS | {"codec"})
+
+
+def _settings(options: Mapping[str, Any]) -> EngineSettings:
+    prefix = str(options.get("prefix", "") or "")
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    codec_name = str(options.get("codec", "proto")).lower()
+    codec_named(codec_name)
+    return EngineSettings(
+        prefix=prefix,
+        queue_group=str(options.get("queue_group", "protobind")),
+        max_concurrency=max(1, int(options.get("max_concurrency", 1024))),
+        max_pending=max(0, int(options.get("max_pending", 8192))),
+        window=max(1, int(options.get("window", 64))),
+        heartbeat=max(0.01, float(options.get("heartbeat", 5.0))),
+        codec_name=codec_name,
+        version=str(options.get("version", __version__)),
+    )
+
+
+def _hub(url: str, options: Mapping[str, Any]) -> _Hub:
+    parts = urlsplit(url)
+    name = parts.netloc + parts.path
+    if not name:
+        raise ValueError(f"a memory broker URL needs a name: memory://NAME, got {url!r}")
+    hub = _hubs.get(name)
+    if hub is None:
+        hub = _hubs[name] = _Hub(int(options.get("max_payload", DEFAULT_MAX_PAYLOAD)))
+    return hub
+
+
+async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> BrokerBinding:
+    """Serve ``endpoints`` on the in-memory broker ``memory://NAME``."""
+    from .server import BrokerBinding
+
+    binding = BrokerBinding(
+        endpoints,
+        url.partition("?")[0] + _client_query(url),
+        MemoryBroker(_hub(url, options)),
+        _settings(options),
+    )
+    await binding.start()
+    return binding
+
+
+def _client_query(url: str) -> str:
+    query = url.partition("?")[2]
+    kept = [piece for piece in query.split("&") if piece.partition("=")[0] in CLIENT_OPTIONS]
+    return "?" + "&".join(kept) if kept else ""
+
+
+async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
+    """A client of the in-memory broker ``memory://NAME``."""
+    from .client import BrokerClient
+
+    client = BrokerClient(MemoryBroker(_hub(url, options)), _settings(options))
+    await client.start()
+    return client
+
+
+_names = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def _harness() -> AsyncIterator[Callable[[], str]]:
+    yield lambda: f"memory://test-{next(_names)}"
+
+
+TRANSPORT = Transport(
+    name="memory",
+    schemes=("memory",),
+    extra="",
+    serve=serve,
+    dial=dial,
+    test_harness=_harness,
+    server_options=SERVER_OPTIONS,
+    client_options=CLIENT_OPTIONS,
+)

@@ -1,0 +1,541 @@
+"""The server side of the broker engine: serve endpoints as subjects on a :class:`Broker`.
+
+A service subscribes once to ``{prefix}{package}.{Service}.*`` in a queue group. A unary call is a
+message with a reply address, answered by one reply; a streaming call opens a stream (see
+:mod:`protobind.broker.stream`). docs/protocols.md ("NATS request-reply") is the wire description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+from google.protobuf.message import Message
+
+from ..aio import Deadlines, Resume, uncancel
+from ..codec import PROTO, Codec
+from ..context import Context
+from ..errors import Code, RpcError
+from ..server import Endpoint, invoke_stream, invoke_unary
+from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
+from .delivery import ConsumerPool, Delivery
+from .micro import EndpointStats, MicroService, answers, subjects
+from .stream import ACCEPT, END, HEADERS, OPEN, Heartbeats, StreamState
+from .wire import (
+    CANCEL_SUBJECT,
+    COUNT,
+    FRAME,
+    STATUS,
+    TRAILER_PREFIX,
+    call_subject,
+    codec_for,
+    error_body,
+    error_headers,
+    header,
+    headers_size,
+    put_content_type,
+    put_metadata,
+    read_request_headers,
+    too_large,
+)
+
+if TYPE_CHECKING:
+    from ..server import EndpointTable
+
+logger = logging.getLogger("protobind.broker")
+
+
+class _Route:
+    __slots__ = ("endpoint", "input_type", "method", "stats", "streaming")
+
+    def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
+        self.endpoint = endpoint
+        self.method = endpoint.method
+        self.input_type: type[Message] = endpoint.method.input_type
+        self.stats = stats
+        self.streaming = endpoint.method.kind.client_streams or endpoint.method.kind.server_streams
+
+
+def _record(stats: EndpointStats, started: int, error: RpcError | None) -> None:
+    stats.num_requests += 1
+    stats.processing_time += time.perf_counter_ns() - started
+    if error is not None:
+        stats.num_errors += 1
+        stats.last_error = f"{error.code.name}: {error.message}"
+
+
+class BrokerBinding:
+    """A protobind server on one broker connection; it owns the connection and closes it on stop."""
+
+    def __init__(self, server: EndpointTable, url: str, broker: Broker, settings: EngineSettings) -> None:
+        self.server = server
+        self._url = url
+        self.broker = broker
+        self.settings = settings
+        self._routes: dict[str, _Route] = {}
+        self._micro: list[MicroService] = []
+        self._service_subs: list[Any] = []
+        self._other_subs: list[Any] = []
+        self._pool = ConsumerPool(settings.max_concurrency)
+        self._deliveries: list[Delivery] = []
+        # reply subject (or a private key for one-way calls) -> the task running that call, for
+        # the calls that are waiting inside their handler (the others cannot be cancelled anyway)
+        self._calls: dict[str, asyncio.Task[Any]] = {}
+        self._streams: dict[str, StreamState] = {}
+        self._waiting_streams: collections.deque[tuple[_Route, BrokerMessage]] = collections.deque()
+        self._running_streams = 0
+        self._closing = False
+        self._heartbeats = Heartbeats(settings.heartbeat)
+        self._inbox: Inbox | None = None
+        self._tokens = itertools.count(1)
+        self._deadlines: Deadlines[str] = Deadlines(self._expire_call)
+        # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
+        self._cancelled: dict[str, RpcError] = {}
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def start(self) -> None:
+        """Subscribe every service, the stream inbox, cancel notices and discovery; on return,
+        callers on other connections can call."""
+        settings = self.settings
+        broker = self.broker
+        broker.on_disconnect(self._on_disconnect)
+        try:
+            services = []
+            for info in self.server.services:
+                stats = []
+                for method in info.methods:
+                    subject = call_subject(settings.prefix, method)
+                    route = _Route(self.server.endpoints[method.path], EndpointStats(method, subject))
+                    self._routes[subject] = route
+                    stats.append(route.stats)
+                services.append(MicroService(info, stats, self._queue_group(info.name), settings.version))
+            self._micro = services
+            self._inbox = await broker.inbox(self._on_stream_frame)
+            self._other_subs.append(await broker.subscribe(settings.prefix + CANCEL_SUBJECT, self._on_cancel))
+            for subject in subjects(services):
+                self._other_subs.append(await broker.subscribe(subject, self._on_discovery))
+            for info in self.server.services:
+                inbound = await broker.pull(f"{settings.prefix}{info.name}.*", self._queue_group(info.name))
+                delivery = Delivery(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
+                self._deliveries.append(delivery)
+                self._service_subs.append(inbound)
+            # callers on other connections may call as soon as start() returns
+            await broker.settle()
+        except BaseException:
+            await broker.close()
+            raise
+
+    def _queue_group(self, service: str) -> str:
+        # replicas of one deployment share calls; the default group is the service's full name
+        return self.settings.queue_group or service
+
+    # --- dispatch ---
+
+    async def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> None:
+        """Serve one call message; runs in a consumer (see _nats_delivery) and never raises.
+        Unary calls are served right here: this is the path every small call takes."""
+        route = self._routes.get(msg.subject)
+        if route is None or route.streaming or self._closing:
+            await self._on_other_call(msg, route)
+        else:
+            await self._serve_unary(route, msg, delivery)
+
+    async def _on_other_call(self, msg: BrokerMessage, route: _Route | None) -> None:
+        if route is None:
+            await self._refuse(msg, RpcError(Code.UNIMPLEMENTED, f"method {msg.subject} is not served here"))
+        elif self._closing:
+            await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
+        elif header(msg.headers, FRAME) != OPEN:
+            await self._refuse(msg, _not_opened(route))
+        elif self._running_streams < self.settings.max_concurrency:
+            self._start_stream(route, msg)
+        elif len(self._waiting_streams) < self.settings.max_pending:
+            self._waiting_streams.append((route, msg))
+        else:
+            await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
+
+    async def _shed(self, msg: BrokerMessage) -> None:
+        await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
+
+    def _start_stream(self, route: _Route, msg: BrokerMessage) -> None:
+        self._running_streams += 1
+        key = msg.reply or f"one-way {next(self._tokens)}"
+        self._calls[key] = asyncio.get_running_loop().create_task(self._serve_stream(route, msg, key))
+
+    def _stream_done(self, key: str) -> None:
+        self._running_streams -= 1
+        self._calls.pop(key, None)
+        self._cancelled.pop(key, None)
+        if self._waiting_streams and not self._closing:
+            self._start_stream(*self._waiting_streams.popleft())
+
+    async def _refuse(self, msg: BrokerMessage, error: RpcError) -> None:
+        if msg.reply:
+            try:
+                codec = codec_for(msg.headers)
+            except RpcError:
+                codec = PROTO
+            await self._send(msg.reply, error_body(error, codec), error_headers(error, codec))
+
+    async def _on_cancel(self, msg: BrokerMessage) -> None:
+        self._cancel_call(msg.data.decode("utf-8", "replace"), _CANCELLED_BY_CLIENT)
+
+    def _cancel_call(self, key: str, reason: RpcError) -> None:
+        task = self._calls.get(key)
+        if task is not None and not task.done() and key not in self._cancelled:
+            self._cancelled[key] = reason
+            task.cancel()
+
+    async def _on_stream_frame(self, token: str, msg: BrokerMessage) -> None:
+        state = self._streams.get(token)
+        if state is not None:
+            state.feed(msg)
+
+    async def _on_discovery(self, msg: BrokerMessage) -> None:
+        if msg.reply:
+            for body in answers(self._micro, msg.subject):
+                await self._send(msg.reply, body, None)
+
+    async def _on_disconnect(self) -> None:
+        # frames may be lost while disconnected: streams cannot go on reliably, end them now
+        for state in list(self._streams.values()):
+            state.peer_gone(RpcError(Code.UNAVAILABLE, "the server lost its broker connection"))
+
+    async def _send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
+        """Publish a reply; a reply that cannot be sent is dropped (the caller times out or
+        notices the lost connection), never raised into the dispatcher."""
+        try:
+            await self.broker.publish(subject, body, headers=headers)
+        except BrokerError as exc:
+            logger.debug("reply to %s dropped: %r", subject, exc)
+
+    # --- unary and one-way calls ---
+
+    async def _serve_unary(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
+        started = time.perf_counter_ns()
+        reply = msg.reply
+        codec: Codec = PROTO
+        context: Context | None = None
+        error: RpcError | None = None
+        key: str | None = None
+        slot = 0
+        try:
+            headers = msg.headers
+            deadline = None
+            if headers is None:
+                context = Context(route.method, self.broker.name, peer=self.broker.peer_of(reply))
+            else:
+                codec, timeout_ms, metadata = read_request_headers(headers)
+                if timeout_ms is not None:
+                    if timeout_ms <= 0:
+                        raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                    deadline = time.monotonic() + timeout_ms / 1000
+                context = Context(
+                    route.method,
+                    self.broker.name,
+                    metadata=metadata,
+                    deadline=deadline,
+                    peer=self.broker.peer_of(reply),
+                )
+            if codec is PROTO:
+                try:
+                    request = route.input_type.FromString(msg.data)
+                except Exception:
+                    request = PROTO.decode(msg.data, route.input_type)  # raises the caller's error
+            else:
+                request = codec.decode(msg.data, route.input_type)
+            # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
+            call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
+            # First step inline, in a copy of the context as a task of its own would have: most
+            # handlers finish without waiting, and then nothing else is needed.
+            isolated = contextvars.copy_context()
+            try:
+                waiting = isolated.run(call.send, None)
+            except StopIteration as done:
+                response = done.value
+            else:
+                # the handler waits: let another consumer take the next message, and from now on
+                # the call can be cancelled (deadline, caller, stop)
+                if delivery is not None:
+                    delivery.waiting()
+                key = reply or f"one-way {next(self._tokens)}"
+                task = asyncio.current_task()
+                assert task is not None
+                self._calls[key] = task
+                if deadline is not None:
+                    slot = self._deadlines.add(deadline, key)
+                response = await Resume(call, isolated, waiting)
+            if reply:
+                body = response.SerializeToString() if codec is PROTO else codec.encode(response)
+                out = _response_headers(context, codec)
+                broker = self.broker
+                size = len(body) if out is None else len(body) + headers_size(out)
+                if size <= broker.max_payload:
+                    try:
+                        await broker.publish(reply, body, headers=out)
+                    except BrokerError as exc:
+                        logger.debug("reply to %s dropped: %r", reply, exc)
+                else:
+                    error = too_large(size, broker.max_payload)
+        except RpcError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            reason = None if key is None else self._cancelled.pop(key, None)
+            if reason is None:
+                raise  # not a cancellation of this call: the consumer itself is being cancelled
+            # the cancellation was for this call only: the consumer goes on to the next message
+            uncancel()
+            error = reason
+            if reason is _CANCELLED_BY_CLIENT:
+                reply = ""  # nobody waits for a reply
+        finally:
+            if key is not None:
+                del self._calls[key]
+                self._cancelled.pop(key, None)
+                if slot:
+                    self._deadlines.discard(slot, key)
+        stats = route.stats
+        stats.num_requests += 1
+        stats.processing_time += time.perf_counter_ns() - started
+        if error is not None:
+            stats.num_errors += 1
+            stats.last_error = f"{error.code.name}: {error.message}"
+            if reply:
+                await self._reply_error(route, reply, error, codec, context)
+
+    async def _reply_error(
+        self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
+    ) -> None:
+        out = error_headers(error, codec)
+        if context is not None:
+            try:
+                _add_response_metadata(out, context)
+            except RpcError:
+                logger.error("%s set response metadata that NATS cannot carry", route.method.full_name)
+                out = error_headers(error, codec)
+        await self._send(reply, error_body(error, codec), out)
+
+    def _expire_call(self, key: str) -> None:
+        self._cancel_call(key, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+    # --- streaming calls ---
+
+    async def _serve_stream(self, route: _Route, msg: BrokerMessage, key: str) -> None:
+        started = time.perf_counter_ns()
+        settings = self.settings
+        broker = self.broker
+        assert self._inbox is not None
+        # unguessable: the address is all another connection would need to speak into this stream
+        token = secrets.token_hex(16)
+        state = StreamState(
+            self._inbox.address(token),
+            broker.publish,
+            lambda: broker.max_payload,
+            settings.window,
+            settings.heartbeat,
+        )
+        state.learn_peer(msg.headers, msg.reply)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def cancel_handler() -> None:
+            task.cancel()
+
+        state.on_cancel = cancel_handler
+        self._streams[token] = state
+        self._heartbeats.add(state)
+        codec: Codec = PROTO
+        context: Context | None = None
+        error: RpcError | None = None
+        try:
+            try:
+                codec, timeout_ms, metadata = read_request_headers(msg.headers or {})
+                context = Context(
+                    route.method,
+                    broker.name,
+                    metadata=metadata,
+                    deadline=None if timeout_ms is None else time.monotonic() + timeout_ms / 1000,
+                    peer=broker.peer_of(msg.reply),
+                )
+                await state.control(ACCEPT, state.announce())
+                await self._run_stream(route, msg, state, codec, context)
+            except RpcError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                stopped = self._cancelled.pop(key, None)
+                if state.gone:
+                    error = state.error if isinstance(state.error, RpcError) else None
+                elif stopped is not None:
+                    uncancel()
+                    error = stopped
+                elif context is not None and context.cancelled():
+                    # the deadline struck while we waited for flow-control credit
+                    uncancel()
+                    error = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                else:
+                    raise
+            _record(route.stats, started, error)
+            if not state.gone and msg.reply:
+                await self._end_stream(state, codec, context, error)
+        except RpcError as exc:
+            logger.debug("stream %s ended without its end frame: %s", key, exc)
+        finally:
+            self._heartbeats.discard(state)
+            self._streams.pop(token, None)
+            self._stream_done(key)
+
+    async def _run_stream(
+        self, route: _Route, msg: BrokerMessage, state: StreamState, codec: Codec, context: Context
+    ) -> None:
+        method = route.method
+        request: Any
+        if method.kind.client_streams:
+            request = _incoming(state, codec, method.input_type)
+        else:
+            request = codec.decode(msg.data, method.input_type)
+        if method.kind.server_streams:
+            responses = cast(AsyncGenerator[Message, None], invoke_stream(route.endpoint, request, context))
+            try:
+                async for response in responses:
+                    if not state.headers_sent:
+                        await _send_headers(state, context)
+                    await state.send_data(codec.encode(response))
+            finally:
+                await responses.aclose()
+        else:
+            response = await invoke_unary(route.endpoint, request, context)
+            await _send_headers(state, context)
+            await state.send_data(codec.encode(response))
+
+    async def _end_stream(
+        self, state: StreamState, codec: Codec, context: Context | None, error: RpcError | None
+    ) -> None:
+        headers: dict[str, str] = {COUNT: str(state.sent)}
+        body = b""
+        if error is not None:
+            headers.update(error_headers(error, codec))
+            body = error_body(error, codec)
+        else:
+            headers[STATUS] = "0"
+        if context is not None:
+            try:
+                if not state.headers_sent:
+                    # headers that never went out with a message still reach the caller
+                    await _send_headers(state, context)
+                put_metadata(headers, context.response_trailers)
+            except RpcError as exc:
+                if exc.code is Code.UNAVAILABLE:
+                    raise
+                logger.error("%s set response metadata that NATS cannot carry: %s", context.method, exc)
+        try:
+            await state.control(END, headers, body)
+        except RpcError as exc:
+            if exc.code is not Code.RESOURCE_EXHAUSTED:
+                raise
+            # trailers too large for one message: the caller still learns how the call ended
+            too_large = RpcError(Code.RESOURCE_EXHAUSTED, "the stream's trailers exceed max_payload")
+            await state.control(END, {COUNT: str(state.sent), **error_headers(too_large, codec)})
+
+    # --- stopping ---
+
+    async def stop(self, grace: float | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._pool.closing = True
+        broker = self.broker
+        for sub in self._service_subs:
+            with contextlib.suppress(BrokerError):
+                await sub.unsubscribe()
+        self._service_subs.clear()
+        refused = [msg for _, msg in self._waiting_streams]
+        self._waiting_streams.clear()
+        for delivery in self._deliveries:
+            refused += delivery.take_remaining()
+        for msg in refused:
+            await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
+        busy = set(self._calls.values())
+        for delivery in self._deliveries:
+            for consumer in delivery.tasks:
+                if consumer not in busy:
+                    consumer.cancel()  # idle: waiting for a message that will not come
+        pending = {task for task in busy if not task.done()}
+        if pending and grace:
+            await asyncio.wait(pending, timeout=grace)
+        for key in list(self._calls):
+            self._cancel_call(key, _STOPPED)
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        self._heartbeats.close()
+        try:
+            await broker.close()
+        except Exception as exc:  # closing a broken connection must not fail stop()
+            logger.debug("closing the broker connection: %r", exc)
+
+
+def _not_opened(route: _Route) -> RpcError:
+    return RpcError(
+        Code.INVALID_ARGUMENT,
+        f"{route.method.full_name} is a {route.method.kind.value.replace('_', ' ')} method: "
+        "start it with a Protobind-Frame: open message (see docs/protocols.md)",
+    )
+
+
+_CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")
+_STOPPED = RpcError(Code.UNAVAILABLE, "the server stopped before the call finished")
+
+
+def _response_headers(context: Context, codec: Codec) -> dict[str, str] | None:
+    """The reply's headers: ``None`` (no header block at all) in the common case."""
+    headers: dict[str, str] | None = None
+    if codec is not PROTO:
+        headers = {}
+        put_content_type(headers, codec)
+    response_headers, trailers = context.response_metadata()
+    if response_headers or trailers:
+        if headers is None:
+            headers = {}
+        _add_response_metadata(headers, context)
+    return headers
+
+
+def _add_response_metadata(headers: dict[str, str], context: Context) -> None:
+    response_headers, trailers = context.response_metadata()
+    if response_headers:
+        put_metadata(headers, response_headers)
+    if trailers:
+        put_metadata(headers, trailers, prefix=TRAILER_PREFIX)
+
+
+async def _send_headers(state: StreamState, context: Context) -> None:
+    """The response headers frame, once per stream, if the handler set any headers."""
+    state.headers_sent = True
+    response_headers = context.response_headers
+    if response_headers:
+        frame: dict[str, str] = {}
+        put_metadata(frame, response_headers)
+        await state.control(HEADERS, frame)
+
+
+async def _incoming(state: StreamState, codec: Codec, message_type: type[Message]) -> AsyncIterator[Any]:
+    """The requests of a client or bidi stream, as the handler reads them."""
+    while True:
+        frame, msg = await state.receive()
+        if frame is None:
+            yield codec.decode(msg.data, message_type)
+        elif frame == END:
+            error = state.end_count(msg.headers)
+            if error is not None:
+                raise error
+            return
