@@ -132,16 +132,24 @@ async def _call_async(args: argparse.Namespace) -> int:
 
 
 def _breaking(args: argparse.Namespace) -> int:
-    from .breaking import breaking_changes
+    from contextlib import ExitStack
 
-    problems = breaking_changes([args.old], [args.new], args.include)
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{len(problems)} breaking change(s)", file=sys.stderr)
-        return 1
-    print("no breaking changes")
-    return 0
+    from .breaking import breaking_changes, render
+    from .breaking_sides import Side, git_side
+
+    if len(args.paths) != (1 if args.against else 2):
+        raise UsageError("give OLD_PATH NEW_PATH, or NEW_PATH --against OLD_PATH|git:REF")
+    new = Side("NEW", (args.paths[-1],), tuple(args.include))
+    with ExitStack() as stack:
+        if args.against and args.against.startswith("git:"):
+            old = stack.enter_context(git_side(args.against[4:], new))
+        else:
+            old = Side("OLD", (args.against or args.paths[0],), tuple(args.include))
+        findings = breaking_changes(old, new, args.level)
+    print(render(findings, args.format, args.level))
+    if findings and args.format != "json":
+        print(f"{len(findings)} breaking change(s) at level {args.level}", file=sys.stderr)
+    return 1 if findings else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,10 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--proto", action="append", default=[], metavar="FILE", help="the contract")
     call.set_defaults(run=_call)
 
-    breaking = commands.add_parser("breaking", help="list changes in NEW that break clients of OLD")
-    breaking.add_argument("old", metavar="OLD_PATH", help="the old .proto file or directory")
-    breaking.add_argument("new", metavar="NEW_PATH", help="the new .proto file or directory")
+    breaking = commands.add_parser(
+        "breaking",
+        help="list changes in NEW that break clients of OLD",
+        usage="protobind breaking [OLD_PATH] NEW_PATH [--against OLD_PATH|git:REF] [-I DIR]... "
+        "[--level LEVEL] [--format FORMAT]",
+    )
+    breaking.add_argument(
+        "paths", nargs="+", metavar="PATH", help="OLD_PATH NEW_PATH, or NEW_PATH with --against"
+    )
+    breaking.add_argument(
+        "--against", metavar="OLD", help="the old version: a path, or git:REF (NEW_PATH as it was at REF)"
+    )
     breaking.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
+    breaking.add_argument(
+        "--level", choices=("WIRE", "WIRE_JSON", "FILE"), default="WIRE_JSON", help="default: WIRE_JSON"
+    )
+    breaking.add_argument(
+        "--format", choices=("text", "json", "github"), default="text", help="default: text"
+    )
     breaking.set_defaults(run=_breaking)
     openapi_cmd.add_parser(commands)
     return parser

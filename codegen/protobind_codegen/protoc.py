@@ -69,6 +69,15 @@ def compile_protos(
             base = str(root.resolve())
             include_dirs.append(base)
         names.append(file_abs.relative_to(Path(base).resolve()).as_posix())
+    names = list(dict.fromkeys(names))
+    return run_protoc(names, include_dirs, python_out), names
+
+
+def run_protoc(
+    names: Sequence[str], include_dirs: Sequence[str], python_out: str | None = None
+) -> list[descriptor_pb2.FileDescriptorProto]:
+    """Compile the files ``names`` (import names) found through ``include_dirs``, searched in order and
+    followed by :func:`standard_includes`; every file's descriptor with source info, dependencies first."""
     with tempfile.TemporaryDirectory() as tmp:
         descriptor_out = os.path.join(tmp, "descriptors.pb")
         args = [sys.executable, "-m", "grpc_tools.protoc"]
@@ -82,4 +91,4 @@ def compile_protos(
         if result.returncode != 0:
             raise ProtoError(result.stderr.strip() or result.stdout.strip() or "protoc failed")
         file_set = descriptor_pb2.FileDescriptorSet.FromString(Path(descriptor_out).read_bytes())
-    return list(file_set.file), list(dict.fromkeys(names))
+    return list(file_set.file)
