@@ -568,7 +568,7 @@ def test_streaming_changes_name_the_transport_impact(tmp_path: Path) -> None:
     found = breaking_changes(Side("OLD", (str(tmp_path / "old"),)), Side("NEW", (str(tmp_path / "new"),)))
     assert {f.rule for f in found} == {"RPC_SAME_CLIENT_STREAMING", "RPC_SAME_SERVER_STREAMING"}
     assert all(
-        "unary -> bidi streaming" in f.message and "HTTP/1.1 (UNIMPLEMENTED)" in f.message for f in found
+        "from unary to bidi streaming" in f.message and "HTTP/1.1 (UNIMPLEMENTED)" in f.message for f in found
     )
 
 
