@@ -16,7 +16,7 @@ from protobind_codegen import cli
 from protobind_codegen.breaking import LEVELS, RULES, Finding, breaking_changes
 from protobind_codegen.breaking_sides import Side
 
-from .conftest import GEN
+from .conftest import GEN, ROOT
 
 # Our own copy of the declarations in idl/protobind/v1/options.proto (numbers are the contract).
 OPTIONS = """syntax = "proto3";
@@ -457,6 +457,38 @@ def test_map_changes_are_reported_on_the_field(tmp_path: Path) -> None:
             "field 1 'labels' of message m.A changed type from map<string, string> to map<string, int32>"
         )
         assert "Entry" not in str(found[0])
+
+
+def test_docs_list_every_rule_at_its_levels() -> None:
+    rows = {}
+    for line in (ROOT / "docs" / "cli.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[0].split("`")[1] in RULES:
+            rows[cells[0].split("`")[1]] = frozenset(
+                lv for lv, mark in zip(LEVELS, cells[1:4], strict=True) if mark
+            )
+    assert rows == {rule_id: rule.levels for rule_id, rule in RULES.items()}
+
+
+def test_protobind_servers_reject_a_reserved_json_name() -> None:
+    """Why FIELD_NO_DELETE_IN_JSON_REQUEST exists: if the runtime ever skips reserved names, narrow it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    import protobind
+    from protobind.codec import JSON
+
+    file = descriptor_pb2.FileDescriptorProto(name="reserved.proto", package="reserved", syntax="proto3")
+    message = file.message_type.add(name="A", reserved_name=["x"])
+    message.reserved_range.add(start=2, end=3)
+    field = descriptor_pb2.FieldDescriptorProto
+    message.field.add(name="a", number=1, type=field.TYPE_INT32, label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    request_type = message_factory.GetMessageClass(pool.FindMessageTypeByName("reserved.A"))
+    assert JSON.decode(b'{"a": 1}', request_type).a == 1
+    with pytest.raises(protobind.RpcError) as error:
+        JSON.decode(b'{"a": 1, "x": 2}', request_type)
+    assert error.value.code is protobind.Code.INVALID_ARGUMENT
 
 
 # -- each side against its own roots ------------------------------------------------------------------

@@ -13,7 +13,8 @@ Where protobind's promise is wider than a message encoding, it adds rules (``ori
 only); ``google.api.http`` routes, bodies and response bodies (old REST clients); the
 ``(protobind.v1.oneway)`` and ``(protobind.v1.durable)`` method options; and a field or enum value
 deleted from a request message even with its name reserved, because protobind's servers reject JSON
-that names an unknown field or enum value (reserved or not) unless ``ignore_unknown_fields`` is set.
+that names an unknown field or enum value, reserved or not (only the HTTP server's
+``ignore_unknown_fields`` option relaxes that).
 
 Elements are matched by full name, fields by number, enum values by number, files by import name.
 Editions features that change encodings (presence, enum openness, UTF-8 checks, JSON format) are
@@ -467,7 +468,11 @@ def _compare_method(
             "RPC_SAME_IDEMPOTENCY_LEVEL",
             (file, (*path, _METHOD_OPTIONS, _IDEMPOTENCY_LEVEL)),
             f"RPC {name} changed idempotency_level from {names(before_level)} to {names(after_level)}"
-            + (": old HTTP clients' GET requests are refused" if before_level == 1 else ""),
+            + (
+                ": old HTTP clients' GET requests are refused"
+                if before_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+                else ""
+            ),
         )
     before, after = _method_options(old.options), _method_options(new.options)
     for option, number, impact_on, impact_off in (
@@ -697,8 +702,7 @@ def _compare_message(
                 "FIELD_NO_DELETE_IN_JSON_REQUEST",
                 new.at(),
                 f"{label} was deleted from a request message: protobind servers reject old JSON clients "
-                f"that still send {field.json_name or field.name!r}, reserved or not (unless they ignore "
-                "unknown fields)",
+                f"that still send {field.json_name or field.name!r}, reserved or not",
             )
 
 
@@ -937,7 +941,7 @@ def _compare_enum_values(
                 "ENUM_VALUE_NO_DELETE_IN_JSON_REQUEST",
                 new.at(),
                 f"{label} was deleted from an enum that requests use: protobind servers reject old JSON "
-                "clients that still send it, reserved or not (unless they ignore unknown fields)",
+                "clients that still send it, reserved or not",
             )
 
 
