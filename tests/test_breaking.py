@@ -524,6 +524,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
         ["old/shop/v1/shop.proto", "new/shop/v1/shop.proto", "-I", "new", "-I", "old"],
         ["old/shop/v1/shop.proto", "new/shop/v1/shop.proto", "-I", "old"],
         ["old/shop/v1/shop.proto", "new/shop/v1/shop.proto"],
+        ["old/shop", "new/shop", "-I", "old", "-I", "new"],
         ["new", "--against", "old", "-I", "old"],
         ["old", "new", "-I", "."],
     ],

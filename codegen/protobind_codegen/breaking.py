@@ -311,6 +311,7 @@ class _Contract:
             return self.files[file_name], (_FILE_PACKAGE,)
         return self.side.display(file_name)
 
+    @functools.cached_property
     def requests(self) -> tuple[set[str], set[str]]:
         """(messages, enums) that a caller can send: reachable from a method's request type."""
         messages: set[str] = set()
@@ -606,7 +607,7 @@ def _range_text(start: int, end: int) -> str:
 
 
 def _compare_messages(before: _Contract, after: _Contract, report: _Report) -> None:
-    requests, _ = before.requests()
+    requests, _ = before.requests
     for full, message in before.messages.items():
         if message.proto.options.map_entry:
             continue  # a map's entry is compared as the map field
@@ -680,30 +681,49 @@ def _compare_message(
             k, changed = fields[field.number]
             _compare_field(before, after, old, new, field, changed, new.at(_MSG_FIELD, k), report)
             continue
-        number_reserved = not _covered([(field.number, field.number + 1)], reserved)
-        name_reserved = field.name in new.proto.reserved_name
         moved = f" (now number {by_name[field.name]})" if field.name in by_name else ""
-        report.add("FIELD_NO_DELETE", new.at(), f"{label} was deleted{moved}")
-        if not number_reserved:
-            report.add(
-                "FIELD_NO_DELETE_UNLESS_NUMBER_RESERVED",
-                new.at(),
-                f"{label} was deleted{moved} without reserving the number {field.number}",
-            )
-        if not name_reserved:
-            report.add(
-                "FIELD_NO_DELETE_UNLESS_NAME_RESERVED",
-                new.at(),
-                f"{label} was deleted{moved} without reserving the name {field.name!r}: old JSON clients "
-                "that send it are rejected",
-            )
-        elif number_reserved and is_request:
-            report.add(
-                "FIELD_NO_DELETE_IN_JSON_REQUEST",
-                new.at(),
-                f"{label} was deleted from a request message: protobind servers reject old JSON clients "
-                f"that still send {field.json_name or field.name!r}, reserved or not",
-            )
+        _deleted(
+            report,
+            "FIELD",
+            new.at(),
+            f"{label} was deleted{moved}",
+            field.number,
+            number_reserved=not _covered([(field.number, field.number + 1)], reserved),
+            names_reserved=field.name in new.proto.reserved_name,
+            is_request=is_request,
+        )
+
+
+def _deleted(
+    report: _Report,
+    kind: str,
+    where: _Where,
+    what: str,
+    number: int,
+    *,
+    number_reserved: bool,
+    names_reserved: bool,
+    is_request: bool,
+) -> None:
+    """The ``{kind}_NO_DELETE*`` findings for a deleted field (kind ``FIELD``) or enum value."""
+    report.add(f"{kind}_NO_DELETE", where, what)
+    if not number_reserved:
+        report.add(
+            f"{kind}_NO_DELETE_UNLESS_NUMBER_RESERVED", where, f"{what} without reserving the number {number}"
+        )
+    if not names_reserved:
+        report.add(
+            f"{kind}_NO_DELETE_UNLESS_NAME_RESERVED",
+            where,
+            f"{what} without reserving its name: old JSON clients that send it are rejected",
+        )
+    elif number_reserved and is_request:
+        report.add(
+            f"{kind}_NO_DELETE_IN_JSON_REQUEST",
+            where,
+            f"{what}, though requests carry it: protobind servers reject old JSON clients that still send "
+            "it, reserved or not",
+        )
 
 
 def _oneof(field: FDP, message: descriptor_pb2.DescriptorProto) -> str | None:
@@ -872,7 +892,7 @@ def _default(contract: _Contract, field: FDP) -> object | None:
 
 
 def _compare_enums(before: _Contract, after: _Contract, report: _Report) -> None:
-    _, request_enums = before.requests()
+    _, request_enums = before.requests
     for full, enum in before.enums.items():
         new = after.enums.get(full)
         if new is None:
@@ -921,28 +941,16 @@ def _compare_enum_values(
                         f"{label} was renamed to {name}: breaks JSON clients",
                     )
             continue
-        number_reserved = not _covered([(number, number + 1)], reserved)
-        names_reserved = all(n in new.proto.reserved_name for n in names)
-        report.add("ENUM_VALUE_NO_DELETE", new.at(), f"{label} was deleted")
-        if not number_reserved:
-            report.add(
-                "ENUM_VALUE_NO_DELETE_UNLESS_NUMBER_RESERVED",
-                new.at(),
-                f"{label} was deleted without reserving the number {number}",
-            )
-        if not names_reserved:
-            report.add(
-                "ENUM_VALUE_NO_DELETE_UNLESS_NAME_RESERVED",
-                new.at(),
-                f"{label} was deleted without reserving its name: old JSON clients that send it are rejected",
-            )
-        elif number_reserved and is_request:
-            report.add(
-                "ENUM_VALUE_NO_DELETE_IN_JSON_REQUEST",
-                new.at(),
-                f"{label} was deleted from an enum that requests use: protobind servers reject old JSON "
-                "clients that still send it, reserved or not",
-            )
+        _deleted(
+            report,
+            "ENUM_VALUE",
+            new.at(),
+            f"{label} was deleted",
+            number,
+            number_reserved=not _covered([(number, number + 1)], reserved),
+            names_reserved=all(n in new.proto.reserved_name for n in names),
+            is_request=is_request,
+        )
 
 
 def render(findings: Sequence[Finding], fmt: str, level: str) -> str:

@@ -4,8 +4,8 @@ Both versions of a contract use the same import names (``shop/v1/shop.proto`` in
 must never share a protoc search path: a file found through the wrong side's directory makes NEW
 look like OLD and turns a breaking change into "compatible". Each side is therefore compiled alone:
 
-- its search path starts with its own roots (a directory argument; for a file argument, the deepest
-  ``-I`` that holds it and none of the other side's files, else the file's directory);
+- its search path starts with its own roots (for each input file, the deepest ``-I`` that holds it
+  and none of the other side's files, else its directory argument or, for a file, its directory);
 - then the ``-I`` directories, minus those inside the other side's roots or files (so ``-I OLD`` and
   ``-I NEW`` each serve only their own side), then the standard includes;
 - an ``-I`` that belongs to neither side but holds a file under one of the inputs' import names would
@@ -81,34 +81,31 @@ def _inside(path: Path, trees: Sequence[Path]) -> Path | None:
     return next((tree for tree in trees if path == tree or path.is_relative_to(tree)), None)
 
 
-def _files_of(side: Side) -> list[tuple[Path, bool]]:
-    """Every input file of ``side`` and whether it came from a directory argument."""
+def _files_of(side: Side) -> list[tuple[Path, Path]]:
+    """(default root, file) for every input file of ``side``: its directory argument, or its parent."""
     found = []
     for raw in side.paths:
-        is_dir = Path(raw).is_dir()
         try:
-            found += [(file.resolve(), is_dir) for _, file in find_protos([raw])]
+            found += [(root.resolve(), file.resolve()) for root, file in find_protos([raw])]
         except ProtoError as exc:
             raise ValueError(f"{side.label}: {exc}") from None
     return found
 
 
-def _plan(side: Side, found: Sequence[tuple[Path, bool]], other_files: Sequence[Path]) -> _Plan:
+def _plan(side: Side, found: Sequence[tuple[Path, Path]], other_files: Sequence[Path]) -> _Plan:
+    """Each input's root: the deepest ``-I`` holding it and none of the other side's files, else
+    its default root; the side's trees are its arguments and the ``-I`` dirs chosen as roots."""
     includes = [Path(i).resolve() for i in side.includes]
-    dirs = [Path(raw).resolve() for raw in side.paths if Path(raw).is_dir()]
     entries: list[tuple[Path, Path]] = []
-    trees: list[Path] = list(dirs)
-    for file, from_dir in found:
-        if from_dir:
-            root = max((d for d in dirs if file.is_relative_to(d)), key=lambda d: len(d.parts))
-        else:
-            covering = [
-                i
-                for i in includes
-                if file.is_relative_to(i) and not any(o.is_relative_to(i) for o in other_files)
-            ]
-            root = max(covering, key=lambda d: len(d.parts)) if covering else file.parent
-            trees.append(root if covering else file)
+    trees = [Path(raw).resolve() for raw in side.paths]
+    for default, file in found:
+        covering = [
+            i
+            for i in includes
+            if file.is_relative_to(i) and not any(o.is_relative_to(i) for o in other_files)
+        ]
+        root = max(covering, key=lambda d: len(d.parts)) if covering else default
+        trees += [root] if covering else []
         entries.append((root, file))
     return _Plan(side, entries, trees)
 
@@ -148,10 +145,10 @@ def load_sides(old: Side, new: Side) -> tuple[LoadedSide, LoadedSide]:
     """Compile ``old`` and ``new`` each against its own roots; ``ValueError`` when they would mix."""
     old_found, new_found = _files_of(old), _files_of(new)
     plans = (
-        _plan(old, old_found, [f for f, _ in new_found]),
-        _plan(new, new_found, [f for f, _ in old_found]),
+        _plan(old, old_found, [f for _, f in new_found]),
+        _plan(new, new_found, [f for _, f in old_found]),
     )
-    same = {f for f, _ in old_found} == {f for f, _ in new_found}  # a contract against itself
+    same = {f for _, f in old_found} == {f for _, f in new_found}  # a contract against itself
     loaded = []
     for plan, other in ((plans[0], plans[1]), (plans[1], plans[0])):
         foreign = [] if same else other.trees
