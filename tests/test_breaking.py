@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -707,33 +707,70 @@ BUF_TO_OURS = {"FIELD_SAME_JAVA_UTF8_VALIDATION": "FIELD_SAME_UTF8_VALIDATION"}
 
 
 def _case_of(name: str) -> str:
-    """``c07`` for ``new/c07_b.proto``: findings are compared per case (a move is reported by buf
-    where the element was, by protobind where it is now)."""
+    """``c07`` for ``new/c07_b.proto``: table findings are compared per case (a move is reported by
+    buf where the element was, by protobind where it is now)."""
     return Path(name).name.split(".")[0].split("_")[0]
+
+
+def _compare_with_buf(
+    root: Path, new: str, level: str, key: Callable[[str], str]
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(buf's findings, protobind's) for ``root/new`` against ``root/old`` as {(key(file), rule)}."""
+    for side in ("old", new):
+        (root / side / "buf.yaml").write_text(f"version: v2\nbreaking:\n  use: [{level}]\n")
+    result = subprocess.run(
+        [str(_buf()), "breaking", new, "--against", "old", "--error-format", "json"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode in (0, 100), result.stderr
+    by_buf = set()
+    for finding in map(json.loads, result.stdout.splitlines()):
+        name = finding.get("path") or finding["message"].split('"')[1]  # FILE_NO_DELETE: no path
+        by_buf.add((key(name), BUF_TO_OURS.get(finding["type"], finding["type"])))
+    ours = breaking_changes(Side("OLD", (str(root / "old"),)), Side("NEW", (str(root / new),)), level)
+    return by_buf, {(key(f.file), f.rule) for f in ours}
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_protobind_reports_everything_buf_reports(tmp_path: Path, level: str) -> None:
-    buf = _buf()
+    """The rule table's changes, breaking and safe variants."""
     for variant in ("old", "breaking", "safe"):
         texts: dict[str, str] = {}
         for i in BUF_HELD:
             texts.update(_texts(getattr(CASES[i], variant), _stem(i)))
-        _write(tmp_path / variant, {**texts, "buf.yaml": f"version: v2\nbreaking:\n  use: [{level}]\n"})
+        _write(tmp_path / variant, texts)
     for variant in ("breaking", "safe"):
-        result = subprocess.run(
-            [str(buf), "breaking", variant, "--against", "old", "--error-format", "json"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert result.returncode in (0, 100), result.stderr
-        by_buf = set()
-        for finding in map(json.loads, result.stdout.splitlines()):
-            # FILE_NO_DELETE has no path; its message quotes the deleted file
-            name = finding.get("path") or finding["message"].split('"')[1]
-            by_buf.add((_case_of(name), BUF_TO_OURS.get(finding["type"], finding["type"])))
-        ours = breaking_changes(
-            Side("OLD", (str(tmp_path / "old"),)), Side("NEW", (str(tmp_path / variant),)), level
-        )
-        assert by_buf <= {(_case_of(f.file), f.rule) for f in ours}, result.stdout
+        by_buf, ours = _compare_with_buf(tmp_path, variant, level, _case_of)
+        assert by_buf <= ours, sorted(by_buf - ours)
         if variant == "breaking":
             assert len(by_buf) >= len(BUF_HELD) // 3  # buf saw the changes (not an empty comparison)
+
+
+# Several changes at once to a contract with imports, nested types, maps, oneofs and WKTs.
+EDGE_CHANGES = [
+    ("common/v1/money.proto", "int32 nanos = 3;", "int64 nanos = 3;"),
+    ("common/v1/money.proto", "  STATUS_ACTIVE = 1;", "  reserved 1;"),
+    ("shop/v1/types.proto", "map<string, int64> stock = 4;", "map<string, string> stock = 4;"),
+    ("shop/v1/types.proto", "    int32 percent = 5;\n", ""),
+    ("shop/v1/types.proto", "  string id = 1;\n", "  string id = 1;\n  int32 percent = 5;\n"),
+    ("shop/v1/types.proto", "SIZE_S = 1", "SIZE_SMALL = 1"),
+    ("shop/v1/types.proto", "optional string label = 11;", "string label = 11;"),
+    ("shop/v1/types.proto", "  bool class = 13;", "  reserved 13;"),
+    ("shop/v1/shop.proto", "rpc Tally(stream common.v1.Money)", "rpc Tally(common.v1.Money)"),
+    ("shop/v1/shop.proto", "  rpc Import(Item.Variant) returns (google.protobuf.Empty);\n", ""),
+    ("shop/v1/shop.proto", "service Nothing {}", "service Empty {}"),
+]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_protobind_reports_everything_buf_reports_on_a_real_contract(tmp_path: Path, level: str) -> None:
+    shutil.copytree(ROOT / "tests" / "protos" / "edge", tmp_path / "old")
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    (tmp_path / "new" / "nopkg" / "plain.proto").unlink()
+    for name, before, after in EDGE_CHANGES:
+        path = tmp_path / "new" / name
+        assert before in path.read_text(), before
+        path.write_text(path.read_text().replace(before, after))
+    by_buf, ours = _compare_with_buf(tmp_path, "new", level, lambda name: name.rpartition("new/")[2])
+    assert by_buf <= ours, sorted(by_buf - ours)
+    assert len(by_buf) >= 3
