@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import openapi_cmd
+from .breaking import FORMATS, LEVELS
 
 
 class UsageError(Exception):
@@ -194,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     breaking.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
     breaking.add_argument(
-        "--level", choices=("WIRE", "WIRE_JSON", "FILE"), default="WIRE_JSON", help="default: WIRE_JSON"
+        "--level",
+        choices=LEVELS,
+        default="WIRE_JSON",
+        help="what must keep working: WIRE binary clients, WIRE_JSON (default) binary and JSON clients, "
+        "FILE also code generated from OLD",
     )
-    breaking.add_argument(
-        "--format", choices=("text", "json", "github"), default="text", help="default: text"
-    )
+    breaking.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     breaking.set_defaults(run=_breaking)
     openapi_cmd.add_parser(commands)
     return parser
