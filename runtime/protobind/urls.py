@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["redact"]
+__all__ = ["redact", "redact_text"]
 
 _SECRET_QUERY_KEYS = ("password", "token", "nkeys_seed", "creds", "api_key", "secret")
 
@@ -30,3 +31,16 @@ def redact(url: str) -> str:
             pieces.append(f"{key}=***" if eq and key.lower() in _SECRET_QUERY_KEYS else piece)
         query = "&".join(pieces)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the credentials of any URL in it hidden (for error messages from libraries)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, sep, _ = match.group("userinfo").partition(":")
+        return f"{match.group('scheme')}{user}:***@" if sep else f"{match.group('scheme')}***@"
+
+    return _URL_CREDENTIALS.sub(hide, text)

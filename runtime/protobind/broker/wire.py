@@ -41,6 +41,8 @@ TRAILER_PREFIX = "trailer-"
 #: body is the call's reply subject. Every replica listens, the one running the call cancels it.
 CANCEL_SUBJECT = "$PROTOBIND.CANCEL"
 
+_TIMEOUT_VALUE = re.compile(r"[0-9]{1,10}")
+
 # lower-case spellings for lookups in received headers
 _CONTENT_TYPE = CONTENT_TYPE.lower()
 _TIMEOUT = TIMEOUT.lower()
@@ -145,12 +147,14 @@ def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None,
     for key, value in headers.items():
         lower = key.lower()
         if lower == _TIMEOUT:
-            try:
-                timeout_ms = int(value)
-            except ValueError:
+            # at most 10 digits (over 100 days): a longer value is a mistake, and a huge one would
+            # overflow the clock arithmetic
+            if not _TIMEOUT_VALUE.fullmatch(value):
                 raise RpcError(
-                    Code.INVALID_ARGUMENT, f"{TIMEOUT} must be an integer, got {value!r}"
-                ) from None
+                    Code.INVALID_ARGUMENT,
+                    f"{TIMEOUT} must be 1 to 10 digits of milliseconds, got {value[:20]!r}",
+                )
+            timeout_ms = int(value)
         elif lower == _CONTENT_TYPE:
             codec = codec_of_content_type(value)
         elif not is_reserved(lower):

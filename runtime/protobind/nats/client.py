@@ -7,7 +7,7 @@ from typing import Any
 
 from ..broker.client import BrokerClient
 from ..errors import Code, RpcError
-from .connection import open_broker
+from .connection import AuthenticationFailed, open_broker
 from .options import settings_from
 
 __all__ = ["dial"]
@@ -18,8 +18,10 @@ async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
     settings = settings_from(url, options)
     try:
         broker = await open_broker(settings, "protobind client")
+    except AuthenticationFailed as exc:
+        raise RpcError(Code.UNAUTHENTICATED, str(exc)) from None
     except ConnectionError as exc:
-        raise RpcError(Code.UNAVAILABLE, str(exc)) from exc
+        raise RpcError(Code.UNAVAILABLE, str(exc)) from None
     client = BrokerClient(broker, settings.engine)
     await client.start()
     return client

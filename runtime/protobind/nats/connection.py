@@ -16,6 +16,7 @@ connection management, and only:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +33,7 @@ from ..broker.base import (
     NotConnected,
     PayloadTooLarge,
 )
+from ..urls import redact, redact_text
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -58,8 +60,9 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 class Connection(Client):
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, require_tls: bool = False) -> None:
         super().__init__()
+        self._require_tls = require_tls
         self._fast = all(
             hasattr(self, name)
             for name in ("_send_command", "_flush_pending", "_flush_queue", "_status", "stats")
@@ -98,6 +101,19 @@ class Connection(Client):
         if flush_queue is not None and flush_queue.empty():
             await self._flush_pending()
 
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends
+        # CONNECT (credentials included) in plaintext. A tls:// URL or a TLS option means TLS or
+        # nothing: a server that offers TLS is asked for it, one that does not is refused.
+        if initial_connection and self._require_tls and not info.get("tls_required"):
+            if not info.get("tls_available"):
+                raise nats_errors.Error(
+                    "TLS was required (tls:// or a TLS option) but the server does not offer TLS; "
+                    "nothing was sent"
+                )
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
+
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         if not headers or headers[8:10] != b"\r\n":
             return await super()._process_headers(headers)
@@ -116,24 +132,81 @@ class Connection(Client):
         return out or None
 
 
-async def connect(settings: Settings, **callbacks: Any) -> Connection:
-    async def error_cb(exc: Exception) -> None:
-        # nats-py reports every failed reconnect attempt here; the default handler logs tracebacks
-        logger.warning("NATS connection: %s", exc or type(exc).__name__)
+class AuthenticationFailed(ConnectionError):
+    """The NATS server refused the credentials (or demanded some that were not given)."""
 
-    client = Connection()
+
+async def connect(settings: Settings, **callbacks: Any) -> Connection:
+    """Connect to one of ``settings.servers``, or raise :class:`ConnectionError` naming the cause.
+
+    Bounded in time whatever goes wrong (a TLS handshake that never completes, a server that
+    never answers), and never in plaintext when TLS was asked for. Error texts and log lines
+    name the servers without their credentials.
+    """
+    seen: list[BaseException] = []
+    shown = ", ".join(redact(server) for server in settings.servers)
+
+    async def error_cb(exc: Exception) -> None:
+        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks
+        seen.append(exc)
+        logger.warning("NATS connection to %s: %s", shown, _reason(exc))
+
+    client = Connection(require_tls=settings.require_tls)
     # nats-py retries its first connection as often as later reconnections; when it cannot reach
     # any server now, fail after one more try (the caller sees UNAVAILABLE) rather than hang
     first = {**settings.connect, "max_reconnect_attempts": 1}
+    timeout = float(first.get("connect_timeout", 2.0))
+    # each server may be tried twice, each try bounded by connect_timeout per step (TCP, TLS,
+    # INFO, PONG); past this budget the attempt is abandoned whatever nats-py is waiting for
+    budget = 4 * timeout * 2 * max(1, len(settings.servers)) + 1.0
     try:
-        await client.connect(settings.servers, error_cb=error_cb, **first, **callbacks)
-    except (OSError, asyncio.TimeoutError, nats_errors.Error) as exc:
-        raise ConnectionError(
-            f"cannot connect to NATS at {', '.join(settings.servers)}: {exc or type(exc).__name__}"
-        ) from exc
+        await asyncio.wait_for(
+            client.connect(settings.servers, error_cb=error_cb, **first, **callbacks), budget
+        )
+    except (OSError, asyncio.TimeoutError, nats_errors.Error, ValueError) as exc:
+        await _abandon(client)
+        causes = [*seen, exc]
+        reason = next((_reason(c) for c in causes if _is_auth(c)), None)
+        if reason is not None:
+            raise AuthenticationFailed(f"NATS at {shown} refused the credentials: {reason}") from None
+        # the most telling cause: a refusal says more than the timeout of a later retry
+        specific = [
+            c for c in causes if not isinstance(c, (nats_errors.NoServersError, asyncio.TimeoutError))
+        ]
+        cause = specific[0] if specific else exc
+        raise ConnectionError(f"cannot connect to NATS at {shown}: {_reason(cause)}") from None
     # nats-py reads its options at each reconnection: from now on, the configured persistence
     client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
     return client
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).removeprefix("nats: ").strip("'\" ") or type(exc).__name__
+    return redact_text(text)
+
+
+def _is_auth(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, nats_errors.AuthorizationError)
+        or "authorization violation" in text
+        or ("authentication" in text)
+    )
+
+
+async def _abandon(client: Connection) -> None:
+    """Give up a connection attempt without waiting on a peer that may never answer: nats-py's
+    own close waits for the socket's orderly shutdown, which a stuck TLS peer never completes."""
+    transport = getattr(client, "_transport", None)
+    for name in ("_io_writer", "_bare_io_writer"):
+        writer = getattr(transport, name, None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 1.0)
 
 
 def _broker_error(exc: BaseException) -> BrokerError:

@@ -47,6 +47,8 @@ class Settings:
     servers: list[str]
     connect: dict[str, Any]
     engine: EngineSettings
+    #: a tls:// URL or any TLS option: TLS or an error, never plaintext
+    require_tls: bool = False
 
 
 def _number(options: Mapping[str, Any], key: str, default: float, kind: type[float] | type[int]) -> Any:
@@ -101,7 +103,8 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
     )
-    return Settings(servers=servers, connect=connect, engine=engine)
+    require_tls = parts.scheme == "tls" or tls is not None
+    return Settings(servers=servers, connect=connect, engine=engine, require_tls=require_tls)
 
 
 def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
