@@ -420,7 +420,7 @@ def _contract(tmp_path: Path, body: str, name: str = "bad.proto") -> Path:
         ),
         (
             "service S {\n  rpc ServiceInfo(M) returns (M);\n}\n",
-            "6:1",
+            "7:3",
             "method S.ServiceInfo and service S both generate the Python name S_SERVICE_INFO",
         ),
     ],

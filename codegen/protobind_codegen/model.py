@@ -104,6 +104,12 @@ class ServiceModel:
         return docstring(f"{text}\n\n{note}", " " * 4)
 
     @property
+    def generated_names(self) -> tuple[str, ...]:
+        """The module-level names this service generates besides its method constants (checked
+        for collisions; a new generated class belongs here)."""
+        return (self.base_class, self.client_class, self.constant, self.descriptor_constant)
+
+    @property
     def methods_literal(self) -> str:
         """The tuple of method constants, laid out as ruff format would (an argument, indented 4)."""
         constants = [m.constant for m in self.methods]
@@ -379,16 +385,13 @@ def build_file(
                 for m_index, method in enumerate(service.method)
             ),
         )
-        what = f"service {service.name}"
-        module_names += [(n, s_path, what) for n in _service_names(model)]
-        module_names += [(m.constant, s_path, f"method {service.name}.{m.name}") for m in model.methods]
-        _check_unique(
-            source,
-            [
-                (m.python_name, (*s_path, _METHOD_FIELD, i), f"method {service.name}.{m.name}")
-                for i, m in enumerate(model.methods)
-            ],
-        )
+        module_names += [(n, s_path, f"service {service.name}") for n in model.generated_names]
+        methods = [
+            ((*s_path, _METHOD_FIELD, i), f"method {service.name}.{m.name}", m)
+            for i, m in enumerate(model.methods)
+        ]
+        module_names += [(m.constant, path, what) for path, what, m in methods]
+        _check_unique(source, [(m.python_name, path, what) for path, what, m in methods])
         services.append(model)
     _check_unique(source, module_names)
     kinds = {m.kind for s in services for m in s.methods}
@@ -405,11 +408,6 @@ def build_file(
         services=tuple(services),
         generator_version=generator_version,
     )
-
-
-def _service_names(service: ServiceModel) -> tuple[str, ...]:
-    """The module-level names a service generates."""
-    return (service.base_class, service.client_class, service.constant, service.descriptor_constant)
 
 
 def _is_protobind(module: str) -> bool:
