@@ -18,8 +18,8 @@ import protobind
 from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import (
     CONFORMANCE_SERVICE_UNARY,
+    ConformanceService,
     ConformanceServiceClient,
-    ConformanceServiceService,
 )
 
 Stop = Callable[[], Awaitable[None]]
@@ -37,7 +37,7 @@ CLIENTS: dict[str, ClientFactory] = {}
 PAIRS: list[tuple[str, str, str | None]] = []
 
 
-class Echo(ConformanceServiceService):
+class Echo(ConformanceService):
     async def unary(self, request: Request, context: protobind.Context) -> Response:
         return Response(payload=request.payload)
 

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2
 
 import protobind
 from protobind.conformance.v1.conformance_pb2 import Request, Response
-from protobind.conformance.v1.conformance_protobind import ConformanceServiceService
+from protobind.conformance.v1.conformance_protobind import ConformanceService
 
 
 def _fail(request: Request) -> None:
@@ -48,7 +48,7 @@ def _echo_metadata(context: protobind.Context) -> None:
             context.set_trailer(key + "-trailer", value)
 
 
-class Conformance(ConformanceServiceService):
+class Conformance(ConformanceService):
     def __init__(self) -> None:
         self.cancelled: list[str] = []
         self.started = asyncio.Event()

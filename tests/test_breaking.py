@@ -765,6 +765,10 @@ EDGE_CHANGES = [
 @pytest.mark.parametrize("level", LEVELS)
 def test_protobind_reports_everything_buf_reports_on_a_real_contract(tmp_path: Path, level: str) -> None:
     shutil.copytree(ROOT / "tests" / "protos" / "edge", tmp_path / "old")
+    # buf resolves imports inside the module only: give it protobind's options as a file of its own
+    options = tmp_path / "old" / "protobind" / "v1" / "options.proto"
+    options.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "idl" / "protobind" / "v1" / "options.proto", options)
     shutil.copytree(tmp_path / "old", tmp_path / "new")
     (tmp_path / "new" / "nopkg" / "plain.proto").unlink()
     for name, before, after in EDGE_CHANGES:

@@ -27,8 +27,8 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import (
+    ConformanceService,
     ConformanceServiceClient,
-    ConformanceServiceService,
 )
 
 from .conformance import Conformance
@@ -380,7 +380,7 @@ async def test_replies_of_foreign_services(
 async def test_metadata_binary_and_repeated_values(broker_url: str) -> None:
     seen: dict[str, list[Any]] = {}
 
-    class Echo(ConformanceServiceService):
+    class Echo(ConformanceService):
         async def unary(self, request: Request, context: protobind.Context) -> Response:
             for key in context.metadata:
                 seen[key] = context.metadata.get_all(key)
@@ -544,7 +544,7 @@ async def test_messages_above_max_payload_are_resource_exhausted(nats_servers: N
 # --- streaming: flow control, cancellation, liveness ----------------------------------------------
 
 
-class Streams(ConformanceServiceService):
+class Streams(ConformanceService):
     def __init__(self) -> None:
         self.produced = 0
         self.consumed = 0

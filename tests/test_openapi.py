@@ -13,7 +13,7 @@ from library.v1.library_protobind import LIBRARY_SERVICE_INFO
 from openapi_spec_validator import validate
 from restcheck.v1 import restcheck_protobind as rc
 
-from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_SERVICE_INFO
+from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
 from protobind.http.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ LIBRARY_PROTO = REST_PROTOS / "library" / "v1" / "library.proto"
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
     doc = openapi_document(
-        [LIBRARY_SERVICE_INFO, CONFORMANCE_SERVICE_SERVICE_INFO],
+        [LIBRARY_SERVICE_INFO, CONFORMANCE_SERVICE_INFO],
         title="Library",
         version="2.0",
         servers=["http://127.0.0.1:8080"],

@@ -1,7 +1,10 @@
-"""Typing proof: generated code and code that uses it pass mypy --strict; misuse is rejected."""
+"""Typing proof over a contract with every construct (tests/protos/edge): the generated stubs and
+modules and a user module that builds and reads messages, uses oneofs, maps and enums, and
+implements and calls services pass mypy --strict and pyright --strict; misuse is rejected."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,104 +17,131 @@ from protobind_codegen.generate import generate
 
 from .conftest import ROOT
 
-GOOD = """
-from collections.abc import AsyncIterator
+EDGE = ROOT / "tests" / "protos" / "edge"
+PYRIGHT = Path(sys.executable).parent / "pyright"
 
+# name -> (code, the error mypy must report, the rule pyright must report)
+MISUSE = {
+    "wrong_request": (  # a reply type where the request type belongs
+        """
+        async def use(channel: protobind.Channel) -> None:
+            await ShopClient(channel).get_item(Money())
+        """,
+        "arg-type",
+        "reportArgumentType",
+    ),
+    "wrong_override": (  # an override that answers with the wrong type
+        """
+        class Impl(ShopService):
+            async def get_item(self, request: Item, context: protobind.Context) -> Money:
+                return Money()
+        """,
+        "override",
+        "reportIncompatibleMethodOverride",
+    ),
+    "oneway_reply": (  # a one-way method has no reply to use
+        """
+        async def use(channel: protobind.Channel) -> Empty:
+            return await ShopClient(channel).notify(Item())
+        """,
+        "return-value",
+        "reportReturnType",
+    ),
+    "bad_oneof": (  # WhichOneof takes only the names of the message's oneofs
+        """
+        def use(item: Item) -> object:
+            return item.WhichOneof("discont")
+        """,
+        "call-overload",
+        "reportCallIssue",
+    ),
+    "bad_map_value": (  # a map of messages holds messages
+        """
+        def use(item: Item) -> None:
+            item.prices["eur"] = 3
+        """,
+        "assignment",
+        "reportArgumentType",
+    ),
+}
+HEADER = """
 import protobind
-from greeter.v1.greeter_pb2 import HelloReply, HelloRequest
-from greeter.v1.greeter_protobind import GreeterClient, GreeterService
-
-
-class Greeter(GreeterService):
-    async def say_hello(self, request: HelloRequest, context: protobind.Context) -> HelloReply:
-        return HelloReply(message=f"Hello, {request.name}")
-
-    async def reply_stream(
-        self, request: HelloRequest, context: protobind.Context
-    ) -> AsyncIterator[HelloReply]:
-        for i in range(request.count):
-            yield HelloReply(message=str(i))
-
-
-async def use(channel: protobind.Channel) -> list[str]:
-    client = GreeterClient(channel)
-    call = protobind.CallInfo()
-    reply: HelloReply = await client.say_hello(
-        HelloRequest(name="Ada"), timeout=1.0, metadata={"x-user": "ada"}, call=call
-    )
-    out = [reply.message]
-    async for r in client.reply_stream(HelloRequest(name="Ada", count=2)):
-        out.append(r.message)
-    return out
+from common.v1.money_pb2 import Money
+from google.protobuf.empty_pb2 import Empty
+from shop.v1.shop_protobind import ShopClient, ShopService
+from shop.v1.types_pb2 import Item
 """
-
-BAD_REQUEST = """
-import protobind
-from greeter.v1.greeter_pb2 import HelloReply
-from greeter.v1.greeter_protobind import GreeterClient
-
-
-async def use(channel: protobind.Channel) -> None:
-    await GreeterClient(channel).say_hello(HelloReply(message="wrong type"))
-"""
-
-BAD_OVERRIDE = """
-import protobind
-from greeter.v1.greeter_pb2 import HelloRequest
-from greeter.v1.greeter_protobind import GreeterService
-
-
-class Greeter(GreeterService):
-    async def say_hello(self, request: HelloRequest, context: protobind.Context) -> str:
-        return "not a message"
-"""
-
-
-def _mypy(tmp_path: Path, *targets: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MYPYPATH=os.pathsep.join([str(tmp_path / "gen"), str(ROOT / "runtime")]))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--python-version",
-            "3.10",
-            "--explicit-package-bases",
-            "--config-file",
-            os.devnull,
-            *targets,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
 def typing_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("typing")
-    generate([str(ROOT / "examples" / "greeter" / "proto")], str(tmp / "gen"))
+    generate([str(EDGE)], str(tmp / "gen"), [str(EDGE)])
+    (tmp / "user.py").write_text((ROOT / "tests" / "typing_user.py").read_text())
+    for name, (body, _, _) in MISUSE.items():
+        (tmp / f"{name}.py").write_text(HEADER + textwrap.dedent(body))
+    config = {
+        "typeCheckingMode": "strict",
+        "pythonVersion": "3.10",
+        "extraPaths": ["gen", str(ROOT / "runtime")],
+    }
+    (tmp / "pyrightconfig.json").write_text(json.dumps(config))
     return tmp
 
 
-def test_generated_code_and_user_code_pass_strict(typing_dir: Path) -> None:
-    (typing_dir / "good.py").write_text(textwrap.dedent(GOOD))
-    result = _mypy(typing_dir, "gen/greeter/v1/greeter_protobind.py", "good.py")
+def _generated(typing_dir: Path) -> list[str]:
+    files = (typing_dir / "gen").rglob("*")
+    return sorted(
+        str(f.relative_to(typing_dir)) for f in files if f.name.endswith(("_pb2.pyi", "_protobind.py"))
+    )
+
+
+def _mypy(typing_dir: Path, *targets: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MYPYPATH=os.pathsep.join([str(typing_dir / "gen"), str(ROOT / "runtime")]))
+    args = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-version", "3.10"]
+    args += ["--explicit-package-bases", "--config-file", os.devnull, *targets]
+    return subprocess.run(args, capture_output=True, text=True, cwd=typing_dir, env=env)
+
+
+def _pyright(typing_dir: Path, *targets: str) -> list[dict[str, object]]:
+    env = dict(os.environ, PYRIGHT_PYTHON_IGNORE_WARNINGS="1")
+    args = [str(PYRIGHT), "--pythonpath", sys.executable, "--outputjson", *targets]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=typing_dir, env=env)
+    diagnostics: list[dict[str, object]] = json.loads(result.stdout)["generalDiagnostics"]
+    return [d for d in diagnostics if d["severity"] == "error"]
+
+
+def test_the_corpus_has_every_construct() -> None:
+    types = (EDGE / "shop" / "v1" / "types.proto").read_text()
+    constructs = [
+        "map<string, int64>",
+        "map<string, common.v1.Money>",
+        "oneof",
+        "optional",
+        "message Variant",
+    ]
+    constructs += ["google.protobuf.Timestamp", "google.protobuf.Any", "string from", "enum Size", "bytes"]
+    assert [c for c in constructs if c not in types] == []
+    shop = (EDGE / "shop" / "v1" / "shop.proto").read_text()
+    assert "(protobind.v1.oneway) = true" in shop and "(protobind.v1.durable) = true" in shop
+    assert "stream Item" in shop
+
+
+def test_generated_code_and_user_code_pass_mypy_strict(typing_dir: Path) -> None:
+    result = _mypy(typing_dir, *_generated(typing_dir), "user.py")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found in" in result.stdout
 
 
-def test_wrong_request_type_is_rejected(typing_dir: Path) -> None:
-    (typing_dir / "bad_request.py").write_text(textwrap.dedent(BAD_REQUEST))
-    result = _mypy(typing_dir, "bad_request.py")
-    assert result.returncode == 1
-    assert 'incompatible type "HelloReply"; expected "HelloRequest"' in result.stdout
+def test_generated_code_and_user_code_pass_pyright_strict(typing_dir: Path) -> None:
+    errors = _pyright(typing_dir, *_generated(typing_dir), "user.py")
+    assert errors == []
 
 
-def test_wrong_response_type_is_rejected(typing_dir: Path) -> None:
-    (typing_dir / "bad_override.py").write_text(textwrap.dedent(BAD_OVERRIDE))
-    result = _mypy(typing_dir, "bad_override.py")
-    assert result.returncode == 1
-    assert "[override]" in result.stdout and "say_hello" in result.stdout
+def test_misuse_is_rejected_by_mypy_and_pyright(typing_dir: Path) -> None:
+    files = [f"{name}.py" for name in MISUSE]
+    mypy = _mypy(typing_dir, *files).stdout
+    pyright = {(Path(str(d["file"])).stem, d.get("rule")) for d in _pyright(typing_dir, *files)}
+    for name, (_, code, rule) in MISUSE.items():
+        assert any(line.startswith(f"{name}.py:") and f"[{code}]" in line for line in mypy.splitlines()), mypy
+        assert (name, rule) in pyright, (name, sorted(pyright))

@@ -1,25 +1,45 @@
-"""``protobind generate``: protoc's ``_pb2.py``/``_pb2.pyi`` plus our ``_protobind.py`` per file."""
+"""``protobind generate``: protoc's ``_pb2.py``, mypy-protobuf's ``_pb2.pyi`` and our ``_protobind.py``."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from google.protobuf import descriptor_pb2
 
 from .model import build
 from .protoc import compile_protos
 from .render import GENERATOR_VERSION, render
+from .stubs import typed_stubs
+
+
+def generated_files(
+    files: Sequence[descriptor_pb2.FileDescriptorProto], names: Sequence[str], *, stubs: bool = True
+) -> list[tuple[str, str]]:
+    """(file name, content) of the ``_pb2.pyi`` stubs and the ``_protobind.py`` modules of ``names``.
+
+    Raises :class:`~protobind_codegen.protoc.ProtoError` for a contract the runtime cannot serve.
+    """
+    models = build(files, names, GENERATOR_VERSION)  # checks the contract before anything is made
+    out = typed_stubs(files, names) if stubs else []
+    return out + [(model.output_name, render(model)) for model in models]
 
 
 def generate(paths: Sequence[str], out: str, includes: Sequence[str] = ()) -> list[Path]:
     """Generate code for every ``.proto`` under ``paths`` into ``out``; return the files written.
 
-    Raises :class:`~protobind_codegen.protoc.ProtoError` when protoc rejects the input.
+    Raises :class:`~protobind_codegen.protoc.ProtoError` when the input is rejected; nothing is
+    written then.
     """
-    files, names = compile_protos(paths, includes, python_out=out)
-    written = [Path(out) / (name[: -len(".proto")] + "_pb2.py") for name in names]
-    for model in build(files, names, GENERATOR_VERSION):
-        target = Path(out) / model.output_name
+    with tempfile.TemporaryDirectory() as tmp:
+        files, names = compile_protos(paths, includes, python_out=tmp)
+        produced = generated_files(files, names)
+        modules = [(p.relative_to(tmp).as_posix(), p.read_text()) for p in sorted(Path(tmp).rglob("*.py"))]
+    written = []
+    for name, content in modules + produced:
+        target = Path(out) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render(model))
+        target.write_text(content)
         written.append(target)
     return written

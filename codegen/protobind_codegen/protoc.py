@@ -16,8 +16,13 @@ class ProtoError(Exception):
     """protoc rejected the input; ``str()`` is protoc's ``file:line:col: message`` lines."""
 
 
+#: Import root of the contracts shipped inside this package (``protobind/v1/options.proto``).
+IDL_ROOT = Path(__file__).parent / "idl"
+
+
 def standard_includes() -> list[str]:
-    """Well-known types (shipped by grpcio-tools) and ``google/api/*.proto`` (googleapis-common-protos)."""
+    """Well-known types (shipped by grpcio-tools), ``google/api/*.proto`` (googleapis-common-protos)
+    and ``protobind/v1/*.proto`` (shipped here)."""
     try:
         import grpc_tools
     except ModuleNotFoundError as exc:
@@ -30,6 +35,7 @@ def standard_includes() -> list[str]:
         if (root / "google" / "api" / "annotations.proto").exists():
             includes.append(str(root))
             break
+    includes.append(str(IDL_ROOT))
     return includes
 
 
@@ -56,19 +62,19 @@ def compile_protos(
     python_out: str | None = None,
 ) -> tuple[list[descriptor_pb2.FileDescriptorProto], list[str]]:
     """Compile ``paths``; return every file's descriptor (dependencies included) and the names of
-    the files asked for. With ``python_out``, protoc also writes ``_pb2.py`` and ``_pb2.pyi`` there."""
+    the files asked for. With ``python_out``, protoc also writes the ``_pb2.py`` modules there."""
     protos = find_protos(paths)
     include_dirs: list[str] = [os.path.abspath(i) for i in includes]
     names: list[str] = []
     for root, file in protos:
-        file_abs = file.resolve()
-        covering = [i for i in include_dirs if file_abs.is_relative_to(Path(i).resolve())]
+        file_abs = Path(os.path.abspath(file))  # lexical, as protoc sees paths: symlinks stay
+        covering = [i for i in include_dirs if file_abs.is_relative_to(i)]
         if covering:
             base = max(covering, key=len)
         else:
-            base = str(root.resolve())
+            base = os.path.abspath(root)
             include_dirs.append(base)
-        names.append(file_abs.relative_to(Path(base).resolve()).as_posix())
+        names.append(file_abs.relative_to(base).as_posix())
     names = list(dict.fromkeys(names))
     return run_protoc(names, include_dirs, python_out), names
 
@@ -85,10 +91,14 @@ def run_protoc(
         args += [f"--descriptor_set_out={descriptor_out}", "--include_imports", "--include_source_info"]
         if python_out is not None:
             os.makedirs(python_out, exist_ok=True)
-            args += [f"--python_out={python_out}", f"--pyi_out={python_out}"]
+            args += [f"--python_out={python_out}"]
         args += names
         result = subprocess.run(args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ProtoError(result.stderr.strip() or result.stdout.strip() or "protoc failed")
         file_set = descriptor_pb2.FileDescriptorSet.FromString(Path(descriptor_out).read_bytes())
     return list(file_set.file)
+
+
+if __name__ == "__main__":  # the -I flags a protoc or buf user adds to find what `generate` finds
+    print("\n".join(f"-I{include}" for include in standard_includes()))

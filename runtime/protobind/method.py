@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, duration_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+
+from .v1 import options_pb2
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -33,6 +35,13 @@ class MethodKind(enum.Enum):
     @property
     def server_streams(self) -> bool:
         return self in (MethodKind.SERVER_STREAMING, MethodKind.BIDI_STREAMING)
+
+    @classmethod
+    def of(cls, client_streams: bool, server_streams: bool) -> MethodKind:
+        """The kind with these streaming flags (a descriptor's ``client_streaming``/``server_streaming``)."""
+        return next(
+            k for k in cls if k.client_streams == client_streams and k.server_streams == server_streams
+        )
 
 
 class Idempotency(enum.IntEnum):
@@ -65,6 +74,40 @@ def check_generated_api(version: int, module: str) -> None:
         )
 
 
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return float(duration.seconds) + duration.nanos / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """How the calls of a durable method are delivered: ``(protobind.v1.delivery)`` with the
+    defaults of ``protobind/v1/options.proto`` where a field is unset. Durations are in seconds."""
+
+    max_deliver: int = 5
+    backoff: tuple[float, ...] = (1.0, 5.0, 30.0)
+    ack_wait: float = 30.0
+    dead_letter_subject: str | None = None  # None: the transport's dead-letter subject
+    reply_ttl: float = 86400.0
+    max_ack_pending: int = 1000
+
+    @classmethod
+    def from_proto(cls, options: options_pb2.DeliveryOptions) -> DeliveryOptions:
+        """The value of a ``protobind.v1.DeliveryOptions`` message, defaults for unset fields."""
+        default = cls()
+        return cls(
+            max_deliver=options.max_deliver if options.HasField("max_deliver") else default.max_deliver,
+            backoff=tuple(_seconds(d) for d in options.backoff) or default.backoff,
+            ack_wait=_seconds(options.ack_wait) if options.HasField("ack_wait") else default.ack_wait,
+            dead_letter_subject=(
+                options.dead_letter_subject if options.HasField("dead_letter_subject") else None
+            ),
+            reply_ttl=_seconds(options.reply_ttl) if options.HasField("reply_ttl") else default.reply_ttl,
+            max_ack_pending=(
+                options.max_ack_pending if options.HasField("max_ack_pending") else default.max_ack_pending
+            ),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MethodInfo(Generic[ReqT, RespT]):
     """One RPC: names, message types, cardinality and options.
@@ -81,6 +124,9 @@ class MethodInfo(Generic[ReqT, RespT]):
     idempotency: Idempotency = Idempotency.UNKNOWN
     descriptor: MethodDescriptor | None = None
     python_name: str = ""
+    oneway: bool = False  # (protobind.v1.oneway): the caller does not wait for the handler
+    durable: bool = False  # (protobind.v1.durable): stored by the broker, delivered at least once
+    delivery: DeliveryOptions = DeliveryOptions()
     full_name: str = field(init=False)
     path: str = field(init=False)
 
@@ -97,20 +143,18 @@ class MethodInfo(Generic[ReqT, RespT]):
         """Build the entry for ``descriptor``; the message classes are passed for static typing."""
         proto = descriptor_pb2.MethodDescriptorProto()
         descriptor.CopyToProto(proto)
-        kind = {
-            (False, False): MethodKind.UNARY,
-            (False, True): MethodKind.SERVER_STREAMING,
-            (True, False): MethodKind.CLIENT_STREAMING,
-            (True, True): MethodKind.BIDI_STREAMING,
-        }[(proto.client_streaming, proto.server_streaming)]
+        options = proto.options  # parsed after options_pb2 registered the protobind extensions
         return cls(
             name=descriptor.name,
             service=descriptor.containing_service.full_name,
             input_type=input_type,
             output_type=output_type,
-            kind=kind,
-            idempotency=Idempotency(proto.options.idempotency_level),
+            kind=MethodKind.of(proto.client_streaming, proto.server_streaming),
+            idempotency=Idempotency(options.idempotency_level),
             descriptor=descriptor,
+            oneway=options.Extensions[options_pb2.oneway],
+            durable=options.Extensions[options_pb2.durable],
+            delivery=DeliveryOptions.from_proto(options.Extensions[options_pb2.delivery]),
         )
 
 
