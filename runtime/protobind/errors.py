@@ -58,29 +58,6 @@ class Code(enum.IntEnum):
             return cls.UNKNOWN
 
 
-#: gRPC code -> HTTP status, as Connect and gRPC-Gateway map them (SPEC.md section 4). The HTTP
-#: binding answers with it; the NATS binding reports it in ``Nats-Service-Error-Code``.
-HTTP_STATUS: dict[Code, int] = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
-
 class RpcError(Exception):
     """An RPC failed with a status.
 

@@ -25,6 +25,7 @@ from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
 from ..server import Endpoint, invoke_stream, invoke_unary
+from ..wire import TRAILER_PREFIX
 from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
 from .delivery import ConsumerPool, Delivery
 from .micro import EndpointStats, MicroService, answers, subjects
@@ -34,7 +35,6 @@ from .wire import (
     COUNT,
     FRAME,
     STATUS,
-    TRAILER_PREFIX,
     call_subject,
     codec_for,
     error_body,

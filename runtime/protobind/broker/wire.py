@@ -6,17 +6,24 @@ Header names are matched case-insensitively on receipt and sent in the spelling 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..codec import PROTO, Codec, codec_for_media_type
-from ..errors import HTTP_STATUS, Code, RpcError, pack_details, unpack_details
+from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo
+from ..wire import (
+    HTTP_STATUS,
+    TRAILER_PREFIX,
+    b64decode_lenient,
+    b64encode_unpadded,
+    connect_error,
+    connect_error_from,
+    is_header_name,
+)
 from .base import BrokerError, NotConnected, PayloadTooLarge
 
 CONTENT_TYPE = "Content-Type"
@@ -35,8 +42,6 @@ WINDOW = "Protobind-Window"
 HEARTBEAT = "Protobind-Heartbeat-Ms"
 ACK = "Protobind-Ack"
 COUNT = "Protobind-Count"
-#: Response header prefix that marks a unary trailer (the Connect convention).
-TRAILER_PREFIX = "trailer-"
 #: Subject (after the prefix) where a client announces that it abandoned a unary call; the
 #: body is the call's reply subject. Every replica listens, the one running the call cancels it.
 CANCEL_SUBJECT = "$PROTOBIND.CANCEL"
@@ -100,10 +105,6 @@ def is_reserved(key: str) -> bool:
     return key in RESERVED or key.startswith(RESERVED_PREFIXES)
 
 
-#: Header names NATS accepts (RFC 7230 tokens).
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") -> None:
     """Add ``metadata`` to ``headers``. Repeated values of one key are joined with "," (gRPC's rule
     for HTTP/2 headers, which also applies here); ``-bin`` values are unpadded base64. Keys that
@@ -111,19 +112,14 @@ def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") 
     for key in metadata:
         if is_reserved(key):
             continue
-        if not _HEADER_NAME.fullmatch(key):
+        if not is_header_name(key):
             raise RpcError(Code.INTERNAL, f"metadata key {key!r} cannot be sent as a NATS header")
         values = metadata.get_all(key)
         if key.endswith("-bin"):
-            encoded = [_b64(v) for v in values]
+            encoded = [b64encode_unpadded(v.encode() if isinstance(v, str) else v) for v in values]
         else:
             encoded = [v if isinstance(v, str) else v.decode("latin-1") for v in values]
         headers[prefix + key] = encoded[0] if len(encoded) == 1 else ",".join(encoded)
-
-
-def _b64(value: str | bytes) -> str:
-    raw = value.encode() if isinstance(value, str) else value
-    return base64.b64encode(raw).decode("ascii").rstrip("=")
 
 
 def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
@@ -132,8 +128,8 @@ def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
         for part in value.split(","):
             part = part.strip()
             try:
-                metadata.add(key, base64.b64decode(part + "=" * (-len(part) % 4), validate=True))
-            except (binascii.Error, ValueError):
+                metadata.add(key, b64decode_lenient(part))
+            except ValueError:
                 raise RpcError(Code.INVALID_ARGUMENT, f"header {key!r} is not valid base64") from None
     else:
         metadata.add(key, value)
@@ -226,16 +222,7 @@ def error_headers(error: RpcError, codec: Codec) -> dict[str, str]:
 def error_body(error: RpcError, codec: Codec) -> bytes:
     """``google.rpc.Status`` in binary, or the Connect JSON error object for JSON callers."""
     if codec is not PROTO:
-        body: dict[str, Any] = {"code": error.code.connect_name, "message": error.message}
-        if error.details:
-            body["details"] = [
-                {
-                    "type": detail.type_url.rpartition("/")[2],
-                    "value": base64.b64encode(detail.value).decode("ascii").rstrip("="),
-                }
-                for detail in pack_details(error.details)
-            ]
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(connect_error(error), separators=(",", ":"), ensure_ascii=False).encode()
     return bytes(error.to_status().SerializeToString())
 
 
@@ -280,19 +267,9 @@ def _decode_status(code: Code, body: bytes, codec: Codec, fallback: str) -> RpcE
 
 
 def _decode_json_error(code: Code, body: bytes) -> RpcError:
-    from google.protobuf import any_pb2
-
-    data = json.loads(body)
-    details: list[any_pb2.Any] = []
-    for item in data.get("details") or ():
-        value = str(item.get("value", ""))
-        details.append(
-            any_pb2.Any(
-                type_url="type.googleapis.com/" + str(item.get("type", "")),
-                value=base64.b64decode(value + "=" * (-len(value) % 4)),
-            )
-        )
-    return RpcError(code, str(data.get("message", "")), unpack_details(details))
+    error = connect_error_from(json.loads(body), code)
+    # the header's exact code wins over the JSON's (equal for protobind peers)
+    return RpcError(code, error.message, error.details)
 
 
 def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:

@@ -33,8 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HTTP_STATUS
 from ..transport import Transport, loopback_harness
+from ..wire import HTTP_STATUS
 from .options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 if TYPE_CHECKING:

@@ -27,10 +27,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..codec import JSON, PROTO, Codec, JsonCodec
 from ..context import Context
-from ..errors import HTTP_STATUS, Code, RpcError
+from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..method import Idempotency, MethodKind
 from ..server import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
+from ..wire import HTTP_STATUS, b64decode_lenient
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -38,7 +39,6 @@ from .wire import (
     PROTOCOL_HEADERS,
     STREAM_CONTENT_TYPES,
     UNARY_CONTENT_TYPES,
-    b64decode_lenient,
     content_type_codec,
     encode_header,
     end_stream_message,

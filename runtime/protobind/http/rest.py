@@ -11,8 +11,6 @@ Connect route.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import json
 import logging
@@ -32,9 +30,10 @@ from starlette.types import Receive, Scope, Send
 
 from ..codec import JsonCodec
 from ..context import Context
-from ..errors import HTTP_STATUS, Code, RpcError
+from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..server import Endpoint, EndpointTable, invoke_unary, to_rpc_error
+from ..wire import HTTP_STATUS, TRAILER_PREFIX, b64decode_lenient, connect_error
 from .rule import (
     HttpBinding,
     collect_bindings,
@@ -44,13 +43,7 @@ from .rule import (
     is_repeated,
     message_of,
 )
-from .wire import (
-    PROTOCOL_HEADERS,
-    TRAILER_PREFIX,
-    encode_header,
-    error_dict,
-    metadata_value,
-)
+from .wire import PROTOCOL_HEADERS, encode_header, metadata_value
 
 logger = logging.getLogger("protobind.http.rest")
 
@@ -154,7 +147,7 @@ class RestRoute(BaseRoute):
         if matched is None or matched[0] not in self.bindings.values():
             allowed = ", ".join(sorted(self.bindings))
             err = RpcError(Code.UNIMPLEMENTED, f"{scope['method']} is not allowed here; use {allowed}")
-            await _send_json(send, 405, error_dict(err), None, [(b"allow", allowed.encode())])
+            await _send_json(send, 405, connect_error(err), None, [(b"allow", allowed.encode())])
             return
         binding, values = matched
         await self.handler.serve(binding, values, scope, receive, send)
@@ -215,7 +208,7 @@ class _RestHandler:
                 too_large = RpcError(
                     Code.RESOURCE_EXHAUSTED, f"request body is larger than {self.max_body_size} bytes"
                 )
-                await _send_json(send, 413, error_dict(too_large), None)
+                await _send_json(send, 413, connect_error(too_large), None)
                 return
             context = Context(
                 endpoint.method,
@@ -230,14 +223,14 @@ class _RestHandler:
                 return  # the caller went away: nobody to answer
             status, payload = 200, _response_json(binding, response)
         except RpcError as exc:
-            status, payload = HTTP_STATUS[exc.code], error_dict(exc)
+            status, payload = HTTP_STATUS[exc.code], connect_error(exc)
         except asyncio.CancelledError:
             # the server is stopping and its grace period ran out
             stopping = RpcError(Code.UNAVAILABLE, "server is shutting down")
-            status, payload = HTTP_STATUS[stopping.code], error_dict(stopping)
+            status, payload = HTTP_STATUS[stopping.code], connect_error(stopping)
         except Exception as exc:  # a bug of ours: logged, never sent
             error = to_rpc_error(exc, context)
-            status, payload = HTTP_STATUS[error.code], error_dict(error)
+            status, payload = HTTP_STATUS[error.code], connect_error(error)
         await _send_json(send, status, payload, context)
 
     async def _read_body(self, request: Request) -> bytes:
@@ -454,9 +447,8 @@ def _scalar(field: FieldDescriptor, text: str, source: str) -> Any:
         )
     if kind == _T.TYPE_BYTES:
         try:
-            cleaned = text.rstrip("=").replace("-", "+").replace("_", "/")
-            return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-        except (binascii.Error, ValueError):
+            return b64decode_lenient(text)
+        except ValueError:
             raise RpcError(Code.INVALID_ARGUMENT, f"{source}: bytes must be base64") from None
     raise RpcError(Code.INVALID_ARGUMENT, f"{source}: fields of this type cannot be set from the URL")
 

@@ -6,8 +6,6 @@ This module imports no third-party library, so both halves (and tests) can use i
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import struct
@@ -15,10 +13,16 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from google.protobuf import any_pb2
-
-from ..errors import Code, RpcError, pack_details, unpack_details
+from ..errors import Code, RpcError
 from ..metadata import Metadata, MetadataValue
+from ..wire import (
+    TRAILER_PREFIX,
+    b64decode_lenient,
+    b64encode_unpadded,
+    connect_error,
+    connect_error_from,
+    is_header_name,
+)
 
 # Connect's rule for a response whose body is not a Connect error (a proxy's page, a bare status):
 # the code is guessed from the HTTP status, anything unlisted is UNKNOWN.
@@ -67,7 +71,6 @@ PROTOCOL_HEADERS = frozenset(
         "connect-accept-encoding",
     }
 )
-TRAILER_PREFIX = "trailer-"
 
 
 def code_of_bare_status(status: int) -> Code:
@@ -83,48 +86,9 @@ def content_type_codec(content_type: str, table: Mapping[str, str]) -> str | Non
 # --- errors ---------------------------------------------------------------------------------------
 
 
-def error_dict(error: RpcError) -> dict[str, Any]:
-    """The Connect error object: ``{"code": ..., "message": ..., "details": [{"type", "value"}]}``."""
-    out: dict[str, Any] = {"code": error.code.connect_name}
-    if error.message:
-        out["message"] = error.message
-    if error.details:
-        out["details"] = [
-            {
-                "type": detail.type_url.rpartition("/")[2],
-                "value": b64encode_unpadded(detail.value),
-            }
-            for detail in pack_details(error.details)
-        ]
-    return out
-
-
 def error_body(error: RpcError) -> bytes:
-    return json.dumps(error_dict(error), separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def error_from_dict(obj: object, fallback: Code) -> RpcError:
-    """Rebuild an :class:`RpcError` from a Connect error object; ``fallback`` when it has no code."""
-    if not isinstance(obj, dict):
-        return RpcError(fallback, "")
-    code_name = obj.get("code")
-    code = Code.from_connect_name(code_name) if isinstance(code_name, str) else fallback
-    message = obj.get("message")
-    anys: list[any_pb2.Any] = []
-    details = obj.get("details")
-    if isinstance(details, list):
-        for item in details:
-            if not isinstance(item, dict):
-                continue
-            type_name, value = item.get("type"), item.get("value")
-            if not isinstance(type_name, str) or not isinstance(value, str):
-                continue
-            try:
-                raw = b64decode_lenient(value)
-            except ValueError:
-                continue
-            anys.append(any_pb2.Any(type_url=_TYPE_URL_PREFIX + type_name, value=raw))
-    return RpcError(code, message if isinstance(message, str) else "", unpack_details(anys))
+    """The Connect error object as a response body."""
+    return json.dumps(connect_error(error), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def error_from_body(status: int, body: bytes) -> RpcError:
@@ -137,26 +101,10 @@ def error_from_body(status: int, body: bytes) -> RpcError:
         return RpcError(fallback, f"HTTP status {status}")
     if not isinstance(obj, dict) or not isinstance(obj.get("code"), str):
         return RpcError(fallback, f"HTTP status {status}")
-    return error_from_dict(obj, fallback)
+    return connect_error_from(obj, fallback)
 
 
 # --- base64 and metadata --------------------------------------------------------------------------
-
-
-def b64encode_unpadded(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii").rstrip("=")
-
-
-def b64decode_lenient(text: str) -> bytes:
-    """Decode standard or URL-safe base64, padded or not (Connect lets senders choose)."""
-    text = text.strip()
-    padded = text + "=" * (-len(text) % 4)
-    try:
-        if "-" in text or "_" in text:
-            return base64.urlsafe_b64decode(padded)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("invalid base64") from exc
 
 
 def header_value(key: str, value: MetadataValue) -> str:
@@ -179,7 +127,6 @@ def metadata_value(key: str, text: str) -> MetadataValue:
 
 
 _NOT_IN_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 
 
 def encode_header(key: str, value: MetadataValue) -> tuple[bytes, bytes] | None:
@@ -187,7 +134,8 @@ def encode_header(key: str, value: MetadataValue) -> tuple[bytes, bytes] | None:
     character would break (or split) the response, so such entries are dropped, not sent. Binary
     values belong under ``-bin`` keys, which carry base64."""
     text = header_value(key, value)
-    if _NOT_IN_HEADER_VALUE.search(text) or not _HEADER_NAME.fullmatch(key):
+    # metadata keys are lower case; an upper-case one did not come from Metadata and is refused
+    if _NOT_IN_HEADER_VALUE.search(text) or key != key.lower() or not is_header_name(key):
         return None
     return key.encode("latin-1"), text.encode("latin-1")
 
@@ -242,7 +190,7 @@ def end_stream_message(error: RpcError | None, trailers: Metadata) -> bytes:
     """The final envelope of a Connect stream: the error, if any, and the trailers."""
     obj: dict[str, Any] = {}
     if error is not None:
-        obj["error"] = error_dict(error)
+        obj["error"] = connect_error(error)
     if trailers:
         obj["metadata"] = metadata_json(trailers)
     return envelope(json.dumps(obj, separators=(",", ":")).encode(), FLAG_END_STREAM)
@@ -259,7 +207,7 @@ def parse_end_stream(data: bytes) -> tuple[RpcError | None, Metadata]:
     error = obj.get("error")
     if error is None:
         return None, trailers
-    return error_from_dict(error, Code.UNKNOWN), trailers
+    return connect_error_from(error, Code.UNKNOWN), trailers
 
 
 # --- compression ----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,21 +33,19 @@ from ..broker.base import (
     PayloadTooLarge,
 )
 from ..urls import redact, redact_text
+from ..wire import is_header_name
 
 if TYPE_CHECKING:
     from .options import Settings
 
 logger = logging.getLogger("protobind.nats")
 
-# RFC 7230 token characters, the rule nats-py applies to header names
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
 
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """The NATS header block for ``headers`` (names checked, line breaks in values made spaces)."""
     lines = ["NATS/1.0\r\n"]
     for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name):
+        if not is_header_name(name):
             raise nats_errors.BadHeaderError(name)
         if "\r" in value or "\n" in value:
             value = value.replace("\r", " ").replace("\n", " ")
