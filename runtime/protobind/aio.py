@@ -8,12 +8,20 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
+__all__ = [
+    "Deadlines",
+    "Resume",
+    "loop_time",
+    "uncancel",
+]
+
 T = TypeVar("T")
 
 
 def loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
     # deadlines are time.monotonic() values; the loop's clock is the same in asyncio's default loop,
     # converting keeps timers right on loops where it is not
+    """The event loop's clock reading at the ``time.monotonic()`` instant ``deadline``."""
     return loop.time() + (deadline - time.monotonic())
 
 
@@ -33,6 +41,8 @@ class Deadlines(Generic[T]):
         self._timers: set[int] = set()  # slots with a loop timer pending
 
     def add(self, deadline: float, item: T) -> int:
+        """Expire ``item`` at ``deadline`` (a ``time.monotonic()`` value); returns the slot to
+        pass to :meth:`discard`."""
         slot = int(deadline * 1000) + 1
         items = self._slots.get(slot)
         if items is None:
@@ -45,6 +55,7 @@ class Deadlines(Generic[T]):
         return slot
 
     def discard(self, slot: int, item: T) -> None:
+        """Forget ``item`` (its call ended before the deadline)."""
         items = self._slots.get(slot)
         if items is not None:
             items.discard(item)
@@ -95,6 +106,7 @@ class Resume(Generic[T]):
 
 def uncancel() -> None:
     # the cancellation was ours and is handled: leave the task as if it never happened (3.11+)
+    """Forget a cancellation of the current task that was ours and is handled (Python 3.11+)."""
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()

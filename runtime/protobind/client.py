@@ -15,6 +15,12 @@ from .metadata import MetadataLike
 from .method import MethodInfo
 from .transport import ClientTransport, check_options, query_options, transport_for_url
 
+__all__ = [
+    "Channel",
+    "RequestStream",
+    "connect",
+]
+
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
 
@@ -62,6 +68,7 @@ class Channel:
 
     @property
     def transport(self) -> ClientTransport:
+        """The open client transport (``RuntimeError`` before :meth:`open`)."""
         if self._transport is None:
             raise RuntimeError("channel is not open")
         return self._transport
@@ -96,6 +103,7 @@ class Channel:
         return await self._stream(requests, call)
 
     async def close(self) -> None:
+        """Close the connection; calls in flight fail, later calls connect again."""
         transport, self._transport = self._transport, None
         self._unary = self._unary_first_call
         self._stream = self._stream_first_call
@@ -118,6 +126,7 @@ class Channel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> RespT:
+        """Call a unary method (generated clients do this for you)."""
         _check_request(method, request)
         if call is None:
             call = CallInfo()
@@ -133,6 +142,7 @@ class Channel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> AsyncIterator[RespT]:
+        """Call a server-streaming method; iterate the responses."""
         _check_request(method, request)
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_single(request), call)
@@ -147,6 +157,7 @@ class Channel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> RespT:
+        """Call a client-streaming method with an iterable or async iterable of requests."""
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_checked(method, requests), call)
         result: RespT | None = None
@@ -164,6 +175,7 @@ class Channel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> AsyncIterator[RespT]:
+        """Call a bidirectional-streaming method; iterate the responses while requests are sent."""
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_checked(method, requests), call)
         async for response in responses:

@@ -46,7 +46,7 @@ class Codec(Protocol):
         ...
 
 
-class ProtoCodec:
+class ProtoCodec(Codec):
     """Binary protobuf."""
 
     name = "proto"
@@ -65,7 +65,7 @@ class ProtoCodec:
             ) from exc
 
 
-class JsonCodec:
+class JsonCodec(Codec):
     """Proto3 canonical JSON (``google.protobuf.json_format``), camelCase field names on output.
 
     Unknown fields are rejected unless ``ignore_unknown_fields`` is set.

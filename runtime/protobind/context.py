@@ -17,6 +17,12 @@ from .metadata import Metadata, MetadataLike
 if TYPE_CHECKING:
     from .method import MethodInfo
 
+__all__ = [
+    "CallInfo",
+    "Context",
+    "DeadlineScope",
+]
+
 
 class Context:
     """What a handler knows about the call it serves.
@@ -79,6 +85,7 @@ class Context:
 
     @property
     def method(self) -> str:
+        """The method being served, as ``package.Service/Method``."""
         return self.method_info.full_name
 
     def time_remaining(self) -> float | None:
@@ -150,6 +157,7 @@ class CallInfo:
     def prepare(
         self, method: MethodInfo[Any, Any], timeout: float | None, metadata: MetadataLike | None
     ) -> CallInfo:
+        """Fill in the method, deadline and metadata of a call about to start; returns ``self``."""
         self.method = method
         if metadata is not None:
             self.metadata = Metadata(metadata)  # a copy: interceptors may change it

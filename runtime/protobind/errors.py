@@ -12,6 +12,13 @@ from google.protobuf.message import Message
 if TYPE_CHECKING:
     from google.rpc import status_pb2
 
+__all__ = [
+    "Code",
+    "RpcError",
+    "pack_details",
+    "unpack_details",
+]
+
 
 class Code(enum.IntEnum):
     """The 17 gRPC status codes, with gRPC's names and numbers."""

@@ -19,10 +19,18 @@ from google.protobuf.message import Message
 from .context import CallInfo, Context
 from .errors import Code, RpcError
 from .server import Endpoint, invoke_stream, invoke_unary
-from .transport import Transport
+from .transport import ClientTransport, ServerBinding, Transport
 
 if TYPE_CHECKING:
     from .server import EndpointTable
+
+__all__ = [
+    "TRANSPORT",
+    "InprocBinding",
+    "InprocTransport",
+    "dial",
+    "serve",
+]
 
 _registry: dict[str, InprocBinding] = {}
 
@@ -39,7 +47,9 @@ def _copy(message: Message) -> Message:
     return type(message).FromString(message.SerializeToString())
 
 
-class InprocBinding:
+class InprocBinding(ServerBinding):
+    """The server side of ``inproc://NAME``: registered by name, found by the clients of this process."""
+
     def __init__(self, server: EndpointTable, name: str) -> None:
         self.server = server
         self.name = name
@@ -62,6 +72,7 @@ class InprocBinding:
                 task.cancel()
 
     def endpoint(self, call: CallInfo) -> Endpoint:
+        """The endpoint a call asks for, or UNIMPLEMENTED."""
         assert call.method is not None
         endpoint = self.server.endpoints.get(call.method.path)
         if endpoint is None:
@@ -83,7 +94,9 @@ async def dial(url: str, options: Mapping[str, Any]) -> InprocTransport:
     return InprocTransport(_name(url))
 
 
-class InprocTransport:
+class InprocTransport(ClientTransport):
+    """The client side of ``inproc://NAME``: runs the endpoint in the caller's task."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 

@@ -15,6 +15,15 @@ from typing import Any, Protocol
 
 from .context import CallInfo, Context
 
+__all__ = [
+    "ClientInterceptor",
+    "Handler",
+    "Invoker",
+    "ServerInterceptor",
+    "chain_client",
+    "chain_server",
+]
+
 #: The untyped server handler: ``await handler(request, context)``.
 Handler = Callable[[Any, Context], Awaitable[Any]]
 #: The untyped client invoker: ``await invoker(request, call)``.

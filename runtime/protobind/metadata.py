@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Union
 
+__all__ = [
+    "Metadata",
+    "MetadataLike",
+    "MetadataValue",
+]
+
 #: Value of one metadata entry. Keys ending in ``-bin`` carry bytes, the others text.
 MetadataValue = str | bytes
 #: What the API accepts wherever metadata goes in.
@@ -72,6 +78,7 @@ class Metadata(Mapping[str, MetadataValue]):
                 yield key, value
 
     def copy(self) -> Metadata:
+        """An independent copy."""
         return Metadata(self)
 
     def __eq__(self, other: object) -> bool:

@@ -16,6 +16,17 @@ from google.protobuf.message import Message
 
 from .v1 import options_pb2
 
+__all__ = [
+    "GENERATED_CODE_API",
+    "DeliveryOptions",
+    "Idempotency",
+    "MethodInfo",
+    "MethodKind",
+    "ServiceInfo",
+    "check_generated_api",
+    "python_name",
+]
+
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
 
@@ -30,10 +41,12 @@ class MethodKind(enum.Enum):
 
     @property
     def client_streams(self) -> bool:
+        """Whether the client sends a stream of requests."""
         return self in (MethodKind.CLIENT_STREAMING, MethodKind.BIDI_STREAMING)
 
     @property
     def server_streams(self) -> bool:
+        """Whether the server answers with a stream of responses."""
         return self in (MethodKind.SERVER_STREAMING, MethodKind.BIDI_STREAMING)
 
     @classmethod
@@ -165,14 +178,6 @@ class ServiceInfo:
     name: str
     methods: tuple[MethodInfo[Any, Any], ...]
     descriptor: ServiceDescriptor | None = None
-
-    @property
-    def package(self) -> str:
-        return self.name.rpartition(".")[0]
-
-    @property
-    def short_name(self) -> str:
-        return self.name.rpartition(".")[2]
 
     def method(self, name: str) -> MethodInfo[Any, Any]:
         """The method called ``name`` (proto name, e.g. ``SayHello``); ``KeyError`` when absent."""

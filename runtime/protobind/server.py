@@ -18,6 +18,17 @@ from .method import MethodInfo, MethodKind, ServiceInfo
 from .transport import ServerBinding, check_options, query_options, transport_for_url
 from .urls import redact
 
+__all__ = [
+    "INTERNAL_MESSAGE",
+    "Endpoint",
+    "EndpointTable",
+    "Server",
+    "invoke_stream",
+    "invoke_unary",
+    "service_info",
+    "to_rpc_error",
+]
+
 logger = logging.getLogger("protobind.server")
 
 INTERNAL_MESSAGE = "internal error"

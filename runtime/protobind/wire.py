@@ -28,7 +28,7 @@ __all__ = [
     "is_header_name",
 ]
 
-#: gRPC code -> HTTP status, as Connect and gRPC-Gateway map them (SPEC.md section 4). The HTTP
+#: gRPC code -> HTTP status, as Connect and gRPC-Gateway map them (docs/protocols.md, HTTP "Errors"). The HTTP
 #: binding answers with it; the NATS binding reports it in ``Nats-Service-Error-Code``.
 HTTP_STATUS: dict[Code, int] = {
     Code.OK: 200,

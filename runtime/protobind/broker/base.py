@@ -49,16 +49,24 @@ class BrokerMessage(Protocol):
     """A received message. ``reply`` is empty when the sender expects no answer."""
 
     @property
-    def subject(self) -> str: ...
+    def subject(self) -> str:
+        """The subject the message was published to."""
+        ...
 
     @property
-    def reply(self) -> str: ...
+    def reply(self) -> str:
+        """Where to answer; empty when nobody waits for an answer."""
+        ...
 
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes:
+        """The body."""
+        ...
 
     @property
-    def headers(self) -> dict[str, str] | None: ...
+    def headers(self) -> dict[str, str] | None:
+        """The headers, or ``None`` when the message has none."""
+        ...
 
 
 class Subscription(Protocol):
@@ -75,7 +83,9 @@ class Inbound(Subscription, Protocol):
     engine calls ``taken(message)`` (a broker may keep byte counts for slow-consumer limits)."""
 
     @property
-    def queue(self) -> asyncio.Queue[BrokerMessage]: ...
+    def queue(self) -> asyncio.Queue[BrokerMessage]:
+        """Messages received and not yet taken."""
+        ...
 
     def taken(self, message: BrokerMessage) -> None:
         """Bookkeeping after the engine took ``message`` off ``queue``."""
@@ -173,6 +183,7 @@ class EngineSettings:
     version: str = ""
 
     def codec(self) -> Codec:
+        """The codec named by ``codec_name``."""
         from ..codec import codec_named
 
         return codec_named(self.codec_name)

@@ -20,6 +20,7 @@ from ..codec import PROTO, Codec
 from ..context import CallInfo
 from ..errors import Code, RpcError
 from ..method import MethodInfo
+from ..transport import ClientTransport
 from .base import NO_RESPONDERS_STATUS, Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
@@ -38,6 +39,10 @@ from .wire import (
     read_response_headers,
     too_large,
 )
+
+__all__ = [
+    "BrokerClient",
+]
 
 logger = logging.getLogger("protobind.broker")
 
@@ -66,7 +71,7 @@ def _expire(future: asyncio.Future[BrokerMessage]) -> None:
         future.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
 
 
-class BrokerClient:
+class BrokerClient(ClientTransport):
     """The client side: one broker connection, one private inbox for every reply. It owns the
     connection and closes it on :meth:`close`."""
 

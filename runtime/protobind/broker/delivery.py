@@ -19,6 +19,14 @@ from typing import Any
 
 from .base import Inbound
 
+__all__ = [
+    "MAX_IDLE",
+    "ConsumerPool",
+    "Delivery",
+    "Handler",
+    "Shed",
+]
+
 logger = logging.getLogger("protobind.broker")
 
 #: ``handle(msg, delivery)``: serve one message; call ``delivery.waiting()`` before waiting.

@@ -25,6 +25,7 @@ from ..codec import codec_named
 from ..transport import Transport
 from .base import (
     NO_RESPONDERS_STATUS,
+    Broker,
     BrokerMessage,
     Callback,
     EngineSettings,
@@ -130,7 +131,7 @@ class _Inbox:
         return self.prefix + token
 
 
-class MemoryBroker:
+class MemoryBroker(Broker):
     """:class:`protobind.broker.base.Broker` over a hub in this process."""
 
     name = "memory"

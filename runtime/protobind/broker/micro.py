@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,18 @@ from typing import Any
 
 from ..method import MethodInfo, ServiceInfo
 
-logger = logging.getLogger("protobind.broker")
+__all__ = [
+    "INFO_TYPE",
+    "PING_TYPE",
+    "STATS_TYPE",
+    "VERBS",
+    "EndpointStats",
+    "MicroService",
+    "answers",
+    "micro_name",
+    "subjects",
+]
+
 
 PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
@@ -53,6 +63,7 @@ class MicroService:
 
     @property
     def name(self) -> str:
+        """The micro service name (the proto service name made micro-safe)."""
         return micro_name(self.info.name)
 
     def _identity(self, kind: str) -> dict[str, Any]:
@@ -65,9 +76,11 @@ class MicroService:
         }
 
     def ping(self) -> dict[str, Any]:
+        """The ``$SRV.PING`` answer."""
         return self._identity(PING_TYPE)
 
     def describe(self) -> dict[str, Any]:
+        """The ``$SRV.INFO`` answer."""
         body = self._identity(INFO_TYPE)
         body["description"] = f"protobind service {self.info.name}"
         body["endpoints"] = [
@@ -86,6 +99,7 @@ class MicroService:
         return body
 
     def stats(self) -> dict[str, Any]:
+        """The ``$SRV.STATS`` answer."""
         body = self._identity(STATS_TYPE)
         # microseconds: what nats.micro parses (%f) and RFC 3339 readers in other languages accept
         body["started"] = self.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -108,6 +122,7 @@ class MicroService:
         return body
 
     def answer(self, verb: str) -> bytes:
+        """The JSON answer to the discovery verb ``verb`` (``PING``, ``INFO``, ``STATS``)."""
         body = self.ping() if verb == "PING" else self.describe() if verb == "INFO" else self.stats()
         return json.dumps(body, separators=(",", ":")).encode()
 

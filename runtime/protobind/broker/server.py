@@ -25,6 +25,7 @@ from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
 from ..server import Endpoint, invoke_stream, invoke_unary
+from ..transport import ServerBinding
 from ..wire import TRAILER_PREFIX
 from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
 from .delivery import ConsumerPool, Delivery
@@ -50,6 +51,10 @@ from .wire import (
 if TYPE_CHECKING:
     from ..server import EndpointTable
 
+__all__ = [
+    "BrokerBinding",
+]
+
 logger = logging.getLogger("protobind.broker")
 
 
@@ -72,7 +77,7 @@ def _record(stats: EndpointStats, started: int, error: RpcError | None) -> None:
         stats.last_error = f"{error.code.name}: {error.message}"
 
 
-class BrokerBinding:
+class BrokerBinding(ServerBinding):
     """A protobind server on one broker connection; it owns the connection and closes it on stop."""
 
     def __init__(self, server: EndpointTable, url: str, broker: Broker, settings: EngineSettings) -> None:

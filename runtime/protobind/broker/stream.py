@@ -31,6 +31,20 @@ from ..errors import Code, RpcError
 from .base import NO_RESPONDERS_STATUS, BrokerError
 from .wire import ACK, COUNT, FRAME, HEARTBEAT, MICRO_ERROR_CODE, STATUS, WINDOW, header, headers_size
 
+__all__ = [
+    "ACCEPT",
+    "ACK_FRAME",
+    "CANCEL",
+    "END",
+    "HEADERS",
+    "MISSED_HEARTBEATS",
+    "OPEN",
+    "PING",
+    "Heartbeats",
+    "Publish",
+    "StreamState",
+]
+
 logger = logging.getLogger("protobind.broker")
 
 OPEN = "open"
@@ -129,6 +143,7 @@ class StreamState:
         self._wake_sender()
 
     def feed(self, msg: Any) -> None:
+        """Take one frame from the broker (see the class docstring); never blocks."""
         headers = msg.headers
         peer = self.peer
         if peer is not None and msg.reply != peer and not _no_responders(msg):
@@ -308,11 +323,13 @@ class Heartbeats:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, state: StreamState) -> None:
+        """Watch ``state`` (and start the ticker if it is not running)."""
         self.streams.add(state)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def discard(self, state: StreamState) -> None:
+        """Stop watching ``state``."""
         self.streams.discard(state)
 
     async def _run(self) -> None:
@@ -334,6 +351,7 @@ class Heartbeats:
                         logger.debug("heartbeat not sent: %r", exc)
 
     def close(self) -> None:
+        """Stop the ticker and forget every stream."""
         self.streams.clear()
         if self._task is not None:
             self._task.cancel()

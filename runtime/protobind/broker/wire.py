@@ -26,6 +26,41 @@ from ..wire import (
 )
 from .base import BrokerError, NotConnected, PayloadTooLarge
 
+__all__ = [
+    "ACK",
+    "CANCEL_SUBJECT",
+    "CONTENT_TYPE",
+    "COUNT",
+    "FRAME",
+    "HEARTBEAT",
+    "JSON_CONTENT_TYPE",
+    "MICRO_ERROR",
+    "MICRO_ERROR_CODE",
+    "PROTO_CONTENT_TYPE",
+    "RESERVED",
+    "RESERVED_PREFIXES",
+    "STATUS",
+    "TIMEOUT",
+    "WINDOW",
+    "add_metadata_value",
+    "call_subject",
+    "codec_for",
+    "codec_of_content_type",
+    "error_body",
+    "error_headers",
+    "header",
+    "headers_size",
+    "is_reserved",
+    "publish_error",
+    "put_content_type",
+    "put_metadata",
+    "read_error",
+    "read_metadata",
+    "read_request_headers",
+    "read_response_headers",
+    "too_large",
+]
+
 CONTENT_TYPE = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
 PROTO_CONTENT_TYPE = "application/protobuf"
@@ -209,6 +244,7 @@ def header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 def error_headers(error: RpcError, codec: Codec) -> dict[str, str]:
+    """The headers of an error reply: the exact code plus the NATS-micro error headers."""
     headers = {
         STATUS: str(int(error.code)),
         MICRO_ERROR_CODE: str(HTTP_STATUS.get(error.code, 500)),
@@ -273,6 +309,7 @@ def _decode_json_error(code: Code, body: bytes) -> RpcError:
 
 
 def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
+    """The subject of ``method``'s calls: ``{prefix}{package}.{Service}.{Method}``."""
     return f"{prefix}{method.service}.{method.name}"
 
 

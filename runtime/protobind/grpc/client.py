@@ -16,13 +16,20 @@ from ..context import CallInfo
 from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
+from ..transport import ClientTransport
 from .options import client_options, parse_address
 from .wire import DETAILS_KEY, _deserializer, _wire, from_grpc_code
+
+__all__ = [
+    "GrpcTransport",
+    "dial",
+]
 
 # --- client ---------------------------------------------------------------------------------------
 
 
 async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
+    """Open a grpc.aio channel to ``url`` (``grpc://`` or ``grpcs://``)."""
     address = parse_address(url, need_port=False)
     config = client_options(address, options)
     target = address.target()
@@ -77,7 +84,7 @@ def _error(exc: grpc.aio.AioRpcError, call: CallInfo) -> RpcError:
     return RpcError(from_grpc_code(exc.code()), exc.details() or "", details)
 
 
-class GrpcTransport:
+class GrpcTransport(ClientTransport):
     """The client half: one grpc.aio channel, one multicallable per method path."""
 
     def __init__(self, channel: Any) -> None:

@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+__all__ = [
+    "CLIENT_OPTIONS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "SERVER_OPTIONS",
+    "Address",
+    "GrpcOptions",
+    "client_options",
+    "parse_address",
+    "server_options",
+]
+
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 SERVER_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "health", "reflection"})
@@ -29,19 +40,23 @@ class Address:
 
     @property
     def tls(self) -> bool:
+        """Whether the URL asks for TLS (``grpcs://``)."""
         return self.scheme == "grpcs"
 
     @property
     def host_for_url(self) -> str:
         # An IPv6 literal needs its brackets back both in a URL and in a gRPC target.
+        """The host as written in a URL or gRPC target (IPv6 literals in brackets)."""
         return f"[{self.host}]" if ":" in self.host else self.host
 
     def target(self, port: int | None = None) -> str:
+        """``host:port`` for grpcio."""
         port = self.port if port is None else port
         return self.host_for_url if port is None else f"{self.host_for_url}:{port}"
 
 
 def parse_address(url: str, *, need_port: bool) -> Address:
+    """The host and port of a ``grpc://`` / ``grpcs://`` URL, with clear errors for anything else."""
     parts = urlsplit(url)
     if parts.scheme not in ("grpc", "grpcs"):
         raise ValueError(f"not a gRPC URL: {url!r} (expected grpc://host:port or grpcs://host:port)")
@@ -70,6 +85,7 @@ class GrpcOptions:
     reflection: bool = True
 
     def channel_args(self) -> list[tuple[str, Any]]:
+        """The grpcio channel/server arguments these options stand for."""
         args: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_message_size),
             ("grpc.max_send_message_length", self.max_message_size),
@@ -80,6 +96,7 @@ class GrpcOptions:
 
 
 def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
+    """Parse and check a gRPC server's options."""
     _check_tls_names(address, options, ("cert", "key", "ca"))
     parsed = _parse(options)
     if address.tls and (parsed.cert is None or parsed.key is None):
@@ -88,6 +105,7 @@ def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
 
 
 def client_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
+    """Parse and check a gRPC client's options."""
     _check_tls_names(address, options, ("cert", "key", "ca", "server_name"))
     parsed = _parse(options)
     if (parsed.cert is None) != (parsed.key is None):

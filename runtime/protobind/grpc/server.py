@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -17,6 +16,7 @@ from ..context import Context
 from ..errors import Code, RpcError
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
+from ..transport import ServerBinding
 from .options import Address, GrpcOptions, parse_address, server_options
 from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
@@ -24,13 +24,16 @@ from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
 if TYPE_CHECKING:
     from ..server import EndpointTable
 
-logger = logging.getLogger("protobind.grpc")
+__all__ = [
+    "GrpcBinding",
+    "serve",
+]
 
 
 # --- server ---------------------------------------------------------------------------------------
 
 
-class GrpcBinding:
+class GrpcBinding(ServerBinding):
     """A grpc.aio server serving one :class:`~protobind.Server` at one address."""
 
     def __init__(self, server: Any, url: str, health: Health | None) -> None:
@@ -55,6 +58,7 @@ class GrpcBinding:
 
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
+    """Start a grpc.aio server for ``server``'s endpoints at ``url``."""
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
     # so_reuseport off: binding a port another server holds must fail, not silently share it.

@@ -14,6 +14,12 @@ from google.protobuf.descriptor import FileDescriptor
 
 from ..method import ServiceInfo
 
+__all__ = [
+    "GenericOnly",
+    "Health",
+    "add_reflection",
+]
+
 
 class GenericOnly:
     """Hands a stock ``add_*Servicer_to_server`` function only the generic handlers.
@@ -26,9 +32,11 @@ class GenericOnly:
         self._server = server
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Pass generic handlers through to the real server."""
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        """Register per-method handlers as a generic handler (see the class docstring)."""
         pass
 
 
@@ -44,12 +52,14 @@ class Health:
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, GenericOnly(server))
 
     async def serving(self) -> None:
+        """Report every service SERVING."""
         from grpc_health.v1 import health_pb2
 
         for name in self._names:
             await self._servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def shutting_down(self) -> None:
+        """Report every service NOT_SERVING (the server is stopping)."""
         await self._servicer.enter_graceful_shutdown()
 
 

@@ -16,6 +16,13 @@ from ..metadata import Metadata
 if TYPE_CHECKING:
     pass
 
+__all__ = [
+    "DETAILS_KEY",
+    "WireMetadata",
+    "from_grpc_code",
+    "to_grpc_code",
+]
+
 logger = logging.getLogger("protobind.grpc")
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -26,10 +33,12 @@ _FROM_GRPC: dict[grpc.StatusCode, Code] = {status: code for code, status in _TO_
 
 
 def to_grpc_code(code: Code) -> grpc.StatusCode:
+    """grpcio's status code for ``code``."""
     return _TO_GRPC[code]
 
 
 def from_grpc_code(status: grpc.StatusCode | None) -> Code:
+    """protobind's :class:`Code` for a grpcio status code (UNKNOWN for ``None``)."""
     return _FROM_GRPC.get(status, Code.UNKNOWN) if status is not None else Code.UNKNOWN
 
 

@@ -49,6 +49,14 @@ from .wire import (
     parse_envelope_header,
 )
 
+__all__ = [
+    "CORS_ALLOW_HEADERS",
+    "CORS_EXPOSE_HEADERS",
+    "ConnectApp",
+    "ServerOptions",
+    "build_app",
+]
+
 logger = logging.getLogger("protobind.http")
 
 #: Connect's request headers a browser must be allowed to send, and response headers it may read.

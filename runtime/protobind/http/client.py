@@ -33,6 +33,7 @@ from ..codec import JSON, PROTO, Codec
 from ..context import CallInfo, DeadlineScope
 from ..errors import Code, RpcError
 from ..method import MethodInfo, MethodKind
+from ..transport import ClientTransport
 from .options import _DEFAULT_MAX_BODY, _int, _prefix, _require, _str
 from .wire import (
     ENVELOPE_HEADER_SIZE,
@@ -51,6 +52,12 @@ from .wire import (
     split_response_headers,
 )
 
+__all__ = [
+    "HttpTransport",
+    "dial",
+    "make_ssl_context",
+]
+
 _USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
 
 
@@ -63,7 +70,7 @@ def _invalid_response(method: MethodInfo[Any, Any], what: str) -> RpcError:
     return RpcError(Code.INTERNAL, f"invalid response from {method.full_name}: {what}")
 
 
-class HttpTransport:
+class HttpTransport(ClientTransport):
     """One keep-alive connection pool to one base URL (``scheme://host:port[/prefix]``)."""
 
     def __init__(
@@ -268,6 +275,7 @@ class HttpTransport:
 def make_ssl_context(
     ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> ssl.SSLContext | None:
+    """The client's TLS context: ``ca`` replaces the system roots, ``cert``/``key`` a client certificate."""
     if ca_file is None and cert_file is None:
         return None
     context = ssl.create_default_context(cafile=ca_file)

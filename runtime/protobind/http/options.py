@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-logger = logging.getLogger("protobind.http")
+__all__ = [
+    "CLIENT_OPTIONS",
+    "SERVER_OPTIONS",
+]
+
 
 SERVER_OPTIONS = frozenset(
     {

@@ -30,6 +30,23 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from ..method import MethodInfo, MethodKind, ServiceInfo
 
+__all__ = [
+    "HttpBinding",
+    "PathTemplate",
+    "Segment",
+    "Variable",
+    "check_conflicts",
+    "collect_bindings",
+    "decode_path_value",
+    "enum_of",
+    "http_rule",
+    "is_map",
+    "is_repeated",
+    "message_of",
+    "method_bindings",
+    "parse_template",
+]
+
 LITERAL, STAR, DOUBLE_STAR = "literal", "*", "**"
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -58,6 +75,7 @@ class Variable:
 
     @property
     def name(self) -> str:
+        """The variable's field path, dotted (``book.name``)."""
         return ".".join(self.field_path)
 
 
@@ -327,6 +345,7 @@ def enum_of(field: FieldDescriptor) -> EnumDescriptor:
 
 
 def is_map(field: FieldDescriptor) -> bool:
+    """Whether ``field`` is a map field."""
     return (
         field.type == FieldDescriptor.TYPE_MESSAGE
         and field.is_repeated
@@ -335,6 +354,7 @@ def is_map(field: FieldDescriptor) -> bool:
 
 
 def is_repeated(field: FieldDescriptor) -> bool:
+    """Whether ``field`` is repeated (maps excluded)."""
     return bool(field.is_repeated)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,14 +11,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
-from ..transport import check_options
+from ..transport import ServerBinding, check_options
 from .options import _KEEP_ALIVE, _prefix, _require, _server_options, _str
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp
 
-logger = logging.getLogger("protobind.http")
+__all__ = [
+    "HttpBinding",
+    "asgi_app",
+    "serve",
+]
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -42,7 +45,7 @@ def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> A
 
 
 @dataclass
-class HttpBinding:
+class HttpBinding(ServerBinding):
     """A running uvicorn server for one ``http://`` / ``https://`` URL."""
 
     _url: str

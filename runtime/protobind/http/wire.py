@@ -24,6 +24,30 @@ from ..wire import (
     is_header_name,
 )
 
+__all__ = [
+    "ENVELOPE_HEADER_SIZE",
+    "FLAG_COMPRESSED",
+    "FLAG_END_STREAM",
+    "PROTOCOL_HEADERS",
+    "STREAM_CONTENT_TYPES",
+    "UNARY_CONTENT_TYPES",
+    "code_of_bare_status",
+    "content_type_codec",
+    "encode_header",
+    "end_stream_message",
+    "envelope",
+    "error_body",
+    "error_from_body",
+    "gunzip",
+    "header_value",
+    "metadata_from_json",
+    "metadata_json",
+    "metadata_value",
+    "parse_end_stream",
+    "parse_envelope_header",
+    "split_response_headers",
+]
+
 # Connect's rule for a response whose body is not a Connect error (a proxy's page, a bare status):
 # the code is guessed from the HTTP status, anything unlisted is UNKNOWN.
 _CODE_OF_BARE_STATUS: Mapping[int, Code] = {
@@ -74,6 +98,7 @@ PROTOCOL_HEADERS = frozenset(
 
 
 def code_of_bare_status(status: int) -> Code:
+    """The code for an HTTP status that came without a Connect error body."""
     return _CODE_OF_BARE_STATUS.get(status, Code.UNKNOWN)
 
 
@@ -149,6 +174,7 @@ def metadata_json(trailers: Metadata) -> dict[str, list[str]]:
 
 
 def metadata_from_json(obj: object) -> Metadata:
+    """Inverse of :func:`metadata_json`; anything malformed is left out."""
     trailers = Metadata()
     if isinstance(obj, dict):
         for key, values in obj.items():
@@ -178,10 +204,12 @@ def split_response_headers(pairs: Iterable[tuple[str, str]]) -> tuple[Metadata, 
 
 
 def envelope(data: bytes, flags: int = 0) -> bytes:
+    """One Connect streaming envelope: flags, big-endian length, data."""
     return _ENVELOPE.pack(flags, len(data)) + data
 
 
 def parse_envelope_header(header: bytes) -> tuple[int, int]:
+    """``(flags, length)`` of an envelope header."""
     flags, size = _ENVELOPE.unpack(header)
     return flags, size
 
@@ -197,6 +225,7 @@ def end_stream_message(error: RpcError | None, trailers: Metadata) -> bytes:
 
 
 def parse_end_stream(data: bytes) -> tuple[RpcError | None, Metadata]:
+    """The error and trailers of a Connect end-of-stream message."""
     try:
         obj = json.loads(data) if data else {}
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -212,8 +241,6 @@ def parse_end_stream(data: bytes) -> tuple[RpcError | None, Metadata]:
 
 # --- compression ----------------------------------------------------------------------------------
 
-COMPRESSIONS = ("gzip", "identity")
-
 
 def gunzip(data: bytes, limit: int) -> bytes:
     """Inflate a gzip body, refusing to grow past ``limit`` bytes (a small body can expand a lot)."""
@@ -225,8 +252,3 @@ def gunzip(data: bytes, limit: int) -> bytes:
     if len(out) > limit:
         raise RpcError(Code.RESOURCE_EXHAUSTED, f"decompressed message is larger than {limit} bytes")
     return out
-
-
-def gzip_compress(data: bytes) -> bytes:
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush()

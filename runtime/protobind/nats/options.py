@@ -12,6 +12,14 @@ from .. import __version__
 from ..broker.base import EngineSettings
 from ..codec import codec_named
 
+__all__ = [
+    "CLIENT_OPTIONS",
+    "SERVER_OPTIONS",
+    "Settings",
+    "client_url",
+    "settings_from",
+]
+
 _SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version"}
 _CLIENT_OPTIONS = {"codec"}
 _CONNECTION_OPTIONS = {
@@ -60,6 +68,7 @@ def _number(options: Mapping[str, Any], key: str, default: float, kind: type[flo
 
 
 def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
+    """Parse a NATS URL and its options into connection and engine settings."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls"):
         raise ValueError(f"not a NATS URL: {url!r}")
