@@ -6,7 +6,7 @@ services = ["myapp.greeter:Greeter"]          # MODULE:ATTR, a class (instantiat
 bind = ["grpc://0.0.0.0:50051", "http://0.0.0.0:8080", "nats://127.0.0.1:4222"]
 grace = 5.0                                   # seconds in-flight calls get on shutdown
 
-[server.options.grpc]                         # transport options by URL scheme
+[server.options.grpc]                         # server options by transport name (grpc covers grpcs)
 max_message_size = 8388608
 
 [clients]
