@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "DeadlineScope",
     "Deadlines",
     "Resume",
     "loop_time",
@@ -19,9 +20,9 @@ T = TypeVar("T")
 
 
 def loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """The event loop's clock reading at the ``time.monotonic()`` instant ``deadline``."""
     # deadlines are time.monotonic() values; the loop's clock is the same in asyncio's default loop,
     # converting keeps timers right on loops where it is not
-    """The event loop's clock reading at the ``time.monotonic()`` instant ``deadline``."""
     return loop.time() + (deadline - time.monotonic())
 
 
@@ -110,3 +111,44 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+class DeadlineScope:
+    """Cancel the current task at ``deadline``; turn that cancellation into DEADLINE_EXCEEDED.
+
+    ``async with DeadlineScope(deadline):`` costs nothing when ``deadline`` is ``None``. It is used
+    by the server side of every transport around the handler, and by clients that must stop waiting.
+    """
+
+    __slots__ = ("_deadline", "_expired", "_handle", "_task")
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> DeadlineScope:
+        if self._deadline is not None:
+            from .errors import Code, RpcError
+
+            if self._deadline <= time.monotonic():
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            self._task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_at(loop_time(loop, self._deadline), self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            uncancel()
+            from .errors import Code, RpcError
+
+            raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")

@@ -7,7 +7,6 @@ without drift between clocks.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,8 @@ from .metadata import Metadata, MetadataLike
 
 if TYPE_CHECKING:
     from .method import MethodInfo
+
+from .aio import DeadlineScope
 
 __all__ = [
     "CallInfo",
@@ -172,49 +173,3 @@ class CallInfo:
     @timeout.setter
     def timeout(self, value: float | None) -> None:
         self.deadline = None if value is None else time.monotonic() + value
-
-
-class DeadlineScope:
-    """Cancel the current task at ``deadline``; turn that cancellation into DEADLINE_EXCEEDED.
-
-    ``async with DeadlineScope(deadline):`` costs nothing when ``deadline`` is ``None``. It is used
-    by the server side of every transport around the handler, and by clients that must stop waiting.
-    """
-
-    __slots__ = ("_deadline", "_expired", "_handle", "_task")
-
-    def __init__(self, deadline: float | None) -> None:
-        self._deadline = deadline
-        self._expired = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
-
-    async def __aenter__(self) -> DeadlineScope:
-        if self._deadline is not None:
-            from .errors import Code, RpcError
-
-            if self._deadline <= time.monotonic():
-                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-            self._task = asyncio.current_task()
-            loop = asyncio.get_running_loop()
-            # loop.time() and time.monotonic() are the same clock in asyncio's default loop, but
-            # converting keeps us right on loops where they differ.
-            when = loop.time() + (self._deadline - time.monotonic())
-            self._handle = loop.call_at(when, self._expire)
-        return self
-
-    def _expire(self) -> None:
-        self._expired = True
-        if self._task is not None:
-            self._task.cancel()
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        if self._expired and exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-            task = self._task
-            if task is not None and hasattr(task, "uncancel"):
-                task.uncancel()
-            from .errors import Code, RpcError
-
-            raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
