@@ -282,3 +282,76 @@ for _codec in ("json", "proto"):
     SERVERS[f"connectrpc-{_codec}"] = _connectrpc_server
     CLIENTS[f"connectrpc-{_codec}"] = _connectrpc_client(_codec)
     PAIRS.append((f"http-{_codec}", f"protobind-http-{_codec}", f"connectrpc-{_codec}"))
+
+
+# --- HTTP JSON: protobind's http:// server vs FastAPI + pydantic, one plain JSON client for both ---
+# The same aiohttp client posts {"payload": "<base64>"} and decodes the payload of the answer. The
+# FastAPI model declares the payload as pydantic's Base64Bytes, so FastAPI decodes and re-encodes
+# it as protobind's JSON codec does (a model holding the base64 text as a str would skip that work).
+
+
+async def _fastapi_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import asyncio
+
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import Base64Bytes, BaseModel
+
+    class Payload(BaseModel):
+        payload: Base64Bytes = b""
+
+    app = FastAPI()
+
+    async def unary(request: Payload) -> Payload:
+        return Payload(payload=request.payload)
+
+    # this module's annotations are strings (PEP 563) and Payload is local: give FastAPI the types
+    unary.__annotations__ = {"request": Payload, "return": Payload}
+    app.post(UNARY_PATH)(unary)
+
+    port = _free_port(host)
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="off",
+        log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+
+    return f"http://{host}:{port}", stop
+
+
+async def _json_post_client(url: str) -> tuple[Call, Close]:
+    import base64
+    import json
+
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100), headers={"Content-Type": "application/json"}
+    )
+    target = url + UNARY_PATH
+
+    async def call(payload: bytes) -> Any:
+        body = json.dumps({"payload": base64.b64encode(payload).decode()})
+        async with session.post(target, data=body) as response:
+            answer = json.loads(await response.read())
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {answer}")
+        return base64.b64decode(answer.get("payload", ""))
+
+    return call, session.close
+
+
+SERVERS["protobind-http-plainjson"] = _protobind_http_server
+CLIENTS["protobind-http-plainjson"] = _json_post_client
+SERVERS["fastapi"] = _fastapi_server
+CLIENTS["fastapi"] = _json_post_client
+PAIRS.append(("fastapi-json", "protobind-http-plainjson", "fastapi"))
