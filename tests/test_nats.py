@@ -227,6 +227,22 @@ async def test_overload_is_refused_with_resource_exhausted(broker_url: str) -> N
         await served.server.stop(0)
 
 
+async def test_max_pending_zero_means_no_queue_not_no_calls(broker_url: str) -> None:
+    service = Recorder(delay=0.3)
+    served = await _serve(broker_url, service, "&max_concurrency=1&max_pending=0")
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            assert isinstance(await client.unary(Request(), timeout=10), Response)  # idle: served
+            results = await asyncio.gather(
+                *(client.unary(Request(), timeout=10) for _ in range(6)), return_exceptions=True
+            )
+        assert any(isinstance(r, Response) for r in results)
+        assert any(isinstance(r, RpcError) and r.code is Code.RESOURCE_EXHAUSTED for r in results)
+    finally:
+        await served.server.stop(0)
+
+
 async def test_without_nats_py_internals_calls_are_still_bounded(
     nats_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,7 +89,9 @@ class Delivery:
                     msg = queue.get_nowait()
                 inbound.taken(msg)
                 try:
-                    if queue.qsize() < self._max_pending:
+                    # the messages still queued behind this one are the ones waiting: at most
+                    # max_pending may (0: none, a call is served only if a consumer takes it now)
+                    if queue.qsize() <= self._max_pending:
                         await handle(msg, self)
                     else:
                         await self._shed(msg)
