@@ -706,6 +706,36 @@ async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, g
         await process.wait()
 
 
+async def test_unary_call_to_a_server_that_vanishes_fails_fast(nats_server: str, gen_dir: Path) -> None:
+    """Without liveness probes the caller would wait for its whole deadline (20 s here)."""
+    prefix = _prefix()
+    url = f"{nats_server}?prefix={prefix}&heartbeat=0.2"
+    script = _SERVER_SCRIPT.format(root=str(gen_dir.parent.parent), gen=str(gen_dir))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 10)).strip() == b"READY"
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            # a long call that is alive is not disturbed by the probes
+            reply = await client.unary(Request(text="slow", behavior=Behavior(sleep_ms=1500)), timeout=20)
+            assert reply.text == "slow"
+            call = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=15000)), timeout=20))
+            await asyncio.sleep(0.5)
+            process.kill()
+            started = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                await call
+            assert info.value.code is Code.UNAVAILABLE
+            assert time.monotonic() - started < 10.0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
 async def test_bidi_stream_error_mid_stream_and_trailers(served_any: tuple[Served, Conformance]) -> None:
     server, _ = served_any
     failing = Request(text="bad", behavior=Behavior(error_code=int(Code.ABORTED), error_message="stop"))

@@ -27,6 +27,7 @@ from .wire import (
     CANCEL_SUBJECT,
     COUNT,
     FRAME,
+    PROBE_SUBJECT,
     TIMEOUT,
     call_subject,
     codec_for,
@@ -49,6 +50,10 @@ logger = logging.getLogger("protobind.broker")
 #: Size allowance for the headers of a call without metadata (content type, timeout): a few
 #: dozen bytes, so counting them exactly is not worth it on every call.
 _SMALL_HEADERS = 128
+#: Reply tokens of liveness probes start with this (call tokens are hex: never a "p").
+_PROBE = "p"
+#: Probe intervals without an answer after which a unary call's server is considered gone.
+_MISSED_PROBES = 2
 
 
 async def _send_cancel(state: StreamState) -> None:
@@ -80,6 +85,11 @@ class BrokerClient(ClientTransport):
         self.broker = broker
         self._inbox: Inbox | None = None
         self._unary: dict[str, asyncio.Future[BrokerMessage]] = {}
+        # liveness of long unary calls: when each pending call started
+        self._since: dict[str, float] = {}
+        self._probes: dict[str, int] = {}  # token -> probes in a row that got no answer
+        self._alive: set[str] = set()  # tokens whose last probe was answered
+        self._liveness: asyncio.Task[None] | None = None
         self._streams: dict[str, StreamState] = {}
         self._subjects: dict[str, str] = {}
         self._deadlines: Deadlines[asyncio.Future[BrokerMessage]] = Deadlines(_expire)
@@ -100,6 +110,9 @@ class BrokerClient(ClientTransport):
             raise
 
     async def _on_reply(self, token: str, msg: BrokerMessage) -> None:
+        if token.startswith(_PROBE):
+            self._on_probe_answer(token[len(_PROBE) :], msg)
+            return
         future = self._unary.get(token)
         if future is not None:
             if not future.done():
@@ -120,6 +133,63 @@ class BrokerClient(ClientTransport):
                 future.set_exception(RpcError(error.code, error.message))
         for state in list(self._streams.values()):
             state.peer_gone(RpcError(error.code, error.message))
+
+    # --- liveness of long unary calls ---
+    #
+    # A unary call has no heartbeat of its own: its reply is the only message. When one is still
+    # pending after a heartbeat interval, the client asks every replica (PROBE_SUBJECT) whether it
+    # holds the call; the one that does answers. Two intervals without an answer (or a "no
+    # responders" at once) mean the server that took the call is gone: the call fails UNAVAILABLE
+    # instead of waiting for its deadline. Short calls cost one dict entry and no messages.
+
+    def _watch(self, token: str) -> None:
+        self._since[token] = time.monotonic()
+        if self._liveness is None or self._liveness.done():
+            self._liveness = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        interval = self.settings.heartbeat
+        while self._since and not self._closed:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for token, started in list(self._since.items()):
+                if now - started < interval:
+                    continue
+                unanswered = 0
+                if token in self._probes and token not in self._alive:
+                    unanswered = self._probes[token] + 1
+                if unanswered >= _MISSED_PROBES:
+                    self._server_gone(token)
+                    continue
+                self._probes[token] = unanswered
+                self._alive.discard(token)
+                await self._probe(token)
+
+    async def _probe(self, token: str) -> None:
+        assert self._inbox is not None
+        try:
+            await self.broker.publish(
+                self.settings.prefix + PROBE_SUBJECT,
+                self._inbox.address(token).encode(),
+                self._inbox.address(_PROBE + token),
+            )
+        except BrokerError as exc:
+            logger.debug("liveness probe not sent: %r", exc)
+
+    def _on_probe_answer(self, token: str, msg: BrokerMessage) -> None:
+        if token not in self._since:
+            return
+        headers = msg.headers or {}
+        if headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data:
+            self._server_gone(token)  # no replica listens at all
+        else:
+            self._alive.add(token)
+
+    def _server_gone(self, token: str) -> None:
+        future = self._unary.get(token)
+        if future is not None and not future.done():
+            gone = "the server handling the call went away (no answer to liveness probes)"
+            future.set_exception(RpcError(Code.UNAVAILABLE, gone))
 
     def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
         subject = self._subjects[method.path] = call_subject(self.settings.prefix, method)
@@ -176,6 +246,7 @@ class BrokerClient(ClientTransport):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BrokerMessage] = loop.create_future()
         self._unary[token] = future
+        self._watch(token)
         slot = 0
         if call.deadline is not None:
             slot = self._deadlines.add(call.deadline, future)
@@ -191,6 +262,10 @@ class BrokerClient(ClientTransport):
             raise publish_error(exc) from None
         finally:
             del self._unary[token]
+            del self._since[token]
+            if self._probes:
+                self._probes.pop(token, None)
+                self._alive.discard(token)
             if slot:
                 self._deadlines.discard(slot, future)
         out = msg.headers
@@ -296,6 +371,8 @@ class BrokerClient(ClientTransport):
             return
         self._closed = True
         self._fail_all(RpcError(Code.CANCELLED, "the channel was closed"))
+        if self._liveness is not None:
+            self._liveness.cancel()
         self._heartbeats.close()
         for task in list(self._background):
             if not task.done():

@@ -109,6 +109,11 @@ class Delivery:
         if self._idle == 0 and pool.count < pool.limit and not pool.closing:
             self._spawn()
 
+    def holds(self, reply: str) -> bool:
+        """Whether a message answering to ``reply`` waits in the queue (for liveness probes; a
+        scan, but probes are rare: one per long call per heartbeat interval)."""
+        return any(getattr(msg, "reply", None) == reply for msg in list(getattr(self._queue, "_queue", ())))
+
     def take_remaining(self) -> list[Any]:
         """Messages not yet handled (after unsubscribing, to refuse them)."""
         remaining = []

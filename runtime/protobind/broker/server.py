@@ -30,11 +30,12 @@ from ..wire import TRAILER_PREFIX
 from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
 from .delivery import ConsumerPool, Delivery
 from .micro import EndpointStats, MicroService, answers, subjects
-from .stream import ACCEPT, END, HEADERS, OPEN, Heartbeats, StreamState
+from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
     COUNT,
     FRAME,
+    PROBE_SUBJECT,
     STATUS,
     call_subject,
     codec_for,
@@ -128,6 +129,7 @@ class BrokerBinding(ServerBinding):
             self._micro = services
             self._inbox = await broker.inbox(self._on_stream_frame)
             self._other_subs.append(await broker.subscribe(settings.prefix + CANCEL_SUBJECT, self._on_cancel))
+            self._other_subs.append(await broker.subscribe(settings.prefix + PROBE_SUBJECT, self._on_probe))
             for subject in subjects(services):
                 self._other_subs.append(await broker.subscribe(subject, self._on_discovery))
             for info in self.server.services:
@@ -195,6 +197,13 @@ class BrokerBinding(ServerBinding):
 
     async def _on_cancel(self, msg: BrokerMessage) -> None:
         self._cancel_call(msg.data.decode("utf-8", "replace"), _CANCELLED_BY_CLIENT)
+
+    async def _on_probe(self, msg: BrokerMessage) -> None:
+        # answer only for calls this replica holds: silence from every replica means the call's
+        # server is gone (see BrokerClient's liveness probes)
+        key = msg.data.decode("utf-8", "replace")
+        if msg.reply and (key in self._calls or any(d.holds(key) for d in self._deliveries)):
+            await self._send(msg.reply, b"", {FRAME: ALIVE})
 
     def _cancel_call(self, key: str, reason: RpcError) -> None:
         task = self._calls.get(key)

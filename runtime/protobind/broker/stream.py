@@ -54,6 +54,8 @@ END = "end"
 ACK_FRAME = "ack"
 PING = "ping"
 CANCEL = "cancel"
+#: answer to a unary call's liveness probe
+ALIVE = "alive"
 
 #: A peer is considered gone after this many of its heartbeat intervals without any frame.
 MISSED_HEARTBEATS = 3

@@ -80,6 +80,10 @@ COUNT = "Protobind-Count"
 #: Subject (after the prefix) where a client announces that it abandoned a unary call; the
 #: body is the call's reply subject. Every replica listens, the one running the call cancels it.
 CANCEL_SUBJECT = "$PROTOBIND.CANCEL"
+#: Subject (after the prefix) where a client asks whether a unary call it waits for is still alive;
+#: the body is the call's reply subject. The replica that holds the call (running or queued)
+#: answers on the probe's reply subject; nobody answering means the call's server is gone.
+PROBE_SUBJECT = "$PROTOBIND.PROBE"
 
 _TIMEOUT_VALUE = re.compile(r"[0-9]{1,10}")
 
