@@ -995,3 +995,17 @@ def test_error_details_of_unknown_types_stay_any() -> None:
         assert back is not None
         assert back.details[0].type_url == unknown.type_url
         assert back.details[0].value == unknown.value
+
+
+async def test_json_client_accepts_response_fields_it_does_not_know(nats_server: str, raw: Any) -> None:
+    """A server whose contract gained a response field must not break older JSON clients."""
+    prefix = _prefix()
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b'{"text": "new", "addedLater": 7}', headers={"Content-Type": "application/json"})
+
+    await raw.subscribe(f"{prefix}{SERVICE}.Unary", cb=answer)
+    await _settle(raw)
+    async with protobind.connect(f"{nats_server}?prefix={prefix}&codec=json") as channel:
+        reply = await ConformanceServiceClient(channel).unary(Request(), timeout=5)
+    assert reply.text == "new"

@@ -20,6 +20,7 @@ __all__ = [
     "codec_for_media_type",
     "codec_named",
     "register_codec",
+    "response_codec",
 ]
 
 from google.protobuf import json_format
@@ -105,11 +106,21 @@ class JsonCodec(Codec):
 
 PROTO = ProtoCodec()
 JSON = JsonCodec()
+_LENIENT_JSON = JsonCodec(ignore_unknown_fields=True)
 
 #: Codecs by name; transports look codecs up here, so adding one touches no transport.
 CODECS: dict[str, Codec] = {PROTO.name: PROTO, JSON.name: JSON}
 #: Other spellings of the binary media type that peers send.
 _PROTO_ALIASES = frozenset({"application/protobuf", "application/x-protobuf", "application/octet-stream"})
+
+
+def response_codec(codec: Codec) -> Codec:
+    """The codec a client decodes responses with: JSON ignores fields it does not know, so a server
+    whose contract gained a response field does not break older clients (binary protobuf keeps
+    unknown fields anyway). Servers stay strict about requests."""
+    if isinstance(codec, JsonCodec) and not codec.ignore_unknown_fields:
+        return _LENIENT_JSON
+    return codec
 
 
 def register_codec(codec: Codec) -> None:

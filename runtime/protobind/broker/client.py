@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, loop_time
-from ..codec import PROTO, Codec
+from ..codec import PROTO, Codec, response_codec
 from ..context import CallInfo
 from ..errors import Code, RpcError
 from ..method import MethodInfo
@@ -65,7 +65,7 @@ async def _send_cancel(state: StreamState) -> None:
 
 def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> Message:
     try:
-        return codec.decode(data, message_type)
+        return response_codec(codec).decode(data, message_type)
     except RpcError as exc:
         # the server sent what the method's response type cannot be: the server's fault, as in gRPC
         raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from yarl import URL
 
 from .. import __version__
-from ..codec import JSON, PROTO, Codec
+from ..codec import Codec, codec_named, response_codec
 from ..context import CallInfo, DeadlineScope
 from ..errors import Code, RpcError
 from ..method import MethodInfo, MethodKind
@@ -83,7 +83,8 @@ class HttpTransport(ClientTransport):
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._codec: Codec = JSON if codec == "json" else PROTO
+        self._codec: Codec = codec_named(codec)
+        self._response_codec = response_codec(self._codec)
         self._unary_type = f"application/{self._codec.name}"
         self._stream_type = f"application/connect+{self._codec.name}"
         self._limit = max_body_size
@@ -164,7 +165,7 @@ class HttpTransport(ClientTransport):
         if content_type_codec(content_type, UNARY_CONTENT_TYPES) != self._codec.name:
             raise _invalid_response(method, f"unexpected content type {content_type!r}")
         try:
-            message: Message = self._codec.decode(data, method.output_type)
+            message: Message = self._response_codec.decode(data, method.output_type)
         except RpcError as exc:
             raise _invalid_response(method, exc.message) from None
         return message
@@ -231,7 +232,7 @@ class HttpTransport(ClientTransport):
                         raise failure[0]
                     return
                 try:
-                    message = self._codec.decode(data, method.output_type)
+                    message = self._response_codec.decode(data, method.output_type)
                 except RpcError as exc:
                     raise _invalid_response(method, exc.message) from None
                 yield message
