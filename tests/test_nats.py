@@ -1002,7 +1002,9 @@ async def test_json_client_accepts_response_fields_it_does_not_know(nats_server:
     prefix = _prefix()
 
     async def answer(msg: Any) -> None:
-        await msg.respond(b'{"text": "new", "addedLater": 7}', headers={"Content-Type": "application/json"})
+        await raw.publish(
+            msg.reply, b'{"text": "new", "addedLater": 7}', headers={"Content-Type": "application/json"}
+        )
 
     await raw.subscribe(f"{prefix}{SERVICE}.Unary", cb=answer)
     await _settle(raw)
