@@ -8,9 +8,7 @@ in the caller's task: cancelling the caller cancels the handler, and the deadlin
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -19,7 +17,7 @@ from google.protobuf.message import Message
 from .context import CallInfo, Context
 from .errors import Code, RpcError
 from .server import Endpoint, invoke_stream, invoke_unary
-from .transport import ClientTransport, ServerBinding, Transport
+from .transport import ClientTransport, ServerBinding, Transport, named_harness
 
 if TYPE_CHECKING:
     from .server import EndpointTable
@@ -162,14 +160,11 @@ def _finish(call: CallInfo, context: Context) -> None:
     call.trailers = context.response_trailers
 
 
-_names = itertools.count()
-
-
-@contextlib.asynccontextmanager
-async def _harness() -> AsyncIterator[Callable[[], str]]:
-    yield lambda: f"inproc://test-{next(_names)}"
-
-
 TRANSPORT = Transport(
-    name="inproc", schemes=("inproc",), extra="", serve=serve, dial=dial, test_harness=_harness
+    name="inproc",
+    schemes=("inproc",),
+    extra="",
+    serve=serve,
+    dial=dial,
+    test_harness=named_harness("inproc://test-{}"),
 )

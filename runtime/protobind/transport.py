@@ -14,7 +14,9 @@ it when first called, so ``import protobind`` and the registry load no transport
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
+import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +39,10 @@ __all__ = [
     "Transport",
     "all_transports",
     "check_options",
+    "lazy_dial",
+    "lazy_serve",
     "loopback_harness",
+    "named_harness",
     "query_options",
     "register",
     "transport_for_url",
@@ -215,6 +220,40 @@ def check_options(transport: Transport, options: Mapping[str, Any], *, server: b
             f"unknown {transport.name} {side} option(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
+
+
+def lazy_serve(module: str) -> ServeFunction:
+    """``serve`` of ``module`` (absolute name), imported at the first call: a transport package
+    declares its ``TRANSPORT`` without importing its library. The module checks its own function
+    against :data:`ServeFunction` (``_CHECK: ServeFunction = serve``), so mypy still sees it."""
+
+    async def serve(endpoints: EndpointTable, url: str, options: Options) -> ServerBinding:
+        function: ServeFunction = importlib.import_module(module).serve
+        return await function(endpoints, url, options)
+
+    return serve
+
+
+def lazy_dial(module: str) -> DialFunction:
+    """``dial`` of ``module``, imported at the first call (see :func:`lazy_serve`)."""
+
+    async def dial(url: str, options: Options) -> ClientTransport:
+        function: DialFunction = importlib.import_module(module).dial
+        return await function(url, options)
+
+    return dial
+
+
+def named_harness(template: str) -> TestHarness:
+    """The test harness of an in-process transport: a fresh name per server, ``template`` with
+    ``{}`` replaced by a counter (``"inproc://test-{}"``)."""
+    names = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def harness() -> AsyncIterator[Callable[[], str]]:
+        yield lambda: template.format(next(names))
+
+    return harness
 
 
 def loopback_harness(scheme: str) -> TestHarness:

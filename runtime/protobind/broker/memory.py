@@ -11,18 +11,16 @@ It is the worked example of docs/architecture.md ("adding a broker").
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..codec import codec_named
-from ..transport import Transport
+from ..transport import Transport, named_harness
 from .base import (
     NO_RESPONDERS_STATUS,
     Broker,
@@ -265,21 +263,13 @@ async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
     return client
 
 
-_names = itertools.count()
-
-
-@contextlib.asynccontextmanager
-async def _harness() -> AsyncIterator[Callable[[], str]]:
-    yield lambda: f"memory://test-{next(_names)}"
-
-
 TRANSPORT = Transport(
     name="memory",
     schemes=("memory",),
     extra="",
     serve=serve,
     dial=dial,
-    test_harness=_harness,
+    test_harness=named_harness("memory://test-{}"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,
 )

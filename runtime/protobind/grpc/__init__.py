@@ -14,40 +14,18 @@ default 4 MiB), ``cert`` / ``key`` / ``ca`` (PEM paths or PEM bytes), ``server_n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-from ..transport import Transport, loopback_harness
+from ..transport import Transport, lazy_dial, lazy_serve, loopback_harness
 from .options import CLIENT_OPTIONS, SERVER_OPTIONS
 
-if TYPE_CHECKING:
-    from ..server import EndpointTable
-    from .client import GrpcTransport
-    from .server import GrpcBinding
-
-__all__ = ["TRANSPORT", "dial", "serve"]
-
-
-async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
-    """Serve ``endpoints`` on a ``grpc://`` / ``grpcs://`` URL."""
-    from .server import serve as serve_grpc
-
-    return await serve_grpc(endpoints, url, options)
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
-    """A gRPC client transport for ``url``."""
-    from .client import dial as dial_grpc
-
-    return await dial_grpc(url, options)
+__all__ = ["TRANSPORT"]
 
 
 TRANSPORT = Transport(
     name="grpc",
     schemes=("grpc", "grpcs"),
     extra="grpc",
-    serve=serve,
-    dial=dial,
+    serve=lazy_serve("protobind.grpc.server"),
+    dial=lazy_dial("protobind.grpc.client"),
     test_harness=loopback_harness("grpc"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

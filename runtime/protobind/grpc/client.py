@@ -16,7 +16,7 @@ from ..context import CallInfo
 from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
-from ..transport import ClientTransport
+from ..transport import ClientTransport, DialFunction
 from .options import client_options, parse_address
 from .wire import DETAILS_KEY, _deserializer, _wire, from_grpc_code
 
@@ -201,3 +201,7 @@ def _raise_request_failure(writer: asyncio.Task[None] | None) -> None:
         failure = writer.exception()
         if failure is not None:
             raise failure
+
+
+# mypy checks this module's dial against the transport interface (TRANSPORT imports it lazily)
+_CHECK: DialFunction = dial

@@ -16,7 +16,7 @@ from ..context import Context
 from ..errors import Code, RpcError
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
-from ..transport import ServerBinding
+from ..transport import ServeFunction, ServerBinding
 from .options import Address, GrpcOptions, parse_address, server_options
 from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
@@ -312,3 +312,7 @@ def _bidi_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
         await _write_stream(endpoint, _requests(request_iterator, rpc, method), rpc, _context(method, rpc))
 
     return handle
+
+
+# mypy checks this module's serve against the transport interface (TRANSPORT imports it lazily)
+_CHECK: ServeFunction = serve

@@ -30,35 +30,19 @@ load aiohttp.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..transport import Transport, loopback_harness
+from ..transport import Transport, lazy_dial, lazy_serve, loopback_harness
 from ..wire import HTTP_STATUS
 from .options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from ..server import EndpointTable, Server
-    from .client import HttpTransport
-    from .server import HttpBinding
+    from ..server import Server
 
-__all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app", "dial", "serve"]
-
-
-async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
-    """Serve ``endpoints`` on an ``http://`` / ``https://`` URL with uvicorn."""
-    from .server import serve as serve_http
-
-    return await serve_http(endpoints, url, options)
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
-    """A Connect client transport for ``url`` (``http://host:port[/prefix]`` or ``https://``)."""
-    from .client import dial as dial_http
-
-    return await dial_http(url, options)
+__all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app"]
 
 
 def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> ASGIApp:
@@ -78,8 +62,8 @@ TRANSPORT = Transport(
     name="http",
     schemes=("http", "https"),
     extra="http",
-    serve=serve,
-    dial=dial,
+    serve=lazy_serve("protobind.http.server"),
+    dial=lazy_dial("protobind.http.client"),
     test_harness=loopback_harness("http"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

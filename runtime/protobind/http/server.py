@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
-from ..transport import ServerBinding, check_options
+from ..transport import ServeFunction, ServerBinding, check_options
 from .options import _KEEP_ALIVE, _prefix, _require, _server_options, _str
 
 if TYPE_CHECKING:
@@ -133,3 +133,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
     shown_host = f"[{host}]" if ":" in host else host
     bound = f"{parts.scheme}://{shown_host}:{real_port}{prefix}"
     return HttpBinding(bound, userver, main, sock)
+
+
+# mypy checks this module's serve against the transport interface (TRANSPORT imports it lazily)
+_CHECK: ServeFunction = serve

@@ -37,32 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
 
-from ..transport import Transport
+from ..transport import Transport, lazy_dial, lazy_serve
 from .options import CLIENT_OPTIONS, SERVER_OPTIONS
 
-if TYPE_CHECKING:
-    from ..broker.client import BrokerClient
-    from ..broker.server import BrokerBinding
-    from ..server import EndpointTable
-
-__all__ = ["TRANSPORT", "dial", "serve"]
-
-
-async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> BrokerBinding:
-    """Serve ``endpoints`` on a ``nats://`` / ``tls://`` URL."""
-    from .server import serve as serve_nats
-
-    return await serve_nats(endpoints, url, options)
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
-    """A NATS client transport for ``url``."""
-    from .client import dial as dial_nats
-
-    return await dial_nats(url, options)
+__all__ = ["TRANSPORT"]
 
 
 @contextlib.asynccontextmanager
@@ -83,8 +63,8 @@ TRANSPORT = Transport(
     name="nats",
     schemes=("nats", "tls"),
     extra="nats",
-    serve=serve,
-    dial=dial,
+    serve=lazy_serve("protobind.nats.server"),
+    dial=lazy_dial("protobind.nats.client"),
     test_harness=_harness,
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

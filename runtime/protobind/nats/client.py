@@ -7,6 +7,7 @@ from typing import Any
 
 from ..broker.client import BrokerClient
 from ..errors import Code, RpcError
+from ..transport import DialFunction
 from .connection import AuthenticationFailed, open_broker
 from .options import settings_from
 
@@ -25,3 +26,7 @@ async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
     client = BrokerClient(broker, settings.engine)
     await client.start()
     return client
+
+
+# mypy checks this module's dial against the transport interface (TRANSPORT imports it lazily)
+_CHECK: DialFunction = dial

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..broker.server import BrokerBinding
+from ..transport import ServeFunction
 from .connection import open_broker
 from .options import client_url, settings_from
 
@@ -22,3 +23,7 @@ async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) 
     binding = BrokerBinding(endpoints, client_url(url), broker, settings.engine)
     await binding.start()
     return binding
+
+
+# mypy checks this module's serve against the transport interface (TRANSPORT imports it lazily)
+_CHECK: ServeFunction = serve
