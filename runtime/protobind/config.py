@@ -118,7 +118,7 @@ class Config:
         return connect(self.client_url(name), **kwargs)
 
 
-_TELEMETRY_KEYS = ("enabled", "tracing", "metrics", "log_failures", "log_successes")
+_TELEMETRY_KEYS = ("enabled", "tracing", "metrics", "message_sizes", "log_failures", "log_successes")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLEANS.update(dict.fromkeys(("0", "false", "no", "off"), False))
 

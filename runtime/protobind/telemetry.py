@@ -47,7 +47,9 @@ class Telemetry:
 
     - ``tracing``: a server span per handled call and a client span per call made, with W3C trace
       context (and baggage) carried in the call's metadata on every transport.
-    - ``metrics``: call durations, in-flight calls, message sizes and stream message counts.
+    - ``metrics``: call durations (whose counts are the call counts), calls in flight, stream
+      message counts and, unless ``message_sizes`` is false, the size of every message (which
+      costs a serialization size computation and a histogram measurement per message).
     - ``log_failures`` / ``log_successes``: one line on the ``protobind.server`` logger per call
       that ended with a code other than OK / per successful call.
     - ``tracer_provider`` / ``meter_provider`` / ``propagator``: OpenTelemetry objects to use
@@ -60,6 +62,7 @@ class Telemetry:
         "_instruments",
         "log_failures",
         "log_successes",
+        "message_sizes",
         "meter_provider",
         "metrics",
         "propagator",
@@ -74,6 +77,7 @@ class Telemetry:
         metrics: bool = True,
         log_failures: bool = True,
         log_successes: bool = False,
+        message_sizes: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
         propagator: Any = None,
@@ -82,6 +86,7 @@ class Telemetry:
         self.metrics = metrics
         self.log_failures = log_failures
         self.log_successes = log_successes
+        self.message_sizes = message_sizes
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.propagator = propagator
