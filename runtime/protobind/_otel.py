@@ -174,8 +174,9 @@ class Instruments:
         self.tracer = trace.get_tracer("protobind", __version__, tracer_provider)
         meter_provider = settings.meter_provider if settings.metrics else metrics.NoOpMeterProvider()
         meter = metrics.get_meter("protobind", __version__, meter_provider)
-        self.server = _Side(meter, "server", settings.message_sizes)
-        self.client = _Side(meter, "client", settings.message_sizes)
+        sizes = settings.metrics and settings.message_sizes
+        self.server = _Side(meter, "server", sizes)
+        self.client = _Side(meter, "client", sizes)
         self.process_duration = meter.create_histogram(
             "messaging.process.duration",
             unit="s",
