@@ -112,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
     transports = args.only.split(",") if args.only else list(TRANSPORTS)
     nats_url, stop_nats = None, None
     if "nats" in transports:
-        from protobind._nats_embedded import start_nats_server
+        from protobind.nats.embedded import start_nats_server
 
         nats_url, stop_nats = start_nats_server()
     try:

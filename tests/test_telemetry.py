@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,8 @@ from .conformance import Conformance
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
+Harnesses = dict[str, Callable[[], str]]
 SYSTEMS = {"inproc": "inproc", "grpc": "grpc", "http": "connectrpc", "nats": "nats"}
-_prefixes = itertools.count()
 
 
 @dataclass
@@ -103,18 +102,14 @@ def otel() -> Iterator[Otel]:
         meter_provider.shutdown()
 
 
-def _nats_url(transport: str, request: pytest.FixtureRequest) -> str | None:
-    if transport != "nats":
-        return None
-    return f"{request.getfixturevalue('nats_server')}?prefix=otel{next(_prefixes)}."
-
-
 @contextlib.asynccontextmanager
 async def serving(
-    services: list[object], transport: str, request: pytest.FixtureRequest, telemetry: Any
+    services: list[object], transport: str, harnesses: Harnesses, telemetry: Any
 ) -> AsyncIterator[str]:
-    nats_url = _nats_url(transport, request)
-    async with protobind.testing.serving(services, transport, nats_url=nats_url, telemetry=telemetry) as url:
+    """``protobind.testing.serving`` on a URL from the session's harnesses (one nats-server)."""
+    async with protobind.testing.serving(
+        services, transport, url=harnesses[transport](), telemetry=telemetry
+    ) as url:
         yield url
 
 
@@ -216,11 +211,11 @@ async def test_no_interceptor_is_installed_when_disabled() -> None:
 
 
 async def test_client_span_is_the_parent_of_the_server_span_for_every_kind(
-    otel: Otel, transport: str, request: pytest.FixtureRequest
+    otel: Otel, transport: str, harnesses: Harnesses
 ) -> None:
     service = Observing()
     async with (
-        serving([service], transport, request, otel.telemetry) as url,
+        serving([service], transport, harnesses, otel.telemetry) as url,
         protobind.connect(url, telemetry=otel.telemetry) as channel,
     ):
         client = ConformanceServiceClient(channel)
@@ -284,10 +279,10 @@ async def test_client_span_is_the_parent_of_the_server_span_for_every_kind(
 
 
 async def test_every_code_sets_the_span_status_per_side(
-    otel: Otel, transport: str, request: pytest.FixtureRequest
+    otel: Otel, transport: str, harnesses: Harnesses
 ) -> None:
     async with (
-        serving([Conformance()], transport, request, otel.telemetry) as url,
+        serving([Conformance()], transport, harnesses, otel.telemetry) as url,
         protobind.connect(url, telemetry=otel.telemetry) as channel,
     ):
         client = ConformanceServiceClient(channel)
@@ -331,11 +326,9 @@ async def test_every_code_sets_the_span_status_per_side(
         assert {p.attributes["rpc.system.name"] for p in points} == {SYSTEMS[transport]}
 
 
-async def test_deadline_exceeded_on_both_sides(
-    otel: Otel, transport: str, request: pytest.FixtureRequest
-) -> None:
+async def test_deadline_exceeded_on_both_sides(otel: Otel, transport: str, harnesses: Harnesses) -> None:
     async with (
-        serving([Conformance()], transport, request, otel.telemetry) as url,
+        serving([Conformance()], transport, harnesses, otel.telemetry) as url,
         protobind.connect(url, telemetry=otel.telemetry) as channel,
     ):
         with pytest.raises(RpcError) as info:
@@ -391,11 +384,10 @@ class Forwarder(GreeterService):
         return HelloReply(message=f"hello {reply.text}")
 
 
-async def test_http_to_a_to_nats_to_b_is_one_trace(otel: Otel, nats_server: str) -> None:
+async def test_http_to_a_to_nats_to_b_is_one_trace(otel: Otel, harnesses: Harnesses) -> None:
     service_b = Observing()
-    nats_url = f"{nats_server}?prefix=chain{next(_prefixes)}."
     async with (
-        protobind.testing.serving([service_b], "nats", nats_url=nats_url, telemetry=otel.telemetry) as b_url,
+        serving([service_b], "nats", harnesses, otel.telemetry) as b_url,
         protobind.connect(b_url, telemetry=otel.telemetry) as to_b,
         protobind.testing.serving(
             [Forwarder(ConformanceServiceClient(to_b))], "http", telemetry=otel.telemetry
@@ -451,12 +443,10 @@ async def test_tracing_off_in_the_middle_keeps_the_trace(otel: Otel) -> None:
 # --- metrics ---------------------------------------------------------------------------------------
 
 
-async def test_metrics_names_units_sizes_and_counts(
-    otel: Otel, transport: str, request: pytest.FixtureRequest
-) -> None:
+async def test_metrics_names_units_sizes_and_counts(otel: Otel, transport: str, harnesses: Harnesses) -> None:
     service = Conformance()
     async with (
-        serving([service], transport, request, otel.telemetry) as url,
+        serving([service], transport, harnesses, otel.telemetry) as url,
         protobind.connect(url, telemetry=otel.telemetry) as channel,
     ):
         client = ConformanceServiceClient(channel)
@@ -516,11 +506,11 @@ def _server_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
 
 
 async def test_one_log_line_per_failed_call(
-    otel: Otel, transport: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+    otel: Otel, transport: str, harnesses: Harnesses, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="protobind.server")
     async with (
-        serving([Conformance()], transport, request, otel.telemetry) as url,
+        serving([Conformance()], transport, harnesses, otel.telemetry) as url,
         protobind.connect(url, telemetry=otel.telemetry) as channel,
     ):
         client = ConformanceServiceClient(channel)

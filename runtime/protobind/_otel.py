@@ -33,6 +33,7 @@ from .metadata import Metadata
 from .method import MethodInfo
 from .server import INTERNAL_MESSAGE
 from .telemetry import SERVER_ERROR_CODES
+from .transport import transport_for_url
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -46,19 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("protobind.server")
 
-#: URL scheme or ``Context.transport`` -> ``rpc.system.name`` (``nats`` and ``inproc`` are ours;
-#: the conventions allow custom values).
-RPC_SYSTEMS = {
-    "grpc": "grpc",
-    "grpcs": "grpc",
-    "http": "connectrpc",
-    "https": "connectrpc",
-    "nats": "nats",
-    "tls": "nats",
-    "inproc": "inproc",
-}
-#: URL scheme -> the ``Context.transport`` of the calls its bindings serve.
-_TRANSPORTS = {"grpcs": "grpc", "https": "http", "tls": "nats"}
+#: Transport name -> ``rpc.system.name`` where they differ; other transports (``grpc``, and ``nats``
+#: and ``inproc``, custom values as the conventions allow) report their own name.
+_RPC_SYSTEMS = {"http": "connectrpc"}
 _DEFAULT_PORTS = {"http": 80, "https": 443, "nats": 4222, "tls": 4222}
 
 # Advisory histogram buckets: the conventions' HTTP duration buckets with a sub-millisecond end,
@@ -328,6 +319,11 @@ class _Call:
         return elapsed
 
 
+def rpc_system(transport: str) -> str:
+    """``rpc.system.name`` of the calls of a transport (by its name, as ``Context.transport``)."""
+    return _RPC_SYSTEMS.get(transport, transport)
+
+
 def server_address(url: str) -> tuple[str, int | None]:
     """``server.address`` and ``server.port`` of a protobind URL (never its credentials)."""
     parts = urlsplit(url)
@@ -378,7 +374,7 @@ class ServerTelemetry:
         if route is not None:
             return route
         attributes: Attributes = {
-            "rpc.system.name": RPC_SYSTEMS.get(context.transport, context.transport),
+            "rpc.system.name": rpc_system(context.transport),
             "rpc.method": context.method,
         }
         url = self._bound_url(context.transport)
@@ -391,8 +387,7 @@ class ServerTelemetry:
 
     def _bound_url(self, transport: str) -> str | None:
         for url in self._server.urls:
-            scheme = url.partition(":")[0]
-            if _TRANSPORTS.get(scheme, scheme) == transport:
+            if transport_for_url(url).name == transport:
                 return url
         return None
 
@@ -509,8 +504,7 @@ class ClientTelemetry:
 
     def __init__(self, instruments: Instruments, url: str) -> None:
         self._instruments = instruments
-        scheme = urlsplit(url).scheme
-        self._attributes: Attributes = {"rpc.system.name": RPC_SYSTEMS.get(scheme, scheme)}
+        self._attributes: Attributes = {"rpc.system.name": rpc_system(transport_for_url(url).name)}
         self._attributes.update(_address_attributes(url))
         self._routes: dict[str, _Route] = {}
 
