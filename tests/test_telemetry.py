@@ -9,7 +9,6 @@ import contextlib
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from protobind.server import invoke_unary
 from protobind.telemetry import SERVER_ERROR_CODES
 
 from .conformance import Conformance
+from .test_grpc import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
@@ -125,15 +125,6 @@ def span_id(span: ReadableSpan) -> int:
 def trace_id(span: ReadableSpan) -> int:
     assert span.context is not None
     return span.context.trace_id
-
-
-async def eventually(predicate: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
 
 
 class Observing(Conformance):
@@ -600,7 +591,9 @@ async def test_consumer_span_links_the_producer_and_counts_attempts(otel: Otel) 
     # the handler of the message runs as it will behind a broker consumer: with the metadata the
     # consumer span rewrote, through the server's endpoint (and so its telemetry interceptor)
     server = protobind.Server([Conformance()], telemetry=otel.telemetry)
-    endpoint = server.endpoints[f"/{CONFORMANCE}/Unary"]
+    table = server.table()  # what a binding gets
+    assert table.telemetry is otel.telemetry
+    endpoint = table.endpoints[f"/{CONFORMANCE}/Unary"]
     method = endpoint.method
     for attempt in (1, 2, 3):
         metadata = producer_metadata.copy()

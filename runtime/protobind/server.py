@@ -51,6 +51,9 @@ class EndpointTable:
     services: tuple[ServiceInfo, ...]
     #: keyed by ``/{package}.{Service}/{Method}``
     endpoints: Mapping[str, Endpoint]
+    #: the server's telemetry, for a binding that makes spans of its own (a broker consumer:
+    #: ``Telemetry.consumer_span``); the endpoints' handlers already carry the per-call interceptor
+    telemetry: Telemetry | None = None
 
 
 def service_info(service: object) -> ServiceInfo:
@@ -213,7 +216,9 @@ class Server:
     def table(self) -> EndpointTable:
         """The frozen view of the endpoints the bindings serve; taking it freezes the server."""
         if self._table is None:
-            self._table = EndpointTable(tuple(self.services), MappingProxyType(dict(self.endpoints)))
+            self._table = EndpointTable(
+                tuple(self.services), MappingProxyType(dict(self.endpoints)), self.telemetry
+            )
         return self._table
 
     async def start(self, *urls: str) -> list[str]:
