@@ -30,7 +30,7 @@ from .context import CallInfo, Context
 from .errors import Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
-from .method import MethodInfo
+from .method import MethodInfo, MethodKind
 from .server import INTERNAL_MESSAGE
 from .telemetry import SERVER_ERROR_CODES
 from .transport import transport_for_url
@@ -206,11 +206,12 @@ class Instruments:
 class _Route:
     """What every call of one method (on one transport) shares: names and attribute sets."""
 
-    __slots__ = ("attributes", "by_outcome", "in_flight", "kind", "name")
+    __slots__ = ("attributes", "by_outcome", "in_flight", "kind", "name", "streaming")
 
     def __init__(self, side: _Side, method: MethodInfo[Any, Any], attributes: Attributes) -> None:
         self.name = method.full_name
         self.kind = method.kind
+        self.streaming = method.kind is not MethodKind.UNARY
         self.attributes = attributes
         self.by_outcome: dict[tuple[Code, str | None], Attributes] = {}
         system = attributes["rpc.system.name"]
@@ -313,7 +314,7 @@ class _Call:
         side = self.side
         side.duration.record(elapsed, attributes)
         side.add(route.in_flight, -1)
-        if route.kind.client_streams or route.kind.server_streams:
+        if route.streaming:
             side.requests_per_rpc.record(self.requests, attributes)
             side.responses_per_rpc.record(self.responses, attributes)
         return elapsed

@@ -59,6 +59,8 @@ class Channel:
     ) -> None:
         self.url = url
         self.telemetry = Telemetry.from_option(telemetry)
+        # telemetry reads no response metadata: only the user's interceptors make collecting it worth it
+        self._interceptors_read_metadata = bool(interceptors)
         if self.telemetry is not None:  # outermost: its span is the parent of what goes on the wire
             interceptors = (self.telemetry.client_interceptor(url), *interceptors)
         self.interceptors = tuple(interceptors)
@@ -135,7 +137,7 @@ class Channel:
         _check_request(method, request)
         if call is None:
             call = CallInfo()
-            call.wants_response_metadata = bool(self.interceptors)
+            call.wants_response_metadata = self._interceptors_read_metadata
         call.prepare(method, timeout, metadata)
         return await self._unary(request, call)  # type: ignore[no-any-return]
 
