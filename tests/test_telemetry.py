@@ -40,7 +40,7 @@ from .test_grpc import eventually
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
 Harnesses = dict[str, Callable[[], str]]
-SYSTEMS = {"inproc": "inproc", "grpc": "grpc", "http": "connectrpc", "nats": "nats"}
+SYSTEMS = {"inproc": "inproc", "grpc": "grpc", "http": "connectrpc", "nats": "nats", "memory": "memory"}
 
 
 @dataclass
@@ -163,9 +163,9 @@ def test_disabled_telemetry_imports_no_opentelemetry() -> None:
 import asyncio, sys
 import protobind
 from protobind.conformance.v1.conformance_pb2 import Request, Response
-from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient, ConformanceServiceService
+from protobind.conformance.v1.conformance_protobind import ConformanceService, ConformanceServiceClient
 
-class Service(ConformanceServiceService):
+class Service(ConformanceService):
     async def unary(self, request, context):
         return Response(text=request.text)
 
@@ -241,7 +241,7 @@ async def test_client_span_is_the_parent_of_the_server_span_for_every_kind(
         assert client_span.attributes is not None
         assert client_span.attributes["rpc.system.name"] == system
         assert client_span.attributes["rpc.method"] == name
-        if transport != "inproc":
+        if transport not in ("inproc", "memory"):
             assert client_span.attributes["server.address"] == "127.0.0.1"
             assert isinstance(client_span.attributes["server.port"], int)
         if transport == "http" and method == "BidiStream":
@@ -656,6 +656,7 @@ def test_server_address_never_carries_credentials() -> None:
     assert server_address("grpc://[::1]:50051") == ("::1", 50051)
     assert server_address("http://example.com/api") == ("example.com", 80)
     assert server_address("inproc://svc") == ("svc", None)
+    assert server_address("memory://Orders") == ("Orders", None)
     assert peer_attributes("ipv6:[::1]:5000") == {"network.peer.address": "::1", "network.peer.port": 5000}
     assert peer_attributes("127.0.0.1:80") == {"network.peer.address": "127.0.0.1", "network.peer.port": 80}
     assert peer_attributes("unix:/tmp/s") == {"network.peer.address": "/tmp/s"}

@@ -50,6 +50,8 @@ logger = logging.getLogger("protobind.server")
 #: Transport name -> ``rpc.system.name`` where they differ; other transports (``grpc``, and ``nats``
 #: and ``inproc``, custom values as the conventions allow) report their own name.
 _RPC_SYSTEMS = {"http": "connectrpc"}
+#: URLs that name something in this process rather than a host: ``server.address`` is the name.
+_IN_PROCESS_SCHEMES = ("inproc", "memory")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "nats": 4222, "tls": 4222}
 
 # Advisory histogram buckets: the conventions' HTTP duration buckets with a sub-millisecond end,
@@ -328,7 +330,7 @@ def rpc_system(transport: str) -> str:
 def server_address(url: str) -> tuple[str, int | None]:
     """``server.address`` and ``server.port`` of a protobind URL (never its credentials)."""
     parts = urlsplit(url)
-    if parts.scheme == "inproc":
+    if parts.scheme in _IN_PROCESS_SCHEMES:
         return parts.netloc + parts.path, None
     first = parts.netloc.rpartition("@")[2].split(",")[0]
     host = urlsplit("//" + first)
