@@ -67,3 +67,25 @@ def test_load_service() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             load_service(spec)
+
+
+def test_telemetry_table_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "protobind.toml"
+    path.write_text("[telemetry]\nenabled = true\nlog_successes = true\nmetrics = false\n")
+    config = Config.load(path, env={})
+    assert config.telemetry is not None
+    assert config.telemetry.log_successes and not config.telemetry.metrics and config.telemetry.tracing
+    assert Config.load(path, env={"PROTOBIND_TELEMETRY": "false"}).telemetry is None
+    assert Config.load(None, env={}).telemetry is None
+    on = Config.load(None, env={"PROTOBIND_TELEMETRY": "1", "PROTOBIND_CLIENT_GREETER": "inproc://g"})
+    assert on.telemetry is not None and on.telemetry.tracing
+    channel = on.connect("greeter")
+    assert channel.url == "inproc://g" and channel.telemetry is on.telemetry
+    path.write_text("[telemetry]\nenabled = true\ntracing = 'yes'\n")
+    with pytest.raises(ConfigError, match=r"telemetry\.tracing must be true or false"):
+        Config.load(path, env={})
+    path.write_text("[telemetry]\nexporter = 'otlp'\n")
+    with pytest.raises(ConfigError, match=r"unknown key telemetry\.exporter"):
+        Config.load(path, env={})
+    with pytest.raises(ConfigError, match="PROTOBIND_TELEMETRY"):
+        Config.load(None, env={"PROTOBIND_TELEMETRY": "maybe"})

@@ -46,7 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
 async def _serve_until_signal(services: list[object], urls: list[str], config: Any) -> int:
     import protobind
 
-    server = protobind.Server(services, transport_options=config.transport_options)
+    server = protobind.Server(
+        services, transport_options=config.transport_options, telemetry=config.telemetry
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

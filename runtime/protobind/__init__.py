@@ -1,7 +1,7 @@
 """protobind: one protobuf contract, served over gRPC, REST/JSON (Connect) and NATS by configuration.
 
 Importing this package loads no transport library; ``grpc``, ``nats`` and ``starlette`` are
-imported when a URL of their scheme is first used.
+imported when a URL of their scheme is first used, ``opentelemetry`` when telemetry is enabled.
 """
 
 from .client import Channel, RequestStream, connect
@@ -12,6 +12,7 @@ from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
 from .metadata import Metadata, MetadataLike
 from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo, check_generated_api
 from .server import Server
+from .telemetry import Telemetry
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "Server",
     "ServerInterceptor",
     "ServiceInfo",
+    "Telemetry",
     "__version__",
     "check_generated_api",
     "connect",

@@ -13,6 +13,7 @@ from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Invoker, chain_client
 from .metadata import MetadataLike
 from .method import MethodInfo
+from .telemetry import Telemetry, TelemetryOption
 from .transport import ClientTransport, check_options, query_options, transport_for_url
 
 __all__ = [
@@ -54,8 +55,14 @@ class Channel:
         *,
         interceptors: Sequence[ClientInterceptor] = (),
         options: Mapping[str, Any] | None = None,
+        telemetry: TelemetryOption = None,
     ) -> None:
         self.url = url
+        self.telemetry = Telemetry.from_option(telemetry)
+        # telemetry reads no response metadata: only the user's interceptors make collecting it worth it
+        self._interceptors_read_metadata = bool(interceptors)
+        if self.telemetry is not None:  # outermost: its span is the parent of what goes on the wire
+            interceptors = (self.telemetry.client_interceptor(url), *interceptors)
         self.interceptors = tuple(interceptors)
         self._spec = transport_for_url(url)
         self._spec.check_installed(server=False)
@@ -130,7 +137,7 @@ class Channel:
         _check_request(method, request)
         if call is None:
             call = CallInfo()
-            call.wants_response_metadata = bool(self.interceptors)
+            call.wants_response_metadata = self._interceptors_read_metadata
         call.prepare(method, timeout, metadata)
         return await self._unary(request, call)  # type: ignore[no-any-return]
 
@@ -202,8 +209,10 @@ def connect(
     *,
     interceptors: Sequence[ClientInterceptor] = (),
     options: Mapping[str, Any] | None = None,
+    telemetry: TelemetryOption = None,
 ) -> Channel:
     """A :class:`Channel` to ``url`` (``inproc://``, ``grpc://``, ``grpcs://``, ``http://``,
     ``https://``, ``nats://``, ``tls://``). Transport options come from the URL's query string and
-    ``options``. Use it as ``async with protobind.connect(url) as channel:``."""
-    return Channel(url, interceptors=interceptors, options=options)
+    ``options``; ``telemetry=True`` (or a :class:`protobind.Telemetry`) traces and measures every
+    call. Use it as ``async with protobind.connect(url) as channel:``."""
+    return Channel(url, interceptors=interceptors, options=options, telemetry=telemetry)

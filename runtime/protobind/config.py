@@ -11,11 +11,16 @@ max_message_size = 8388608
 
 [clients]
 greeter = "nats://127.0.0.1:4222"             # protobind.Config.load().client_url("greeter")
+
+[telemetry]                                   # traces, metrics and failure logs (docs/observability.md)
+enabled = true                                # for the server and for Config.connect() clients
+log_successes = false                         # also: tracing, metrics, log_failures (default true)
 ```
 
 Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
 ``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, and
-``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` as ``_``).
+``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` as ``_``), and
+``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
 Switching a deployment from gRPC to NATS is a one-line change in either place.
 """
 
@@ -27,7 +32,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .client import Channel
 
 __all__ = [
     "Config",
@@ -53,6 +63,8 @@ class Config:
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     clients: Mapping[str, str] = field(default_factory=dict)
     source: str = "<defaults>"
+    #: ``None`` unless ``[telemetry] enabled = true`` (or ``PROTOBIND_TELEMETRY=true``).
+    telemetry: Telemetry | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -85,7 +97,8 @@ class Config:
             if key.startswith("PROTOBIND_CLIENT_"):
                 name = key[len("PROTOBIND_CLIENT_") :].lower()
                 clients[next((c for c in clients if _env_name(c) == name), name)] = value
-        return cls(tuple(services), tuple(bind), float(grace), options, clients, source)
+        telemetry = _telemetry(_table(data, "telemetry", source), env.get("PROTOBIND_TELEMETRY"), source)
+        return cls(tuple(services), tuple(bind), float(grace), options, clients, source, telemetry)
 
     def client_url(self, name: str) -> str:
         """The URL configured for client ``name``."""
@@ -96,6 +109,34 @@ class Config:
                 f"{self.source}: no URL for client {name!r}: add it under [clients] "
                 f"or set PROTOBIND_CLIENT_{_env_name(name).upper()}"
             ) from None
+
+    def connect(self, name: str, **kwargs: Any) -> Channel:
+        """``protobind.connect()`` to client ``name``'s URL, with the configured telemetry."""
+        from .client import connect
+
+        kwargs.setdefault("telemetry", self.telemetry)
+        return connect(self.client_url(name), **kwargs)
+
+
+_TELEMETRY_KEYS = ("enabled", "tracing", "metrics", "message_sizes", "log_failures", "log_successes")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS.update(dict.fromkeys(("0", "false", "no", "off"), False))
+
+
+def _telemetry(table: dict[str, Any], env_value: str | None, source: str) -> Telemetry | None:
+    for key, value in table.items():
+        if key not in _TELEMETRY_KEYS:
+            raise ConfigError(f"{source}: unknown key telemetry.{key}; known: {', '.join(_TELEMETRY_KEYS)}")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: telemetry.{key} must be true or false")
+    enabled = table.get("enabled", False)
+    if env_value:
+        if env_value.strip().lower() not in _BOOLEANS:
+            raise ConfigError(f"PROTOBIND_TELEMETRY must be true or false, not {env_value!r}")
+        enabled = _BOOLEANS[env_value.strip().lower()]
+    if not enabled:
+        return None
+    return Telemetry(**{key: value for key, value in table.items() if key != "enabled"})
 
 
 def _env_name(name: str) -> str:

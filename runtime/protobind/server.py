@@ -15,6 +15,7 @@ from .context import Context, DeadlineScope
 from .errors import Code, RpcError
 from .interceptors import Handler, ServerInterceptor, chain_server
 from .method import MethodInfo, MethodKind, ServiceInfo
+from .telemetry import Telemetry, TelemetryOption
 from .transport import ServerBinding, check_options, query_options, transport_for_url
 from .urls import redact
 
@@ -50,6 +51,9 @@ class EndpointTable:
     services: tuple[ServiceInfo, ...]
     #: keyed by ``/{package}.{Service}/{Method}``
     endpoints: Mapping[str, Endpoint]
+    #: the server's telemetry, for a binding that makes spans of its own (a broker consumer:
+    #: ``Telemetry.consumer_span``); the endpoints' handlers already carry the per-call interceptor
+    telemetry: Telemetry | None = None
 
 
 def service_info(service: object) -> ServiceInfo:
@@ -80,8 +84,17 @@ def to_rpc_error(exc: BaseException, context: Context | None = None) -> RpcError
         return exc
     if isinstance(exc, asyncio.CancelledError):
         return RpcError(Code.CANCELLED, "call cancelled")
+    # the same line telemetry logs for a failed call (there with duration and trace id): with
+    # telemetry on, a handler's exception is logged there and reaches here as an RpcError
     method = context.method if context is not None else "?"
-    logger.error("handler of %s raised", method, exc_info=exc)
+    transport = context.transport if context is not None else "?"
+    logger.error(
+        "call failed method=%s transport=%s code=INTERNAL",
+        method,
+        transport,
+        exc_info=exc,
+        extra={"rpc_method": method, "rpc_transport": transport, "rpc_code": "INTERNAL"},
+    )
     return RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
@@ -156,7 +169,8 @@ class Server:
     ``await server.stop(grace=5.0)`` refuses new calls and drains in-flight ones.
     ``transport_options`` maps a transport name (``"grpc"``, ``"http"``, ``"nats"``, ...; one entry
     covers its TLS scheme too) to server options for that transport, merged over the URL's query
-    string.
+    string. ``telemetry=True`` (or a :class:`protobind.Telemetry`) traces, measures and logs every
+    call (docs/observability.md).
     """
 
     def __init__(
@@ -165,7 +179,11 @@ class Server:
         *,
         interceptors: Sequence[ServerInterceptor] = (),
         transport_options: Mapping[str, Mapping[str, Any]] | None = None,
+        telemetry: TelemetryOption = None,
     ) -> None:
+        self.telemetry = Telemetry.from_option(telemetry)
+        if self.telemetry is not None:  # outermost, so it sees what the other interceptors do
+            interceptors = (self.telemetry.server_interceptor(self), *interceptors)
         self.services: list[ServiceInfo] = []
         self.endpoints: dict[str, Endpoint] = {}
         self._table: EndpointTable | None = None
@@ -198,7 +216,9 @@ class Server:
     def table(self) -> EndpointTable:
         """The frozen view of the endpoints the bindings serve; taking it freezes the server."""
         if self._table is None:
-            self._table = EndpointTable(tuple(self.services), MappingProxyType(dict(self.endpoints)))
+            self._table = EndpointTable(
+                tuple(self.services), MappingProxyType(dict(self.endpoints)), self.telemetry
+            )
         return self._table
 
     async def start(self, *urls: str) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .interceptors import ServerInterceptor
 from .server import Server
+from .telemetry import TelemetryOption
 from .transport import all_transports, transport_named
 
 __all__ = ["serving", "transport_names"]
@@ -39,6 +40,7 @@ async def serving(
     interceptors: Sequence[ServerInterceptor] = (),
     url: str | None = None,
     options: Mapping[str, Any] | None = None,
+    telemetry: TelemetryOption = None,
 ) -> AsyncIterator[str]:
     """Start a :class:`Server` for ``services`` on ``transport``; yield the URL clients use.
 
@@ -50,7 +52,10 @@ async def serving(
             fresh_url = await stack.enter_async_context(spec.test_harness())
             url = fresh_url()
         server = Server(
-            services, interceptors=interceptors, transport_options={spec.name: dict(options or {})}
+            services,
+            interceptors=interceptors,
+            transport_options={spec.name: dict(options or {})},
+            telemetry=telemetry,
         )
         (bound,) = await server.start(url)
         try:
