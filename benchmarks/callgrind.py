@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,9 @@ def _total(path: str) -> int:
     return int(match.group(1))
 
 
-def _count(kind: str, side: str, calls: int, payload: int, workdir: str) -> int:
+def _count(kind: str, side: str, calls: int, payload: int, workdir: str, nats_url: str | None) -> int:
     out = os.path.join(workdir, f"{kind}-{side}-{calls}.out")
-    serve = [sys.executable, "-m", "benchmarks.serve", kind, "127.0.0.1"]
+    serve = [sys.executable, "-m", "benchmarks.serve", kind, "127.0.0.1"] + ([nats_url] if nats_url else [])
     if side == "server":
         serve = _valgrind(out) + serve
     server = subprocess.Popen(serve, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -57,6 +58,14 @@ def _count(kind: str, side: str, calls: int, payload: int, workdir: str) -> int:
     return _total(out)
 
 
+def _nats_server() -> tuple[str, Callable[[], None]]:
+    try:
+        from protobind.nats.embedded import start_nats_server
+    except ImportError:  # trees from before the transport packages
+        from protobind._nats_embedded import start_nats_server  # type: ignore[no-redef]
+    return start_nats_server()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,11 +78,18 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     per_call: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as workdir:
-        for kind in kinds:
-            low = _count(kind, args.side, args.low, args.payload, workdir)
-            high = _count(kind, args.side, args.high, args.payload, workdir)
-            per_call[kind] = (high - low) / (args.high - args.low)
+    nats_url, stop_nats = os.environ.get("PROTOBIND_NATS_URL"), None
+    if nats_url is None and any("nats" in kind for kind in kinds):
+        nats_url, stop_nats = _nats_server()
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            for kind in kinds:
+                low = _count(kind, args.side, args.low, args.payload, workdir, nats_url)
+                high = _count(kind, args.side, args.high, args.payload, workdir, nats_url)
+                per_call[kind] = (high - low) / (args.high - args.low)
+    finally:
+        if stop_nats is not None:
+            stop_nats()
     first = per_call[kinds[0]]
     calls = args.high - args.low
     print(f"{args.side}, payload {args.payload} B, instructions per call (callgrind, {calls} calls)")
