@@ -22,12 +22,16 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*protobind/conformance/v1/conformance.proto\x12\x18protobind.conformance.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x08\x42\x65havior\x12\x12\n\nerror_code\x18\x01 \x01(\x05\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1b\n\x13\x65rror_detail_reason\x18\x03 \x01(\t\x12\x10\n\x08sleep_ms\x18\x04 \x01(\x05\x12\x17\n\x0fraise_exception\x18\x05 \x01(\x08\x12\x14\n\x0cstream_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65rror_after\x18\x07 \x01(\x05\x12\x15\n\rresponse_size\x18\x08 \x01(\x05\"\xe9\x02\n\x07Request\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x34\n\x08\x62\x65havior\x18\x03 \x01(\x0b\x32\".protobind.conformance.v1.Behavior\x12\x0e\n\x06number\x18\x04 \x01(\x03\x12(\n\x04when\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08how_long\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x05\x65xtra\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12=\n\x06labels\x18\x08 \x03(\x0b\x32-.protobind.conformance.v1.Request.LabelsEntry\x12\x0c\n\x04tags\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x02\n\x08Response\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x42\n\x08metadata\x18\x03 \x03(\x0b\x32\x30.protobind.conformance.v1.Response.MetadataEntry\x12\x15\n\rrequest_count\x18\x04 \x01(\x05\x12\x16\n\x0etime_remaining\x18\x05 \x01(\x01\x12\x11\n\ttransport\x18\x06 \x01(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\x0e\n\x06number\x18\x08 \x01(\x03\x12\r\n\x05index\x18\t \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc5\x03\n\x12\x43onformanceService\x12N\n\x05Unary\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response\x12T\n\x06Lookup\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response\"\x03\x90\x02\x01\x12W\n\x0cServerStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response0\x01\x12W\n\x0c\x43lientStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response(\x01\x12W\n\nBidiStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*protobind/conformance/v1/conformance.proto\x12\x18protobind.conformance.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xbf\x01\n\x08\x42\x65havior\x12\x12\n\nerror_code\x18\x01 \x01(\x05\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1b\n\x13\x65rror_detail_reason\x18\x03 \x01(\t\x12\x10\n\x08sleep_ms\x18\x04 \x01(\x05\x12\x17\n\x0fraise_exception\x18\x05 \x01(\x08\x12\x14\n\x0cstream_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65rror_after\x18\x07 \x01(\x05\x12\x15\n\rresponse_size\x18\x08 \x01(\x05\"\xa3\x03\n\x07Request\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x34\n\x08\x62\x65havior\x18\x03 \x01(\x0b\x32\".protobind.conformance.v1.Behavior\x12\x0e\n\x06number\x18\x04 \x01(\x03\x12(\n\x04when\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08how_long\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x05\x65xtra\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12=\n\x06labels\x18\x08 \x03(\x0b\x32-.protobind.conformance.v1.Request.LabelsEntry\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x38\n\neverything\x18\n \x01(\x0b\x32$.protobind.conformance.v1.Everything\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc9\x02\n\x08Response\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x42\n\x08metadata\x18\x03 \x03(\x0b\x32\x30.protobind.conformance.v1.Response.MetadataEntry\x12\x15\n\rrequest_count\x18\x04 \x01(\x05\x12\x16\n\x0etime_remaining\x18\x05 \x01(\x01\x12\x11\n\ttransport\x18\x06 \x01(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\x0e\n\x06number\x18\x08 \x01(\x03\x12\r\n\x05index\x18\t \x01(\x05\x12\x38\n\neverything\x18\n \x01(\x0b\x32$.protobind.conformance.v1.Everything\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x06Nested\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x05\x63hild\x18\x02 \x01(\x0b\x32 .protobind.conformance.v1.Nested\x12\x0e\n\x06values\x18\x03 \x03(\x05\"\xa8\x14\n\nEverything\x12\x10\n\x08\x66_double\x18\x01 \x01(\x01\x12\x0f\n\x07\x66_float\x18\x02 \x01(\x02\x12\x0f\n\x07\x66_int32\x18\x03 \x01(\x05\x12\x0f\n\x07\x66_int64\x18\x04 \x01(\x03\x12\x10\n\x08\x66_uint32\x18\x05 \x01(\r\x12\x10\n\x08\x66_uint64\x18\x06 \x01(\x04\x12\x10\n\x08\x66_sint32\x18\x07 \x01(\x11\x12\x10\n\x08\x66_sint64\x18\x08 \x01(\x12\x12\x11\n\tf_fixed32\x18\t \x01(\x07\x12\x11\n\tf_fixed64\x18\n \x01(\x06\x12\x12\n\nf_sfixed32\x18\x0b \x01(\x0f\x12\x12\n\nf_sfixed64\x18\x0c \x01(\x10\x12\x0e\n\x06\x66_bool\x18\r \x01(\x08\x12\x10\n\x08\x66_string\x18\x0e \x01(\t\x12\x0f\n\x07\x66_bytes\x18\x0f \x01(\x0c\x12/\n\x06\x66_enum\x18\x10 \x01(\x0e\x32\x1f.protobind.conformance.v1.Color\x12\x33\n\tf_message\x18\x11 \x01(\x0b\x32 .protobind.conformance.v1.Nested\x12\x0f\n\x07r_int32\x18\x14 \x03(\x05\x12\x0f\n\x07r_int64\x18\x15 \x03(\x03\x12\x10\n\x08r_double\x18\x16 \x03(\x01\x12\x0e\n\x06r_bool\x18\x17 \x03(\x08\x12\x10\n\x08r_string\x18\x18 \x03(\t\x12\x0f\n\x07r_bytes\x18\x19 \x03(\x0c\x12/\n\x06r_enum\x18\x1a \x03(\x0e\x32\x1f.protobind.conformance.v1.Color\x12\x33\n\tr_message\x18\x1b \x03(\x0b\x32 .protobind.conformance.v1.Nested\x12P\n\x0fm_string_string\x18\x1e \x03(\x0b\x32\x37.protobind.conformance.v1.Everything.MStringStringEntry\x12L\n\rm_int32_int64\x18\x1f \x03(\x0b\x32\x35.protobind.conformance.v1.Everything.MInt32Int64Entry\x12P\n\x0fm_int64_message\x18  \x03(\x0b\x32\x37.protobind.conformance.v1.Everything.MInt64MessageEntry\x12L\n\rm_uint32_enum\x18! \x03(\x0b\x32\x35.protobind.conformance.v1.Everything.MUint32EnumEntry\x12J\n\x0cm_bool_bytes\x18\" \x03(\x0b\x32\x34.protobind.conformance.v1.Everything.MBoolBytesEntry\x12P\n\x0fm_string_double\x18# \x03(\x0b\x32\x37.protobind.conformance.v1.Everything.MStringDoubleEntry\x12\x12\n\x08\x63_string\x18( \x01(\tH\x00\x12\x11\n\x07\x63_int64\x18) \x01(\x03H\x00\x12\x35\n\tc_message\x18* \x01(\x0b\x32 .protobind.conformance.v1.NestedH\x00\x12\x31\n\x06\x63_enum\x18+ \x01(\x0e\x32\x1f.protobind.conformance.v1.ColorH\x00\x12\x11\n\x07\x63_bytes\x18, \x01(\x0cH\x00\x12\x14\n\x07o_int32\x18\x32 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08o_string\x18\x33 \x01(\tH\x02\x88\x01\x01\x12\x13\n\x06o_bool\x18\x34 \x01(\x08H\x03\x88\x01\x01\x12\x34\n\x06o_enum\x18\x35 \x01(\x0e\x32\x1f.protobind.conformance.v1.ColorH\x04\x88\x01\x01\x12\x15\n\x08o_double\x18\x36 \x01(\x01H\x05\x88\x01\x01\x12/\n\x0bt_timestamp\x18< \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\nt_duration\x18= \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x08t_struct\x18> \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x07t_value\x18? \x01(\x0b\x32\x16.google.protobuf.Value\x12*\n\x06t_list\x18@ \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12#\n\x05t_any\x18\x41 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x30\n\x0ct_field_mask\x18\x42 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\'\n\x07t_empty\x18\x43 \x01(\x0b\x32\x16.google.protobuf.Empty\x12.\n\x08w_double\x18\x46 \x01(\x0b\x32\x1c.google.protobuf.DoubleValue\x12,\n\x07w_float\x18G \x01(\x0b\x32\x1b.google.protobuf.FloatValue\x12,\n\x07w_int64\x18H \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12.\n\x08w_uint64\x18I \x01(\x0b\x32\x1c.google.protobuf.UInt64Value\x12,\n\x07w_int32\x18J \x01(\x0b\x32\x1b.google.protobuf.Int32Value\x12.\n\x08w_uint32\x18K \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12*\n\x06w_bool\x18L \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12.\n\x08w_string\x18M \x01(\x0b\x32\x1c.google.protobuf.StringValue\x12,\n\x07w_bytes\x18N \x01(\x0b\x32\x1b.google.protobuf.BytesValue\x1a\x34\n\x12MStringStringEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10MInt32Int64Entry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1aV\n\x12MInt64MessageEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .protobind.conformance.v1.Nested:\x02\x38\x01\x1aS\n\x10MUint32EnumEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12.\n\x05value\x18\x02 \x01(\x0e\x32\x1f.protobind.conformance.v1.Color:\x02\x38\x01\x1a\x31\n\x0fMBoolBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x34\n\x12MStringDoubleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06\x63hoiceB\n\n\x08_o_int32B\x0b\n\t_o_stringB\t\n\x07_o_boolB\t\n\x07_o_enumB\x0b\n\t_o_double*>\n\x05\x43olor\x12\x15\n\x11\x43OLOR_UNSPECIFIED\x10\x00\x12\r\n\tCOLOR_RED\x10\x01\x12\x0f\n\x0b\x43OLOR_GREEN\x10\x02\x32\xc5\x03\n\x12\x43onformanceService\x12N\n\x05Unary\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response\x12T\n\x06Lookup\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response\"\x03\x90\x02\x01\x12W\n\x0cServerStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response0\x01\x12W\n\x0c\x43lientStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response(\x01\x12W\n\nBidiStream\x12!.protobind.conformance.v1.Request\x1a\".protobind.conformance.v1.Response(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,18 +42,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_RESPONSE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MSTRINGSTRINGENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MSTRINGSTRINGENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MINT32INT64ENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MINT32INT64ENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MINT64MESSAGEENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MINT64MESSAGEENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MUINT32ENUMENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MUINT32ENUMENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MBOOLBYTESENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MBOOLBYTESENTRY']._serialized_options = b'8\001'
+  _globals['_EVERYTHING_MSTRINGDOUBLEENTRY']._loaded_options = None
+  _globals['_EVERYTHING_MSTRINGDOUBLEENTRY']._serialized_options = b'8\001'
   _globals['_CONFORMANCESERVICE'].methods_by_name['Lookup']._loaded_options = None
   _globals['_CONFORMANCESERVICE'].methods_by_name['Lookup']._serialized_options = b'\220\002\001'
-  _globals['_BEHAVIOR']._serialized_start=168
-  _globals['_BEHAVIOR']._serialized_end=359
-  _globals['_REQUEST']._serialized_start=362
-  _globals['_REQUEST']._serialized_end=723
-  _globals['_REQUEST_LABELSENTRY']._serialized_start=678
-  _globals['_REQUEST_LABELSENTRY']._serialized_end=723
-  _globals['_RESPONSE']._serialized_start=726
-  _globals['_RESPONSE']._serialized_end=997
-  _globals['_RESPONSE_METADATAENTRY']._serialized_start=950
-  _globals['_RESPONSE_METADATAENTRY']._serialized_end=997
-  _globals['_CONFORMANCESERVICE']._serialized_start=1000
-  _globals['_CONFORMANCESERVICE']._serialized_end=1453
+  _globals['_COLOR']._serialized_start=3929
+  _globals['_COLOR']._serialized_end=3991
+  _globals['_BEHAVIOR']._serialized_start=290
+  _globals['_BEHAVIOR']._serialized_end=481
+  _globals['_REQUEST']._serialized_start=484
+  _globals['_REQUEST']._serialized_end=903
+  _globals['_REQUEST_LABELSENTRY']._serialized_start=858
+  _globals['_REQUEST_LABELSENTRY']._serialized_end=903
+  _globals['_RESPONSE']._serialized_start=906
+  _globals['_RESPONSE']._serialized_end=1235
+  _globals['_RESPONSE_METADATAENTRY']._serialized_start=1188
+  _globals['_RESPONSE_METADATAENTRY']._serialized_end=1235
+  _globals['_NESTED']._serialized_start=1237
+  _globals['_NESTED']._serialized_end=1324
+  _globals['_EVERYTHING']._serialized_start=1327
+  _globals['_EVERYTHING']._serialized_end=3927
+  _globals['_EVERYTHING_MSTRINGSTRINGENTRY']._serialized_start=3475
+  _globals['_EVERYTHING_MSTRINGSTRINGENTRY']._serialized_end=3527
+  _globals['_EVERYTHING_MINT32INT64ENTRY']._serialized_start=3529
+  _globals['_EVERYTHING_MINT32INT64ENTRY']._serialized_end=3579
+  _globals['_EVERYTHING_MINT64MESSAGEENTRY']._serialized_start=3581
+  _globals['_EVERYTHING_MINT64MESSAGEENTRY']._serialized_end=3667
+  _globals['_EVERYTHING_MUINT32ENUMENTRY']._serialized_start=3669
+  _globals['_EVERYTHING_MUINT32ENUMENTRY']._serialized_end=3752
+  _globals['_EVERYTHING_MBOOLBYTESENTRY']._serialized_start=3754
+  _globals['_EVERYTHING_MBOOLBYTESENTRY']._serialized_end=3803
+  _globals['_EVERYTHING_MSTRINGDOUBLEENTRY']._serialized_start=3805
+  _globals['_EVERYTHING_MSTRINGDOUBLEENTRY']._serialized_end=3857
+  _globals['_CONFORMANCESERVICE']._serialized_start=3994
+  _globals['_CONFORMANCESERVICE']._serialized_end=4447
 # @@protoc_insertion_point(module_scope)

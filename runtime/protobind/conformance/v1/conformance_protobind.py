@@ -112,7 +112,7 @@ class ConformanceService:
         requests: AsyncIterator[_conformance_pb2.Request],
         context: protobind.Context,
     ) -> _conformance_pb2.Response:
-        """Counts the requests and joins their texts."""
+        """Counts the requests and joins their texts; fails as soon as a request's behavior says so."""
         raise protobind.RpcError(
             protobind.Code.UNIMPLEMENTED,
             "protobind.conformance.v1.ConformanceService/ClientStream is not implemented",
@@ -195,7 +195,7 @@ class ConformanceServiceClient:
         metadata: protobind.MetadataLike | None = None,
         call: protobind.CallInfo | None = None,
     ) -> _conformance_pb2.Response:
-        """Counts the requests and joins their texts."""
+        """Counts the requests and joins their texts; fails as soon as a request's behavior says so."""
         return await self._channel.client_stream(
             CONFORMANCE_SERVICE_CLIENT_STREAM,
             requests,

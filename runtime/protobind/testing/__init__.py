@@ -1,4 +1,5 @@
-"""Serve services on any transport for the length of a test.
+"""Testing tools: serve services on any transport for the length of a test, the pytest plugin
+(:mod:`protobind.testing.plugin`) and the conformance matrix (:mod:`protobind.testing.conformance`).
 
 Contract tests run one suite against every registered transport::
 
@@ -19,10 +20,10 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-from .interceptors import ServerInterceptor
-from .server import Server
-from .telemetry import TelemetryOption
-from .transport import all_transports, transport_named
+from ..interceptors import ServerInterceptor
+from ..server import Server
+from ..telemetry import TelemetryOption
+from ..transport import all_transports, transport_named
 
 __all__ = ["serving", "transport_names"]
 

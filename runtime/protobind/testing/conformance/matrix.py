@@ -1,0 +1,414 @@
+"""Run every conformance case against every column (a client calling a protobind server over one
+transport) and report the matrix.
+
+Columns: protobind's own client on every registered transport (and with JSON where the transport
+offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding,
+``connectrpc`` (binary and JSON) against the HTTP binding, plain ``nats-py`` (binary and JSON)
+against the NATS binding. Each transport gets one server (with its test harness: a private
+nats-server for NATS) shared by its columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import importlib.util
+import itertools
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...client import RequestStream, _as_async_iterator, connect
+from ...conformance.v1.conformance_pb2 import Request, Response
+from ...conformance.v1.conformance_protobind import (
+    CONFORMANCE_SERVICE_BIDI_STREAM,
+    CONFORMANCE_SERVICE_CLIENT_STREAM,
+    CONFORMANCE_SERVICE_LOOKUP,
+    CONFORMANCE_SERVICE_SERVER_STREAM,
+    CONFORMANCE_SERVICE_UNARY,
+    ConformanceServiceClient,
+)
+from ...context import CallInfo
+from ...errors import Code, RpcError
+from ...metadata import MetadataLike
+from ...method import MethodInfo
+from ...server import Server
+from ...transport import ClientTransport, transport_named
+from .. import transport_names
+from .cases import CASES, UNSUPPORTED, Case, ConformanceClient, Env
+from .service import Conformance
+
+__all__ = ["COLUMNS_BY_PEER", "Cell", "Column", "Verdict", "columns", "run_matrix"]
+
+MiB = 1024 * 1024
+
+#: Each transport's documented default message size limit (docs/protocols.md); None: no limit.
+LIMITS: dict[str, int | None] = {"inproc": None, "grpc": 4 * MiB, "http": 4 * MiB, "nats": MiB, "memory": MiB}
+#: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
+JSON_TRANSPORTS = ("http", "nats")
+
+_PLAIN_NATS = (
+    "a plain NATS request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, NATS > Streams)"
+)
+
+
+class Verdict(enum.Enum):
+    PASS = "ok"
+    FAIL = "FAIL"
+    UNSUPPORTED = "no"  # by design of the transport, and refused as documented
+    NOT_APPLICABLE = "-"  # the column's client cannot express the case
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One client calling a protobind server over ``transport``."""
+
+    name: str
+    transport: str
+    client: str  # "protobind", "grpcio", "connectrpc" or "nats-py"
+    json: bool = False
+    summary: str = ""
+    #: client features a case may need that this client lacks -> why
+    lacks: Mapping[str, str] = field(default_factory=dict)
+    #: modules the client needs (a column whose modules are missing is left out, and said so)
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    case: str
+    column: str
+    verdict: Verdict
+    reason: str = ""
+    seconds: float = 0.0
+
+
+#: Clients nobody here wrote, each against the binding of its protocol.
+COLUMNS_BY_PEER: tuple[Column, ...] = (
+    Column("grpcio", "grpc", "grpcio", summary="stock grpc.aio client -> protobind gRPC server", requires=("grpc",)),
+    Column(
+        "connectrpc",
+        "http",
+        "connectrpc",
+        summary="connectrpc client (binary) -> protobind HTTP server",
+        requires=("connectrpc",),
+    ),
+    Column(
+        "connectrpc+json",
+        "http",
+        "connectrpc",
+        json=True,
+        summary="connectrpc client (JSON) -> protobind HTTP server",
+        requires=("connectrpc",),
+    ),
+    Column(
+        "nats-py",
+        "nats",
+        "nats-py",
+        summary="plain nats-py requests (binary) -> protobind NATS server",
+        lacks={"streams": _PLAIN_NATS, "request_limit": "nats-py refuses to publish above max_payload itself"},
+        requires=("nats",),
+    ),
+    Column(
+        "nats-py+json",
+        "nats",
+        "nats-py",
+        json=True,
+        summary="plain nats-py requests (JSON) -> protobind NATS server",
+        lacks={"streams": _PLAIN_NATS, "request_limit": "nats-py refuses to publish above max_payload itself"},
+        requires=("nats",),
+    ),
+)
+
+
+def columns() -> tuple[list[Column], list[str]]:
+    """Every column that can run here, and a note for each one left out (library not installed)."""
+    found: list[Column] = []
+    for name in transport_names():
+        found.append(Column(name, name, "protobind", summary=f"protobind client -> protobind {name} server"))
+        if name in JSON_TRANSPORTS:
+            summary = f"protobind client (codec=json) -> protobind {name} server"
+            found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary))
+    left_out = []
+    for column in COLUMNS_BY_PEER:
+        missing = [m for m in column.requires if importlib.util.find_spec(m) is None]
+        if column.transport not in transport_names() or missing:
+            left_out.append(f"{column.name}: not installed ({', '.join(missing) or column.transport})")
+        else:
+            found.append(column)
+    return found, left_out
+
+
+# --- clients ---------------------------------------------------------------------------------------
+
+
+class _ChannelClient(ConformanceServiceClient):
+    """protobind's generated client, plus ``call_unary`` for methods outside the contract."""
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__(channel)
+        self._any_channel = channel
+
+    async def call_unary(
+        self, method: MethodInfo[Request, Response], request: Request, *, timeout: float | None = None
+    ) -> Response:
+        return await self._any_channel.unary(method, request, timeout)  # type: ignore[no-any-return]
+
+
+class _PeerClient:
+    """The :class:`ConformanceClient` calls, made through a peer's :class:`ClientTransport`."""
+
+    def __init__(self, transport: ClientTransport) -> None:
+        self._transport = transport
+
+    async def call_unary(
+        self,
+        method: MethodInfo[Request, Response],
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> Response:
+        call = (call or CallInfo()).prepare(method, timeout, metadata)
+        return await self._transport.unary(request, call)  # type: ignore[return-value]
+
+    async def unary(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> Response:
+        return await self.call_unary(CONFORMANCE_SERVICE_UNARY, request, timeout=timeout, metadata=metadata, call=call)
+
+    async def lookup(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> Response:
+        return await self.call_unary(CONFORMANCE_SERVICE_LOOKUP, request, timeout=timeout, metadata=metadata, call=call)
+
+    async def _stream(
+        self,
+        method: MethodInfo[Request, Response],
+        requests: RequestStream[Request],
+        timeout: float | None,
+        metadata: MetadataLike | None,
+        call: CallInfo | None,
+    ) -> AsyncIterator[Response]:
+        prepared = (call or CallInfo()).prepare(method, timeout, metadata)
+        responses = self._transport.stream(_as_async_iterator(requests), prepared)
+        try:
+            async for response in responses:
+                yield response  # type: ignore[misc]
+        finally:
+            await responses.aclose()  # type: ignore[attr-defined]
+
+    def server_stream(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> AsyncIterator[Response]:
+        return self._stream(CONFORMANCE_SERVICE_SERVER_STREAM, [request], timeout, metadata, call)
+
+    async def client_stream(
+        self,
+        requests: RequestStream[Request],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> Response:
+        responses = [r async for r in self._stream(CONFORMANCE_SERVICE_CLIENT_STREAM, requests, timeout, metadata, call)]
+        if len(responses) != 1:
+            raise RpcError(Code.INTERNAL, f"client streaming answered {len(responses)} responses")
+        return responses[0]
+
+    def bidi_stream(
+        self,
+        requests: RequestStream[Request],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> AsyncIterator[Response]:
+        return self._stream(CONFORMANCE_SERVICE_BIDI_STREAM, requests, timeout, metadata, call)
+
+
+@contextlib.asynccontextmanager
+async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
+    if column.client == "protobind":
+        async with connect(url, options={"codec": "json"} if column.json else None) as channel:
+            yield _ChannelClient(channel)
+        return
+    peer: ClientTransport
+    if column.client == "grpcio":
+        from .peers import GrpcioPeer
+
+        peer = GrpcioPeer(url)
+    elif column.client == "connectrpc":
+        from .peers import ConnectPeer
+
+        peer = ConnectPeer(url, json_codec=column.json, read_max_bytes=LIMITS.get(column.transport))
+    elif column.client == "nats-py":
+        from .peers import NatsPeer
+
+        peer = NatsPeer(url, json_codec=column.json)
+    else:
+        raise ValueError(f"unknown client {column.client!r}")
+    try:
+        yield _PeerClient(peer)
+    finally:
+        await peer.close()
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+async def _bidi_probe(env: Env) -> None:
+    async for _ in env.client.bidi_stream([Request(text="probe")], timeout=10):
+        pass
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, AssertionError):
+        text = str(error)
+        if not text:  # a bare assert: show its line
+            frames = traceback.extract_tb(error.__traceback__)
+            text = (frames[-1].line or "assertion failed") if frames else "assertion failed"
+        return text
+    if isinstance(error, TimeoutError):
+        return "no result in time (hung?)"
+    return f"{type(error).__name__}: {error}"
+
+
+async def _run_cell(case: Case, column: Column, env: Env, timeout: float) -> Cell:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def cell(verdict: Verdict, reason: str = "") -> Cell:
+        return Cell(case.name, column.name, verdict, reason, round(loop.time() - started, 3))
+
+    for need in sorted(case.needs):
+        if need in column.lacks:
+            return cell(Verdict.NOT_APPLICABLE, column.lacks[need])
+    unsupported = UNSUPPORTED.get((case.name, column.transport))
+    if unsupported is not None and unsupported.code is None:
+        return cell(Verdict.UNSUPPORTED, unsupported.reason)
+    if unsupported is not None:
+        # not run: the documented refusal is checked instead
+        try:
+            await asyncio.wait_for(_bidi_probe(env), timeout)
+        except RpcError as error:
+            if error.code is unsupported.code:
+                return cell(Verdict.UNSUPPORTED, unsupported.reason)
+            return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}, got {error}")
+        except Exception as error:
+            return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}: {_failure(error)}")
+        return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}, but it worked")
+    try:
+        await asyncio.wait_for(case.run(env), timeout)
+    except Exception as error:
+        return cell(Verdict.FAIL, _failure(error))
+    return cell(Verdict.PASS)
+
+
+async def run_matrix(
+    cases: Sequence[Case] = CASES,
+    selected: Sequence[Column] | None = None,
+    *,
+    service_factory: Callable[[], Conformance] = Conformance,
+    cell_timeout: float = 30.0,
+    on_cell: Callable[[Cell], None] | None = None,
+) -> list[Cell]:
+    """Run ``cases`` against the columns (default: every column that can run here), one server per
+    transport, and return every cell (in column order, then case order)."""
+    if selected is None:
+        selected, _ = columns()
+    unique = itertools.count()
+    cells: list[Cell] = []
+    async with contextlib.AsyncExitStack() as stack:
+        servers: dict[str, tuple[str, Conformance]] = {}
+        for transport in dict.fromkeys(c.transport for c in selected):
+            fresh = await stack.enter_async_context(transport_named(transport).test_harness())
+            service = service_factory()
+            server = Server([service])
+            (url,) = await server.start(fresh())
+            stack.push_async_callback(server.stop, 1.0)
+            servers[transport] = (url, service)
+        for column in selected:
+            url, service = servers[column.transport]
+            async with _client(column, url) as client:
+                for case in cases:
+                    marker = f"{case.name} {column.name} {next(unique)}"
+                    env = Env(client, service, column.transport, LIMITS.get(column.transport), marker)
+                    if case.name.startswith("limits.") and column.transport not in LIMITS:
+                        found = Cell(case.name, column.name, Verdict.NOT_APPLICABLE, "the limit is not known here")
+                    else:
+                        found = await _run_cell(case, column, env, cell_timeout)
+                    cells.append(found)
+                    if on_cell is not None:
+                        on_cell(found)
+    return cells
+
+
+def format_matrix(cells: Iterable[Cell], selected: Sequence[Column], left_out: Sequence[str] = ()) -> str:
+    """The matrix as text: one row per case, one column per client/transport pairing, then the
+    reasons for the cells that are not a pass, and a summary."""
+    cells = list(cells)
+    by_key = {(c.case, c.column): c for c in cells}
+    names = list(dict.fromkeys(c.case for c in cells))
+    notes: dict[str, int] = {}
+
+    def mark(found: Cell) -> str:
+        if found.verdict in (Verdict.UNSUPPORTED, Verdict.NOT_APPLICABLE):
+            number = notes.setdefault(found.reason, len(notes) + 1)
+            return f"{found.verdict.value}[{number}]"
+        return found.verdict.value
+
+    width = max(len(n) for n in names) + 2
+    header = "case".ljust(width) + " ".join(c.name.ljust(max(len(c.name), 6)) for c in selected)
+    lines = [header, "-" * len(header)]
+    for name in names:
+        row = [mark(by_key[(name, c.name)]).ljust(max(len(c.name), 6)) for c in selected if (name, c.name) in by_key]
+        lines.append(name.ljust(width) + " ".join(row).rstrip())
+    lines.append("")
+    lines.append("ok: passed   FAIL: failed   no[n]: unsupported by design (refused as documented)   -[n]: the client cannot express it")
+    for reason, number in notes.items():
+        lines.append(f"  [{number}] {reason}")
+    lines.append("columns:")
+    lines.extend(f"  {c.name}: {c.summary}" for c in selected)
+    lines.extend(f"  (left out) {note}" for note in left_out)
+    failures = [c for c in cells if c.verdict is Verdict.FAIL]
+    if failures:
+        lines.append("failures:")
+        lines.extend(f"  {c.case} on {c.column}: {c.reason}" for c in failures)
+    counts = {v: sum(1 for c in cells if c.verdict is v) for v in Verdict}
+    lines.append(
+        f"{len(cells)} cells: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed, "
+        f"{counts[Verdict.UNSUPPORTED]} unsupported by design, {counts[Verdict.NOT_APPLICABLE]} not applicable"
+    )
+    return "\n".join(lines)
+
+
+def as_json(cells: Iterable[Cell], selected: Sequence[Column]) -> dict[str, Any]:
+    """The matrix as JSON-ready data."""
+    return {
+        "columns": [
+            {"name": c.name, "transport": c.transport, "client": c.client, "json": c.json, "summary": c.summary}
+            for c in selected
+        ],
+        "cells": [dataclasses.asdict(c) | {"verdict": c.verdict.name.lower()} for c in cells],
+    }

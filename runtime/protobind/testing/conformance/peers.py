@@ -1,0 +1,356 @@
+"""Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc`` and a
+plain ``nats-py`` connection.
+
+Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
+deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
+docs/protocols.md where the library leaves the protocol to its user, as for NATS), and turns what
+came back into messages, ``CallInfo.headers`` / ``trailers`` and :class:`~protobind.RpcError`, so
+the conformance cases run unchanged against every pairing. Only the decoding of statuses into
+``RpcError`` reuses protobind (``RpcError.from_status``, ``unpack_details``): that is data, not
+protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+
+from ...context import CallInfo
+from ...errors import Code, RpcError, unpack_details
+from ...metadata import Metadata, MetadataValue
+from ...method import Idempotency, MethodInfo, MethodKind
+
+__all__ = ["ConnectPeer", "GrpcioPeer", "NatsPeer"]
+
+_NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _text_metadata(pairs: Any) -> Metadata:
+    """Metadata from text ``(key, value)`` pairs, ``-bin`` values base64-decoded (HTTP, NATS)."""
+    metadata = Metadata()
+    for key, value in pairs:
+        metadata.add(key, _b64decode(value) if key.lower().endswith("-bin") else value)
+    return metadata
+
+
+def _wire_text(key: str, value: MetadataValue) -> str:
+    if isinstance(value, bytes):
+        return _b64encode(value)
+    return value
+
+
+def _method(call: CallInfo) -> MethodInfo[Any, Any]:
+    assert call.method is not None, "CallInfo.prepare() sets the method"
+    return call.method
+
+
+async def _first(requests: AsyncIterator[Message]) -> Message:
+    async for request in requests:
+        return request
+    raise RpcError(Code.INTERNAL, "no request to send")
+
+
+# --- grpc.aio --------------------------------------------------------------------------------------
+
+
+class GrpcioPeer:
+    """The stock ``grpc.aio`` client: generic multicallables on the method's path, no protobind code
+    on the wire."""
+
+    def __init__(self, url: str) -> None:
+        import grpc
+
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(urlsplit(url).netloc)
+
+    def _metadata(self, call: CallInfo) -> list[tuple[str, MetadataValue]]:
+        return list(call.metadata.items())
+
+    def _error(self, error: Any, call: CallInfo) -> RpcError:
+        trailers = error.trailing_metadata() or ()
+        self._fill(call, error.initial_metadata() or (), trailers)
+        details: list[Message] = []
+        for key, value in trailers:
+            if key == "grpc-status-details-bin":
+                from google.rpc import status_pb2
+
+                details = unpack_details(status_pb2.Status.FromString(value).details)
+        return RpcError(Code.from_number(error.code().value[0]), error.details() or "", details)
+
+    @staticmethod
+    def _fill(call: CallInfo, headers: Any, trailers: Any) -> None:
+        call.headers = Metadata(list(headers))
+        call.trailers = Metadata([(k, v) for k, v in trailers if k != "grpc-status-details-bin"])
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = _method(call)
+        callable_ = self._channel.unary_unary(
+            method.path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=method.output_type.FromString,
+        )
+        grpc_call = callable_(request, timeout=call.timeout, metadata=self._metadata(call))
+        try:
+            response: Message = await grpc_call
+        except self._grpc.aio.AioRpcError as error:
+            raise self._error(error, call) from None
+        except asyncio.CancelledError:
+            grpc_call.cancel()
+            raise
+        self._fill(call, await grpc_call.initial_metadata(), await grpc_call.trailing_metadata())
+        return response
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        method = _method(call)
+        options: dict[str, Callable[..., Any]] = {
+            "request_serializer": lambda m: m.SerializeToString(),
+            "response_deserializer": method.output_type.FromString,
+        }
+        kwargs = {"timeout": call.timeout, "metadata": self._metadata(call)}
+        if method.kind is MethodKind.SERVER_STREAMING:
+            grpc_call = self._channel.unary_stream(method.path, **options)(await _first(requests), **kwargs)
+        elif method.kind is MethodKind.CLIENT_STREAMING:
+            grpc_call = self._channel.stream_unary(method.path, **options)(requests, **kwargs)
+        else:
+            grpc_call = self._channel.stream_stream(method.path, **options)(requests, **kwargs)
+        try:
+            if method.kind is MethodKind.CLIENT_STREAMING:
+                yield await grpc_call
+            else:
+                async for response in grpc_call:
+                    yield response
+            self._fill(call, await grpc_call.initial_metadata(), await grpc_call.trailing_metadata())
+        except self._grpc.aio.AioRpcError as error:
+            raise self._error(error, call) from None
+        finally:
+            grpc_call.cancel()  # a no-op once the call is over; ends it when the caller stopped reading
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+# --- connectrpc ------------------------------------------------------------------------------------
+
+
+class ConnectPeer:
+    """The ``connectrpc`` package's client (Connect protocol), binary or JSON; GET for
+    ``NO_SIDE_EFFECTS`` methods. ``read_max_bytes`` bounds responses as protobind's client does."""
+
+    def __init__(self, url: str, *, json_codec: bool, read_max_bytes: int | None) -> None:
+        from connectrpc.client import ConnectClient
+        from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
+
+        codec = google_protobuf_json_codec() if json_codec else google_protobuf_binary_codec()
+        self._client = ConnectClient(url, codec=codec, read_max_bytes=read_max_bytes)
+
+    @staticmethod
+    def _method(method: MethodInfo[Any, Any]) -> Any:
+        from connectrpc.method import IdempotencyLevel, MethodInfo as ConnectMethod, StreamType
+
+        stream_type = {
+            MethodKind.UNARY: StreamType.UNARY,
+            MethodKind.SERVER_STREAMING: StreamType.SERVER_STREAM,
+            MethodKind.CLIENT_STREAMING: StreamType.CLIENT_STREAM,
+            MethodKind.BIDI_STREAMING: StreamType.BIDI_STREAM,
+        }[method.kind]
+        level = IdempotencyLevel[method.idempotency.name]
+        return ConnectMethod(
+            name=method.name,
+            service_name=method.service,
+            input=method.input_type,
+            output=method.output_type,
+            idempotency_level=level,
+            stream_type=stream_type,
+        )
+
+    @staticmethod
+    def _call_options(call: CallInfo) -> dict[str, Any]:
+        from connectrpc.request import Headers
+
+        headers = Headers()
+        for key, value in call.metadata.items():
+            headers.add(key, _wire_text(key, value))
+        timeout = call.timeout
+        return {"headers": headers, "timeout_ms": None if timeout is None else max(1, int(timeout * 1000))}
+
+    @staticmethod
+    def _error(error: Any) -> RpcError:
+        anys = [
+            any_pb2.Any(type_url=f"type.googleapis.com/{d.type_name}", value=d.message_bytes)
+            for d in error.details
+        ]
+        return RpcError(Code.from_connect_name(error.code.value), error.message, unpack_details(anys))
+
+    @staticmethod
+    def _fill(call: CallInfo, meta: Any) -> None:
+        call.headers = _text_metadata(meta.headers.allitems())
+        call.trailers = _text_metadata(meta.trailers.allitems())
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        from connectrpc.client import ResponseMetadata
+        from connectrpc.errors import ConnectError
+
+        method = _method(call)
+        get = method.idempotency is Idempotency.NO_SIDE_EFFECTS
+        with ResponseMetadata() as meta:
+            try:
+                response: Message = await self._client.execute_unary(
+                    request=request, method=self._method(method), use_get=get, **self._call_options(call)
+                )
+            except ConnectError as error:
+                raise self._error(error) from None
+            finally:
+                self._fill(call, meta)
+        return response
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        from connectrpc.client import ResponseMetadata
+        from connectrpc.errors import ConnectError
+
+        method = _method(call)
+        connect_method = self._method(method)
+        options = self._call_options(call)
+        with ResponseMetadata() as meta:
+            try:
+                if method.kind is MethodKind.SERVER_STREAMING:
+                    request = await _first(requests)
+                    async for response in self._client.execute_server_stream(
+                        request=request, method=connect_method, **options
+                    ):
+                        yield response
+                elif method.kind is MethodKind.CLIENT_STREAMING:
+                    yield await self._client.execute_client_stream(
+                        request=requests, method=connect_method, **options
+                    )
+                else:
+                    async for response in self._client.execute_bidi_stream(
+                        request=requests, method=connect_method, **options
+                    ):
+                        yield response
+            except ConnectError as error:
+                raise self._error(error) from None
+            finally:
+                self._fill(call, meta)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+# --- nats-py ---------------------------------------------------------------------------------------
+
+#: Reply headers that belong to the protocol, not to the handler's response metadata.
+_NATS_PROTOCOL_HEADERS = ("protobind-", "nats-", "content-type", "status", "description")
+
+
+class NatsPeer:
+    """A plain ``nats-py`` connection doing what docs/protocols.md (NATS) tells any NATS client to
+    do for a unary call: a request on ``{prefix}{package}.{Service}.{Method}``, metadata and
+    ``Protobind-Timeout-Ms`` in headers, binary or JSON bodies, errors read from
+    ``Protobind-Status`` and the body, cancellation published to ``{prefix}$PROTOBIND.CANCEL``.
+    Streams need protobind's frame protocol, which this peer does not speak."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        parts = urlsplit(url)
+        prefix = dict(parse_qsl(parts.query)).get("prefix", "")
+        self._prefix = prefix + "." if prefix and not prefix.endswith(".") else prefix
+        self._server = f"nats://{parts.netloc}"
+        self._json = json_codec
+        self._nc: Any = None
+
+    async def _connection(self) -> Any:
+        if self._nc is None:
+            import nats
+
+            self._nc = await nats.connect(servers=[self._server], name="conformance nats-py peer")
+        return self._nc
+
+    def _headers(self, call: CallInfo) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for key, value in call.metadata.items():
+            text = _wire_text(key, value)
+            headers[key] = f"{headers[key]},{text}" if key in headers else text
+        timeout = call.timeout
+        if timeout is not None:
+            headers["Protobind-Timeout-Ms"] = str(max(1, int(timeout * 1000)))
+        if self._json:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _encode(self, message: Message) -> bytes:
+        return json_format.MessageToJson(message).encode() if self._json else message.SerializeToString()
+
+    def _error(self, data: bytes) -> RpcError:
+        if not self._json:
+            from google.rpc import status_pb2
+
+            return RpcError.from_status(status_pb2.Status.FromString(data))
+        body = json.loads(data)
+        anys = [
+            any_pb2.Any(type_url=f"type.googleapis.com/{d['type']}", value=_b64decode(d["value"]))
+            for d in body.get("details", ())
+        ]
+        return RpcError(Code.from_connect_name(body.get("code", "")), body.get("message", ""), unpack_details(anys))
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = _method(call)
+        nc = await self._connection()
+        inbox = nc.new_inbox()
+        subscription = await nc.subscribe(inbox, max_msgs=1)
+        try:
+            await nc.publish(
+                f"{self._prefix}{method.service}.{method.name}",
+                self._encode(request),
+                reply=inbox,
+                headers=self._headers(call),
+            )
+            timeout = call.timeout
+            # the server answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer
+            wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+            try:
+                reply = await subscription.next_msg(timeout=wait)
+            except asyncio.CancelledError:
+                await nc.publish(f"{self._prefix}$PROTOBIND.CANCEL", inbox.encode())
+                raise
+        finally:
+            await subscription.unsubscribe()
+        return self._reply(reply, method, call)
+
+    def _reply(self, reply: Any, method: MethodInfo[Any, Any], call: CallInfo) -> Message:
+        headers = dict(reply.headers or {})
+        if headers.get("Status") == "503":
+            raise RpcError(Code.UNAVAILABLE, "no responders")
+        own = [(k, v) for k, v in headers.items() if not k.lower().startswith(_NATS_PROTOCOL_HEADERS)]
+        call.headers = _text_metadata((k, v) for k, v in own if not k.lower().startswith("trailer-"))
+        call.trailers = _text_metadata((k[8:], v) for k, v in own if k.lower().startswith("trailer-"))
+        status = next((v for k, v in headers.items() if k.lower() == "protobind-status"), None)
+        if status is not None and status != "0":
+            raise self._error(reply.data)
+        try:
+            if self._json:
+                return json_format.Parse(reply.data, method.output_type())
+            return method.output_type.FromString(reply.data)  # type: ignore[no-any-return]
+        except (json_format.ParseError, binascii.Error, ValueError) as error:
+            raise RpcError(Code.INTERNAL, f"cannot parse the reply: {error}") from None
+
+    def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        raise RpcError(Code.UNIMPLEMENTED, "this peer makes plain NATS requests: no streams")
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
