@@ -25,7 +25,6 @@ from .base import NO_RESPONDERS_STATUS, Broker, BrokerError, BrokerMessage, Engi
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
-    COUNT,
     FRAME,
     PROBE_SUBJECT,
     TIMEOUT,
@@ -360,7 +359,7 @@ class BrokerClient(ClientTransport):
         try:
             async for request in requests:
                 await state.send_data(codec.encode(request))
-            await state.control(END, {COUNT: str(state.sent)})
+            await state.send_end()
         except Exception as exc:
             # the request iterator failed (the caller sees its exception) or the call already ended
             if state.error is None:

@@ -251,14 +251,7 @@ class StreamState:
 
     async def send_data(self, body: bytes) -> None:
         """Send one data frame, first waiting for credit from the peer."""
-        while self.error is None and (self.peer is None or self.sent - self._acked >= self.peer_window):
-            self._credit_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._credit_waiter
-            finally:
-                self._credit_waiter = None
-        if self.error is not None:
-            raise self.error
+        await self._wait_for_credit()
         if len(body) > self.max_payload():
             raise RpcError(
                 Code.RESOURCE_EXHAUSTED,
@@ -266,6 +259,24 @@ class StreamState:
             )
         self.sent += 1
         await self._publish(body, None)
+
+    async def send_end(self) -> None:
+        """Send the client's end frame, first waiting for the peer's inbox: in a call without any
+        request it is the first frame, and ``control`` drops frames while the peer is unknown."""
+        await self._wait_for_credit(peer_only=True)
+        await self.control(END, {COUNT: str(self.sent)})
+
+    async def _wait_for_credit(self, *, peer_only: bool = False) -> None:
+        while self.error is None and (
+            self.peer is None or (not peer_only and self.sent - self._acked >= self.peer_window)
+        ):
+            self._credit_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._credit_waiter
+            finally:
+                self._credit_waiter = None
+        if self.error is not None:
+            raise self.error
 
     async def control(self, frame: str, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         """Send a control frame to the peer (no flow control: control frames are small and few)."""
