@@ -37,9 +37,9 @@ def _pytest(tmp_path: Path, *args: str, pythonpath: str = "") -> tuple[int, str]
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": pythonpath}
+    config = ["-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), "-p", "no:cacheprovider"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path)]
-        + ["-p", "no:cacheprovider", "-v", *args],
+        [sys.executable, "-m", "pytest", *config, "-v", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..client import Channel
     from ..interceptors import ServerInterceptor
 
+pytest_asyncio: Any
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the [test] extra installs it
@@ -152,7 +153,9 @@ class Harnesses:
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="protobind-harnesses", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="protobind-harnesses", daemon=True
+        )
         self._thread.start()
         self._stack = contextlib.AsyncExitStack()
         self._fresh: dict[str, Callable[[], str]] = {}

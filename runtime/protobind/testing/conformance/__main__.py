@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", help="comma-separated case names or prefixes (e.g. types.,stream.bidi)")
     parser.add_argument("--json", metavar="FILE", help="also write every cell as JSON to FILE")
     parser.add_argument("--list", action="store_true", help="list the cases and columns, run nothing")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show protobind's logs (the cases provoke errors)"
+    )
     args = parser.parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("protobind").setLevel(logging.CRITICAL + 1)
 
     selected, left_out = columns()
     if args.transports:

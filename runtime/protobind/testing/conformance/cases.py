@@ -29,9 +29,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from ...client import RequestStream
-from ...context import CallInfo
 from ...conformance.v1.conformance_pb2 import Behavior, Color, Everything, Nested, Request, Response
 from ...conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_UNARY
+from ...context import CallInfo
 from ...errors import Code, RpcError
 from ...metadata import MetadataLike
 from ...method import MethodInfo
@@ -110,11 +110,13 @@ class Env:
 
 @dataclass(frozen=True, slots=True)
 class Unsupported:
-    """A (case, transport) cell that the transport does not support by design. ``code``: the status
-    the call must fail with (the documented refusal); ``None``: nothing to call."""
+    """A (case, transport) cell that the transport does not support by design. ``probe`` makes the
+    call the transport refuses; it must fail with ``code`` (the documented refusal). Without a
+    probe there is nothing to call."""
 
     reason: str
-    code: Code | None = None
+    probe: Callable[[Env], Awaitable[None]] | None = None
+    code: Code = Code.UNIMPLEMENTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +131,16 @@ class Case:
 
 CASES: list[Case] = []
 
+
+async def _bidi_call(env: Env) -> None:
+    async for _ in env.client.bidi_stream([Request(text="probe")], timeout=10):
+        pass
+
+
 _BIDI_OVER_HTTP = Unsupported(
     "bidi streaming needs full duplex; Connect over HTTP/1.1 answers unimplemented "
     "(docs/protocols.md, HTTP > Streaming)",
-    Code.UNIMPLEMENTED,
+    _bidi_call,
 )
 _NO_LIMIT_IN_PROCESS = Unsupported(
     "in-process calls cross no wire and have no message size limit (docs/protocols.md, In-process)"
@@ -266,7 +274,9 @@ async def _unary_lookup(env: Env) -> None:
 @case("unary.concurrent")
 async def _unary_concurrent(env: Env) -> None:
     """32 unary calls in flight on one client, each answered with its own response."""
-    replies = await asyncio.gather(*(env.client.unary(Request(text=str(i), number=i), timeout=20) for i in range(32)))
+    replies = await asyncio.gather(
+        *(env.client.unary(Request(text=str(i), number=i), timeout=20) for i in range(32))
+    )
     assert [(r.text, r.number) for r in replies] == [(str(i), i) for i in range(32)]
 
 
@@ -277,7 +287,9 @@ async def _types_scalars(env: Env) -> None:
         env,
         Everything(
             f_double=-1.7976931348623157e308,
-            f_float=3.4028234663852886e38,
+            # not float32's largest value, 3.4028234663852886e38: protobuf-python prints it in
+            # JSON as 3.4028235e+38 and then refuses that as too large (protocolbuffers/protobuf#8336)
+            f_float=-3.4028232635611926e38,
             f_int32=-(2**31),
             f_int64=-(2**63),
             f_uint32=2**32 - 1,
@@ -379,7 +391,9 @@ async def _types_well_known(env: Env) -> None:
     packed = any_pb2.Any()
     packed.Pack(Nested(name="inside any", values=[7]))
     struct = struct_pb2.Struct()
-    struct.update({"number": 1.5, "text": "t", "flag": True, "none": None, "list": [1.0, "two"], "obj": {"a": 2.0}})
+    struct.update(
+        {"number": 1.5, "text": "t", "flag": True, "none": None, "list": [1.0, "two"], "obj": {"a": 2.0}}
+    )
     value = struct_pb2.Value(string_value="just a string")
     listed = struct_pb2.ListValue()
     listed.extend([1.0, "x", None, False])
@@ -427,11 +441,21 @@ async def _types_presence(env: Env) -> None:
     )
     reply = await env.client.unary(Request(everything=sent), timeout=10)
     got = reply.everything
-    present = ["o_int32", "o_string", "o_bool", "o_enum", "o_double", "w_int32", "w_string", "w_bool"]
+    present: list[Any] = [
+        "o_int32",
+        "o_string",
+        "o_bool",
+        "o_enum",
+        "o_double",
+        "w_int32",
+        "w_string",
+        "w_bool",
+    ]
     present += ["f_message", "t_empty", "c_int64"]
     for name in present:
         assert got.HasField(name), f"{name} was set to its zero value but came back unset"
-    for name in ["w_int64", "w_bytes", "t_timestamp", "t_any", "c_message"]:
+    absent: list[Any] = ["w_int64", "w_bytes", "t_timestamp", "t_any", "c_message"]
+    for name in absent:
         assert not got.HasField(name), f"{name} was unset but came back set"
     _same(sent, got)
 
@@ -492,11 +516,10 @@ async def _limits_response_over(env: Env) -> None:
 @case("metadata.request")
 async def _metadata_request(env: Env) -> None:
     """Request metadata reaches the handler."""
-    reply = await env.client.unary(
-        Request(), metadata={"x-user": "ada", "x-trace-id": "t-1", "x-empty": ""}, timeout=10
-    )
+    sent = {"x-user": "ada", "x-trace-id": "t-1"}
+    reply = await env.client.unary(Request(), metadata=sent, timeout=10)
     got = dict(reply.metadata)
-    for key, value in {"x-user": "ada", "x-trace-id": "t-1"}.items():
+    for key, value in sent.items():
         assert got.get(key) == value, f"handler saw {key}={got.get(key)!r}"
 
 
@@ -505,7 +528,8 @@ async def _metadata_headers_trailers(env: Env) -> None:
     """Response headers and trailers, text and binary (-bin), reach the client."""
     call = CallInfo()
     binary = b"\x00\xffbin"
-    await env.client.unary(Request(), metadata={"x-echo-a": "1", "x-echo-b-bin": binary}, call=call, timeout=10)
+    sent: dict[str, str | bytes] = {"x-echo-a": "1", "x-echo-b-bin": binary}
+    await env.client.unary(Request(), metadata=sent, call=call, timeout=10)
     assert call.headers.get("x-echo-a-header") == "1", f"headers {call.headers!r}"
     assert call.trailers.get("x-echo-a-trailer") == "1", f"trailers {call.trailers!r}"
     assert call.headers.get("x-echo-b-header-bin") == binary, f"headers {call.headers!r}"
@@ -517,7 +541,9 @@ async def _metadata_on_error(env: Env) -> None:
     """Headers and trailers also reach the client with an error."""
     call = CallInfo()
     behavior = _fail(Code.NOT_FOUND, "gone")
-    error = await _error(env.client.unary(Request(behavior=behavior), metadata={"x-echo-e": "v"}, call=call, timeout=10))
+    error = await _error(
+        env.client.unary(Request(behavior=behavior), metadata={"x-echo-e": "v"}, call=call, timeout=10)
+    )
     _check_error(error, Code.NOT_FOUND, "gone")
     assert call.trailers.get("x-echo-e-trailer") == "v", f"trailers {call.trailers!r}"
 
@@ -534,7 +560,12 @@ async def _errors_codes(env: Env) -> None:
             continue
         behavior = _fail(code, f"failed with {code.name}", code.name)
         try:
-            _check_error(await _error(env.client.unary(Request(behavior=behavior), timeout=10)), code, f"failed with {code.name}", code.name)
+            _check_error(
+                await _error(env.client.unary(Request(behavior=behavior), timeout=10)),
+                code,
+                f"failed with {code.name}",
+                code.name,
+            )
         except AssertionError as problem:
             wrong.append(f"{code.name}: {problem}")
     assert not wrong, "; ".join(wrong)
@@ -579,7 +610,9 @@ async def _deadline_propagated(env: Env) -> None:
 @case("deadline.exceeded")
 async def _deadline_exceeded(env: Env) -> None:
     """Past the deadline: DEADLINE_EXCEEDED, the handler is cancelled, the server keeps serving."""
-    error = await _error(env.client.unary(Request(text=env.marker, behavior=Behavior(sleep_ms=10_000)), timeout=0.3))
+    error = await _error(
+        env.client.unary(Request(text=env.marker, behavior=Behavior(sleep_ms=10_000)), timeout=0.3)
+    )
     _check_error(error, Code.DEADLINE_EXCEEDED)
     await _eventually(lambda: env.marker in env.service.cancelled, "cancelling the handler")
     assert (await env.client.unary(Request(text="after"), timeout=10)).text == "after"
@@ -590,7 +623,9 @@ async def _deadline_stream(env: Env) -> None:
     """A server stream still running at its deadline ends with DEADLINE_EXCEEDED."""
     seen: list[Response] = []
     behavior = Behavior(stream_count=1000, sleep_ms=20)
-    error = await _error(_collect(env.client.server_stream(Request(text=env.marker, behavior=behavior), timeout=0.5), seen))
+    error = await _error(
+        _collect(env.client.server_stream(Request(text=env.marker, behavior=behavior), timeout=0.5), seen)
+    )
     _check_error(error, Code.DEADLINE_EXCEEDED)
     assert len(seen) < 1000, "the stream ran to its end"
     await _eventually(lambda: env.marker in env.service.cancelled, "cancelling the handler")
@@ -599,14 +634,20 @@ async def _deadline_stream(env: Env) -> None:
 @case("cancel.unary")
 async def _cancel_unary(env: Env) -> None:
     """A caller that cancels its call cancels the handler."""
-    task = asyncio.ensure_future(env.client.unary(Request(text=env.marker, behavior=Behavior(sleep_ms=10_000))))
+    task = asyncio.ensure_future(
+        env.client.unary(Request(text=env.marker, behavior=Behavior(sleep_ms=10_000)))
+    )
     await _eventually(lambda: env.marker in env.service.sleeping or task.done(), "starting the handler")
-    assert not task.done(), f"the call ended early: {task.exception() if not task.cancelled() else 'cancelled'}"
+    assert not task.done(), (
+        f"the call ended early: {task.exception() if not task.cancelled() else 'cancelled'}"
+    )
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         pass
+    except RpcError as error:  # some client libraries (connectrpc) report their own cancel so
+        _check_error(error, Code.CANCELLED)
     else:
         raise AssertionError("the cancelled call returned a response")
     await _eventually(lambda: env.marker in env.service.cancelled, "cancelling the handler")
@@ -615,7 +656,9 @@ async def _cancel_unary(env: Env) -> None:
 @case("cancel.stream", needs={"streams"})
 async def _cancel_stream(env: Env) -> None:
     """A caller that stops reading a server stream cancels the handler."""
-    responses = env.client.server_stream(Request(text=env.marker, behavior=Behavior(stream_count=1000, sleep_ms=20)))
+    responses = env.client.server_stream(
+        Request(text=env.marker, behavior=Behavior(stream_count=1000, sleep_ms=20))
+    )
     seen = 0
     async for _ in responses:
         seen += 1
@@ -633,7 +676,9 @@ async def _stream_server(env: Env) -> None:
     """Server streaming: five responses in order, then headers and trailers."""
     call = CallInfo()
     request = Request(text="s", behavior=Behavior(stream_count=5))
-    replies = await _collect(env.client.server_stream(request, metadata={"x-echo-s": "v"}, call=call, timeout=10))
+    replies = await _collect(
+        env.client.server_stream(request, metadata={"x-echo-s": "v"}, call=call, timeout=10)
+    )
     assert [r.index for r in replies] == [0, 1, 2, 3, 4], [r.index for r in replies]
     assert call.headers.get("x-echo-s-header") == "v", f"headers {call.headers!r}"
     assert call.trailers.get("x-echo-s-trailer") == "v", f"trailers {call.trailers!r}"
@@ -643,7 +688,9 @@ async def _stream_server(env: Env) -> None:
 async def _stream_server_empty(env: Env) -> None:
     """Server streaming with no response at all ends cleanly."""
     call = CallInfo()
-    replies = await _collect(env.client.server_stream(Request(), metadata={"x-echo-z": "v"}, call=call, timeout=10))
+    replies = await _collect(
+        env.client.server_stream(Request(), metadata={"x-echo-z": "v"}, call=call, timeout=10)
+    )
     assert replies == [], replies
     assert call.trailers.get("x-echo-z-trailer") == "v", f"trailers {call.trailers!r}"
 
@@ -651,7 +698,13 @@ async def _stream_server_empty(env: Env) -> None:
 @case("stream.server_error", needs={"streams"})
 async def _stream_server_error(env: Env) -> None:
     """Server streaming failing after two responses: both arrive, then the error with details."""
-    behavior = Behavior(stream_count=5, error_after=2, error_code=int(Code.ABORTED), error_message="mid", error_detail_reason="MID")
+    behavior = Behavior(
+        stream_count=5,
+        error_after=2,
+        error_code=int(Code.ABORTED),
+        error_message="mid",
+        error_detail_reason="MID",
+    )
     seen: list[Response] = []
     error = await _error(_collect(env.client.server_stream(Request(behavior=behavior), timeout=10), seen))
     assert [r.index for r in seen] == [0, 1], [r.index for r in seen]
@@ -663,7 +716,10 @@ async def _stream_client(env: Env) -> None:
     """Client streaming: four requests from an async iterator, one response, headers and trailers."""
     call = CallInfo()
     reply = await env.client.client_stream(
-        _requests((Request(text=str(i)) for i in range(4)), pause=0.001), metadata={"x-echo-c": "v"}, call=call, timeout=10
+        _requests((Request(text=str(i)) for i in range(4)), pause=0.001),
+        metadata={"x-echo-c": "v"},
+        call=call,
+        timeout=10,
     )
     assert (reply.text, reply.request_count) == ("0,1,2,3", 4), reply
     assert call.headers.get("x-echo-c-header") == "v", f"headers {call.headers!r}"
@@ -684,7 +740,12 @@ async def _stream_client_error(env: Env) -> None:
     first = [Request(text="a"), Request(text="b"), Request(text="c", behavior=behavior)]
     more = (Request(text=f"more {i}") for i in range(200))
     requests = _requests([*first, *more], pause=0.005)
-    _check_error(await _error(env.client.client_stream(requests, timeout=20)), Code.FAILED_PRECONDITION, "third is bad", "BAD")
+    _check_error(
+        await _error(env.client.client_stream(requests, timeout=20)),
+        Code.FAILED_PRECONDITION,
+        "third is bad",
+        "BAD",
+    )
 
 
 @case("stream.bidi", needs={"streams"})
@@ -709,7 +770,11 @@ async def _stream_bidi(env: Env) -> None:
 @case("stream.bidi_error", needs={"streams"})
 async def _stream_bidi_error(env: Env) -> None:
     """Bidi streaming failing after two responses: both arrive, then the error with details."""
-    requests = [Request(text="a"), Request(text="b"), Request(behavior=_fail(Code.ABORTED, "bidi mid", "MID"))]
+    requests = [
+        Request(text="a"),
+        Request(text="b"),
+        Request(behavior=_fail(Code.ABORTED, "bidi mid", "MID")),
+    ]
     seen: list[Response] = []
     error = await _error(_collect(env.client.bidi_stream(_requests(requests, pause=0.001), timeout=10), seen))
     assert [r.text for r in seen] == ["a", "b"], [r.text for r in seen]

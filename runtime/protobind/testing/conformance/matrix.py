@@ -89,7 +89,13 @@ class Cell:
 
 #: Clients nobody here wrote, each against the binding of its protocol.
 COLUMNS_BY_PEER: tuple[Column, ...] = (
-    Column("grpcio", "grpc", "grpcio", summary="stock grpc.aio client -> protobind gRPC server", requires=("grpc",)),
+    Column(
+        "grpcio",
+        "grpc",
+        "grpcio",
+        summary="stock grpc.aio client -> protobind gRPC server",
+        requires=("grpc",),
+    ),
     Column(
         "connectrpc",
         "http",
@@ -110,7 +116,10 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         "nats",
         "nats-py",
         summary="plain nats-py requests (binary) -> protobind NATS server",
-        lacks={"streams": _PLAIN_NATS, "request_limit": "nats-py refuses to publish above max_payload itself"},
+        lacks={
+            "streams": _PLAIN_NATS,
+            "request_limit": "nats-py refuses to publish above max_payload itself",
+        },
         requires=("nats",),
     ),
     Column(
@@ -119,7 +128,10 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         "nats-py",
         json=True,
         summary="plain nats-py requests (JSON) -> protobind NATS server",
-        lacks={"streams": _PLAIN_NATS, "request_limit": "nats-py refuses to publish above max_payload itself"},
+        lacks={
+            "streams": _PLAIN_NATS,
+            "request_limit": "nats-py refuses to publish above max_payload itself",
+        },
         requires=("nats",),
     ),
 )
@@ -185,7 +197,9 @@ class _PeerClient:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> Response:
-        return await self.call_unary(CONFORMANCE_SERVICE_UNARY, request, timeout=timeout, metadata=metadata, call=call)
+        return await self.call_unary(
+            CONFORMANCE_SERVICE_UNARY, request, timeout=timeout, metadata=metadata, call=call
+        )
 
     async def lookup(
         self,
@@ -195,7 +209,9 @@ class _PeerClient:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> Response:
-        return await self.call_unary(CONFORMANCE_SERVICE_LOOKUP, request, timeout=timeout, metadata=metadata, call=call)
+        return await self.call_unary(
+            CONFORMANCE_SERVICE_LOOKUP, request, timeout=timeout, metadata=metadata, call=call
+        )
 
     async def _stream(
         self,
@@ -231,7 +247,10 @@ class _PeerClient:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> Response:
-        responses = [r async for r in self._stream(CONFORMANCE_SERVICE_CLIENT_STREAM, requests, timeout, metadata, call)]
+        responses = [
+            r
+            async for r in self._stream(CONFORMANCE_SERVICE_CLIENT_STREAM, requests, timeout, metadata, call)
+        ]
         if len(responses) != 1:
             raise RpcError(Code.INTERNAL, f"client streaming answered {len(responses)} responses")
         return responses[0]
@@ -277,11 +296,6 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
 # --- running ---------------------------------------------------------------------------------------
 
 
-async def _bidi_probe(env: Env) -> None:
-    async for _ in env.client.bidi_stream([Request(text="probe")], timeout=10):
-        pass
-
-
 def _failure(error: BaseException) -> str:
     if isinstance(error, AssertionError):
         text = str(error)
@@ -305,19 +319,20 @@ async def _run_cell(case: Case, column: Column, env: Env, timeout: float) -> Cel
         if need in column.lacks:
             return cell(Verdict.NOT_APPLICABLE, column.lacks[need])
     unsupported = UNSUPPORTED.get((case.name, column.transport))
-    if unsupported is not None and unsupported.code is None:
-        return cell(Verdict.UNSUPPORTED, unsupported.reason)
     if unsupported is not None:
-        # not run: the documented refusal is checked instead
+        # the case is not run: the documented refusal is checked instead
+        if unsupported.probe is None:
+            return cell(Verdict.UNSUPPORTED, unsupported.reason)
+        expected = f"documented as refused with {unsupported.code.name}"
         try:
-            await asyncio.wait_for(_bidi_probe(env), timeout)
+            await asyncio.wait_for(unsupported.probe(env), timeout)
         except RpcError as error:
             if error.code is unsupported.code:
                 return cell(Verdict.UNSUPPORTED, unsupported.reason)
-            return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}, got {error}")
+            return cell(Verdict.FAIL, f"{expected}, got {error}")
         except Exception as error:
-            return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}: {_failure(error)}")
-        return cell(Verdict.FAIL, f"documented as refused with {unsupported.code.name}, but it worked")
+            return cell(Verdict.FAIL, f"{expected}: {_failure(error)}")
+        return cell(Verdict.FAIL, f"{expected}, but it worked")
     try:
         await asyncio.wait_for(case.run(env), timeout)
     except Exception as error:
@@ -355,7 +370,9 @@ async def run_matrix(
                     marker = f"{case.name} {column.name} {next(unique)}"
                     env = Env(client, service, column.transport, LIMITS.get(column.transport), marker)
                     if case.name.startswith("limits.") and column.transport not in LIMITS:
-                        found = Cell(case.name, column.name, Verdict.NOT_APPLICABLE, "the limit is not known here")
+                        found = Cell(
+                            case.name, column.name, Verdict.NOT_APPLICABLE, "the limit is not known here"
+                        )
                     else:
                         found = await _run_cell(case, column, env, cell_timeout)
                     cells.append(found)
@@ -376,16 +393,23 @@ def format_matrix(cells: Iterable[Cell], selected: Sequence[Column], left_out: S
         if found.verdict in (Verdict.UNSUPPORTED, Verdict.NOT_APPLICABLE):
             number = notes.setdefault(found.reason, len(notes) + 1)
             return f"{found.verdict.value}[{number}]"
-        return found.verdict.value
+        return str(found.verdict.value)
 
     width = max(len(n) for n in names) + 2
     header = "case".ljust(width) + " ".join(c.name.ljust(max(len(c.name), 6)) for c in selected)
     lines = [header, "-" * len(header)]
     for name in names:
-        row = [mark(by_key[(name, c.name)]).ljust(max(len(c.name), 6)) for c in selected if (name, c.name) in by_key]
+        row = [
+            mark(by_key[(name, c.name)]).ljust(max(len(c.name), 6))
+            for c in selected
+            if (name, c.name) in by_key
+        ]
         lines.append(name.ljust(width) + " ".join(row).rstrip())
     lines.append("")
-    lines.append("ok: passed   FAIL: failed   no[n]: unsupported by design (refused as documented)   -[n]: the client cannot express it")
+    lines.append(
+        "ok: passed   FAIL: failed   no[n]: unsupported by design (refused as documented)   "
+        "-[n]: the client cannot express it"
+    )
     for reason, number in notes.items():
         lines.append(f"  [{number}] {reason}")
     lines.append("columns:")
@@ -394,11 +418,13 @@ def format_matrix(cells: Iterable[Cell], selected: Sequence[Column], left_out: S
     failures = [c for c in cells if c.verdict is Verdict.FAIL]
     if failures:
         lines.append("failures:")
-        lines.extend(f"  {c.case} on {c.column}: {c.reason}" for c in failures)
+        # the first line: under pytest, assertion rewriting adds an explanation below it
+        lines.extend(f"  {c.case} on {c.column}: {(c.reason.splitlines() or [""])[0]}" for c in failures)
     counts = {v: sum(1 for c in cells if c.verdict is v) for v in Verdict}
     lines.append(
         f"{len(cells)} cells: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed, "
-        f"{counts[Verdict.UNSUPPORTED]} unsupported by design, {counts[Verdict.NOT_APPLICABLE]} not applicable"
+        f"{counts[Verdict.UNSUPPORTED]} unsupported by design, "
+        f"{counts[Verdict.NOT_APPLICABLE]} not applicable"
     )
     return "\n".join(lines)
 
@@ -407,7 +433,13 @@ def as_json(cells: Iterable[Cell], selected: Sequence[Column]) -> dict[str, Any]
     """The matrix as JSON-ready data."""
     return {
         "columns": [
-            {"name": c.name, "transport": c.transport, "client": c.client, "json": c.json, "summary": c.summary}
+            {
+                "name": c.name,
+                "transport": c.transport,
+                "client": c.client,
+                "json": c.json,
+                "summary": c.summary,
+            }
             for c in selected
         ],
         "cells": [dataclasses.asdict(c) | {"verdict": c.verdict.name.lower()} for c in cells],

@@ -76,8 +76,8 @@ class GrpcioPeer:
     def __init__(self, url: str) -> None:
         import grpc
 
-        self._grpc = grpc
-        self._channel = grpc.aio.insecure_channel(urlsplit(url).netloc)
+        self._grpc: Any = grpc
+        self._channel: Any = grpc.aio.insecure_channel(urlsplit(url).netloc)
 
     def _metadata(self, call: CallInfo) -> list[tuple[str, MetadataValue]]:
         return list(call.metadata.items())
@@ -122,7 +122,8 @@ class GrpcioPeer:
             "request_serializer": lambda m: m.SerializeToString(),
             "response_deserializer": method.output_type.FromString,
         }
-        kwargs = {"timeout": call.timeout, "metadata": self._metadata(call)}
+        kwargs: dict[str, Any] = {"timeout": call.timeout, "metadata": self._metadata(call)}
+        grpc_call: Any
         if method.kind is MethodKind.SERVER_STREAMING:
             grpc_call = self._channel.unary_stream(method.path, **options)(await _first(requests), **kwargs)
         elif method.kind is MethodKind.CLIENT_STREAMING:
@@ -142,7 +143,7 @@ class GrpcioPeer:
             grpc_call.cancel()  # a no-op once the call is over; ends it when the caller stopped reading
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
 
 # --- connectrpc ------------------------------------------------------------------------------------
@@ -161,7 +162,8 @@ class ConnectPeer:
 
     @staticmethod
     def _method(method: MethodInfo[Any, Any]) -> Any:
-        from connectrpc.method import IdempotencyLevel, MethodInfo as ConnectMethod, StreamType
+        from connectrpc.method import IdempotencyLevel, StreamType
+        from connectrpc.method import MethodInfo as ConnectMethod
 
         stream_type = {
             MethodKind.UNARY: StreamType.UNARY,
@@ -305,7 +307,9 @@ class NatsPeer:
             any_pb2.Any(type_url=f"type.googleapis.com/{d['type']}", value=_b64decode(d["value"]))
             for d in body.get("details", ())
         ]
-        return RpcError(Code.from_connect_name(body.get("code", "")), body.get("message", ""), unpack_details(anys))
+        return RpcError(
+            Code.from_connect_name(body.get("code", "")), body.get("message", ""), unpack_details(anys)
+        )
 
     async def unary(self, request: Message, call: CallInfo) -> Message:
         method = _method(call)
@@ -342,9 +346,12 @@ class NatsPeer:
         if status is not None and status != "0":
             raise self._error(reply.data)
         try:
+            response: Message = method.output_type()
             if self._json:
-                return json_format.Parse(reply.data, method.output_type())
-            return method.output_type.FromString(reply.data)  # type: ignore[no-any-return]
+                json_format.Parse(reply.data, response)
+            else:
+                response.ParseFromString(reply.data)
+            return response
         except (json_format.ParseError, binascii.Error, ValueError) as error:
             raise RpcError(Code.INTERNAL, f"cannot parse the reply: {error}") from None
 

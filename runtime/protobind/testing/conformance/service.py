@@ -124,7 +124,9 @@ class Conformance(ConformanceService):
             raise
         return _response(Request(text=",".join(texts)), context, request_count=len(texts))
 
-    async def bidi_stream(self, requests: AsyncIterator[Request], context: Context) -> AsyncIterator[Response]:
+    async def bidi_stream(
+        self, requests: AsyncIterator[Request], context: Context
+    ) -> AsyncIterator[Response]:
         _echo_metadata(context)
         index = 0
         async for request in requests:

@@ -1,0 +1,127 @@
+"""The conformance matrix (python -m protobind.testing.conformance): every case against every
+transport and client pairing passes, the unsupported cells are the documented ones, and the runner
+reports a failure when a pairing misbehaves."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from protobind.conformance.v1.conformance_pb2 import Request, Response
+from protobind.context import Context
+from protobind.testing import transport_names
+from protobind.testing.conformance import __main__ as runner
+from protobind.testing.conformance.cases import CASES, UNSUPPORTED, Case, Env, Unsupported
+from protobind.testing.conformance.matrix import Column, Verdict, format_matrix, run_matrix
+from protobind.testing.conformance.service import Conformance
+
+from .conftest import ROOT
+
+#: What docs/protocols.md says about each unsupported (case, transport) reason.
+DOCUMENTED = {
+    "http": "a bidi method answers `unimplemented`",
+    "inproc": "there is no message size limit",
+}
+
+
+def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
+    out = tmp_path / "matrix.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "protobind.testing.conformance", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,  # bounded; it takes about 20 s here
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("case "), result.stdout
+    assert " 0 failed," in result.stdout
+    matrix = json.loads(out.read_text())
+    names = {c["name"] for c in matrix["columns"]}
+    expected = {*transport_names(), "http+json", "nats+json", "grpcio", "nats-py", "nats-py+json"}
+    if importlib.util.find_spec("connectrpc") is not None:
+        expected |= {"connectrpc", "connectrpc+json"}
+    assert names == expected
+    transports = {c["name"]: c["transport"] for c in matrix["columns"]}
+    cells = matrix["cells"]
+    assert len(cells) == len(names) * len(CASES)
+    failed = [c for c in cells if c["verdict"] == "fail"]
+    assert not failed, failed
+    unsupported = {(c["case"], transports[c["column"]]) for c in cells if c["verdict"] == "unsupported"}
+    assert unsupported == set(UNSUPPORTED), unsupported
+    # n/a only where the plain nats-py client cannot express the case (no streams, its own size check)
+    not_applicable = {c["column"] for c in cells if c["verdict"] == "not_applicable"}
+    assert not_applicable == {"nats-py", "nats-py+json"}
+    assert sum(c["verdict"] == "pass" for c in cells) > 0.9 * len(cells)
+
+
+def test_unsupported_cells_are_documented() -> None:
+    docs = (ROOT / "docs" / "protocols.md").read_text()
+    for (_, transport), unsupported in UNSUPPORTED.items():
+        assert "docs/protocols.md" in unsupported.reason
+        assert DOCUMENTED[transport] in docs
+
+
+class DropsTrailers(Conformance):
+    """A service whose unary handler forgets the headers and trailers the conformance case asks
+    for, and whose server stream stops short."""
+
+    async def unary(self, request: Request, context: Context) -> Response:
+        return Response(
+            text=request.text,
+            payload=request.payload,
+            number=request.number,
+            transport=context.transport,
+            method=context.method,
+        )
+
+    async def server_stream(self, request: Request, context: Context) -> AsyncIterator[Response]:
+        async for response in super().server_stream(request, context):
+            yield response
+            return  # stops after one response
+
+
+INPROC = Column("inproc", "inproc", "protobind", summary="protobind client -> protobind inproc server")
+
+
+async def test_a_misbehaving_server_fails_its_cells() -> None:
+    cases = [c for c in CASES if c.name in ("metadata.headers_trailers", "stream.server", "unary.echo")]
+    cells = await run_matrix(cases, [INPROC], service_factory=DropsTrailers)
+    verdicts = {c.case: (c.verdict, c.reason) for c in cells}
+    assert verdicts["unary.echo"] == (Verdict.PASS, "")
+    assert verdicts["metadata.headers_trailers"][0] is Verdict.FAIL
+    assert verdicts["metadata.headers_trailers"][1].startswith("headers Metadata([])")
+    assert verdicts["stream.server"][0] is Verdict.FAIL
+    assert "[0]" in verdicts["stream.server"][1]
+    text = format_matrix(cells, [INPROC])
+    assert "metadata.headers_trailers on inproc:" in text
+    assert "3 cells: 1 passed, 2 failed" in text
+
+
+async def test_a_documented_refusal_that_does_not_happen_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """inproc serves bidi; declared unsupported there, the cell must fail rather than pass quietly."""
+    (bidi,) = [c for c in CASES if c.name == "stream.bidi"]
+    probe = UNSUPPORTED[("stream.bidi", "http")].probe
+    monkeypatch.setitem(UNSUPPORTED, ("stream.bidi", "inproc"), Unsupported("pretend", probe))
+    (cell,) = await run_matrix([bidi], [INPROC])
+    assert cell.verdict is Verdict.FAIL
+    assert cell.reason == "documented as refused with UNIMPLEMENTED, but it worked"
+
+
+def test_exit_status_is_1_on_a_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(env: Env) -> None:
+        raise AssertionError("deliberately broken")
+
+    monkeypatch.setattr(runner, "CASES", [Case("broken.case", "always fails", broken)])
+    assert runner.main(["--transports", "inproc", "--clients", "protobind"]) == 1
+    out = capsys.readouterr().out
+    assert "broken.case on inproc: deliberately broken" in out
+    assert "1 cells: 0 passed, 1 failed" in out
