@@ -89,14 +89,16 @@ def _assert_nats_server_stopped(tmpdir: Path) -> None:
             continue
 
 
-def test_auto_mode_and_option(tmp_path: Path, greeter_path: str) -> None:
-    """A user who configured pytest-asyncio's auto mode gets the same; the option picks transports."""
+def test_auto_mode_and_ini_option(tmp_path: Path, greeter_path: str) -> None:
+    """A user who configured pytest-asyncio's auto mode gets the same; the ini option picks
+    transports."""
     code, output = _pytest(
         tmp_path,
         str(EXAMPLE / "tests"),
         "-o",
         "asyncio_mode=auto",
-        "--protobind-transports=inproc,nats",
+        "-o",
+        "protobind_transports=inproc nats",
         pythonpath=greeter_path,
     )
     assert code == 0, output

@@ -419,7 +419,7 @@ def format_matrix(cells: Iterable[Cell], selected: Sequence[Column], left_out: S
     if failures:
         lines.append("failures:")
         # the first line: under pytest, assertion rewriting adds an explanation below it
-        lines.extend(f"  {c.case} on {c.column}: {(c.reason.splitlines() or [""])[0]}" for c in failures)
+        lines.extend(f"  {c.case} on {c.column}: {c.reason.partition(chr(10))[0]}" for c in failures)
     counts = {v: sum(1 for c in cells if c.verdict is v) for v in Verdict}
     lines.append(
         f"{len(cells)} cells: {counts[Verdict.PASS]} passed, {counts[Verdict.FAIL]} failed, "
