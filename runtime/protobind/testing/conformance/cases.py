@@ -53,7 +53,9 @@ class ConformanceClient(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
-    ) -> Response: ...
+    ) -> Response:
+        """Call ``Unary``."""
+        ...
 
     async def lookup(
         self,
@@ -62,7 +64,9 @@ class ConformanceClient(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
-    ) -> Response: ...
+    ) -> Response:
+        """Call ``Lookup`` (``NO_SIDE_EFFECTS``)."""
+        ...
 
     def server_stream(
         self,
@@ -71,7 +75,9 @@ class ConformanceClient(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
-    ) -> AsyncIterator[Response]: ...
+    ) -> AsyncIterator[Response]:
+        """Call ``ServerStream``."""
+        ...
 
     async def client_stream(
         self,
@@ -80,7 +86,9 @@ class ConformanceClient(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
-    ) -> Response: ...
+    ) -> Response:
+        """Call ``ClientStream``."""
+        ...
 
     def bidi_stream(
         self,
@@ -89,11 +97,15 @@ class ConformanceClient(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
-    ) -> AsyncIterator[Response]: ...
+    ) -> AsyncIterator[Response]:
+        """Call ``BidiStream``."""
+        ...
 
     async def call_unary(
         self, method: MethodInfo[Request, Response], request: Request, *, timeout: float | None = None
-    ) -> Response: ...
+    ) -> Response:
+        """Call any unary method with ``Request`` and ``Response`` messages."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

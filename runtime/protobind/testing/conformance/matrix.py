@@ -41,7 +41,17 @@ from .. import transport_names
 from .cases import CASES, UNSUPPORTED, Case, ConformanceClient, Env
 from .service import Conformance
 
-__all__ = ["COLUMNS_BY_PEER", "Cell", "Column", "Verdict", "columns", "run_matrix"]
+__all__ = [
+    "COLUMNS_BY_PEER",
+    "LIMITS",
+    "Cell",
+    "Column",
+    "Verdict",
+    "as_json",
+    "columns",
+    "format_matrix",
+    "run_matrix",
+]
 
 MiB = 1024 * 1024
 

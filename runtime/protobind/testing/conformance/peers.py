@@ -27,6 +27,7 @@ from ...context import CallInfo
 from ...errors import Code, RpcError, unpack_details
 from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
+from ...transport import ClientTransport
 
 __all__ = ["ConnectPeer", "GrpcioPeer", "NatsPeer"]
 
@@ -69,7 +70,7 @@ async def _first(requests: AsyncIterator[Message]) -> Message:
 # --- grpc.aio --------------------------------------------------------------------------------------
 
 
-class GrpcioPeer:
+class GrpcioPeer(ClientTransport):
     """The stock ``grpc.aio`` client: generic multicallables on the method's path, no protobind code
     on the wire."""
 
@@ -149,7 +150,7 @@ class GrpcioPeer:
 # --- connectrpc ------------------------------------------------------------------------------------
 
 
-class ConnectPeer:
+class ConnectPeer(ClientTransport):
     """The ``connectrpc`` package's client (Connect protocol), binary or JSON; GET for
     ``NO_SIDE_EFFECTS`` methods. ``read_max_bytes`` bounds responses as protobind's client does."""
 
@@ -260,7 +261,7 @@ class ConnectPeer:
 _NATS_PROTOCOL_HEADERS = ("protobind-", "nats-", "content-type", "status", "description")
 
 
-class NatsPeer:
+class NatsPeer(ClientTransport):
     """A plain ``nats-py`` connection doing what docs/protocols.md (NATS) tells any NATS client to
     do for a unary call: a request on ``{prefix}{package}.{Service}.{Method}``, metadata and
     ``Protobind-Timeout-Ms`` in headers, binary or JSON bodies, errors read from
