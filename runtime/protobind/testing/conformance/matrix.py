@@ -67,6 +67,8 @@ _PLAIN_NATS = (
 
 
 class Verdict(enum.Enum):
+    """What one cell came to; the value is its mark in the printed matrix."""
+
     PASS = "ok"
     FAIL = "FAIL"
     UNSUPPORTED = "no"  # by design of the transport, and refused as documented
@@ -90,6 +92,8 @@ class Column:
 
 @dataclass(frozen=True, slots=True)
 class Cell:
+    """One case run against one column."""
+
     case: str
     column: str
     verdict: Verdict
@@ -171,14 +175,10 @@ def columns() -> tuple[list[Column], list[str]]:
 class _ChannelClient(ConformanceServiceClient):
     """protobind's generated client, plus ``call_unary`` for methods outside the contract."""
 
-    def __init__(self, channel: Any) -> None:
-        super().__init__(channel)
-        self._any_channel = channel
-
     async def call_unary(
         self, method: MethodInfo[Request, Response], request: Request, *, timeout: float | None = None
     ) -> Response:
-        return await self._any_channel.unary(method, request, timeout)  # type: ignore[no-any-return]
+        return await self._channel.unary(method, request, timeout)
 
 
 class _PeerClient:
@@ -313,7 +313,7 @@ def _failure(error: BaseException) -> str:
             frames = traceback.extract_tb(error.__traceback__)
             text = (frames[-1].line or "assertion failed") if frames else "assertion failed"
         return text
-    if isinstance(error, TimeoutError):
+    if isinstance(error, asyncio.TimeoutError):  # TimeoutError from 3.11 on
         return "no result in time (hung?)"
     return f"{type(error).__name__}: {error}"
 
