@@ -255,7 +255,7 @@ class StreamState:
         if len(body) > self.max_payload():
             raise RpcError(
                 Code.RESOURCE_EXHAUSTED,
-                f"message of {len(body)} bytes exceeds the NATS server's max_payload ({self.max_payload()})",
+                f"message of {len(body)} bytes exceeds the broker's max_payload ({self.max_payload()})",
             )
         self.sent += 1
         await self._publish(body, None)
@@ -286,7 +286,7 @@ class StreamState:
         if headers:
             all_headers.update(headers)
         if len(body) + headers_size(all_headers) > self.max_payload():
-            raise RpcError(Code.RESOURCE_EXHAUSTED, "frame exceeds the NATS server's max_payload")
+            raise RpcError(Code.RESOURCE_EXHAUSTED, "frame exceeds the broker's max_payload")
         await self._publish(body, all_headers)
 
     async def _publish(self, body: bytes, headers: dict[str, str] | None) -> None:

@@ -329,5 +329,5 @@ def publish_error(exc: BrokerError) -> RpcError:
 def too_large(size: int, limit: int) -> RpcError:
     """The error for a message of ``size`` bytes on a broker that takes at most ``limit``."""
     return RpcError(
-        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the NATS server's max_payload ({limit})"
+        Code.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the broker's max_payload ({limit})"
     )
