@@ -116,6 +116,7 @@ class BearerAuth:
         return text.encode() if text else None
 
     async def intercept(self, handler: Handler, request: Any, context: Context) -> Any:
+        """Refuse the call unless :meth:`authorize` allows it."""
         error = self.authorize(context.metadata, context.method)
         if error is not None:
             if error.code is Code.UNAUTHENTICATED and self._scheme is not None:
@@ -142,5 +143,6 @@ class BearerToken:
         return f"BearerToken(header={self._header!r}, token=<hidden>)"
 
     async def intercept(self, invoker: Invoker, request: Any, call: CallInfo) -> Any:
+        """Put the token in the call's metadata."""
         call.metadata[self._header] = self._value
         return await invoker(request, call)
