@@ -625,17 +625,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def tls_url(pki: dict[str, Path], **extra: str) -> str:
-    query = {"cert": str(pki["server_pem"]), "key": str(pki["server_key"]), **extra}
+    query = {"tls_cert": str(pki["server_pem"]), "tls_key": str(pki["server_key"]), **extra}
     return f"grpcs://127.0.0.1:0?{urlencode(query)}"
 
 
 async def test_tls_with_options_from_the_url(pki: dict[str, Path]) -> None:
     async with serving(tls_url(pki)) as (url, _):
         assert url.startswith("grpcs://127.0.0.1:")
-        async with connected(f"{url}?{urlencode({'ca': str(pki['ca_pem'])})}") as client:
+        async with connected(f"{url}?{urlencode({'tls_ca': str(pki['ca_pem'])})}") as client:
             assert (await client.unary(Request(text="secret"))).text == "secret"
-        # PEM bytes work as well as paths, and server_name checks the certificate's DNS name.
-        async with connected(url, ca=pki["ca_pem"].read_bytes(), server_name="localhost") as client:
+        # PEM bytes work as well as paths, and tls_server_name checks the certificate's DNS name.
+        async with connected(url, tls_ca=pki["ca_pem"].read_bytes(), tls_server_name="localhost") as client:
             assert (await client.unary(Request(text="named"))).text == "named"
 
 
@@ -655,13 +655,13 @@ async def test_tls_client_refuses_an_untrusted_server(pki: dict[str, Path]) -> N
 
 
 async def test_mutual_tls(pki: dict[str, Path]) -> None:
-    async with serving(tls_url(pki, ca=str(pki["ca_pem"]))) as (url, _):
-        async with connected(url, ca=str(pki["ca_pem"])) as client:
+    async with serving(tls_url(pki, tls_ca=str(pki["ca_pem"]))) as (url, _):
+        async with connected(url, tls_ca=str(pki["ca_pem"])) as client:
             with pytest.raises(RpcError) as info:
                 await client.unary(Request(text="anonymous"), timeout=5)
             assert info.value.code is Code.UNAVAILABLE
         async with connected(
-            url, ca=str(pki["ca_pem"]), cert=str(pki["client_pem"]), key=str(pki["client_key"])
+            url, tls_ca=str(pki["ca_pem"]), tls_cert=str(pki["client_pem"]), tls_key=str(pki["client_key"])
         ) as client:
             assert (await client.unary(Request(text="known"))).text == "known"
 
@@ -799,9 +799,9 @@ async def test_stop_cancels_calls_still_running_after_the_grace_period() -> None
         ("grpc://127.0.0.1:0?max_mesage_size=10", "unknown grpc server option"),
         ("grpc://127.0.0.1:0?max_message_size=lots", "integer"),
         ("grpc://127.0.0.1:0?health=maybe", "true or false"),
-        ("grpcs://127.0.0.1:0", "needs the options `cert` and `key`"),
-        ("grpc://127.0.0.1:0?cert=a.pem&key=a.key", "use grpcs://"),
-        ("grpcs://127.0.0.1:0?cert=/nonexistent/c.pem&key=/nonexistent/k.pem", "cannot read"),
+        ("grpcs://127.0.0.1:0", "needs the options `tls_cert` and `tls_key`"),
+        ("grpc://127.0.0.1:0?tls_cert=a.pem&tls_key=a.key", "use grpcs://"),
+        ("grpcs://127.0.0.1:0?tls_cert=/nonexistent/c.pem&tls_key=/nonexistent/k.pem", "cannot read"),
     ],
 )
 async def test_bad_server_configuration_is_reported(url: str, message: str) -> None:
@@ -814,8 +814,8 @@ async def test_bad_server_configuration_is_reported(url: str, message: str) -> N
 async def test_bad_client_configuration_is_reported() -> None:
     with pytest.raises(ValueError, match="unknown grpc client option"):
         await protobind.connect("grpc://127.0.0.1:1?health=false").open()
-    with pytest.raises(ValueError, match="both `cert` and `key`"):
-        await protobind.connect("grpcs://127.0.0.1:1", options={"cert": b"-----BEGIN x"}).open()
+    with pytest.raises(ValueError, match="both `tls_cert` and `tls_key`"):
+        await protobind.connect("grpcs://127.0.0.1:1", options={"tls_cert": b"-----BEGIN x"}).open()
 
 
 async def test_binding_a_used_port_fails_cleanly() -> None:

@@ -169,7 +169,7 @@ async def test_get_base64_proto_and_gzip(raw: httpx.AsyncClient) -> None:
 async def test_get_refused_for_methods_with_side_effects(raw: httpx.AsyncClient) -> None:
     response = await raw.get(f"{SERVICE}/Unary", params={"encoding": "json", "message": "{}"})
     assert response.status_code == 405
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == "POST, OPTIONS"
     assert response.json()["code"] == "unimplemented"
     assert "NO_SIDE_EFFECTS" in response.json()["message"]
 
@@ -350,12 +350,12 @@ async def test_bidi_answers_unimplemented_to_protobind_client(http_server: tuple
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        (b"{not json", "not a valid JSON"),
-        (b'{"number": "twelve"}', "not a valid JSON"),
-        (b'{"text": 12}', "not a valid JSON"),
-        (b'{"text": "x", "colour": "red"}', "colour"),
+        (b"{not json", "invalid JSON for protobind.conformance.v1.Request: not JSON"),
+        (b'{"number": "twelve"}', 'invalid JSON for protobind.conformance.v1.Request: field "number"'),
+        (b'{"text": 12}', 'field "text": expected a string'),
+        (b'{"text": "x", "colour": "red"}', 'unknown field "colour"'),
         (b"\xff\xfe", "UTF-8"),
-        (b"[1, 2]", "not a valid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
     ],
 )
 async def test_malformed_json_is_invalid_argument(raw: httpx.AsyncClient, body: bytes, fragment: str) -> None:
@@ -404,7 +404,7 @@ async def test_streaming_method_with_unary_content_type_is_415(raw: httpx.AsyncC
 
 
 async def test_body_over_limit_is_413() -> None:
-    server, url, _ = await _start(max_body_size=1000)
+    server, url, _ = await _start(max_message_size=1000)
     try:
         async with httpx.AsyncClient(base_url=url) as client:
             response = await client.post(f"{SERVICE}/Unary", json={"text": "x" * 2000})
@@ -567,7 +567,7 @@ async def test_rest_routes_and_openapi_hooks(monkeypatch: pytest.MonkeyPatch) ->
 
     seen: dict[str, Any] = {}
 
-    def rest_routes(server: protobind.Server, *, ignore_unknown_fields: bool) -> list[Route]:
+    def rest_routes(server: protobind.Server, *, ignore_unknown_fields: bool, **limits: Any) -> list[Route]:
         seen["ignore_unknown_fields"] = ignore_unknown_fields
 
         async def hello(request: Any) -> PlainTextResponse:

@@ -470,7 +470,7 @@ async def test_ignore_unknown_fields() -> None:
 
 async def test_body_size_limit() -> None:
     service = Library()
-    base, stop = await _start_routes_only(service, ignore_unknown_fields=False, max_body_size=64)
+    base, stop = await _start_routes_only(service, ignore_unknown_fields=False, max_message_size=64)
     try:
         async with httpx.AsyncClient(base_url=base) as client:
             response = await client.post("/v1/shelves", json={"theme": "x" * 100})

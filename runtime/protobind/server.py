@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -14,6 +14,8 @@ from google.protobuf.message import Message
 from .context import Context, DeadlineScope
 from .errors import Code, RpcError
 from .interceptors import Handler, ServerInterceptor, chain_server
+from .limits import ConcurrencyLimit
+from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
 from .telemetry import Telemetry, TelemetryOption
 from .transport import ServerBinding, check_options, query_options, transport_for_url
@@ -54,6 +56,10 @@ class EndpointTable:
     #: the server's telemetry, for a binding that makes spans of its own (a broker consumer:
     #: ``Telemetry.consumer_span``); the endpoints' handlers already carry the per-call interceptor
     telemetry: Telemetry | None = None
+    #: The access check of the server's interceptors that have one (``protobind.auth``), for what
+    #: a binding serves besides the endpoints (health, reflection, OpenAPI, discovery):
+    #: ``authorize(metadata, method)`` gives ``None`` to allow, else the error to answer with.
+    authorize: Callable[[Metadata, str], RpcError | None] | None = None
 
 
 def service_info(service: object) -> ServiceInfo:
@@ -113,21 +119,28 @@ def _check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
 
 
 async def invoke_unary(
-    endpoint: Endpoint, request: Any, context: Context, *, enforce_deadline: bool = True
+    endpoint: Endpoint,
+    request: Any,
+    context: Context,
+    *,
+    enforce_deadline: bool = True,
+    limit: ConcurrencyLimit | None = None,
 ) -> Message:
     """Run a unary or client-streaming endpoint under the context's deadline.
 
     Returns the response message or raises :class:`RpcError` (never anything else but
     ``CancelledError`` when the transport itself cancels the task). A transport whose protocol
     stack already cancels the handler at the deadline (gRPC does) passes
-    ``enforce_deadline=False`` to skip the timer this would cost on every call.
+    ``enforce_deadline=False`` to skip the timer this would cost on every call. With ``limit``,
+    the call holds one of its slots while the handler runs (waiting for one counts against the
+    deadline; a full queue is RESOURCE_EXHAUSTED).
     """
     try:
         if context.deadline is None or not enforce_deadline:
-            response = await endpoint.handler(request, context)
+            response = await _limited(endpoint, request, context, limit)
         else:
             async with DeadlineScope(context.deadline):
-                response = await endpoint.handler(request, context)
+                response = await _limited(endpoint, request, context, limit)
         return _check_response(endpoint.method, response)
     except RpcError:
         raise
@@ -138,17 +151,37 @@ async def invoke_unary(
         raise to_rpc_error(exc, context) from None
 
 
+async def _limited(endpoint: Endpoint, request: Any, context: Context, limit: ConcurrencyLimit | None) -> Any:
+    if limit is None:
+        return await endpoint.handler(request, context)
+    await limit.acquire()
+    try:
+        return await endpoint.handler(request, context)
+    finally:
+        limit.release()
+
+
 async def invoke_stream(
-    endpoint: Endpoint, request: Any, context: Context, *, enforce_deadline: bool = True
+    endpoint: Endpoint,
+    request: Any,
+    context: Context,
+    *,
+    enforce_deadline: bool = True,
+    limit: ConcurrencyLimit | None = None,
 ) -> AsyncIterator[Message]:
     """Run a server- or bidi-streaming endpoint; yield its responses, raise :class:`RpcError`.
 
     The deadline applies to the whole stream, in the task that iterates this generator
-    (``enforce_deadline`` as for :func:`invoke_unary`).
+    (``enforce_deadline`` and ``limit`` as for :func:`invoke_unary`; the slot is held until the
+    stream ends).
     """
     scope = DeadlineScope(context.deadline if enforce_deadline else None)
+    acquired = False
     try:
         async with scope:
+            if limit is not None:
+                await limit.acquire()
+                acquired = True
             responses = await endpoint.handler(request, context)
             async for response in responses:
                 yield _check_response(endpoint.method, response)
@@ -159,6 +192,26 @@ async def invoke_stream(
         raise
     except Exception as exc:
         raise to_rpc_error(exc, context) from None
+    finally:
+        if acquired and limit is not None:
+            limit.release()
+
+
+def _authorizer(
+    interceptors: Sequence[ServerInterceptor],
+) -> Callable[[Metadata, str], RpcError | None] | None:
+    checks = [check for i in interceptors if callable(check := getattr(i, "authorize", None))]
+    if not checks:
+        return None
+
+    def authorize(metadata: Metadata, method: str) -> RpcError | None:
+        for check in checks:
+            error = check(metadata, method)
+            if error is not None:
+                return error  # type: ignore[no-any-return]
+        return None
+
+    return authorize
 
 
 class Server:
@@ -217,7 +270,10 @@ class Server:
         """The frozen view of the endpoints the bindings serve; taking it freezes the server."""
         if self._table is None:
             self._table = EndpointTable(
-                tuple(self.services), MappingProxyType(dict(self.endpoints)), self.telemetry
+                tuple(self.services),
+                MappingProxyType(dict(self.endpoints)),
+                self.telemetry,
+                _authorizer(self.interceptors),
             )
         return self._table
 

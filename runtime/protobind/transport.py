@@ -215,10 +215,15 @@ def check_options(transport: Transport, options: Mapping[str, Any], *, server: b
     known = transport.server_options if server else transport.client_options
     unknown = sorted(set(options) - known)
     if unknown:
+        from .options import RENAMED
+
         side = "server" if server else "client"
+        renamed = RENAMED.get(transport.name, {})
+        hints = [f"{old} is now {renamed[old]}" for old in unknown if renamed.get(old) in known]
         raise ValueError(
-            f"unknown {transport.name} {side} option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
+            f"unknown {transport.name} {side} option(s) {', '.join(unknown)}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; known: {', '.join(sorted(known))}"
         )
 
 

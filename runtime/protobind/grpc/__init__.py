@@ -7,9 +7,11 @@ grpcio's C core does the framing. Client side, each method path gets one cached 
 multicallable per channel. Errors travel as gRPC status plus a ``google.rpc.Status`` in
 ``grpc-status-details-bin``, which is what ``grpcio-status`` and other gRPC stacks read.
 
-Options (URL query string or ``options``), see docs/protocols.md: ``max_message_size`` (bytes,
-default 4 MiB), ``cert`` / ``key`` / ``ca`` (PEM paths or PEM bytes), ``server_name`` (client),
-``health`` / ``reflection`` (server, default true).
+Options (URL query string or ``options``), see docs/protocols.md and docs/security.md:
+``max_message_size`` (bytes, default 4 MiB), ``tls_cert`` / ``tls_key`` / ``tls_ca`` (PEM paths or
+PEM bytes), ``tls_server_name`` (client); server only: ``max_concurrency``, ``max_pending``,
+``body_timeout``, ``max_concurrent_streams``, ``health`` / ``reflection`` (default true);
+``channel_args`` (extra grpc core channel arguments, Python or config file only).
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
     target = address.target()
     if address.tls:
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=config.ca, private_key=config.key, certificate_chain=config.cert
+            root_certificates=config.tls_ca, private_key=config.tls_key, certificate_chain=config.tls_cert
         )
-        channel = grpc.aio.secure_channel(target, credentials, options=config.channel_args())
+        channel = grpc.aio.secure_channel(target, credentials, options=config.client_channel_args())
     else:
-        channel = grpc.aio.insecure_channel(target, options=config.channel_args())
+        channel = grpc.aio.insecure_channel(target, options=config.client_channel_args())
     return GrpcTransport(channel)
 
 

@@ -7,10 +7,12 @@ and can be read (and documented) without the call path around them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from ..limits import ServerLimits
+from ..options import DEFAULT_MAX_MESSAGE_SIZE, LIMIT_OPTIONS, TLS_CLIENT_OPTIONS, OptionReader
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -23,13 +25,20 @@ __all__ = [
     "server_options",
 ]
 
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-
-SERVER_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "health", "reflection"})
-CLIENT_OPTIONS = frozenset({"max_message_size", "cert", "key", "ca", "server_name"})
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+SERVER_OPTIONS = frozenset(
+    {
+        *LIMIT_OPTIONS,
+        "body_timeout",
+        "max_concurrent_streams",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "health",
+        "reflection",
+        "channel_args",
+    }
+)
+CLIENT_OPTIONS = frozenset({"max_message_size", *TLS_CLIENT_OPTIONS, "channel_args"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,40 +85,91 @@ def parse_address(url: str, *, need_port: bool) -> Address:
 
 @dataclass(frozen=True, slots=True)
 class GrpcOptions:
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    cert: bytes | None = None
-    key: bytes | None = None
-    ca: bytes | None = None
-    server_name: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_ca: bytes | None = None
+    tls_server_name: str | None = None
     health: bool = True
     reflection: bool = True
+    #: SETTINGS_MAX_CONCURRENT_STREAMS of each connection; None: ``limits.admitted``
+    max_concurrent_streams: int | None = None
+    channel_args: tuple[tuple[str, Any], ...] = ()
 
-    def channel_args(self) -> list[tuple[str, Any]]:
-        """The grpcio channel/server arguments these options stand for."""
+    def client_channel_args(self) -> list[tuple[str, Any]]:
+        """The grpcio channel arguments of a client with these options."""
         args: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", self.max_message_size),
-            ("grpc.max_send_message_length", self.max_message_size),
+            ("grpc.max_receive_message_length", self.limits.max_message_size),
+            ("grpc.max_send_message_length", self.limits.max_message_size),
         ]
-        if self.server_name:
-            args.append(("grpc.ssl_target_name_override", self.server_name))
-        return args
+        if self.tls_server_name:
+            args.append(("grpc.ssl_target_name_override", self.tls_server_name))
+        return [*args, *self.channel_args]
+
+    def server_channel_args(self) -> list[tuple[str, Any]]:
+        """The grpcio server arguments of a server with these options."""
+        limits = self.limits
+        # gRPC core keeps its own queue of calls the application has not picked up yet and, past
+        # 1,000 of them (its default), cancels new calls at random: a burst of 2,000 calls saw
+        # about 10% CANCELLED. Sized to what the binding admits (running plus waiting, see
+        # limits.ConcurrencyLimit), overload is answered by the binding's limiter with
+        # RESOURCE_EXHAUSTED; core's queue only sheds calls the process cannot even pick up.
+        admitted = limits.admitted
+        return [
+            ("grpc.max_receive_message_length", limits.max_message_size),
+            ("grpc.max_send_message_length", limits.max_message_size),
+            ("grpc.server.max_pending_requests", admitted),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * admitted),
+            # With core's overload protection (on by default) a stream counts against this until
+            # the server has released it, reset or not: an HTTP/2 "rapid reset" flood holds at most
+            # this many streams of one connection, the next are refused (REFUSED_STREAM). Below
+            # what the limiter admits, callers would queue in HTTP/2 instead of being answered.
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams or admitted),
+            # so_reuseport off: binding a port another server holds must fail, not silently share it
+            ("grpc.so_reuseport", 0),
+            *self.channel_args,
+        ]
 
 
 def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
     """Parse and check a gRPC server's options."""
-    _check_tls_names(address, options, ("cert", "key", "ca"))
-    parsed = _parse(options)
-    if address.tls and (parsed.cert is None or parsed.key is None):
-        raise ValueError("a grpcs:// server needs the options `cert` and `key` (PEM files)")
+    _check_tls_names(address, options, ("tls_cert", "tls_key", "tls_ca"))
+    reader = OptionReader("grpc", options)
+    parsed = GrpcOptions(
+        limits=ServerLimits.read(reader),
+        tls_cert=reader.pem("tls_cert"),
+        tls_key=reader.pem("tls_key"),
+        tls_ca=reader.pem("tls_ca"),
+        health=reader.flag("health", True),
+        reflection=reader.flag("reflection", True),
+        max_concurrent_streams=(
+            reader.positive_int("max_concurrent_streams", 1)
+            if reader.given("max_concurrent_streams")
+            else None
+        ),
+        channel_args=_channel_args(reader),
+    )
+    if address.tls and (parsed.tls_cert is None or parsed.tls_key is None):
+        raise ValueError("a grpcs:// server needs the options `tls_cert` and `tls_key` (PEM files)")
     return parsed
 
 
 def client_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
     """Parse and check a gRPC client's options."""
-    _check_tls_names(address, options, ("cert", "key", "ca", "server_name"))
-    parsed = _parse(options)
-    if (parsed.cert is None) != (parsed.key is None):
-        raise ValueError("a client certificate needs both `cert` and `key`")
+    _check_tls_names(address, options, tuple(sorted(TLS_CLIENT_OPTIONS)))
+    reader = OptionReader("grpc", options)
+    parsed = GrpcOptions(
+        limits=ServerLimits(
+            max_message_size=reader.positive_int("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        ),
+        tls_cert=reader.pem("tls_cert"),
+        tls_key=reader.pem("tls_key"),
+        tls_ca=reader.pem("tls_ca"),
+        tls_server_name=reader.text("tls_server_name"),
+        channel_args=_channel_args(reader),
+    )
+    if (parsed.tls_cert is None) != (parsed.tls_key is None):
+        raise ValueError("a client certificate needs both `tls_cert` and `tls_key`")
     return parsed
 
 
@@ -120,53 +180,16 @@ def _check_tls_names(address: Address, options: Mapping[str, Any], names: tuple[
         raise ValueError(f"TLS options ({', '.join(given)}) were given for a plain grpc:// URL: use grpcs://")
 
 
-def _parse(options: Mapping[str, Any]) -> GrpcOptions:
-    size = _positive_int(options.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE), "max_message_size")
-    server_name = options.get("server_name")
-    return GrpcOptions(
-        max_message_size=size,
-        cert=_pem(options.get("cert"), "cert"),
-        key=_pem(options.get("key"), "key"),
-        ca=_pem(options.get("ca"), "ca"),
-        server_name=str(server_name) if server_name else None,
-        health=_flag(options.get("health", True), "health"),
-        reflection=_flag(options.get("reflection", True), "reflection"),
-    )
-
-
-def _positive_int(value: Any, name: str) -> int:
+def _channel_args(reader: OptionReader) -> tuple[tuple[str, Any], ...]:
+    """Extra grpc core channel arguments (Python or config file only): ``[(key, value), ...]``."""
+    value = reader.options.get("channel_args")
+    if value is None:
+        return ()
     try:
-        number = int(value)
+        pairs = tuple((str(key), item) for key, item in value)
     except (TypeError, ValueError):
-        raise ValueError(f"gRPC option {name} must be an integer number of bytes, not {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"gRPC option {name} must be positive, not {number}")
-    return number
-
-
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"gRPC option {name} must be true or false, not {value!r}")
-
-
-def _pem(value: Any, name: str) -> bytes | None:
-    """PEM bytes from a path (str or Path) or from the PEM text itself (bytes, or str that starts
-    with ``-----BEGIN``), so the same option works in a URL, a config file and Python code."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
-        return value.encode()
-    if isinstance(value, (str, Path)):
-        try:
-            return Path(value).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"gRPC option {name}: cannot read {str(value)!r}: {exc.strerror}") from None
-    raise ValueError(f"gRPC option {name} must be a path or PEM bytes, not {type(value).__name__}")
+        raise reader.error("channel_args", "must be a list of (name, value) pairs") from None
+    for key, item in pairs:
+        if not isinstance(item, (int, str)) or isinstance(item, bool):
+            raise reader.error("channel_args", f"value of {key} must be an integer or a string")
+    return pairs

@@ -14,6 +14,7 @@ from google.rpc import status_pb2
 
 from ..context import Context
 from ..errors import Code, RpcError
+from ..limits import ConcurrencyLimit, ReadTimer
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
 from ..transport import ServeFunction, ServerBinding
@@ -29,6 +30,9 @@ __all__ = [
     "serve",
 ]
 
+#: What grpcio's ``read()`` returns once the request stream has ended.
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
 
 # --- server ---------------------------------------------------------------------------------------
 
@@ -36,10 +40,11 @@ __all__ = [
 class GrpcBinding(ServerBinding):
     """A grpc.aio server serving one :class:`~protobind.Server` at one address."""
 
-    def __init__(self, server: Any, url: str, health: Health | None) -> None:
+    def __init__(self, server: Any, url: str, health: Health | None, timer: ReadTimer) -> None:
         self._server = server
         self._url = url
         self._health = health
+        self._timer = timer
         self._stopped = False
 
     @property
@@ -55,14 +60,14 @@ class GrpcBinding(ServerBinding):
         # grpcio refuses new calls at once and cancels what is left when the grace period ends;
         # a grace of 0 or None cancels in-flight calls immediately.
         await self._server.stop(grace or None)
+        self._timer.close()
 
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
     """Start a grpc.aio server for ``server``'s endpoints at ``url``."""
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
-    # so_reuseport off: binding a port another server holds must fail, not silently share it.
-    grpc_server = grpc.aio.server(options=[*config.channel_args(), ("grpc.so_reuseport", 0)])
+    grpc_server = grpc.aio.server(options=config.server_channel_args())
     try:
         return await _start(grpc_server, server, address, config)
     except BaseException:
@@ -74,9 +79,11 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
 async def _start(
     grpc_server: Any, server: EndpointTable, address: Address, config: GrpcOptions
 ) -> GrpcBinding:
+    limit = config.limits.concurrency_limit()
+    timer = ReadTimer(config.limits.body_timeout)
     for info in server.services:
         handlers = {
-            m.name: _method_handler(server.endpoints[m.path])
+            m.name: _method_handler(server.endpoints[m.path], limit, timer)
             for m in info.methods
             if m.path in server.endpoints
         }
@@ -88,26 +95,26 @@ async def _start(
     if config.health:
         from grpc_health.v1 import health as grpc_health
 
-        health = Health(grpc_server, ["", *(s.name for s in server.services)])
+        health = Health(grpc_server, ["", *(s.name for s in server.services)], server.authorize)
         extra_names.append(grpc_health.SERVICE_NAME)
     if config.reflection:
-        add_reflection(grpc_server, server.services, extra_names)
+        add_reflection(grpc_server, server.services, extra_names, server.authorize)
     port = _bind(grpc_server, address, config)
     await grpc_server.start()
     if health is not None:
         await health.serving()
-    return GrpcBinding(grpc_server, f"{address.scheme}://{address.target(port)}", health)
+    return GrpcBinding(grpc_server, f"{address.scheme}://{address.target(port)}", health, timer)
 
 
 def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
     target = address.target()
     try:
         if address.tls:
-            assert config.key is not None and config.cert is not None
+            assert config.tls_key is not None and config.tls_cert is not None
             credentials = grpc.ssl_server_credentials(
-                [(config.key, config.cert)],
-                root_certificates=config.ca,
-                require_client_auth=config.ca is not None,
+                [(config.tls_key, config.tls_cert)],
+                root_certificates=config.tls_ca,
+                require_client_auth=config.tls_ca is not None,
             )
             port = grpc_server.add_secure_port(target, credentials)
         else:
@@ -119,25 +126,35 @@ def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
     return int(port)
 
 
-def _method_handler(endpoint: Endpoint) -> Any:
+def _method_handler(endpoint: Endpoint, limit: ConcurrencyLimit, timer: ReadTimer) -> Any:
     method = endpoint.method
     deserialize = _deserializer(method.input_type)
     serialize = method.output_type.SerializeToString
     kind = method.kind
+    # Unary and server-streaming methods are registered as client-streaming / bidi handlers that
+    # read their one request themselves: grpcio's own unary path never answers a call whose
+    # request stream ends without a complete message (it returns without a status, and the call
+    # stays open until the client gives up), and it has no time limit on reading the request.
     if kind is MethodKind.UNARY:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary_handler(endpoint), request_deserializer=deserialize, response_serializer=serialize
+        return grpc.stream_unary_rpc_method_handler(
+            _unary_handler(endpoint, limit, timer),
+            request_deserializer=deserialize,
+            response_serializer=serialize,
         )
     if kind is MethodKind.SERVER_STREAMING:
-        return grpc.unary_stream_rpc_method_handler(
-            _server_stream_handler(endpoint), request_deserializer=deserialize, response_serializer=serialize
+        return grpc.stream_stream_rpc_method_handler(
+            _server_stream_handler(endpoint, limit, timer),
+            request_deserializer=deserialize,
+            response_serializer=serialize,
         )
     if kind is MethodKind.CLIENT_STREAMING:
         return grpc.stream_unary_rpc_method_handler(
-            _client_stream_handler(endpoint), request_deserializer=deserialize, response_serializer=serialize
+            _client_stream_handler(endpoint, limit),
+            request_deserializer=deserialize,
+            response_serializer=serialize,
         )
     return grpc.stream_stream_rpc_method_handler(
-        _bidi_handler(endpoint), request_deserializer=deserialize, response_serializer=serialize
+        _bidi_handler(endpoint, limit), request_deserializer=deserialize, response_serializer=serialize
     )
 
 
@@ -175,6 +192,19 @@ def _invalid(method: MethodInfo[Any, Any]) -> RpcError:
     return RpcError(
         Code.INVALID_ARGUMENT, f"request is not a valid binary {method.input_type.DESCRIPTOR.full_name}"
     )
+
+
+async def _read_one(rpc: Any, method: MethodInfo[Any, Any], timer: ReadTimer) -> Message:
+    """The single request of a unary or server-streaming call, read within ``body_timeout``."""
+    request = await timer.run(rpc.read())
+    if request is _EOF:
+        raise RpcError(
+            Code.INVALID_ARGUMENT,
+            f"the request stream ended without a complete {method.input_type.DESCRIPTOR.full_name} message",
+        )
+    if request is None:
+        raise _invalid(method)
+    return request  # type: ignore[no-any-return]
 
 
 async def _requests(
@@ -229,15 +259,19 @@ async def _fail(rpc: Any, error: RpcError, context: Context | None, headers_sent
 # Python-level timer per call would only cost time.
 
 
-def _unary_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
+def _unary_handler(
+    endpoint: Endpoint, limit: ConcurrencyLimit, timer: ReadTimer
+) -> Callable[[Any, Any], Any]:
     method = endpoint.method
 
-    async def handle(request: Message | None, rpc: Any) -> Message:
-        if request is None:
-            await _fail(rpc, _invalid(method), None)
+    async def handle(request_iterator: Any, rpc: Any) -> Message:
+        try:
+            request = await _read_one(rpc, method, timer)
+        except RpcError as error:
+            await _fail(rpc, error, None)
         context = _context(method, rpc)
         try:
-            response = await invoke_unary(endpoint, request, context, enforce_deadline=False)
+            response = await invoke_unary(endpoint, request, context, enforce_deadline=False, limit=limit)
         except RpcError as error:
             await _fail(rpc, error, context)
         # Inline rather than through the helpers: this is every unary call's path.
@@ -251,18 +285,21 @@ def _unary_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
     return handle
 
 
-def _client_stream_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
+def _client_stream_handler(endpoint: Endpoint, limit: ConcurrencyLimit) -> Callable[[Any, Any], Any]:
     method = endpoint.method
 
     async def handle(request_iterator: AsyncIterator[Message | None], rpc: Any) -> Message:
         context = _context(method, rpc)
         try:
             response = await invoke_unary(
-                endpoint, _requests(request_iterator, rpc, method), context, enforce_deadline=False
+                endpoint,
+                _requests(request_iterator, rpc, method),
+                context,
+                enforce_deadline=False,
+                limit=limit,
             )
         except RpcError as error:
             await _fail(rpc, error, context)
-        # Inline rather than through the helpers: this is every unary call's path.
         headers, trailers = context.response_metadata()
         if headers:
             await rpc.send_initial_metadata(_wire(headers, strict=False))
@@ -273,13 +310,16 @@ def _client_stream_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
     return handle
 
 
-async def _write_stream(endpoint: Endpoint, request: Any, rpc: Any, context: Context) -> None:
+async def _write_stream(
+    endpoint: Endpoint, request: Any, rpc: Any, context: Context, limit: ConcurrencyLimit
+) -> None:
     headers_sent = False
     try:
         # aclosing: when a write fails or the call is cancelled between two responses, the
         # handler's generator must still be closed here, in this task, not later by the GC.
         stream = cast(
-            "AsyncGenerator[Message, None]", invoke_stream(endpoint, request, context, enforce_deadline=False)
+            "AsyncGenerator[Message, None]",
+            invoke_stream(endpoint, request, context, enforce_deadline=False, limit=limit),
         )
         async with contextlib.aclosing(stream) as responses:
             async for response in responses:
@@ -294,22 +334,28 @@ async def _write_stream(endpoint: Endpoint, request: Any, rpc: Any, context: Con
     _set_trailers(rpc, context)
 
 
-def _server_stream_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
+def _server_stream_handler(
+    endpoint: Endpoint, limit: ConcurrencyLimit, timer: ReadTimer
+) -> Callable[[Any, Any], Any]:
     method = endpoint.method
 
-    async def handle(request: Message | None, rpc: Any) -> None:
-        if request is None:
-            await _fail(rpc, _invalid(method), None)
-        await _write_stream(endpoint, request, rpc, _context(method, rpc))
+    async def handle(request_iterator: Any, rpc: Any) -> None:
+        try:
+            request = await _read_one(rpc, method, timer)
+        except RpcError as error:
+            await _fail(rpc, error, None)
+        await _write_stream(endpoint, request, rpc, _context(method, rpc), limit)
 
     return handle
 
 
-def _bidi_handler(endpoint: Endpoint) -> Callable[[Any, Any], Any]:
+def _bidi_handler(endpoint: Endpoint, limit: ConcurrencyLimit) -> Callable[[Any, Any], Any]:
     method = endpoint.method
 
     async def handle(request_iterator: AsyncIterator[Message | None], rpc: Any) -> None:
-        await _write_stream(endpoint, _requests(request_iterator, rpc, method), rpc, _context(method, rpc))
+        await _write_stream(
+            endpoint, _requests(request_iterator, rpc, method), rpc, _context(method, rpc), limit
+        )
 
     return handle
 

@@ -6,13 +6,18 @@ by default (options ``health`` and ``reflection`` turn them off).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
+from ..metadata import Metadata
 from ..method import ServiceInfo
+from .wire import to_grpc_code
+
+if TYPE_CHECKING:
+    from ..errors import RpcError
 
 __all__ = [
     "GenericOnly",
@@ -26,13 +31,17 @@ class GenericOnly:
 
     Those functions also register their methods as grpcio "registered methods", and every
     registered method on a server makes each call to it dearer (measured with callgrind,
-    grpcio 1.85), including calls to the protobind services."""
+    grpcio 1.85), including calls to the protobind services. With ``authorize`` (the server's
+    ``BearerAuth``), each call is checked before the stock handler runs."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, authorize: Authorize | None = None) -> None:
         self._server = server
+        self._authorize = authorize
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Pass generic handlers through to the real server."""
+        if self._authorize is not None:
+            handlers = tuple(_Guarded(handler, self._authorize) for handler in handlers)
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
@@ -40,16 +49,43 @@ class GenericOnly:
         pass
 
 
+Authorize = Callable[[Metadata, str], "RpcError | None"]
+
+
+class _Guarded:
+    """A generic handler whose calls are authorized first: a refused call gets a handler that
+    only aborts with the error (grpcio asks for the handler per call, with the metadata)."""
+
+    def __init__(self, inner: Any, authorize: Authorize) -> None:
+        self._inner = inner
+        self._authorize = authorize
+
+    def service(self, handler_call_details: Any) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method).lstrip("/")
+        error = self._authorize(Metadata(handler_call_details.invocation_metadata or ()), method)
+        if error is None:
+            return handler
+
+        async def deny(request: Any, context: Any) -> None:
+            await context.abort(to_grpc_code(error.code), error.message)
+
+        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        return handler._replace(**{next(k for k in kinds if getattr(handler, k)): deny})
+
+
 class Health:
     """``grpc.health.v1.Health`` reporting SERVING for the server ("") and every protobind service
     while the binding runs, NOT_SERVING once it starts to stop."""
 
-    def __init__(self, server: Any, service_names: Iterable[str]) -> None:
+    def __init__(self, server: Any, service_names: Iterable[str], authorize: Authorize | None = None) -> None:
         from grpc_health.v1 import health, health_pb2_grpc
 
         self._names = list(service_names)
         self._servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, GenericOnly(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, GenericOnly(server, authorize))
 
     async def serving(self) -> None:
         """Report every service SERVING."""
@@ -63,7 +99,12 @@ class Health:
         await self._servicer.enter_graceful_shutdown()
 
 
-def add_reflection(server: Any, services: Iterable[ServiceInfo], extra_names: Iterable[str]) -> None:
+def add_reflection(
+    server: Any,
+    services: Iterable[ServiceInfo],
+    extra_names: Iterable[str],
+    authorize: Authorize | None = None,
+) -> None:
     """Serve ``grpc.reflection.v1alpha.ServerReflection`` for ``services`` (and ``extra_names``).
 
     Reflection answers from a pool of its own holding exactly the files of the served services
@@ -81,7 +122,7 @@ def add_reflection(server: Any, services: Iterable[ServiceInfo], extra_names: It
         _add_file(pool, file, added)
     names = [s.name for s in services] + list(extra_names) + [reflection.SERVICE_NAME]
     servicer = reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, GenericOnly(server))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, GenericOnly(server, authorize))
 
 
 def _add_file(pool: descriptor_pool.DescriptorPool, file: FileDescriptor, added: set[str]) -> None:

@@ -11,18 +11,21 @@ calls over a keep-alive connection pool (aiohttp). Bidirectional streams need fu
 and answer ``UNIMPLEMENTED``.
 
 Options, in the URL's query string or as Python values (``Server(transport_options={"http": ...})``,
-``connect(url, options=...)``):
+``connect(url, options=...)``); docs/protocols.md and docs/security.md have the full tables:
 
 server
-    ``max_body_size`` (bytes, default 4 MiB; larger requests get 413 / ``resource_exhausted``),
-    ``ignore_unknown_fields`` (accept JSON fields the schema does not know; default false),
+    ``max_message_size`` (bytes, default 4 MiB; larger requests get 413 / ``resource_exhausted``),
+    ``max_concurrency``, ``max_pending``, ``body_timeout`` (408 when a request body is slower),
+    ``max_connections``, ``ignore_unknown_fields`` (accept JSON fields the schema does not know),
     ``cors_origins`` (comma-separated origins or ``*``; CORS is off without it),
     ``cors_allow_headers`` (default ``*``), ``cors_expose_headers``, ``cors_allow_credentials``,
-    ``cors_max_age``, ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``).
+    ``cors_max_age``, ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``), ``tls_ca``
+    (mutual TLS: require client certificates signed by these CAs).
 client
     ``codec`` (``proto``, the default, or ``json``), ``max_connections`` (default 100),
-    ``max_body_size`` (largest response message, default 4 MiB), ``tls_ca`` (PEM CA bundle to
-    trust instead of the system's), ``tls_cert`` / ``tls_key`` (client certificate).
+    ``max_message_size`` (largest response message, default 4 MiB), ``tls_ca`` (PEM CA bundle to
+    trust instead of the system's), ``tls_cert`` / ``tls_key`` (client certificate),
+    ``tls_server_name`` (the name to verify in the server's certificate).
 
 Module imports are deferred: the client does not load Starlette or uvicorn, the server does not
 load aiohttp.

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -25,13 +24,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..auth import OPENAPI_METHOD
 from ..codec import JSON, PROTO, Codec, JsonCodec
 from ..context import Context
 from ..errors import Code, RpcError
+from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer, ServerLimits
 from ..metadata import Metadata
 from ..method import Idempotency, MethodKind
 from ..server import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
-from ..wire import HTTP_STATUS, b64decode_lenient
+from ..wire import HTTP_STATUS, b64decode_lenient, connect_error
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -87,7 +88,7 @@ class ServerOptions:
     """Options of the HTTP server binding (see docs/protocols.md and ``protobind.http``)."""
 
     prefix: str = ""
-    max_body_size: int = 4 * 1024 * 1024
+    limits: ServerLimits = field(default_factory=ServerLimits)
     ignore_unknown_fields: bool = False
     cors_origins: tuple[str, ...] = ()
     cors_allow_headers: tuple[str, ...] = ("*",)
@@ -220,13 +221,14 @@ async def _send_error(
 class _Head:
     """What one pass over the request headers finds: protocol headers and the call metadata."""
 
-    __slots__ = ("content_length", "content_type", "encoding", "metadata", "timeout_ms")
+    __slots__ = ("content_length", "content_type", "encoding", "metadata", "timeout_ms", "version")
 
     def __init__(self, raw_headers: list[tuple[bytes, bytes]], streaming_encoding: bool) -> None:
         self.content_type = ""
         self.encoding: str | None = None
         self.timeout_ms: bytes | None = None
         self.content_length: int | None = None
+        self.version: bytes | None = None
         metadata = self.metadata = Metadata()
         encoding_header = "connect-content-encoding" if streaming_encoding else "content-encoding"
         for raw_name, raw_value in raw_headers:
@@ -240,8 +242,15 @@ class _Head:
                     self.encoding = raw_value.decode("latin-1").strip().lower()
                 elif name == "content-length" and raw_value.isdigit():
                     self.content_length = int(raw_value)
+                elif name == "connect-protocol-version":
+                    self.version = raw_value
                 continue
             metadata.add(name, metadata_value(name, raw_value.decode("latin-1")))
+
+    def check_version(self) -> None:
+        """Connect-Protocol-Version may be left out, but when sent it must be 1."""
+        if self.version is not None and self.version.strip() != b"1":
+            raise _ProtocolError(400, RpcError(Code.INVALID_ARGUMENT, _VERSION_MESSAGE))
 
     def check_encoding(self) -> bool:
         """Whether the body (or each compressed envelope) is gzip; raise for unknown encodings."""
@@ -259,12 +268,31 @@ class ConnectApp:
     ``fallback`` receives every request that is not a Connect call (and non-HTTP scopes).
     """
 
-    def __init__(self, server: EndpointTable, options: ServerOptions, fallback: ASGIApp) -> None:
+    def __init__(
+        self,
+        server: EndpointTable,
+        options: ServerOptions,
+        fallback: ASGIApp,
+        concurrency: ConcurrencyLimit,
+        timer: ReadTimer,
+    ) -> None:
         self._endpoints = server.endpoints
         self._prefix = options.prefix
-        self._limit = options.max_body_size
+        self._limit = options.limits.max_message_size
+        self._concurrency = concurrency
+        self._timer = timer
         self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
         self._fallback = fallback
+
+    def _inflate(self, data: bytes) -> bytes:
+        """gunzip within the size limit; a body that inflates past it is refused like a plain
+        oversized body (413)."""
+        try:
+            return gunzip(data, self._limit)
+        except RpcError as exc:
+            if exc.code is Code.RESOURCE_EXHAUSTED:
+                raise _too_large(self._limit) from None
+            raise
 
     def _codec(self, name: str) -> Codec:
         return PROTO if name == "proto" else self._json
@@ -297,11 +325,19 @@ class ConnectApp:
                     await self._stream(endpoint, scope, receive, send)
             elif method == "GET":
                 await self._get(endpoint, scope, receive, send)
+            elif method == "OPTIONS":
+                # not a CORS preflight (CORSMiddleware answers those): say which methods work
+                headers = [(b"allow", _allowed(endpoint)), (b"content-length", b"0")]
+                await send({"type": "http.response.start", "status": 204, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
             else:
                 raise _ProtocolError(
                     405,
-                    RpcError(Code.UNIMPLEMENTED, f"{endpoint.method.full_name} is called with POST"),
-                    ((b"allow", b"POST"),),
+                    RpcError(
+                        Code.UNIMPLEMENTED,
+                        f"{endpoint.method.full_name} is called with {_allowed(endpoint).decode()}",
+                    ),
+                    ((b"allow", _allowed(endpoint)),),
                 )
         except _ProtocolError as exc:
             await _send_error(send, exc.error, exc.status, extra=exc.headers)
@@ -309,6 +345,10 @@ class ConnectApp:
     # --- unary ------------------------------------------------------------------------------------
 
     async def _read_body(self, receive: Receive, head: _Head) -> bytes:
+        """The whole request body, within ``max_message_size`` and ``body_timeout``."""
+        return await self._timer.run(self._receive_body(receive, head))
+
+    async def _receive_body(self, receive: Receive, head: _Head) -> bytes:
         limit = self._limit
         if head.content_length is not None and head.content_length > limit:
             raise _too_large(limit)
@@ -337,23 +377,22 @@ class ConnectApp:
 
     async def _post_unary(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         head = _Head(scope["headers"], False)
+        head.check_version()
         codec_name = content_type_codec(head.content_type, UNARY_CONTENT_TYPES)
         if codec_name is None:
             raise _unsupported_media_type(head.content_type, endpoint)
         try:
             gzipped = head.check_encoding()
             body = await self._read_body(receive, head)
+            if gzipped:
+                body = self._inflate(body)
+        except ReadTimeout as exc:
+            raise _too_slow(exc) from None
         except RpcError as exc:
             await _send_error(send, exc)
             return
         except _ClientGone:
             return  # nobody to answer
-        if gzipped:
-            try:
-                body = gunzip(body, self._limit)
-            except RpcError as exc:
-                await _send_error(send, exc)
-                return
         await self._unary(endpoint, self._codec(codec_name), codec_name, body, head, scope, receive, send)
 
     async def _get(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
@@ -366,10 +405,13 @@ class ConnectApp:
                     f"{method.full_name} accepts GET only when marked idempotency_level = NO_SIDE_EFFECTS;"
                     " call it with POST",
                 ),
-                ((b"allow", b"POST"),),
+                ((b"allow", _allowed(endpoint)),),
             )
         head = _Head(scope["headers"], False)
+        head.check_version()
         params = _query(scope.get("query_string", b""))
+        if params.get("connect", b"v1") != b"v1":
+            raise _ProtocolError(400, RpcError(Code.INVALID_ARGUMENT, _VERSION_MESSAGE))
         codec_name = params.get("encoding", b"").decode("latin-1")
         if codec_name not in ("json", "proto"):
             raise _ProtocolError(
@@ -378,8 +420,12 @@ class ConnectApp:
                     Code.INVALID_ARGUMENT, "GET needs the query parameter encoding=json or encoding=proto"
                 ),
             )
+        if "message" not in params:
+            raise _ProtocolError(
+                400, RpcError(Code.INVALID_ARGUMENT, "GET needs the query parameter message (the request)")
+            )
         try:
-            data = params.get("message", b"")
+            data = params["message"]
             if params.get("base64") == b"1":
                 try:
                     data = b64decode_lenient(data.decode("latin-1"))
@@ -391,7 +437,7 @@ class ConnectApp:
                 raise _too_large(self._limit)
             compression = params.get("compression", b"identity").decode("latin-1")
             if compression == "gzip":
-                data = gunzip(data, self._limit)
+                data = self._inflate(data)
             elif compression != "identity":
                 raise RpcError(
                     Code.UNIMPLEMENTED, f"unsupported compression {compression!r}: use gzip or identity"
@@ -426,7 +472,7 @@ class ConnectApp:
                 )
                 watch = _Watch(receive, context)
                 watch.arm()
-                response = await invoke_unary(endpoint, request, context)
+                response = await invoke_unary(endpoint, request, context, limit=self._concurrency)
                 watch.stop()
                 data = codec.encode(response)
             except RpcError as exc:
@@ -455,6 +501,7 @@ class ConnectApp:
     async def _stream(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         method = endpoint.method
         head = _Head(scope["headers"], True)
+        head.check_version()
         codec_name = content_type_codec(head.content_type, STREAM_CONTENT_TYPES)
         if codec_name is None:
             if method.kind is MethodKind.BIDI_STREAMING:
@@ -469,11 +516,14 @@ class ConnectApp:
         context: Context | None = None
         watch: _Watch | None = None
         error: RpcError | None = None
+        unread = False  # the answer comes before the request body was read to its end
 
         async def start() -> None:
             nonlocal started
             started = True
             headers = [(b"content-type", b"application/connect+" + codec_name.encode())]
+            if unread:
+                headers.extend(_CLOSE)
             if context is not None:
                 _add_metadata(headers, context.response_headers, "")
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -494,19 +544,21 @@ class ConnectApp:
                 if method.kind is MethodKind.SERVER_STREAMING:
                     request = await self._single_message(receive, head, codec, gzipped, endpoint)
                     watch.arm()
-                    async for response in invoke_stream(endpoint, request, context):
+                    responses = invoke_stream(endpoint, request, context, limit=self._concurrency)
+                    async for response in responses:
                         data = codec.encode(response)
                         if not started:
                             await start()
                         await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
                 else:
                     requests = self._messages(receive, codec, gzipped, endpoint, watch)
-                    response = await invoke_unary(endpoint, requests, context)
+                    response = await invoke_unary(endpoint, requests, context, limit=self._concurrency)
                     data = codec.encode(response)
                     await start()
                     await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
             except RpcError as exc:
                 error = exc
+                unread = isinstance(exc, ReadTimeout)
             except _ProtocolError as exc:
                 error = exc.error
             except _ClientGone:
@@ -545,7 +597,7 @@ class ConnectApp:
                 raise RpcError(
                     Code.INVALID_ARGUMENT, "a compressed message arrived without Connect-Content-Encoding"
                 )
-            data = gunzip(data, self._limit)
+            data = gunzip(data, self._limit)  # too large: resource_exhausted in the end-of-stream message
         message: Message = codec.decode(data, endpoint.method.input_type)
         return message
 
@@ -583,10 +635,30 @@ class ConnectApp:
                 watch.arm()
 
 
+#: Sent with the answer to a request whose body was too slow: such a sender must not keep the
+#: connection. (A 413 leaves it open: the server drops the rest of the body, and closing while
+#: the client still sends would make it lose the answer.)
+_CLOSE = ((b"connection", b"close"),)
+
+_VERSION_MESSAGE = "unsupported Connect protocol version: send Connect-Protocol-Version: 1 (or connect=v1)"
+
+
 def _too_large(limit: int) -> _ProtocolError:
     return _ProtocolError(
         413, RpcError(Code.RESOURCE_EXHAUSTED, f"request body is larger than {limit} bytes")
     )
+
+
+def _too_slow(error: RpcError) -> _ProtocolError:
+    return _ProtocolError(408, error, _CLOSE)
+
+
+def _allowed(endpoint: Endpoint) -> bytes:
+    """The methods a Connect route answers, for ``Allow``."""
+    method = endpoint.method
+    if method.kind is MethodKind.UNARY and method.idempotency is Idempotency.NO_SIDE_EFFECTS:
+        return b"GET, POST, OPTIONS"
+    return b"POST, OPTIONS"
 
 
 def _unsupported_media_type(content_type: str, endpoint: Endpoint) -> _ProtocolError:
@@ -628,19 +700,31 @@ def _optional(module: str, attribute: str) -> Callable[..., Any] | None:
     return value if callable(value) else None
 
 
-def _fallback_routes(server: EndpointTable, options: ServerOptions) -> list[BaseRoute]:
+def _fallback_routes(
+    server: EndpointTable, options: ServerOptions, concurrency: ConcurrencyLimit, timer: ReadTimer
+) -> list[BaseRoute]:
     routes: list[BaseRoute] = []
     rest_routes = _optional("protobind.http.rest", "rest_routes")
     if rest_routes is not None:
-        extra: dict[str, Any] = {}
-        if "max_body_size" in inspect.signature(rest_routes).parameters:
-            extra["max_body_size"] = options.max_body_size  # one limit for every route
-        routes.extend(rest_routes(server, ignore_unknown_fields=options.ignore_unknown_fields, **extra))
+        # one limit of each kind for every route of the binding
+        routes.extend(
+            rest_routes(
+                server,
+                ignore_unknown_fields=options.ignore_unknown_fields,
+                max_message_size=options.limits.max_message_size,
+                concurrency=concurrency,
+                timer=timer,
+            )
+        )
     openapi_document = _optional("protobind.http.openapi", "openapi_document")
     if openapi_document is not None:
         document: dict[str, Any] = {}
 
         async def openapi(request: Request) -> Response:
+            if server.authorize is not None:
+                error = server.authorize(Metadata(request.headers.items()), OPENAPI_METHOD)
+                if error is not None:
+                    return JSONResponse(connect_error(error), status_code=HTTP_STATUS[error.code])
             if not document:
                 document.update(openapi_document(server.services))
             return JSONResponse(document)
@@ -651,8 +735,10 @@ def _fallback_routes(server: EndpointTable, options: ServerOptions) -> list[Base
 
 def build_app(server: EndpointTable, options: ServerOptions) -> ASGIApp:
     """The complete ASGI app: Connect fast path, fallback routes, CORS when configured."""
-    fallback = Router(routes=_fallback_routes(server, options), default=_not_found)
-    app: ASGIApp = ConnectApp(server, options, fallback)
+    concurrency = options.limits.concurrency_limit()
+    timer = ReadTimer(options.limits.body_timeout)
+    fallback = Router(routes=_fallback_routes(server, options, concurrency, timer), default=_not_found)
+    app: ASGIApp = ConnectApp(server, options, fallback, concurrency, timer)
     if options.cors_origins:
         allow = list(CORS_ALLOW_HEADERS) + [
             h for h in options.cors_allow_headers if h not in CORS_ALLOW_HEADERS

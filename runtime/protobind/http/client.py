@@ -33,8 +33,9 @@ from ..codec import Codec, codec_named, response_codec
 from ..context import CallInfo, DeadlineScope
 from ..errors import Code, RpcError
 from ..method import MethodInfo, MethodKind
+from ..options import DEFAULT_MAX_MESSAGE_SIZE, TLS_CLIENT_OPTIONS
 from ..transport import ClientTransport, DialFunction
-from .options import _DEFAULT_MAX_BODY, _int, _prefix, _require, _str
+from .options import DEFAULT_CLIENT_CONNECTIONS, _prefix, _require, reader
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -79,15 +80,18 @@ class HttpTransport(ClientTransport):
         *,
         codec: str,
         max_connections: int,
-        max_body_size: int,
+        max_message_size: int,
         ssl_context: ssl.SSLContext | None,
+        server_name: str | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._codec: Codec = codec_named(codec)
         self._response_codec = response_codec(self._codec)
         self._unary_type = f"application/{self._codec.name}"
         self._stream_type = f"application/connect+{self._codec.name}"
-        self._limit = max_body_size
+        self._limit = max_message_size
+        # aiohttp takes the name to verify (and send as SNI) per request
+        self._request_options: dict[str, Any] = {"server_hostname": server_name} if server_name else {}
         self._urls: dict[str, URL] = {}
         connector = aiohttp.TCPConnector(
             limit=max_connections,
@@ -147,7 +151,9 @@ class HttpTransport(ClientTransport):
     async def _unary(self, method: MethodInfo[Any, Any], body: bytes, call: CallInfo) -> Message:
         headers = self._headers(call, self._unary_type)
         try:
-            async with self._session.post(self._url(method), data=body, headers=headers) as response:
+            async with self._session.post(
+                self._url(method), data=body, headers=headers, **self._request_options
+            ) as response:
                 status = response.status
                 length = response.content_length
                 if length is not None and length > self._limit:
@@ -191,7 +197,9 @@ class HttpTransport(ClientTransport):
         deadline = call.deadline
         try:
             async with DeadlineScope(deadline):
-                response = await self._session.post(self._url(method), data=body, headers=headers)
+                response = await self._session.post(
+                    self._url(method), data=body, headers=headers, **self._request_options
+                )
         except aiohttp.ClientError as exc:
             if failure:
                 raise failure[0] from None
@@ -296,21 +304,26 @@ async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
     parts = urlsplit(url)
     if not parts.hostname:
         raise ValueError(f"{url!r} has no host: use http://host:port")
+    read = reader(options)
     codec = str(options.get("codec", "proto")).lower()
     if codec not in ("proto", "json"):
-        raise ValueError(f"http option codec must be proto or json, not {codec!r}")
+        raise read.error("codec", f"must be proto or json, not {codec!r}")
     base = f"{parts.scheme}://{parts.netloc}{_prefix(parts.path)}"
+    tls_given = [name for name in sorted(TLS_CLIENT_OPTIONS) if read.given(name)]
+    if tls_given and parts.scheme != "https":
+        raise ValueError(
+            f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
+        )
     ssl_context = None
     if parts.scheme == "https":
-        ssl_context = make_ssl_context(
-            _str(options, "tls_ca"), _str(options, "tls_cert"), _str(options, "tls_key")
-        )
+        ssl_context = make_ssl_context(read.file("tls_ca"), read.file("tls_cert"), read.file("tls_key"))
     return HttpTransport(
         base,
         codec=codec,
-        max_connections=_int(options, "max_connections", 100),
-        max_body_size=_int(options, "max_body_size", _DEFAULT_MAX_BODY),
+        max_connections=read.positive_int("max_connections", DEFAULT_CLIENT_CONNECTIONS),
+        max_message_size=read.positive_int("max_message_size", DEFAULT_MAX_MESSAGE_SIZE),
         ssl_context=ssl_context,
+        server_name=read.text("tls_server_name"),
     )
 
 

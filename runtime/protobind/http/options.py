@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
+
+from ..limits import ServerLimits
+from ..options import LIMIT_OPTIONS, TLS_CLIENT_OPTIONS, OptionReader
 
 __all__ = [
     "CLIENT_OPTIONS",
     "SERVER_OPTIONS",
 ]
 
-
 SERVER_OPTIONS = frozenset(
     {
-        "max_body_size",
+        *LIMIT_OPTIONS,
+        "body_timeout",
+        "max_connections",
         "ignore_unknown_fields",
         "cors_origins",
         "cors_allow_headers",
@@ -24,10 +28,12 @@ SERVER_OPTIONS = frozenset(
         "cors_max_age",
         "tls_cert",
         "tls_key",
+        "tls_ca",
     }
 )
-CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_body_size", "tls_ca", "tls_cert", "tls_key"})
-_DEFAULT_MAX_BODY = 4 * 1024 * 1024
+CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", *TLS_CLIENT_OPTIONS})
+#: Default size of a client's keep-alive pool.
+DEFAULT_CLIENT_CONNECTIONS = 100
 # Longer than the client pool's idle timeout (15 s), so idle connections are closed by the client.
 _KEEP_ALIVE = 75
 
@@ -46,40 +52,8 @@ def _require(module: str) -> ModuleType:
 # --- options --------------------------------------------------------------------------------------
 
 
-def _bool(options: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"http option {name} must be true or false, not {value!r}")
-
-
-def _int(options: Mapping[str, Any], name: str, default: int) -> int:
-    value = options.get(name, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"http option {name} must be an integer, not {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"http option {name} must be positive, not {value!r}")
-    return number
-
-
-def _list(options: Mapping[str, Any], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    value = options.get(name)
-    if value is None:
-        return default
-    items: Iterable[Any] = value.split(",") if isinstance(value, str) else value
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
-def _str(options: Mapping[str, Any], name: str) -> str | None:
-    value = options.get(name)
-    return None if value is None or value == "" else str(value)
+def reader(options: Mapping[str, Any]) -> OptionReader:
+    return OptionReader("http", options)
 
 
 def _prefix(path: str) -> str:
@@ -90,13 +64,14 @@ def _prefix(path: str) -> str:
 def _server_options(options: Mapping[str, Any], prefix: str = "") -> Any:
     from .app import ServerOptions
 
+    read = reader(options)
     return ServerOptions(
         prefix=prefix,
-        max_body_size=_int(options, "max_body_size", _DEFAULT_MAX_BODY),
-        ignore_unknown_fields=_bool(options, "ignore_unknown_fields", False),
-        cors_origins=_list(options, "cors_origins"),
-        cors_allow_headers=_list(options, "cors_allow_headers", ("*",)),
-        cors_expose_headers=_list(options, "cors_expose_headers"),
-        cors_allow_credentials=_bool(options, "cors_allow_credentials", False),
-        cors_max_age=_int(options, "cors_max_age", 7200),
+        limits=ServerLimits.read(read),
+        ignore_unknown_fields=read.flag("ignore_unknown_fields", False),
+        cors_origins=read.words("cors_origins"),
+        cors_allow_headers=read.words("cors_allow_headers", ("*",)),
+        cors_expose_headers=read.words("cors_expose_headers"),
+        cors_allow_credentials=read.flag("cors_allow_credentials", False),
+        cors_max_age=read.positive_int("cors_max_age", 7200),
     )

@@ -28,10 +28,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
-from ..codec import JsonCodec
+from ..codec import JsonCodec, parse_json
 from ..context import Context
 from ..errors import Code, RpcError
+from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
 from ..metadata import Metadata
+from ..options import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE
 from ..server import Endpoint, EndpointTable, invoke_unary, to_rpc_error
 from ..wire import HTTP_STATUS, TRAILER_PREFIX, b64decode_lenient, connect_error
 from .rule import (
@@ -75,18 +77,21 @@ _WRAPPERS = {
 _TIMEOUT = re.compile(r"[0-9]{1,10}\Z")
 
 
-#: Largest request body read when the HTTP binding passes no ``max_body_size`` (as its default).
-DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
-
-
 def rest_routes(
-    server: EndpointTable, *, ignore_unknown_fields: bool, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    server: EndpointTable,
+    *,
+    ignore_unknown_fields: bool,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    concurrency: ConcurrencyLimit | None = None,
+    timer: ReadTimer | None = None,
 ) -> list[BaseRoute]:
     """Starlette routes serving the ``google.api.http`` bindings of ``server``'s unary methods.
 
     ``ignore_unknown_fields`` accepts JSON body fields and query parameters that the request
-    message does not have; a body larger than ``max_body_size`` bytes is refused with 413
-    (``resource_exhausted``), as on the Connect routes.
+    message does not have; a body larger than ``max_message_size`` bytes is refused with 413
+    (``resource_exhausted``), as on the Connect routes. The HTTP binding passes its
+    ``concurrency`` limit and body read ``timer`` (408 when the body is too slow) so that REST
+    and Connect calls share them.
 
     Bindings with equivalent templates share one route, so a wrong HTTP method answers 405 with an
     ``Allow`` header. Routes come most specific first (a verb suffix, then literal segments before
@@ -103,7 +108,13 @@ def rest_routes(
             method.kind.value.replace("_", "-"),
             method.path,
         )
-    handler = _RestHandler(server, ignore_unknown_fields=ignore_unknown_fields, max_body_size=max_body_size)
+    handler = _RestHandler(
+        server,
+        ignore_unknown_fields=ignore_unknown_fields,
+        max_message_size=max_message_size,
+        concurrency=concurrency,
+        timer=timer or ReadTimer(DEFAULT_BODY_TIMEOUT),
+    )
     routes: dict[Any, RestRoute] = {}
     for binding in bindings:
         shape = binding.template.shape
@@ -182,9 +193,19 @@ class _TooLarge(Exception):
 
 
 class _RestHandler:
-    def __init__(self, server: EndpointTable, *, ignore_unknown_fields: bool, max_body_size: int) -> None:
+    def __init__(
+        self,
+        server: EndpointTable,
+        *,
+        ignore_unknown_fields: bool,
+        max_message_size: int,
+        concurrency: ConcurrencyLimit | None,
+        timer: ReadTimer,
+    ) -> None:
         self.server = server
-        self.max_body_size = max_body_size
+        self.max_message_size = max_message_size
+        self.concurrency = concurrency
+        self.timer = timer
         self.ignore_unknown_fields = ignore_unknown_fields
         self.codec = JsonCodec(ignore_unknown_fields=ignore_unknown_fields)
 
@@ -201,14 +222,17 @@ class _RestHandler:
         try:
             request = Request(scope, receive)
             try:
-                body = await self._read_body(request)
+                body = await self.timer.run(self._read_body(request))
             except ClientDisconnect:
                 return
             except _TooLarge:
                 too_large = RpcError(
-                    Code.RESOURCE_EXHAUSTED, f"request body is larger than {self.max_body_size} bytes"
+                    Code.RESOURCE_EXHAUSTED, f"request body is larger than {self.max_message_size} bytes"
                 )
                 await _send_json(send, 413, connect_error(too_large), None)
+                return
+            except ReadTimeout as slow:
+                await _send_json(send, 408, connect_error(slow), None, [(b"connection", b"close")])
                 return
             context = Context(
                 endpoint.method,
@@ -218,7 +242,7 @@ class _RestHandler:
                 peer=_peer(scope),
             )
             message = self.build_request(binding, values, scope.get("query_string", b""), body)
-            response = await _run(endpoint, message, context, receive)
+            response = await _run(endpoint, message, context, receive, self.concurrency)
             if response is None:
                 return  # the caller went away: nobody to answer
             status, payload = 200, _response_json(binding, response)
@@ -234,7 +258,7 @@ class _RestHandler:
         await _send_json(send, status, payload, context)
 
     async def _read_body(self, request: Request) -> bytes:
-        limit = self.max_body_size
+        limit = self.max_message_size
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise _TooLarge
@@ -287,14 +311,7 @@ class _RestHandler:
             value = json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise RpcError(Code.INVALID_ARGUMENT, f"body is not valid JSON for field {field.name}") from None
-        try:
-            json_format.ParseDict(
-                {field.name: value}, message, ignore_unknown_fields=self.ignore_unknown_fields
-            )
-        except json_format.ParseError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, f"body is not a valid {field.name}: {exc}") from None
-        except (RecursionError, ValueError, TypeError):
-            raise RpcError(Code.INVALID_ARGUMENT, f"body is not a valid {field.name}") from None
+        parse_json({field.json_name: value}, message, ignore_unknown_fields=self.ignore_unknown_fields)
 
     def _apply_query(self, message: Message, binding: HttpBinding, query: bytes) -> None:
         if not query:
@@ -495,9 +512,15 @@ def _peer(scope: Scope) -> str:
     return f"{client[0]}:{client[1]}" if client else ""
 
 
-async def _run(endpoint: Endpoint, message: Message, context: Context, receive: Receive) -> Message | None:
+async def _run(
+    endpoint: Endpoint,
+    message: Message,
+    context: Context,
+    receive: Receive,
+    concurrency: ConcurrencyLimit | None,
+) -> Message | None:
     """Run the handler; if the caller disconnects first, cancel it and return ``None``."""
-    call = asyncio.ensure_future(invoke_unary(endpoint, message, context))
+    call = asyncio.ensure_future(invoke_unary(endpoint, message, context, limit=concurrency))
     watch = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
 from ..transport import ServeFunction, ServerBinding, check_options
-from .options import _KEEP_ALIVE, _prefix, _require, _server_options, _str
+from .options import _KEEP_ALIVE, _prefix, _require, _server_options, reader
 
 if TYPE_CHECKING:
     import uvicorn
@@ -32,7 +33,7 @@ def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> A
     """The ASGI app serving ``server_or_services`` (a :class:`protobind.Server` or the service
     implementations), for mounting in another ASGI application.
 
-    Takes the server options of this module (``max_body_size``, ``ignore_unknown_fields``,
+    Takes the server options of this module (``max_message_size``, ``ignore_unknown_fields``,
     ``cors_origins``, ...) plus ``prefix``, a path the Connect routes live under.
     """
     from . import TRANSPORT
@@ -102,10 +103,22 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
     except ValueError:
         raise ValueError(f"invalid port in {url!r}") from None
     prefix = _prefix(parts.path)
-    app = build_app(server, _server_options(options, prefix))
-    cert, key = _str(options, "tls_cert"), _str(options, "tls_key")
-    if parts.scheme == "https" and cert is None:
+    settings = _server_options(options, prefix)
+    app = build_app(server, settings)
+    read = reader(options)
+    tls_given = [name for name in ("tls_ca", "tls_cert", "tls_key") if read.given(name)]
+    if tls_given and parts.scheme != "https":
+        raise ValueError(
+            f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
+        )
+    cert, key, ca = read.file("tls_cert"), read.file("tls_key"), read.file("tls_ca")
+    if parts.scheme == "https" and (cert is None or key is None):
         raise ValueError(f"{url}: https:// needs the options tls_cert and tls_key (PEM files)")
+    tls: dict[str, Any] = {}
+    if parts.scheme == "https":
+        tls = {"ssl_certfile": cert, "ssl_keyfile": key}
+        if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
+            tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -114,8 +127,10 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         access_log=False,
         server_header=False,
         timeout_keep_alive=_KEEP_ALIVE,
-        ssl_certfile=cert if parts.scheme == "https" else None,
-        ssl_keyfile=key if parts.scheme == "https" else None,
+        # uvicorn answers 503 (and closes) a request that arrives while this many connections are
+        # open or requests in flight, the request's own connection included: hence the + 1
+        limit_concurrency=read.positive_int("max_connections", settings.limits.admitted) + 1,
+        **tls,
     )
     config.load()
     sock = _bind(host, port)
