@@ -221,3 +221,41 @@ async def test_absurd_timeouts_are_invalid_argument(
         assert ok.headers is None
     finally:
         await raw.close()
+
+
+async def test_max_message_size_is_the_same_option_and_code_as_elsewhere(nats_server: str) -> None:
+    server = protobind.Server([Conformance()])
+    (url,) = await server.start(f"{nats_server}?prefix=mms{time.monotonic_ns()}.&max_message_size=1000")
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            assert (await client.unary(Request(payload=b"x" * 500), timeout=5)).payload == b"x" * 500
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(payload=b"x" * 2000), timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            with pytest.raises(RpcError) as info:
+                await client.client_stream([Request(payload=b"x" * 2000)], timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            assert (await client.unary(Request(text="still serving"), timeout=5)).text == "still serving"
+    finally:
+        await server.stop(0)
+    with pytest.raises(ValueError, match="tls_server_name"):
+        protobind.connect(f"{nats_server}?tls_hostname=x")
+
+
+async def test_discovery_is_guarded_when_auth_is_configured(nats_servers: NatsServers) -> None:
+    from protobind.auth import BearerAuth
+
+    nats_server, _ = nats_servers.start()  # a server of its own: no other service answers $SRV
+    server = protobind.Server([Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])])
+    await server.start(nats_server)
+    raw = await nats.connect(nats_server)
+    try:
+        denied = await raw.request("$SRV.INFO", b"", timeout=5)
+        assert denied.headers is not None
+        assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
+        allowed = await raw.request("$SRV.INFO", b"", timeout=5, headers={"authorization": "Bearer s3cret"})
+        assert b"protobind" in allowed.data or b"Conformance" in allowed.data
+    finally:
+        await raw.close()
+        await server.stop(0)

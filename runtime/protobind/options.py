@@ -44,6 +44,7 @@ TLS_CLIENT_OPTIONS = frozenset({"tls_ca", "tls_cert", "tls_key", "tls_server_nam
 RENAMED: Mapping[str, Mapping[str, str]] = {
     "grpc": {"cert": "tls_cert", "key": "tls_key", "ca": "tls_ca", "server_name": "tls_server_name"},
     "http": {"max_body_size": "max_message_size"},
+    "nats": {"tls_hostname": "tls_server_name"},
 }
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -177,6 +177,8 @@ class EngineSettings:
     queue_group: str = ""
     max_concurrency: int = 1024
     max_pending: int = 8192
+    #: largest request body the server accepts (the broker's max_payload bounds it too)
+    max_message_size: int = 4 * 1024 * 1024
     window: int = 64
     heartbeat: float = 5.0
     codec_name: str = "proto"

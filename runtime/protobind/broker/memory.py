@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..codec import codec_named
+from ..options import DEFAULT_MAX_MESSAGE_SIZE, OptionReader
 from ..transport import Transport, named_harness
 from .base import (
     NO_RESPONDERS_STATUS,
@@ -200,7 +201,8 @@ class MemoryBroker(Broker):
 
 _ENGINE_OPTIONS = {"prefix", "window", "heartbeat"}
 SERVER_OPTIONS = frozenset(
-    _ENGINE_OPTIONS | {"queue_group", "max_concurrency", "max_pending", "version", "max_payload"}
+    _ENGINE_OPTIONS
+    | {"queue_group", "max_concurrency", "max_pending", "version", "max_payload", "max_message_size"}
 )
 CLIENT_OPTIONS = frozenset(_ENGINE_OPTIONS | {"codec"})
 
@@ -216,6 +218,9 @@ def _settings(options: Mapping[str, Any]) -> EngineSettings:
         queue_group=str(options.get("queue_group", "protobind")),
         max_concurrency=max(1, int(options.get("max_concurrency", 1024))),
         max_pending=max(0, int(options.get("max_pending", 8192))),
+        max_message_size=OptionReader("memory", options).positive_int(
+            "max_message_size", DEFAULT_MAX_MESSAGE_SIZE
+        ),
         window=max(1, int(options.get("window", 64))),
         heartbeat=max(0.01, float(options.get("heartbeat", 5.0))),
         codec_name=codec_name,

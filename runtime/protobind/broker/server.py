@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, Resume, uncancel
+from ..auth import MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
@@ -45,6 +46,7 @@ from .wire import (
     headers_size,
     put_content_type,
     put_metadata,
+    read_metadata,
     read_request_headers,
     too_large,
 )
@@ -217,6 +219,15 @@ class BrokerBinding(ServerBinding):
             state.feed(msg)
 
     async def _on_discovery(self, msg: BrokerMessage) -> None:
+        if not msg.reply:
+            return
+        authorize = self.server.authorize
+        if authorize is not None:
+            # discovery is guarded like the services when auth is configured (docs/security.md)
+            denied = authorize(read_metadata(msg.headers), MICRO_METHOD)
+            if denied is not None:
+                await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
+                return
         if msg.reply:
             for body in answers(self._micro, msg.subject):
                 await self._send(msg.reply, body, None)
@@ -262,6 +273,8 @@ class BrokerBinding(ServerBinding):
                     deadline=deadline,
                     peer=self.broker.peer_of(reply),
                 )
+            if len(msg.data) > self.settings.max_message_size:
+                raise _too_big(len(msg.data), self.settings.max_message_size)
             if codec is PROTO:
                 try:
                     request = route.input_type.FromString(msg.data)
@@ -415,8 +428,10 @@ class BrokerBinding(ServerBinding):
         method = route.method
         request: Any
         if method.kind.client_streams:
-            request = _incoming(state, codec, method.input_type)
+            request = _incoming(state, codec, method.input_type, self.settings.max_message_size)
         else:
+            if len(msg.data) > self.settings.max_message_size:
+                raise _too_big(len(msg.data), self.settings.max_message_size)
             request = codec.decode(msg.data, method.input_type)
         if method.kind.server_streams:
             responses = cast(AsyncGenerator[Message, None], invoke_stream(route.endpoint, request, context))
@@ -506,6 +521,10 @@ def _not_opened(route: _Route) -> RpcError:
     )
 
 
+def _too_big(size: int, limit: int) -> RpcError:
+    return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
+
+
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")
 _STOPPED = RpcError(Code.UNAVAILABLE, "the server stopped before the call finished")
 
@@ -542,11 +561,15 @@ async def _send_headers(state: StreamState, context: Context) -> None:
         await state.control(HEADERS, frame)
 
 
-async def _incoming(state: StreamState, codec: Codec, message_type: type[Message]) -> AsyncIterator[Any]:
+async def _incoming(
+    state: StreamState, codec: Codec, message_type: type[Message], limit: int
+) -> AsyncIterator[Any]:
     """The requests of a client or bidi stream, as the handler reads them."""
     while True:
         frame, msg = await state.receive()
         if frame is None:
+            if len(msg.data) > limit:
+                raise _too_big(len(msg.data), limit)
             yield codec.decode(msg.data, message_type)
         elif frame == END:
             error = state.end_count(msg.headers)

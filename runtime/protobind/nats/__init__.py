@@ -29,7 +29,7 @@ Options, from the URL query string or ``options`` (server = S, client = C):
     The version reported to micro discovery. Default: the protobind version.
 ``name``, ``connect_timeout``, ``reconnect_wait``, ``max_reconnect_attempts`` (default -1: for
 ever), ``user``, ``password``, ``token``, ``creds`` (a credentials file), ``nkeys_seed`` (a seed
-file), ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_hostname`` (files and names for ``tls://``)
+file), ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_server_name`` (files and names for ``tls://``)
 and ``ssl_context`` (Python only) go to the NATS connection.
 """
 

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .. import __version__
 from ..broker.base import EngineSettings
 from ..codec import codec_named
+from ..options import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING, OptionReader
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -38,7 +39,8 @@ _CONNECTION_OPTIONS = {
     "tls_ca",
     "tls_cert",
     "tls_key",
-    "tls_hostname",
+    "tls_server_name",
+    "max_message_size",
     "ssl_context",
 }
 SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS)
@@ -100,13 +102,16 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
     tls = _ssl_context(options)
     if tls is not None:
         connect["tls"] = tls
-    if "tls_hostname" in options:
-        connect["tls_hostname"] = str(options["tls_hostname"])
+    if "tls_server_name" in options:
+        connect["tls_hostname"] = str(options["tls_server_name"])
     engine = EngineSettings(
         prefix=prefix,
         queue_group=str(options.get("queue_group", "protobind")),
-        max_concurrency=max(1, _number(options, "max_concurrency", 1024, int)),
-        max_pending=max(0, _number(options, "max_pending", 8192, int)),
+        max_concurrency=max(1, _number(options, "max_concurrency", DEFAULT_MAX_CONCURRENCY, int)),
+        max_pending=max(0, _number(options, "max_pending", DEFAULT_MAX_PENDING, int)),
+        max_message_size=OptionReader("nats", options).positive_int(
+            "max_message_size", DEFAULT_MAX_MESSAGE_SIZE
+        ),
         window=max(1, _number(options, "window", 64, int)),
         heartbeat=max(0.01, _number(options, "heartbeat", 5.0, float)),
         codec_name=codec_name,
