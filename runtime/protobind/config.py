@@ -212,6 +212,7 @@ class GeneratedClient(Protocol):
     """What the generator makes as ``{Service}Client``."""
 
     PROTOBIND_SERVICE: ClassVar[ServiceInfo]
+    channel: Channel  # checked (unlike ``__init__``), so mypy tells a sync client from an async one
 
     def __init__(self, channel: Channel) -> None: ...
 
@@ -220,6 +221,7 @@ class GeneratedSyncClient(Protocol):
     """What the generator makes as ``{Service}SyncClient``."""
 
     PROTOBIND_SERVICE: ClassVar[ServiceInfo]
+    channel: SyncChannel
 
     def __init__(self, channel: SyncChannel) -> None: ...
 

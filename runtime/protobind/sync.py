@@ -22,13 +22,14 @@ Client interceptors are the ordinary async ones; they run on the channel's loop 
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import itertools
 import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
@@ -40,7 +41,7 @@ from .metadata import MetadataLike
 from .method import MethodInfo
 from .transport import transport_module
 
-__all__ = ["LoopThread", "SyncChannel", "connect_sync"]
+__all__ = ["LoopStopped", "LoopThread", "SyncChannel", "connect_sync"]
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
@@ -52,9 +53,9 @@ _thread_names = itertools.count(1)
 class LoopThread:
     """An asyncio event loop running in a daemon thread, until :meth:`stop`.
 
-    :meth:`submit` runs a coroutine on it from any thread. After :meth:`stop` has begun, submitting
-    raises ``RuntimeError``; a lock orders the two, so every accepted coroutine is a task by the time
-    ``stop`` cancels what is left.
+    :meth:`run` runs a coroutine on it and waits; :meth:`submit` runs one and returns a future. Once
+    :meth:`stop` has begun, both raise :class:`LoopStopped`; a lock orders them, so every accepted
+    coroutine is a task by the time ``stop`` cancels what is left.
     """
 
     def __init__(self, name: str = "protobind-loop") -> None:
@@ -81,8 +82,25 @@ class LoopThread:
         with self._lock:
             if self._stopping:
                 coro.close()
-                raise RuntimeError("the event loop thread is stopped")
+                raise LoopStopped("the event loop thread is stopped")
             return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it in the calling thread. An exception while waiting
+        (``KeyboardInterrupt``) cancels it; a cancelled ``coro`` raises ``asyncio.CancelledError``."""
+        # Cheaper than run_coroutine_threadsafe(...).result(): a bare lock instead of a
+        # concurrent.futures.Future and its Condition (see the sync-* pairs in benchmarks/).
+        call = _BlockingCall(coro)
+        if not self.call_soon(call.start):
+            coro.close()
+            raise LoopStopped("the event loop thread is stopped")
+        try:
+            call.done.acquire()
+        except BaseException:
+            self.call_soon(call.cancel)
+            raise
+        assert call.task is not None
+        return call.task.result()
 
     def call_soon(self, callback: Any, *args: Any) -> bool:
         """Run ``callback(*args)`` on the loop; False (and nothing runs) once stopping has begun."""
@@ -109,6 +127,31 @@ class LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
             self.loop.close()
+
+
+class LoopStopped(RuntimeError):
+    """The :class:`LoopThread` is stopping or stopped and takes no more work."""
+
+
+class _BlockingCall(Generic[T]):
+    __slots__ = ("coro", "done", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.coro = coro
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.task: asyncio.Task[T] | None = None
+
+    def start(self) -> None:  # on the loop
+        self.task = asyncio.ensure_future(self.coro)
+        self.task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[T]) -> None:
+        self.done.release()
+
+    def cancel(self) -> None:  # on the loop, always after start()
+        if self.task is not None:
+            self.task.cancel()
 
 
 async def _shutdown(loop: asyncio.AbstractEventLoop, last: Coroutine[Any, Any, object] | None) -> None:
@@ -166,16 +209,11 @@ class SyncChannel:
 
     def _wait(self, runner: LoopThread, coro: Coroutine[Any, Any, T]) -> T:
         try:
-            future = runner.submit(coro)
-        except RuntimeError:
-            raise RuntimeError("this SyncChannel is closed") from None
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
+            return runner.run(coro)
+        except asyncio.CancelledError:
             raise RpcError(Code.CANCELLED, "call cancelled: the SyncChannel was closed") from None
-        except BaseException:
-            future.cancel()  # KeyboardInterrupt and the like: cancel the call on the server too
-            raise
+        except LoopStopped:
+            raise RuntimeError("this SyncChannel is closed") from None
 
     def open(self) -> SyncChannel:
         """Connect now (otherwise the first call connects)."""
