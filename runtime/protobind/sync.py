@@ -11,6 +11,7 @@ exactly as in async code: nothing about a call is implemented a second time here
 - Client and bidi streaming take any iterable of requests. A list or tuple is passed to the
   Channel as it is; any other iterable (a generator that waits on a ``queue.Queue``, say) is read
   in a daemon thread, one item each time the transport asks for one, so it never blocks the loop.
+  (An iterable that blocks for ever after its call has ended keeps that thread.)
 - Cancellation: an exception while a call waits (``KeyboardInterrupt`` from Ctrl-C) cancels the call,
   and so does closing a response iterator before its end (``break`` out of the ``for`` loop, or
   ``.close()``); the server sees the cancellation as it does an async caller's.
@@ -68,10 +69,6 @@ class LoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
-
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
 
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread (where waiting on the loop would deadlock)."""
@@ -376,9 +373,9 @@ def _feed(requests: Iterable[T]) -> Iterable[T] | AsyncIterator[T]:
 async def _read_in_thread(requests: Iterable[T]) -> AsyncIterator[T]:
     """Read a blocking iterable in a daemon thread, one item each time the transport asks."""
     loop = asyncio.get_running_loop()
-    demand = threading.Semaphore(0)
+    demand = threading.Semaphore(0)  # one release per item wanted; the reader never reads ahead
     stopped = False
-    waiter: asyncio.Future[tuple[int, Any]] = loop.create_future()
+    waiter: asyncio.Future[tuple[int, Any]] = loop.create_future()  # replaced before each item
 
     def deliver(future: asyncio.Future[tuple[int, Any]], outcome: tuple[int, Any]) -> None:
         if not future.done():
