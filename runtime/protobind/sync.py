@@ -40,7 +40,6 @@ from .errors import Code, RpcError
 from .interceptors import ClientInterceptor
 from .metadata import MetadataLike
 from .method import MethodInfo
-from .transport import transport_module
 
 __all__ = ["LoopStopped", "LoopThread", "SyncChannel", "connect_sync"]
 
@@ -185,8 +184,12 @@ class SyncChannel:
         self.interceptors = tuple(interceptors)
         self._options = dict(options or {})
         self._lock = threading.Lock()
+        self._channel = self._new_channel()  # checks the URL and the options now, as connect() does
         self._state: tuple[LoopThread, Channel] | None = None
         self._closed = False
+
+    def _new_channel(self) -> Channel:
+        return Channel(self.url, interceptors=self.interceptors, options=self._options)
 
     def _started(self) -> tuple[LoopThread, Channel]:
         state = self._state
@@ -196,8 +199,7 @@ class SyncChannel:
                     raise RuntimeError("this SyncChannel is closed")
                 state = self._state
                 if state is None:
-                    channel = Channel(self.url, interceptors=self.interceptors, options=self._options)
-                    state = self._state = (LoopThread("protobind-sync"), channel)
+                    state = self._state = (LoopThread("protobind-sync"), self._channel)
         if state[0].in_loop_thread():
             raise RuntimeError(
                 "a blocking SyncChannel call from its own event loop thread (an interceptor?) would deadlock"
@@ -230,6 +232,8 @@ class SyncChannel:
         with self._lock:
             self._closed = self._closed or closed
             state, self._state = self._state, None
+            if state is not None and not self._closed:
+                self._channel = self._new_channel()  # the next loop gets a Channel of its own
         if state is not None:
             runner, channel = state
             runner.stop(channel.close())
@@ -427,5 +431,4 @@ def connect_sync(
     """A :class:`SyncChannel` to ``url``: :func:`protobind.connect` for blocking code.
 
     Use it as ``with protobind.connect_sync(url) as channel:``."""
-    transport_module(url)  # fail now on an unknown scheme or a missing extra
     return SyncChannel(url, interceptors=interceptors, options=options)
