@@ -250,25 +250,26 @@ def test_many_threads(client: ConformanceServiceSyncClient) -> None:
     assert results == [[f"{w}-{i}" for i in range(48)] + [f"{w}-s", f"{w}-c,{w}-c"] for w in range(8)]
 
 
-def _protobind_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("protobind-")}
+def _threads() -> set[threading.Thread]:
+    return set(threading.enumerate())
 
 
 def test_close_stops_threads_and_loop(served_in_thread: tuple[str, Conformance], transport: str) -> None:
     url, _ = served_in_thread
-    before = _protobind_threads()
+    before = _threads()
     channel = protobind.connect_sync(url)
     client = ConformanceServiceSyncClient(channel)
     assert client.unary(Request(text="x")).text == "x"
     assert client.client_stream(Request(text=str(i)) for i in range(3)).request_count == 3
-    assert len(_protobind_threads() - before) == 1  # the loop thread; the request reader has ended
-    stream = client.server_stream(Request(behavior=Behavior(stream_count=3, sleep_ms=5000)))
+    assert len(_threads() - before) == 1  # the loop thread; the request reader has ended
+    stream = client.server_stream(Request(behavior=Behavior(stream_count=1000, sleep_ms=50)))
     assert next(stream).index == 0
     channel.close()  # with a call in flight: it is cancelled
     with pytest.raises(RpcError) as info:
-        next(stream)
+        for _ in stream:  # a message that arrived before close() may still come out first
+            pass
     assert info.value.code is Code.CANCELLED
-    assert _protobind_threads() == before
+    assert _threads() == before
     with pytest.raises(RuntimeError, match="closed"):
         client.unary(Request())
     channel.close()  # closing twice is harmless
