@@ -212,7 +212,7 @@ class GeneratedClient(Protocol):
     """What the generator makes as ``{Service}Client``."""
 
     PROTOBIND_SERVICE: ClassVar[ServiceInfo]
-    channel: Channel  # checked (unlike ``__init__``), so mypy tells a sync client from an async one
+    _channel: Channel  # checked, unlike ``__init__``: type checkers tell a blocking client from this
 
     def __init__(self, channel: Channel) -> None: ...
 
@@ -221,7 +221,7 @@ class GeneratedSyncClient(Protocol):
     """What the generator makes as ``{Service}SyncClient``."""
 
     PROTOBIND_SERVICE: ClassVar[ServiceInfo]
-    channel: SyncChannel
+    _channel: SyncChannel
 
     def __init__(self, channel: SyncChannel) -> None: ...
 
