@@ -254,6 +254,7 @@ class SyncChannel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> RespT:
+        """Call a unary method and wait for its response (generated clients do this for you)."""
         runner, channel = self._started()
         return self._wait(runner, channel.unary(method, request, timeout, metadata, call))
 
@@ -265,6 +266,7 @@ class SyncChannel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> Iterator[RespT]:
+        """Call a server-streaming method; iterate the responses (the call starts on the first ``next``)."""
         runner, channel = self._started()
         return _iterate(runner, channel.server_stream(method, request, timeout, metadata, call))
 
@@ -276,6 +278,7 @@ class SyncChannel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> RespT:
+        """Call a client-streaming method with any iterable of requests; wait for the response."""
         runner, channel = self._started()
         return self._wait(runner, channel.client_stream(method, _feed(requests), timeout, metadata, call))
 
@@ -287,6 +290,7 @@ class SyncChannel:
         metadata: MetadataLike | None = None,
         call: CallInfo | None = None,
     ) -> Iterator[RespT]:
+        """Call a bidirectional-streaming method; iterate the responses while the requests are sent."""
         runner, channel = self._started()
         return _iterate(runner, channel.bidi_stream(method, _feed(requests), timeout, metadata, call))
 
