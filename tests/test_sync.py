@@ -7,6 +7,7 @@ an event loop in another thread (``served_in_thread``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import signal
 import threading
@@ -336,3 +337,53 @@ def test_blocking_call_from_the_channels_own_loop_is_refused(
 def test_connect_sync_checks_the_url() -> None:
     with pytest.raises(ValueError, match="scheme must be one of"):
         protobind.connect_sync("ftp://127.0.0.1:1")
+
+
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="unset")
+
+
+class CallerToMetadata:
+    """A client interceptor that reads a context variable the calling thread set."""
+
+    async def intercept(self, invoker: protobind.Invoker, request: Any, call: protobind.CallInfo) -> Any:
+        call.metadata["x-caller"] = _caller.get()
+        return await invoker(request, call)
+
+
+def test_the_callers_context_reaches_interceptors(served_in_thread: tuple[str, Conformance]) -> None:
+    url, _ = served_in_thread
+    with protobind.connect_sync(url, interceptors=[CallerToMetadata()]) as channel:
+        client = ConformanceServiceSyncClient(channel)
+        token = _caller.set("thread-a")
+        try:
+            assert client.unary(Request()).metadata["x-caller"] == "thread-a"
+            replies = client.server_stream(Request(behavior=Behavior(stream_count=1)))
+            assert [r.metadata["x-caller"] for r in replies] == ["thread-a"]
+        finally:
+            _caller.reset(token)
+        assert client.unary(Request()).metadata["x-caller"] == "unset"
+
+
+def test_client_spans_are_children_of_the_callers_span(served_in_thread: tuple[str, Conformance]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    url, _ = served_in_thread
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = protobind.Telemetry(tracer_provider=provider, metrics=False)
+    try:
+        with protobind.connect_sync(url, telemetry=telemetry) as channel:
+            client = ConformanceServiceSyncClient(channel)
+            with provider.get_tracer("test").start_as_current_span("root") as root:
+                client.unary(Request())
+                assert len(list(client.server_stream(Request(behavior=Behavior(stream_count=2))))) == 2
+        spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+        assert sorted(s.name.rpartition("/")[2] for s in spans) == ["ServerStream", "Unary"]
+        for span in spans:
+            assert span.parent is not None and span.parent.span_id == root.get_span_context().span_id
+    finally:
+        provider.shutdown()

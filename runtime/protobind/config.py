@@ -243,11 +243,14 @@ async def client(
 
     ``async with protobind.client(GreeterClient) as greeter:`` finds the URL with
     :meth:`Config.service_url` in ``config`` (default: ``Config.load()``, i.e. ``./protobind.toml``
-    and the environment) and closes the channel when the block ends.
+    and the environment), connects with the configured telemetry, and closes the channel when the
+    block ends.
     """
     config = config if config is not None else Config.load()
     url = config.service_url(client_class.PROTOBIND_SERVICE.name, name)
-    async with connect(url, interceptors=interceptors, options=options) as channel:
+    async with connect(
+        url, interceptors=interceptors, options=options, telemetry=config.telemetry
+    ) as channel:
         yield client_class(channel)
 
 
@@ -263,5 +266,5 @@ def client_sync(
     """:func:`client` for blocking code: ``with protobind.client_sync(GreeterSyncClient) as greeter:``."""
     config = config if config is not None else Config.load()
     url = config.service_url(client_class.PROTOBIND_SERVICE.name, name)
-    with connect_sync(url, interceptors=interceptors, options=options) as channel:
+    with connect_sync(url, interceptors=interceptors, options=options, telemetry=config.telemetry) as channel:
         yield client_class(channel)

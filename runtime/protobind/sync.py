@@ -18,7 +18,9 @@ exactly as in async code: nothing about a call is implemented a second time here
 - :meth:`SyncChannel.close` cancels calls still in flight, closes the connection, stops the loop
   and joins its thread. A closed SyncChannel stays closed (calls raise ``RuntimeError``).
 
-Client interceptors are the ordinary async ones; they run on the channel's loop thread.
+Client interceptors are the ordinary async ones; they run on the channel's loop thread, in a copy
+of the calling thread's ``contextvars`` context (so the caller's current OpenTelemetry span is the
+parent of the call's span, as in async code).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .errors import Code, RpcError
 from .interceptors import ClientInterceptor
 from .metadata import MetadataLike
 from .method import MethodInfo
+from .telemetry import Telemetry, TelemetryOption
 
 __all__ = ["LoopStopped", "LoopThread", "SyncChannel", "connect_sync"]
 
@@ -99,7 +102,10 @@ class LoopThread:
         return call.task.result()
 
     def call_soon(self, callback: Any, *args: Any) -> bool:
-        """Run ``callback(*args)`` on the loop; False (and nothing runs) once stopping has begun."""
+        """Run ``callback(*args)`` on the loop; False (and nothing runs) once stopping has begun.
+
+        The callback runs in a copy of the calling thread's ``contextvars`` context (asyncio copies
+        it when the callback is scheduled), and so does a task it starts."""
         with self._lock:
             if self._stopping:
                 return False
@@ -179,17 +185,21 @@ class SyncChannel:
         *,
         interceptors: Sequence[ClientInterceptor] = (),
         options: Mapping[str, Any] | None = None,
+        telemetry: TelemetryOption = None,
     ) -> None:
         self.url = url
         self.interceptors = tuple(interceptors)
         self._options = dict(options or {})
+        self._telemetry = Telemetry.from_option(telemetry)
         self._lock = threading.Lock()
         self._channel = self._new_channel()  # checks the URL and the options now, as connect() does
         self._state: tuple[LoopThread, Channel] | None = None
         self._closed = False
 
     def _new_channel(self) -> Channel:
-        return Channel(self.url, interceptors=self.interceptors, options=self._options)
+        return Channel(
+            self.url, interceptors=self.interceptors, options=self._options, telemetry=self._telemetry
+        )
 
     def _started(self) -> tuple[LoopThread, Channel]:
         state = self._state
@@ -431,8 +441,8 @@ def connect_sync(
     *,
     interceptors: Sequence[ClientInterceptor] = (),
     options: Mapping[str, Any] | None = None,
+    telemetry: TelemetryOption = None,
 ) -> SyncChannel:
-    """A :class:`SyncChannel` to ``url``: :func:`protobind.connect` for blocking code.
-
-    Use it as ``with protobind.connect_sync(url) as channel:``."""
-    return SyncChannel(url, interceptors=interceptors, options=options)
+    """A :class:`SyncChannel` to ``url``: :func:`protobind.connect` for blocking code, with the same
+    parameters. Use it as ``with protobind.connect_sync(url) as channel:``."""
+    return SyncChannel(url, interceptors=interceptors, options=options, telemetry=telemetry)
