@@ -295,7 +295,7 @@ class ConformanceServiceSyncClient:
         metadata: protobind.MetadataLike | None = None,
         call: protobind.CallInfo | None = None,
     ) -> _conformance_pb2.Response:
-        """Counts the requests and joins their texts."""
+        """Counts the requests and joins their texts; fails as soon as a request's behavior says so."""
         return self._channel.client_stream(
             CONFORMANCE_SERVICE_CLIENT_STREAM,
             requests,
