@@ -1,7 +1,8 @@
 """Drive one benchmark client: ``python -m benchmarks.drive KIND URL --payload N ...``.
 
 Measures sequential latency (one call at a time: p50, p99) and then throughput (``--concurrency``
-calls kept in flight for ``--duration`` seconds). Prints one JSON line.
+calls kept in flight for ``--duration`` seconds: tasks, or threads for a blocking client). Prints
+one JSON line.
 """
 
 from __future__ import annotations
@@ -11,8 +12,18 @@ import asyncio
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import peers
+
+
+def _report(latencies: list[float], done: int, elapsed: float) -> dict[str, float]:
+    latencies.sort()
+    return {
+        "p50_us": statistics.median(latencies) * 1e6,
+        "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
+        "calls_per_s": done / elapsed,
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, float]:
@@ -30,7 +41,6 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             start = time.perf_counter()
             await call(payload)
             latencies.append(time.perf_counter() - start)
-        latencies.sort()
 
         done = 0
         deadline = time.perf_counter() + args.duration
@@ -48,11 +58,48 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         await close()
         if stop is not None:
             await stop()
-    return {
-        "p50_us": statistics.median(latencies) * 1e6,
-        "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
-        "calls_per_s": done / elapsed,
-    }
+    return _report(latencies, done, elapsed)
+
+
+def main_sync(args: argparse.Namespace) -> dict[str, float]:
+    """The same measurement for a blocking client: the calls in flight are threads."""
+    from protobind.sync import LoopThread
+
+    server, stop = None, None
+    url = args.url
+    if url == "inproc":  # the inproc server lives in the client's process, on a loop of its own
+        server = LoopThread("bench-server")
+        url, stop = server.submit(peers.SERVERS[args.kind]("127.0.0.1", None)).result()
+    call, close = peers.SYNC_CLIENTS[args.kind](url)
+    payload = b"x" * args.payload
+    try:
+        for _ in range(args.warmup):
+            call(payload)
+        latencies = []
+        for _ in range(args.sequential):
+            start = time.perf_counter()
+            call(payload)
+            latencies.append(time.perf_counter() - start)
+
+        deadline = time.perf_counter() + args.duration
+
+        def worker(_: int) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                call(payload)
+                done += 1
+            return done
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            done = sum(pool.map(worker, range(args.concurrency)))
+        elapsed = time.perf_counter() - started
+    finally:
+        close()
+        if server is not None and stop is not None:
+            server.submit(stop()).result()
+            server.stop()
+    return _report(latencies, done, elapsed)
 
 
 if __name__ == "__main__":
@@ -64,4 +111,8 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
-    print(json.dumps(asyncio.run(main(parser.parse_args()))), flush=True)
+    arguments = parser.parse_args()
+    if arguments.kind in peers.SYNC_CLIENTS:
+        print(json.dumps(main_sync(arguments)), flush=True)
+    else:
+        print(json.dumps(asyncio.run(main(arguments))), flush=True)

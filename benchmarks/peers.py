@@ -6,7 +6,8 @@ serialized on both sides, so raw and protobind peers do the same protobuf work.
 
 ``SERVERS[kind](host, nats_url)`` starts a server in the current process and returns
 ``(url, stop)``; ``CLIENTS[kind](url)`` returns ``(call, close)`` where ``await call(payload)``
-makes one call. Transports add their peers here; ``PAIRS`` says which two are compared.
+makes one call; ``SYNC_CLIENTS[kind](url)`` the same for blocking clients (``call(payload)``).
+Transports add their peers here; ``PAIRS`` says which two are compared.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from protobind.conformance.v1.conformance_protobind import (
     CONFORMANCE_SERVICE_UNARY,
     ConformanceService,
     ConformanceServiceClient,
+    ConformanceServiceSyncClient,
 )
 
 Stop = Callable[[], Awaitable[None]]
@@ -27,12 +29,15 @@ Call = Callable[[bytes], Awaitable[Any]]
 Close = Callable[[], Awaitable[None]]
 ServerFactory = Callable[[str, "str | None"], Awaitable[tuple[str, Stop]]]
 ClientFactory = Callable[[str], Awaitable[tuple[Call, Close]]]
+SyncCall = Callable[[bytes], Any]
+SyncClientFactory = Callable[[str], tuple[SyncCall, Callable[[], None]]]
 
 UNARY_PATH = CONFORMANCE_SERVICE_UNARY.path  # /protobind.conformance.v1.ConformanceService/Unary
 NATS_SUBJECT = "protobind.conformance.v1.ConformanceService.Unary"
 
 SERVERS: dict[str, ServerFactory] = {}
 CLIENTS: dict[str, ClientFactory] = {}
+SYNC_CLIENTS: dict[str, SyncClientFactory] = {}
 # (label, protobind kind, raw peer kind or None)
 PAIRS: list[tuple[str, str, str | None]] = []
 
@@ -355,3 +360,31 @@ CLIENTS["protobind-http-plainjson"] = _json_post_client
 SERVERS["fastapi"] = _fastapi_server
 CLIENTS["fastapi"] = _json_post_client
 PAIRS.append(("fastapi-json", "protobind-http-plainjson", "fastapi"))
+
+
+# --- the blocking client (connect_sync) vs the async client, same server: its per-call overhead ---
+
+
+def _protobind_sync_client(options: dict[str, Any] | None = None) -> SyncClientFactory:
+    def make(url: str) -> tuple[SyncCall, Callable[[], None]]:
+        channel = protobind.connect_sync(url, options=options).open()
+        client = ConformanceServiceSyncClient(channel)
+
+        def call(payload: bytes) -> Any:
+            return client.unary(Request(payload=payload), timeout=30)
+
+        return call, channel.close
+
+    return make
+
+
+_SYNC_PAIRS: list[tuple[str, dict[str, Any] | None]] = [
+    ("inproc", None),
+    ("grpc", None),
+    ("nats", None),
+    ("http-proto", {"codec": "proto"}),
+]
+for _transport, _options in _SYNC_PAIRS:
+    SERVERS[f"protobind-sync-{_transport}"] = SERVERS[f"protobind-{_transport}"]
+    SYNC_CLIENTS[f"protobind-sync-{_transport}"] = _protobind_sync_client(_options)
+    PAIRS.append((f"sync-{_transport}", f"protobind-sync-{_transport}", f"protobind-{_transport}"))

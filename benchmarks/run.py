@@ -7,7 +7,9 @@ Each server runs in its own process and each client in another (the inproc bindi
 wire, runs both in the client process). Per round and pair, protobind and its raw peer are
 measured back to back, in alternating order. Reported: sequential p50/p99 latency and throughput
 with ``--concurrency`` calls in flight, as medians over rounds with min-max, and the ratios
-protobind / raw computed from the medians.
+protobind / raw computed from the medians. The ``sync-*`` pairs compare protobind's blocking client
+(``connect_sync``; threads keep the calls in flight) with its async client on the same server: the
+p50 difference is the blocking client's cost per call.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def main() -> None:
                     a, b = entry["peers"][ours], entry["peers"][raw]
                     entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
                     entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
+                    entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
                 results["pairs"].append(entry)
                 _print_entry(entry)
     finally:
@@ -163,6 +166,7 @@ def _print_entry(entry: dict[str, Any]) -> None:
     if "throughput_ratio" in entry:
         print(
             f"ratio protobind/raw: throughput {entry['throughput_ratio']:.2f}x, p50 {entry['p50_ratio']:.2f}x"
+            f" ({entry['p50_difference_us']:+,.0f} µs per call)"
         )
     sys.stdout.flush()
 

@@ -3,7 +3,8 @@
 The transports come from protobind's registry; each one's test harness (a nats-server for NATS, a
 free port for gRPC and HTTP) is started once per session. ``served`` starts a protobind Server with
 the conformance service bound to one transport and yields ``(url_for_clients, service)``; the
-behaviour suite in test_behaviour.py runs once per registered transport.
+behaviour suite in test_behaviour.py runs once per registered transport. ``served_in_thread`` does
+the same on an event loop in another thread, for tests written as blocking code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 import protobind
+from protobind.sync import LoopThread
 from protobind.testing import transport_names
 from protobind.transport import transport_named
 
@@ -50,3 +52,20 @@ async def served(
         yield url, service
     finally:
         await server.stop(grace=1.0)
+
+
+@pytest.fixture
+def served_in_thread(
+    transport: str, harnesses: dict[str, Callable[[], str]]
+) -> Iterator[tuple[str, Conformance]]:
+    host = LoopThread("test-server")
+    service = Conformance()
+    server = protobind.Server([service])
+    try:
+        (url,) = host.submit(server.start(harnesses[transport]())).result()
+        try:
+            yield url, service
+        finally:
+            host.submit(server.stop(grace=1.0)).result()
+    finally:
+        host.stop()

@@ -279,6 +279,17 @@ def test_generated_signatures_match_the_base_class(edge_modules: Path) -> None:
     assert not inspect.iscoroutinefunction(shop.ShopService.shop)  # returns an AsyncIterator
     assert inspect.iscoroutinefunction(shop.ShopClient.tally)
     assert not inspect.iscoroutinefunction(shop.ShopClient.http_status)
+    # the blocking client: the same methods, none a coroutine; keyword names get their underscore
+    sync_methods = [m.python_name for m in shop.ShopSyncClient.PROTOBIND_SERVICE.methods]
+    assert sync_methods[:6] == ["get_item", "import_", "pass_", "shop", "http_status", "tally"]
+    for name in sync_methods:
+        method = getattr(shop.ShopSyncClient, name)
+        assert not inspect.iscoroutinefunction(method) and not inspect.isasyncgenfunction(method)
+        assert (
+            inspect.signature(method).parameters.keys()
+            == inspect.signature(getattr(shop.ShopClient, name)).parameters.keys()
+        )
+    assert shop.ShopSyncClient.PROTOBIND_SERVICE is shop.ShopClient.PROTOBIND_SERVICE
 
 
 def test_regenerating_the_conformance_stubs_changes_nothing(tmp_path: Path) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+import protobind
 from protobind.config import Config, ConfigError, load_service
+from protobind.conformance.v1.conformance_pb2 import Request
+from protobind.conformance.v1.conformance_protobind import (
+    ConformanceServiceClient,
+    ConformanceServiceSyncClient,
+)
+
+from .conformance import Conformance
 
 TOML = """
 [server]
@@ -57,8 +66,6 @@ def test_bad_config_files(tmp_path: Path) -> None:
 
 
 def test_load_service() -> None:
-    from tests.conformance import Conformance
-
     assert isinstance(load_service("tests.conformance:Conformance"), Conformance)
     for spec, message in [
         ("nocolon", "MODULE:ATTR"),
@@ -89,3 +96,61 @@ def test_telemetry_table_and_env(tmp_path: Path) -> None:
         Config.load(path, env={})
     with pytest.raises(ConfigError, match="PROTOBIND_TELEMETRY"):
         Config.load(None, env={"PROTOBIND_TELEMETRY": "maybe"})
+
+
+SERVICE = "protobind.conformance.v1.ConformanceService"
+
+
+def test_service_url_lookup_order(tmp_path: Path) -> None:
+    path = tmp_path / "protobind.toml"
+
+    def url_for(clients: dict[str, str], env: dict[str, str] | None = None, name: str | None = None) -> str:
+        path.write_text("[clients]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in clients.items()))
+        return Config.load(path, env=env or {}).service_url(SERVICE, name)
+
+    # the full name beats the short name in snake_case, which beats `default`
+    full, short, default = "grpc://full:1", "grpc://short:2", "grpc://default:3"
+    assert url_for({"default": default, "conformance_service": short, SERVICE: full}) == full
+    assert url_for({"default": default, "conformance_service": short}) == short
+    assert url_for({"default": default}) == default
+    assert url_for({"default": default, "other": "x://y"}, name="other") == "x://y"
+    # an environment variable names the key with `_` for `.` and `-`, and overrides the file
+    env = {"PROTOBIND_CLIENT_PROTOBIND_CONFORMANCE_V1_CONFORMANCESERVICE": "nats://e:4"}
+    assert url_for({SERVICE: full}, env) == "nats://e:4"
+    assert url_for({}, {"PROTOBIND_CLIENT_CONFORMANCE_SERVICE": "nats://e:5"}) == "nats://e:5"
+    assert url_for({}, {"PROTOBIND_CLIENT_DEFAULT": "nats://e:6"}) == "nats://e:6"
+    with pytest.raises(ConfigError) as info:
+        url_for({"greeter": "grpc://g:1"})
+    message = str(info.value)
+    assert "'conformance_service'" in message and "'default'" in message
+    assert "PROTOBIND_CLIENT_CONFORMANCE_SERVICE" in message
+    with pytest.raises(ConfigError, match="PROTOBIND_CLIENT_NOPE"):
+        url_for({"default": default}, name="nope")
+
+
+async def test_configured_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``protobind.client`` / ``client_sync`` connect to the URL in ./protobind.toml, or to the one
+    the environment names instead; the reply says which transport carried the call."""
+    server = protobind.Server([Conformance()])
+    grpc_url, http_url = await server.start("grpc://127.0.0.1:0", "http://127.0.0.1:0")
+    try:
+        (tmp_path / "protobind.toml").write_text(f'[clients]\nconformance_service = "{grpc_url}"\n')
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("PROTOBIND_CLIENT_CONFORMANCE_SERVICE", raising=False)
+        assert await _transports() == ("grpc", "grpc")
+        monkeypatch.setenv("PROTOBIND_CLIENT_CONFORMANCE_SERVICE", http_url)
+        assert await _transports() == ("http", "http")
+    finally:
+        await server.stop(grace=1.0)
+
+
+async def _transports() -> tuple[str, str]:
+    """The transport of one call through each configured client (the sync one off this loop)."""
+    async with protobind.client(ConformanceServiceClient) as client:
+        via_async = (await client.unary(Request(text="a"), timeout=5)).transport
+
+    def blocking() -> str:
+        with protobind.client_sync(ConformanceServiceSyncClient) as client:
+            return client.unary(Request(text="s"), timeout=5).transport
+
+    return via_async, await asyncio.to_thread(blocking)

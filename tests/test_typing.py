@@ -47,6 +47,39 @@ MISUSE = {
         "return-value",
         "reportReturnType",
     ),
+    "blocking_wrong_request": (  # the blocking client checks its request types too
+        """
+        def use(channel: protobind.SyncChannel) -> None:
+            ShopSyncClient(channel).tally([Item()])
+        """,
+        "list-item",
+        "reportArgumentType",
+    ),
+    "blocking_oneway_reply": (
+        """
+        def use(channel: protobind.SyncChannel) -> Empty:
+            return ShopSyncClient(channel).notify(Item())
+        """,
+        "func-returns-value",
+        "reportReturnType",
+    ),
+    "client_on_the_wrong_channel": (  # an async client does not take a SyncChannel
+        """
+        def use(channel: protobind.SyncChannel) -> None:
+            ShopClient(channel)
+        """,
+        "arg-type",
+        "reportArgumentType",
+    ),
+    "async_client_from_client_sync": (  # client_sync() builds blocking clients only
+        """
+        def use() -> None:
+            with protobind.client_sync(ShopClient):
+                pass
+        """,
+        "type-var",
+        "reportArgumentType",
+    ),
     "bad_oneof": (  # WhichOneof takes only the names of the message's oneofs
         """
         def use(item: Item) -> object:
@@ -68,7 +101,7 @@ HEADER = """
 import protobind
 from common.v1.money_pb2 import Money
 from google.protobuf.empty_pb2 import Empty
-from shop.v1.shop_protobind import ShopClient, ShopService
+from shop.v1.shop_protobind import ShopClient, ShopService, ShopSyncClient
 from shop.v1.types_pb2 import Item
 """
 

@@ -4,16 +4,16 @@ It is not collected by pytest (no test_ prefix) and is type-checked as text agai
 generated code; every construct of the corpus is built, read and passed through a service.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from common.v1.money_pb2 import STATUS_ACTIVE, Money, Status
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
-from shop.v1.shop_protobind import ShopClient, ShopService
+from shop.v1.shop_protobind import ShopClient, ShopService, ShopSyncClient
 from shop.v1.types_pb2 import Item
 from todo.v1 import todo_pb2
-from todo.v1.todo_protobind import TodoService, TodoServiceClient
+from todo.v1.todo_protobind import TodoService, TodoServiceClient, TodoServiceSyncClient
 
 import protobind
 
@@ -110,3 +110,24 @@ async def use(channel: protobind.Channel) -> list[str]:
     created = await TodoServiceClient(channel).create_todo(todo_pb2.Todo(title="t"))
     message = todo_pb2.TodoServiceClient(name="a message, not the generated client")
     return [*skus, str(total.units), str(reserved.units), created.title, message.name]
+
+
+def use_blocking(channel: protobind.SyncChannel) -> list[str]:
+    client = ShopSyncClient(channel)
+    call = protobind.CallInfo()
+    item: Item = client.get_item(build(), timeout=1.0, metadata={"x-user": "ada"}, call=call)
+    variants: Iterator[Item.Variant] = client.shop(Item(id=str(i)) for i in range(2))
+    skus = [v.sku for v in variants]
+    skus += [str(money.units) for money in client.http_status(Empty())]
+    total: Money = client.tally([Money(units=2)])
+    client.notify(item)  # one-way: returns None
+    reserved: Money = client.reserve(item)
+    created = TodoServiceSyncClient(channel).create_todo(todo_pb2.Todo(title="t"))
+    return [*skus, str(total.units), str(reserved.units), created.title]
+
+
+async def configured() -> tuple[Item, Item]:
+    async with protobind.client(ShopClient) as shop:
+        item = await shop.get_item(Item())
+    with protobind.client_sync(ShopSyncClient, name="shop") as blocking:
+        return item, blocking.get_item(Item())

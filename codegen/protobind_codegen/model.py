@@ -2,7 +2,8 @@
 
 All branching (names, imports, method kinds, options, docstrings) happens here; the template only
 prints. Each generated class reads one :class:`Signature` per method, so a new class (another
-client flavour) is a new field on :class:`MethodModel` and a new loop in the template.
+client flavour) is a new field on :class:`MethodModel` and a new entry in
+:attr:`ServiceModel.clients` (the async and the blocking client share one template loop).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PyType:
 class Signature:
     """How one RPC is spelled in one generated class.
 
-    ``call_prefix`` and ``channel_call`` form the client's body:
+    ``call_prefix`` and ``channel_call`` form a client's body (async and blocking alike):
     ``{call_prefix}self._channel.{channel_call}(CONSTANT, {param}, timeout, metadata, call)``.
     """
 
@@ -80,10 +81,21 @@ class MethodModel:
     service_full_name: str
     handler: Signature  # in the base class users implement
     client: Signature  # in the async client
+    sync_client: Signature  # in the blocking client
 
     @property
     def doc_literal(self) -> str:
         return docstring(self.doc or f"``{self.service_full_name}/{self.name}``.", " " * 8)
+
+
+@dataclass(frozen=True)
+class ClientModel:
+    """One generated client class: its name, the channel it takes, and each method's signature."""
+
+    class_name: str
+    channel_type: str
+    doc_literal: str
+    methods: tuple[tuple[MethodModel, Signature], ...]
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class ServiceModel:
     full_name: str
     base_class: str  # GreeterService; a buf-style TodoService stays TodoService
     client_class: str  # GreeterClient, TodoServiceClient
+    sync_client_class: str  # GreeterSyncClient, TodoServiceSyncClient
     constant: str  # GREETER_SERVICE_INFO, TODO_SERVICE_INFO
     descriptor_constant: str
     doc: str
@@ -107,7 +120,13 @@ class ServiceModel:
     def generated_names(self) -> tuple[str, ...]:
         """The module-level names this service generates besides its method constants (checked
         for collisions; a new generated class belongs here)."""
-        return (self.base_class, self.client_class, self.constant, self.descriptor_constant)
+        return (
+            self.base_class,
+            self.client_class,
+            self.sync_client_class,
+            self.constant,
+            self.descriptor_constant,
+        )
 
     @property
     def methods_literal(self) -> str:
@@ -120,6 +139,28 @@ class ServiceModel:
     @property
     def client_doc_literal(self) -> str:
         return docstring(f"Client of ``{self.full_name}``; takes any ``protobind.Channel``.", " " * 4)
+
+    @property
+    def clients(self) -> tuple[ClientModel, ...]:
+        """The async client and the blocking one: one class each, the same methods."""
+        sync_doc = (
+            f"Blocking client of ``{self.full_name}``; takes a ``protobind.SyncChannel``.\n\n"
+            "Streams are iterators; request streams may be any iterable."
+        )
+        return (
+            ClientModel(
+                self.client_class,
+                "protobind.Channel",
+                self.client_doc_literal,
+                tuple((m, m.client) for m in self.methods),
+            ),
+            ClientModel(
+                self.sync_client_class,
+                "protobind.SyncChannel",
+                docstring(sync_doc, " " * 4),
+                tuple((m, m.sync_client) for m in self.methods),
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -294,6 +335,23 @@ def _client(kind: MethodKind, request: str, response: str, oneway: bool) -> Sign
     )
 
 
+def _sync_client(kind: MethodKind, request: str, response: str, oneway: bool) -> Signature:
+    if kind.server_streams:
+        returns, prefix = f"Iterator[{response}]", "return "
+    elif oneway:
+        returns, prefix = "None", ""
+    else:
+        returns, prefix = response, "return "
+    return Signature(
+        define="def",
+        param="requests" if kind.client_streams else "request",
+        param_type=f"Iterable[{request}]" if kind.client_streams else request,
+        return_type=returns,
+        call_prefix=prefix,
+        channel_call=CHANNEL_CALL[kind],
+    )
+
+
 def _check_options(
     method: descriptor_pb2.MethodDescriptorProto, kind: MethodKind, source: _Source, path: tuple[int, ...]
 ) -> None:
@@ -377,6 +435,7 @@ def build_file(
             full_name=full_name,
             base_class=f"{stem}Service",
             client_class=f"{service.name}Client",
+            sync_client_class=f"{service.name}SyncClient",
             constant=_constant(stem) + "_SERVICE_INFO",
             descriptor_constant="_" + _constant(service.name) + "_DESCRIPTOR",
             doc=source.comments.get(s_path, ""),
@@ -395,7 +454,16 @@ def build_file(
         services.append(model)
     _check_unique(source, module_names)
     kinds = {m.kind for s in services for m in s.methods}
-    stdlib = ["from collections.abc import AsyncIterator"] if kinds - {MethodKind.UNARY} else []
+    abc = [
+        name
+        for name, used in [
+            ("AsyncIterator", kinds - {MethodKind.UNARY}),  # handlers of every streaming kind
+            ("Iterable", any(k.client_streams for k in kinds)),  # the blocking client's request streams
+            ("Iterator", any(k.server_streams for k in kinds)),  # and its response streams
+        ]
+        if used
+    ]
+    stdlib = [f"from collections.abc import {', '.join(abc)}"] if abc else []
     stdlib.append("from typing import ClassVar")
     ordered = sorted(imports.values(), key=_isort_key)
     return FileModel(
@@ -445,6 +513,7 @@ def _method(
         service_full_name=service_full_name,
         handler=_handler(kind, request.expr, response.expr),
         client=_client(kind, request.expr, response.expr, oneway),
+        sync_client=_sync_client(kind, request.expr, response.expr, oneway),
     )
 
 

@@ -6,12 +6,14 @@ imported when a URL of their scheme is first used, ``opentelemetry`` when teleme
 
 from .client import Channel, RequestStream, connect
 from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
+from .config import client, client_sync
 from .context import CallInfo, Context
 from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
 from .metadata import Metadata, MetadataLike
 from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo, check_generated_api
 from .server import Server
+from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
 
 __version__ = "0.1.0"
@@ -39,8 +41,12 @@ __all__ = [
     "Server",
     "ServerInterceptor",
     "ServiceInfo",
+    "SyncChannel",
     "Telemetry",
     "__version__",
     "check_generated_api",
+    "client",
+    "client_sync",
     "connect",
+    "connect_sync",
 ]

@@ -70,6 +70,8 @@ class Channel:
         check_options(self._spec, self._options, server=False)
         self._transport: ClientTransport | None = None
         self._open_lock: asyncio.Lock | None = None
+        # The loop the transport was opened on: its sockets and tasks belong to that loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._unary: Invoker = self._unary_first_call
         self._stream: Invoker = self._stream_first_call
 
@@ -92,6 +94,7 @@ class Channel:
                 self._unary = chain_client(transport.unary, self.interceptors)
                 self._stream = chain_client(self._open_stream_with(transport), self.interceptors)
                 self._transport = transport
+                self._loop = asyncio.get_running_loop()
         return self
 
     @staticmethod
@@ -109,13 +112,27 @@ class Channel:
         await self.open()
         return await self._stream(requests, call)
 
+    def _check_loop(self) -> None:
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                "this protobind Channel was opened on another event loop and cannot be used from this "
+                "one: open a Channel in each event loop (e.g. inside each asyncio.run()), or use "
+                "protobind.connect_sync() from blocking code"
+            )
+
     async def close(self) -> None:
         """Close the connection; calls in flight fail, later calls connect again."""
         transport, self._transport = self._transport, None
+        loop, self._loop = self._loop, None
         self._unary = self._unary_first_call
         self._stream = self._stream_first_call
-        if transport is not None:
+        if transport is None:
+            return
+        if loop is None or loop is asyncio.get_running_loop():
             await transport.close()
+        elif loop.is_running():  # the owning loop runs in another thread: close the connection there
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(transport.close(), loop))
+        # else the owning loop has stopped, and with it everything that could close the connection
 
     async def __aenter__(self) -> Channel:
         return await self.open()
@@ -134,6 +151,7 @@ class Channel:
         call: CallInfo | None = None,
     ) -> RespT:
         """Call a unary method (generated clients do this for you)."""
+        self._check_loop()
         _check_request(method, request)
         if call is None:
             call = CallInfo()
@@ -150,6 +168,7 @@ class Channel:
         call: CallInfo | None = None,
     ) -> AsyncIterator[RespT]:
         """Call a server-streaming method; iterate the responses."""
+        self._check_loop()
         _check_request(method, request)
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_single(request), call)
@@ -165,6 +184,7 @@ class Channel:
         call: CallInfo | None = None,
     ) -> RespT:
         """Call a client-streaming method with an iterable or async iterable of requests."""
+        self._check_loop()
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_checked(method, requests), call)
         result: RespT | None = None
@@ -183,6 +203,7 @@ class Channel:
         call: CallInfo | None = None,
     ) -> AsyncIterator[RespT]:
         """Call a bidirectional-streaming method; iterate the responses while requests are sent."""
+        self._check_loop()
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         responses = await self._stream(_checked(method, requests), call)
         async for response in responses:

@@ -1,4 +1,5 @@
-"""``protobind.toml``: which services to serve, on which URLs, and the URL each client uses.
+"""``protobind.toml``: which services to serve, on which URLs, and the URL each client uses;
+:func:`client` and :func:`client_sync` connect a generated client to its configured URL.
 
 ```toml
 [server]
@@ -10,34 +11,37 @@ grace = 5.0                                   # seconds in-flight calls get on s
 max_message_size = 8388608
 
 [clients]
-greeter = "nats://127.0.0.1:4222"             # protobind.Config.load().client_url("greeter")
+greeter = "nats://127.0.0.1:4222"             # protobind.client(GreeterClient) connects here
+default = "grpc://127.0.0.1:50051"            # services with no entry of their own
 
 [telemetry]                                   # traces, metrics and failure logs (docs/observability.md)
-enabled = true                                # for the server and for Config.connect() clients
+enabled = true                                # for the server and for the clients made from this file
 log_successes = false                         # also: tracing, metrics, log_failures (default true)
 ```
 
 Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
 ``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, and
-``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` as ``_``), and
-``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
+``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` and ``.`` as ``_``),
+and ``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
 Switching a deployment from gRPC to NATS is a one-line change in either place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
+from .client import Channel, connect
+from .interceptors import ClientInterceptor
+from .method import ServiceInfo, python_name
+from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from .client import Channel
 
 __all__ = [
     "Config",
@@ -51,12 +55,25 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GeneratedClient",
+    "GeneratedSyncClient",
+    "client",
+    "client_sync",
+    "load_service",
+]
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
 class Config:
+    """The contents of ``protobind.toml`` with the environment applied (see the module docstring)."""
+
     services: tuple[str, ...] = ()
     bind: tuple[str, ...] = ()
     grace: float = 5.0
@@ -101,14 +118,31 @@ class Config:
         return cls(tuple(services), tuple(bind), float(grace), options, clients, source, telemetry)
 
     def client_url(self, name: str) -> str:
-        """The URL configured for client ``name``."""
-        try:
-            return self.clients[name]
-        except KeyError:
-            raise ConfigError(
-                f"{self.source}: no URL for client {name!r}: add it under [clients] "
-                f"or set PROTOBIND_CLIENT_{_env_name(name).upper()}"
-            ) from None
+        """The URL configured for client ``name`` (``[clients] name``, or its environment variable)."""
+        return self._client_url((name,), name)
+
+    def service_url(self, service: str, name: str | None = None) -> str:
+        """The URL a client of ``service`` (full name: ``greeter.v1.Greeter``) connects to.
+
+        With ``name``, the ``[clients]`` entry of that name. Otherwise the first of: the entry named
+        after the service's full name (``"greeter.v1.Greeter"``), the one named after its short name
+        in snake_case (``greeter``; ``RouteGuide`` -> ``route_guide``), and ``default``.
+        """
+        if name is not None:
+            return self.client_url(name)
+        short = python_name(service.rpartition(".")[2]).rstrip("_")
+        return self._client_url((service, short, "default"), service)
+
+    def _client_url(self, keys: tuple[str, ...], what: str) -> str:
+        by_key = {_env_name(k): url for k, url in self.clients.items()}
+        for key in keys:
+            url = by_key.get(_env_name(key))
+            if url is not None:
+                return url
+        raise ConfigError(
+            f"{self.source}: no client URL for {what!r}: add {' or '.join(repr(k) for k in keys)} under "
+            f"[clients], or set {' or '.join('PROTOBIND_CLIENT_' + _env_name(k).upper() for k in keys)}"
+        )
 
     def connect(self, name: str, **kwargs: Any) -> Channel:
         """``protobind.connect()`` to client ``name``'s URL, with the configured telemetry."""
@@ -140,7 +174,7 @@ def _telemetry(table: dict[str, Any], env_value: str | None, source: str) -> Tel
 
 
 def _env_name(name: str) -> str:
-    return name.lower().replace("-", "_")
+    return name.lower().replace("-", "_").replace(".", "_")
 
 
 def _table(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -172,3 +206,65 @@ def load_service(spec: str) -> object:
     except AttributeError:
         raise ConfigError(f"service {spec!r}: {module_name} has no attribute {attr!r}") from None
     return target() if isinstance(target, type) else target
+
+
+class GeneratedClient(Protocol):
+    """What the generator makes as ``{Service}Client``."""
+
+    PROTOBIND_SERVICE: ClassVar[ServiceInfo]
+    _channel: Channel  # checked, unlike ``__init__``: type checkers tell a blocking client from this
+
+    def __init__(self, channel: Channel) -> None: ...
+
+
+class GeneratedSyncClient(Protocol):
+    """What the generator makes as ``{Service}SyncClient``."""
+
+    PROTOBIND_SERVICE: ClassVar[ServiceInfo]
+    _channel: SyncChannel
+
+    def __init__(self, channel: SyncChannel) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=GeneratedClient)
+SyncClientT = TypeVar("SyncClientT", bound=GeneratedSyncClient)
+
+
+@contextlib.asynccontextmanager
+async def client(
+    client_class: type[ClientT],
+    *,
+    name: str | None = None,
+    config: Config | None = None,
+    interceptors: Sequence[ClientInterceptor] = (),
+    options: Mapping[str, Any] | None = None,
+) -> AsyncIterator[ClientT]:
+    """A generated ``{Service}Client`` on a channel to the URL configured for its service.
+
+    ``async with protobind.client(GreeterClient) as greeter:`` finds the URL with
+    :meth:`Config.service_url` in ``config`` (default: ``Config.load()``, i.e. ``./protobind.toml``
+    and the environment), connects with the configured telemetry, and closes the channel when the
+    block ends.
+    """
+    config = config if config is not None else Config.load()
+    url = config.service_url(client_class.PROTOBIND_SERVICE.name, name)
+    async with connect(
+        url, interceptors=interceptors, options=options, telemetry=config.telemetry
+    ) as channel:
+        yield client_class(channel)
+
+
+@contextlib.contextmanager
+def client_sync(
+    client_class: type[SyncClientT],
+    *,
+    name: str | None = None,
+    config: Config | None = None,
+    interceptors: Sequence[ClientInterceptor] = (),
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[SyncClientT]:
+    """:func:`client` for blocking code: ``with protobind.client_sync(GreeterSyncClient) as greeter:``."""
+    config = config if config is not None else Config.load()
+    url = config.service_url(client_class.PROTOBIND_SERVICE.name, name)
+    with connect_sync(url, interceptors=interceptors, options=options, telemetry=config.telemetry) as channel:
+        yield client_class(channel)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import ClassVar
 
 import protobind
@@ -133,6 +133,8 @@ class ConformanceService:
 class ConformanceServiceClient:
     """Client of ``protobind.conformance.v1.ConformanceService``; takes any ``protobind.Channel``."""
 
+    PROTOBIND_SERVICE: ClassVar[protobind.ServiceInfo] = CONFORMANCE_SERVICE_INFO
+
     def __init__(self, channel: protobind.Channel) -> None:
         self._channel = channel
 
@@ -212,6 +214,104 @@ class ConformanceServiceClient:
         metadata: protobind.MetadataLike | None = None,
         call: protobind.CallInfo | None = None,
     ) -> AsyncIterator[_conformance_pb2.Response]:
+        """Answers each request with one response."""
+        return self._channel.bidi_stream(
+            CONFORMANCE_SERVICE_BIDI_STREAM,
+            requests,
+            timeout,
+            metadata,
+            call,
+        )
+
+
+class ConformanceServiceSyncClient:
+    """Blocking client of ``protobind.conformance.v1.ConformanceService``; takes a
+    ``protobind.SyncChannel``.
+
+    Streams are iterators; request streams may be any iterable.
+    """
+
+    PROTOBIND_SERVICE: ClassVar[protobind.ServiceInfo] = CONFORMANCE_SERVICE_INFO
+
+    def __init__(self, channel: protobind.SyncChannel) -> None:
+        self._channel = channel
+
+    def unary(
+        self,
+        request: _conformance_pb2.Request,
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> _conformance_pb2.Response:
+        """Echoes the request; applies `behavior` first."""
+        return self._channel.unary(
+            CONFORMANCE_SERVICE_UNARY,
+            request,
+            timeout,
+            metadata,
+            call,
+        )
+
+    def lookup(
+        self,
+        request: _conformance_pb2.Request,
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> _conformance_pb2.Response:
+        """Same as Unary, marked side-effect free (Connect GET)."""
+        return self._channel.unary(
+            CONFORMANCE_SERVICE_LOOKUP,
+            request,
+            timeout,
+            metadata,
+            call,
+        )
+
+    def server_stream(
+        self,
+        request: _conformance_pb2.Request,
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> Iterator[_conformance_pb2.Response]:
+        """Sends `behavior.stream_count` responses."""
+        return self._channel.server_stream(
+            CONFORMANCE_SERVICE_SERVER_STREAM,
+            request,
+            timeout,
+            metadata,
+            call,
+        )
+
+    def client_stream(
+        self,
+        requests: Iterable[_conformance_pb2.Request],
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> _conformance_pb2.Response:
+        """Counts the requests and joins their texts; fails as soon as a request's behavior says so."""
+        return self._channel.client_stream(
+            CONFORMANCE_SERVICE_CLIENT_STREAM,
+            requests,
+            timeout,
+            metadata,
+            call,
+        )
+
+    def bidi_stream(
+        self,
+        requests: Iterable[_conformance_pb2.Request],
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> Iterator[_conformance_pb2.Response]:
         """Answers each request with one response."""
         return self._channel.bidi_stream(
             CONFORMANCE_SERVICE_BIDI_STREAM,
