@@ -30,10 +30,7 @@ from protobind.sync import LoopThread
 from .conformance import Conformance
 from .servers import TRANSPORTS
 
-# memory:// is left out: its broker hands messages to subscribers through asyncio queues of the
-# subscriber's loop without waking that loop, so a client and a server on two loops (as here) never
-# see each other's messages. Every other registered transport is tested.
-CROSS_THREAD_TRANSPORTS = [t for t in TRANSPORTS if t != "memory"]
+CROSS_THREAD_TRANSPORTS = TRANSPORTS
 
 
 @pytest.fixture(params=CROSS_THREAD_TRANSPORTS)

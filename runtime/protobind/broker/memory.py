@@ -70,6 +70,7 @@ class _Subscriber:
         self.pattern = tuple(subject.split("."))
         self.group = queue
         self.queue: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
         self.active = True
         self._task: asyncio.Task[None] | None = None
         if callback is not None:
@@ -103,6 +104,16 @@ class _Hub:
         self.subscribers: set[_Subscriber] = set()
 
     def route(self, message: MemoryMessage) -> int:
+        # a subscriber may live on another thread's event loop (a blocking client's, say): its
+        # queue is then fed through that loop, which also wakes it
+        here = asyncio.get_running_loop()
+
+        def put(sub: _Subscriber) -> None:
+            if sub.loop is here:
+                sub.queue.put_nowait(message)
+            else:
+                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, message)
+
         tokens = tuple(message.subject.split("."))
         groups: dict[str, list[_Subscriber]] = {}
         delivered = 0
@@ -111,10 +122,10 @@ class _Hub:
                 if sub.group:
                     groups.setdefault(sub.group, []).append(sub)
                 else:
-                    sub.queue.put_nowait(message)
+                    put(sub)
                     delivered += 1
         for members in groups.values():
-            random.choice(members).queue.put_nowait(message)
+            put(random.choice(members))
             delivered += 1
         return delivered
 
