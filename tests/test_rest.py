@@ -652,3 +652,61 @@ def test_bindings_are_ordered_most_specific_first() -> None:
     order = [str(b.template) for b in collect_bindings([LIBRARY_SERVICE_INFO])]
     assert order.index("/v1/{name=shelves/*/books/*}:archive") < order.index("/v1/{name=shelves/*/books/*}")
     assert order.index("/v1/shelves/by-id/{id}") < order.index("/v1/{name=shelves/*}")
+
+
+# --- CORS: the preflight allows the methods the routes answer -----------------------------------------
+
+
+async def test_cors_preflight_allows_each_rest_method() -> None:
+    origin = "https://app.example"
+    server = protobind.Server([Library()], transport_options={"http": {"cors_origins": origin}})
+    (url,) = await server.start("http://127.0.0.1:0")
+    routes = {
+        "GET": "/v1/shelves/1/books",
+        "POST": "/v1/shelves/1/books",
+        "PUT": "/v1/shelves/1/books/2/location",
+        "PATCH": "/v1/shelves/1/books/2",
+        "DELETE": "/v1/shelves/1/books/2",
+        "FETCH": "/v1/shelves/1",
+    }
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for verb, path in routes.items():
+                preflight = await client.options(
+                    path,
+                    headers={
+                        "origin": origin,
+                        "access-control-request-method": verb,
+                        "access-control-request-headers": "content-type",
+                    },
+                )
+                assert preflight.status_code == 200, (verb, preflight.text)
+                assert verb in preflight.headers["access-control-allow-methods"].split(", ")
+                assert preflight.headers["access-control-allow-origin"] == origin
+            deleted = await client.delete(routes["DELETE"], headers={"origin": origin})
+            assert deleted.status_code == 200
+            assert deleted.headers["access-control-allow-origin"] == origin
+            # a method no route answers is still refused
+            trace = await client.options(
+                routes["GET"], headers={"origin": origin, "access-control-request-method": "TRACE"}
+            )
+            assert trace.status_code == 400
+    finally:
+        await server.stop(0)
+
+
+async def test_cors_allow_methods_option_replaces_the_route_methods() -> None:
+    origin = "https://app.example"
+    options = {"cors_origins": origin, "cors_allow_methods": "get,post"}
+    server = protobind.Server([Library()], transport_options={"http": options})
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for verb, status in (("GET", 200), ("DELETE", 400)):
+                preflight = await client.options(
+                    "/v1/shelves/1/books/2",
+                    headers={"origin": origin, "access-control-request-method": verb},
+                )
+                assert preflight.status_code == status, verb
+    finally:
+        await server.stop(0)

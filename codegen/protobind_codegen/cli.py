@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import openapi_cmd
+from . import dev_cmd, openapi_cmd, remote_cmd
 from .breaking import FORMATS, LEVELS
 
 
@@ -31,8 +30,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from protobind.config import Config, load_service
 
-    sys.path.insert(0, os.getcwd())  # MODULE:ATTR is resolved like `python -m` would
     config = Config.load(args.config)
+    # MODULE:ATTR is resolved as `PYTHONPATH=DIR... python -m` would: the working directory, then
+    # the --path directories (generated code in gen/, say) or server.path
+    paths = [os.getcwd(), *(os.path.abspath(p) for p in args.path), *config.path]
+    missing = [p for p in paths if not os.path.isdir(p)]
+    if missing:
+        raise UsageError(f"cannot import from {missing[0]}: no such directory")
+    sys.path[:0] = [p for p in dict.fromkeys(paths) if p not in sys.path]
     specs = args.services or list(config.services)
     urls = args.bind or list(config.bind)
     if not specs:
@@ -58,79 +63,6 @@ async def _serve_until_signal(services: list[object], urls: list[str], config: A
     await stop.wait()
     print(f"stopping (grace {config.grace:g} s)", flush=True)
     await server.stop(grace=config.grace)
-    return 0
-
-
-def _call(args: argparse.Namespace) -> int:
-    return asyncio.run(_call_async(args))
-
-
-def _find_method(args: argparse.Namespace) -> Any:
-    service_name, _, method_name = args.method.rpartition("/")
-    if not service_name or not method_name:
-        raise UsageError(f"method {args.method!r} must be package.Service/Method")
-    if not args.proto:
-        raise UsageError("give the contract with --proto FILE (and -I DIR for its imports)")
-    from .descriptors import load_services
-
-    for service in load_services(args.proto, args.include):
-        if service.name == service_name:
-            try:
-                return service.method(method_name)
-            except KeyError:
-                names = ", ".join(m.name for m in service.methods)
-                raise UsageError(f"{service_name} has no method {method_name}; it has: {names}") from None
-    raise UsageError(f"service {service_name} is not declared in {', '.join(args.proto)}")
-
-
-async def _call_async(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
-    import protobind
-
-    method = _find_method(args)
-    try:
-        body = json.loads(args.json) if args.json else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"request is not valid JSON: {exc}") from None
-    bodies = body if method.kind.client_streams else [body]
-    if not isinstance(bodies, list):
-        raise UsageError(f"{method.name} is client streaming: give a JSON array of requests")
-    try:
-        requests = [json_format.ParseDict(b, method.input_type()) for b in bodies]
-    except json_format.ParseError as exc:
-        raise UsageError(f"request does not match {method.input_type.DESCRIPTOR.full_name}: {exc}") from None
-    metadata = []
-    for header in args.header:
-        key, sep, value = header.partition(":")
-        if not sep:
-            raise UsageError(f"header {header!r} must be key:value")
-        metadata.append((key.strip(), value.strip()))
-
-    def show(message: Any) -> None:
-        print(json.dumps(json_format.MessageToDict(message), indent=2 if sys.stdout.isatty() else None))
-
-    kind = protobind.MethodKind
-    try:
-        async with protobind.connect(args.url) as channel:
-            if method.kind is kind.UNARY:
-                show(await channel.unary(method, requests[0], args.timeout, metadata))
-            elif method.kind is kind.CLIENT_STREAMING:
-                show(await channel.client_stream(method, requests, args.timeout, metadata))
-            elif method.kind is kind.SERVER_STREAMING:
-                async for reply in channel.server_stream(method, requests[0], args.timeout, metadata):
-                    show(reply)
-            else:
-                async for reply in channel.bidi_stream(method, requests, args.timeout, metadata):
-                    show(reply)
-    except protobind.RpcError as exc:
-        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
-        for detail in exc.details:
-            print(
-                f"  detail {detail.DESCRIPTOR.full_name}: {json_format.MessageToJson(detail)}",
-                file=sys.stderr,
-            )
-        return 1
     return 0
 
 
@@ -169,19 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("services", nargs="*", metavar="MODULE:ATTR", help="service class or instance")
     serve.add_argument("--bind", action="append", default=[], metavar="URL", help="URL to serve on")
     serve.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also import from DIR, e.g. the generated code's --out directory (repeatable)",
+    )
+    serve.add_argument(
         "--config", metavar="FILE", help="protobind.toml (default: ./protobind.toml if present)"
     )
     serve.set_defaults(run=_serve)
 
-    call = commands.add_parser("call", help="call a method with a JSON request, print JSON replies")
-    call.add_argument("url", metavar="URL")
-    call.add_argument("method", metavar="SERVICE/METHOD", help="e.g. greeter.v1.Greeter/SayHello")
-    call.add_argument("json", nargs="?", metavar="JSON", help="request (a JSON array for client streaming)")
-    call.add_argument("-H", "--header", action="append", default=[], metavar="KEY:VALUE")
-    call.add_argument("--timeout", type=float, default=30.0, metavar="S")
-    call.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
-    call.add_argument("--proto", action="append", default=[], metavar="FILE", help="the contract")
-    call.set_defaults(run=_call)
+    remote_cmd.add_parsers(commands)
 
     breaking = commands.add_parser(
         "breaking",
@@ -206,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     breaking.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     breaking.set_defaults(run=_breaking)
     openapi_cmd.add_parser(commands)
+    dev_cmd.add_parsers(commands)
     return parser
 
 
@@ -213,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     from protobind.config import ConfigError
+    from protobind.errors import RpcError
+    from protobind.urls import redact
 
     from .protoc import ProtoError
 
@@ -223,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 1
     except (UsageError, ConfigError, ImportError, OSError, ValueError) as exc:
         print(f"protobind {args.command}: {exc}", file=sys.stderr)
+        code = 1
+    except RpcError as exc:  # the server could not be reached or refused the question
+        where = f"{redact(args.url)}: " if getattr(args, "url", None) else ""
+        print(f"protobind {args.command}: {where}{exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

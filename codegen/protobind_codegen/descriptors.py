@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool
 
-from protobind.method import MethodInfo, ServiceInfo
+from protobind.method import ServiceInfo
+from protobind.reflection import services_in_pool
 
 from .protoc import compile_protos
 
@@ -22,20 +22,8 @@ def build_pool(files: Sequence[descriptor_pb2.FileDescriptorProto]) -> descripto
 
 def services_in(pool: descriptor_pool.DescriptorPool, file_names: Sequence[str]) -> list[ServiceInfo]:
     """Every service declared in ``file_names``, with message classes made from ``pool``."""
-    services = []
-    for name in file_names:
-        file = pool.FindFileByName(name)
-        for service in file.services_by_name.values():
-            methods: list[MethodInfo[Any, Any]] = [
-                MethodInfo.from_descriptor(
-                    method,
-                    message_factory.GetMessageClass(method.input_type),
-                    message_factory.GetMessageClass(method.output_type),
-                )
-                for method in service.methods
-            ]
-            services.append(ServiceInfo(service.full_name, tuple(methods), service))
-    return services
+    names = [s.full_name for name in file_names for s in pool.FindFileByName(name).services_by_name.values()]
+    return services_in_pool(pool, names)
 
 
 def load_services(paths: Sequence[str], includes: Sequence[str] = ()) -> list[ServiceInfo]:

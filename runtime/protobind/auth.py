@@ -13,7 +13,8 @@ token used on a method outside its patterns fails with PERMISSION_DENIED. Tokens
 constant time (``hmac.compare_digest``, against every configured token). The same check guards what
 a binding serves besides the services, when the server has a ``BearerAuth``: gRPC health and
 reflection (their gRPC method names), the HTTP binding's ``/openapi.json``
-(:data:`OPENAPI_METHOD`) and NATS micro discovery (:data:`MICRO_METHOD`). Bindings reach it
+(:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), and NATS
+micro discovery (:data:`MICRO_METHOD`). Bindings reach it
 through :attr:`protobind.server.EndpointTable.authorize`.
 
 Client side, :class:`BearerToken` is a client interceptor that sends the token on every call::
@@ -37,10 +38,12 @@ from .errors import Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
 
-__all__ = ["MICRO_METHOD", "OPENAPI_METHOD", "Authorizer", "BearerAuth", "BearerToken"]
+__all__ = ["MICRO_METHOD", "OPENAPI_METHOD", "REFLECTION_METHOD", "Authorizer", "BearerAuth", "BearerToken"]
 
 #: The method name ``/openapi.json`` of the HTTP binding is authorized as.
 OPENAPI_METHOD = "protobind.Discovery/OpenAPI"
+#: The method name the HTTP binding's reflection route (``/protobind/reflection``) is authorized as.
+REFLECTION_METHOD = "protobind.Discovery/Reflection"
 #: The method name NATS micro discovery (``$SRV.PING|INFO|STATS``) is authorized as.
 MICRO_METHOD = "protobind.Discovery/Micro"
 

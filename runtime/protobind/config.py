@@ -6,6 +6,7 @@
 services = ["myapp.greeter:Greeter"]          # MODULE:ATTR, a class (instantiated) or an instance
 bind = ["grpc://0.0.0.0:50051", "http://0.0.0.0:8080", "nats://127.0.0.1:4222"]
 grace = 5.0                                   # seconds in-flight calls get on shutdown
+path = ["gen"]                                # import roots of generated code (relative to this file)
 
 [server.options.grpc]                         # server options by transport name (grpc covers grpcs)
 max_message_size = 8388608
@@ -20,9 +21,10 @@ log_successes = false                         # also: tracing, metrics, log_fail
 ```
 
 Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
-``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, and
-``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-`` and ``.`` as ``_``),
-and ``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
+``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, ``PROTOBIND_PATH``
+(directories separated by ``os.pathsep``, relative to the working directory) replaces
+``server.path``, ``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-``
+and ``.`` as ``_``), and ``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
 Switching a deployment from gRPC to NATS is a one-line change in either place.
 """
 
@@ -82,6 +84,8 @@ class Config:
     source: str = "<defaults>"
     #: ``None`` unless ``[telemetry] enabled = true`` (or ``PROTOBIND_TELEMETRY=true``).
     telemetry: Telemetry | None = None
+    #: directories to import services and generated code from (``server.path``), absolute
+    path: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -105,6 +109,10 @@ class Config:
         if not isinstance(grace, (int, float)) or grace < 0:
             raise ConfigError(f"{source}: server.grace must be a number of seconds >= 0")
         options = _table(server, "options", source)
+        base = candidate.parent if source != "<defaults>" else Path()
+        roots = [str((base / p).resolve()) for p in _strings(server.get("path", []), "server.path", source)]
+        if env.get("PROTOBIND_PATH"):
+            roots = [str(Path(p).resolve()) for p in env["PROTOBIND_PATH"].split(os.pathsep) if p]
         clients = {k: str(v) for k, v in _table(data, "clients", source).items()}
         if env.get("PROTOBIND_BIND"):
             bind = [u.strip() for u in env["PROTOBIND_BIND"].split(",") if u.strip()]
@@ -115,7 +123,9 @@ class Config:
                 name = key[len("PROTOBIND_CLIENT_") :].lower()
                 clients[next((c for c in clients if _env_name(c) == name), name)] = value
         telemetry = _telemetry(_table(data, "telemetry", source), env.get("PROTOBIND_TELEMETRY"), source)
-        return cls(tuple(services), tuple(bind), float(grace), options, clients, source, telemetry)
+        return cls(
+            tuple(services), tuple(bind), float(grace), options, clients, source, telemetry, path=tuple(roots)
+        )
 
     def client_url(self, name: str) -> str:
         """The URL configured for client ``name`` (``[clients] name``, or its environment variable)."""

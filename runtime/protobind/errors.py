@@ -71,7 +71,9 @@ class RpcError(Exception):
     Raised by a handler, it reaches the caller with the same ``code``, ``message`` and ``details``
     on every transport. Raised by a client, it carries what the server (or the transport) said.
     ``details`` are protobuf messages, for example ``google.rpc.ErrorInfo``; on the wire they are
-    ``google.protobuf.Any``. A detail whose type the receiving process does not know stays an ``Any``.
+    ``google.protobuf.Any``. The standard detail types of ``google/rpc/error_details.proto``
+    (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...) always arrive decoded; a detail of another
+    type arrives decoded when its module is imported in the receiving process, else as an ``Any``.
     """
 
     __slots__ = ("code", "details", "message")
@@ -118,7 +120,15 @@ def pack_details(details: Iterable[Message]) -> list[any_pb2.Any]:
 
 
 def unpack_details(anys: Sequence[any_pb2.Any]) -> list[Message]:
-    """Unpack each ``Any`` whose type is registered in this process; keep the others as ``Any``."""
+    """Unpack each ``Any`` whose type is registered in this process; keep the others as ``Any``.
+
+    The standard error detail types (``google/rpc/error_details.proto``) are always registered:
+    a caller should not have to import their module before it can read an error.
+    """
+    if not anys:
+        return []
+    from google.rpc import error_details_pb2  # noqa: F401 (registers the standard detail types)
+
     db = symbol_database.Default()
     out: list[Message] = []
     for wrapper in anys:

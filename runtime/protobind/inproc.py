@@ -12,10 +12,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
 
 from .context import CallInfo, Context
 from .errors import Code, RpcError
+from .metadata import Metadata
+from .reflection import Reflected, descriptor_files
 from .server import Endpoint, invoke_stream, invoke_unary
 from .transport import ClientTransport, ServerBinding, Transport, named_harness
 
@@ -43,6 +46,11 @@ def _name(url: str) -> str:
 
 def _copy(message: Message) -> Message:
     return type(message).FromString(message.SerializeToString())
+
+
+def _copy_error(error: RpcError) -> RpcError:
+    """The error as a caller over a wire would see it: details packed and unpacked again."""
+    return RpcError.from_status(error.to_status()) if error.details else error
 
 
 class InprocBinding(ServerBinding):
@@ -104,6 +112,12 @@ class InprocTransport(ClientTransport):
             raise RpcError(Code.UNAVAILABLE, f"no server at inproc://{self.name}")
         return binding
 
+    async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
+        """The services of the server bound to this name and their descriptors."""
+        services = self._binding().server.services
+        files = [FileDescriptorProto.FromString(f.serialized_pb) for f in descriptor_files(services)]
+        return Reflected.from_files([s.name for s in services], files)
+
     def _context(self, endpoint: Endpoint, call: CallInfo) -> Context:
         return Context(
             endpoint.method, "inproc", metadata=call.metadata.copy(), deadline=call.deadline, peer="inproc"
@@ -119,6 +133,8 @@ class InprocTransport(ClientTransport):
         try:
             response = await invoke_unary(endpoint, _copy(request), context)
             return _copy(response)
+        except RpcError as exc:
+            raise _copy_error(exc) from None
         finally:
             binding.active.discard(task)
             _finish(call, context)
@@ -142,6 +158,8 @@ class InprocTransport(ClientTransport):
                     yield _copy(response)
             else:
                 yield _copy(await invoke_unary(endpoint, request, context))
+        except RpcError as exc:
+            raise _copy_error(exc) from None
         finally:
             binding.active.discard(task)
             _finish(call, context)

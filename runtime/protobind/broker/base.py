@@ -183,6 +183,7 @@ class EngineSettings:
     heartbeat: float = 5.0
     codec_name: str = "proto"
     version: str = ""
+    reflection: bool = True  # micro INFO carries the services' descriptors
 
     def codec(self) -> Codec:
         """The codec named by ``codec_name``."""

@@ -19,9 +19,12 @@ from ..aio import Deadlines, loop_time
 from ..codec import PROTO, Codec, response_codec
 from ..context import CallInfo
 from ..errors import Code, RpcError
+from ..metadata import Metadata
 from ..method import MethodInfo
+from ..reflection import Reflected
 from ..transport import ClientTransport
 from .base import NO_RESPONDERS_STATUS, Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
+from .micro import INFO_SUBJECT, reflected
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
@@ -53,6 +56,8 @@ _SMALL_HEADERS = 128
 _PROBE = "p"
 #: Probe intervals without an answer after which a unary call's server is considered gone.
 _MISSED_PROBES = 2
+#: Discovery replies come from every service instance: gathering stops after this long without one.
+_DISCOVERY_QUIET = 0.3
 
 
 async def _send_cancel(state: StreamState) -> None:
@@ -95,6 +100,7 @@ class BrokerClient(ClientTransport):
         self._heartbeats = Heartbeats(settings.heartbeat)
         self._background: set[asyncio.Task[Any]] = set()
         self._codec = settings.codec()
+        self._collectors: dict[str, asyncio.Queue[BrokerMessage]] = {}
         self._closed = False
 
     async def start(self) -> None:
@@ -120,6 +126,10 @@ class BrokerClient(ClientTransport):
         state = self._streams.get(token)
         if state is not None:
             state.feed(msg)
+            return
+        collector = self._collectors.get(token)
+        if collector is not None:
+            collector.put_nowait(msg)
 
     async def _on_disconnect(self) -> None:
         # a reply published while we were away is lost for good: fail those calls now, not never
@@ -219,6 +229,41 @@ class BrokerClient(ClientTransport):
             await self.broker.publish(self.settings.prefix + CANCEL_SUBJECT, reply.encode())
         except BrokerError as exc:
             logger.debug("cancel notice not sent: %r", exc)
+
+    async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
+        """The services under this client's prefix and their descriptors, from micro ``$SRV.INFO``.
+
+        Every service instance answers, so replies are gathered until none came for
+        ``_DISCOVERY_QUIET`` seconds (or ``timeout`` passed)."""
+        assert self._inbox is not None
+        token = os.urandom(16).hex()
+        replies: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+        self._collectors[token] = replies
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        got: list[tuple[dict[str, str] | None, bytes]] = []
+        try:
+            headers: dict[str, str] | None = None
+            if metadata:
+                headers = {}
+                put_metadata(headers, metadata)
+            await self.broker.publish(INFO_SUBJECT, b"", self._inbox.address(token), headers)
+            while True:
+                wait = None if end is None else end - loop.time()
+                if got:
+                    wait = _DISCOVERY_QUIET if wait is None else min(wait, _DISCOVERY_QUIET)
+                try:
+                    msg = await asyncio.wait_for(replies.get(), wait)
+                except asyncio.TimeoutError:
+                    break
+                got.append((msg.headers, msg.data))
+        except BrokerError as exc:
+            raise publish_error(exc) from None
+        finally:
+            del self._collectors[token]
+        if not got:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no service answered NATS micro discovery in time")
+        return reflected(got, self.settings.prefix)
 
     async def unary(self, request: Message, call: CallInfo) -> Message:
         method = call.method

@@ -3,6 +3,8 @@
 Each protobind service is one micro service: its name is the full proto name with dots replaced
 by underscores (micro names may not contain dots), each RPC is an endpoint. The JSON shapes are
 those of the micro specification (ADR-32), as `nats micro ls|info|stats` and nats.micro read them.
+The INFO reply's metadata also carries the service's descriptors (``protobind.descriptors``, see
+:mod:`protobind.reflection`), which :func:`reflected` reads back on the client side.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import descriptor_pb2
+
+from ..errors import Code, RpcError
 from ..method import MethodInfo, ServiceInfo
+from ..reflection import NATS_METADATA_KEY, Reflected, decode_descriptor_set, encode_descriptor_set
+from .base import NO_RESPONDERS_STATUS
 
 __all__ = [
+    "INFO_SUBJECT",
     "INFO_TYPE",
     "PING_TYPE",
     "STATS_TYPE",
@@ -25,6 +33,7 @@ __all__ = [
     "MicroService",
     "answers",
     "micro_name",
+    "reflected",
     "subjects",
 ]
 
@@ -33,6 +42,7 @@ PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"
 VERBS = ("PING", "INFO", "STATS")
+INFO_SUBJECT = "$SRV.INFO"
 
 
 def micro_name(service: str) -> str:
@@ -58,8 +68,10 @@ class MicroService:
     endpoints: Sequence[EndpointStats]
     queue_group: str
     version: str
+    reflection: bool = True
     id: str = field(default_factory=lambda: secrets.token_hex(11))
     started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
+    _descriptors: str = ""  # built on the first INFO request
 
     @property
     def name(self) -> str:
@@ -82,6 +94,10 @@ class MicroService:
     def describe(self) -> dict[str, Any]:
         """The ``$SRV.INFO`` answer."""
         body = self._identity(INFO_TYPE)
+        if self.reflection:
+            if not self._descriptors:
+                self._descriptors = encode_descriptor_set([self.info])
+            body["metadata"][NATS_METADATA_KEY] = self._descriptors
         body["description"] = f"protobind service {self.info.name}"
         body["endpoints"] = [
             {
@@ -150,3 +166,41 @@ def answers(services: Sequence[MicroService], subject: str) -> list[bytes]:
         for service in services
         if (name is None or service.name == name) and (service_id is None or service.id == service_id)
     ]
+
+
+def reflected(replies: Sequence[tuple[dict[str, str] | None, bytes]], prefix: str) -> Reflected:
+    """The protobind services among ``$SRV.INFO`` replies (headers, body) whose subjects carry
+    ``prefix``, with the descriptors their INFO carries. Replicas answer alike: one is kept."""
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    names: list[str] = []
+    unreflected: list[str] = []
+    for headers, data in replies:
+        if headers and headers.get("Status") == NO_RESPONDERS_STATUS and not data:
+            raise RpcError(Code.UNAVAILABLE, "no service answers NATS micro discovery ($SRV.INFO)")
+        try:
+            body = json.loads(data)
+            metadata = body.get("metadata") or {}
+            name = metadata.get("protobind.service")
+            subjects = [str(e["subject"]) for e in body.get("endpoints") or ()]
+        except (ValueError, TypeError, AttributeError, KeyError):
+            continue  # not a micro INFO reply: someone else's service
+        if not isinstance(name, str) or not all(s.startswith(f"{prefix}{name}.") for s in subjects):
+            continue
+        encoded = metadata.get(NATS_METADATA_KEY)
+        if not isinstance(encoded, str):
+            unreflected.append(name)
+            continue
+        try:
+            for file in decode_descriptor_set(encoded):
+                files.setdefault(file.name, file)
+        except ValueError as exc:
+            raise RpcError(Code.INTERNAL, f"{name}: invalid {NATS_METADATA_KEY}: {exc}") from None
+        names.append(name)
+    if not names and unreflected:
+        raise RpcError(
+            Code.UNIMPLEMENTED, f"reflection is turned off on {', '.join(sorted(set(unreflected)))}"
+        )
+    try:
+        return Reflected.from_files(names, files.values())
+    except ValueError as exc:
+        raise RpcError(Code.INTERNAL, f"invalid descriptors in $SRV.INFO: {exc}") from None

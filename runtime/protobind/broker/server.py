@@ -127,7 +127,11 @@ class BrokerBinding(ServerBinding):
                     route = _Route(self.server.endpoints[method.path], EndpointStats(method, subject))
                     self._routes[subject] = route
                     stats.append(route.stats)
-                services.append(MicroService(info, stats, self._queue_group(info.name), settings.version))
+                services.append(
+                    MicroService(
+                        info, stats, self._queue_group(info.name), settings.version, settings.reflection
+                    )
+                )
             self._micro = services
             self._inbox = await broker.inbox(self._on_stream_frame)
             self._other_subs.append(await broker.subscribe(settings.prefix + CANCEL_SUBJECT, self._on_cancel))

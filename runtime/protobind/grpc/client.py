@@ -16,6 +16,7 @@ from ..context import CallInfo
 from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
+from ..reflection import Reflected
 from ..transport import ClientTransport, DialFunction
 from .options import client_options, parse_address
 from .wire import DETAILS_KEY, _deserializer, _wire, from_grpc_code
@@ -90,6 +91,12 @@ class GrpcTransport(ClientTransport):
     def __init__(self, channel: Any) -> None:
         self._channel = channel
         self._callables: dict[str, Any] = {}
+
+    async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
+        """The server's services and descriptors, from gRPC server reflection (v1, else v1alpha)."""
+        from .reflection import fetch
+
+        return await fetch(self._channel, timeout, _wire(metadata, strict=True))
 
     def _callable(self, method: MethodInfo[Any, Any]) -> Any:
         factory = {

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
 from ..metadata import Metadata
 from ..method import ServiceInfo
+from ..reflection import descriptor_files
 from .wire import to_grpc_code
 
 if TYPE_CHECKING:
@@ -99,37 +100,63 @@ class Health:
         await self._servicer.enter_graceful_shutdown()
 
 
+#: The reflection services a server offers: v1 (what current grpcurl and gRPC libraries ask for
+#: first) and v1alpha (older clients). grpcio-reflection implements only v1alpha; v1 has the same
+#: messages under another package, so the same servicer answers both.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
+
+
 def add_reflection(
     server: Any,
     services: Iterable[ServiceInfo],
     extra_names: Iterable[str],
     authorize: Authorize | None = None,
 ) -> None:
-    """Serve ``grpc.reflection.v1alpha.ServerReflection`` for ``services`` (and ``extra_names``).
+    """Serve ``grpc.reflection.v1.ServerReflection`` and ``v1alpha`` for ``services`` (and
+    ``extra_names``), with the error detail types (``google/rpc/error_details.proto``) among the
+    files, so that reflection clients such as grpcurl decode error details.
 
     Reflection answers from a pool of its own holding exactly the files of the served services
     and their imports: the services' descriptors may come from any pool (not necessarily the
     default one), and a private pool cannot be changed by unrelated code in the process.
     """
+    import grpc
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+    services = list(services)
     pool = descriptor_pool.DescriptorPool()
-    added: set[str] = set()
-    files = [s.descriptor.file for s in services if s.descriptor is not None]
-    files += [health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR]
-    for file in files:
-        _add_file(pool, file, added)
-    names = [s.name for s in services] + list(extra_names) + [reflection.SERVICE_NAME]
+    for file in descriptor_files(services, [health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR]):
+        pool.AddSerializedFile(file.serialized_pb)
+    pool.Add(_v1_file(reflection_pb2.DESCRIPTOR))
+    names = [s.name for s in services] + list(extra_names) + [REFLECTION_V1, REFLECTION_V1ALPHA]
     servicer = reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, GenericOnly(server, authorize))
+    guarded = GenericOnly(server, authorize)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, guarded)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    guarded.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
 
 
-def _add_file(pool: descriptor_pool.DescriptorPool, file: FileDescriptor, added: set[str]) -> None:
-    if file.name in added:
-        return
-    added.add(file.name)
-    # A pool accepts a file only after everything it imports.
-    for dependency in file.dependencies:
-        _add_file(pool, dependency, added)
-    pool.AddSerializedFile(file.serialized_pb)
+def _v1_file(v1alpha: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    """``grpc/reflection/v1/reflection.proto``: the v1alpha file with the v1 package."""
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    file = descriptor_pb2.FileDescriptorProto.FromString(v1alpha.serialized_pb)
+    file.name = "grpc/reflection/v1/reflection.proto"
+    file.package = "grpc.reflection.v1"
+    file.ClearField("options")
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):
+                field.type_name = new + field.type_name[len(old) :]
+    for service in file.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old) :]
+            method.output_type = new + method.output_type[len(old) :]
+    return file

@@ -19,7 +19,9 @@ server
     ``max_connections``, ``ignore_unknown_fields`` (accept JSON fields the schema does not know),
     ``cors_origins`` (comma-separated origins or ``*``; CORS is off without it),
     ``cors_allow_headers`` (default ``*``), ``cors_expose_headers``, ``cors_allow_credentials``,
-    ``cors_max_age``, ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``), ``tls_ca``
+    ``cors_max_age``, ``cors_allow_methods`` (default: GET, POST and the REST routes' methods),
+    ``reflection`` (serve ``GET {prefix}/protobind/reflection``; default true),
+    ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``), ``tls_ca``
     (mutual TLS: require client certificates signed by these CAs).
 client
     ``codec`` (``proto``, the default, or ``json``), ``max_connections`` (default 100),
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
     from ..server import Server
 
-__all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app"]
+__all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app", "merge_openapi", "openapi_for"]
 
 
 def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> ASGIApp:
@@ -59,6 +61,39 @@ def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> A
     from .server import asgi_app as build
 
     return build(server_or_services, **options)
+
+
+def openapi_for(
+    server_or_services: Server | Iterable[object], prefix: str = "", **options: Any
+) -> dict[str, Any]:
+    """The OpenAPI document of the routes :func:`asgi_app` serves, as mounted at ``prefix`` in a
+    host application: each path starts with ``prefix``. ``options`` (``title``, ``version``,
+    ``servers``) go to :func:`protobind.http.openapi.openapi_document`."""
+    from ..server import Server
+    from .openapi import openapi_for as document_for
+
+    server = server_or_services if isinstance(server_or_services, Server) else Server(server_or_services)
+    return document_for(server.services, prefix, **options)
+
+
+def merge_openapi(app: Any, server_or_services: Server | Iterable[object], prefix: str) -> None:
+    """Make a FastAPI ``app``'s OpenAPI document (``app.openapi()``, ``/openapi.json``, ``/docs``)
+    include the protobind routes mounted at ``prefix``::
+
+        app.mount("/rpc", protobind.http.asgi_app(server))
+        protobind.http.merge_openapi(app, server, "/rpc")
+
+    Works with any ``app`` whose ``openapi()`` method returns the document as a dict.
+    """
+    from .openapi import merge_documents
+
+    extra = openapi_for(server_or_services, prefix)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return merge_documents(build(), extra)
+
+    app.openapi = openapi
 
 
 TRANSPORT = Transport(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,15 +25,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..auth import OPENAPI_METHOD
+from ..auth import OPENAPI_METHOD, REFLECTION_METHOD
 from ..codec import JSON, PROTO, Codec, JsonCodec
 from ..context import Context
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer, ServerLimits
 from ..metadata import Metadata
 from ..method import Idempotency, MethodKind
+from ..reflection import HTTP_PATH
+from ..reflection import document as reflection_document
 from ..server import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
 from ..wire import HTTP_STATUS, b64decode_lenient, connect_error
+from .rule import collect_bindings
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -95,6 +99,8 @@ class ServerOptions:
     cors_expose_headers: tuple[str, ...] = ()
     cors_allow_credentials: bool = False
     cors_max_age: int = 7200
+    cors_allow_methods: tuple[str, ...] = ()  # empty: the methods the routes answer
+    reflection: bool = True
 
 
 class _ProtocolError(Exception):
@@ -718,19 +724,57 @@ def _fallback_routes(
         )
     openapi_document = _optional("protobind.http.openapi", "openapi_document")
     if openapi_document is not None:
-        document: dict[str, Any] = {}
+        documents: dict[str, dict[str, Any]] = {}
 
         async def openapi(request: Request) -> Response:
-            if server.authorize is not None:
-                error = server.authorize(Metadata(request.headers.items()), OPENAPI_METHOD)
-                if error is not None:
-                    return JSONResponse(connect_error(error), status_code=HTTP_STATUS[error.code])
-            if not document:
-                document.update(openapi_document(server.services))
+            denied = _refused(server, request, OPENAPI_METHOD)
+            if denied is not None:
+                return denied
+            # Mounted (Starlette's Mount, uvicorn's --root-path) or under a URL prefix, the paths
+            # are relative to that prefix: the document's `servers` entry says so.
+            root = request.scope.get("root_path", "")
+            document = documents.get(root)
+            if document is None:
+                servers = {"servers": [root]} if root else {}
+                document = documents[root] = openapi_document(server.services, **servers)
             return JSONResponse(document)
 
         routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    if options.reflection:
+        reflection: list[bytes] = []
+
+        async def reflect(request: Request) -> Response:
+            denied = _refused(server, request, REFLECTION_METHOD)
+            if denied is not None:
+                return denied
+            if not reflection:
+                reflection.append(json.dumps(reflection_document(server.services)).encode())
+            return Response(reflection[0], media_type="application/json")
+
+        routes.append(Route(HTTP_PATH, reflect, methods=["GET"]))
     return routes
+
+
+def _refused(server: EndpointTable, request: Request, method: str) -> Response | None:
+    """The error response when the server's authorizer refuses ``request`` for ``method``."""
+    if server.authorize is None:
+        return None
+    error = server.authorize(Metadata(request.headers.items()), method)
+    if error is None:
+        return None
+    return JSONResponse(connect_error(error), status_code=HTTP_STATUS[error.code])
+
+
+def cors_methods(server: EndpointTable, options: ServerOptions) -> list[str]:
+    """The methods a browser may use: ``cors_allow_methods``, else what the routes answer (GET and
+    POST for Connect, each REST route's method)."""
+    if options.cors_allow_methods:
+        return list(options.cors_allow_methods)
+    methods = ["GET", "POST"]
+    for binding in collect_bindings(server.services):
+        if binding.method.path in server.endpoints and binding.http_method not in methods:
+            methods.append(binding.http_method)
+    return methods
 
 
 def build_app(server: EndpointTable, options: ServerOptions) -> ASGIApp:
@@ -747,7 +791,7 @@ def build_app(server: EndpointTable, options: ServerOptions) -> ASGIApp:
         app = CORSMiddleware(
             app,
             allow_origins=list(options.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=cors_methods(server, options),
             allow_headers=allow,
             expose_headers=expose,
             allow_credentials=options.cors_allow_credentials,

@@ -17,6 +17,7 @@ the user's process at exit is not an option whatever its speed.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import ssl
 import time
@@ -32,8 +33,10 @@ from .. import __version__
 from ..codec import Codec, codec_named, response_codec
 from ..context import CallInfo, DeadlineScope
 from ..errors import Code, RpcError
+from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, TLS_CLIENT_OPTIONS
+from ..reflection import HTTP_PATH, Reflected, from_document
 from ..transport import ClientTransport, DialFunction
 from .options import DEFAULT_CLIENT_CONNECTIONS, _prefix, _require, reader
 from .wire import (
@@ -134,6 +137,32 @@ class HttpTransport(ClientTransport):
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
             headers.append(("connect-timeout-ms", str(min(math.ceil(remaining * 1000), 9_999_999_999))))
         return headers
+
+    async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
+        """The server's services and descriptors, from ``GET {prefix}/protobind/reflection``."""
+        url = self._base + HTTP_PATH
+        limit = aiohttp.ClientTimeout(total=timeout)
+        headers = [("accept", "application/json")]
+        headers += [
+            (key, header_value(key, value)) for key, value in metadata.items() if key not in PROTOCOL_HEADERS
+        ]
+        try:
+            async with self._session.get(url, headers=headers, timeout=limit) as response:
+                body = await response.read()
+                status = response.status
+        except asyncio.TimeoutError:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no reflection answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise _unavailable(self._base, exc) from None
+        if status != 200:
+            error = error_from_body(status, body)
+            if status == 404:
+                error = RpcError(Code.UNIMPLEMENTED, f"{url} serves no protobind reflection")
+            raise error
+        try:
+            return from_document(json.loads(body))
+        except (ValueError, AttributeError) as exc:
+            raise RpcError(Code.INTERNAL, f"invalid reflection answer from {url}: {exc}") from None
 
     # --- unary ------------------------------------------------------------------------------------
 

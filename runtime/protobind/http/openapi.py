@@ -601,3 +601,33 @@ def _rest_operation(
         item[key] = operation
     else:
         item.setdefault("x-protobind-methods", {})[binding.http_method] = operation
+
+
+def openapi_for(services: Sequence[ServiceInfo], prefix: str = "", **options: Any) -> dict[str, Any]:
+    """The document of ``services`` as served under ``prefix`` of a host application (where
+    :func:`protobind.http.asgi_app` is mounted): every path starts with ``prefix``, ready to be
+    merged into the host's own document (:func:`merge_documents`). ``options`` go to
+    :func:`openapi_document`."""
+    document = openapi_document(services, **options)
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    document["paths"] = {prefix + path: item for path, item in document["paths"].items()}
+    return document
+
+
+def merge_documents(host: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Add the paths, tags and components of ``extra`` to ``host`` (in place; merging twice changes
+    nothing). A path or component both define differently is a ``ValueError``."""
+    sections: list[tuple[dict[str, Any], dict[str, Any], str]] = [
+        (host.setdefault("paths", {}), extra.get("paths", {}), "path")
+    ]
+    for name, section in extra.get("components", {}).items():
+        sections.append(
+            (host.setdefault("components", {}).setdefault(name, {}), section, f"components/{name}")
+        )
+    for target, source, what in sections:
+        for key, value in source.items():
+            if target.setdefault(key, value) != value:
+                raise ValueError(f"the host's OpenAPI document already has {what} {key!r}, defined otherwise")
+    tags = host.setdefault("tags", [])
+    tags.extend(tag for tag in extra.get("tags", []) if tag not in tags)
+    return host

@@ -26,6 +26,8 @@ SERVER_OPTIONS = frozenset(
         "cors_expose_headers",
         "cors_allow_credentials",
         "cors_max_age",
+        "cors_allow_methods",
+        "reflection",
         "tls_cert",
         "tls_key",
         "tls_ca",
@@ -74,4 +76,6 @@ def _server_options(options: Mapping[str, Any], prefix: str = "") -> Any:
         cors_expose_headers=read.words("cors_expose_headers"),
         cors_allow_credentials=read.flag("cors_allow_credentials", False),
         cors_max_age=read.positive_int("cors_max_age", 7200),
+        cors_allow_methods=tuple(m.upper() for m in read.words("cors_allow_methods")),
+        reflection=read.flag("reflection", True),
     )

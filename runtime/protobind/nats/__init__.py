@@ -27,6 +27,9 @@ Options, from the URL query string or ``options`` (server = S, client = C):
     ``proto`` (default) or ``json``: the body encoding the client sends and asks for.
 ``version`` (S)
     The version reported to micro discovery. Default: the protobind version.
+``reflection`` (S)
+    Put the services' descriptors in the micro INFO reply (``protobind list`` and friends read
+    them). Default true.
 ``name``, ``connect_timeout``, ``reconnect_wait``, ``max_reconnect_attempts`` (default -1: for
 ever), ``user``, ``password``, ``token``, ``creds`` (a credentials file), ``nkeys_seed`` (a seed
 file), ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_server_name`` (files and names for ``tls://``)

@@ -21,7 +21,7 @@ __all__ = [
     "settings_from",
 ]
 
-_SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version"}
+_SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version", "reflection"}
 _CLIENT_OPTIONS = {"codec"}
 _CONNECTION_OPTIONS = {
     "prefix",
@@ -116,6 +116,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         heartbeat=max(0.01, _number(options, "heartbeat", 5.0, float)),
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
+        reflection=OptionReader("nats", options).flag("reflection", True),
     )
     require_tls = parts.scheme == "tls" or tls is not None
     return Settings(servers=servers, connect=connect, engine=engine, require_tls=require_tls)
