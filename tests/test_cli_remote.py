@@ -93,7 +93,8 @@ def test_describe_messages_methods_and_list_methods(urls: dict[str, str]) -> Non
     message = _run("describe", url, "protobind.conformance.v1.Request")
     assert message.returncode == 0, message.stderr
     assert "message Request {\n" in message.stdout
-    assert "  map<string, string> labels = 8;\n  repeated string tags = 9;\n}" in message.stdout
+    assert "\n  map<string, string> labels = 8;\n  repeated string tags = 9;\n" in message.stdout
+    assert message.stdout.endswith("\n}\n")
     method = _run("describe", url, f"{SERVICE}/Lookup")
     assert method.stdout == (
         f"{SERVICE}.Lookup is a method:\n"
