@@ -181,7 +181,7 @@ async def test_reflection_is_guarded_by_bearer_auth(harnesses: dict[str, Callabl
 
     auth = BearerAuth({"s3cr3t": ["*"]})
     token = {"authorization": "Bearer s3cr3t"}
-    for transport in ("grpc", "http"):
+    for transport in ("grpc", "http", "nats"):
         async with (
             serving([Details()], transport, url=harnesses[transport](), interceptors=[auth]) as url,
             protobind.connect(url) as channel,

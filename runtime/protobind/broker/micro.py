@@ -22,6 +22,7 @@ from ..errors import Code, RpcError
 from ..method import MethodInfo, ServiceInfo
 from ..reflection import NATS_METADATA_KEY, Reflected, decode_descriptor_set, encode_descriptor_set
 from .base import NO_RESPONDERS_STATUS
+from .wire import read_error
 
 __all__ = [
     "INFO_SUBJECT",
@@ -174,9 +175,14 @@ def reflected(replies: Sequence[tuple[dict[str, str] | None, bytes]], prefix: st
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
     names: list[str] = []
     unreflected: list[str] = []
+    refused: RpcError | None = None
     for headers, data in replies:
         if headers and headers.get("Status") == NO_RESPONDERS_STATUS and not data:
             raise RpcError(Code.UNAVAILABLE, "no service answers NATS micro discovery ($SRV.INFO)")
+        error = read_error(headers, data) if headers else None
+        if error is not None:  # e.g. a server whose auth refused the question
+            refused = refused or error
+            continue
         try:
             body = json.loads(data)
             metadata = body.get("metadata") or {}
@@ -196,6 +202,8 @@ def reflected(replies: Sequence[tuple[dict[str, str] | None, bytes]], prefix: st
         except ValueError as exc:
             raise RpcError(Code.INTERNAL, f"{name}: invalid {NATS_METADATA_KEY}: {exc}") from None
         names.append(name)
+    if not names and refused is not None:
+        raise refused
     if not names and unreflected:
         raise RpcError(
             Code.UNIMPLEMENTED, f"reflection is turned off on {', '.join(sorted(set(unreflected)))}"
