@@ -31,7 +31,10 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     url = args.url
     if url == "inproc":  # the inproc server lives in the client's process
         url, stop = await peers.SERVERS[args.kind]("127.0.0.1", None)
-    call, close = await peers.CLIENTS[args.kind](url)
+    # several channels (connections) when asked: with `serve --workers N` each gRPC connection
+    # stays on the worker that accepted it
+    clients = [await peers.CLIENTS[args.kind](url) for _ in range(args.channels)]
+    call = clients[0][0]
     payload = b"x" * args.payload
     try:
         for _ in range(args.warmup):
@@ -45,17 +48,18 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         done = 0
         deadline = time.perf_counter() + args.duration
 
-        async def worker() -> None:
+        async def worker(call: peers.Call) -> None:
             nonlocal done
             while time.perf_counter() < deadline:
                 await call(payload)
                 done += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(clients[i % len(clients)][0]) for i in range(args.concurrency)))
         elapsed = time.perf_counter() - started
     finally:
-        await close()
+        for _, close in clients:
+            await close()
         if stop is not None:
             await stop()
     return _report(latencies, done, elapsed)
@@ -111,6 +115,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
     arguments = parser.parse_args()
     if arguments.kind in peers.SYNC_CLIENTS:
         print(json.dumps(main_sync(arguments)), flush=True)

@@ -23,7 +23,7 @@ from protobind_codegen.descriptors import load_services
 
 from . import test_behaviour
 from .conformance import Conformance
-from .conftest import ROOT
+from .conftest import ROOT, example_greeter
 
 # The behaviour suite's tests (and its client fixture), collected again in this module, where the
 # fixtures below put a gateway between the client and the service.
@@ -108,12 +108,7 @@ def test_gateway_needs_a_service() -> None:
 
 @pytest.fixture
 async def greeter_on_nats(harnesses: dict[str, Callable[[], str]]) -> AsyncIterator[str]:
-    sys.path.insert(0, str(ROOT / "examples" / "greeter"))
-    try:
-        from service import Greeter  # the example's implementation
-    finally:
-        sys.path.remove(str(ROOT / "examples" / "greeter"))
-    server = protobind.Server([Greeter()])
+    server = protobind.Server([example_greeter()])
     (url,) = await server.start(harnesses["nats"]())
     try:
         yield url
