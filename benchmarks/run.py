@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +111,7 @@ def main() -> None:
     pairs = [p for p in peers.PAIRS if not only or p[0] in only]
     if not pairs:
         parser.error(f"no pair matches --only; known: {', '.join(p[0] for p in peers.PAIRS)}")
-    nats_url, stop_nats = None, None
-    if any("nats" in p[0] for p in pairs):
-        nats_url = os.environ.get("PROTOBIND_NATS_URL")
-        if not nats_url:
-            from protobind.nats.embedded import start_nats_server
-
-            nats_url, stop_nats = start_nats_server()
-
+    nats_url, stop_nats = nats_server(any("nats" in p[0] for p in pairs))
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "args": vars(args),
@@ -147,11 +141,24 @@ def main() -> None:
                 results["pairs"].append(entry)
                 _print_entry(entry)
     finally:
-        if stop_nats is not None:
-            stop_nats()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {args.json}")
+        stop_nats()
+    write_results(args.json, results)
+
+
+def nats_server(needed: bool) -> tuple[str | None, Callable[[], None]]:
+    """A nats-server URL when ``needed`` ($PROTOBIND_NATS_URL, or one started here) and its stop."""
+    url = os.environ.get("PROTOBIND_NATS_URL")
+    if not needed or url:
+        return url, lambda: None
+    from protobind.nats.embedded import start_nats_server
+
+    return start_nats_server()
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {path}")
 
 
 def _fmt(s: dict[str, float], unit: str = "") -> str:

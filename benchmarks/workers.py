@@ -20,10 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from .run import ROOT, nats_server, write_results
+
 KINDS = {"grpc": "protobind-grpc", "http": "protobind-http-proto", "nats": "protobind-nats"}
 
 
@@ -90,13 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     transports = [t for t in args.only.split(",") if t]
-    nats_url, stop_nats = None, None
-    if "nats" in transports:
-        nats_url = os.environ.get("PROTOBIND_NATS_URL")
-        if not nats_url:
-            from protobind.nats.embedded import start_nats_server
-
-            nats_url, stop_nats = start_nats_server()
+    nats_url, stop_nats = nats_server("nats" in transports)
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "args": vars(args), "transports": {}}
     try:
         for transport in transports:
@@ -118,11 +112,8 @@ def main() -> None:
                 )
             sys.stdout.flush()
     finally:
-        if stop_nats is not None:
-            stop_nats()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {args.json}")
+        stop_nats()
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 
 from .client import Channel, connect
 from .context import CallInfo, Context
+from .http.wire import PROTOCOL_HEADERS
 from .interceptors import ClientInterceptor, Handler, ServerInterceptor
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
@@ -40,26 +41,7 @@ __all__ = ["Gateway"]
 
 # Headers that describe one hop (the connection, the body's framing, the protocol in use), not the
 # call: each binding writes its own, and a forwarded copy would be wrong or refused upstream.
-_HOP_HEADERS = frozenset(
-    {
-        "host",
-        "content-type",
-        "content-length",
-        "content-encoding",
-        "accept",
-        "accept-encoding",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "user-agent",
-        "date",
-        "server",
-    }
-)
+_HOP_HEADERS = PROTOCOL_HEADERS | {"accept", "user-agent"}
 _HOP_PREFIXES = (":", "grpc-", "connect-", "nats-", "protobind-")
 
 #: One upstream call of any kind: ``(request or requests, timeout, metadata, call) -> responses``.
