@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -52,27 +53,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def test_two_workers_share_every_transport(tmp_path: Path, nats_server: str) -> None:
-    config = tmp_path / "protobind.toml"
-    config.write_text('[server]\nworkers = 2\ngrace = 5.0\nloop = "uvloop"\n')
-    nats_url = f"{nats_server}?prefix=w{uuid.uuid4().hex[:8]}"
-    process = await asyncio.create_subprocess_exec(
+async def _serve(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         *PROTOBIND,
         "serve",
         "tests.workers_service:PidConformance",
-        "--config",
-        str(config),
-        "--bind",
-        "grpc://127.0.0.1:0",
-        "--bind",
-        "http://127.0.0.1:0",
-        "--bind",
-        nats_url,
+        *args,
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_two_workers_share_every_transport(tmp_path: Path, nats_server: str) -> None:
+    config = tmp_path / "protobind.toml"
+    config.write_text('[server]\nworkers = 2\ngrace = 5.0\nloop = "uvloop"\n')
+    nats_url = f"{nats_server}?prefix=w{uuid.uuid4().hex[:8]}"
+    binds = ["--bind", "grpc://127.0.0.1:0", "--bind", "http://127.0.0.1:0", "--bind", nats_url]
+    process = await _serve("--config", str(config), *binds)
     try:
         assert process.stdout is not None
         lines = [(await asyncio.wait_for(process.stdout.readline(), 120)).decode() for _ in range(4)]
@@ -103,18 +103,36 @@ async def test_two_workers_share_every_transport(tmp_path: Path, nats_server: st
 
 @pytest.mark.parametrize("bad", ["0", "two"])
 async def test_workers_must_be_a_positive_number(tmp_path: Path, bad: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *PROTOBIND,
-        "serve",
-        "tests.workers_service:PidConformance",
-        "--bind",
-        "grpc://127.0.0.1:0",
-        cwd=ROOT,
-        env={**os.environ, "PROTOBIND_WORKERS": bad},
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _serve("--bind", "grpc://127.0.0.1:0", env={**os.environ, "PROTOBIND_WORKERS": bad})
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert b"server.workers must be a whole number" in err
     assert b"Traceback" not in err
+
+
+async def test_a_worker_that_cannot_start_fails_the_command() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await _serve("--workers", "2", "--bind", f"http://127.0.0.1:{port}")
+        _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
+    assert b"Traceback" not in err
+
+
+async def test_a_dead_worker_stops_the_others() -> None:
+    process = await _serve("--workers", "2", "--bind", "grpc://127.0.0.1:0")
+    try:
+        assert process.stdout is not None
+        await asyncio.wait_for(process.stdout.readline(), 120)
+        pids = [int(p) for p in (await process.stdout.readline()).decode().split("pids")[-1].split()]
+        os.kill(pids[0], signal.SIGKILL)
+        await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 1
+        assert not _alive(pids[1])
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

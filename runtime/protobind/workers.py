@@ -96,6 +96,8 @@ def serve_workers(
     """Run ``workers`` processes serving ``spec`` until SIGINT/SIGTERM; return the exit code
     (0 when every worker stopped cleanly). ``on_start`` gets the URLs and the workers' pids once
     every worker serves; a worker that fails to start fails the whole group (``RuntimeError``)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise RuntimeError("more than one worker needs SO_REUSEPORT, which this system lacks")
     held: list[socket.socket] = []
     urls = []
     for url in spec.urls:
