@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from . import peers
 
 
-def _report(latencies: list[float], done: int, elapsed: float) -> dict[str, float]:
+def _report(latencies: list[float], done: int, elapsed: float, calls: int) -> dict[str, float]:
     latencies.sort()
     return {
         "p50_us": statistics.median(latencies) * 1e6,
         "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
         "calls_per_s": done / elapsed,
+        "calls": calls,  # every call made, warm-up included: for the server's CPU per call
     }
 
 
@@ -62,7 +63,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             await close()
         if stop is not None:
             await stop()
-    return _report(latencies, done, elapsed)
+    return _report(latencies, done, elapsed, args.warmup + args.sequential + done)
 
 
 def main_sync(args: argparse.Namespace) -> dict[str, float]:
@@ -103,7 +104,7 @@ def main_sync(args: argparse.Namespace) -> dict[str, float]:
         if server is not None and stop is not None:
             server.submit(stop()).result()
             server.stop()
-    return _report(latencies, done, elapsed)
+    return _report(latencies, done, elapsed, args.warmup + args.sequential + done)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 from . import peers
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("calls_per_s", "p50_us", "p99_us", "server_cpu_us")
 
 
 def _start_server(kind: str, nats_url: str | None) -> tuple[subprocess.Popen[str], str]:
@@ -53,10 +54,17 @@ def _stop_server(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | None) -> dict[str, float]:
     inproc = kind.endswith("-inproc")
     proc, url = (None, "inproc") if inproc else _start_server(kind, nats_url)
     try:
+        cpu_before = _cpu_seconds(proc.pid) if proc is not None else 0.0
         out = subprocess.run(
             [
                 sys.executable,
@@ -86,7 +94,11 @@ def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | N
             # connectrpc's Rust HTTP client (pyqwest) sometimes aborts at interpreter exit, after
             # the measurement was printed: keep the figures, say so.
             print(f"  note: {kind} client exited with {out.returncode} after reporting", file=sys.stderr)
-        return dict(json.loads(lines[-1]))
+        result = dict(json.loads(lines[-1]))
+        if proc is not None:
+            # the server's CPU per call: unlike calls/s, barely moved by other load on the machine
+            result["server_cpu_us"] = (_cpu_seconds(proc.pid) - cpu_before) / result["calls"] * 1e6
+        return result
     finally:
         if proc is not None:
             _stop_server(proc)
@@ -131,13 +143,17 @@ def main() -> None:
                 for kind in kinds:
                     entry["peers"][kind] = {
                         metric: _summary([s[metric] for s in samples[kind]])
-                        for metric in ("calls_per_s", "p50_us", "p99_us")
+                        for metric in METRICS
+                        if all(metric in s for s in samples[kind])
                     }
                 if raw:
                     a, b = entry["peers"][ours], entry["peers"][raw]
                     entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
                     entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
                     entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
+                    if "server_cpu_us" in a and "server_cpu_us" in b:
+                        cpu_a, cpu_b = a["server_cpu_us"]["median"], b["server_cpu_us"]["median"]
+                        entry["server_cpu_ratio"] = cpu_a / cpu_b
                 results["pairs"].append(entry)
                 _print_entry(entry)
     finally:
@@ -167,13 +183,18 @@ def _fmt(s: dict[str, float], unit: str = "") -> str:
 
 def _print_entry(entry: dict[str, Any]) -> None:
     print(f"\n## {entry['pair']}  payload {entry['payload']} B")
-    print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22}")
+    print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22} server CPU µs/call")
     for kind, m in entry["peers"].items():
-        print(f"{kind:<22} {_fmt(m['calls_per_s']):<28} {_fmt(m['p50_us']):<22} {_fmt(m['p99_us']):<22}")
+        cpu = _fmt(m["server_cpu_us"]) if "server_cpu_us" in m else "-"
+        figures = f"{_fmt(m['calls_per_s']):<28} {_fmt(m['p50_us']):<22} {_fmt(m['p99_us']):<22}"
+        print(f"{kind:<22} {figures} {cpu}")
     if "throughput_ratio" in entry:
+        cpu_ratio = ""
+        if "server_cpu_ratio" in entry:
+            cpu_ratio = f", server CPU/call {entry['server_cpu_ratio']:.2f}x"
         print(
             f"ratio protobind/raw: throughput {entry['throughput_ratio']:.2f}x, p50 {entry['p50_ratio']:.2f}x"
-            f" ({entry['p50_difference_us']:+,.0f} µs per call)"
+            f" ({entry['p50_difference_us']:+,.0f} µs per call)" + cpu_ratio
         )
     sys.stdout.flush()
 
