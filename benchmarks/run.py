@@ -54,7 +54,7 @@ def _stop_server(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -64,7 +64,7 @@ def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | N
     inproc = kind.endswith("-inproc")
     proc, url = (None, "inproc") if inproc else _start_server(kind, nats_url)
     try:
-        cpu_before = _cpu_seconds(proc.pid) if proc is not None else 0.0
+        cpu_before = cpu_seconds(proc.pid) if proc is not None else 0.0
         out = subprocess.run(
             [
                 sys.executable,
@@ -97,14 +97,14 @@ def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | N
         result = dict(json.loads(lines[-1]))
         if proc is not None:
             # the server's CPU per call: unlike calls/s, barely moved by other load on the machine
-            result["server_cpu_us"] = (_cpu_seconds(proc.pid) - cpu_before) / result["calls"] * 1e6
+            result["server_cpu_us"] = (cpu_seconds(proc.pid) - cpu_before) / result["calls"] * 1e6
         return result
     finally:
         if proc is not None:
             _stop_server(proc)
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -142,7 +142,7 @@ def main() -> None:
                 entry: dict[str, Any] = {"pair": label, "payload": payload, "peers": {}}
                 for kind in kinds:
                     entry["peers"][kind] = {
-                        metric: _summary([s[metric] for s in samples[kind]])
+                        metric: summarize([s[metric] for s in samples[kind]])
                         for metric in METRICS
                         if all(metric in s for s in samples[kind])
                     }
@@ -177,7 +177,7 @@ def write_results(path: str, results: dict[str, Any]) -> None:
     print(f"\nwritten to {path}")
 
 
-def _fmt(s: dict[str, float], unit: str = "") -> str:
+def fmt(s: dict[str, float], unit: str = "") -> str:
     return f"{s['median']:,.0f}{unit} [{s['min']:,.0f}-{s['max']:,.0f}]"
 
 
@@ -185,8 +185,8 @@ def _print_entry(entry: dict[str, Any]) -> None:
     print(f"\n## {entry['pair']}  payload {entry['payload']} B")
     print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22} server CPU µs/call")
     for kind, m in entry["peers"].items():
-        cpu = _fmt(m["server_cpu_us"]) if "server_cpu_us" in m else "-"
-        figures = f"{_fmt(m['calls_per_s']):<28} {_fmt(m['p50_us']):<22} {_fmt(m['p99_us']):<22}"
+        cpu = fmt(m["server_cpu_us"]) if "server_cpu_us" in m else "-"
+        figures = f"{fmt(m['calls_per_s']):<28} {fmt(m['p50_us']):<22} {fmt(m['p99_us']):<22}"
         print(f"{kind:<22} {figures} {cpu}")
     if "throughput_ratio" in entry:
         cpu_ratio = ""

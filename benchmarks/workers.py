@@ -16,18 +16,21 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-from .run import ROOT, nats_server, write_results
+from .run import ROOT, cpu_seconds, fmt, nats_server, summarize, write_results
 
+METRICS = ("calls_per_s", "server_cpu_us")
 KINDS = {"grpc": "protobind-grpc", "http": "protobind-http-proto", "nats": "protobind-nats"}
 
 
-def _serve(transport: str, workers: int, nats_url: str | None) -> tuple[subprocess.Popen[str], str]:
+def _serve(
+    transport: str, workers: int, nats_url: str | None
+) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """The server, its URL and the pids of the processes that serve (the workers)."""
     url = nats_url if transport == "nats" else f"{transport}://127.0.0.1:0"
     assert url is not None
     proc = subprocess.Popen(
@@ -40,7 +43,8 @@ def _serve(transport: str, workers: int, nats_url: str | None) -> tuple[subproce
     if not line.startswith("serving "):
         proc.kill()
         raise RuntimeError(f"protobind serve did not start: {line!r}")
-    return proc, line.split(" on ")[-1].strip()
+    pids = [proc.pid] if workers == 1 else [int(p) for p in proc.stdout.readline().split("pids")[-1].split()]
+    return proc, line.split(" on ")[-1].strip(), pids
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -52,9 +56,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def measure(transport: str, workers: int, args: argparse.Namespace, nats_url: str | None) -> float:
-    proc, url = _serve(transport, workers, nats_url)
+def measure(transport: str, workers: int, args: argparse.Namespace, nats_url: str | None) -> dict[str, float]:
+    """Summed calls/s of the clients, and the CPU the workers spent per call."""
+    proc, url, pids = _serve(transport, workers, nats_url)
     try:
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         command = [
             sys.executable, "-m", "benchmarks.drive", KINDS[transport], url,
             "--payload", str(args.payload), "--concurrency", str(args.concurrency),
@@ -64,14 +70,17 @@ def measure(transport: str, workers: int, args: argparse.Namespace, nats_url: st
             subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(args.clients)
         ]
-        total = 0.0
+        calls_per_s, calls = 0.0, 0
         for driver in drivers:
             out, err = driver.communicate(timeout=args.duration * 4 + 120)
             lines = out.strip().splitlines()
             if not lines or not lines[-1].startswith("{"):
                 raise RuntimeError(f"client failed ({driver.returncode}):\n{err[-2000:]}")
-            total += json.loads(lines[-1])["calls_per_s"]
-        return total
+            result = json.loads(lines[-1])
+            calls_per_s += result["calls_per_s"]
+            calls += result["calls"]
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        return {"calls_per_s": calls_per_s, "server_cpu_us": cpu / calls * 1e6}
     finally:
         _stop(proc)
 
@@ -94,21 +103,23 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "args": vars(args), "transports": {}}
     try:
         for transport in transports:
-            samples: dict[int, list[float]] = {n: [] for n in counts}
+            samples: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
             for round_no in range(args.rounds):
                 for n in counts if round_no % 2 == 0 else counts[::-1]:
                     samples[n].append(measure(transport, n, args, nats_url))
                     time.sleep(0.2)
-            medians = {n: statistics.median(v) for n, v in samples.items()}
-            results["transports"][transport] = {
-                str(n): {"median": medians[n], "min": min(v), "max": max(v)} for n, v in samples.items()
+            summary = {
+                n: {metric: summarize([s[metric] for s in values]) for metric in METRICS}
+                for n, values in samples.items()
             }
+            results["transports"][transport] = {str(n): figures for n, figures in summary.items()}
             print(f"\n## {transport}  ({args.clients} client processes x {args.concurrency} in flight)")
-            for n, values in samples.items():
-                ratio = medians[n] / medians[counts[0]]
+            base = summary[counts[0]]["calls_per_s"]["median"]
+            for n, figures in summary.items():
+                ratio = figures["calls_per_s"]["median"] / base
                 print(
-                    f"{n} worker(s): {medians[n]:,.0f} calls/s [{min(values):,.0f}-{max(values):,.0f}]"
-                    f"  {ratio:.2f}x"
+                    f"{n} worker(s): {fmt(figures['calls_per_s'])} calls/s  {ratio:.2f}x"
+                    f"   server CPU {fmt(figures['server_cpu_us'])} µs/call"
                 )
             sys.stdout.flush()
     finally:
