@@ -178,3 +178,39 @@ def test_cli_gateway_usage_errors() -> None:
     assert result.returncode == 1
     assert "--listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["transparent", "traced"])
+async def test_trace_context_crosses_the_gateway(
+    traced: bool, harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = protobind.Telemetry(tracer_provider=provider, metrics=False)
+    server = protobind.Server([Conformance()], telemetry=telemetry)
+    (upstream_url,) = await server.start(harnesses["nats"]())
+    gateway = protobind.Gateway(conformance_services, upstream_url, telemetry=telemetry if traced else None)
+    try:
+        (url,) = await gateway.start(harnesses["http"]())
+        async with protobind.connect(url, telemetry=telemetry) as channel:
+            method = conformance_services[0].method("Unary")
+            await channel.unary(method, method.input_type(text="t"), timeout=10)
+    finally:
+        await gateway.stop(grace=1.0)
+        await server.stop(grace=1.0)
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans if s.context is not None}) == 1
+    kinds = sorted(s.kind.name for s in spans)
+    assert kinds == (["CLIENT", "CLIENT", "SERVER", "SERVER"] if traced else ["CLIENT", "SERVER"])
+    (caller,) = [s for s in spans if s.kind is SpanKind.CLIENT and s.parent is None]
+    (handler,) = [s for s in spans if s.kind is SpanKind.SERVER and "nats" in str(s.attributes)]
+    if not traced:  # the gateway hands the caller's context on untouched
+        assert handler.parent is not None and caller.context is not None
+        assert handler.parent.span_id == caller.context.span_id

@@ -108,7 +108,9 @@ def _gateway(args: argparse.Namespace) -> int:
         services = [s for s in services if s.name in args.service]
     if not services:
         raise UsageError(f"no service is declared in {', '.join(args.proto)}")
-    gateway = protobind.Gateway(services, args.upstream, transport_options=config.transport_options)
+    gateway = protobind.Gateway(
+        services, args.upstream, transport_options=config.transport_options, telemetry=config.telemetry
+    )
     names = ", ".join(s.name for s in services)
 
     def stopping() -> None:

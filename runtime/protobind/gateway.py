@@ -36,6 +36,7 @@ from .interceptors import ClientInterceptor, Handler, ServerInterceptor
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
 from .server import Server
+from .telemetry import Telemetry, TelemetryOption
 
 __all__ = ["Gateway"]
 
@@ -130,6 +131,8 @@ class Gateway(Server):
     ``protobind_codegen.descriptors.load_services`` or from reflection). ``interceptors`` run on
     the listening side, ``client_interceptors`` on the upstream channel; ``transport_options``
     are the listening bindings' options (as for a server), ``upstream_options`` the channel's.
+    ``telemetry`` traces and measures both sides (a server span per call received, a client span
+    per call forwarded); without it, trace context in the metadata passes through unchanged.
     """
 
     def __init__(
@@ -141,9 +144,15 @@ class Gateway(Server):
         client_interceptors: Sequence[ClientInterceptor] = (),
         transport_options: Mapping[str, Mapping[str, Any]] | None = None,
         upstream_options: Mapping[str, Any] | None = None,
+        telemetry: TelemetryOption = None,
     ) -> None:
-        super().__init__((), interceptors=interceptors, transport_options=transport_options)
-        self.channel = connect(upstream, interceptors=client_interceptors, options=upstream_options)
+        telemetry = Telemetry.from_option(telemetry)
+        super().__init__(
+            (), interceptors=interceptors, transport_options=transport_options, telemetry=telemetry
+        )
+        self.channel = connect(
+            upstream, interceptors=client_interceptors, options=upstream_options, telemetry=telemetry
+        )
         for info in services:
             self.add_handlers(info, {m.name: _handler(self.channel, m) for m in info.methods})
         if not self.services:
