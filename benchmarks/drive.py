@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from . import peers
 
 
-def _report(latencies: list[float], done: int, elapsed: float) -> dict[str, float]:
+def _report(latencies: list[float], done: int, elapsed: float, calls: int) -> dict[str, float]:
     latencies.sort()
     return {
         "p50_us": statistics.median(latencies) * 1e6,
         "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
         "calls_per_s": done / elapsed,
+        "calls": calls,  # every call made, warm-up included: for the server's CPU per call
     }
 
 
@@ -31,7 +32,10 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     url = args.url
     if url == "inproc":  # the inproc server lives in the client's process
         url, stop = await peers.SERVERS[args.kind]("127.0.0.1", None)
-    call, close = await peers.CLIENTS[args.kind](url)
+    # several channels (connections) when asked: with `serve --workers N` each gRPC connection
+    # stays on the worker that accepted it
+    clients = [await peers.CLIENTS[args.kind](url) for _ in range(args.channels)]
+    call = clients[0][0]
     payload = b"x" * args.payload
     try:
         for _ in range(args.warmup):
@@ -45,20 +49,21 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         done = 0
         deadline = time.perf_counter() + args.duration
 
-        async def worker() -> None:
+        async def worker(call: peers.Call) -> None:
             nonlocal done
             while time.perf_counter() < deadline:
                 await call(payload)
                 done += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(clients[i % len(clients)][0]) for i in range(args.concurrency)))
         elapsed = time.perf_counter() - started
     finally:
-        await close()
+        for _, close in clients:
+            await close()
         if stop is not None:
             await stop()
-    return _report(latencies, done, elapsed)
+    return _report(latencies, done, elapsed, args.warmup + args.sequential + done)
 
 
 def main_sync(args: argparse.Namespace) -> dict[str, float]:
@@ -99,7 +104,7 @@ def main_sync(args: argparse.Namespace) -> dict[str, float]:
         if server is not None and stop is not None:
             server.submit(stop()).result()
             server.stop()
-    return _report(latencies, done, elapsed)
+    return _report(latencies, done, elapsed, args.warmup + args.sequential + done)
 
 
 if __name__ == "__main__":
@@ -111,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
     arguments = parser.parse_args()
     if arguments.kind in peers.SYNC_CLIENTS:
         print(json.dumps(main_sync(arguments)), flush=True)

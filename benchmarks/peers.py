@@ -230,8 +230,9 @@ async def _connectrpc_server(host: str, nats_url: str | None) -> tuple[str, Stop
             return Response(payload=request.payload)
 
     port = _free_port(host)
+    # http="h11", protobind's default parser: uvicorn's "auto" would take httptools where installed
     config = uvicorn.Config(
-        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off",
+        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off", http="h11",
         log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -316,7 +317,7 @@ async def _fastapi_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
 
     port = _free_port(host)
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan="off",
+        app, host=host, port=port, lifespan="off", http="h11",
         log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -388,3 +389,24 @@ for _transport, _options in _SYNC_PAIRS:
     SERVERS[f"protobind-sync-{_transport}"] = SERVERS[f"protobind-{_transport}"]
     SYNC_CLIENTS[f"protobind-sync-{_transport}"] = _protobind_sync_client(_options)
     PAIRS.append((f"sync-{_transport}", f"protobind-sync-{_transport}", f"protobind-{_transport}"))
+
+
+# --- HTTP server knobs: the http_parser option and the uvloop event loop, each against the default
+# server (h11 on asyncio's loop) with the same protobind client (binary proto). benchmarks/serve.py
+# runs a kind ending in "-uvloop" on uvloop.
+
+
+def _http_variant(parser: str) -> ServerFactory:
+    async def serve(host: str, nats_url: str | None) -> tuple[str, Stop]:
+        return await serve_protobind(f"http://{host}:0?http_parser={parser}")
+
+    return serve
+
+
+for _parser in ("h11", "httptools"):
+    for _loop in ("", "-uvloop"):
+        _kind = f"protobind-http-{_parser}{_loop}"
+        SERVERS[_kind] = _http_variant(_parser)
+        CLIENTS[_kind] = _protobind_http_client("proto")
+        if _kind != "protobind-http-h11":
+            PAIRS.append((f"http-server-{_parser}{_loop}", _kind, "protobind-http-h11"))

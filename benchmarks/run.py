@@ -21,12 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import peers
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("calls_per_s", "p50_us", "p99_us", "server_cpu_us")
 
 
 def _start_server(kind: str, nats_url: str | None) -> tuple[subprocess.Popen[str], str]:
@@ -52,10 +54,17 @@ def _stop_server(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | None) -> dict[str, float]:
     inproc = kind.endswith("-inproc")
     proc, url = (None, "inproc") if inproc else _start_server(kind, nats_url)
     try:
+        cpu_before = cpu_seconds(proc.pid) if proc is not None else 0.0
         out = subprocess.run(
             [
                 sys.executable,
@@ -85,13 +94,17 @@ def measure(kind: str, args: argparse.Namespace, payload: int, nats_url: str | N
             # connectrpc's Rust HTTP client (pyqwest) sometimes aborts at interpreter exit, after
             # the measurement was printed: keep the figures, say so.
             print(f"  note: {kind} client exited with {out.returncode} after reporting", file=sys.stderr)
-        return dict(json.loads(lines[-1]))
+        result = dict(json.loads(lines[-1]))
+        if proc is not None:
+            # the server's CPU per call: unlike calls/s, barely moved by other load on the machine
+            result["server_cpu_us"] = (cpu_seconds(proc.pid) - cpu_before) / result["calls"] * 1e6
+        return result
     finally:
         if proc is not None:
             _stop_server(proc)
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -110,14 +123,7 @@ def main() -> None:
     pairs = [p for p in peers.PAIRS if not only or p[0] in only]
     if not pairs:
         parser.error(f"no pair matches --only; known: {', '.join(p[0] for p in peers.PAIRS)}")
-    nats_url, stop_nats = None, None
-    if any("nats" in p[0] for p in pairs):
-        nats_url = os.environ.get("PROTOBIND_NATS_URL")
-        if not nats_url:
-            from protobind.nats.embedded import start_nats_server
-
-            nats_url, stop_nats = start_nats_server()
-
+    nats_url, stop_nats = nats_server(any("nats" in p[0] for p in pairs))
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "args": vars(args),
@@ -136,37 +142,59 @@ def main() -> None:
                 entry: dict[str, Any] = {"pair": label, "payload": payload, "peers": {}}
                 for kind in kinds:
                     entry["peers"][kind] = {
-                        metric: _summary([s[metric] for s in samples[kind]])
-                        for metric in ("calls_per_s", "p50_us", "p99_us")
+                        metric: summarize([s[metric] for s in samples[kind]])
+                        for metric in METRICS
+                        if all(metric in s for s in samples[kind])
                     }
                 if raw:
                     a, b = entry["peers"][ours], entry["peers"][raw]
                     entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
                     entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
                     entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
+                    if "server_cpu_us" in a and "server_cpu_us" in b:
+                        cpu_a, cpu_b = a["server_cpu_us"]["median"], b["server_cpu_us"]["median"]
+                        entry["server_cpu_ratio"] = cpu_a / cpu_b
                 results["pairs"].append(entry)
                 _print_entry(entry)
     finally:
-        if stop_nats is not None:
-            stop_nats()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {args.json}")
+        stop_nats()
+    write_results(args.json, results)
 
 
-def _fmt(s: dict[str, float], unit: str = "") -> str:
+def nats_server(needed: bool) -> tuple[str | None, Callable[[], None]]:
+    """A nats-server URL when ``needed`` ($PROTOBIND_NATS_URL, or one started here) and its stop."""
+    url = os.environ.get("PROTOBIND_NATS_URL")
+    if not needed or url:
+        return url, lambda: None
+    from protobind.nats.embedded import start_nats_server
+
+    return start_nats_server()
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {path}")
+
+
+def fmt(s: dict[str, float], unit: str = "") -> str:
     return f"{s['median']:,.0f}{unit} [{s['min']:,.0f}-{s['max']:,.0f}]"
 
 
 def _print_entry(entry: dict[str, Any]) -> None:
     print(f"\n## {entry['pair']}  payload {entry['payload']} B")
-    print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22}")
+    print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22} server CPU µs/call")
     for kind, m in entry["peers"].items():
-        print(f"{kind:<22} {_fmt(m['calls_per_s']):<28} {_fmt(m['p50_us']):<22} {_fmt(m['p99_us']):<22}")
+        cpu = fmt(m["server_cpu_us"]) if "server_cpu_us" in m else "-"
+        figures = f"{fmt(m['calls_per_s']):<28} {fmt(m['p50_us']):<22} {fmt(m['p99_us']):<22}"
+        print(f"{kind:<22} {figures} {cpu}")
     if "throughput_ratio" in entry:
+        cpu_ratio = ""
+        if "server_cpu_ratio" in entry:
+            cpu_ratio = f", server CPU/call {entry['server_cpu_ratio']:.2f}x"
         print(
             f"ratio protobind/raw: throughput {entry['throughput_ratio']:.2f}x, p50 {entry['p50_ratio']:.2f}x"
-            f" ({entry['p50_difference_us']:+,.0f} µs per call)"
+            f" ({entry['p50_difference_us']:+,.0f} µs per call)" + cpu_ratio
         )
     sys.stdout.flush()
 

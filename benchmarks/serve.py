@@ -1,12 +1,15 @@
 """Run one benchmark server in this process: ``python -m benchmarks.serve KIND HOST [NATS_URL]``.
 
-Prints ``READY <url>`` when it accepts calls, stops when stdin closes.
+Prints ``READY <url>`` when it accepts calls, stops when stdin closes. A kind ending in
+``-uvloop`` runs on uvloop, the others on asyncio's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+
+from protobind import aio
 
 from . import peers
 
@@ -20,4 +23,6 @@ async def main(kind: str, host: str, nats_url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))
+    kind = sys.argv[1]
+    loop = "uvloop" if kind.endswith("-uvloop") else "asyncio"
+    aio.run(main(kind, sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None), loop)

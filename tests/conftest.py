@@ -34,3 +34,14 @@ pytest_plugins = ["tests.servers", "tests.nats_server"]
 @pytest.fixture(scope="session")
 def gen_dir() -> Path:
     return GEN
+
+
+def example_greeter() -> object:
+    """An instance of examples/greeter's Greeter implementation."""
+    path = str(ROOT / "examples" / "greeter")
+    sys.path.insert(0, path)
+    try:
+        from service import Greeter
+    finally:
+        sys.path.remove(path)
+    return Greeter()

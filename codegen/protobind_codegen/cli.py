@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+from protobind.aio import LOOPS
 
 from . import dev_cmd, openapi_cmd, remote_cmd
 from .breaking import FORMATS, LEVELS
@@ -28,6 +27,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
+    import protobind
     from protobind.config import Config, load_service
 
     config = Config.load(args.config)
@@ -44,25 +44,88 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("no services: name MODULE:ATTR arguments or server.services in the config")
     if not urls:
         raise UsageError("nowhere to serve: give --bind URL or server.bind in the config")
-    services = [load_service(spec) for spec in specs]
-    return asyncio.run(_serve_until_signal(services, urls, config))
+    workers = args.workers or config.workers
+    loop = args.loop or config.loop
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
 
+    def stopping() -> None:
+        print(f"stopping (grace {config.grace:g} s)", flush=True)
 
-async def _serve_until_signal(services: list[object], urls: list[str], config: Any) -> int:
-    import protobind
+    if workers > 1:
+        from protobind.workers import ServeSpec, serve_workers
 
+        def started(bound: list[str], pids: list[int]) -> None:
+            _print_serving(", ".join(specs), bound)
+            print(f"{workers} workers, pids {' '.join(map(str, pids))}", flush=True)
+
+        spec = ServeSpec(
+            tuple(specs),
+            tuple(urls),
+            config.transport_options,
+            config.grace,
+            loop,
+            (os.getcwd(),),
+            config.telemetry,
+        )
+        try:
+            return serve_workers(spec, workers, started, stopping)
+        except RuntimeError as exc:  # a worker could not start: its one-line reason
+            raise UsageError(str(exc)) from None
     server = protobind.Server(
-        services, transport_options=config.transport_options, telemetry=config.telemetry
+        [load_service(s) for s in specs],
+        transport_options=config.transport_options,
+        telemetry=config.telemetry,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    for url in await server.start(*urls):
-        print(f"serving {', '.join(s.name for s in server.services)} on {url}", flush=True)
-    await stop.wait()
-    print(f"stopping (grace {config.grace:g} s)", flush=True)
-    await server.stop(grace=config.grace)
+    names = ", ".join(s.name for s in server.services)
+    server.run(
+        *urls, loop=loop, grace=config.grace, on_start=lambda b: _print_serving(names, b), on_stop=stopping
+    )
+    return 0
+
+
+def _print_serving(what: str, urls: list[str]) -> None:
+    from protobind.urls import redact
+
+    for url in urls:
+        print(f"serving {what} on {redact(url)}", flush=True)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import protobind
+    from protobind.config import Config
+    from protobind.urls import redact
+
+    from .descriptors import load_services
+
+    if not args.listen:
+        raise UsageError("give at least one --listen URL to serve the upstream's services on")
+    if not args.proto:
+        raise UsageError("give the contract with --proto FILE (and -I DIR for its imports)")
+    config = Config.load(args.config)
+    services = load_services(args.proto, args.include)
+    if args.service:
+        unknown = sorted(set(args.service) - {s.name for s in services})
+        if unknown:
+            raise UsageError(f"service(s) {', '.join(unknown)} not declared in {', '.join(args.proto)}")
+        services = [s for s in services if s.name in args.service]
+    if not services:
+        raise UsageError(f"no service is declared in {', '.join(args.proto)}")
+    gateway = protobind.Gateway(
+        services, args.upstream, transport_options=config.transport_options, telemetry=config.telemetry
+    )
+    names = ", ".join(s.name for s in services)
+
+    def stopping() -> None:
+        print(f"stopping (grace {config.grace:g} s)", flush=True)
+
+    gateway.run(
+        *args.listen,
+        loop=args.loop or config.loop,
+        grace=config.grace,
+        on_start=lambda bound: _print_serving(f"{names} from {redact(args.upstream)}", bound),
+        on_stop=stopping,
+    )
     return 0
 
 
@@ -110,9 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config", metavar="FILE", help="protobind.toml (default: ./protobind.toml if present)"
     )
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="processes sharing the work (default: server.workers, 1)"
+    )
+    serve.add_argument("--loop", choices=LOOPS, help="event loop (default: server.loop, asyncio)")
     serve.set_defaults(run=_serve)
 
     remote_cmd.add_parsers(commands)
+    gateway = commands.add_parser(
+        "gateway", help="serve the services of an upstream URL on other URLs (no generated code)"
+    )
+    gateway.add_argument("--listen", action="append", default=[], metavar="URL", help="URL to serve on")
+    gateway.add_argument("--upstream", required=True, metavar="URL", help="where the services run")
+    gateway.add_argument("--proto", action="append", default=[], metavar="FILE", help="the contract")
+    gateway.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
+    gateway.add_argument(
+        "--service", action="append", default=[], metavar="NAME", help="forward only this service"
+    )
+    gateway.add_argument(
+        "--config", metavar="FILE", help="protobind.toml: server.options, grace and loop apply"
+    )
+    gateway.add_argument("--loop", choices=LOOPS, help="event loop (default: server.loop, asyncio)")
+    gateway.set_defaults(run=_gateway)
 
     breaking = commands.add_parser(
         "breaking",

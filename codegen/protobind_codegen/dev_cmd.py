@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +163,10 @@ async def _run_demo(name: str) -> None:
 
 
 async def _through_gateway(server: Any, upstream: str, name: str, pb2: Any, generated: Any) -> None:
-    """GATEWAY HOOK: the Greeter served on HTTP by a ``protobind.Gateway`` that forwards to its NATS
-    binding, when this build has one; otherwise says it skipped this step."""
+    """The Greeter served on HTTP by a ``protobind.Gateway`` that forwards to its NATS binding."""
     import protobind
 
-    gateway_class: Callable[..., Any] | None = getattr(protobind, "Gateway", None)
-    if gateway_class is None:
-        print("gateway: skipped (protobind.Gateway is not part of this build)")
-        return
-    gateway = gateway_class(server.services, upstream=upstream)
+    gateway = protobind.Gateway(server.services, upstream=upstream)
     (url,) = await gateway.start("http://127.0.0.1:0")
     try:
         await _call_greeter("gateway http -> nats", url, name, pb2, generated)

@@ -9,6 +9,7 @@ from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
 from .config import client, client_sync
 from .context import CallInfo, Context
 from .errors import Code, RpcError
+from .gateway import Gateway
 from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
 from .metadata import Metadata, MetadataLike
 from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo, check_generated_api
@@ -27,6 +28,7 @@ __all__ = [
     "Code",
     "Codec",
     "Context",
+    "Gateway",
     "Handler",
     "Idempotency",
     "Invoker",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
@@ -152,3 +154,70 @@ class DeadlineScope:
             from .errors import Code, RpcError
 
             raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+
+
+#: Event loops :func:`run` can run on: asyncio's own, or uvloop (``pip install 'protobind[speed]'``).
+LOOPS = ("asyncio", "uvloop")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the event loop called ``name`` (``None``: asyncio's default)."""
+    if name not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {name!r}")
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ImportError("loop = 'uvloop' needs uvloop: pip install 'protobind[speed]'") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
+    """``asyncio.run(main)`` on a new event loop of the kind ``loop`` names (see :data:`LOOPS`)."""
+    factory = loop_factory(loop)
+    if factory is None:
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)
+    new_loop = factory()  # pragma: no cover - Python 3.10 has no Runner
+    try:
+        asyncio.set_event_loop(new_loop)
+        return new_loop.run_until_complete(main)
+    finally:
+        asyncio.set_event_loop(None)
+        new_loop.close()
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the process's first SIGINT or SIGTERM (handled on the running loop meanwhile)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve_until_signal(
+    start: Callable[[], Coroutine[Any, Any, list[str]]],
+    stop: Callable[[], Coroutine[Any, Any, None]],
+    on_start: Callable[[list[str]], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """``await start()``, then wait for SIGINT/SIGTERM, then ``await stop()``: the body of
+    ``Server.run`` and ``Gateway.run``. ``on_start`` gets the bound URLs."""
+    urls = await start()
+    try:
+        if on_start is not None:
+            on_start(urls)
+        await wait_for_stop_signal()
+        if on_stop is not None:
+            on_stop()
+    finally:
+        await stop()

@@ -7,6 +7,8 @@ services = ["myapp.greeter:Greeter"]          # MODULE:ATTR, a class (instantiat
 bind = ["grpc://0.0.0.0:50051", "http://0.0.0.0:8080", "nats://127.0.0.1:4222"]
 grace = 5.0                                   # seconds in-flight calls get on shutdown
 path = ["gen"]                                # import roots of generated code (relative to this file)
+workers = 1                                   # processes sharing the work (`protobind serve`)
+loop = "asyncio"                              # or "uvloop" (pip install 'protobind[speed]')
 
 [server.options.grpc]                         # server options by transport name (grpc covers grpcs)
 max_message_size = 8388608
@@ -23,7 +25,8 @@ log_successes = false                         # also: tracing, metrics, log_fail
 Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
 ``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, ``PROTOBIND_PATH``
 (directories separated by ``os.pathsep``, relative to the working directory) replaces
-``server.path``, ``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-``
+``server.path``, ``PROTOBIND_WORKERS`` and ``PROTOBIND_LOOP`` replace ``server.workers`` and
+``server.loop``, ``PROTOBIND_CLIENT_<NAME>`` replaces ``clients.<name>`` (name upper-cased, ``-``
 and ``.`` as ``_``), and ``PROTOBIND_TELEMETRY`` (``true``/``false``) replaces ``telemetry.enabled``.
 Switching a deployment from gRPC to NATS is a one-line change in either place.
 """
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from .aio import LOOPS
 from .client import Channel, connect
 from .interceptors import ClientInterceptor
 from .method import ServiceInfo, python_name
@@ -86,6 +90,8 @@ class Config:
     telemetry: Telemetry | None = None
     #: directories to import services and generated code from (``server.path``), absolute
     path: tuple[str, ...] = ()
+    workers: int = 1
+    loop: str = "asyncio"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -108,6 +114,12 @@ class Config:
         grace = server.get("grace", 5.0)
         if not isinstance(grace, (int, float)) or grace < 0:
             raise ConfigError(f"{source}: server.grace must be a number of seconds >= 0")
+        workers = _whole_number(env.get("PROTOBIND_WORKERS") or server.get("workers", 1))
+        if workers is None or workers < 1:
+            raise ConfigError(f"{source}: server.workers must be a whole number >= 1")
+        loop = env.get("PROTOBIND_LOOP") or server.get("loop", "asyncio")
+        if loop not in LOOPS:
+            raise ConfigError(f"{source}: server.loop must be one of {', '.join(LOOPS)}, not {loop!r}")
         options = _table(server, "options", source)
         base = candidate.parent if source != "<defaults>" else Path()
         roots = [str((base / p).resolve()) for p in _strings(server.get("path", []), "server.path", source)]
@@ -124,7 +136,16 @@ class Config:
                 clients[next((c for c in clients if _env_name(c) == name), name)] = value
         telemetry = _telemetry(_table(data, "telemetry", source), env.get("PROTOBIND_TELEMETRY"), source)
         return cls(
-            tuple(services), tuple(bind), float(grace), options, clients, source, telemetry, path=tuple(roots)
+            tuple(services),
+            tuple(bind),
+            float(grace),
+            options,
+            clients,
+            source,
+            telemetry,
+            path=tuple(roots),
+            workers=workers,
+            loop=loop,
         )
 
     def client_url(self, name: str) -> str:
@@ -181,6 +202,14 @@ def _telemetry(table: dict[str, Any], env_value: str | None, source: str) -> Tel
     if not enabled:
         return None
     return Telemetry(**{key: value for key, value in table.items() if key != "enabled"})
+
+
+def _whole_number(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def _env_name(name: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from . import aio
 from .context import Context, DeadlineScope
 from .errors import Code, RpcError
 from .interceptors import Handler, ServerInterceptor, chain_server
@@ -254,11 +255,25 @@ class Server:
                 "register every service before start()"
             )
         info = service_info(service)
+        self.add_handlers(info, {m.name: _user_handler(service, m) for m in info.methods})
+
+    def add_handlers(self, info: ServiceInfo, handlers: Mapping[str, Handler]) -> None:
+        """Register a service from its description and one untyped :data:`~protobind.Handler` per
+        method, keyed by proto method name (before :meth:`start`). This serves a service without
+        generated code (:class:`protobind.Gateway` does); a handler of a server- or bidi-streaming
+        method returns an async iterator of responses."""
+        if self._table is not None:
+            raise RuntimeError(
+                f"cannot add {info.name} to a started server: register every service before start()"
+            )
         if any(s.name == info.name for s in self.services):
             raise ValueError(f"service {info.name} registered twice")
+        missing = [m.name for m in info.methods if m.name not in handlers]
+        if missing:
+            raise ValueError(f"{info.name}: no handler for {', '.join(missing)}")
         self.services.append(info)
         for method in info.methods:
-            handler = chain_server(_user_handler(service, method), self.interceptors)
+            handler = chain_server(handlers[method.name], self.interceptors)
             self.endpoints[method.path] = Endpoint(method, handler)
 
     @property
@@ -300,6 +315,22 @@ class Server:
         """Stop every binding: new calls are refused at once, in-flight calls get ``grace`` seconds."""
         bindings, self.bindings = self.bindings, []
         await asyncio.gather(*(binding.stop(grace) for binding in bindings))
+
+    def run(
+        self,
+        *urls: str,
+        loop: str = "asyncio",
+        grace: float | None = 5.0,
+        on_start: Callable[[list[str]], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve ``urls`` until SIGINT or SIGTERM, then stop with ``grace``: blocking, on a new
+        event loop of the kind ``loop`` names (``"asyncio"`` or ``"uvloop"``). ``on_start``
+        gets the bound URLs; ``on_stop`` runs when the signal came. ``protobind serve`` is this."""
+        aio.run(
+            aio.serve_until_signal(lambda: self.start(*urls), lambda: self.stop(grace), on_start, on_stop),
+            loop,
+        )
 
     async def __aenter__(self) -> Server:
         return self

@@ -35,6 +35,7 @@ SERVER_OPTIONS = frozenset(
         "tls_ca",
         "health",
         "reflection",
+        "reuse_port",
         "channel_args",
     }
 )
@@ -92,6 +93,8 @@ class GrpcOptions:
     tls_server_name: str | None = None
     health: bool = True
     reflection: bool = True
+    #: SO_REUSEPORT, so several processes serve one port (`protobind serve --workers N`)
+    reuse_port: bool = False
     #: SETTINGS_MAX_CONCURRENT_STREAMS of each connection; None: ``limits.admitted``
     max_concurrent_streams: int | None = None
     channel_args: tuple[tuple[str, Any], ...] = ()
@@ -125,8 +128,9 @@ class GrpcOptions:
             # this many streams of one connection, the next are refused (REFUSED_STREAM). Below
             # what the limiter admits, callers would queue in HTTP/2 instead of being answered.
             ("grpc.max_concurrent_streams", self.max_concurrent_streams or admitted),
-            # so_reuseport off: binding a port another server holds must fail, not silently share it
-            ("grpc.so_reuseport", 0),
+            # so_reuseport off unless asked for (`protobind serve --workers N`): binding a port
+            # another server holds must fail, not silently share it
+            ("grpc.so_reuseport", int(self.reuse_port)),
             *self.channel_args,
         ]
 
@@ -142,6 +146,7 @@ def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
         tls_ca=reader.pem("tls_ca"),
         health=reader.flag("health", True),
         reflection=reader.flag("reflection", True),
+        reuse_port=reader.flag("reuse_port", False),
         max_concurrent_streams=(
             reader.positive_int("max_concurrent_streams", 1)
             if reader.given("max_concurrent_streams")

@@ -31,6 +31,8 @@ SERVER_OPTIONS = frozenset(
         "tls_cert",
         "tls_key",
         "tls_ca",
+        "http_parser",
+        "reuse_port",
     }
 )
 CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", *TLS_CLIENT_OPTIONS})
@@ -38,6 +40,13 @@ CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", *TLS
 DEFAULT_CLIENT_CONNECTIONS = 100
 # Longer than the client pool's idle timeout (15 s), so idle connections are closed by the client.
 _KEEP_ALIVE = 75
+
+
+#: HTTP/1.1 parsers uvicorn can run. h11 (pure Python) is the default: it takes any method token.
+#: httptools (llhttp, C) is faster but rejects methods outside its fixed list, which a REST
+#: ``custom`` rule may use; these are the methods protobind trusts it with.
+HTTP_PARSERS = ("h11", "httptools")
+HTTPTOOLS_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
 
 
 def _require(module: str) -> ModuleType:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
 from ..transport import ServeFunction, ServerBinding, check_options
-from .options import _KEEP_ALIVE, _prefix, _require, _server_options, reader
+from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
 
 if TYPE_CHECKING:
     import uvicorn
@@ -69,7 +70,7 @@ class HttpBinding(ServerBinding):
         await self._server.shutdown(sockets=[self._socket])
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
@@ -82,12 +83,37 @@ def _bind(host: str, port: int) -> socket.socket:
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several processes accept on one port: `protobind serve --workers N`
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
+
+
+def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
+    """The ``http_parser`` option, checked against the REST routes it would have to serve."""
+    parser = str(options.get("http_parser", "h11")).strip().lower()
+    if parser not in HTTP_PARSERS:
+        raise ValueError(f"http option http_parser must be one of {', '.join(HTTP_PARSERS)}, not {parser!r}")
+    if parser == "httptools":
+        from .rule import collect_bindings
+
+        try:
+            importlib.import_module("httptools")
+        except ImportError:
+            raise ImportError(
+                "http_parser=httptools needs httptools: pip install 'protobind[speed]'"
+            ) from None
+        custom = sorted({b.http_method for b in collect_bindings(server.services)} - HTTPTOOLS_METHODS)
+        if custom:
+            raise ValueError(
+                f"http_parser=httptools cannot serve the REST method(s) {', '.join(custom)}: "
+                "its parser rejects HTTP methods it does not know; use http_parser=h11"
+            )
+    return parser
 
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
@@ -121,6 +147,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
             tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(
         app,
+        http=_parser(server, options),
         lifespan="off",
         # the embedding application owns logging; uvicorn would otherwise reconfigure it
         log_config=None,
@@ -133,7 +160,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         **tls,
     )
     config.load()
-    sock = _bind(host, port)
+    sock = _bind(host, port, read.flag("reuse_port", False))
     userver = uvicorn.Server(config)
     # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.
     userver.lifespan = config.lifespan_class(config)

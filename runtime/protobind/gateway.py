@@ -1,0 +1,173 @@
+"""``Gateway``: serve the services of one URL (the upstream) on other URLs, with no generated code.
+
+The gateway is a :class:`~protobind.Server` whose handlers forward every call through a
+:class:`~protobind.Channel` to the upstream. Both sides are driven by :class:`~protobind.ServiceInfo`
+values (from ``.proto`` files or from reflection), whose message classes are made at run time from
+the descriptors. So a NATS-only service gets Connect, REST routes and an OpenAPI document on HTTP,
+or a gRPC service appears on NATS, by configuration::
+
+    services = load_services(["greeter/v1/greeter.proto"], ["proto"])   # protobind_codegen.descriptors
+    gateway = protobind.Gateway(services, upstream="nats://127.0.0.1:4222")
+    await gateway.start("http://127.0.0.1:8080", "grpc://127.0.0.1:50051")
+
+Every method kind takes one path (:func:`_relay`): the request metadata (less the headers that
+describe the incoming connection), the caller's deadline and cancellation go upstream; response
+headers, trailers, messages and errors (code, message, details) come back. A kind one side cannot
+carry fails as that side fails it (bidi over HTTP/1.1 is ``UNIMPLEMENTED``).
+
+Messages are decoded by the listening binding and encoded again for the upstream. Both use the
+same dynamic classes, and protobuf keeps fields it does not know, so a gateway built from an older
+contract still forwards newer fields in binary. A JSON caller needs the gateway's contract to know
+every field it sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf.message import Message
+
+from .client import Channel, connect
+from .context import CallInfo, Context
+from .http.wire import PROTOCOL_HEADERS
+from .interceptors import ClientInterceptor, Handler, ServerInterceptor
+from .metadata import Metadata
+from .method import MethodInfo, MethodKind, ServiceInfo
+from .server import Server
+from .telemetry import Telemetry, TelemetryOption
+
+__all__ = ["Gateway"]
+
+# Headers that describe one hop (the connection, the body's framing, the protocol in use), not the
+# call: each binding writes its own, and a forwarded copy would be wrong or refused upstream.
+_HOP_HEADERS = PROTOCOL_HEADERS | {"accept", "user-agent"}
+_HOP_PREFIXES = (":", "grpc-", "connect-", "nats-", "protobind-")
+
+#: One upstream call of any kind: ``(request or requests, timeout, metadata, call) -> responses``.
+_Upstream = Callable[[Any, "float | None", Metadata, CallInfo], AsyncGenerator[Message, None]]
+
+
+def _forwarded(metadata: Metadata) -> Metadata:
+    """``metadata`` without the per-hop headers."""
+    kept = Metadata()
+    for key, value in metadata.items():
+        if key not in _HOP_HEADERS and not key.startswith(_HOP_PREFIXES):
+            kept.add(key, value)
+    return kept
+
+
+def _upstream(channel: Channel, method: MethodInfo[Any, Any]) -> _Upstream:
+    """The channel call for ``method``'s kind, as one shape: ``(request(s), call) -> responses``."""
+    kind = method.kind
+
+    async def responses(
+        request: Any, timeout: float | None, metadata: Metadata, call: CallInfo
+    ) -> AsyncGenerator[Message, None]:
+        if kind is MethodKind.UNARY:
+            yield await channel.unary(method, request, timeout, metadata, call)
+        elif kind is MethodKind.CLIENT_STREAMING:
+            yield await channel.client_stream(method, request, timeout, metadata, call)
+        elif kind is MethodKind.SERVER_STREAMING:
+            async for response in channel.server_stream(method, request, timeout, metadata, call):
+                yield response
+        else:
+            async for response in channel.bidi_stream(method, request, timeout, metadata, call):
+                yield response
+
+    return responses
+
+
+async def _relay(upstream: _Upstream, request: Any, context: Context) -> AsyncIterator[Message]:
+    """Run one call upstream and yield its responses; its headers reach ``context`` before the
+    first response, its trailers when it ends (also when it fails: errors pass through)."""
+    call = CallInfo()
+    headers_copied = False
+
+    def copy(metadata: Metadata, add: Callable[[str, str | bytes], None]) -> None:
+        for key, value in _forwarded(metadata).items():
+            add(key, value)
+
+    try:
+        # aclosing: when the caller goes away, the upstream call is cancelled here and now
+        async with contextlib.aclosing(
+            upstream(request, context.time_remaining(), _forwarded(context.metadata), call)
+        ) as responses:
+            async for response in responses:
+                if not headers_copied:
+                    headers_copied = True
+                    copy(call.headers, context.set_header)
+                yield response
+    finally:
+        if not headers_copied:
+            copy(call.headers, context.set_header)
+        copy(call.trailers, context.set_trailer)
+
+
+def _handler(channel: Channel, method: MethodInfo[Any, Any]) -> Handler:
+    upstream = _upstream(channel, method)
+    if method.kind.server_streams:
+
+        async def open_stream(request: Any, context: Context) -> AsyncIterator[Message]:
+            return _relay(upstream, request, context)
+
+        return open_stream
+
+    async def single(request: Any, context: Context) -> Message | None:
+        last = None
+        async for response in _relay(upstream, request, context):
+            last = response
+        return last
+
+    return single
+
+
+class Gateway(Server):
+    """A :class:`~protobind.Server` that serves the services of ``upstream`` (a URL) by forwarding
+    every call there: ``start(*urls)``, ``stop(grace)``, ``run(*urls, loop=...)`` as for a server.
+
+    ``services`` describes what to forward (:class:`~protobind.ServiceInfo` values, e.g. from
+    ``protobind_codegen.descriptors.load_services`` or from reflection). ``interceptors`` run on
+    the listening side, ``client_interceptors`` on the upstream channel; ``transport_options``
+    are the listening bindings' options (as for a server), ``upstream_options`` the channel's.
+    ``telemetry`` traces and measures both sides (a server span per call received, a client span
+    per call forwarded); without it, trace context in the metadata passes through unchanged.
+    """
+
+    def __init__(
+        self,
+        services: Iterable[ServiceInfo],
+        upstream: str,
+        *,
+        interceptors: Sequence[ServerInterceptor] = (),
+        client_interceptors: Sequence[ClientInterceptor] = (),
+        transport_options: Mapping[str, Mapping[str, Any]] | None = None,
+        upstream_options: Mapping[str, Any] | None = None,
+        telemetry: TelemetryOption = None,
+    ) -> None:
+        telemetry = Telemetry.from_option(telemetry)
+        super().__init__(
+            (), interceptors=interceptors, transport_options=transport_options, telemetry=telemetry
+        )
+        self.channel = connect(
+            upstream, interceptors=client_interceptors, options=upstream_options, telemetry=telemetry
+        )
+        for info in services:
+            self.add_handlers(info, {m.name: _handler(self.channel, m) for m in info.methods})
+        if not self.services:
+            raise ValueError("a gateway needs at least one service to forward")
+
+    async def start(self, *urls: str) -> list[str]:
+        """Connect to the upstream, then listen on ``urls``; return the bound URLs."""
+        await self.channel.open()
+        try:
+            return await super().start(*urls)
+        except BaseException:
+            await self.channel.close()
+            raise
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop listening (in-flight calls get ``grace`` seconds), then close the upstream channel."""
+        await super().stop(grace)
+        await self.channel.close()

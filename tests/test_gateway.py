@@ -1,0 +1,216 @@
+"""protobind.Gateway: the behaviour suite through a gateway (HTTP -> gateway -> NATS and
+NATS -> gateway -> gRPC), REST and OpenAPI for a NATS-only service, and the CLI command.
+
+The gateway knows the services only from their .proto files (dynamic message classes, no
+generated code); the upstream is a real protobind server with the conformance service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+import protobind
+from protobind import Code, RpcError
+from protobind.conformance.v1.conformance_pb2 import Request
+from protobind_codegen.descriptors import load_services
+
+from . import test_behaviour
+from .conformance import Conformance
+from .conftest import ROOT, example_greeter
+
+# The behaviour suite's tests (and its client fixture), collected again in this module, where the
+# fixtures below put a gateway between the client and the service.
+globals().update(
+    {name: getattr(test_behaviour, name) for name in dir(test_behaviour) if name.startswith("test_")}
+)
+client = test_behaviour.client
+
+IDL = ROOT / "idl"
+CONFORMANCE_PROTO = str(IDL / "protobind" / "conformance" / "v1" / "conformance.proto")
+GREETER_PROTO = ROOT / "examples" / "greeter" / "proto"
+
+PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+
+#: (the transport callers use, the transport the service is served on)
+ROUTES = [("http", "nats"), ("nats", "grpc")]
+
+
+@pytest.fixture(scope="module")
+def conformance_services() -> list[protobind.ServiceInfo]:
+    return load_services([CONFORMANCE_PROTO], [str(IDL)])
+
+
+@pytest.fixture(params=ROUTES, ids=[f"{a}-gateway-{b}" for a, b in ROUTES])
+def route(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def transport(route: tuple[str, str]) -> str:
+    return route[0]
+
+
+@pytest.fixture
+def handler_transport(route: tuple[str, str]) -> str:
+    return route[1]
+
+
+@pytest.fixture
+async def served(
+    route: tuple[str, str],
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+) -> AsyncIterator[tuple[str, Conformance]]:
+    listen, upstream = route
+    service = Conformance()
+    server = protobind.Server([service])
+    (upstream_url,) = await server.start(harnesses[upstream]())
+    gateway = protobind.Gateway(conformance_services, upstream_url)
+    try:
+        (url,) = await gateway.start(harnesses[listen]())
+        yield url, service
+    finally:
+        await gateway.stop(grace=1.0)
+        await server.stop(grace=1.0)
+
+
+def test_gateway_uses_dynamic_classes(conformance_services: list[protobind.ServiceInfo]) -> None:
+    (info,) = conformance_services
+    assert info.method("Unary").input_type is not Request  # the suite really runs without stubs
+
+
+async def test_upstream_down_is_unavailable(
+    harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
+) -> None:
+    server = protobind.Server([Conformance()])
+    (upstream_url,) = await server.start(harnesses["grpc"]())
+    await server.stop(grace=0)
+    async with protobind.Gateway(conformance_services, upstream_url) as gateway:
+        (url,) = await gateway.start(harnesses["http"]())
+        async with protobind.connect(url) as channel:
+            method = conformance_services[0].method("Unary")
+            with pytest.raises(RpcError) as info:
+                await channel.unary(method, method.input_type(text="x"), timeout=5)
+    assert info.value.code is Code.UNAVAILABLE
+
+
+def test_gateway_needs_a_service() -> None:
+    with pytest.raises(ValueError, match="at least one service"):
+        protobind.Gateway([], "grpc://127.0.0.1:1")
+
+
+@pytest.fixture
+async def greeter_on_nats(harnesses: dict[str, Callable[[], str]]) -> AsyncIterator[str]:
+    server = protobind.Server([example_greeter()])
+    (url,) = await server.start(harnesses["nats"]())
+    try:
+        yield url
+    finally:
+        await server.stop(grace=1.0)
+
+
+async def test_nats_service_gets_rest_routes_and_openapi(greeter_on_nats: str) -> None:
+    services = load_services([str(GREETER_PROTO)], [str(GREETER_PROTO)])
+    async with protobind.Gateway(services, greeter_on_nats) as gateway:
+        (url,) = await gateway.start("http://127.0.0.1:0")
+        async with httpx.AsyncClient(base_url=url) as http:
+            rest = await http.get("/v1/greeter/Ada")
+            document = (await http.get("/openapi.json")).json()
+            bad = await http.post("/v1/greeter:sayHello", json={})
+    assert rest.status_code == 200
+    assert rest.json() == {"message": "Hello, Ada! (via nats)"}
+    assert rest.headers["x-greeter"] == "v1"
+    assert "/v1/greeter/{name}" in document["paths"]
+    assert bad.status_code == 400
+    assert bad.json()["code"] == "invalid_argument"
+
+
+async def test_cli_gateway(greeter_on_nats: str) -> None:
+    """`protobind gateway` serves until SIGTERM, then stops cleanly."""
+    process = await asyncio.create_subprocess_exec(
+        *PROTOBIND,
+        "gateway",
+        "--proto",
+        str(GREETER_PROTO / "greeter" / "v1" / "greeter.proto"),
+        "-I",
+        str(GREETER_PROTO),
+        "--upstream",
+        greeter_on_nats,
+        "--listen",
+        "grpc://127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert "greeter.v1.Greeter" in line, line
+        url = line.split(" on ")[-1].strip()
+        (info,) = load_services([str(GREETER_PROTO)], [str(GREETER_PROTO)])
+        method = info.method("SayHello")
+        async with protobind.connect(url) as channel:
+            reply = await channel.unary(method, method.input_type(name="Bo"), timeout=10)
+        assert reply.message == "Hello, Bo! (via nats)"
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, err
+        assert b"stopping" in out
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_cli_gateway_usage_errors() -> None:
+    result = subprocess.run(
+        [*PROTOBIND, "gateway", "--upstream", "grpc://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["transparent", "traced"])
+async def test_trace_context_crosses_the_gateway(
+    traced: bool, harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = protobind.Telemetry(tracer_provider=provider, metrics=False)
+    server = protobind.Server([Conformance()], telemetry=telemetry)
+    (upstream_url,) = await server.start(harnesses["nats"]())
+    gateway = protobind.Gateway(conformance_services, upstream_url, telemetry=telemetry if traced else None)
+    try:
+        (url,) = await gateway.start(harnesses["http"]())
+        async with protobind.connect(url, telemetry=telemetry) as channel:
+            method = conformance_services[0].method("Unary")
+            await channel.unary(method, method.input_type(text="t"), timeout=10)
+    finally:
+        await gateway.stop(grace=1.0)
+        await server.stop(grace=1.0)
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans if s.context is not None}) == 1
+    kinds = sorted(s.kind.name for s in spans)
+    assert kinds == (["CLIENT", "CLIENT", "SERVER", "SERVER"] if traced else ["CLIENT", "SERVER"])
+    (caller,) = [s for s in spans if s.kind is SpanKind.CLIENT and s.parent is None]
+    (handler,) = [s for s in spans if s.kind is SpanKind.SERVER and "nats" in str(s.attributes)]
+    if not traced:  # the gateway hands the caller's context on untouched
+        assert handler.parent is not None and caller.context is not None
+        assert handler.parent.span_id == caller.context.span_id

@@ -1,0 +1,105 @@
+"""Server performance knobs: the HTTP parser (http_parser option) and the event loop (uvloop)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from greeter.v1.greeter_pb2 import HelloRequest
+from greeter.v1.greeter_protobind import GreeterClient
+
+import protobind
+from protobind import aio
+from protobind.config import Config, ConfigError
+from protobind.conformance.v1.conformance_pb2 import Request
+from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
+
+from .conformance import Conformance
+from .conftest import example_greeter
+from .test_rest import Library
+
+
+async def test_httptools_serves_connect_and_rest() -> None:
+    server = protobind.Server([example_greeter()])
+    (url,) = await server.start("http://127.0.0.1:0?http_parser=httptools")
+    try:
+        # the parser uvicorn really runs
+        assert server.bindings[0]._server.config.http_protocol_class.__name__ == "HttpToolsProtocol"  # type: ignore[attr-defined]
+        async with protobind.connect(url) as channel:
+            reply = await GreeterClient(channel).say_hello(HelloRequest(name="Ada"), timeout=10)
+        async with httpx.AsyncClient(base_url=url) as http:
+            rest = await http.get("/v1/greeter/Bo")
+    finally:
+        await server.stop(grace=1.0)
+    assert reply.message == "Hello, Ada! (via http)"
+    assert rest.json() == {"message": "Hello, Bo! (via http)"}
+
+
+async def test_h11_is_the_default() -> None:
+    server = protobind.Server([example_greeter()])
+    await server.start("http://127.0.0.1:0")
+    try:
+        assert server.bindings[0]._server.config.http_protocol_class.__name__ == "H11Protocol"  # type: ignore[attr-defined]
+    finally:
+        await server.stop(grace=1.0)
+
+
+async def test_httptools_refuses_custom_rest_methods() -> None:
+    server = protobind.Server([Library()])
+    with pytest.raises(ValueError, match=r"FETCH.*use http_parser=h11"):
+        await server.start("http://127.0.0.1:0?http_parser=httptools")
+    # h11 serves them
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.request("FETCH", "/v1/shelves/1")
+    finally:
+        await server.stop(grace=1.0)
+    assert response.status_code == 200
+
+
+async def test_unknown_parser_is_refused() -> None:
+    server = protobind.Server([example_greeter()])
+    with pytest.raises(ValueError, match="http_parser must be one of h11, httptools"):
+        await server.start("http://127.0.0.1:0?http_parser=fast")
+
+
+def test_server_on_uvloop_serves_every_transport(nats_server: str) -> None:
+    async def main() -> list[str]:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        server = protobind.Server([Conformance()])
+        urls = await server.start("grpc://127.0.0.1:0", "http://127.0.0.1:0", f"{nats_server}?prefix=uv")
+        try:
+            texts = []
+            for url in urls:
+                async with protobind.connect(url) as channel:
+                    client = ConformanceServiceClient(channel)
+                    texts.append((await client.unary(Request(text=url[:4]), timeout=10)).text)
+                    replies = [r async for r in client.server_stream(Request(behavior={"stream_count": 2}))]
+                    assert len(replies) == 2
+            return texts
+        finally:
+            await server.stop(grace=1.0)
+
+    assert aio.run(main(), "uvloop") == ["grpc", "http", "nats"]
+
+
+def test_loop_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="loop must be one of asyncio, uvloop"):
+        aio.loop_factory("tokio")
+
+
+def test_config_workers_and_loop(tmp_path: Path) -> None:
+    path = tmp_path / "protobind.toml"
+    path.write_text('[server]\nworkers = 4\nloop = "uvloop"\n')
+    config = Config.load(path, env={})
+    assert (config.workers, config.loop) == (4, "uvloop")
+    config = Config.load(path, env={"PROTOBIND_WORKERS": "2", "PROTOBIND_LOOP": "asyncio"})
+    assert (config.workers, config.loop) == (2, "asyncio")
+    assert (Config.load(None, env={}).workers, Config.load(None, env={}).loop) == (1, "asyncio")
+    for bad in ("workers = 0", "workers = 1.5", 'workers = "x"', "workers = true", 'loop = "tokio"'):
+        path.write_text(f"[server]\n{bad}\n")
+        with pytest.raises(ConfigError):
+            Config.load(path, env={})
