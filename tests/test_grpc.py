@@ -558,7 +558,7 @@ async def test_reflection_lists_and_describes_services() -> None:
     assert SERVICE in services
     assert "grpc.health.v1.Health" in services
     assert "grpc.reflection.v1alpha.ServerReflection" in services
-    assert methods == ["Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream"]
+    assert methods == ["Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream", "Notify"]
     assert (reply.text, reply.transport) == ("reflected", "grpc")
 
 

@@ -874,9 +874,9 @@ async def test_micro_discovery(served: tuple[Served, Conformance], raw: Any) -> 
     assert info_reply["type"] == "io.nats.micro.v1.info_response"
     assert info.metadata["protobind.service"] == SERVICE
     endpoints = {e.name: e for e in info.endpoints}
-    assert set(endpoints) == {"Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream"}
+    assert set(endpoints) == {"Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream", "Notify"}
     assert endpoints["Unary"].subject == server.subject("Unary")
-    assert endpoints["Unary"].queue_group == "protobind"
+    assert endpoints["Unary"].queue_group == SERVICE  # the default group: the service's full name
     assert endpoints["BidiStream"].metadata["protobind.kind"] == "bidi_streaming"
 
     (stats_reply,) = await _gather_replies(raw, f"$SRV.STATS.{name}.{ours}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from google.protobuf.message import Message
 
@@ -24,6 +24,9 @@ __all__ = [
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: What client-streaming and bidi methods accept as requests.
 RequestStream = AsyncIterable[ReqT] | Iterable[ReqT]
@@ -237,3 +240,28 @@ def connect(
     ``options``; ``telemetry=True`` (or a :class:`protobind.Telemetry`) traces and measures every
     call. Use it as ``async with protobind.connect(url) as channel:``."""
     return Channel(url, interceptors=interceptors, options=options, telemetry=telemetry)
+
+
+# Calls started by start() and not finished: the event loop keeps only weak references to tasks.
+_started: set[asyncio.Task[Any]] = set()
+
+
+def start(method: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[R]:
+    """Start a call and collect its result later: asynchronous request/response in one process.
+
+    ``handle = protobind.start(client.say_hello, HelloRequest(name="Ada"), timeout=2.0)`` takes
+    a generated client method and its arguments, as typed as the method itself, and returns at
+    once with an :class:`asyncio.Task`: ``await handle`` gives the reply or raises the call's
+    :class:`RpcError`; ``asyncio.gather``, ``asyncio.as_completed`` and ``asyncio.wait`` collect
+    many. Calls started one after another from one task are sent in that order, as soon as the
+    caller next waits. ``handle.cancel()`` cancels the call as cancelling any caller does.
+    """
+
+    async def call() -> R:
+        return await method(*args, **kwargs)
+
+    name = getattr(method, "__qualname__", None) or "call"
+    task = asyncio.get_running_loop().create_task(call(), name=f"protobind {name}")
+    _started.add(task)
+    task.add_done_callback(_started.discard)
+    return task

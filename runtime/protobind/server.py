@@ -215,6 +215,78 @@ def _authorizer(
     return authorize
 
 
+class BackgroundCalls:
+    """The handlers of one-way calls, run after their callers were acknowledged.
+
+    A one-way method's endpoint runs the interceptors as for any call (so they can still refuse
+    it, and the caller gets that error), then starts the user's handler here and answers
+    ``Empty`` at once: every transport acknowledges a one-way call when it has decoded it and the
+    interceptors let it through. Nobody waits for the handler, so its errors are logged, never
+    sent, and the caller's deadline does not bind it. At most ``limit`` handlers run at once; a
+    one-way call beyond that waits for a slot before it is acknowledged (back-pressure rather than
+    an unbounded pile of tasks). :meth:`Server.stop` drains them.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_oneway must be at least 1")
+        self.limit = limit
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: set by :meth:`drain`, cleared when the server starts again
+        self.closed = False
+
+    def acknowledging(self, fn: Handler, method: MethodInfo[Any, Any]) -> Handler:
+        """The innermost handler of one-way ``method``: start ``fn`` in the background, answer Empty."""
+        empty = method.output_type()
+
+        async def acknowledge(request: Any, context: Context) -> Any:
+            await self.start(fn, request, context)
+            return empty
+
+        return acknowledge
+
+    async def start(self, fn: Handler, request: Any, context: Context) -> None:
+        """Run ``fn(request, context)`` in a task of its own once a slot is free."""
+        if self.closed:
+            raise RpcError(Code.UNAVAILABLE, "the server is shutting down")
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.limit), loop
+        slots = self._slots
+        await slots.acquire()
+        # the caller's deadline bounded delivery; the handler runs to its end (or to stop())
+        context.deadline = None
+        task = loop.create_task(self._run(fn, request, context, slots))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, fn: Handler, request: Any, context: Context, slots: asyncio.Semaphore) -> None:
+        try:
+            await fn(request, context)
+        except RpcError as error:
+            logger.warning("one-way call %s failed: %s: %s", context.method, error.code.name, error.message)
+        except asyncio.CancelledError:
+            logger.warning("one-way call %s cancelled before its handler finished", context.method)
+        except Exception as exc:
+            logger.error("handler of one-way call %s raised", context.method, exc_info=exc)
+        finally:
+            slots.release()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new one-way calls; wait up to ``grace`` seconds for the running handlers, then
+        cancel the rest."""
+        self.closed = True
+        if self.tasks and grace > 0:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        left = set(self.tasks)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=1.0)
+
+
 class Server:
     """Serve protobind services on one or more URLs.
 
@@ -225,6 +297,8 @@ class Server:
     covers its TLS scheme too) to server options for that transport, merged over the URL's query
     string. ``telemetry=True`` (or a :class:`protobind.Telemetry`) traces, measures and logs every
     call (docs/observability.md).
+    ``max_oneway`` bounds the one-way handlers running at once in the background (see
+    :class:`BackgroundCalls`).
     """
 
     def __init__(
@@ -234,7 +308,9 @@ class Server:
         interceptors: Sequence[ServerInterceptor] = (),
         transport_options: Mapping[str, Mapping[str, Any]] | None = None,
         telemetry: TelemetryOption = None,
+        max_oneway: int = 1024,
     ) -> None:
+        self.background = BackgroundCalls(max_oneway)
         self.telemetry = Telemetry.from_option(telemetry)
         if self.telemetry is not None:  # outermost, so it sees what the other interceptors do
             interceptors = (self.telemetry.server_interceptor(self), *interceptors)
@@ -273,7 +349,10 @@ class Server:
             raise ValueError(f"{info.name}: no handler for {', '.join(missing)}")
         self.services.append(info)
         for method in info.methods:
-            handler = chain_server(handlers[method.name], self.interceptors)
+            user = handlers[method.name]
+            if method.oneway:
+                user = self.background.acknowledging(user, method)
+            handler = chain_server(user, self.interceptors)
             self.endpoints[method.path] = Endpoint(method, handler)
 
     @property
@@ -296,6 +375,7 @@ class Server:
         """Bind every URL; return the bound URLs. On failure, bindings already started are stopped."""
         started: list[ServerBinding] = []
         table = self.table()
+        self.background.closed = False
         try:
             for url in urls:
                 transport = transport_for_url(url)
@@ -312,9 +392,13 @@ class Server:
         return [binding.url for binding in started]
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Stop every binding: new calls are refused at once, in-flight calls get ``grace`` seconds."""
+        """Stop every binding: new calls are refused at once, in-flight calls get ``grace`` seconds,
+        and so do the handlers of one-way calls already acknowledged; what is left is cancelled."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (grace or 0.0)
         bindings, self.bindings = self.bindings, []
         await asyncio.gather(*(binding.stop(grace) for binding in bindings))
+        await self.background.drain(max(0.0, until - loop.time()))
 
     def run(
         self,

@@ -282,6 +282,8 @@ class BrokerClient(ClientTransport):
             raise too_large(size, broker.max_payload)
         if not broker.is_connected:
             raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
+        if method.oneway:
+            return await self._publish_oneway(subject, data, headers, method)
         assert self._inbox is not None
         # random, not a counter: a reply address is all another connection would need to answer
         # in the server's place (urandom costs well under a microsecond)
@@ -316,6 +318,18 @@ class BrokerClient(ClientTransport):
         if out is None:
             return _decode_response(codec, msg.data, method.output_type)
         return self._unary_result(msg, out, call, subject)
+
+    async def _publish_oneway(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, method: MethodInfo[Any, Any]
+    ) -> Message:
+        """A one-way call: one message without a reply address, done once it left this process.
+        Nothing comes back, not even "no responders": delivery is at most once."""
+        try:
+            await self.broker.publish(subject, data, "", headers)
+            await self.broker.flush()
+        except BrokerError as exc:
+            raise publish_error(exc) from None
+        return method.output_type()  # type: ignore[no-any-return]
 
     def _unary_result(
         self, msg: BrokerMessage, headers: dict[str, str], call: CallInfo, subject: str

@@ -175,6 +175,9 @@ class MemoryBroker(Broker):
         if not self._hub.route(message) and reply:
             self._hub.route(MemoryMessage(reply, "", b"", {"Status": NO_RESPONDERS_STATUS}))
 
+    async def flush(self) -> None:
+        """Nothing to do: :meth:`publish` hands each message to its subscribers at once."""
+
     def _add(self, subject: str, queue: str, callback: Callback | None) -> _Subscriber:
         sub = _Subscriber(self._hub, subject, queue, callback)
         self._hub.subscribers.add(sub)
@@ -226,7 +229,7 @@ def _settings(options: Mapping[str, Any]) -> EngineSettings:
     codec_named(codec_name)
     return EngineSettings(
         prefix=prefix,
-        queue_group=str(options.get("queue_group", "protobind")),
+        queue_group=str(options.get("queue_group", "")),
         max_concurrency=max(1, int(options.get("max_concurrency", 1024))),
         max_pending=max(0, int(options.get("max_pending", 8192))),
         max_message_size=OptionReader("memory", options).positive_int(

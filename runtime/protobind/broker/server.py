@@ -62,7 +62,7 @@ logger = logging.getLogger("protobind.broker")
 
 
 class _Route:
-    __slots__ = ("endpoint", "input_type", "method", "stats", "streaming")
+    __slots__ = ("durable", "endpoint", "input_type", "method", "stats", "streaming")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
         self.endpoint = endpoint
@@ -70,6 +70,7 @@ class _Route:
         self.input_type: type[Message] = endpoint.method.input_type
         self.stats = stats
         self.streaming = endpoint.method.kind.client_streams or endpoint.method.kind.server_streams
+        self.durable = endpoint.method.durable
 
 
 def _record(stats: EndpointStats, started: int, error: RpcError | None) -> None:
@@ -159,16 +160,29 @@ class BrokerBinding(ServerBinding):
         """Serve one call message; runs in a consumer (see _nats_delivery) and never raises.
         Unary calls are served right here: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
-        if route is None or route.streaming or self._closing:
-            await self._on_other_call(msg, route)
+        if route is None or route.streaming or route.durable or self._closing:
+            await self._on_other_call(msg, route, delivery)
         else:
             await self._serve_unary(route, msg, delivery)
 
-    async def _on_other_call(self, msg: BrokerMessage, route: _Route | None) -> None:
+    async def _on_durable_call(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
+        """A message on the subject of a ``(protobind.v1.durable)`` method.
+
+        This is where durable delivery (the broker stores the call, the server acks it after the
+        handler succeeded) takes over. Until a broker implements it, the call is served as a plain
+        call: at most once, like any other.
+        """
+        await self._serve_unary(route, msg, delivery)
+
+    async def _on_other_call(
+        self, msg: BrokerMessage, route: _Route | None, delivery: Delivery | None = None
+    ) -> None:
         if route is None:
             await self._refuse(msg, RpcError(Code.UNIMPLEMENTED, f"method {msg.subject} is not served here"))
         elif self._closing:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
+        elif route.durable:
+            await self._on_durable_call(route, msg, delivery)
         elif header(msg.headers, FRAME) != OPEN:
             await self._refuse(msg, _not_opened(route))
         elif self._running_streams < self.settings.max_concurrency:
@@ -200,6 +214,8 @@ class BrokerBinding(ServerBinding):
             except RpcError:
                 codec = PROTO
             await self._send(msg.reply, error_body(error, codec), error_headers(error, codec))
+        else:
+            _log_unanswered(msg.subject, error)
 
     async def _on_cancel(self, msg: BrokerMessage) -> None:
         self._cancel_call(msg.data.decode("utf-8", "replace"), _CANCELLED_BY_CLIENT)
@@ -344,6 +360,8 @@ class BrokerBinding(ServerBinding):
             stats.last_error = f"{error.code.name}: {error.message}"
             if reply:
                 await self._reply_error(route, reply, error, codec, context)
+            elif error is not _CANCELLED_BY_CLIENT:
+                _log_unanswered(msg.subject, error)
 
     async def _reply_error(
         self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
@@ -527,6 +545,11 @@ def _not_opened(route: _Route) -> RpcError:
 
 def _too_big(size: int, limit: int) -> RpcError:
     return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
+
+
+def _log_unanswered(subject: str, error: RpcError) -> None:
+    # a message without a reply address (a one-way call) has nobody to tell: the log is all
+    logger.warning("one-way message on %s failed: %s: %s", subject, error.code.name, error.message)
 
 
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")

@@ -121,6 +121,16 @@ class Connection(Client):
             info["tls_required"] = True
         await super()._process_info(info, initial_connection)
 
+    async def written(self) -> None:
+        """Return once everything sent so far has been written to the socket (nats-py's flusher
+        task has emptied its pending buffer); unlike ``flush()``, no round trip to the server."""
+        if not self._fast:
+            await self.flush()
+            return
+        done = await self._flush_pending()
+        if done is not None:
+            await done
+
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         if not headers or headers[8:10] != b"\r\n":
             return await super()._process_headers(headers)
@@ -307,6 +317,12 @@ class NatsBroker(Broker):
     ) -> None:
         try:
             await self.client.send(subject, payload, reply, headers)
+        except (nats_errors.Error, OSError) as exc:
+            raise _broker_error(exc) from None
+
+    async def flush(self) -> None:
+        try:
+            await self.client.written()
         except (nats_errors.Error, OSError) as exc:
             raise _broker_error(exc) from None
 

@@ -106,7 +106,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         connect["tls_hostname"] = str(options["tls_server_name"])
     engine = EngineSettings(
         prefix=prefix,
-        queue_group=str(options.get("queue_group", "protobind")),
+        queue_group=str(options.get("queue_group", "")),
         max_concurrency=max(1, _number(options, "max_concurrency", DEFAULT_MAX_CONCURRENCY, int)),
         max_pending=max(0, _number(options, "max_pending", DEFAULT_MAX_PENDING, int)),
         max_message_size=OptionReader("nats", options).positive_int(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import ClassVar
 
+from google.protobuf import empty_pb2 as _empty_pb2
+
 import protobind
 from protobind.conformance.v1 import conformance_pb2 as _conformance_pb2
 
@@ -53,6 +55,14 @@ CONFORMANCE_SERVICE_BIDI_STREAM = protobind.MethodInfo[
     _conformance_pb2.Request,
     _conformance_pb2.Response,
 )
+CONFORMANCE_SERVICE_NOTIFY = protobind.MethodInfo[
+    _conformance_pb2.Request,
+    _empty_pb2.Empty,
+].from_descriptor(
+    _CONFORMANCE_SERVICE_DESCRIPTOR.methods_by_name["Notify"],
+    _conformance_pb2.Request,
+    _empty_pb2.Empty,
+)
 CONFORMANCE_SERVICE_INFO = protobind.ServiceInfo(
     "protobind.conformance.v1.ConformanceService",
     (
@@ -61,6 +71,7 @@ CONFORMANCE_SERVICE_INFO = protobind.ServiceInfo(
         CONFORMANCE_SERVICE_SERVER_STREAM,
         CONFORMANCE_SERVICE_CLIENT_STREAM,
         CONFORMANCE_SERVICE_BIDI_STREAM,
+        CONFORMANCE_SERVICE_NOTIFY,
     ),
     _CONFORMANCE_SERVICE_DESCRIPTOR,
 )
@@ -127,6 +138,19 @@ class ConformanceService:
         raise protobind.RpcError(
             protobind.Code.UNIMPLEMENTED,
             "protobind.conformance.v1.ConformanceService/BidiStream is not implemented",
+        )
+
+    async def notify(
+        self,
+        request: _conformance_pb2.Request,
+        context: protobind.Context,
+    ) -> _empty_pb2.Empty:
+        """One-way: acknowledged once decoded; the handler runs in the background and applies
+        `behavior` (sleep, error, exception), which the caller never sees.
+        """
+        raise protobind.RpcError(
+            protobind.Code.UNIMPLEMENTED,
+            "protobind.conformance.v1.ConformanceService/Notify is not implemented",
         )
 
 
@@ -218,6 +242,25 @@ class ConformanceServiceClient:
         return self._channel.bidi_stream(
             CONFORMANCE_SERVICE_BIDI_STREAM,
             requests,
+            timeout,
+            metadata,
+            call,
+        )
+
+    async def notify(
+        self,
+        request: _conformance_pb2.Request,
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> None:
+        """One-way: acknowledged once decoded; the handler runs in the background and applies
+        `behavior` (sleep, error, exception), which the caller never sees.
+        """
+        await self._channel.unary(
+            CONFORMANCE_SERVICE_NOTIFY,
+            request,
             timeout,
             metadata,
             call,
@@ -316,6 +359,25 @@ class ConformanceServiceSyncClient:
         return self._channel.bidi_stream(
             CONFORMANCE_SERVICE_BIDI_STREAM,
             requests,
+            timeout,
+            metadata,
+            call,
+        )
+
+    def notify(
+        self,
+        request: _conformance_pb2.Request,
+        *,
+        timeout: float | None = None,
+        metadata: protobind.MetadataLike | None = None,
+        call: protobind.CallInfo | None = None,
+    ) -> None:
+        """One-way: acknowledged once decoded; the handler runs in the background and applies
+        `behavior` (sleep, error, exception), which the caller never sees.
+        """
+        self._channel.unary(
+            CONFORMANCE_SERVICE_NOTIFY,
+            request,
             timeout,
             metadata,
             call,

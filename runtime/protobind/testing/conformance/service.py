@@ -4,14 +4,17 @@ matrix and protobind's own test suite serve.
 Each request's ``behavior`` says what to do: fail with a code (and a ``google.rpc.ErrorInfo``
 detail), raise a plain exception, sleep, stream so many responses, fail mid-stream. The service
 records which calls saw their task cancelled (``cancelled``, by request text) so a client-side
-check can tell that a deadline or a cancellation reached the handler.
+check can tell that a deadline or a cancellation reached the handler. A request whose text starts
+with ``gate`` waits in its handler until ``gate`` is set, which lets a test tell a caller that did
+not wait for the handler (a one-way call) from one that did, without timing anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
 from ...conformance.v1.conformance_pb2 import Request, Response
@@ -75,18 +78,45 @@ class Conformance(ConformanceService):
         self.sleeping: list[str] = []
         #: set once a unary handler has started
         self.started = asyncio.Event()
+        #: requests whose text starts with "gate" wait in the handler until this is set
+        self.gate = asyncio.Event()
+        #: texts of the unary and one-way requests that reached their handler
+        self.entered: list[str] = []
+        #: texts of the one-way requests whose handler finished (failing ones included)
+        self.notified: list[str] = []
+        self._changed = asyncio.Event()
+
+    def _record(self, seen: list[str], text: str) -> None:
+        seen.append(text)
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Wait until ``condition()`` holds; it is checked whenever a handler records a call."""
+
+        async def wait() -> None:
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def _enter(self, request: Request) -> None:
+        self._record(self.entered, request.text)
+        if request.text.startswith("gate"):
+            await self.gate.wait()
 
     async def _sleep(self, request: Request) -> None:
         self.sleeping.append(request.text)
         try:
             await asyncio.sleep(request.behavior.sleep_ms / 1000)
         except asyncio.CancelledError:
-            self.cancelled.append(request.text)
+            self._record(self.cancelled, request.text)
             raise
 
     async def unary(self, request: Request, context: Context) -> Response:
         _echo_metadata(context)
         self.started.set()
+        await self._enter(request)
         if request.behavior.sleep_ms:
             await self._sleep(request)
         _fail(request)
@@ -135,3 +165,13 @@ class Conformance(ConformanceService):
                 await self._sleep(request)
             yield _response(request, context, index=index)
             index += 1
+
+    async def notify(self, request: Request, context: Context) -> Empty:
+        await self._enter(request)
+        try:
+            if request.behavior.sleep_ms:
+                await self._sleep(request)
+            _fail(request)
+        finally:
+            self._record(self.notified, request.text)
+        return Empty()
