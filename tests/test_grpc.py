@@ -720,6 +720,21 @@ async def test_garbage_requests_are_invalid_argument(garbage: bytes) -> None:
         assert Response.FromString(await channel.unary_unary(UNARY)(valid)).text == "fine"
 
 
+async def test_oneway_is_acknowledged_once_decoded_for_a_stock_client() -> None:
+    notify = f"/{SERVICE}/Notify"
+    async with serving() as (url, service), stock_channel(url) as channel:
+        # the empty reply comes while the handler still waits for the gate
+        assert await channel.unary_unary(notify)(Request(text="gate").SerializeToString()) == b""
+        await service.until(lambda: "gate" in service.entered)
+        assert service.notified == []
+        service.gate.set()
+        await service.until(lambda: service.notified == ["gate"])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(notify)(b"\xff\xff\xff\xff")
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "gate" not in (info.value.details() or "")
+
+
 async def _drain(call: Any) -> list[Any]:
     return [item async for item in call]
 

@@ -369,6 +369,24 @@ async def test_malformed_json_is_invalid_argument(raw: httpx.AsyncClient, body: 
     assert (await raw.post(f"{SERVICE}/Unary", json={"text": "ok"})).json()["text"] == "ok"
 
 
+async def test_oneway_is_acknowledged_once_decoded(
+    raw: httpx.AsyncClient, http_server: tuple[str, Conformance]
+) -> None:
+    _, service = http_server
+    response = await raw.post(f"{SERVICE}/Notify", json={"text": "gate"})
+    assert (response.status_code, response.json()) == (200, {})
+    await service.until(lambda: "gate" in service.entered)
+    assert service.notified == []  # answered while the handler waits
+    service.gate.set()
+    await service.until(lambda: service.notified == ["gate"])
+    bad = await raw.post(f"{SERVICE}/Notify", content=b'{"text": 12}', headers=JSON_HEADERS)
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_argument")
+    proto = await raw.post(
+        f"{SERVICE}/Notify", content=b"\xff\xff", headers={"content-type": "application/proto"}
+    )
+    assert (proto.status_code, proto.json()["code"]) == (400, "invalid_argument")
+
+
 async def test_malformed_proto_is_invalid_argument(raw: httpx.AsyncClient) -> None:
     response = await raw.post(
         f"{SERVICE}/Unary", content=b"\xff\xff\xff", headers={"content-type": "application/proto"}

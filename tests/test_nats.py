@@ -180,6 +180,35 @@ async def test_two_replicas_share_the_calls(broker_url: str) -> None:
         await two.server.stop(0)
 
 
+async def test_queue_groups_fan_out_and_replicas_share(broker_url: str) -> None:
+    """2 groups x 2 replicas x 1,000 one-way calls: every group handles every call once."""
+    count = 1000
+    prefix = _prefix()
+    groups = {group: (Conformance(), Conformance()) for group in ("billing", "audit")}
+    servers = [
+        await _serve(broker_url, replica, f"&queue_group={group}", prefix=prefix)
+        for group, replicas in groups.items()
+        for replica in replicas
+    ]
+    try:
+        async with protobind.connect(servers[0].url) as channel:
+            client = ConformanceServiceClient(channel)
+            for i in range(count):
+                await client.notify(Request(text=str(i)))
+
+        def handled(group: str) -> list[str]:
+            first, second = groups[group]
+            return first.notified + second.notified
+
+        await _eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
+    finally:
+        for served in servers:
+            await served.server.stop(5.0)  # drains the handlers: nothing is still counting
+    for group, (first, second) in groups.items():
+        assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
+        assert first.notified and second.notified, group  # the replicas shared the group's calls
+
+
 async def test_a_slow_call_does_not_hold_up_others(broker_url: str) -> None:
     served = await _serve(broker_url, Recorder())
     try:
@@ -456,6 +485,53 @@ async def test_one_way_publish_runs_the_handler(nats_server: str, raw: Any) -> N
         await _eventually(lambda: service.calls == 1)
     finally:
         await served.server.stop(1.0)
+
+
+async def test_oneway_client_publishes_without_a_reply_subject(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, service = served
+    seen: list[Any] = []
+
+    async def tap_message(msg: Any) -> None:
+        seen.append(msg)
+
+    tap = await raw.subscribe(server.subject("Notify"), cb=tap_message)
+    await _settle(raw)
+    async with protobind.connect(server.url) as channel:
+        assert await ConformanceServiceClient(channel).notify(Request(text="one-way")) is None
+    await service.until(lambda: service.notified == ["one-way"])
+    await _eventually(lambda: len(seen) == 1)
+    assert seen[0].reply == ""
+    assert Request.FromString(seen[0].data).text == "one-way"
+    await tap.unsubscribe()
+
+
+async def test_oneway_method_called_with_a_reply_is_acknowledged(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, service = served
+    msg = await raw.request(server.subject("Notify"), Request(text="gate").SerializeToString(), timeout=5)
+    assert (msg.data, msg.headers) == (b"", None)  # Empty, no error, while the handler waits
+    await service.until(lambda: "gate" in service.entered)
+    assert service.notified == []
+    service.gate.set()
+    await service.until(lambda: service.notified == ["gate"])
+    bad = await raw.request(server.subject("Notify"), b"\xff\xff\xff\xff", timeout=5)
+    assert bad.headers["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
+
+
+async def test_bad_oneway_message_is_logged(
+    served: tuple[Served, Conformance], raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, service = served
+    await raw.publish(server.subject("Notify"), b"\xff\xff\xff\xff")
+    await raw.publish(server.subject("Notify"), Request(text="fine").SerializeToString())
+    await service.until(lambda: service.notified == ["fine"])
+    assert any(
+        "INVALID_ARGUMENT" in r.getMessage() and server.subject("Notify") in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # --- bad input ----------------------------------------------------------------------------------------
