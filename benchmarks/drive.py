@@ -27,7 +27,54 @@ def _report(latencies: list[float], done: int, elapsed: float, calls: int) -> di
     }
 
 
+async def oneway(args: argparse.Namespace) -> dict[str, float]:
+    """Publish-and-handle throughput of one-way messages (see peers.py): ``--messages`` messages
+    sent by ``--concurrency`` senders, timed until the server reports the last one handled;
+    p50/p99 are of the send call itself, one message at a time."""
+    import nats
+
+    send, close = await peers.ONEWAY_CLIENTS[args.kind](args.url)
+    watcher = await nats.connect(args.url)
+    done: asyncio.Queue[object] = asyncio.Queue()
+
+    async def report(msg: object) -> None:
+        done.put_nowait(msg)
+
+    await watcher.subscribe(peers.ONEWAY_DONE, cb=report)
+    await watcher.flush()
+    payload = b"x" * args.payload
+
+    async def burst(count: int, concurrency: int) -> list[float]:
+        left = count
+        latencies: list[float] = []
+
+        async def sender() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                start = time.perf_counter()
+                await send(payload, count)
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        await asyncio.wait_for(done.get(), 120)
+        return latencies
+
+    try:
+        await burst(args.warmup, 1)
+        latencies = await burst(args.sequential, 1)
+        started = time.perf_counter()
+        await burst(args.messages, args.concurrency)
+        elapsed = time.perf_counter() - started
+    finally:
+        await close()
+        await watcher.drain()
+    return _report(latencies, args.messages, elapsed)
+
+
 async def main(args: argparse.Namespace) -> dict[str, float]:
+    if args.kind in peers.ONEWAY_CLIENTS:
+        return await oneway(args)
     stop = None
     url = args.url
     if url == "inproc":  # the inproc server lives in the client's process
@@ -117,6 +164,7 @@ if __name__ == "__main__":
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
+    parser.add_argument("--messages", type=int, default=50000, help="one-way pairs: messages per run")
     arguments = parser.parse_args()
     if arguments.kind in peers.SYNC_CLIENTS:
         print(json.dumps(main_sync(arguments)), flush=True)

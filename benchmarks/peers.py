@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf.empty_pb2 import Empty
+
 import protobind
 from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import (
@@ -163,6 +165,95 @@ CLIENTS["protobind-nats"] = protobind_client
 SERVERS["nats-py"] = _raw_nats_server
 CLIENTS["nats-py"] = _raw_nats_client
 PAIRS.append(("nats", "protobind-nats", "nats-py"))
+
+
+# --- one-way over NATS: protobind's one-way method vs raw nats-py publish / queue subscribe ---------
+# Throughput is publish-and-handle: the clock runs from the first publish until the server reports
+# that it handled the last message. Every message carries the run's message count in `number`; the
+# server counts the messages it handled (each parsed) and, at that count, publishes one message on
+# ONEWAY_DONE with a nats-py connection of its own (the same for both servers). A one-way client
+# "call" is `send(payload, count)`; `done()` waits for the server's report.
+
+NOTIFY_SUBJECT = "protobind.conformance.v1.ConformanceService.Notify"
+ONEWAY_DONE = "bench.oneway.done"
+OnewayClientFactory = Callable[[str], Awaitable[tuple[Callable[[bytes, int], Awaitable[Any]], Close]]]
+ONEWAY_CLIENTS: dict[str, OnewayClientFactory] = {}
+
+
+class _Counter:
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.handled = 0
+
+    async def count(self, request: Request) -> None:
+        self.handled += 1
+        if self.handled == request.number:
+            self.handled = 0
+            await self.nc.publish(ONEWAY_DONE, b"")
+
+
+async def _protobind_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import nats
+
+    assert nats_url is not None
+    counter = _Counter(await nats.connect(nats_url))
+
+    class Sink(ConformanceService):
+        async def notify(self, request: Request, context: protobind.Context) -> Empty:
+            await counter.count(request)
+            return Empty()
+
+    server = protobind.Server([Sink()])
+    (bound,) = await server.start(nats_url)
+
+    async def stop() -> None:
+        await server.stop(grace=1.0)
+        await counter.nc.drain()
+
+    return bound, stop
+
+
+async def _raw_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import nats
+
+    assert nats_url is not None
+    nc = await nats.connect(nats_url)
+    counter = _Counter(nc)
+
+    async def handle(msg: Any) -> None:
+        await counter.count(Request.FromString(msg.data))
+
+    await nc.subscribe(NOTIFY_SUBJECT, queue="raw", cb=handle)
+    await nc.flush()
+    return nats_url, nc.drain
+
+
+async def _protobind_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awaitable[Any]], Close]:
+    channel = await protobind.connect(url).open()
+    client = ConformanceServiceClient(channel)
+
+    async def send(payload: bytes, count: int) -> None:
+        await client.notify(Request(payload=payload, number=count))
+
+    return send, channel.close
+
+
+async def _raw_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awaitable[Any]], Close]:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def send(payload: bytes, count: int) -> None:
+        await nc.publish(NOTIFY_SUBJECT, Request(payload=payload, number=count).SerializeToString())
+
+    return send, nc.drain
+
+
+SERVERS["protobind-oneway"] = _protobind_oneway_server
+ONEWAY_CLIENTS["protobind-oneway"] = _protobind_oneway_client
+SERVERS["nats-py-publish"] = _raw_oneway_server
+ONEWAY_CLIENTS["nats-py-publish"] = _raw_oneway_client
+PAIRS.append(("nats-oneway", "protobind-oneway", "nats-py-publish"))
 
 
 # --- HTTP: protobind's http:// client + server vs the connectrpc package's client + ASGI server ----

@@ -192,3 +192,28 @@ def test_missing_extra_gives_an_install_hint() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'protobind[nats]'" in out.stdout
+
+
+async def test_slots_are_first_come_first_served_and_survive_cancellation() -> None:
+    import asyncio
+
+    from protobind.aio import Slots
+
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        await slots.acquire()
+        order.append(name)
+        slots.release()
+
+    first = asyncio.ensure_future(take("a"))
+    gone = asyncio.ensure_future(take("gone"))
+    last = asyncio.ensure_future(take("b"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    slots.release()
+    await asyncio.gather(first, last)
+    assert order == ["a", "b"]
+    assert slots.free == 1

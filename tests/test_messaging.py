@@ -23,6 +23,7 @@ from protobind.conformance.v1.conformance_protobind import (
 )
 
 from .conformance import Conformance
+from .servers import TRANSPORTS
 
 #: Transports whose one-way call is a message nobody answers: errors before the handler are
 #: logged by the server instead of reaching the caller.
@@ -176,3 +177,25 @@ async def test_stop_cancels_oneway_handlers_after_the_grace(
 def test_generated_oneway_method_is_marked() -> None:
     assert CONFORMANCE_SERVICE_NOTIFY.oneway
     assert not CONFORMANCE_SERVICE_NOTIFY.durable
+
+
+@pytest.mark.parametrize("acknowledging", [t for t in TRANSPORTS if t not in UNANSWERED])
+async def test_oneway_handlers_beyond_max_oneway_wait_before_acknowledgement(
+    acknowledging: str, harnesses: dict[str, Callable[[], str]]
+) -> None:
+    service = Conformance()
+    server = protobind.Server([service], max_oneway=1)
+    (url,) = await server.start(harnesses[acknowledging]())
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            await client.notify(Request(text="gate-first"))
+            second = asyncio.ensure_future(client.notify(Request(text="second")))
+            await service.until(lambda: "gate-first" in service.entered)
+            await asyncio.sleep(0.1)
+            assert not second.done()  # no slot: not acknowledged while the first handler runs
+            service.gate.set()
+            await asyncio.wait_for(second, 20)
+            await service.until(lambda: service.notified == ["gate-first", "second"])
+    finally:
+        await server.stop(grace=1.0)

@@ -40,10 +40,18 @@ INTERNAL_MESSAGE = "internal error"
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One servable method: its description and its handler with the interceptors applied."""
+    """One servable method: its description and its handler with the interceptors applied.
+
+    For a one-way method, ``handler`` acknowledges: it runs the interceptors, starts the user's
+    handler in the background and returns ``Empty`` (see :class:`BackgroundCalls`). ``direct``
+    is then the interceptors and the user's handler in one, for a transport that has nobody to
+    acknowledge (a broker message without a reply address): it runs that where it runs any
+    call, under its own concurrency limit, and logs the outcome.
+    """
 
     method: MethodInfo[Any, Any]
     handler: Handler
+    direct: Handler | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +240,7 @@ class BackgroundCalls:
             raise ValueError("max_oneway must be at least 1")
         self.limit = limit
         self.tasks: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = aio.Slots(limit)
         #: set by :meth:`drain`, cleared when the server starts again
         self.closed = False
 
@@ -251,18 +258,15 @@ class BackgroundCalls:
         """Run ``fn(request, context)`` in a task of its own once a slot is free."""
         if self.closed:
             raise RpcError(Code.UNAVAILABLE, "the server is shutting down")
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._loop is not loop:
-            self._slots, self._loop = asyncio.Semaphore(self.limit), loop
         slots = self._slots
         await slots.acquire()
         # the caller's deadline bounded delivery; the handler runs to its end (or to stop())
         context.deadline = None
-        task = loop.create_task(self._run(fn, request, context, slots))
+        task = asyncio.get_running_loop().create_task(self._run(fn, request, context, slots))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, fn: Handler, request: Any, context: Context, slots: asyncio.Semaphore) -> None:
+    async def _run(self, fn: Handler, request: Any, context: Context, slots: aio.Slots) -> None:
         try:
             await fn(request, context)
         except RpcError as error:
@@ -351,9 +355,14 @@ class Server:
         for method in info.methods:
             user = handlers[method.name]
             if method.oneway:
-                user = self.background.acknowledging(user, method)
-            handler = chain_server(user, self.interceptors)
-            self.endpoints[method.path] = Endpoint(method, handler)
+                acknowledge = self.background.acknowledging(user, method)
+                self.endpoints[method.path] = Endpoint(
+                    method,
+                    chain_server(acknowledge, self.interceptors),
+                    chain_server(user, self.interceptors),
+                )
+            else:
+                self.endpoints[method.path] = Endpoint(method, chain_server(user, self.interceptors))
 
     @property
     def urls(self) -> list[str]:

@@ -204,10 +204,10 @@ class BrokerClient(ClientTransport):
         subject = self._subjects[method.path] = call_subject(self.settings.prefix, method)
         return subject
 
-    def _request_headers(self, call: CallInfo, codec: Codec) -> dict[str, str]:
+    def _request_headers(self, call: CallInfo, codec: Codec, with_deadline: bool = True) -> dict[str, str]:
         headers: dict[str, str] = {}
         put_content_type(headers, codec)
-        if call.deadline is not None:
+        if call.deadline is not None and with_deadline:
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
@@ -273,8 +273,8 @@ class BrokerClient(ClientTransport):
         data = codec.encode(request)
         headers = None
         size = len(data)
-        if call.metadata or call.deadline is not None or codec is not PROTO:
-            headers = self._request_headers(call, codec)
+        if call.metadata or (call.deadline is not None and not method.oneway) or codec is not PROTO:
+            headers = self._request_headers(call, codec, with_deadline=not method.oneway)
             # without metadata the headers are a few dozen bytes; only metadata can make them large
             size += headers_size(headers) if call.metadata else _SMALL_HEADERS
         broker = self.broker

@@ -53,7 +53,7 @@ class Delivery:
         self, inbound: Inbound, handle: Handler, pool: ConsumerPool, max_pending: int, shed: Shed
     ) -> None:
         """Serve ``inbound`` with ``handle``. While more than ``max_pending`` messages wait, the
-        oldest go to ``shed`` instead (their callers most likely gave up on them)."""
+        oldest calls go to ``shed`` instead (their callers most likely gave up on them)."""
         self._inbound = inbound
         self._queue = inbound.queue
         self._handle = handle
@@ -90,8 +90,10 @@ class Delivery:
                 inbound.taken(msg)
                 try:
                     # the messages still queued behind this one are the ones waiting: at most
-                    # max_pending may (0: none, a call is served only if a consumer takes it now)
-                    if queue.qsize() <= self._max_pending:
+                    # max_pending may (0: none, a call is served only if a consumer takes it now).
+                    # A message without a reply address (one-way) has no caller that gave up on
+                    # it: never shed, it waits; the broker's own slow-consumer limit bounds those.
+                    if queue.qsize() <= self._max_pending or not msg.reply:
                         await handle(msg, self)
                     else:
                         await self._shed(msg)

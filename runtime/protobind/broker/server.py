@@ -62,10 +62,13 @@ logger = logging.getLogger("protobind.broker")
 
 
 class _Route:
-    __slots__ = ("durable", "endpoint", "input_type", "method", "stats", "streaming")
+    __slots__ = ("durable", "endpoint", "inline", "input_type", "method", "stats", "streaming")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
         self.endpoint = endpoint
+        # a one-way method's message without a reply address: its handler runs right in the
+        # consumer, like any call, instead of being acknowledged and run in the background
+        self.inline = None if endpoint.direct is None else Endpoint(endpoint.method, endpoint.direct)
         self.method = endpoint.method
         self.input_type: type[Message] = endpoint.method.input_type
         self.stats = stats
@@ -270,6 +273,7 @@ class BrokerBinding(ServerBinding):
     async def _serve_unary(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
         started = time.perf_counter_ns()
         reply = msg.reply
+        inline = None if reply else route.inline
         codec: Codec = PROTO
         context: Context | None = None
         error: RpcError | None = None
@@ -282,7 +286,7 @@ class BrokerBinding(ServerBinding):
                 context = Context(route.method, self.broker.name, peer=self.broker.peer_of(reply))
             else:
                 codec, timeout_ms, metadata = read_request_headers(headers)
-                if timeout_ms is not None:
+                if timeout_ms is not None and inline is None:  # nobody waits for a one-way call
                     if timeout_ms <= 0:
                         raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                     deadline = time.monotonic() + timeout_ms / 1000
@@ -303,7 +307,7 @@ class BrokerBinding(ServerBinding):
             else:
                 request = codec.decode(msg.data, route.input_type)
             # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
-            call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
+            call = invoke_unary(inline or route.endpoint, request, context, enforce_deadline=False)
             # First step inline, in a copy of the context as a task of its own would have: most
             # handlers finish without waiting, and then nothing else is needed.
             isolated = contextvars.copy_context()

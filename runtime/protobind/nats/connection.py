@@ -72,8 +72,22 @@ class Connection(Client):
         self._require_tls = require_tls
         self._fast = all(
             hasattr(self, name)
-            for name in ("_send_command", "_flush_pending", "_flush_queue", "_status", "stats")
+            for name in (
+                "_send_command",
+                "_flush_pending",
+                "_flush_queue",
+                "_status",
+                "stats",
+                "_pending",
+                "_pending_data_size",
+                "_flusher_task",
+            )
         )
+        # written(): the batch of callers waiting for the current flush request, the pending
+        # list that request covers, and every batch whose request is not done yet (by id)
+        self._batch: list[asyncio.Future[None]] | None = None
+        self._batch_list: object = None
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
 
     async def settle(self) -> None:
         """Return once the server has processed everything sent so far (subscriptions included).
@@ -123,13 +137,50 @@ class Connection(Client):
 
     async def written(self) -> None:
         """Return once everything sent so far has been written to the socket (nats-py's flusher
-        task has emptied its pending buffer); unlike ``flush()``, no round trip to the server."""
+        task has emptied its pending buffer): no round trip to the server, unlike ``flush()``.
+
+        The callers of one flusher pass share one flush request. nats-py's flusher writes its
+        whole pending list when it takes a request, then starts a new list; so while that list is
+        still the one it was when the request was queued, whatever was sent since goes out with
+        it. Each caller waits on a future of its own (a shared one would be cancelled with its
+        first cancelled waiter). When the connection drops or closes, the waiters are let go: the
+        messages are in nats-py's reconnect buffer, or lost (one-way delivery is at most once).
+        """
         if not self._fast:
             await self.flush()
             return
-        done = await self._flush_pending()
-        if done is not None:
-            await done
+        if not self._pending_data_size or self._status != Client.CONNECTED:
+            return  # already handed to the socket, or waiting for a reconnection in nats-py's buffer
+        batch = self._batch
+        if batch is None or self._batch_list is not self._pending:
+            flusher, queue = self._flusher_task, self._flush_queue
+            if flusher is None or flusher.done() or queue is None:
+                return  # nats-py writes inline when its flusher is gone
+            batch = self._batch = []
+            self._batch_list = self._pending
+            self._waiting[id(batch)] = batch
+            # the flusher sets the result of each future it takes, once it has written
+            request: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            request.add_done_callback(lambda _: self._release(batch))
+            await queue.put(request)
+        waiter = asyncio.get_running_loop().create_future()
+        batch.append(waiter)
+        await waiter
+
+    def _release(self, batch: list[asyncio.Future[None]]) -> None:
+        if self._batch is batch:
+            self._batch = None
+        self._waiting.pop(id(batch), None)
+        for waiter in batch:
+            if not waiter.done():
+                waiter.set_result(None)
+        batch.clear()
+
+    def release_written(self) -> None:
+        """Let every :meth:`written` caller go (the connection dropped or is closing)."""
+        for batch in list(self._waiting.values()):
+            self._release(batch)
+        self._batch = None
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         if not headers or headers[8:10] != b"\r\n":
@@ -309,6 +360,7 @@ class NatsBroker(Broker):
 
     async def disconnected(self) -> None:
         """Called by the connection when it is lost: runs the disconnect callbacks."""
+        self.client.release_written()
         for callback in self._disconnect_callbacks:
             await callback()
 
@@ -360,6 +412,7 @@ class NatsBroker(Broker):
         await self.client.settle()
 
     async def close(self) -> None:
+        self.client.release_written()
         await self.client.close()
 
 
