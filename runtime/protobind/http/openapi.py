@@ -20,115 +20,27 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..errors import Code
 from ..method import Idempotency, MethodInfo, MethodKind, ServiceInfo
-from .rule import (
-    DOUBLE_STAR,
-    LITERAL,
-    HttpBinding,
-    collect_bindings,
-    enum_of,
-    is_map,
-    is_repeated,
-    message_of,
-)
+from ..schemas import SCHEMAS, WELL_KNOWN, Comments, Schemas, is_map, is_repeated, message_of, scalar_schema
+from .rule import DOUBLE_STAR, LITERAL, HttpBinding, collect_bindings
 
 __all__ = ["openapi_document"]
 
 _T = FieldDescriptor
-_SCHEMAS = "#/components/schemas/"
 ERROR_SCHEMA = "protobind.ConnectError"
-
-_INT32 = {_T.TYPE_INT32, _T.TYPE_SINT32, _T.TYPE_SFIXED32}
-_UINT32 = {_T.TYPE_UINT32, _T.TYPE_FIXED32}
-_INT64 = {_T.TYPE_INT64, _T.TYPE_SINT64, _T.TYPE_SFIXED64}
-_UINT64 = {_T.TYPE_UINT64, _T.TYPE_FIXED64}
 
 #: Path Item fields of OpenAPI 3.1; other HTTP methods go under ``x-protobind-methods``.
 _OPENAPI_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
-
-def _scalar_schema(kind: int, *, nullable: bool = False) -> dict[str, Any]:
-    """The proto3 JSON schema of a scalar type (``nullable`` adds ``null``, for the wrappers)."""
-    schema: dict[str, Any]
-    if kind in _INT32:
-        schema = {"type": "integer", "format": "int32"}
-    elif kind in _UINT32:
-        schema = {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
-    elif kind in _INT64:
-        schema = {"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"}
-    elif kind in _UINT64:
-        schema = {"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$"}
-    elif kind in (_T.TYPE_DOUBLE, _T.TYPE_FLOAT):
-        schema = {
-            "type": ["number", "string"],
-            "format": "double" if kind == _T.TYPE_DOUBLE else "float",
-            "description": "A JSON number; NaN, Infinity and -Infinity are strings.",
-        }
-    elif kind == _T.TYPE_BOOL:
-        schema = {"type": "boolean"}
-    elif kind == _T.TYPE_BYTES:
-        schema = {"type": "string", "format": "byte", "contentEncoding": "base64"}
-    else:
-        schema = {"type": "string"}
-    if nullable:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        schema["type"] = [*types, "null"]
-    return schema
-
-
-def _wrapper(kind: int, what: str) -> dict[str, Any]:
-    schema = _scalar_schema(kind, nullable=True)
-    schema["description"] = f"A {what}, or null (a google.protobuf wrapper)."
-    return schema
-
-
-#: The proto3 JSON forms of the well-known types.
-_WELL_KNOWN: dict[str, dict[str, Any]] = {
-    "google.protobuf.Timestamp": {
-        "type": "string",
-        "format": "date-time",
-        "description": "An RFC 3339 timestamp, e.g. 2024-01-02T03:04:05.678Z.",
-    },
-    "google.protobuf.Duration": {
-        "type": "string",
-        "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$",
-        "description": "Seconds with up to nine fractional digits and an 's' suffix, e.g. 1.5s.",
-    },
-    "google.protobuf.FieldMask": {
-        "type": "string",
-        "description": "Comma-separated field paths in lowerCamelCase, e.g. title,author.name.",
-    },
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {"description": "Any JSON value."},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
-    "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
-    "google.protobuf.Any": {
-        "type": "object",
-        "description": "A message of any type: its JSON form plus '@type' (the type URL); "
-        "well-known types put their JSON form under 'value'.",
-        "properties": {"@type": {"type": "string"}},
-        "required": ["@type"],
-        "additionalProperties": True,
-    },
-    "google.protobuf.DoubleValue": _wrapper(_T.TYPE_DOUBLE, "double"),
-    "google.protobuf.FloatValue": _wrapper(_T.TYPE_FLOAT, "float"),
-    "google.protobuf.Int64Value": _wrapper(_T.TYPE_INT64, "64-bit integer (a JSON string)"),
-    "google.protobuf.UInt64Value": _wrapper(_T.TYPE_UINT64, "64-bit unsigned integer (a JSON string)"),
-    "google.protobuf.Int32Value": _wrapper(_T.TYPE_INT32, "32-bit integer"),
-    "google.protobuf.UInt32Value": _wrapper(_T.TYPE_UINT32, "32-bit unsigned integer"),
-    "google.protobuf.BoolValue": _wrapper(_T.TYPE_BOOL, "boolean"),
-    "google.protobuf.StringValue": _wrapper(_T.TYPE_STRING, "string"),
-    "google.protobuf.BytesValue": _wrapper(_T.TYPE_BYTES, "base64 string"),
-}
 #: Well-known types that a query parameter can carry (as their JSON string or scalar).
 _QUERY_WKT = {
     "google.protobuf.Timestamp",
     "google.protobuf.Duration",
     "google.protobuf.FieldMask",
-    *(name for name in _WELL_KNOWN if name.endswith("Value") and name != "google.protobuf.Value"),
+    *(name for name in WELL_KNOWN if name.endswith("Value") and name != "google.protobuf.Value"),
 }
 
 
@@ -165,141 +77,6 @@ def _connect_error_schema() -> dict[str, Any]:
     }
 
 
-class _Comments:
-    """Leading comments by element (``full name`` or ``service/method``), from source info."""
-
-    def __init__(self, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
-        self.text: dict[str, str] = {}
-        for file in files:
-            locations = {
-                tuple(loc.path): loc.leading_comments.strip()
-                for loc in file.source_code_info.location
-                if loc.leading_comments.strip()
-            }
-            if locations:
-                self._walk(file, locations)
-
-    def _walk(self, file: descriptor_pb2.FileDescriptorProto, locations: dict[tuple[int, ...], str]) -> None:
-        prefix = file.package + "." if file.package else ""
-
-        def message(proto: descriptor_pb2.DescriptorProto, path: tuple[int, ...], scope: str) -> None:
-            name = scope + proto.name
-            self._put(name, locations.get(path))
-            for i, field in enumerate(proto.field):
-                self._put(f"{name}.{field.name}", locations.get((*path, 2, i)))
-            for i, nested in enumerate(proto.nested_type):
-                message(nested, (*path, 3, i), name + ".")
-            for i, enum in enumerate(proto.enum_type):
-                self._put(f"{name}.{enum.name}", locations.get((*path, 4, i)))
-            for i, oneof in enumerate(proto.oneof_decl):
-                self._put(f"{name}.{oneof.name}", locations.get((*path, 8, i)))
-
-        for i, msg in enumerate(file.message_type):
-            message(msg, (4, i), prefix)
-        for i, enum in enumerate(file.enum_type):
-            self._put(prefix + enum.name, locations.get((5, i)))
-        for i, service in enumerate(file.service):
-            self._put(prefix + service.name, locations.get((6, i)))
-            for j, method in enumerate(service.method):
-                self._put(f"{prefix}{service.name}/{method.name}", locations.get((6, i, 2, j)))
-
-    def _put(self, key: str, text: str | None) -> None:
-        if text:
-            self.text[key] = text
-
-    def get(self, key: str) -> str | None:
-        return self.text.get(key)
-
-
-class _Schemas:
-    """Builds ``components/schemas``; each message and enum once, recursion through ``$ref``."""
-
-    def __init__(self, comments: _Comments) -> None:
-        self.comments = comments
-        self.schemas: dict[str, dict[str, Any]] = {}
-
-    def ref(self, descriptor: Descriptor | EnumDescriptor) -> dict[str, Any]:
-        name = descriptor.full_name
-        if name not in self.schemas:
-            self.schemas[name] = {}  # placeholder: a recursive reference finds the name taken
-            if isinstance(descriptor, EnumDescriptor):
-                self.schemas[name] = self._enum(descriptor)
-            else:
-                self.schemas[name] = self._message(descriptor)
-        return {"$ref": _SCHEMAS + name}
-
-    def _enum(self, enum: EnumDescriptor) -> dict[str, Any]:
-        if enum.full_name == "google.protobuf.NullValue":
-            return {"type": "null"}
-        schema: dict[str, Any] = {"type": "string", "enum": [value.name for value in enum.values]}
-        text = self.comments.get(enum.full_name)
-        note = "Written as the value's name; the number is accepted on input too."
-        schema["description"] = f"{text}\n\n{note}" if text else note
-        return schema
-
-    def _message(self, message: Descriptor) -> dict[str, Any]:
-        if message.full_name in _WELL_KNOWN:
-            return dict(_WELL_KNOWN[message.full_name])
-        schema: dict[str, Any] = {"type": "object"}
-        text = self.comments.get(message.full_name)
-        properties: dict[str, Any] = {}
-        for field in message.fields:
-            properties[field.json_name] = self.field(field)
-        if properties:
-            schema["properties"] = properties
-        notes = []
-        constraints = []
-        for oneof, members in _real_oneofs(message):
-            names = [field.json_name for field in members]
-            listed = ", ".join(f"`{n}`" for n in names)
-            about = self.comments.get(f"{message.full_name}.{oneof}")
-            notes.append(f"At most one of {listed} is set (oneof `{oneof}`{': ' + about if about else ''}).")
-            present = [{"required": [n]} for n in names]
-            constraints.append({"oneOf": [*present, {"not": {"anyOf": present}}]})
-        if constraints:
-            schema["allOf"] = constraints
-        description = "\n\n".join(part for part in (text, *notes) if part)
-        if description:
-            schema["description"] = description
-        return schema
-
-    def field(self, field: FieldDescriptor) -> dict[str, Any]:
-        """The schema of a field as it appears in its message's JSON."""
-        if is_map(field):
-            value = message_of(field).fields_by_name["value"]
-            schema: dict[str, Any] = {"type": "object", "additionalProperties": self.single(value)}
-        elif is_repeated(field):
-            schema = {"type": "array", "items": self.single(field)}
-        else:
-            schema = self.single(field)
-        text = self.comments.get(field.full_name)
-        if text:
-            schema = {**schema, "description": text}
-        return schema
-
-    def single(self, field: FieldDescriptor) -> dict[str, Any]:
-        """The schema of one value of ``field`` (an element, for repeated fields)."""
-        if field.type in (_T.TYPE_MESSAGE, _T.TYPE_GROUP):
-            return self.ref(message_of(field))
-        if field.type == _T.TYPE_ENUM:
-            return self.ref(enum_of(field))
-        return _scalar_schema(field.type)
-
-
-def _real_oneofs(message: Descriptor) -> list[tuple[str, list[FieldDescriptor]]]:
-    """(name, members) of each oneof but the synthetic ones of proto3 ``optional`` fields."""
-    proto = descriptor_pb2.DescriptorProto()
-    message.CopyToProto(proto)
-    synthetic = {f.name for f in proto.field if f.proto3_optional}
-    groups: list[tuple[str, list[FieldDescriptor]]] = []
-    for oneof in message.oneofs:
-        members = list(oneof.fields)
-        if len(members) == 1 and members[0].name in synthetic:
-            continue
-        groups.append((oneof.name, members))
-    return groups
-
-
 def openapi_document(
     services: Sequence[ServiceInfo],
     *,
@@ -315,8 +92,8 @@ def openapi_document(
     generated ``_pb2`` modules carry no comments, so without them descriptions are absent.
     Raises ``ValueError`` for an invalid ``google.api.http`` rule or two conflicting routes.
     """
-    comments = _Comments(source_files)
-    schemas = _Schemas(comments)
+    comments = Comments(source_files)
+    schemas = Schemas(comments)
     paths: dict[str, dict[str, Any]] = {}
     tags = []
     for service in services:
@@ -343,7 +120,7 @@ def openapi_document(
         "responses": {
             "ConnectError": {
                 "description": "The call failed: a Connect error.",
-                "content": {"application/json": {"schema": {"$ref": _SCHEMAS + ERROR_SCHEMA}}},
+                "content": {"application/json": {"schema": {"$ref": SCHEMAS + ERROR_SCHEMA}}},
             }
         },
         "parameters": {
@@ -376,7 +153,7 @@ def _header_parameters() -> list[dict[str, Any]]:
     ]
 
 
-def _base_operation(method: MethodInfo[Any, Any], comments: _Comments, operation_id: str) -> dict[str, Any]:
+def _base_operation(method: MethodInfo[Any, Any], comments: Comments, operation_id: str) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [method.service],
@@ -389,7 +166,7 @@ def _base_operation(method: MethodInfo[Any, Any], comments: _Comments, operation
 
 
 def _connect_operations(
-    paths: dict[str, dict[str, Any]], method: MethodInfo[Any, Any], schemas: _Schemas, comments: _Comments
+    paths: dict[str, dict[str, Any]], method: MethodInfo[Any, Any], schemas: Schemas, comments: Comments
 ) -> None:
     if method.kind is MethodKind.BIDI_STREAMING:
         return
@@ -493,7 +270,7 @@ def _rest_path(binding: HttpBinding) -> tuple[str, list[dict[str, Any]]]:
             var = template.variables[var_index]
             leaf = binding.path_fields[var_index][-1]
             if var.end - var.start == 1 and segment.kind != DOUBLE_STAR and leaf.type != _T.TYPE_ENUM:
-                parameter["schema"] = _scalar_schema(leaf.type)
+                parameter["schema"] = scalar_schema(leaf.type)
                 parameter["description"] = f"Sets `{var.name}`."
             else:
                 parameter["schema"] = {"type": "string"}
@@ -512,7 +289,7 @@ def _escape_literal(literal: str) -> str:
     return literal.replace("{", "%7B").replace("}", "%7D")
 
 
-def _query_parameters(binding: HttpBinding, schemas: _Schemas) -> list[dict[str, Any]]:
+def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, Any]]:
     if binding.body == "*":
         return []
     bound = {tuple(f.name for f in fields) for fields in binding.path_fields}
@@ -550,7 +327,7 @@ def _query_parameters(binding: HttpBinding, schemas: _Schemas) -> list[dict[str,
 
 
 def _query_parameter(
-    json_path: tuple[str, ...], schema: dict[str, Any], field: FieldDescriptor, schemas: _Schemas
+    json_path: tuple[str, ...], schema: dict[str, Any], field: FieldDescriptor, schemas: Schemas
 ) -> dict[str, Any]:
     parameter: dict[str, Any] = {"name": ".".join(json_path), "in": "query", "schema": schema}
     text = schemas.comments.get(field.full_name)
@@ -563,7 +340,7 @@ def _query_parameter(
 
 
 def _rest_operation(
-    paths: dict[str, dict[str, Any]], binding: HttpBinding, schemas: _Schemas, comments: _Comments
+    paths: dict[str, dict[str, Any]], binding: HttpBinding, schemas: Schemas, comments: Comments
 ) -> None:
     method = binding.method
     suffix = ".rest" if binding.index == 0 else f".rest{binding.index}"

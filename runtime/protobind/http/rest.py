@@ -34,16 +34,13 @@ from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
 from ..metadata import Metadata
 from ..options import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE
+from ..schemas import enum_of, is_map, is_repeated, message_of
 from ..server import Endpoint, EndpointTable, invoke_unary, to_rpc_error
 from ..wire import HTTP_STATUS, TRAILER_PREFIX, b64decode_lenient, connect_error
 from .rule import (
     HttpBinding,
     collect_bindings,
     decode_path_value,
-    enum_of,
-    is_map,
-    is_repeated,
-    message_of,
 )
 from .wire import PROTOCOL_HEADERS, encode_header, metadata_value
 

@@ -26,9 +26,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..method import MethodInfo, MethodKind, ServiceInfo
+from ..schemas import enum_of, is_map, is_repeated, message_of  # re-exported: part of this module's API
 
 __all__ = [
     "HttpBinding",
@@ -326,36 +327,6 @@ def _binding(method: MethodInfo[Any, Any], rule: http_pb2.HttpRule, index: int) 
         response_field=response_field,
         index=index,
     )
-
-
-def message_of(field: FieldDescriptor) -> Descriptor:
-    """The message type of a message field."""
-    message = field.message_type
-    if message is None:
-        raise TypeError(f"{field.full_name} is not a message field")
-    return message
-
-
-def enum_of(field: FieldDescriptor) -> EnumDescriptor:
-    """The enum type of an enum field."""
-    enum = field.enum_type
-    if enum is None:
-        raise TypeError(f"{field.full_name} is not an enum field")
-    return enum
-
-
-def is_map(field: FieldDescriptor) -> bool:
-    """Whether ``field`` is a map field."""
-    return (
-        field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.is_repeated
-        and message_of(field).GetOptions().map_entry
-    )
-
-
-def is_repeated(field: FieldDescriptor) -> bool:
-    """Whether ``field`` is repeated (maps excluded)."""
-    return bool(field.is_repeated)
 
 
 def _path_field(request: Descriptor, var: Variable, where: str) -> tuple[FieldDescriptor, ...]:
