@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from protobind.aio import LOOPS
 
-from . import dev_cmd, openapi_cmd, remote_cmd
+from . import dev_cmd, documents, remote_cmd
 from .breaking import FORMATS, LEVELS
 
 
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     breaking.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     breaking.set_defaults(run=_breaking)
-    openapi_cmd.add_parser(commands)
+    documents.add_parsers(commands)
     dev_cmd.add_parsers(commands)
     return parser
 

@@ -13,11 +13,14 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from .errors import Code
+
 __all__ = [
     "SCHEMAS",
     "WELL_KNOWN",
     "Comments",
     "Schemas",
+    "connect_error_schema",
     "enum_of",
     "is_map",
     "is_repeated",
@@ -273,3 +276,37 @@ def _real_oneofs(message: Descriptor) -> list[tuple[str, list[FieldDescriptor]]]
             continue
         groups.append((oneof.name, members))
     return groups
+
+
+def connect_error_schema() -> dict[str, Any]:
+    """The Connect error object (the JSON form of an error on HTTP, and on NATS for JSON calls)."""
+    codes = [code.connect_name for code in Code if code is not Code.OK]
+    return {
+        "type": "object",
+        "description": "A Connect error. The HTTP status follows the code (as Connect and "
+        "gRPC-Gateway map gRPC codes).",
+        "properties": {
+            "code": {"type": "string", "enum": codes},
+            "message": {"type": "string"},
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "description": "Full name of the detail message, e.g. google.rpc.ErrorInfo.",
+                        },
+                        "value": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "The detail in binary protobuf, base64 without padding.",
+                        },
+                        "debug": {"description": "The detail in JSON form, when the server adds it."},
+                    },
+                    "required": ["type", "value"],
+                },
+            },
+        },
+        "required": ["code"],
+    }

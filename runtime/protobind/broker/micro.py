@@ -73,6 +73,8 @@ class MicroService:
     id: str = field(default_factory=lambda: secrets.token_hex(11))
     started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
     _descriptors: str = ""  # built on the first INFO request
+    #: where the service answers with its AsyncAPI document
+    asyncapi_subject: str = ""
 
     @property
     def name(self) -> str:
@@ -80,13 +82,10 @@ class MicroService:
         return micro_name(self.info.name)
 
     def _identity(self, kind: str) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "name": self.name,
-            "id": self.id,
-            "version": self.version,
-            "metadata": {"protobind.service": self.info.name},
-        }
+        metadata = {"protobind.service": self.info.name}
+        if self.asyncapi_subject:
+            metadata["protobind.asyncapi"] = self.asyncapi_subject
+        return {"type": kind, "name": self.name, "id": self.id, "version": self.version, "metadata": metadata}
 
     def ping(self) -> dict[str, Any]:
         """The ``$SRV.PING`` answer."""
@@ -109,6 +108,8 @@ class MicroService:
                     "protobind.kind": stats.method.kind.value,
                     "protobind.request": stats.method.input_type.DESCRIPTOR.full_name,
                     "protobind.response": stats.method.output_type.DESCRIPTOR.full_name,
+                    "protobind.oneway": str(stats.method.oneway).lower(),
+                    "protobind.durable": str(stats.method.durable).lower(),
                 },
             }
             for stats in self.endpoints

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import contextvars
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -34,10 +35,13 @@ from .micro import EndpointStats, MicroService, answers, subjects
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
+    CONTENT_TYPE,
     COUNT,
     FRAME,
+    JSON_CONTENT_TYPE,
     PROBE_SUBJECT,
     STATUS,
+    asyncapi_subject,
     call_subject,
     codec_for,
     error_body,
@@ -111,6 +115,7 @@ class BrokerBinding(ServerBinding):
         self._deadlines: Deadlines[str] = Deadlines(self._expire_call)
         # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
         self._cancelled: dict[str, RpcError] = {}
+        self._asyncapi: dict[str, bytes] = {}  # discovery subject -> the service's document
 
     @property
     def url(self) -> str:
@@ -133,7 +138,12 @@ class BrokerBinding(ServerBinding):
                     stats.append(route.stats)
                 services.append(
                     MicroService(
-                        info, stats, self._queue_group(info.name), settings.version, settings.reflection
+                        info,
+                        stats,
+                        self._queue_group(info.name),
+                        settings.version,
+                        settings.reflection,
+                        asyncapi_subject=asyncapi_subject(settings.prefix, info.name),
                     )
                 )
             self._micro = services
@@ -142,6 +152,11 @@ class BrokerBinding(ServerBinding):
             self._other_subs.append(await broker.subscribe(settings.prefix + PROBE_SUBJECT, self._on_probe))
             for subject in subjects(services):
                 self._other_subs.append(await broker.subscribe(subject, self._on_discovery))
+            for service in services:
+                # one replica of each group answers
+                self._other_subs.append(
+                    await broker.subscribe(service.asyncapi_subject, self._on_asyncapi, service.queue_group)
+                )
             for info in self.server.services:
                 inbound = await broker.pull(f"{settings.prefix}{info.name}.*", self._queue_group(info.name))
                 delivery = Delivery(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
@@ -254,6 +269,31 @@ class BrokerBinding(ServerBinding):
         if msg.reply:
             for body in answers(self._micro, msg.subject):
                 await self._send(msg.reply, body, None)
+
+    async def _on_asyncapi(self, msg: BrokerMessage) -> None:
+        if not msg.reply:
+            return
+        document = self._asyncapi.get(msg.subject)
+        if document is None:
+            from .asyncapi import asyncapi_document
+
+            (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
+            nats = self._url.startswith(("nats://", "tls://"))
+            document = self._asyncapi[msg.subject] = json.dumps(
+                asyncapi_document(
+                    [service],
+                    title=service.name,
+                    version=self.settings.version,
+                    servers=[self._url] if nats else [],  # the document keeps the host only
+                    prefix=self.settings.prefix,
+                    queue_group=self.settings.queue_group,
+                ),
+                separators=(",", ":"),
+            ).encode()
+        if len(document) > self.broker.max_payload:
+            await self._refuse(msg, too_large(len(document), self.broker.max_payload))
+        else:
+            await self._send(msg.reply, document, {CONTENT_TYPE: JSON_CONTENT_TYPE})
 
     async def _on_disconnect(self) -> None:
         # frames may be lost while disconnected: streams cannot go on reliably, end them now

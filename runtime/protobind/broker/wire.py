@@ -317,6 +317,32 @@ def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
     return f"{prefix}{method.service}.{method.name}"
 
 
+#: Subject (after the prefix, then the service's full name) where a service answers with its
+#: AsyncAPI document.
+ASYNCAPI_SUBJECT = "$PROTOBIND.ASYNCAPI"
+
+
+def asyncapi_subject(prefix: str, service: str) -> str:
+    return f"{prefix}{ASYNCAPI_SUBJECT}.{service}"
+
+
+# Durable delivery's subjects (the call itself goes to call_subject, where the broker stores it).
+# They are named here, once, for the runtime that delivers durably and for the AsyncAPI document.
+
+
+def dead_letter_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
+    """Where a durable call goes after its last failed attempt: the method's
+    ``delivery.dead_letter_subject`` (taken as written), else
+    ``{prefix}protobind.dead.{package}.{Service}.{Method}``."""
+    return method.delivery.dead_letter_subject or f"{prefix}protobind.dead.{method.service}.{method.name}"
+
+
+def durable_reply_subject(prefix: str, method: MethodInfo[Any, Any], group: str) -> str:
+    """Where the replies of a durable request/response method go, stored for the callers' queue
+    group ``group``: ``{prefix}protobind.reply.{package}.{Service}.{Method}.{group}``."""
+    return f"{prefix}protobind.reply.{method.service}.{method.name}.{group}"
+
+
 def publish_error(exc: BrokerError) -> RpcError:
     """The error a caller sees when the broker refused to send its message."""
     if isinstance(exc, PayloadTooLarge):

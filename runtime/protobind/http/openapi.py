@@ -22,9 +22,18 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from ..errors import Code
 from ..method import Idempotency, MethodInfo, MethodKind, ServiceInfo
-from ..schemas import SCHEMAS, WELL_KNOWN, Comments, Schemas, is_map, is_repeated, message_of, scalar_schema
+from ..schemas import (
+    SCHEMAS,
+    WELL_KNOWN,
+    Comments,
+    Schemas,
+    connect_error_schema,
+    is_map,
+    is_repeated,
+    message_of,
+    scalar_schema,
+)
 from .rule import DOUBLE_STAR, LITERAL, HttpBinding, collect_bindings
 
 __all__ = ["openapi_document"]
@@ -42,39 +51,6 @@ _QUERY_WKT = {
     "google.protobuf.FieldMask",
     *(name for name in WELL_KNOWN if name.endswith("Value") and name != "google.protobuf.Value"),
 }
-
-
-def _connect_error_schema() -> dict[str, Any]:
-    codes = [code.connect_name for code in Code if code is not Code.OK]
-    return {
-        "type": "object",
-        "description": "A Connect error. The HTTP status follows the code (as Connect and "
-        "gRPC-Gateway map gRPC codes).",
-        "properties": {
-            "code": {"type": "string", "enum": codes},
-            "message": {"type": "string"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "type": {
-                            "type": "string",
-                            "description": "Full name of the detail message, e.g. google.rpc.ErrorInfo.",
-                        },
-                        "value": {
-                            "type": "string",
-                            "contentEncoding": "base64",
-                            "description": "The detail in binary protobuf, base64 without padding.",
-                        },
-                        "debug": {"description": "The detail in JSON form, when the server adds it."},
-                    },
-                    "required": ["type", "value"],
-                },
-            },
-        },
-        "required": ["code"],
-    }
 
 
 def openapi_document(
@@ -106,7 +82,7 @@ def openapi_document(
             _connect_operations(paths, method, schemas, comments)
     for binding in collect_bindings(services):
         _rest_operation(paths, binding, schemas, comments)
-    schemas.schemas[ERROR_SCHEMA] = _connect_error_schema()
+    schemas.schemas[ERROR_SCHEMA] = connect_error_schema()
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},

@@ -1,0 +1,200 @@
+"""The AsyncAPI 3.0 document (protobind.broker.asyncapi): `protobind asyncapi` and the NATS
+binding's discovery subject, checked by the AsyncAPI project's own parser (@asyncapi/parser from
+the npm registry, installed once into a cache directory; the test is skipped only without npm)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+import protobind
+from protobind.broker.asyncapi import asyncapi_document
+from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
+from protobind.http.openapi import openapi_document
+
+from .conformance import Conformance
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGE = ROOT / "tests" / "protos" / "edge"
+PARSER_VERSION = "3.6.6"
+SERVICE = "protobind.conformance.v1.ConformanceService"
+
+VALIDATE_JS = """
+const fs = require('fs');
+const { Parser } = require('@asyncapi/parser');
+(async () => {
+  const { document, diagnostics } = await new Parser().parse(fs.readFileSync(process.argv[2], 'utf8'));
+  const found = diagnostics.map(d => ({severity: d.severity, code: d.code, message: d.message,
+                                       path: d.path.join('/')}));
+  console.log(JSON.stringify({parsed: Boolean(document), diagnostics: found}));
+})();
+"""
+
+
+@pytest.fixture(scope="session")
+def asyncapi_parser() -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """Validate a document with @asyncapi/parser; returns its error and warning diagnostics."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        pytest.skip("npm and node are needed to run the AsyncAPI parser")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "protobind-tests"
+    home = cache / f"asyncapi-parser-{PARSER_VERSION}"
+    if not (home / "node_modules" / "@asyncapi" / "parser").is_dir():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "package.json").write_text('{"private": true}')
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--silent", f"@asyncapi/parser@{PARSER_VERSION}"],
+            cwd=home,
+            check=True,
+            timeout=300,
+        )
+    (home / "validate.js").write_text(VALIDATE_JS)
+
+    def check(document: dict[str, Any]) -> list[dict[str, Any]]:
+        path = home / f"document-{os.getpid()}.json"
+        path.write_text(json.dumps(document))
+        out = subprocess.run(
+            [node, str(home / "validate.js"), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        result = json.loads(out.stdout)
+        assert result["parsed"], result
+        # severity 0 is an error, 1 a warning; 2 and 3 are hints (such as "3.1.0 exists")
+        return [d for d in result["diagnostics"] if d["severity"] <= 1]
+
+    return check
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "protobind_codegen.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The document of the edge contract (every method kind, one-way, durable), from the CLI."""
+    out = tmp_path_factory.mktemp("asyncapi") / "shop.json"
+    result = _cli(
+        "asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "-o", str(out),
+        "--server", "nats://user:secret@127.0.0.1:4222", "--api-version", "2.1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document
+
+
+def test_cli_document_is_valid_asyncapi(shop: dict[str, Any], asyncapi_parser: Any) -> None:
+    assert asyncapi_parser(shop) == []
+    assert shop["asyncapi"] == "3.0.0"
+    assert shop["info"]["title"] == "protobind API"  # shop.proto declares two services
+    assert shop["info"]["version"] == "2.1"
+    assert shop["defaultContentType"] == "application/protobuf"
+    assert shop["servers"] == {"nats": {"host": "127.0.0.1:4222", "protocol": "nats", "description": "NATS"}}
+    assert "secret" not in json.dumps(shop)
+
+
+def test_every_pattern_is_described(shop: dict[str, Any]) -> None:
+    channels, operations = shop["channels"], shop["operations"]
+    # request/reply: received on the call subject in the service's queue group, answered on the
+    # caller's reply subject with the response or an error
+    get = operations["shop_v1_Shop_GetItem"]
+    assert channels["shop_v1_Shop_GetItem"]["address"] == "shop.v1.Shop.GetItem"
+    assert get["action"] == "receive"
+    assert get["bindings"]["nats"]["queue"] == "shop.v1.Shop"
+    assert get["reply"]["channel"] == {"$ref": "#/channels/shop_v1_Shop_GetItem_reply"}
+    assert channels["shop_v1_Shop_GetItem_reply"]["address"] is None
+    assert set(channels["shop_v1_Shop_GetItem_reply"]["messages"]) == {"reply", "error"}
+    # one-way: no reply, at most once
+    notify = operations["shop_v1_Shop_Notify"]
+    assert "reply" not in notify
+    assert "at most once" in channels["shop_v1_Shop_Notify"]["description"]
+    # durable request/response: its options, a dead letter and a durable reply subject
+    reserve = channels["shop_v1_Shop_Reserve"]
+    assert "at least once" in reserve["description"]
+    assert reserve["x-protobind-delivery"]["max_deliver"] == 3
+    assert reserve["x-protobind-delivery"]["backoff_seconds"] == [1.0, 0.5]
+    assert channels["shop_v1_Shop_Reserve_dead_letter"]["address"] == "shop.dead"
+    assert operations["shop_v1_Shop_Reserve_dead_letter"]["action"] == "send"
+    replies = channels["shop_v1_Shop_Reserve_reply_stream"]
+    assert replies["address"] == "protobind.reply.shop.v1.Shop.Reserve.shop.v1.Shop"
+    # durable one-way: the default dead letter, no reply subject of any kind
+    assert channels["shop_v1_Shop_Record_dead_letter"]["address"] == "protobind.dead.shop.v1.Shop.Record"
+    assert "shop_v1_Shop_Record_reply_stream" not in channels
+    assert "at least once" in channels["shop_v1_Shop_Record"]["description"]
+    # streams: the open frame on the call subject, frames on per-call inboxes
+    assert set(channels["shop_v1_Shop_Shop"]["messages"]) == {"open"}
+    assert channels["shop_v1_Shop_Shop_requests"]["address"] is None
+    assert set(channels["shop_v1_Shop_HTTPStatus_reply"]["messages"]) == {"response", "frame"}
+    # what every server answers
+    addresses = {c["address"] for c in channels.values()}
+    assert {"$PROTOBIND.CANCEL", "$SRV.INFO", "$PROTOBIND.ASYNCAPI.shop.v1.Shop"} <= addresses
+    # comments become descriptions
+    assert operations["shop_v1_Shop_GetItem"]["summary"] == "Gets an item."
+
+
+def test_messages_carry_the_openapi_schemas(shop: dict[str, Any]) -> None:
+    message = shop["components"]["messages"]["shop.v1.Item"]
+    assert message["payload"] == {"$ref": "#/components/schemas/shop.v1.Item"}
+    assert message["headers"] == {"$ref": "#/components/schemas/protobind.RequestHeaders"}
+    openapi = openapi_document([CONFORMANCE_SERVICE_INFO])
+    asyncapi = asyncapi_document([CONFORMANCE_SERVICE_INFO])
+    request = "protobind.conformance.v1.Request"
+    assert asyncapi["components"]["schemas"][request] == openapi["components"]["schemas"][request]
+    assert (
+        asyncapi["components"]["schemas"]["protobind.ConnectError"]
+        == openapi["components"]["schemas"]["protobind.ConnectError"]
+    )
+
+
+def test_prefix_and_queue_group_options() -> None:
+    document = asyncapi_document([CONFORMANCE_SERVICE_INFO], prefix="prod", queue_group="billing")
+    unary = "protobind_conformance_v1_ConformanceService_Unary"
+    assert document["channels"][unary]["address"] == f"prod.{SERVICE}.Unary"
+    assert document["operations"][unary]["bindings"]["nats"]["queue"] == "billing"
+    assert document["channels"]["protobind_cancel"]["address"] == "prod.$PROTOBIND.CANCEL"
+
+
+def test_cli_mistakes_are_one_line() -> None:
+    result = _cli("asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "--server", "http://x:1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "protobind asyncapi: --server 'http://x:1': give a nats:// or tls:// URL"
+    ]
+
+
+async def test_nats_server_answers_its_document(nats_server: str, asyncapi_parser: Any) -> None:
+    server = protobind.Server([Conformance()])
+    (url,) = await server.start(f"{nats_server}?prefix=aa")
+    nc = await nats.connect(nats_server)
+    try:
+        info = json.loads((await nc.request(f"$SRV.INFO.{SERVICE.replace('.', '_')}", b"", timeout=5)).data)
+        subject = info["metadata"]["protobind.asyncapi"]
+        assert subject == f"aa.$PROTOBIND.ASYNCAPI.{SERVICE}"
+        notify = next(e for e in info["endpoints"] if e["name"] == "Notify")
+        assert (notify["metadata"]["protobind.oneway"], notify["metadata"]["protobind.durable"]) == (
+            "true",
+            "false",
+        )
+        reply = await nc.request(subject, b"", timeout=5)
+        assert reply.headers["Content-Type"] == "application/json"
+        document = json.loads(reply.data)
+        assert asyncapi_parser(document) == []
+        unary = document["channels"]["protobind_conformance_v1_ConformanceService_Unary"]
+        assert unary["address"] == f"aa.{SERVICE}.Unary"
+        assert document["servers"]["nats"]["host"] == url.split("://")[1].split("?")[0]
+    finally:
+        await nc.close()
+        await server.stop(grace=1.0)
