@@ -186,6 +186,7 @@ class Comments:
             self.text[key] = text
 
     def get(self, key: str) -> str | None:
+        """The comment of ``key`` (a full name, or ``package.Service/Method``), if any."""
         return self.text.get(key)
 
 
@@ -197,6 +198,7 @@ class Schemas:
         self.schemas: dict[str, dict[str, Any]] = {}
 
     def ref(self, descriptor: Descriptor | EnumDescriptor) -> dict[str, Any]:
+        """A ``$ref`` to the schema of a message or enum, adding it (and what it uses) on first use."""
         name = descriptor.full_name
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder: a recursive reference finds the name taken
