@@ -11,7 +11,8 @@ Options, from the URL query string or ``options`` (server = S, client = C):
 ``prefix`` (S, C)
     Prepended to every call subject; a trailing ``.`` is added when missing. Default none.
 ``queue_group`` (S)
-    Queue group of the service subscriptions. Default ``protobind``.
+    Queue group of the service subscriptions. Default: each service's full name. Servers in
+    different groups each receive every call (fan-out); replicas in one group share them.
 ``max_concurrency`` (S)
     Unary handlers running at once on this binding, and streams running at once; further calls
     wait. Default 1024.
