@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import Message
@@ -26,7 +26,7 @@ from ..auth import MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
-from ..server import Endpoint, invoke_stream, invoke_unary
+from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding
 from ..wire import TRAILER_PREFIX
 from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
@@ -322,8 +322,9 @@ class BrokerBinding(ServerBinding):
         try:
             headers = msg.headers
             deadline = None
+            peer = self.broker.peer_of(reply) if reply else ""
             if headers is None:
-                context = Context(route.method, self.broker.name, peer=self.broker.peer_of(reply))
+                context = Context(route.method, self.broker.name, peer=peer)
             else:
                 codec, timeout_ms, metadata = read_request_headers(headers)
                 if timeout_ms is not None and inline is None:  # nobody waits for a one-way call
@@ -335,7 +336,7 @@ class BrokerBinding(ServerBinding):
                     self.broker.name,
                     metadata=metadata,
                     deadline=deadline,
-                    peer=self.broker.peer_of(reply),
+                    peer=peer,
                 )
             if len(msg.data) > self.settings.max_message_size:
                 raise _too_big(len(msg.data), self.settings.max_message_size)
@@ -346,8 +347,15 @@ class BrokerBinding(ServerBinding):
                     request = PROTO.decode(msg.data, route.input_type)  # raises the caller's error
             else:
                 request = codec.decode(msg.data, route.input_type)
-            # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
-            call = invoke_unary(inline or route.endpoint, request, context, enforce_deadline=False)
+            call: Coroutine[Any, Any, Any]
+            if inline is not None:
+                # nothing goes back: the handler's own coroutine, no response to check (errors are
+                # turned into RpcError below)
+                awaitable = inline.handler(request, context)
+                call = awaitable if isinstance(awaitable, Coroutine) else _awaited(awaitable)
+            else:
+                # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
+                call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
             # First step inline, in a copy of the context as a task of its own would have: most
             # handlers finish without waiting, and then nothing else is needed.
             isolated = contextvars.copy_context()
@@ -381,6 +389,8 @@ class BrokerBinding(ServerBinding):
                     error = too_large(size, broker.max_payload)
         except RpcError as exc:
             error = exc
+        except Exception as exc:  # only from an inline one-way handler: invoke_unary raises RpcError
+            error = to_rpc_error(exc, context)
         except asyncio.CancelledError:
             reason = None if key is None else self._cancelled.pop(key, None)
             if reason is None:
@@ -589,6 +599,10 @@ def _not_opened(route: _Route) -> RpcError:
 
 def _too_big(size: int, limit: int) -> RpcError:
     return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def _log_unanswered(subject: str, error: RpcError) -> None:
