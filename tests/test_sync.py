@@ -109,6 +109,14 @@ def test_deadline_exceeded_cancels_handler(
     assert client.unary(Request(text="after")).text == "after"
 
 
+def test_oneway_returns_none_before_the_handler_finishes(
+    client: ConformanceServiceSyncClient, service: Conformance
+) -> None:
+    assert client.notify(Request(text="sleepy", behavior=Behavior(sleep_ms=5000))) is None
+    assert eventually(lambda: "sleepy" in service.entered)
+    assert "sleepy" not in service.notified  # still sleeping: the call did not wait for it
+
+
 def test_keyboard_interrupt_cancels_call(client: ConformanceServiceSyncClient, service: Conformance) -> None:
     """Ctrl-C while a call waits: the call is cancelled on the server, the interrupt reaches the caller."""
     main = threading.get_ident()
