@@ -88,7 +88,8 @@ def test_describe_messages_methods_and_list_methods(urls: dict[str, str]) -> Non
     url = urls["http"]
     methods = _run("list", url, SERVICE)
     assert methods.stdout.splitlines() == [
-        f"{SERVICE}.{name}" for name in ("Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream")
+        f"{SERVICE}.{name}"
+        for name in ("Unary", "Lookup", "ServerStream", "ClientStream", "BidiStream", "Notify")
     ]
     message = _run("describe", url, "protobind.conformance.v1.Request")
     assert message.returncode == 0, message.stderr
