@@ -661,3 +661,28 @@ def test_server_address_never_carries_credentials() -> None:
     assert peer_attributes("127.0.0.1:80") == {"network.peer.address": "127.0.0.1", "network.peer.port": 80}
     assert peer_attributes("unix:/tmp/s") == {"network.peer.address": "/tmp/s"}
     assert peer_attributes("") is None
+
+
+@pytest.mark.parametrize("transport", ["nats", "memory"])
+async def test_a_one_way_message_over_a_broker_is_one_trace_producer_consumer_server(
+    otel: Otel, transport: str, harnesses: dict[str, Callable[[], str]]
+) -> None:
+    service = Conformance()
+    server = protobind.Server([service], telemetry=otel.telemetry)
+    (url,) = await server.start(harnesses[transport]())
+    try:
+        async with protobind.connect(url, telemetry=otel.telemetry) as channel:
+            await ConformanceServiceClient(channel).notify(Request(text="event"))
+            await service.until(lambda: service.notified)
+            await asyncio.sleep(0.05)
+    finally:
+        await server.stop(1.0)
+    (producer,) = otel.spans(SpanKind.PRODUCER)
+    (consumer,) = otel.spans(SpanKind.CONSUMER)
+    (handler,) = otel.spans(SpanKind.SERVER)
+    assert trace_id(consumer) == trace_id(handler) == trace_id(producer)
+    assert parent_id(consumer) == span_id(producer)
+    (link,) = consumer.links
+    assert link.context.span_id == span_id(producer)
+    assert consumer.attributes is not None and consumer.attributes["protobind.delivery.attempt"] == 1
+    assert parent_id(handler) == span_id(consumer)

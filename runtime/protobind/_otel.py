@@ -524,7 +524,11 @@ class ClientTelemetry:
         instruments = self._instruments
         route = self._route(call.method)
         parent = otel_context.get_current()
-        span = instruments.start_span(route.name, SpanKind.CLIENT, parent, route.attributes)
+        # a one-way or durable call hands a message to the transport: a PRODUCER, whose consumer
+        # span on the other side links back to it
+        method = call.method
+        kind = SpanKind.PRODUCER if method.oneway or method.durable else SpanKind.CLIENT
+        span = instruments.start_span(route.name, kind, parent, route.attributes)
         state = _Call(instruments.client, route, span, trace.set_span_in_context(span, parent))
         instruments.inject(call.metadata, state.ctx)
         if isinstance(request, Message):

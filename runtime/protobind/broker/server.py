@@ -351,8 +351,14 @@ class BrokerBinding(ServerBinding):
             if inline is not None:
                 # nothing goes back: the handler's own coroutine, no response to check (errors are
                 # turned into RpcError below)
-                awaitable = inline.handler(request, context)
-                call = awaitable if isinstance(awaitable, Coroutine) else _awaited(awaitable)
+                telemetry = self.server.telemetry
+                if telemetry is not None:
+                    # a consumer span (child of, and linked to, the producer's) around the handler;
+                    # it rewrites the trace context in the metadata before the handler's server span
+                    call = self._consumed(telemetry, route, msg.subject, context, inline, request)
+                else:
+                    awaitable = inline.handler(request, context)
+                    call = awaitable if isinstance(awaitable, Coroutine) else _awaited(awaitable)
             else:
                 # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
                 call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
@@ -416,6 +422,16 @@ class BrokerBinding(ServerBinding):
                 await self._reply_error(route, reply, error, codec, context)
             elif error is not _CANCELLED_BY_CLIENT:
                 _log_unanswered(msg.subject, error)
+
+    async def _consumed(
+        self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
+    ) -> Any:
+        metadata = context.metadata
+        group = self._queue_group(route.method.service)
+        with telemetry.consumer_span(
+            subject, metadata, system=self.broker.name, consumer_group=group, method=route.method
+        ):
+            return await inline.handler(request, context)
 
     async def _reply_error(
         self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
