@@ -7,7 +7,7 @@ imported when a URL of their scheme is first used, ``opentelemetry`` when teleme
 from .client import Channel, RequestStream, connect
 from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
 from .config import client, client_sync
-from .context import CallInfo, Context
+from .context import CallInfo, Context, DeliveryInfo
 from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
 from .metadata import Metadata, MetadataLike
@@ -27,6 +27,7 @@ __all__ = [
     "Code",
     "Codec",
     "Context",
+    "DeliveryInfo",
     "Handler",
     "Idempotency",
     "Invoker",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..codec import PROTO, Codec, codec_for_media_type
+from ..context import Context
 from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo
@@ -159,6 +160,15 @@ def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") 
         else:
             encoded = [v if isinstance(v, str) else v.decode("latin-1") for v in values]
         headers[prefix + key] = encoded[0] if len(encoded) == 1 else ",".join(encoded)
+
+
+def put_response_metadata(headers: dict[str, str], context: Context) -> None:
+    """Add a handler's response headers (under their names) and trailers (``trailer-`` names)."""
+    response_headers, trailers = context.response_metadata()
+    if response_headers:
+        put_metadata(headers, response_headers)
+    if trailers:
+        put_metadata(headers, trailers, prefix=TRAILER_PREFIX)
 
 
 def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:

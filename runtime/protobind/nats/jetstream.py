@@ -1,0 +1,253 @@
+"""NATS JetStream as protobind's :class:`~protobind.broker.base.DurableBroker`.
+
+Streams, stores (a publish answered by JetStream's ``PubAck``; ``Nats-Msg-Id`` for
+de-duplication, ``Nats-TTL`` for per-message time to live, nats-server 2.11+), durable pull
+consumers (nats-py's pull subscription; explicit acks, ``max_deliver`` unlimited because the
+engine counts attempts and dead-letters itself), and reading or deleting one stored message. Only
+this module and :mod:`.connection` touch nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from nats import errors as nats_errors
+from nats.js import api
+from nats.js import errors as js_errors
+
+from ..broker.base import (
+    MSG_ID_HEADER,
+    BrokerError,
+    ConsumerSpec,
+    NotConnected,
+    NotStored,
+    PayloadTooLarge,
+    StoreAck,
+    StreamSpec,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["JetStream"]
+
+#: Seconds JetStream's API (stream and consumer management) gets to answer.
+_API_TIMEOUT = 5.0
+#: JetStream API error codes: "stream name already in use with a different configuration" and
+#: "subjects overlap with an existing stream" (another process won a race, or an operator's
+#: stream stores the subjects under another name).
+_NAME_IN_USE = 10058
+_OVERLAP = 10065
+
+
+def _error(exc: BaseException, what: str) -> BrokerError:
+    if isinstance(exc, nats_errors.NoRespondersError):
+        return BrokerError(f"{what}: JetStream is not enabled on this NATS server (nats-server -js)")
+    if isinstance(exc, js_errors.ServiceUnavailableError):
+        return BrokerError(f"{what}: JetStream is unavailable")
+    if isinstance(exc, js_errors.APIError):
+        return BrokerError(f"{what}: {exc.description or type(exc).__name__}")
+    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
+        return NotConnected(f"{what}: not connected")
+    if isinstance(exc, (asyncio.TimeoutError, nats_errors.TimeoutError)):
+        return BrokerError(f"{what}: JetStream did not answer in time")
+    return BrokerError(f"{what}: {type(exc).__name__}")
+
+
+_FAILURES = (nats_errors.Error, asyncio.TimeoutError, OSError)
+
+
+class _Stored:
+    """A JetStream message; ``sequence`` and ``attempt`` come from its ack subject."""
+
+    __slots__ = ("_msg", "attempt", "data", "headers", "sequence", "subject")
+
+    def __init__(self, msg: Any) -> None:
+        self._msg = msg
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.headers: dict[str, str] | None = msg.headers
+        metadata = msg.metadata
+        self.sequence: int = metadata.sequence.stream
+        self.attempt: int = metadata.num_delivered
+
+    async def _send(self, step: Any) -> None:
+        try:
+            await step
+        except nats_errors.MsgAlreadyAckdError:
+            pass
+        except _FAILURES as exc:
+            raise _error(exc, "acknowledging a message") from None
+
+    async def ack(self) -> None:
+        await self._send(self._msg.ack())
+
+    async def nak(self, delay: float = 0.0) -> None:
+        await self._send(self._msg.nak(delay=delay or None))
+
+    async def in_progress(self) -> None:
+        await self._send(self._msg.in_progress())
+
+    async def term(self) -> None:
+        await self._send(self._msg.term())
+
+
+class _Copy:
+    """A message read from a stream (not delivered by a consumer: nothing to acknowledge)."""
+
+    __slots__ = ("attempt", "data", "headers", "sequence", "subject")
+
+    def __init__(self, raw: Any) -> None:
+        self.subject: str = raw.subject
+        self.data: bytes = raw.data or b""
+        self.headers: dict[str, str] | None = raw.headers
+        self.sequence: int = raw.seq
+        self.attempt = 0
+
+    async def ack(self) -> None:
+        """Nothing to acknowledge."""
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Nothing to acknowledge."""
+
+    async def in_progress(self) -> None:
+        """Nothing to acknowledge."""
+
+    async def term(self) -> None:
+        """Nothing to acknowledge."""
+
+
+class _Consumer:
+    def __init__(self, subscription: Any, ack_wait: float) -> None:
+        self._subscription = subscription
+        self.ack_wait = ack_wait
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        try:
+            messages = await self._subscription.fetch(batch, timeout=timeout)
+        except (asyncio.TimeoutError, nats_errors.TimeoutError):
+            return []
+        except _FAILURES as exc:
+            raise _error(exc, "pulling messages") from None
+        return [_Stored(msg) for msg in messages]
+
+    async def close(self) -> None:
+        try:
+            await self._subscription.unsubscribe()
+        except _FAILURES as exc:
+            raise _error(exc, "closing a consumer") from None
+
+
+class JetStream:
+    """The durable half of :class:`~protobind.nats.connection.NatsBroker` (a mixin)."""
+
+    client: Connection
+    _js: Any = None
+
+    def _jetstream(self) -> Any:
+        if self._js is None:
+            self._js = self.client.jetstream(timeout=_API_TIMEOUT)
+        return self._js
+
+    async def _stream_storing(self, subject: str) -> str | None:
+        try:
+            return str(await self._jetstream().find_stream_name_by_subject(subject))
+        except js_errors.NotFoundError:
+            return None
+
+    async def ensure_stream(self, spec: StreamSpec) -> str:
+        try:
+            found = await self._stream_storing(spec.subjects[0])
+            if found is not None:
+                return found
+            config = api.StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=api.RetentionPolicy(spec.retention),
+                storage=api.StorageType(spec.storage),
+                num_replicas=spec.replicas,
+                max_age=spec.max_age or None,
+                max_bytes=spec.max_bytes,
+                duplicate_window=spec.duplicate_window,
+                allow_msg_ttl=spec.allow_ttl or None,
+            )
+            try:
+                await self._jetstream().add_stream(config)
+            except js_errors.BadRequestError as exc:
+                found = await self._stream_storing(spec.subjects[0])
+                if exc.err_code in (_NAME_IN_USE, _OVERLAP) and found is not None:
+                    return found
+                raise
+            return spec.name
+        except _FAILURES as exc:
+            raise _error(exc, f"stream {spec.name}") from None
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        msg_id: str,
+        *,
+        timeout: float,
+        ttl: float | None = None,
+    ) -> StoreAck:
+        out = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        if ttl:
+            out["Nats-TTL"] = f"{int(ttl)}s"
+        try:
+            reply = await self.client.request(subject, payload, timeout=timeout, headers=out)
+        except nats_errors.NoRespondersError:
+            raise NotStored(f"no stream stores {subject}") from None
+        except (asyncio.TimeoutError, nats_errors.TimeoutError):
+            raise NotStored(f"no acknowledgement of the store within {timeout:.3g} s") from None
+        except nats_errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(str(exc)) from None
+        except _FAILURES as exc:
+            raise _error(exc, "storing a message") from None
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            raise NotStored(f"not a JetStream acknowledgement: {reply.data[:80]!r}") from None
+        if "error" in answer:
+            raise NotStored(str(answer["error"].get("description", "the store refused the message")))
+        return StoreAck(str(answer["stream"]), int(answer["seq"]), bool(answer.get("duplicate")))
+
+    async def consumer(self, spec: ConsumerSpec) -> _Consumer:
+        config = api.ConsumerConfig(
+            durable_name=spec.name,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait,
+            max_ack_pending=spec.max_ack_pending,
+            max_deliver=-1,
+            filter_subject=spec.filter_subject,
+        )
+        try:
+            subscription = await self._jetstream().pull_subscribe(
+                spec.filter_subject, durable=spec.name, stream=spec.stream, config=config
+            )
+            info = await subscription.consumer_info()
+        except _FAILURES as exc:
+            raise _error(exc, f"consumer {spec.name}") from None
+        # an existing consumer is used as it is: its own ack_wait decides when to send in-progress
+        return _Consumer(subscription, float(info.config.ack_wait or spec.ack_wait))
+
+    async def last(self, stream: str, subject: str) -> _Copy | None:
+        try:
+            raw = await self._jetstream().get_last_msg(stream, subject)
+        except js_errors.NotFoundError:
+            return None
+        except _FAILURES as exc:
+            raise _error(exc, f"reading {subject}") from None
+        return _Copy(raw)
+
+    async def delete(self, stream: str, sequence: int) -> None:
+        try:
+            await self._jetstream().delete_msg(stream, sequence)
+        except js_errors.NotFoundError:
+            pass
+        except _FAILURES as exc:
+            raise _error(exc, f"deleting message {sequence} of {stream}") from None
