@@ -296,7 +296,8 @@ class DurableConsumer(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop pulling. The consumer and its state stay in the broker."""
+        """Stop pulling; messages received and not handed out by :meth:`fetch` are given back
+        (nak). The consumer and its state stay in the broker."""
         ...
 
 

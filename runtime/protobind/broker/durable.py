@@ -346,15 +346,12 @@ class DurableServer:
         for worker in self._workers:
             worker.start()
 
-    def stop_pulling(self) -> None:
-        """Take no more calls (those running go on)."""
-        for worker in self._workers:
-            worker.stop_pulling()
-
     async def stop(self, grace: float | None) -> None:
         """Stop pulling, give running handlers ``grace`` seconds, then cancel them (their calls are
         delivered again, to this group's other servers or after a restart)."""
-        self.stop_pulling()
+        # first stop pulling: a call given back below must not come back to this server
+        for worker in self._workers:
+            await worker.stop_pulling()
         running = {task for worker in self._workers for task in worker.running}
         if running and grace:
             await asyncio.wait(running, timeout=grace)
@@ -394,15 +391,19 @@ class _Worker:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._pull()), loop.create_task(self._keep_alive())]
 
-    def stop_pulling(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-
-    async def close(self) -> None:
-        self.stop_pulling()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop_pulling(self) -> None:
+        """Take no more calls; the consumer gives back what it holds and was not started."""
+        puller = self._tasks[0] if self._tasks else None
+        if puller is not None:
+            puller.cancel()
+            await asyncio.gather(puller, return_exceptions=True)
         with contextlib.suppress(BrokerError):
             await self.consumer.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _pull(self) -> None:
         loop = asyncio.get_running_loop()

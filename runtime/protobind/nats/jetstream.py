@@ -10,7 +10,9 @@ this module and :mod:`.connection` touch nats-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from nats import errors as nats_errors
@@ -40,6 +42,8 @@ _API_TIMEOUT = 5.0
 #: stream stores the subjects under another name).
 _NAME_IN_USE = 10058
 _OVERLAP = 10065
+#: Seconds after its expiry that a pull request whose end JetStream never announced is given up.
+_REQUEST_MARGIN = 1.0
 
 
 def _error(exc: BaseException, what: str) -> BrokerError:
@@ -120,24 +124,85 @@ class _Copy:
 
 
 class _Consumer:
-    def __init__(self, subscription: Any, ack_wait: float) -> None:
-        self._subscription = subscription
+    """A pull consumer that hands out messages as they arrive.
+
+    nats-py's ``fetch(batch)`` waits, once a message came, for the rest of the batch until its
+    timeout: an idle consumer would sit on a call for a whole pull interval. Here one pull request
+    (``$JS.API.CONSUMER.MSG.NEXT``) at a time is open, for as many messages as the caller can take,
+    with a reply subject of its own under one wildcard subscription; messages go to a buffer that
+    :meth:`fetch` empties at once, so the messages out (buffered or being handled) never exceed
+    what the caller asked for. JetStream ends a request with a status message on its reply subject
+    (408 when it expires, 409 when it is cut short); one whose end never came (a lost connection,
+    a node gone) is given up after its expiry and a margin. Messages carry their own subject, not
+    the request's: they count against the open request.
+    """
+
+    def __init__(self, client: Any, stream: str, name: str, ack_wait: float) -> None:
+        self._client = client
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
         self.ack_wait = ack_wait
+        self._prefix = ""
+        self._subscription: Any = None
+        self._buffer: list[Any] = []
+        self._arrived = asyncio.Event()
+        self._requests = 0
+        #: the open request: its reply token, the messages it may still bring, when to give it up
+        self._open: tuple[str, int, float] | None = None
+
+    async def start(self) -> None:
+        self._prefix = self._client.new_inbox() + "."
+        self._subscription = await self._client.subscribe(self._prefix + "*", cb=self._on_message)
+
+    async def _on_message(self, msg: Any) -> None:
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        current = self._open
+        if status and not msg.data and msg.subject.startswith(self._prefix):
+            # anything but a heartbeat ends the request it answers
+            if status != "100" and current is not None and msg.subject[len(self._prefix) :] == current[0]:
+                self._open = None
+                self._arrived.set()
+            return
+        self._buffer.append(msg)
+        if current is not None:
+            self._open = None if current[1] <= 1 else (current[0], current[1] - 1, current[2])
+        self._arrived.set()
+
+    def _take(self, batch: int) -> list[Any]:
+        taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
+        return [_Stored(msg) for msg in taken]
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:
-        try:
-            messages = await self._subscription.fetch(batch, timeout=timeout)
-        except (asyncio.TimeoutError, nats_errors.TimeoutError):
-            return []
-        except _FAILURES as exc:
-            raise _error(exc, "pulling messages") from None
-        return [_Stored(msg) for msg in messages]
+        if self._buffer:
+            return self._take(batch)
+        now = time.monotonic()
+        if self._open is not None and self._open[2] < now:
+            self._open = None
+        self._arrived.clear()
+        if self._open is None:
+            self._requests += 1
+            token = str(self._requests)
+            self._open = (token, batch, now + timeout + _REQUEST_MARGIN)
+            request = json.dumps({"batch": batch, "expires": int(timeout * 1e9)}).encode()
+            try:
+                await self._client.publish(self._next, request, reply=self._prefix + token)
+            except _FAILURES as exc:
+                self._open = None
+                raise _error(exc, "pulling messages") from None
+        if not self._buffer:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        return self._take(batch)
 
     async def close(self) -> None:
-        try:
-            await self._subscription.unsubscribe()
-        except _FAILURES as exc:
-            raise _error(exc, "closing a consumer") from None
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+                for message in self._take(len(self._buffer)):
+                    await message.nak()
+            except _FAILURES as exc:
+                raise _error(exc, "closing a consumer") from None
 
 
 class JetStream:
@@ -216,24 +281,29 @@ class JetStream:
         return StoreAck(str(answer["stream"]), int(answer["seq"]), bool(answer.get("duplicate")))
 
     async def consumer(self, spec: ConsumerSpec) -> _Consumer:
-        config = api.ConsumerConfig(
-            durable_name=spec.name,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=spec.ack_wait,
-            max_ack_pending=spec.max_ack_pending,
-            max_deliver=-1,
-            filter_subject=spec.filter_subject,
-        )
+        manager = self._jetstream()._jsm
         try:
-            subscription = await self._jetstream().pull_subscribe(
-                spec.filter_subject, durable=spec.name, stream=spec.stream, config=config
+            try:
+                info = await manager.consumer_info(spec.stream, spec.name)
+            except js_errors.NotFoundError:
+                config = api.ConsumerConfig(
+                    durable_name=spec.name,
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                    ack_wait=spec.ack_wait,
+                    max_ack_pending=spec.max_ack_pending,
+                    max_deliver=-1,
+                    filter_subject=spec.filter_subject,
+                )
+                info = await manager.add_consumer(spec.stream, config)
+            # an existing consumer is used as it is: its own ack_wait decides the in-progress acks
+            consumer = _Consumer(
+                self.client, spec.stream, spec.name, float(info.config.ack_wait or spec.ack_wait)
             )
-            info = await subscription.consumer_info()
+            await consumer.start()
         except _FAILURES as exc:
             raise _error(exc, f"consumer {spec.name}") from None
-        # an existing consumer is used as it is: its own ack_wait decides when to send in-progress
-        return _Consumer(subscription, float(info.config.ack_wait or spec.ack_wait))
+        return consumer
 
     async def last(self, stream: str, subject: str) -> _Copy | None:
         try:
