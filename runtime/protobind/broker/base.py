@@ -48,6 +48,7 @@ __all__ = [
     "EngineSettings",
     "Inbound",
     "Inbox",
+    "NoStream",
     "NotConnected",
     "NotStored",
     "PayloadTooLarge",
@@ -55,6 +56,7 @@ __all__ = [
     "StoredMessage",
     "StreamSpec",
     "Subscription",
+    "Unsupported",
 ]
 
 #: Value of the ``Status`` header of a "no responders" answer (see the module docstring).
@@ -189,9 +191,17 @@ class NotConnected(BrokerError):
 
 
 class NotStored(BrokerError):
-    """A durable publish was not acknowledged: no stream stores the subject, the store refused the
-    message, or its acknowledgement did not come in time (it may still have been stored: publish
-    again with the same message id)."""
+    """A durable publish was not acknowledged: the store refused the message, or its
+    acknowledgement did not come in time (it may still have been stored: publish again with the
+    same message id)."""
+
+
+class NoStream(NotStored):
+    """No stream stores the subject of a durable publish (or, in a cluster, none answers now)."""
+
+
+class Unsupported(BrokerError):
+    """The broker cannot store messages (NATS: JetStream is not enabled)."""
 
 
 # --- durable delivery -------------------------------------------------------------------------
@@ -324,7 +334,7 @@ class DurableBroker(Broker, Protocol):
         """Publish to the stream storing ``subject`` and wait up to ``timeout`` seconds for its
         acknowledgement. A message whose ``msg_id`` was stored within the stream's duplicate window
         is stored once. ``ttl``: seconds the message lives (its stream must allow it). Raises
-        :class:`NotStored`, :class:`PayloadTooLarge` or :class:`NotConnected`."""
+        :class:`NoStream`, :class:`NotStored`, :class:`PayloadTooLarge` or :class:`NotConnected`."""
         ...
 
     async def consumer(self, spec: ConsumerSpec) -> DurableConsumer:
@@ -365,7 +375,7 @@ class DurableSettings:
     stream_max_age: float = 0.0
     stream_max_bytes: int = -1
     reply_group: str = "default"
-    store_timeout: float = 5.0
+    store_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,12 @@ from .base import (
     DurableConsumer,
     DurableSettings,
     EngineSettings,
+    NoStream,
     NotStored,
+    PayloadTooLarge,
     StoredMessage,
     StreamSpec,
+    Unsupported,
 )
 from .wire import (
     codec_for,
@@ -111,8 +114,11 @@ _ROOT = "$PROTOBIND"
 #: Seconds a consumer waits for messages per pull; a stopping server waits for none of it.
 _PULL_WAIT = 1.0
 _MAX_BATCH = 256
-#: Attempts to store one call when its acknowledgement does not come (same message id each time).
-_STORE_ATTEMPTS = 3
+#: Storing a call: seconds one attempt waits for its acknowledgement, and the pauses between
+#: attempts (doubling from the first to the last).
+_ATTEMPT_TIMEOUT = 2.0
+_FIRST_PAUSE = 0.05
+_MAX_PAUSE = 1.0
 
 DURABLE_SERVER_OPTIONS = frozenset(
     {
@@ -135,6 +141,8 @@ DURABLE_SERVER_OPTIONS = frozenset(
 )
 DURABLE_CLIENT_OPTIONS = frozenset(
     {
+        "ack_wait",
+        "max_ack_pending",
         "stream_name",
         "reply_stream",
         "stream_retention",
@@ -613,12 +621,7 @@ class DurableClient:
     async def _stream(self, key: str, spec: StreamSpec) -> str:
         name = self._streams.get(key)
         if name is None:
-            try:
-                name = self._streams[key] = await self.broker.ensure_stream(spec)
-            except BrokerError as exc:
-                raise _unavailable(
-                    f"durable calls need a broker that stores messages (NATS: JetStream): {spec.name}", exc
-                ) from None
+            name = self._streams[key] = await self.broker.ensure_stream(spec)
         return name
 
     async def submit(
@@ -631,7 +634,11 @@ class DurableClient:
         group: str | None = None,
     ) -> str:
         """Store one call and return its id once the broker acknowledged it. A request/response
-        method's reply will be stored for ``group`` (default: the ``reply_group`` option)."""
+        method's reply will be stored for ``group`` (default: the ``reply_group`` option).
+
+        A store that fails (no acknowledgement, a stream leader being elected) is tried again with
+        the same message id, so it is stored once, for up to ``store_timeout`` seconds or until
+        the call's deadline."""
         settings = self.settings
         if call_id is None:
             call_id = os.urandom(16).hex()
@@ -645,31 +652,40 @@ class DurableClient:
             except RpcError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
         if not method.oneway:
-            await self._stream("replies", reply_stream(settings))
             headers[REPLY_TO] = reply_subject(settings.prefix, group or settings.durable.reply_group, call_id)
         data = self._codec.encode(request)
         size = len(data) + headers_size(headers) + 64  # + the message id header
         if size > self.broker.max_payload:
             raise too_large(size, self.broker.max_payload)
         subject = call_subject(settings.prefix, method)
-        for attempt in range(1, _STORE_ATTEMPTS + 1):
-            await self._stream(method.service, call_stream(settings, method.service))
-            timeout = settings.durable.store_timeout
-            if call.deadline is not None:
-                timeout = min(timeout, call.deadline - time.monotonic())
-                if timeout <= 0:
-                    raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was stored")
+        give_up = time.monotonic() + settings.durable.store_timeout
+        if call.deadline is not None:
+            give_up = min(give_up, call.deadline)
+        pause = _FIRST_PAUSE
+        error: BrokerError = NotStored("no time was left to store it")
+        while True:
             try:
-                await self.broker.store(subject, data, headers, call_id, timeout=timeout)
-                return call_id
-            except NotStored as exc:
-                # the ack may just be lost: the same message id is stored once however often we ask
-                self._streams.pop(method.service, None)
-                if attempt == _STORE_ATTEMPTS:
-                    raise _unavailable(f"{method.full_name} call not stored", exc) from None
-            except BrokerError as exc:
+                if not method.oneway:
+                    await self._stream("replies", reply_stream(settings))
+                await self._stream(method.service, call_stream(settings, method.service))
+                timeout = min(give_up - time.monotonic(), _ATTEMPT_TIMEOUT)
+                if timeout > 0:
+                    await self.broker.store(subject, data, headers, call_id, timeout=timeout)
+                    return call_id
+            except (PayloadTooLarge, Unsupported) as exc:
                 raise publish_error(exc) from None
-        raise AssertionError("unreachable")
+            except BrokerError as exc:
+                # the ack may just be lost: the same message id is stored once however often we ask
+                if isinstance(exc, NoStream):  # deleted since we looked? look again
+                    self._streams.pop(method.service, None)
+                error = exc
+            now = time.monotonic()
+            if now >= give_up:
+                if call.deadline is not None and now >= call.deadline:
+                    raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was stored")
+                raise _unavailable(f"{method.full_name} call not stored", error) from None
+            await asyncio.sleep(min(pause, give_up - now))
+            pause = min(pause * 2, _MAX_PAUSE)
 
     async def unary(self, request: Message, call: CallInfo) -> Message:
         """A durable call made through a generated client: a one-way method returns once the call
@@ -689,7 +705,6 @@ class DurableClient:
     async def wait_reply(self, call_id: str, group: str, deadline: float | None) -> DurableReply:
         """The reply to ``call_id``, waiting for it until ``deadline``; it is removed from the
         reply stream once read."""
-        stream = await self._stream("replies", reply_stream(self.settings))
         subject = reply_subject(self.settings.prefix, group, call_id)
         arrived: asyncio.Future[BrokerMessage] = asyncio.get_running_loop().create_future()
 
@@ -699,6 +714,7 @@ class DurableClient:
 
         broker = self.broker
         try:
+            stream = await self._stream("replies", reply_stream(self.settings))
             subscription = await broker.subscribe(subject, on_reply)
             try:
                 await broker.settle()
@@ -725,16 +741,15 @@ class DurableClient:
         acknowledged when the next one is asked for (or by :meth:`DurableReply.ack`); one not
         acknowledged within ack_wait is delivered again."""
         settings = self.settings
-        stream = await self._stream("replies", reply_stream(settings))
         token = name_token(group)
-        spec = ConsumerSpec(
-            stream=stream,
-            name=_name(settings.durable.consumer_name, settings, group=token, method="replies"),
-            filter_subject=f"{settings.prefix}{_ROOT}.REPLY.{token}.>",
-            ack_wait=settings.durable.ack_wait or DeliveryOptions().ack_wait,
-            max_ack_pending=settings.durable.max_ack_pending or DeliveryOptions().max_ack_pending,
-        )
         try:
+            spec = ConsumerSpec(
+                stream=await self._stream("replies", reply_stream(settings)),
+                name=_name(settings.durable.consumer_name, settings, group=token, method="replies"),
+                filter_subject=f"{settings.prefix}{_ROOT}.REPLY.{token}.>",
+                ack_wait=settings.durable.ack_wait or DeliveryOptions().ack_wait,
+                max_ack_pending=settings.durable.max_ack_pending or DeliveryOptions().max_ack_pending,
+            )
             consumer = await self.broker.consumer(spec)
         except BrokerError as exc:
             raise _unavailable("cannot read the replies", exc) from None

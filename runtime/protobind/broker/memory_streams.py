@@ -20,6 +20,7 @@ from .base import (
     MSG_ID_HEADER,
     BrokerError,
     ConsumerSpec,
+    NoStream,
     NotStored,
     StoreAck,
     StreamSpec,
@@ -286,7 +287,7 @@ class Streams:
                     raise NotStored(f"stream {stream.spec.name} does not allow per-message TTL")
                 stored = {**(headers or {}), MSG_ID_HEADER: msg_id}
                 return stream.store(subject, bytes(data), stored, msg_id, ttl)
-        raise NotStored(f"no stream stores {subject}")
+        raise NoStream(f"no stream stores {subject}")
 
     def stream(self, name: str) -> _Stream:
         stream = self.streams.get(name)

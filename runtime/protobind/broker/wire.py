@@ -25,7 +25,7 @@ from ..wire import (
     connect_error_from,
     is_header_name,
 )
-from .base import BrokerError, NotConnected, PayloadTooLarge
+from .base import BrokerError, NotConnected, PayloadTooLarge, Unsupported
 
 __all__ = [
     "ACK",
@@ -333,6 +333,8 @@ def publish_error(exc: BrokerError) -> RpcError:
         return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the broker's max_payload")
     if isinstance(exc, NotConnected):
         return RpcError(Code.UNAVAILABLE, "not connected to the broker")
+    if isinstance(exc, Unsupported):
+        return RpcError(Code.UNAVAILABLE, f"durable calls need a broker that stores messages: {exc}")
     return RpcError(Code.UNAVAILABLE, f"the broker refused the message: {type(exc).__name__}")
 
 

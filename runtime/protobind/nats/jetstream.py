@@ -23,11 +23,13 @@ from ..broker.base import (
     MSG_ID_HEADER,
     BrokerError,
     ConsumerSpec,
+    NoStream,
     NotConnected,
     NotStored,
     PayloadTooLarge,
     StoreAck,
     StreamSpec,
+    Unsupported,
 )
 
 if TYPE_CHECKING:
@@ -47,10 +49,12 @@ _REQUEST_MARGIN = 1.0
 
 
 def _error(exc: BaseException, what: str) -> BrokerError:
-    if isinstance(exc, nats_errors.NoRespondersError):
-        return BrokerError(f"{what}: JetStream is not enabled on this NATS server (nats-server -js)")
-    if isinstance(exc, js_errors.ServiceUnavailableError):
-        return BrokerError(f"{what}: JetStream is unavailable")
+    # nats-py reports "no responders" to a JetStream API request as a 503 without a description;
+    # JetStream itself answers 503 with one (no leader yet, for instance): that one may pass
+    if isinstance(exc, nats_errors.NoRespondersError) or (
+        isinstance(exc, js_errors.ServiceUnavailableError) and exc.description is None
+    ):
+        return Unsupported(f"{what}: JetStream is not enabled on this NATS server (nats-server -js)")
     if isinstance(exc, js_errors.APIError):
         return BrokerError(f"{what}: {exc.description or type(exc).__name__}")
     if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
@@ -265,7 +269,7 @@ class JetStream:
         try:
             reply = await self.client.request(subject, payload, timeout=timeout, headers=out)
         except nats_errors.NoRespondersError:
-            raise NotStored(f"no stream stores {subject}") from None
+            raise NoStream(f"no stream stores {subject}") from None
         except (asyncio.TimeoutError, nats_errors.TimeoutError):
             raise NotStored(f"no acknowledgement of the store within {timeout:.3g} s") from None
         except nats_errors.MaxPayloadError as exc:
