@@ -618,9 +618,13 @@ class DurableClient:
         self._codec = codec
         self._streams: dict[str, str] = {}
 
-    async def _stream(self, key: str, spec: StreamSpec) -> str:
+    async def _stream(self, service: str | None) -> str:
+        """The stream of ``service``'s calls (``None``: of the replies), found or made once."""
+        key = service or ""
         name = self._streams.get(key)
         if name is None:
+            settings = self.settings
+            spec = reply_stream(settings) if service is None else call_stream(settings, service)
             name = self._streams[key] = await self.broker.ensure_stream(spec)
         return name
 
@@ -666,8 +670,8 @@ class DurableClient:
         while True:
             try:
                 if not method.oneway:
-                    await self._stream("replies", reply_stream(settings))
-                await self._stream(method.service, call_stream(settings, method.service))
+                    await self._stream(None)
+                await self._stream(method.service)
                 timeout = min(give_up - time.monotonic(), _ATTEMPT_TIMEOUT)
                 if timeout > 0:
                     await self.broker.store(subject, data, headers, call_id, timeout=timeout)
@@ -714,7 +718,7 @@ class DurableClient:
 
         broker = self.broker
         try:
-            stream = await self._stream("replies", reply_stream(self.settings))
+            stream = await self._stream(None)
             subscription = await broker.subscribe(subject, on_reply)
             try:
                 await broker.settle()
@@ -744,7 +748,7 @@ class DurableClient:
         token = name_token(group)
         try:
             spec = ConsumerSpec(
-                stream=await self._stream("replies", reply_stream(settings)),
+                stream=await self._stream(None),
                 name=_name(settings.durable.consumer_name, settings, group=token, method="replies"),
                 filter_subject=f"{settings.prefix}{_ROOT}.REPLY.{token}.>",
                 ack_wait=settings.durable.ack_wait or DeliveryOptions().ack_wait,
