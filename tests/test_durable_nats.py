@@ -14,8 +14,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -33,6 +34,7 @@ from .nats_server import NatsServers
 from .test_durable import Jobs, eventually
 
 SUBMIT = "$PROTOBIND.DURABLE.jobs.v1.Jobs.Submit"
+RAW = "raw."
 
 
 @pytest.fixture
@@ -128,67 +130,64 @@ async def test_a_server_killed_mid_run_loses_none_of_1000_calls(
             worker.stop()
 
 
-async def test_a_publish_retried_after_its_ack_was_lost_is_stored_once(jetstream_server: str) -> None:
-    prefix = "lostack."
-    url = f"{jetstream_server}?prefix={prefix}"
+@pytest.fixture
+async def raw_peer(jetstream_server: str) -> AsyncIterator[tuple[Jobs, Any]]:
+    """The Jobs service served under the prefix ``raw.`` in group ``billing``, and a nats-py
+    connection to the same server."""
     jobs = Jobs()
     server = protobind.Server([jobs])
-    await server.start(url)
+    await server.start(f"{jetstream_server}?prefix=raw.&queue_group=billing")
     nc = await nats.connect(jetstream_server)
     try:
-        # the first publish of call "retry-1": its PubAck goes to no one (the ack is lost) ...
-        data = Job(id="retry-1").SerializeToString()
-        await nc.publish(prefix + SUBMIT, data, headers={"Nats-Msg-Id": "retry-1"})
-        await nc.flush()
-        # ... so the caller publishes it again, with the same message id
-        async with protobind.connect(url) as channel:
-            calls = DurableCalls(channel)
-            assert await calls.submit(JOBS_SUBMIT, Job(id="retry-1"), call_id="retry-1") == "retry-1"
-            await calls.submit(JOBS_SUBMIT, Job(id="marker"))
-        await eventually(lambda: "marker" in jobs.ids())
-        js = nc.jetstream()
-        stream = await js.find_stream_name_by_subject(prefix + SUBMIT)
-        info = await js.stream_info(stream, subjects_filter=prefix + SUBMIT)
-        assert info.state.messages == 2  # retry-1 once, and the marker
-        assert jobs.ids() == Counter({"retry-1": 1, "marker": 1})
+        yield jobs, nc
     finally:
         await nc.close()
         await server.stop(0)
 
 
-async def test_raw_jetstream_peers_call_and_read_dead_letters(jetstream_server: str) -> None:
-    prefix = "raw."
-    url = f"{jetstream_server}?prefix={prefix}&queue_group=billing"
-    jobs = Jobs()
-    server = protobind.Server([jobs])
-    await server.start(url)
-    nc = await nats.connect(jetstream_server)
-    try:
-        js = nc.jetstream()
-        # a plain JetStream publish is a durable call: the documented subject, binary protobuf
-        ack = await js.publish(prefix + SUBMIT, Job(id="from-raw").SerializeToString())
-        assert ack.stream == "PROTOBIND_raw_jobs_v1_Jobs"
-        # and JSON works as on every NATS call; a call failing with FAILED_PRECONDITION (9)
-        bad = json.dumps({"id": "raw-bad", "failAttempts": -1, "failCode": 9}).encode()
-        await js.publish(
-            prefix + SUBMIT, bad, headers={"Content-Type": "application/json", "x-tenant": "acme"}
-        )
-        await eventually(lambda: "raw-bad" in jobs.ids() and "from-raw" in jobs.ids())
-        # the dead letter, read with nats-py from the documented stream
-        sub = await js.pull_subscribe(
-            prefix + "$PROTOBIND.DEAD.jobs.v1.Jobs.Submit", stream="PROTOBIND_DEAD_raw_jobs_v1_Jobs"
-        )
-        (letter,) = await sub.fetch(1, timeout=10)
-        assert json.loads(letter.data)["id"] == "raw-bad"
-        assert letter.headers["Protobind-Status"] == "9"
-        assert letter.headers["Nats-Service-Error"] == "job raw-bad failed"
-        assert letter.headers["x-tenant"] == "acme"
-        assert letter.headers["Protobind-Subject"] == prefix + SUBMIT
-        consumers = await js.consumers_info("PROTOBIND_raw_jobs_v1_Jobs")
-        assert sorted(c.name for c in consumers) == ["billing_Run", "billing_Submit"]
-    finally:
-        await nc.close()
-        await server.stop(0)
+async def test_a_publish_retried_after_its_ack_was_lost_is_stored_once(
+    raw_peer: tuple[Jobs, Any], jetstream_server: str
+) -> None:
+    jobs, nc = raw_peer
+    # the first publish of call "retry-1": its PubAck goes to no one (the ack is lost) ...
+    data = Job(id="retry-1").SerializeToString()
+    await nc.publish(RAW + SUBMIT, data, headers={"Nats-Msg-Id": "retry-1"})
+    await nc.flush()
+    # ... so the caller publishes it again, with the same message id
+    async with protobind.connect(f"{jetstream_server}?prefix={RAW}") as channel:
+        calls = DurableCalls(channel)
+        assert await calls.submit(JOBS_SUBMIT, Job(id="retry-1"), call_id="retry-1") == "retry-1"
+        await calls.submit(JOBS_SUBMIT, Job(id="marker"))
+    await eventually(lambda: "marker" in jobs.ids())
+    js = nc.jetstream()
+    info = await js.stream_info("PROTOBIND_raw_jobs_v1_Jobs", subjects_filter=RAW + SUBMIT)
+    assert info.state.messages == 2  # retry-1 once, and the marker
+    assert jobs.ids() == Counter({"retry-1": 1, "marker": 1})
+
+
+async def test_raw_jetstream_peers_call_and_read_dead_letters(raw_peer: tuple[Jobs, Any]) -> None:
+    jobs, nc = raw_peer
+    js = nc.jetstream()
+    # a plain JetStream publish is a durable call: the documented subject, binary protobuf
+    ack = await js.publish(RAW + SUBMIT, Job(id="from-raw").SerializeToString())
+    assert ack.stream == "PROTOBIND_raw_jobs_v1_Jobs"
+    # and JSON works as on every NATS call; a call failing with FAILED_PRECONDITION (9)
+    bad = json.dumps({"id": "raw-bad", "failAttempts": -1, "failCode": 9}).encode()
+    headers = {"Content-Type": "application/json", "x-tenant": "acme"}
+    await js.publish(RAW + SUBMIT, bad, headers=headers)
+    await eventually(lambda: "raw-bad" in jobs.ids() and "from-raw" in jobs.ids())
+    # the dead letter, read with nats-py from the documented stream
+    sub = await js.pull_subscribe(
+        RAW + "$PROTOBIND.DEAD.jobs.v1.Jobs.Submit", stream="PROTOBIND_DEAD_raw_jobs_v1_Jobs"
+    )
+    (letter,) = await sub.fetch(1, timeout=10)
+    assert json.loads(letter.data)["id"] == "raw-bad"
+    assert letter.headers["Protobind-Status"] == "9"
+    assert letter.headers["Nats-Service-Error"] == "job raw-bad failed"
+    assert letter.headers["x-tenant"] == "acme"
+    assert letter.headers["Protobind-Subject"] == RAW + SUBMIT
+    consumers = await js.consumers_info("PROTOBIND_raw_jobs_v1_Jobs")
+    assert sorted(c.name for c in consumers) == ["billing_Run", "billing_Submit"]
 
 
 async def test_durable_methods_need_jetstream(nats_server: str) -> None:

@@ -39,7 +39,7 @@ from .base import (
     StreamSpec,
 )
 from .durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
-from .memory_streams import StoredCopy, Streams, matches
+from .memory_streams import PullHandle, StoredCopy, Streams, matches
 
 if TYPE_CHECKING:
     from ..server import EndpointTable
@@ -226,7 +226,7 @@ class MemoryBroker(DurableBroker):
             self._hub.route(MemoryMessage(subject, "", bytes(payload), stored))
         return ack
 
-    async def consumer(self, spec: ConsumerSpec) -> Any:
+    async def consumer(self, spec: ConsumerSpec) -> PullHandle:
         self._check()
         return self._hub.streams.consumer(spec, self._check)
 

@@ -26,7 +26,7 @@ from .base import (
     StreamSpec,
 )
 
-__all__ = ["Streams"]
+__all__ = ["PullHandle", "StoredCopy", "Streams", "matches"]
 
 
 def _tokens(subject: str) -> tuple[str, ...]:
@@ -224,7 +224,7 @@ class _Stream:
                 waiter.set_result(None)
 
 
-class _Handle:
+class PullHandle:
     """One process's pull handle on a consumer."""
 
     def __init__(self, consumer: _Consumer, check: Callable[[], None]) -> None:
@@ -295,12 +295,12 @@ class Streams:
             raise BrokerError(f"no stream {name}")
         return stream
 
-    def consumer(self, spec: ConsumerSpec, check: Callable[[], None]) -> _Handle:
+    def consumer(self, spec: ConsumerSpec, check: Callable[[], None]) -> PullHandle:
         stream = self.stream(spec.stream)
         consumer = stream.consumers.get(spec.name)
         if consumer is None:
             consumer = stream.consumers[spec.name] = _Consumer(stream, spec, _tokens(spec.filter_subject))
-        return _Handle(consumer, check)
+        return PullHandle(consumer, check)
 
     def last(self, name: str, subject: str) -> StoredCopy | None:
         stream = self.stream(name)
