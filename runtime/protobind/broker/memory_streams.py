@@ -23,6 +23,7 @@ from .base import (
     NoStream,
     NotStored,
     StoreAck,
+    StoredMessage,
     StreamSpec,
 )
 
@@ -101,13 +102,13 @@ class _Consumer:
     redeliver: dict[int, float] = field(default_factory=dict)
     deliveries: dict[int, int] = field(default_factory=dict)
 
-    def take(self, batch: int) -> list[StoredCopy]:
+    def take(self, batch: int) -> list[StoredMessage]:
         now = time.monotonic()
         for sequence, until in list(self.pending.items()):
             if until <= now:  # ack_wait passed without an ack: deliver it again
                 del self.pending[sequence]
                 self.redeliver[sequence] = now
-        out: list[StoredCopy] = []
+        out: list[StoredMessage] = []
         limit = self.spec.max_ack_pending
         for sequence in sorted(s for s, when in self.redeliver.items() if when <= now):
             if len(out) >= batch or len(self.pending) >= limit:
@@ -121,7 +122,7 @@ class _Consumer:
             self._deliver(sequence, now, out)
         return out
 
-    def _deliver(self, sequence: int, now: float, out: list[StoredCopy]) -> None:
+    def _deliver(self, sequence: int, now: float, out: list[StoredMessage]) -> None:
         record = self.stream.get(sequence, now)
         if record is None or not matches(self.pattern, _tokens(record.subject)):
             self.deliveries.pop(sequence, None)
@@ -236,7 +237,7 @@ class PullHandle:
     def ack_wait(self) -> float:
         return self._consumer.spec.ack_wait
 
-    async def fetch(self, batch: int, timeout: float) -> list[StoredCopy]:
+    async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
         consumer = self._consumer
         stream = consumer.stream
         deadline = time.monotonic() + timeout
