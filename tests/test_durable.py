@@ -267,6 +267,19 @@ async def test_max_ack_pending_bounds_the_calls_in_progress(durable_url: str, se
     assert jobs.most_running == 2
 
 
+async def test_max_concurrency_bounds_the_durable_calls_of_a_server(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(_with(durable_url, max_concurrency=3))
+    async with protobind.connect(durable_url) as channel:
+        calls = DurableCalls(channel)
+        for i in range(8):  # two durable methods, one budget
+            await calls.submit(JOBS_SUBMIT, Job(id=f"s{i}", work=0.05))
+            await calls.submit(JOBS_RUN, Job(id=f"r{i}", work=0.05))
+    await eventually(lambda: len(jobs.deliveries) == 16 and jobs.running == 0)
+    assert jobs.most_running == 3
+
+
 async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
     durable_url: str, serving: Serving
 ) -> None:

@@ -302,7 +302,9 @@ class DurableConsumer(Protocol):
 
     async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
         """Up to ``batch`` messages; waits up to ``timeout`` seconds for the first one, returns an
-        empty list when none came. Raises :class:`BrokerError` when the broker cannot be asked."""
+        empty list when none came. A broker that already received more (asked for by an earlier
+        fetch) returns them all: every message delivered is in the caller's hands. Raises
+        :class:`BrokerError` when the broker cannot be asked."""
         ...
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ NATS JetStream (:mod:`protobind.nats.jetstream`) and the in-memory broker implem
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -320,6 +321,12 @@ class DurableServer:
         self._endpoints = endpoints
         self._group_of = group_of
         self._workers: list[_Worker] = []
+        #: set whenever a handler ends: workers waiting for a free slot look again
+        self.slot_free = asyncio.Event()
+
+    def free_slots(self) -> int:
+        """Durable calls this server may still start (``max_concurrency`` across its methods)."""
+        return self.settings.max_concurrency - sum(len(worker.running) for worker in self._workers)
 
     async def start(self) -> None:
         """Create or bind the streams and consumers; calls start flowing to the handlers."""
@@ -343,8 +350,7 @@ class DurableServer:
                     max_ack_pending=delivery.max_ack_pending,
                 )
                 consumer = await self.broker.consumer(spec)
-                limit = min(delivery.max_ack_pending, settings.max_concurrency)
-                self._workers.append(_Worker(self, endpoint, consumer, delivery, limit))
+                self._workers.append(_Worker(self, endpoint, consumer, delivery))
         except BrokerError as exc:
             await self.stop(0)
             raise ConnectionError(
@@ -372,15 +378,11 @@ class DurableServer:
 
 
 class _Worker:
-    """Pulls one consumer's calls and runs them, at most ``limit`` at a time."""
+    """Pulls one consumer's calls and runs them, at most ``max_ack_pending`` at a time (and no
+    more than the server's free slots)."""
 
     def __init__(
-        self,
-        server: DurableServer,
-        endpoint: Endpoint,
-        consumer: DurableConsumer,
-        delivery: DeliveryOptions,
-        limit: int,
+        self, server: DurableServer, endpoint: Endpoint, consumer: DurableConsumer, delivery: DeliveryOptions
     ) -> None:
         self.server = server
         self.broker = server.broker
@@ -390,9 +392,9 @@ class _Worker:
         self.method = endpoint.method
         self.consumer = consumer
         self.delivery = delivery
-        self.limit = limit
         self.running: dict[asyncio.Task[None], StoredMessage] = {}
-        self._slot_free = asyncio.Event()
+        #: pulled, waiting for one of the server's slots (kept alive like the running ones)
+        self.held: collections.deque[StoredMessage] = collections.deque()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -400,13 +402,15 @@ class _Worker:
         self._tasks = [loop.create_task(self._pull()), loop.create_task(self._keep_alive())]
 
     async def stop_pulling(self) -> None:
-        """Take no more calls; the consumer gives back what it holds and was not started."""
+        """Take no more calls; give back those pulled and not started."""
         puller = self._tasks[0] if self._tasks else None
         if puller is not None:
             puller.cancel()
             await asyncio.gather(puller, return_exceptions=True)
         with contextlib.suppress(BrokerError):
             await self.consumer.close()
+            while self.held:
+                await self.held.popleft().nak()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -415,26 +419,30 @@ class _Worker:
 
     async def _pull(self) -> None:
         loop = asyncio.get_running_loop()
+        server = self.server
+        held = self.held
         while True:
-            free = self.limit - len(self.running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            try:
-                messages = await self.consumer.fetch(min(free, _MAX_BATCH), _PULL_WAIT)
-            except BrokerError as exc:
-                logger.warning("pulling calls of %s failed: %s", self.method.full_name, exc)
-                await asyncio.sleep(_PULL_WAIT)
-                continue
-            for message in messages:
+            free = server.free_slots()
+            while held and free > 0:
+                message = held.popleft()
                 task = loop.create_task(self._serve(message))
                 self.running[task] = message
                 task.add_done_callback(self._done)
+                free -= 1
+            room = min(self.delivery.max_ack_pending - len(self.running) - len(held), free)
+            if room <= 0:
+                server.slot_free.clear()
+                await server.slot_free.wait()
+                continue
+            try:
+                held.extend(await self.consumer.fetch(min(room, _MAX_BATCH), _PULL_WAIT))
+            except BrokerError as exc:
+                logger.warning("pulling calls of %s failed: %s", self.method.full_name, exc)
+                await asyncio.sleep(_PULL_WAIT)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
-        self._slot_free.set()
+        self.server.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("durable call of %s failed", self.method.full_name, exc_info=task.exception())
 
@@ -443,7 +451,7 @@ class _Worker:
         interval = max(self.consumer.ack_wait / 3, 0.01)
         while True:
             await asyncio.sleep(interval)
-            for message in list(self.running.values()):
+            for message in [*self.running.values(), *self.held]:
                 try:
                     await message.in_progress()
                 except BrokerError as exc:

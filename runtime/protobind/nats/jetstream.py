@@ -172,13 +172,14 @@ class _Consumer:
             self._open = None if current[1] <= 1 else (current[0], current[1] - 1, current[2])
         self._arrived.set()
 
-    def _take(self, batch: int) -> list[Any]:
-        taken, self._buffer = self._buffer[:batch], self._buffer[batch:]
+    def _take(self) -> list[Any]:
+        # all of it: what is buffered was asked for, and its ack_wait runs
+        taken, self._buffer = self._buffer, []
         return [_Stored(msg) for msg in taken]
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:
         if self._buffer:
-            return self._take(batch)
+            return self._take()
         now = time.monotonic()
         if self._open is not None and self._open[2] < now:
             self._open = None
@@ -196,14 +197,14 @@ class _Consumer:
         if not self._buffer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        return self._take(batch)
+        return self._take()
 
     async def close(self) -> None:
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             try:
                 await subscription.unsubscribe()
-                for message in self._take(len(self._buffer)):
+                for message in self._take():
                     await message.nak()
             except _FAILURES as exc:
                 raise _error(exc, "closing a consumer") from None
