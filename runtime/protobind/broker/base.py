@@ -257,13 +257,19 @@ class StoredMessage(Protocol):
     """A message pulled from a durable consumer (or read from a stream by subject)."""
 
     @property
-    def subject(self) -> str: ...
+    def subject(self) -> str:
+        """The subject it was stored on."""
+        ...
 
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes:
+        """Its body."""
+        ...
 
     @property
-    def headers(self) -> dict[str, str] | None: ...
+    def headers(self) -> dict[str, str] | None:
+        """Its headers (the message id among them)."""
+        ...
 
     @property
     def sequence(self) -> int:

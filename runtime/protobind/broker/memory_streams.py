@@ -75,18 +75,22 @@ class StoredCopy:
     consumer: _Consumer | None = None
 
     async def ack(self) -> None:
+        """Done: not delivered again."""
         if self.consumer is not None:
             self.consumer.settle(self.sequence, None)
 
     async def nak(self, delay: float = 0.0) -> None:
+        """Deliver it again after ``delay`` seconds."""
         if self.consumer is not None:
             self.consumer.settle(self.sequence, time.monotonic() + delay)
 
     async def in_progress(self) -> None:
+        """Restart its ack_wait."""
         if self.consumer is not None:
             self.consumer.touch(self.sequence)
 
     async def term(self) -> None:
+        """Never deliver it again."""
         await self.ack()
 
 
@@ -235,9 +239,11 @@ class PullHandle:
 
     @property
     def ack_wait(self) -> float:
+        """The consumer's ack wait, in seconds."""
         return self._consumer.spec.ack_wait
 
     async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
+        """Up to ``batch`` messages, waiting up to ``timeout`` seconds for the first."""
         consumer = self._consumer
         stream = consumer.stream
         deadline = time.monotonic() + timeout
@@ -259,6 +265,7 @@ class PullHandle:
                 await asyncio.wait_for(waiter, wake_at - now)
 
     async def close(self) -> None:
+        """Stop pulling (the consumer stays)."""
         self._closed = True
 
 
@@ -269,6 +276,7 @@ class Streams:
         self.streams: dict[str, _Stream] = {}
 
     def ensure(self, spec: StreamSpec) -> str:
+        """The stream storing ``spec.subjects``: an overlapping one, or ``spec`` created."""
         wanted = [_tokens(s) for s in spec.subjects]
         for stream in self.streams.values():
             if any(_overlap(p, w) for p in stream.patterns for w in wanted):
@@ -281,6 +289,7 @@ class Streams:
     def store(
         self, subject: str, data: bytes, headers: dict[str, str] | None, msg_id: str, ttl: float | None
     ) -> StoreAck:
+        """Store a message in the stream that stores ``subject``."""
         tokens = _tokens(subject)
         for stream in self.streams.values():
             if stream.stores(tokens):
@@ -291,12 +300,14 @@ class Streams:
         raise NoStream(f"no stream stores {subject}")
 
     def stream(self, name: str) -> _Stream:
+        """The stream called ``name``."""
         stream = self.streams.get(name)
         if stream is None:
             raise BrokerError(f"no stream {name}")
         return stream
 
     def consumer(self, spec: ConsumerSpec, check: Callable[[], None]) -> PullHandle:
+        """A pull handle on the consumer ``spec.name``, created when missing."""
         stream = self.stream(spec.stream)
         consumer = stream.consumers.get(spec.name)
         if consumer is None:
@@ -304,6 +315,7 @@ class Streams:
         return PullHandle(consumer, check)
 
     def last(self, name: str, subject: str) -> StoredCopy | None:
+        """The last message stored on ``subject`` in stream ``name``."""
         stream = self.stream(name)
         now = time.monotonic()
         for sequence in reversed(list(stream.records)):
@@ -313,4 +325,5 @@ class Streams:
         return None
 
     def delete(self, name: str, sequence: int) -> None:
+        """Remove one message."""
         self.stream(name).records.pop(sequence, None)

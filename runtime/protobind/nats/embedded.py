@@ -67,6 +67,7 @@ class StopServer:
         self._cleanup()
 
     def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
         if self.process.poll() is None:
             self.process.kill()
         self._cleanup()

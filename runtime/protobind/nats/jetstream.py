@@ -228,6 +228,7 @@ class JetStream:
             return None
 
     async def ensure_stream(self, spec: StreamSpec) -> str:
+        """The stream storing ``spec.subjects`` (found by subject), or ``spec`` created."""
         try:
             found = await self._stream_storing(spec.subjects[0])
             if found is not None:
@@ -264,6 +265,7 @@ class JetStream:
         timeout: float,
         ttl: float | None = None,
     ) -> StoreAck:
+        """A JetStream publish, waiting for its ``PubAck``."""
         out = {**(headers or {}), MSG_ID_HEADER: msg_id}
         if ttl:
             out["Nats-TTL"] = f"{int(ttl)}s"
@@ -286,6 +288,7 @@ class JetStream:
         return StoreAck(str(answer["stream"]), int(answer["seq"]), bool(answer.get("duplicate")))
 
     async def consumer(self, spec: ConsumerSpec) -> _Consumer:
+        """Bind the durable pull consumer ``spec.name``, created when missing."""
         manager = self._jetstream()._jsm
         try:
             try:
@@ -311,6 +314,7 @@ class JetStream:
         return consumer
 
     async def last(self, stream: str, subject: str) -> _Copy | None:
+        """The last message on ``subject`` in ``stream`` (JetStream's get-last-by-subject)."""
         try:
             raw = await self._jetstream().get_last_msg(stream, subject)
         except js_errors.NotFoundError:
@@ -320,6 +324,7 @@ class JetStream:
         return _Copy(raw)
 
     async def delete(self, stream: str, sequence: int) -> None:
+        """Delete one message from ``stream``."""
         try:
             await self._jetstream().delete_msg(stream, sequence)
         except js_errors.NotFoundError:
