@@ -380,8 +380,8 @@ class DurableSettings:
     stream_retention: str = "limits"
     stream_replicas: int = 1
     stream_storage: str = "file"
-    stream_max_age: float = 0.0
-    stream_max_bytes: int = -1
+    stream_max_age: float = 0.0  # 0: no limit
+    stream_max_bytes: int = -1  # -1: no limit
     reply_group: str = "default"
     store_timeout: float = 10.0
 

@@ -39,6 +39,7 @@ from ..codec import PROTO, Codec
 from ..context import CallInfo, Context, DeliveryInfo
 from ..errors import Code, RpcError
 from ..method import DeliveryOptions, MethodInfo
+from ..options import OptionReader
 from ..server import Endpoint, invoke_unary
 from .base import (
     MSG_ID_HEADER,
@@ -157,57 +158,40 @@ DURABLE_CLIENT_OPTIONS = frozenset(
 )
 
 
-def _number(options: Mapping[str, Any], key: str, kind: type[float] | type[int], minimum: float) -> Any:
-    value = options[key]
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {key}={value!r} must be a number") from None
-    if number < minimum:
-        raise ValueError(f"option {key}={value!r} must be at least {minimum}")
-    return number
-
-
-def _seconds_list(value: Any) -> tuple[float, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        delays = tuple(float(item) for item in items if str(item).strip())
-    except (TypeError, ValueError):
-        raise ValueError(f"option backoff={value!r} must be seconds separated by commas") from None
-    if any(delay < 0 for delay in delays):
-        raise ValueError(f"option backoff={value!r} must not be negative")
-    return delays
-
-
 _CHOICES = {"stream_retention": ("limits", "interest", "workqueue"), "stream_storage": ("file", "memory")}
 
 
-def durable_settings(options: Mapping[str, Any]) -> DurableSettings:
+def durable_settings(transport: str, options: Mapping[str, Any]) -> DurableSettings:
     """The durable options of a binding (URL query or Python values); bad values are errors."""
+    reader = OptionReader(transport, options)
     values: dict[str, Any] = {}
-    for key, kind, minimum in (
-        ("max_deliver", int, 1),
-        ("max_ack_pending", int, 1),
-        ("stream_replicas", int, 1),
-        ("stream_max_bytes", int, -1),
-        ("ack_wait", float, 0.001),
-        ("reply_ttl", float, 1),
-        ("stream_max_age", float, 0),
-        ("store_timeout", float, 0.001),
-    ):
-        if key in options:
-            values[key] = _number(options, key, kind, minimum)
-    if "backoff" in options:
-        values["backoff"] = _seconds_list(options["backoff"])
+    for key in ("max_deliver", "max_ack_pending", "stream_replicas"):
+        if reader.given(key):
+            values[key] = reader.positive_int(key, 1)
+    if reader.given("stream_max_bytes"):
+        values["stream_max_bytes"] = reader.positive_int("stream_max_bytes", 1)
+    for key in ("ack_wait", "reply_ttl", "store_timeout", "stream_max_age"):
+        if reader.given(key):
+            values[key] = reader.seconds(key, 1.0)
+    if reader.given("backoff"):
+        try:
+            values["backoff"] = tuple(float(word) for word in reader.words("backoff"))
+        except ValueError:
+            raise reader.error(
+                "backoff", f"must be seconds separated by commas, not {options['backoff']!r}"
+            ) from None
+        if any(not 0 <= delay < math.inf for delay in values["backoff"]):
+            raise reader.error("backoff", f"must be seconds of 0 or more, not {options['backoff']!r}")
     for key in ("stream_name", "dead_letter_stream", "reply_stream", "consumer_name", "reply_group"):
-        if key in options:
-            values[key] = str(options[key])
+        text = reader.text(key)
+        if text is not None:
+            values[key] = text
     for key, choices in _CHOICES.items():
-        if key in options:
-            value = str(options[key]).lower()
-            if value not in choices:
-                raise ValueError(f"option {key}={options[key]!r} must be one of {', '.join(choices)}")
-            values[key] = value
+        text = reader.text(key)
+        if text is not None:
+            if text.lower() not in choices:
+                raise reader.error(key, f"must be one of {', '.join(choices)}, not {text!r}")
+            values[key] = text.lower()
     return DurableSettings(**values)
 
 

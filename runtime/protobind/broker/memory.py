@@ -275,7 +275,7 @@ def _settings(options: Mapping[str, Any]) -> EngineSettings:
         heartbeat=max(0.01, float(options.get("heartbeat", 5.0))),
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
-        durable=durable_settings(options),
+        durable=durable_settings("memory", options),
     )
 
 

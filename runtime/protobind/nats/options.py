@@ -118,7 +118,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
         reflection=OptionReader("nats", options).flag("reflection", True),
-        durable=durable_settings(options),
+        durable=durable_settings("nats", options),
     )
     require_tls = parts.scheme == "tls" or tls is not None
     return Settings(servers=servers, connect=connect, engine=engine, require_tls=require_tls)
