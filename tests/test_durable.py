@@ -324,6 +324,13 @@ async def test_submitting_the_same_call_id_again_stores_the_call_once(
     assert [mid for jid, _, mid in jobs.deliveries if jid == "once"] == ["order-42-charge"]
 
 
+async def test_a_call_larger_than_the_broker_takes_is_refused(durable_url: str) -> None:
+    async with protobind.connect(durable_url) as channel:
+        with pytest.raises(RpcError) as refused:
+            await JobsClient(channel).submit(Job(payload="x" * (2 * 1024 * 1024)), timeout=10)
+    assert refused.value.code is Code.RESOURCE_EXHAUSTED
+
+
 async def test_submit_checks_its_arguments(durable_url: str) -> None:
     async with protobind.connect(durable_url) as channel:
         calls = DurableCalls(channel)

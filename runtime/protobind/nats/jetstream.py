@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from nats.js import errors as js_errors
 
 from ..broker.base import (
     MSG_ID_HEADER,
+    NO_RESPONDERS_STATUS,
     BrokerError,
     ConsumerSpec,
     NoStream,
@@ -31,6 +33,7 @@ from ..broker.base import (
     StreamSpec,
     Unsupported,
 )
+from ..broker.wire import headers_size
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -210,11 +213,60 @@ class _Consumer:
                 raise _error(exc, "closing a consumer") from None
 
 
+class _Acks:
+    """Store acknowledgements (``PubAck``) for one connection: every store publishes with a reply
+    address under one wildcard subscription (a random token per store) and waits for its answer.
+    This is nats-py's request without its per-call costs: headers are written by
+    :meth:`Connection.send`, and a store that gets no answer is just left to its timeout."""
+
+    def __init__(self, client: Connection) -> None:
+        self._client = client
+        self._prefix = ""
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._starting: asyncio.Lock | None = None
+
+    async def _start(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if not self._prefix:
+                prefix = self._client.new_inbox() + "."
+                await self._client.subscribe(prefix + "*", cb=self._on_ack)
+                self._prefix = prefix
+
+    async def _on_ack(self, msg: Any) -> None:
+        future = self._pending.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> Any:
+        """The answer to a publish of ``payload`` to ``subject``, or ``None`` after ``timeout``."""
+        if not self._prefix:
+            await self._start()
+        token = os.urandom(8).hex()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[token] = future
+        timer = loop.call_later(timeout, _give_up, future)
+        try:
+            await self._client.send(subject, payload, self._prefix + token, headers)
+            return await future
+        finally:
+            timer.cancel()
+            self._pending.pop(token, None)
+
+
+def _give_up(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class JetStream:
     """The durable half of :class:`~protobind.nats.connection.NatsBroker` (a mixin)."""
 
     client: Connection
     _js: Any = None
+    _acks: _Acks | None = None
 
     def _jetstream(self) -> Any:
         if self._js is None:
@@ -269,16 +321,20 @@ class JetStream:
         out = {**(headers or {}), MSG_ID_HEADER: msg_id}
         if ttl:
             out["Nats-TTL"] = f"{int(ttl)}s"
+        size = len(payload) + headers_size(out)
+        if size > self.client.max_payload:
+            raise PayloadTooLarge(f"{size} bytes exceed the NATS server's max_payload")
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = _Acks(self.client)
         try:
-            reply = await self.client.request(subject, payload, timeout=timeout, headers=out)
-        except nats_errors.NoRespondersError:
-            raise NoStream(f"no stream stores {subject}") from None
-        except (asyncio.TimeoutError, nats_errors.TimeoutError):
-            raise NotStored(f"no acknowledgement of the store within {timeout:.3g} s") from None
-        except nats_errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(str(exc)) from None
+            reply = await acks.request(subject, payload, out, timeout)
         except _FAILURES as exc:
             raise _error(exc, "storing a message") from None
+        if reply is None:
+            raise NotStored(f"no acknowledgement of the store within {timeout:.3g} s")
+        if not reply.data and reply.headers and reply.headers.get("Status") == NO_RESPONDERS_STATUS:
+            raise NoStream(f"no stream stores {subject}")
         try:
             answer = json.loads(reply.data)
         except ValueError:
