@@ -71,38 +71,46 @@ _FAILURES = (nats_errors.Error, asyncio.TimeoutError, OSError)
 
 
 class _Stored:
-    """A JetStream message; ``sequence`` and ``attempt`` come from its ack subject."""
+    """A JetStream message. Its ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+    seq>...``, or with a domain and an account hash after ``ACK`` in the newer form) gives its
+    sequence and attempt; acknowledgements are small publishes to it (empty: ack, ``-NAK``,
+    ``+WPI``, ``+TERM``), sent the quick way."""
 
-    __slots__ = ("_msg", "attempt", "data", "headers", "sequence", "subject")
+    __slots__ = ("_client", "_reply", "attempt", "data", "headers", "sequence", "subject")
 
-    def __init__(self, msg: Any) -> None:
-        self._msg = msg
+    def __init__(self, msg: Any, client: Connection) -> None:
+        self._client = client
         self.subject: str = msg.subject
         self.data: bytes = msg.data
         self.headers: dict[str, str] | None = msg.headers
-        metadata = msg.metadata
-        self.sequence: int = metadata.sequence.stream
-        self.attempt: int = metadata.num_delivered
+        reply: str = msg.reply
+        self._reply = reply
+        tokens = reply.split(".")
+        first = 4 if len(tokens) == 9 else 6  # the older 9-token form has no domain, no hash
+        self.attempt = int(tokens[first])
+        self.sequence = int(tokens[first + 1])
 
-    async def _send(self, step: Any) -> None:
+    async def _send(self, body: bytes) -> None:
         try:
-            await step
-        except nats_errors.MsgAlreadyAckdError:
-            pass
+            await self._client.send(self._reply, body)
         except _FAILURES as exc:
             raise _error(exc, "acknowledging a message") from None
 
     async def ack(self) -> None:
-        await self._send(self._msg.ack())
+        """Done: JetStream delivers it no more."""
+        await self._send(b"")
 
     async def nak(self, delay: float = 0.0) -> None:
-        await self._send(self._msg.nak(delay=delay or None))
+        """Deliver it again after ``delay`` seconds."""
+        await self._send(b'-NAK {"delay": %d}' % int(delay * 1e9) if delay else b"-NAK")
 
     async def in_progress(self) -> None:
-        await self._send(self._msg.in_progress())
+        """Restart its ack wait."""
+        await self._send(b"+WPI")
 
     async def term(self) -> None:
-        await self._send(self._msg.term())
+        """Never deliver it again."""
+        await self._send(b"+TERM")
 
 
 class _Copy:
@@ -178,7 +186,7 @@ class _Consumer:
     def _take(self) -> list[Any]:
         # all of it: what is buffered was asked for, and its ack_wait runs
         taken, self._buffer = self._buffer, []
-        return [_Stored(msg) for msg in taken]
+        return [_Stored(msg, self._client) for msg in taken]
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:
         if self._buffer:
