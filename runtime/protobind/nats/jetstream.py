@@ -1,10 +1,11 @@
 """NATS JetStream as protobind's :class:`~protobind.broker.base.DurableBroker`.
 
-Streams, stores (a publish answered by JetStream's ``PubAck``; ``Nats-Msg-Id`` for
-de-duplication, ``Nats-TTL`` for per-message time to live, nats-server 2.11+), durable pull
-consumers (nats-py's pull subscription; explicit acks, ``max_deliver`` unlimited because the
-engine counts attempts and dead-letters itself), and reading or deleting one stored message. Only
-this module and :mod:`.connection` touch nats-py.
+Streams (nats-py's JetStream management API), stores (a publish answered by JetStream's
+``PubAck``; ``Nats-Msg-Id`` for de-duplication, ``Nats-TTL`` for per-message time to live,
+nats-server 2.11+), durable pull consumers (explicit acks, ``max_deliver`` unlimited because the
+engine counts attempts and dead-letters itself) pulled with JetStream's own protocol
+(``$JS.API.CONSUMER.MSG.NEXT``), and reading or deleting one stored message. Only this module and
+:mod:`.connection` touch nats-py.
 """
 
 from __future__ import annotations
