@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from ..aio import loop_time
 from ..codec import PROTO, Codec
 from ..context import CallInfo, Context, DeliveryInfo
 from ..errors import Code, RpcError
@@ -286,6 +287,11 @@ def _unavailable(what: str, exc: BrokerError) -> RpcError:
     return RpcError(Code.UNAVAILABLE, f"{what}: {exc}")
 
 
+def _expire_reply(arrived: asyncio.Future[BrokerMessage]) -> None:
+    if not arrived.done():
+        arrived.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+
 # --- server --------------------------------------------------------------------------------------
 
 
@@ -379,6 +385,7 @@ class _Worker:
         self.running: dict[asyncio.Task[None], StoredMessage] = {}
         #: pulled, waiting for one of the server's slots (kept alive like the running ones)
         self.held: collections.deque[StoredMessage] = collections.deque()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -387,6 +394,8 @@ class _Worker:
 
     async def stop_pulling(self) -> None:
         """Take no more calls; give back those pulled and not started."""
+        self._stopping = True
+        self.server.slot_free.set()
         puller = self._tasks[0] if self._tasks else None
         if puller is not None:
             puller.cancel()
@@ -405,7 +414,9 @@ class _Worker:
         loop = asyncio.get_running_loop()
         server = self.server
         held = self.held
-        while True:
+        # the flag as well as the cancellation: Python 3.11 can lose a cancellation that meets a
+        # wake-up (asyncio.wait_for), and a lost one must not keep a stopping server pulling
+        while not self._stopping:
             free = server.free_slots()
             while held and free > 0:
                 message = held.popleft()
@@ -716,11 +727,16 @@ class DurableClient:
                 await broker.settle()
                 stored = await broker.last(stream, subject)
                 if stored is None:
-                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    # a timer, not asyncio.wait_for: on Python 3.11 that can swallow a cancellation
+                    timer = None
+                    if deadline is not None:
+                        loop = asyncio.get_running_loop()
+                        timer = loop.call_at(loop_time(loop, deadline), _expire_reply, arrived)
                     try:
-                        await asyncio.wait_for(asyncio.shield(arrived), timeout)
-                    except asyncio.TimeoutError:
-                        raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                        await asyncio.shield(arrived)
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
                     stored = await broker.last(stream, subject)
             finally:
                 with contextlib.suppress(BrokerError):

@@ -11,7 +11,6 @@ tests need (no nats-server), and the durable test suite runs on this broker and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,6 +228,11 @@ class _Stream:
                 waiter.set_result(None)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PullHandle:
     """One process's pull handle on a consumer."""
 
@@ -259,10 +263,16 @@ class PullHandle:
             event = consumer.next_event()
             if event:
                 wake_at = min(wake_at, max(event, now + 0.001))
-            waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
             stream.waiters.append(waiter)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(waiter, wake_at - now)
+            timer = loop.call_later(wake_at - now, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in stream.waiters:
+                    stream.waiters.remove(waiter)
 
     async def close(self) -> None:
         """Stop pulling (the consumer stays)."""

@@ -11,7 +11,6 @@ engine counts attempts and dead-letters itself) pulled with JetStream's own prot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -207,8 +206,12 @@ class _Consumer:
                 self._open = None
                 raise _error(exc, "pulling messages") from None
         if not self._buffer:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout)
+            # a timer, not asyncio.wait_for: on Python 3.11 that can swallow a cancellation
+            timer = asyncio.get_running_loop().call_later(timeout, self._arrived.set)
+            try:
+                await self._arrived.wait()
+            finally:
+                timer.cancel()
         return self._take()
 
     async def close(self) -> None:
