@@ -15,6 +15,7 @@ PROTO_ROOTS = [
     ROOT / "examples" / "greeter" / "proto",
     ROOT / "examples" / "route_guide" / "proto",
     ROOT / "tests" / "protos" / "rest",
+    ROOT / "tests" / "protos" / "durable",
 ]
 
 

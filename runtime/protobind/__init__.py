@@ -7,7 +7,7 @@ imported when a URL of their scheme is first used, ``opentelemetry`` when teleme
 from .client import Channel, RequestStream, connect, start
 from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
 from .config import client, client_sync
-from .context import CallInfo, Context
+from .context import CallInfo, Context, DeliveryInfo
 from .errors import Code, RpcError
 from .gateway import Gateway
 from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
@@ -28,6 +28,7 @@ __all__ = [
     "Code",
     "Codec",
     "Context",
+    "DeliveryInfo",
     "Gateway",
     "Handler",
     "Idempotency",

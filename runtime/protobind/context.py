@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .metadata import Metadata, MetadataLike
@@ -25,6 +26,21 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    """How a durable call reached its handler (:attr:`Context.delivery`).
+
+    ``message_id`` is the call's id: the same on every delivery of the call, and the key a handler
+    uses to make its effects idempotent (durable calls are delivered at least once). ``attempt``
+    counts deliveries, this one included (1 the first time); ``max_attempts`` is the attempt after
+    which a failed call goes to the dead letter.
+    """
+
+    message_id: str
+    attempt: int
+    max_attempts: int
+
+
 class Context:
     """What a handler knows about the call it serves.
 
@@ -35,6 +51,8 @@ class Context:
     - ``transport``: ``"grpc" | "http" | "nats" | "inproc"``; ``peer``: the caller's address.
     - ``cancelled()``: true once the caller went away or the deadline passed. The handler's task is
       also cancelled then, so a handler blocked in ``await`` sees ``asyncio.CancelledError``.
+    - ``delivery``: for a durable call delivered by a broker, its message id and attempt number
+      (:class:`DeliveryInfo`); ``None`` for every other call.
     """
 
     __slots__ = (
@@ -44,6 +62,7 @@ class Context:
         "_metadata_source",
         "_trailers",
         "deadline",
+        "delivery",
         "method_info",
         "peer",
         "transport",
@@ -58,8 +77,10 @@ class Context:
         deadline: float | None = None,
         peer: str = "",
         metadata_source: Callable[[], MetadataLike] | None = None,
+        delivery: DeliveryInfo | None = None,
     ) -> None:
         self.method_info = method_info
+        self.delivery = delivery
         self.transport = transport
         # A transport may pass ``metadata_source`` instead of ``metadata``: the request metadata
         # is then built on first use, which most handlers never make.

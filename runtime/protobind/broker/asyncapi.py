@@ -31,6 +31,7 @@ from google.protobuf import descriptor_pb2
 
 from ..method import MethodInfo, MethodKind, ServiceInfo
 from ..schemas import SCHEMAS, Comments, Schemas, connect_error_schema
+from . import durable
 from .wire import (
     CANCEL_SUBJECT,
     CONTENT_TYPE,
@@ -44,8 +45,6 @@ from .wire import (
     TIMEOUT,
     asyncapi_subject,
     call_subject,
-    dead_letter_subject,
-    durable_reply_subject,
 )
 
 __all__ = ["NATS_BINDING_VERSION", "asyncapi_document"]
@@ -196,7 +195,10 @@ class _Writer:
 
     def method(self, method: MethodInfo[Any, Any]) -> None:
         base = _id(method.service, method.name)
-        subject = call_subject(self.prefix, method)
+        # durable calls are stored under a subject of their own (protobind.broker.durable)
+        subject = (
+            durable.call_subject(self.prefix, method) if method.durable else call_subject(self.prefix, method)
+        )
         request = self.message(method.input_type.DESCRIPTOR)
         error = {"$ref": _MESSAGES + _ERROR}
         summary = self.comments.get(method.full_name)
@@ -259,7 +261,7 @@ class _Writer:
         dead = base + "_dead_letter"
         self.channel(
             dead,
-            dead_letter_subject(self.prefix, method),
+            durable.dead_letter_subject(self.prefix, method, options),
             {"request": self.message(method.input_type.DESCRIPTOR, _ERROR_HEADERS)},
             f"Calls of {method.full_name} that failed their last delivery attempt (or failed with a code "
             "that no retry can fix), with the error in headers.",
@@ -270,7 +272,7 @@ class _Writer:
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
             self.channel(
                 replies,
-                durable_reply_subject(self.prefix, method, self.group(method)),
+                durable.reply_subject(self.prefix, self.group(method), "*"),
                 {"reply": reply, "error": {"$ref": _MESSAGES + _ERROR}},
                 f"Stored replies of {method.full_name} for the callers' queue group, correlated by call "
                 f"id; kept {options.reply_ttl:g}s for a caller (or its successor) to claim.",

@@ -17,6 +17,13 @@ Two rules the engine relies on:
   on that address with a message whose headers hold ``Status: 503`` and whose body is empty
   (NATS's "no responders"). A broker that cannot tell says nothing, and calls end at their deadline.
 - Publishing raises :class:`BrokerError` (or a subclass), never the broker library's own errors.
+
+Durable calls (``(protobind.v1.durable)``) need a broker that stores messages: a
+:class:`DurableBroker` adds streams (stored subjects), publishing with a store acknowledgement and
+a message id for de-duplication, and pull consumers whose messages are acknowledged one by one
+(ack, nak with a delay, in-progress, term). NATS JetStream implements it in
+:mod:`protobind.nats.jetstream`, the in-memory broker in :mod:`protobind.broker.memory`; the engine
+that runs durable calls on it is :mod:`protobind.broker.durable`.
 """
 
 from __future__ import annotations
@@ -24,25 +31,39 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..codec import Codec
 
 __all__ = [
+    "MSG_ID_HEADER",
     "NO_RESPONDERS_STATUS",
     "Broker",
     "BrokerError",
     "BrokerMessage",
+    "ConsumerSpec",
+    "DurableBroker",
+    "DurableConsumer",
+    "DurableSettings",
     "EngineSettings",
     "Inbound",
     "Inbox",
+    "NoStream",
     "NotConnected",
+    "NotStored",
     "PayloadTooLarge",
+    "StoreAck",
+    "StoredMessage",
+    "StreamSpec",
     "Subscription",
+    "Unsupported",
 ]
 
 #: Value of the ``Status`` header of a "no responders" answer (see the module docstring).
 NO_RESPONDERS_STATUS = "503"
+#: Header carrying a stored message's id (JetStream's de-duplication header); a durable broker
+#: adds it to what it stores, so consumers read it back.
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 class BrokerMessage(Protocol):
@@ -174,6 +195,202 @@ class NotConnected(BrokerError):
     """The connection to the broker is closed or lost."""
 
 
+class NotStored(BrokerError):
+    """A durable publish was not acknowledged: the store refused the message, or its
+    acknowledgement did not come in time (it may still have been stored: publish again with the
+    same message id)."""
+
+
+class NoStream(NotStored):
+    """No stream stores the subject of a durable publish (or, in a cluster, none answers now)."""
+
+
+class Unsupported(BrokerError):
+    """The broker cannot store messages (NATS: JetStream is not enabled)."""
+
+
+# --- durable delivery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A stream to create when no stream stores ``subjects`` yet (an existing one is used as it is).
+
+    ``retention`` is ``limits`` (messages stay until the limits remove them), ``interest`` (until
+    every consumer acknowledged them) or ``workqueue``; ``max_age`` 0 and ``max_bytes`` -1 mean no
+    limit. ``allow_ttl`` lets messages carry their own time to live (:meth:`DurableBroker.store`).
+    """
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: str = "limits"
+    replicas: int = 1
+    storage: str = "file"
+    max_age: float = 0.0
+    max_bytes: int = -1
+    duplicate_window: float = 120.0
+    allow_ttl: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer: created when missing, bound when it exists (never deleted).
+
+    Every message is acknowledged explicitly; one not acknowledged within ``ack_wait`` seconds is
+    delivered again. At most ``max_ack_pending`` messages are out unacknowledged at a time, across
+    every process pulling from the consumer. A new consumer starts at the stream's first message.
+    """
+
+    stream: str
+    name: str
+    filter_subject: str
+    ack_wait: float = 30.0
+    max_ack_pending: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAck:
+    """The broker's acknowledgement of a stored message; ``duplicate`` when its message id had
+    been stored already (within the stream's duplicate window) and this copy was dropped."""
+
+    stream: str
+    sequence: int
+    duplicate: bool = False
+
+
+class StoredMessage(Protocol):
+    """A message pulled from a durable consumer (or read from a stream by subject)."""
+
+    @property
+    def subject(self) -> str:
+        """The subject it was stored on."""
+        ...
+
+    @property
+    def data(self) -> bytes:
+        """Its body."""
+        ...
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Its headers (the message id among them)."""
+        ...
+
+    @property
+    def sequence(self) -> int:
+        """Its sequence number in the stream."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """How many times it has been delivered, this time included (1 on the first delivery)."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: never deliver it again to this consumer."""
+        ...
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Not done: deliver it again after ``delay`` seconds."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart its ``ack_wait``."""
+        ...
+
+    async def term(self) -> None:
+        """Never deliver it again, although it was not done."""
+        ...
+
+
+class DurableConsumer(Protocol):
+    """One process's handle on a durable consumer."""
+
+    @property
+    def ack_wait(self) -> float:
+        """The consumer's ack wait, in seconds (of the existing consumer, when one was bound)."""
+        ...
+
+    async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
+        """Up to ``batch`` messages; waits up to ``timeout`` seconds for the first one, returns an
+        empty list when none came. A broker that already received more (asked for by an earlier
+        fetch) returns them all: every message delivered is in the caller's hands. Raises
+        :class:`BrokerError` when the broker cannot be asked."""
+        ...
+
+    async def close(self) -> None:
+        """Stop pulling; messages received and not handed out by :meth:`fetch` are given back
+        (nak). The consumer and its state stay in the broker."""
+        ...
+
+
+@runtime_checkable
+class DurableBroker(Broker, Protocol):
+    """A :class:`Broker` that also stores messages (see the module docstring)."""
+
+    async def ensure_stream(self, spec: StreamSpec) -> str:
+        """The name of the stream that stores ``spec.subjects``: an existing stream whose subjects
+        cover them is used as it is (never changed), otherwise ``spec`` is created. Raises
+        :class:`BrokerError` when neither works (no persistence on the broker, overlapping streams)."""
+        ...
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        msg_id: str,
+        *,
+        timeout: float,
+        ttl: float | None = None,
+    ) -> StoreAck:
+        """Publish to the stream storing ``subject`` and wait up to ``timeout`` seconds for its
+        acknowledgement. A message whose ``msg_id`` was stored within the stream's duplicate window
+        is stored once. ``ttl``: seconds the message lives (its stream must allow it). Raises
+        :class:`NoStream`, :class:`NotStored`, :class:`PayloadTooLarge` or :class:`NotConnected`."""
+        ...
+
+    async def consumer(self, spec: ConsumerSpec) -> DurableConsumer:
+        """Create or bind the durable consumer ``spec.name`` and pull from it."""
+        ...
+
+    async def last(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message stored on ``subject`` in ``stream`` (not consumed; ``attempt`` 0), or
+        ``None``."""
+        ...
+
+    async def delete(self, stream: str, sequence: int) -> None:
+        """Remove one message from ``stream`` (missing already: nothing happens)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DurableSettings:
+    """A binding's options for durable calls (docs/messaging.md, "Durable delivery").
+
+    The delivery fields override the contract's ``(protobind.v1.delivery)`` for every durable
+    method of the binding when set; the ``stream_*`` fields shape the streams protobind creates;
+    names are templates (``{service}``, ``{method}``, ``{group}``, ``{prefix}``).
+    """
+
+    max_deliver: int | None = None
+    backoff: tuple[float, ...] | None = None
+    ack_wait: float | None = None
+    max_ack_pending: int | None = None
+    reply_ttl: float | None = None
+    stream_name: str = "PROTOBIND_{service}"
+    dead_letter_stream: str = "PROTOBIND_DEAD_{service}"
+    reply_stream: str = "PROTOBIND_REPLIES_{prefix}"
+    consumer_name: str = "{group}_{method}"
+    stream_retention: str = "limits"
+    stream_replicas: int = 1
+    stream_storage: str = "file"
+    stream_max_age: float = 0.0  # 0: no limit
+    stream_max_bytes: int = -1  # -1: no limit
+    reply_group: str = "default"
+    store_timeout: float = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     """What the engine needs from a binding's options (see docs/protocols.md for each)."""
@@ -189,6 +406,7 @@ class EngineSettings:
     codec_name: str = "proto"
     version: str = ""
     reflection: bool = True  # micro INFO carries the services' descriptors
+    durable: DurableSettings = DurableSettings()
 
     def codec(self) -> Codec:
         """The codec named by ``codec_name``."""

@@ -23,7 +23,16 @@ from ..metadata import Metadata
 from ..method import MethodInfo
 from ..reflection import Reflected
 from ..transport import ClientTransport
-from .base import NO_RESPONDERS_STATUS, Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
+from .base import (
+    NO_RESPONDERS_STATUS,
+    Broker,
+    BrokerError,
+    BrokerMessage,
+    DurableBroker,
+    EngineSettings,
+    Inbox,
+)
+from .durable import DurableClient
 from .micro import INFO_SUBJECT, reflected
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
@@ -102,6 +111,7 @@ class BrokerClient(ClientTransport):
         self._codec = settings.codec()
         self._collectors: dict[str, asyncio.Queue[BrokerMessage]] = {}
         self._closed = False
+        self._durable: DurableClient | None = None
 
     async def start(self) -> None:
         """Open the reply inbox."""
@@ -265,9 +275,20 @@ class BrokerClient(ClientTransport):
             raise RpcError(Code.DEADLINE_EXCEEDED, "no service answered NATS micro discovery in time")
         return reflected(got, self.settings.prefix)
 
+    def durable(self) -> DurableClient:
+        """Durable calls on this connection (``UNIMPLEMENTED`` when the broker stores nothing)."""
+        if self._durable is None:
+            broker = self.broker
+            if not isinstance(broker, DurableBroker):
+                raise RpcError(Code.UNIMPLEMENTED, f"the {broker.name} broker does not store messages")
+            self._durable = DurableClient(broker, self.settings, self._codec)
+        return self._durable
+
     async def unary(self, request: Message, call: CallInfo) -> Message:
         method = call.method
         assert method is not None
+        if method.durable:
+            return await self.durable().unary(request, call)
         subject = self._subjects.get(method.path) or self._subject_of(method)
         codec = self._codec
         data = codec.encode(request)

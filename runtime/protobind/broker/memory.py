@@ -3,7 +3,9 @@
 ``memory://NAME`` names a broker living in this process; servers and clients that use the same
 name talk through it exactly as they would through NATS (same engine, same subjects and headers,
 queue groups, no-responders answers, a payload limit), minus sockets. Messages are delivered in
-order per subscription; a queue group hands each message to one of its members at random.
+order per subscription; a queue group hands each message to one of its members at random. It also
+stores messages for durable calls, with JetStream's semantics (:mod:`.memory_streams`), so tests
+of durable methods need no nats-server; what it stores lasts as long as the process.
 
 It is the worked example of docs/architecture.md ("adding a broker").
 """
@@ -23,15 +25,21 @@ from ..codec import codec_named
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, OptionReader
 from ..transport import Transport, named_harness
 from .base import (
+    MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
-    Broker,
     BrokerMessage,
     Callback,
+    ConsumerSpec,
+    DurableBroker,
     EngineSettings,
     InboxCallback,
     NotConnected,
     PayloadTooLarge,
+    StoreAck,
+    StreamSpec,
 )
+from .durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
+from .memory_streams import PullHandle, StoredCopy, Streams, matches
 
 if TYPE_CHECKING:
     from ..server import EndpointTable
@@ -51,15 +59,6 @@ class MemoryMessage:
     reply: str
     data: bytes
     headers: dict[str, str] | None
-
-
-def _matches(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
-    for i, token in enumerate(pattern):
-        if token == ">":
-            return len(subject) > i
-        if i >= len(subject) or (token != "*" and token != subject[i]):
-            return False
-    return len(pattern) == len(subject)
 
 
 class _Subscriber:
@@ -102,6 +101,7 @@ class _Hub:
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
         self.subscribers: set[_Subscriber] = set()
+        self.streams = Streams()
 
     def route(self, message: MemoryMessage) -> int:
         # a subscriber may live on another thread's event loop (a blocking client's, say): its
@@ -118,7 +118,7 @@ class _Hub:
         groups: dict[str, list[_Subscriber]] = {}
         delivered = 0
         for sub in list(self.subscribers):
-            if sub.active and _matches(sub.pattern, tokens):
+            if sub.active and matches(sub.pattern, tokens):
                 if sub.group:
                     groups.setdefault(sub.group, []).append(sub)
                 else:
@@ -141,7 +141,7 @@ class _Inbox:
         return self.prefix + token
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(DurableBroker):
     """:class:`protobind.broker.base.Broker` over a hub in this process."""
 
     name = "memory"
@@ -162,14 +162,17 @@ class MemoryBroker(Broker):
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """An in-process broker is never disconnected."""
 
-    async def publish(
-        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
-    ) -> None:
+    def _check(self, payload: bytes = b"", headers: dict[str, str] | None = None) -> None:
         if self._closed:
             raise NotConnected("the memory broker connection is closed")
         size = len(payload) + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items())
         if size > self._hub.max_payload:
             raise PayloadTooLarge(f"{size} bytes exceed max_payload {self._hub.max_payload}")
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        self._check(payload, headers)
         # a copy of the headers: the receiver must not see the sender's later changes
         message = MemoryMessage(subject, reply, bytes(payload), dict(headers) if headers else None)
         if not self._hub.route(message) and reply:
@@ -203,6 +206,41 @@ class MemoryBroker(Broker):
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
 
+    # --- durable: see memory_streams ---
+
+    async def ensure_stream(self, spec: StreamSpec) -> str:
+        self._check()
+        return self._hub.streams.ensure(spec)
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        msg_id: str,
+        *,
+        timeout: float,
+        ttl: float | None = None,
+    ) -> StoreAck:
+        self._check(payload, headers)
+        ack = self._hub.streams.store(subject, payload, headers, msg_id, ttl)
+        if not ack.duplicate:  # a stored message is a message: subscribers of its subject see it
+            stored = {**(headers or {}), MSG_ID_HEADER: msg_id}
+            self._hub.route(MemoryMessage(subject, "", bytes(payload), stored))
+        return ack
+
+    async def consumer(self, spec: ConsumerSpec) -> PullHandle:
+        self._check()
+        return self._hub.streams.consumer(spec, self._check)
+
+    async def last(self, stream: str, subject: str) -> StoredCopy | None:
+        self._check()
+        return self._hub.streams.last(stream, subject)
+
+    async def delete(self, stream: str, sequence: int) -> None:
+        self._check()
+        self._hub.streams.delete(stream, sequence)
+
     async def settle(self) -> None:
         """Subscriptions take effect at once."""
 
@@ -216,9 +254,10 @@ class MemoryBroker(Broker):
 _ENGINE_OPTIONS = {"prefix", "window", "heartbeat"}
 SERVER_OPTIONS = frozenset(
     _ENGINE_OPTIONS
+    | DURABLE_SERVER_OPTIONS
     | {"queue_group", "max_concurrency", "max_pending", "version", "max_payload", "max_message_size"}
 )
-CLIENT_OPTIONS = frozenset(_ENGINE_OPTIONS | {"codec"})
+CLIENT_OPTIONS = frozenset(_ENGINE_OPTIONS | DURABLE_CLIENT_OPTIONS | {"codec"})
 
 
 def _settings(options: Mapping[str, Any]) -> EngineSettings:
@@ -239,6 +278,7 @@ def _settings(options: Mapping[str, Any]) -> EngineSettings:
         heartbeat=max(0.01, float(options.get("heartbeat", 5.0))),
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
+        durable=durable_settings("memory", options),
     )
 
 

@@ -28,9 +28,9 @@ from ..context import Context
 from ..errors import Code, RpcError
 from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding
-from ..wire import TRAILER_PREFIX
-from .base import Broker, BrokerError, BrokerMessage, EngineSettings, Inbox
+from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
 from .delivery import ConsumerPool, Delivery
+from .durable import DurableServer
 from .micro import EndpointStats, MicroService, answers, subjects
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
@@ -50,6 +50,7 @@ from .wire import (
     headers_size,
     put_content_type,
     put_metadata,
+    put_response_metadata,
     read_metadata,
     read_request_headers,
     too_large,
@@ -116,6 +117,7 @@ class BrokerBinding(ServerBinding):
         # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
         self._cancelled: dict[str, RpcError] = {}
         self._asyncapi: dict[str, bytes] = {}  # discovery subject -> the service's document
+        self._durable: DurableServer | None = None
 
     @property
     def url(self) -> str:
@@ -162,11 +164,28 @@ class BrokerBinding(ServerBinding):
                 delivery = Delivery(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
                 self._deliveries.append(delivery)
                 self._service_subs.append(inbound)
+            await self._start_durable()
             # callers on other connections may call as soon as start() returns
             await broker.settle()
         except BaseException:
             await broker.close()
             raise
+
+    async def _start_durable(self) -> None:
+        """Serve the durable methods from their streams too (see protobind.broker.durable)."""
+        endpoints = [e for e in self.server.endpoints.values() if e.method.durable]
+        if not endpoints:
+            return
+        broker = self.broker
+        if not isinstance(broker, DurableBroker):
+            raise ValueError(
+                f"{', '.join(e.method.full_name for e in endpoints)}: durable methods need a broker "
+                f"that stores messages; {broker.name} does not"
+            )
+        self._durable = DurableServer(
+            broker, self.settings, endpoints, self._queue_group, self.server.telemetry
+        )
+        await self._durable.start()
 
     def _queue_group(self, service: str) -> str:
         # replicas of one deployment share calls; the default group is the service's full name
@@ -439,7 +458,7 @@ class BrokerBinding(ServerBinding):
         out = error_headers(error, codec)
         if context is not None:
             try:
-                _add_response_metadata(out, context)
+                put_response_metadata(out, context)
             except RpcError:
                 logger.error("%s set response metadata that NATS cannot carry", route.method.full_name)
                 out = error_headers(error, codec)
@@ -576,6 +595,9 @@ class BrokerBinding(ServerBinding):
         self._closing = True
         self._pool.closing = True
         broker = self.broker
+        durable = None
+        if self._durable is not None:
+            durable = asyncio.get_running_loop().create_task(self._durable.stop(grace))
         for sub in self._service_subs:
             with contextlib.suppress(BrokerError):
                 await sub.unsubscribe()
@@ -599,6 +621,8 @@ class BrokerBinding(ServerBinding):
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         self._heartbeats.close()
+        if durable is not None:
+            await durable
         try:
             await broker.close()
         except Exception as exc:  # closing a broken connection must not fail stop()
@@ -640,16 +664,8 @@ def _response_headers(context: Context, codec: Codec) -> dict[str, str] | None:
     if response_headers or trailers:
         if headers is None:
             headers = {}
-        _add_response_metadata(headers, context)
+        put_response_metadata(headers, context)
     return headers
-
-
-def _add_response_metadata(headers: dict[str, str], context: Context) -> None:
-    response_headers, trailers = context.response_metadata()
-    if response_headers:
-        put_metadata(headers, response_headers)
-    if trailers:
-        put_metadata(headers, trailers, prefix=TRAILER_PREFIX)
 
 
 async def _send_headers(state: StreamState, context: Context) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..codec import PROTO, Codec, codec_for_media_type
+from ..context import Context
 from ..errors import Code, RpcError, unpack_details
 from ..metadata import Metadata
 from ..method import MethodInfo
@@ -24,7 +25,7 @@ from ..wire import (
     connect_error_from,
     is_header_name,
 )
-from .base import BrokerError, NotConnected, PayloadTooLarge
+from .base import BrokerError, NotConnected, PayloadTooLarge, Unsupported
 
 __all__ = [
     "ACK",
@@ -159,6 +160,15 @@ def put_metadata(headers: dict[str, str], metadata: Metadata, prefix: str = "") 
         else:
             encoded = [v if isinstance(v, str) else v.decode("latin-1") for v in values]
         headers[prefix + key] = encoded[0] if len(encoded) == 1 else ",".join(encoded)
+
+
+def put_response_metadata(headers: dict[str, str], context: Context) -> None:
+    """Add a handler's response headers (under their names) and trailers (``trailer-`` names)."""
+    response_headers, trailers = context.response_metadata()
+    if response_headers:
+        put_metadata(headers, response_headers)
+    if trailers:
+        put_metadata(headers, trailers, prefix=TRAILER_PREFIX)
 
 
 def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
@@ -327,20 +337,6 @@ def asyncapi_subject(prefix: str, service: str) -> str:
 
 
 # Durable delivery's subjects (the call itself goes to call_subject, where the broker stores it).
-# They are named here, once, for the runtime that delivers durably and for the AsyncAPI document.
-
-
-def dead_letter_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
-    """Where a durable call goes after its last failed attempt: the method's
-    ``delivery.dead_letter_subject`` (taken as written), else
-    ``{prefix}protobind.dead.{package}.{Service}.{Method}``."""
-    return method.delivery.dead_letter_subject or f"{prefix}protobind.dead.{method.service}.{method.name}"
-
-
-def durable_reply_subject(prefix: str, method: MethodInfo[Any, Any], group: str) -> str:
-    """Where the replies of a durable request/response method go, stored for the callers' queue
-    group ``group``: ``{prefix}protobind.reply.{package}.{Service}.{Method}.{group}``."""
-    return f"{prefix}protobind.reply.{method.service}.{method.name}.{group}"
 
 
 def publish_error(exc: BrokerError) -> RpcError:
@@ -349,6 +345,8 @@ def publish_error(exc: BrokerError) -> RpcError:
         return RpcError(Code.RESOURCE_EXHAUSTED, "message exceeds the broker's max_payload")
     if isinstance(exc, NotConnected):
         return RpcError(Code.UNAVAILABLE, "not connected to the broker")
+    if isinstance(exc, Unsupported):
+        return RpcError(Code.UNAVAILABLE, f"durable calls need a broker that stores messages: {exc}")
     return RpcError(Code.UNAVAILABLE, f"the broker refused the message: {type(exc).__name__}")
 
 

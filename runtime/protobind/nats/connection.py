@@ -25,16 +25,17 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from ..broker.base import (
-    Broker,
     BrokerError,
     BrokerMessage,
     Callback,
+    DurableBroker,
     InboxCallback,
     NotConnected,
     PayloadTooLarge,
 )
 from ..urls import redact, redact_text
 from ..wire import is_header_name
+from .jetstream import JetStream
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -337,9 +338,9 @@ def _pending_queue(sub: Any) -> asyncio.Queue[BrokerMessage] | None:
     return None
 
 
-class NatsBroker(Broker):
-    """:class:`protobind.broker.base.Broker` on one nats-py connection; the only code that
-    touches nats-py (and its internals)."""
+class NatsBroker(JetStream, DurableBroker):
+    """:class:`protobind.broker.base.DurableBroker` on one nats-py connection; with
+    :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
 
     name = "nats"
 

@@ -17,11 +17,12 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
-__all__ = ["nats_server_binary", "start_nats_server"]
+__all__ = ["StopServer", "nats_server_binary", "start_nats_server"]
 
 
 def nats_server_binary() -> str:
@@ -46,20 +47,52 @@ def nats_server_binary() -> str:
     return found
 
 
+class StopServer:
+    """Stops one nats-server process: ``stop()`` (SIGTERM, then SIGKILL after 5 s) or
+    ``stop.kill()`` (SIGKILL at once, as a crash would). Idempotent; waits for the process to exit
+    and removes its temporary directory (a ``-sd`` store directory given by the caller stays)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: IO[bytes], workdir: str) -> None:
+        self.process = process
+        self._log = log
+        self._workdir = workdir
+
+    def __call__(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self.process.wait()
+        self._log.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
 def start_nats_server(
     port: int = 0,
     *,
     config: str | None = None,
     args: Sequence[str] = (),
     timeout: float = 10.0,
-) -> tuple[str, Callable[[], None]]:
+) -> tuple[str, StopServer]:
     """Start nats-server on 127.0.0.1 and wait until it accepts connections.
 
     ``port`` 0 lets the server choose a free port; pass the port of a stopped server to restart it
     at the same address. ``config`` is the text of a nats-server configuration file (for example
-    ``"max_payload: 4096"``); ``args`` are extra command-line arguments. Returns the client URL
-    (``nats://127.0.0.1:PORT``, or ``tls://`` when the arguments enable TLS) and a function that
-    stops this server process (idempotent, waits for it to exit).
+    ``"max_payload: 4096"``); ``args`` are extra command-line arguments. With JetStream (``-js``)
+    and no store directory (``-sd``), the store lives in the server's temporary directory, so
+    servers never share one. Returns the client URL (``nats://127.0.0.1:PORT``, or ``tls://`` when
+    the arguments enable TLS) and a :class:`StopServer` for this process.
     """
     workdir = tempfile.mkdtemp(prefix="protobind-nats-")
     command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port or -1), "--ports_file_dir", workdir]
@@ -68,19 +101,11 @@ def start_nats_server(
         config_path.write_text(config)
         command += ["-c", str(config_path)]
     command += list(args)
+    if any(a in ("-js", "--jetstream") for a in args) and not any(a in ("-sd", "--store_dir") for a in args):
+        command += ["-sd", str(Path(workdir) / "jetstream")]
     log = open(Path(workdir) / "nats.log", "wb")  # noqa: SIM115 (closed by stop())
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def stop() -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    stop = StopServer(process, log, workdir)
 
     try:
         url = _wait_ready(process, Path(workdir), timeout)

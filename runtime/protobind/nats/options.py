@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import __version__
 from ..broker.base import EngineSettings
+from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named
 from ..options import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING, OptionReader
 
@@ -43,8 +44,8 @@ _CONNECTION_OPTIONS = {
     "max_message_size",
     "ssl_context",
 }
-SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS)
-CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS)
+SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
+CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIENT_OPTIONS)
 
 
 # --- options and connections ------------------------------------------------------------------
@@ -117,6 +118,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
         reflection=OptionReader("nats", options).flag("reflection", True),
+        durable=durable_settings("nats", options),
     )
     require_tls = parts.scheme == "tls" or tls is not None
     return Settings(servers=servers, connect=connect, engine=engine, require_tls=require_tls)

@@ -1,0 +1,51 @@
+"""A Jobs server in a process of its own, for tests that kill it:
+``python -m tests.durable_worker URL LOG``.
+
+Each handled ``Submit`` call appends ``<message id> <attempt> <monotonic time>`` to LOG (one
+``write`` per line, so a line is in the kernel's hands before the call is acknowledged, and a
+SIGKILL loses no line). Prints ``READY`` once serving; stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / ".gen"))
+
+from google.protobuf.empty_pb2 import Empty
+from jobs.v1.jobs_pb2 import Job
+from jobs.v1.jobs_protobind import JobsService
+
+import protobind
+
+
+class Recording(JobsService):
+    def __init__(self, log: str) -> None:
+        self.fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    async def submit(self, request: Job, context: protobind.Context) -> Empty:
+        if request.work:
+            await asyncio.sleep(request.work)
+        delivery = context.delivery
+        assert delivery is not None
+        os.write(self.fd, f"{delivery.message_id} {delivery.attempt} {time.monotonic():.6f}\n".encode())
+        return Empty()
+
+
+async def main(url: str, log: str) -> None:
+    server = protobind.Server([Recording(log)])
+    await server.start(url)
+    print("READY", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(grace=1.0)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,472 @@
+"""Durable calls, one suite on two brokers: NATS JetStream (a real nats-server -js) and the
+in-memory broker. Stored before the caller returns, handled at least once, retried with backoff,
+dead-lettered with their error, replies stored for the caller's group. NATS-only cases (a server
+killed with SIGKILL, a lost store acknowledgement, a cluster) are in test_durable_nats.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from jobs.v1.jobs_pb2 import Job, JobResult
+from jobs.v1.jobs_protobind import JOBS_RUN, JOBS_SUBMIT, JobsClient, JobsService
+
+import protobind
+from protobind import Code, RpcError
+from protobind.broker.base import ConsumerSpec
+from protobind.broker.durable import FINAL, dead_letter_stream, dead_letter_subject, delivery_of
+from protobind.durable import DurableCalls
+
+SERVICE = "jobs.v1.Jobs"
+_names = itertools.count()
+
+
+class Jobs(JobsService):
+    """Does what each job asks (see jobs.proto) and records every delivery."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.deliveries: list[tuple[str, int, str]] = []  # (job id, attempt, message id)
+        self.running = 0
+        self.most_running = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def _work(self, job: Job, context: protobind.Context) -> None:
+        delivery = context.delivery
+        assert delivery is not None
+        self.deliveries.append((job.id, delivery.attempt, delivery.message_id))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self.release.wait()
+            if job.work:
+                await asyncio.sleep(job.work)
+        finally:
+            self.running -= 1
+        if job.fail_attempts < 0 or delivery.attempt <= job.fail_attempts:
+            if job.fail_code == 0:
+                raise ValueError("a bug")  # becomes INTERNAL: retried
+            raise RpcError(Code(job.fail_code), f"job {job.id} failed")
+
+    async def submit(self, request: Job, context: protobind.Context) -> Empty:
+        await self._work(request, context)
+        return Empty()
+
+    async def run(self, request: Job, context: protobind.Context) -> JobResult:
+        await self._work(request, context)
+        assert context.delivery is not None
+        return JobResult(
+            id=request.id,
+            attempt=context.delivery.attempt,
+            message_id=context.delivery.message_id,
+            payload=self.name or request.payload,
+        )
+
+    def handled(self, job_id: str) -> list[int]:
+        return [attempt for jid, attempt, _ in self.deliveries if jid == job_id]
+
+    def ids(self) -> Counter[str]:
+        return Counter(jid for jid, _, _ in self.deliveries)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["memory", "nats"])
+def durable_url(request: pytest.FixtureRequest) -> str:
+    """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS)."""
+    n = next(_names)
+    if request.param == "nats":
+        return f"{request.getfixturevalue('jetstream_server')}?prefix=td{n}."
+    return f"memory://durable-{n}"
+
+
+def _with(url: str, **options: object) -> str:
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+class Serving:
+    """protobind servers of the Jobs service started by a test, stopped at its end."""
+
+    def __init__(self) -> None:
+        self.servers: list[protobind.Server] = []
+
+    async def start(self, url: str, service: Jobs | None = None) -> Jobs:
+        service = service or Jobs()
+        server = protobind.Server([service])
+        await server.start(url)
+        self.servers.append(server)
+        return service
+
+    async def stop(self, grace: float = 0.0) -> None:
+        servers, self.servers = self.servers, []
+        for server in servers:
+            await server.stop(grace)
+
+
+@pytest.fixture
+async def serving() -> AsyncIterator[Serving]:
+    servers = Serving()
+    try:
+        yield servers
+    finally:
+        await servers.stop()
+
+
+async def dead_letters(channel: protobind.Channel, method: Any, count: int) -> list[Any]:
+    """The dead letters of ``method``, read through the broker interface (on NATS, a JetStream
+    consumer of the dead-letter stream)."""
+    transport: Any = channel.transport
+    broker, settings = transport.broker, transport.settings
+    stream = await broker.ensure_stream(dead_letter_stream(settings, SERVICE))
+    subject = dead_letter_subject(settings.prefix, method, delivery_of(method, settings.durable))
+    consumer = await broker.consumer(ConsumerSpec(stream, f"inspect{next(_names)}", subject))
+    found: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(found) < count and time.monotonic() < deadline:
+        for message in await consumer.fetch(count - len(found), 0.5):
+            found.append(message)
+            await message.ack()
+    # nothing beyond what was expected
+    found += await consumer.fetch(10, 0.3)
+    await consumer.close()
+    return found
+
+
+# --- durable one-way -------------------------------------------------------------------------------
+
+
+async def test_durable_one_way_calls_are_stored_then_handled_once(durable_url: str, serving: Serving) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        client = JobsClient(channel)
+        results = await asyncio.gather(*(client.submit(Job(id=f"j{i}")) for i in range(50)))
+    assert results == [None] * 50
+    await eventually(lambda: len(jobs.deliveries) >= 50)
+    assert jobs.ids() == Counter({f"j{i}": 1 for i in range(50)})
+    assert {attempt for _, attempt, _ in jobs.deliveries} == {1}
+    assert len({message_id for _, _, message_id in jobs.deliveries}) == 50
+
+
+async def test_calls_made_while_no_server_runs_are_handled_once_it_starts(
+    durable_url: str, serving: Serving
+) -> None:
+    async with protobind.connect(durable_url) as channel:
+        client = JobsClient(channel)
+        for i in range(20):
+            await client.submit(Job(id=f"early{i}"))  # stored: nobody serves the method yet
+    jobs = await serving.start(durable_url)
+    await eventually(lambda: len(jobs.deliveries) >= 20)
+    assert jobs.ids() == Counter({f"early{i}": 1 for i in range(20)})
+
+
+async def test_a_failing_call_is_retried_with_backoff_until_it_succeeds(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        client = JobsClient(channel)
+        await client.submit(Job(id="flaky", fail_attempts=2, fail_code=Code.UNAVAILABLE))
+        await client.submit(Job(id="buggy", fail_attempts=1))  # a plain exception: INTERNAL
+        await eventually(lambda: len(jobs.handled("flaky")) == 3 and len(jobs.handled("buggy")) == 2)
+        assert jobs.handled("flaky") == [1, 2, 3]
+        assert jobs.handled("buggy") == [1, 2]
+        message_ids = {mid for jid, _, mid in jobs.deliveries if jid == "flaky"}
+        assert len(message_ids) == 1  # every delivery of a call carries the same message id
+        assert await dead_letters(channel, JOBS_SUBMIT, 0) == []
+
+
+async def test_exactly_the_failing_calls_reach_the_dead_letter_with_their_error(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        client = JobsClient(channel)
+        for i in range(5):
+            await client.submit(Job(id=f"ok{i}"))
+            await client.submit(Job(id=f"bad{i}", fail_attempts=-1, fail_code=Code.INVALID_ARGUMENT))
+            await client.submit(Job(id=f"down{i}", fail_attempts=-1, fail_code=Code.UNAVAILABLE))
+        letters = await dead_letters(channel, JOBS_SUBMIT, 10)
+    by_id = {Job.FromString(m.data).id: m for m in letters}
+    assert len(letters) == 10
+    assert set(by_id) == {f"bad{i}" for i in range(5)} | {f"down{i}" for i in range(5)}
+    for i in range(5):
+        bad, down = by_id[f"bad{i}"].headers, by_id[f"down{i}"].headers
+        # a code no retry can fix goes at once; the others after max_deliver (3) attempts
+        assert bad["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
+        assert bad["Nats-Service-Error"] == f"job bad{i} failed"
+        assert bad["Protobind-Attempts"] == "1"
+        assert jobs.handled(f"bad{i}") == [1]
+        assert down["Protobind-Status"] == str(int(Code.UNAVAILABLE))
+        assert down["Nats-Service-Error-Code"] == "503"
+        assert down["Protobind-Attempts"] == "3"
+        assert jobs.handled(f"down{i}") == [1, 2, 3]
+        assert jobs.handled(f"ok{i}") == [1]
+
+
+def test_the_codes_sent_to_the_dead_letter_at_once() -> None:
+    assert {code.name for code in FINAL} == {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+
+
+async def test_an_undecodable_call_goes_to_the_dead_letter(durable_url: str, serving: Serving) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        transport: Any = channel.transport
+        subject = f"{transport.settings.prefix}$PROTOBIND.DURABLE.{SERVICE}.Submit"
+        await transport.durable().submit(JOBS_SUBMIT, Job(id="warm"), protobind.CallInfo())
+        await transport.broker.store(subject, b"\xff\xff not protobuf", None, "garbage", timeout=5)
+        await transport.broker.store(
+            subject, b"{not json", {"Content-Type": "application/json"}, "garbage-json", timeout=5
+        )
+        letters = await dead_letters(channel, JOBS_SUBMIT, 2)
+    assert sorted(m.headers["Nats-Msg-Id"] for m in letters) == ["garbage", "garbage-json"]
+    assert {m.headers["Protobind-Status"] for m in letters} == {str(int(Code.INVALID_ARGUMENT))}
+    assert jobs.ids() == Counter({"warm": 1})
+
+
+async def test_a_long_handler_extends_its_ack_wait_instead_of_being_delivered_again(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(_with(durable_url, ack_wait=1))
+    async with protobind.connect(durable_url) as channel:
+        await JobsClient(channel).submit(Job(id="long", work=3.0))
+        await JobsClient(channel).submit(Job(id="after"))
+    await eventually(lambda: jobs.running == 0 and len(jobs.deliveries) == 2 and "long" in jobs.ids())
+    await asyncio.sleep(1.5)  # more than ack_wait: a missed in-progress ack would show here
+    assert jobs.handled("long") == [1]
+
+
+async def test_max_ack_pending_bounds_the_calls_in_progress(durable_url: str, serving: Serving) -> None:
+    jobs = await serving.start(_with(durable_url, max_ack_pending=2))
+    async with protobind.connect(durable_url) as channel:
+        await asyncio.gather(*(JobsClient(channel).submit(Job(id=f"c{i}", work=0.05)) for i in range(12)))
+    await eventually(lambda: len(jobs.deliveries) == 12 and jobs.running == 0)
+    assert jobs.most_running == 2
+
+
+async def test_max_concurrency_bounds_the_durable_calls_of_a_server(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(_with(durable_url, max_concurrency=3))
+    async with protobind.connect(durable_url) as channel:
+        calls = DurableCalls(channel)
+        for i in range(8):  # two durable methods, one budget
+            await calls.submit(JOBS_SUBMIT, Job(id=f"s{i}", work=0.05))
+            await calls.submit(JOBS_RUN, Job(id=f"r{i}", work=0.05))
+    await eventually(lambda: len(jobs.deliveries) == 16 and jobs.running == 0)
+    assert jobs.most_running == 3
+
+
+async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
+    durable_url: str, serving: Serving
+) -> None:
+    first = Jobs("first")
+    first.release.clear()  # its handler never finishes
+    await serving.start(durable_url, first)
+    async with protobind.connect(durable_url) as channel:
+        await JobsClient(channel).submit(Job(id="unfinished"))
+    await eventually(lambda: first.running == 1)
+    await serving.stop(grace=0)  # the handler is cancelled; the call is not acknowledged
+    second = await serving.start(durable_url, Jobs("second"))
+    await eventually(lambda: second.handled("unfinished") == [2])
+    assert first.handled("unfinished") == [1]
+
+
+async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
+    durable_url: str, serving: Serving
+) -> None:
+    billing = [await serving.start(_with(durable_url, queue_group="billing")) for _ in range(2)]
+    audit = await serving.start(_with(durable_url, queue_group="audit"))
+    async with protobind.connect(durable_url) as channel:
+        await asyncio.gather(*(JobsClient(channel).submit(Job(id=f"e{i}", work=0.01)) for i in range(40)))
+    expected = Counter({f"e{i}": 1 for i in range(40)})
+    await eventually(
+        lambda: audit.ids() == expected and sum((b.ids() for b in billing), Counter()) == expected
+    )
+
+
+async def test_submitting_the_same_call_id_again_stores_the_call_once(
+    durable_url: str, serving: Serving
+) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        calls = DurableCalls(channel)
+        first = await calls.submit(JOBS_SUBMIT, Job(id="once"), call_id="order-42-charge")
+        again = await calls.submit(JOBS_SUBMIT, Job(id="once"), call_id="order-42-charge")
+        await calls.submit(JOBS_SUBMIT, Job(id="marker"))
+    assert first == again == "order-42-charge"
+    # a consumer hands out calls in the order they were stored: the marker comes after any copy
+    await eventually(lambda: "marker" in jobs.ids())
+    assert jobs.ids()["once"] == 1
+    assert [mid for jid, _, mid in jobs.deliveries if jid == "once"] == ["order-42-charge"]
+
+
+async def test_a_call_larger_than_the_broker_takes_is_refused(durable_url: str) -> None:
+    async with protobind.connect(durable_url) as channel:
+        with pytest.raises(RpcError) as refused:
+            await JobsClient(channel).submit(Job(payload="x" * (2 * 1024 * 1024)), timeout=10)
+    assert refused.value.code is Code.RESOURCE_EXHAUSTED
+
+
+async def test_submit_checks_its_arguments(durable_url: str) -> None:
+    async with protobind.connect(durable_url) as channel:
+        calls = DurableCalls(channel)
+        with pytest.raises(ValueError, match="call id"):
+            await calls.submit(JOBS_SUBMIT, Job(), call_id="a.b")
+        with pytest.raises(TypeError):
+            await calls.submit(JOBS_SUBMIT, JobResult())  # type: ignore[arg-type]
+
+
+# --- durable request/response ----------------------------------------------------------------------
+
+
+async def test_a_durable_request_waits_for_its_stored_reply(durable_url: str, serving: Serving) -> None:
+    jobs = await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        client = JobsClient(channel)
+        reply = await client.run(Job(id="r1", payload="hello"), timeout=20)
+        assert (reply.id, reply.attempt, reply.payload) == ("r1", 1, "hello")
+        retried = await client.run(Job(id="r2", fail_attempts=1, fail_code=Code.ABORTED), timeout=20)
+        assert retried.attempt == 2
+        with pytest.raises(RpcError) as failed:
+            await client.run(Job(id="r3", fail_attempts=-1, fail_code=Code.NOT_FOUND), timeout=20)
+        assert (failed.value.code, failed.value.message) == (Code.NOT_FOUND, "job r3 failed")
+        with pytest.raises(RpcError) as exhausted:
+            await client.run(Job(id="r4", fail_attempts=-1, fail_code=Code.UNAVAILABLE), timeout=20)
+        assert exhausted.value.code is Code.UNAVAILABLE
+    assert jobs.handled("r4") == [1, 2, 3]
+
+
+async def test_a_restarted_caller_receives_the_replies_to_its_predecessors_calls(
+    durable_url: str, serving: Serving
+) -> None:
+    async with protobind.connect(durable_url) as channel:  # the first caller process
+        calls = DurableCalls(channel, group="checkout")
+        submitted = [await calls.submit(JOBS_RUN, Job(id=f"p{i}", payload=f"#{i}")) for i in range(6)]
+        failing = await calls.submit(JOBS_RUN, Job(id="fails", fail_attempts=-1, fail_code=Code.NOT_FOUND))
+    # the caller is gone; the calls are handled meanwhile
+    await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:  # its successor, same group
+        calls = DurableCalls(channel, group="checkout")
+        by_id = await calls.result(JOBS_RUN, submitted[0], timeout=20)  # read by id
+        assert (by_id.id, by_id.payload) == ("p0", "#0")
+        with pytest.raises(RpcError) as failed:
+            await calls.result(JOBS_RUN, failing, timeout=20)
+        assert failed.value.code is Code.NOT_FOUND
+        received: dict[str, Any] = {}
+
+        async def collect() -> None:
+            async for reply in calls.replies():
+                received[reply.call_id] = reply
+                if len(received) == 5:
+                    await reply.ack()
+                    return
+
+        await asyncio.wait_for(collect(), 20)
+    # the replies read by id were taken out; the others came through the group's consumer
+    assert set(received) == set(submitted[1:])
+    for i, call_id in enumerate(submitted[1:], start=1):
+        reply = received[call_id]
+        assert reply.error is None and reply.method == "jobs.v1.Jobs/Run"
+        assert reply.response == JobResult(id=f"p{i}", attempt=1, message_id=call_id, payload=f"#{i}")
+        assert reply.response_as(JOBS_RUN).payload == f"#{i}"
+
+
+async def test_another_group_does_not_see_the_replies(durable_url: str, serving: Serving) -> None:
+    await serving.start(durable_url)
+    async with protobind.connect(durable_url) as channel:
+        mine = DurableCalls(channel, group="mine")
+        theirs = DurableCalls(channel, group="theirs")
+        call_id = await mine.submit(JOBS_RUN, Job(id="private"))
+        with pytest.raises(RpcError) as missing:
+            await theirs.result(JOBS_RUN, call_id, timeout=0.5)
+        assert missing.value.code is Code.DEADLINE_EXCEEDED
+        assert (await mine.result(JOBS_RUN, call_id, timeout=20)).id == "private"
+
+
+async def test_durable_calls_need_a_broker() -> None:
+    async with protobind.connect("inproc://durable-none") as channel:
+        with pytest.raises(RpcError) as refused:
+            await DurableCalls(channel).submit(JOBS_SUBMIT, Job())
+    assert refused.value.code is Code.UNIMPLEMENTED
+
+
+async def test_bad_durable_options_are_refused(durable_url: str) -> None:
+    for option in ("max_deliver=0", "backoff=x", "stream_storage=tape", "ack_wait=-1"):
+        with pytest.raises(ValueError, match=option.split("=")[0]):
+            await protobind.Server([Jobs()]).start(
+                f"{durable_url}{'&' if '?' in durable_url else '?'}{option}"
+            )
+
+
+async def test_each_delivery_is_a_consumer_span_with_its_attempt_in_the_producers_trace(
+    durable_url: str,
+) -> None:
+    """Issue 13 on the durable hop: one trace, a CONSUMER span per delivery (attempt 1, 2, 3)
+    linked to the caller's PRODUCER span, the handler's SERVER span inside each, and the last
+    attempt of a call that never succeeds marked as dead-lettered."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    telemetry = protobind.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    jobs = Jobs()
+    server = protobind.Server([jobs], telemetry=telemetry)
+    await server.start(durable_url)
+    try:
+        async with protobind.connect(durable_url, telemetry=telemetry) as channel:
+            await JobsClient(channel).submit(Job(id="flaky", fail_attempts=2, fail_code=Code.UNAVAILABLE))
+            await eventually(lambda: len(jobs.handled("flaky")) == 3)
+            await asyncio.sleep(0.1)
+    finally:
+        await server.stop(0)
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    spans = exporter.get_finished_spans()
+    (producer,) = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    consumers = sorted(
+        (s for s in spans if s.kind is SpanKind.CONSUMER),
+        key=lambda s: s.attributes["protobind.delivery.attempt"],  # type: ignore[index]
+    )
+    handlers = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert [s.attributes["protobind.delivery.attempt"] for s in consumers] == [1, 2, 3]  # type: ignore[index]
+    assert len(handlers) == 3
+    trace_id = producer.context.trace_id
+    consumer_ids = {s.context.span_id for s in consumers}
+    for consumer in consumers:
+        assert consumer.context.trace_id == trace_id
+        assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+        assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+    for handler in handlers:
+        assert handler.context.trace_id == trace_id
+        assert handler.parent is not None and handler.parent.span_id in consumer_ids
