@@ -35,6 +35,12 @@ def _total(path: str) -> int:
     return int(match.group(1))
 
 
+def _oneway_kinds() -> set[str]:
+    from . import peers
+
+    return set(peers.ONEWAY_CLIENTS)
+
+
 def _count(kind: str, side: str, calls: int, payload: int, workdir: str, nats_url: str | None) -> int:
     out = os.path.join(workdir, f"{kind}-{side}-{calls}.out")
     serve = [sys.executable, "-m", "benchmarks.serve", kind, "127.0.0.1"] + ([nats_url] if nats_url else [])
@@ -48,7 +54,11 @@ def _count(kind: str, side: str, calls: int, payload: int, workdir: str, nats_ur
             raise RuntimeError(f"server {kind} did not start: {line!r}")
         url = line.split()[1]
         drive = [sys.executable, "-m", "benchmarks.drive", kind, url, "--payload", str(payload)]
-        drive += ["--sequential", str(calls), "--warmup", "50", "--duration", "0", "--concurrency", "1"]
+        if kind in _oneway_kinds():
+            # one-way pairs: a burst of `calls` messages from 64 senders, as in their throughput run
+            drive += ["--sequential", "1", "--warmup", "50", "--messages", str(calls), "--concurrency", "64"]
+        else:
+            drive += ["--sequential", str(calls), "--warmup", "50", "--duration", "0", "--concurrency", "1"]
         if side == "client":
             drive = _valgrind(out) + drive
         subprocess.run(drive, cwd=ROOT, check=True, capture_output=True, timeout=1800)
@@ -79,7 +89,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     per_call: dict[str, float] = {}
     nats_url, stop_nats = os.environ.get("PROTOBIND_NATS_URL"), None
-    if nats_url is None and any("nats" in kind for kind in kinds):
+    if nats_url is None and any("nats" in kind or kind in _oneway_kinds() for kind in kinds):
         nats_url, stop_nats = _nats_server()
     try:
         with tempfile.TemporaryDirectory() as workdir:

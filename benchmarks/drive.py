@@ -69,7 +69,7 @@ async def oneway(args: argparse.Namespace) -> dict[str, float]:
     finally:
         await close()
         await watcher.drain()
-    return _report(latencies, args.messages, elapsed)
+    return _report(latencies, args.messages, elapsed, args.warmup + args.sequential + args.messages)
 
 
 async def main(args: argparse.Namespace) -> dict[str, float]:

@@ -174,6 +174,25 @@ async def test_stop_cancels_oneway_handlers_after_the_grace(
     assert service.cancelled == ["long"]
 
 
+async def test_oneway_burst_then_close_delivers_every_message(
+    transport: str, harnesses: dict[str, Callable[[], str]]
+) -> None:
+    """A one-way call may return before its message left the process (NATS: it is in the
+    connection's buffer, as a plain publish is); closing the channel writes what is buffered."""
+    service = Conformance()
+    server = protobind.Server([service])
+    (url,) = await server.start(harnesses[transport]())
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            await asyncio.gather(*(client.notify(Request(text=f"burst-{i}")) for i in range(500)))
+        # the channel is closed: every message had to be written before that
+        await service.until(lambda: len([t for t in service.notified if t.startswith("burst-")]) == 500)
+        assert sorted(service.notified) == sorted(f"burst-{i}" for i in range(500))
+    finally:
+        await server.stop(grace=1.0)
+
+
 def test_generated_oneway_method_is_marked() -> None:
     assert CONFORMANCE_SERVICE_NOTIFY.oneway
     assert not CONFORMANCE_SERVICE_NOTIFY.durable

@@ -289,6 +289,72 @@ async def test_without_nats_py_internals_calls_are_still_bounded(
         await served.server.stop(0)
 
 
+async def test_without_nats_py_internals_publishes_go_through_nats_py(
+    nats_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection.buffer writes into nats-py's pending buffer itself; where it cannot (another
+    nats-py, a full buffer), every publish takes nats-py's own path and calls still work."""
+    from protobind.nats import connection
+
+    taken: list[str] = []
+
+    def refuse(self: Any, subject: str, *args: Any) -> bool:
+        taken.append(subject)
+        return False
+
+    monkeypatch.setattr(connection.Connection, "buffer", refuse)
+    service = Recorder()
+    served = await _serve(nats_server, service)
+    try:
+        async with protobind.connect(served.url) as channel:
+            client = ConformanceServiceClient(channel)
+            assert (await client.unary(Request(text="plain"), timeout=10)).text == "plain"
+            await client.notify(Request(text="one-way"))
+        await service.until(lambda: service.notified == ["one-way"])
+        assert served.subject("Notify") in taken and served.subject("Unary") in taken
+    finally:
+        await served.server.stop(0)
+
+
+async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str) -> None:
+    """The server's subscriptions skip nats-py's general delivery path (Connection.pulled); they
+    keep its slow-consumer rule: a message that would reach the pending-bytes limit is dropped,
+    and room made by taking messages is used again. Headers and fields arrive intact."""
+    from protobind.nats.connection import open_broker
+    from protobind.nats.options import settings_from
+
+    broker = await open_broker(settings_from(nats_server, {}), "slow-consumer-test")
+    sender = await nats.connect(nats_server)
+    try:
+        inbound = await broker.pull("tn.slow.*")
+        await broker.settle()
+        sub = inbound._sub  # type: ignore[attr-defined]
+        assert sub._id in broker.client._pulled
+        sub._pending_bytes_limit = 350  # nats-py's own limit, normally 64 MiB
+        for i in range(6):
+            await sender.publish(f"tn.slow.{i}", bytes(100), reply=f"r.{i}", headers={"a-b": f"{i}"})
+        await sender.flush()
+        await broker.settle()
+        assert inbound.queue.qsize() == 3  # the 4th would make 400 >= 350
+        first = inbound.queue.get_nowait()
+        assert (first.subject, first.reply, first.data, first.headers) == (
+            "tn.slow.0",
+            "r.0",
+            bytes(100),
+            {"a-b": "0"},
+        )
+        inbound.taken(first)
+        await sender.publish("tn.slow.again", b"x" * 100)
+        await sender.flush()
+        await broker.settle()
+        assert [m.subject for m in list(inbound.queue._queue)] == ["tn.slow.1", "tn.slow.2", "tn.slow.again"]  # type: ignore[attr-defined]
+        await inbound.unsubscribe()
+        assert sub._id not in broker.client._pulled
+    finally:
+        await sender.drain()
+        await broker.close()
+
+
 # --- the client ------------------------------------------------------------------------------------
 
 

@@ -154,8 +154,12 @@ class Channel:
         call: CallInfo | None = None,
     ) -> RespT:
         """Call a unary method (generated clients do this for you)."""
-        self._check_loop()
-        _check_request(method, request)
+        # _check_loop and _check_request, written out on the path every small call takes
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            self._check_loop()
+        if not isinstance(request, method.input_type):
+            _check_request(method, request)
         if call is None:
             call = CallInfo()
             call.wants_response_metadata = self._interceptors_read_metadata

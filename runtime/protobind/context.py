@@ -163,14 +163,15 @@ class CallInfo:
     ``CallInfo`` of every call and may change ``metadata`` or ``timeout`` before it is sent.
     """
 
-    __slots__ = ("deadline", "headers", "metadata", "method", "trailers", "wants_response_metadata")
+    __slots__ = ("_headers", "_trailers", "deadline", "metadata", "method", "wants_response_metadata")
 
     def __init__(self) -> None:
         self.method: MethodInfo[Any, Any] | None = None
         self.metadata: Metadata = Metadata()
         self.deadline: float | None = None
-        self.headers: Metadata = Metadata()
-        self.trailers: Metadata = Metadata()
+        # made on first use: most calls never read them
+        self._headers: Metadata | None = None
+        self._trailers: Metadata | None = None
         #: False when nothing can read ``headers`` / ``trailers`` of a successful call (the channel
         #: made this ``CallInfo`` itself and has no interceptors); a transport for which collecting
         #: them has a cost may then skip it.
@@ -185,6 +186,28 @@ class CallInfo:
             self.metadata = Metadata(metadata)  # a copy: interceptors may change it
         self.deadline = None if timeout is None else time.monotonic() + timeout
         return self
+
+    @property
+    def headers(self) -> Metadata:
+        """The response headers (empty until they arrived)."""
+        if self._headers is None:
+            self._headers = Metadata()
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Metadata) -> None:
+        self._headers = value
+
+    @property
+    def trailers(self) -> Metadata:
+        """The response trailers (empty until they arrived)."""
+        if self._trailers is None:
+            self._trailers = Metadata()
+        return self._trailers
+
+    @trailers.setter
+    def trailers(self, value: Metadata) -> None:
+        self._trailers = value
 
     @property
     def timeout(self) -> float | None:

@@ -148,11 +148,6 @@ class Broker(Protocol):
         """Send one message; the caller has checked its size against :attr:`max_payload`."""
         ...
 
-    async def flush(self) -> None:
-        """Return once every message published so far has left this process: handed to the
-        broker's connection (written to its socket), not waiting in a client-side buffer."""
-        ...
-
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> Subscription:
         """Call ``callback`` for each message on ``subject`` (``*`` matches one token, ``>`` the
         rest); with ``queue``, each message goes to one member of that queue group."""

@@ -291,7 +291,7 @@ class BrokerClient(ClientTransport):
             return await self.durable().unary(request, call)
         subject = self._subjects.get(method.path) or self._subject_of(method)
         codec = self._codec
-        data = codec.encode(request)
+        data = request.SerializeToString() if codec is PROTO else codec.encode(request)
         headers = None
         size = len(data)
         if call.metadata or (call.deadline is not None and not method.oneway) or codec is not PROTO:
@@ -304,7 +304,14 @@ class BrokerClient(ClientTransport):
         if not broker.is_connected:
             raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
         if method.oneway:
-            return await self._publish_oneway(subject, data, headers, method)
+            # one message without a reply address, done once handed to the broker connection (as
+            # a plain publish is; closing the channel writes what is still buffered). Nothing
+            # comes back, not even "no responders": delivery is at most once.
+            try:
+                await broker.publish(subject, data, "", headers)
+            except BrokerError as exc:
+                raise publish_error(exc) from None
+            return method.output_type()  # type: ignore[no-any-return]
         assert self._inbox is not None
         # random, not a counter: a reply address is all another connection would need to answer
         # in the server's place (urandom costs well under a microsecond)
@@ -339,18 +346,6 @@ class BrokerClient(ClientTransport):
         if out is None:
             return _decode_response(codec, msg.data, method.output_type)
         return self._unary_result(msg, out, call, subject)
-
-    async def _publish_oneway(
-        self, subject: str, data: bytes, headers: dict[str, str] | None, method: MethodInfo[Any, Any]
-    ) -> Message:
-        """A one-way call: one message without a reply address, done once it left this process.
-        Nothing comes back, not even "no responders": delivery is at most once."""
-        try:
-            await self.broker.publish(subject, data, "", headers)
-            await self.broker.flush()
-        except BrokerError as exc:
-            raise publish_error(exc) from None
-        return method.output_type()  # type: ignore[no-any-return]
 
     def _unary_result(
         self, msg: BrokerMessage, headers: dict[str, str], call: CallInfo, subject: str

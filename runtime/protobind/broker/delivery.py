@@ -93,7 +93,7 @@ class Delivery:
                     # max_pending may (0: none, a call is served only if a consumer takes it now).
                     # A message without a reply address (one-way) has no caller that gave up on
                     # it: never shed, it waits; the broker's own slow-consumer limit bounds those.
-                    if queue.qsize() <= self._max_pending or not msg.reply:
+                    if not msg.reply or queue.qsize() <= self._max_pending:
                         await handle(msg, self)
                     else:
                         await self._shed(msg)

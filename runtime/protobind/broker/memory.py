@@ -178,9 +178,6 @@ class MemoryBroker(DurableBroker):
         if not self._hub.route(message) and reply:
             self._hub.route(MemoryMessage(reply, "", b"", {"Status": NO_RESPONDERS_STATUS}))
 
-    async def flush(self) -> None:
-        """Nothing to do: :meth:`publish` hands each message to its subscribers at once."""
-
     def _add(self, subject: str, queue: str, callback: Callback | None) -> _Subscriber:
         sub = _Subscriber(self._hub, subject, queue, callback)
         self._hub.subscribers.add(sub)

@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import Message
@@ -193,14 +194,16 @@ class BrokerBinding(ServerBinding):
 
     # --- dispatch ---
 
-    async def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> None:
-        """Serve one call message; runs in a consumer (see _nats_delivery) and never raises.
-        Unary calls are served right here: this is the path every small call takes."""
+    def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> Awaitable[None]:
+        """Serve one call message: the coroutine that does, which a consumer (see
+        protobind.broker.delivery) awaits; it never raises. A plain function rather than a
+        coroutine of its own: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:
-            await self._on_other_call(msg, route, delivery)
-        else:
-            await self._serve_unary(route, msg, delivery)
+            return self._on_other_call(msg, route, delivery)
+        if msg.reply or route.inline is None:
+            return self._serve_unary(route, msg, delivery)
+        return self._serve_oneway(route, route.inline, msg, delivery)
 
     async def _on_durable_call(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
         """A message on the subject of a ``(protobind.v1.durable)`` method.
@@ -330,9 +333,9 @@ class BrokerBinding(ServerBinding):
     # --- unary and one-way calls ---
 
     async def _serve_unary(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
+        """A call with a reply address (a one-way method's too: then its endpoint acknowledges)."""
         started = time.perf_counter_ns()
         reply = msg.reply
-        inline = None if reply else route.inline
         codec: Codec = PROTO
         context: Context | None = None
         error: RpcError | None = None
@@ -341,12 +344,12 @@ class BrokerBinding(ServerBinding):
         try:
             headers = msg.headers
             deadline = None
-            peer = self.broker.peer_of(reply) if reply else ""
+            peer = self.broker.peer_of(reply)
             if headers is None:
                 context = Context(route.method, self.broker.name, peer=peer)
             else:
                 codec, timeout_ms, metadata = read_request_headers(headers)
-                if timeout_ms is not None and inline is None:  # nobody waits for a one-way call
+                if timeout_ms is not None:
                     if timeout_ms <= 0:
                         raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
                     deadline = time.monotonic() + timeout_ms / 1000
@@ -366,21 +369,8 @@ class BrokerBinding(ServerBinding):
                     request = PROTO.decode(msg.data, route.input_type)  # raises the caller's error
             else:
                 request = codec.decode(msg.data, route.input_type)
-            call: Coroutine[Any, Any, Any]
-            if inline is not None:
-                # nothing goes back: the handler's own coroutine, no response to check (errors are
-                # turned into RpcError below)
-                telemetry = self.server.telemetry
-                if telemetry is not None:
-                    # a consumer span (child of, and linked to, the producer's) around the handler;
-                    # it rewrites the trace context in the metadata before the handler's server span
-                    call = self._consumed(telemetry, route, msg.subject, context, inline, request)
-                else:
-                    awaitable = inline.handler(request, context)
-                    call = awaitable if isinstance(awaitable, Coroutine) else _awaited(awaitable)
-            else:
-                # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
-                call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
+            # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
+            call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
             # First step inline, in a copy of the context as a task of its own would have: most
             # handlers finish without waiting, and then nothing else is needed.
             isolated = contextvars.copy_context()
@@ -393,28 +383,27 @@ class BrokerBinding(ServerBinding):
                 # the call can be cancelled (deadline, caller, stop)
                 if delivery is not None:
                     delivery.waiting()
-                key = reply or f"one-way {next(self._tokens)}"
+                key = reply
                 task = asyncio.current_task()
                 assert task is not None
                 self._calls[key] = task
                 if deadline is not None:
                     slot = self._deadlines.add(deadline, key)
                 response = await Resume(call, isolated, waiting)
-            if reply:
-                body = response.SerializeToString() if codec is PROTO else codec.encode(response)
-                out = _response_headers(context, codec)
-                broker = self.broker
-                size = len(body) if out is None else len(body) + headers_size(out)
-                if size <= broker.max_payload:
-                    try:
-                        await broker.publish(reply, body, headers=out)
-                    except BrokerError as exc:
-                        logger.debug("reply to %s dropped: %r", reply, exc)
-                else:
-                    error = too_large(size, broker.max_payload)
+            body = response.SerializeToString() if codec is PROTO else codec.encode(response)
+            out = _response_headers(context, codec)
+            broker = self.broker
+            size = len(body) if out is None else len(body) + headers_size(out)
+            if size <= broker.max_payload:
+                try:
+                    await broker.publish(reply, body, headers=out)
+                except BrokerError as exc:
+                    logger.debug("reply to %s dropped: %r", reply, exc)
+            else:
+                error = too_large(size, broker.max_payload)
         except RpcError as exc:
             error = exc
-        except Exception as exc:  # only from an inline one-way handler: invoke_unary raises RpcError
+        except Exception as exc:  # a last resort: invoke_unary raises RpcError
             error = to_rpc_error(exc, context)
         except asyncio.CancelledError:
             reason = None if key is None else self._cancelled.pop(key, None)
@@ -439,8 +428,80 @@ class BrokerBinding(ServerBinding):
             stats.last_error = f"{error.code.name}: {error.message}"
             if reply:
                 await self._reply_error(route, reply, error, codec, context)
-            elif error is not _CANCELLED_BY_CLIENT:
-                _log_unanswered(msg.subject, error)
+
+    async def _serve_oneway(
+        self, route: _Route, inline: Endpoint, msg: BrokerMessage, delivery: Delivery | None
+    ) -> None:
+        """A one-way message (no reply address): the handler runs right here, in the consumer, and
+        nothing goes back; an error is logged. No deadline: nobody waits for the outcome."""
+        started = time.perf_counter_ns()
+        context: Context | None = None
+        error: RpcError | None = None
+        key = ""
+        try:
+            headers = msg.headers
+            data = msg.data
+            if headers is None:
+                codec: Codec = PROTO
+                context = Context(route.method, self.broker.name)
+            else:
+                codec, _, metadata = read_request_headers(headers)
+                context = Context(route.method, self.broker.name, metadata=metadata)
+            if len(data) > self.settings.max_message_size:
+                raise _too_big(len(data), self.settings.max_message_size)
+            if codec is PROTO:
+                try:
+                    request = route.input_type.FromString(data)
+                except Exception:
+                    request = PROTO.decode(data, route.input_type)  # raises the caller's error
+            else:
+                request = codec.decode(data, route.input_type)
+            telemetry = self.server.telemetry
+            call: Coroutine[Any, Any, Any]
+            if telemetry is not None:
+                # a consumer span (child of, and linked to, the producer's) around the handler;
+                # it rewrites the trace context in the metadata before the handler's server span
+                call = self._consumed(telemetry, route, msg.subject, context, inline, request)
+            else:
+                awaitable = inline.handler(request, context)
+                call = awaitable if type(awaitable) is CoroutineType else _coroutine(awaitable)
+            # first step inline, in a copy of the context as a task of its own would have
+            isolated = contextvars.copy_context()
+            try:
+                waiting = isolated.run(call.send, None)
+            except StopIteration:
+                pass
+            else:
+                # the handler waits: let another consumer take the next message; from now on the
+                # call can be cancelled (by stop)
+                if delivery is not None:
+                    delivery.waiting()
+                key = f"one-way {next(self._tokens)}"
+                task = asyncio.current_task()
+                assert task is not None
+                self._calls[key] = task
+                await Resume(call, isolated, waiting)
+        except RpcError as exc:
+            error = exc
+        except Exception as exc:
+            error = to_rpc_error(exc, context)
+        except asyncio.CancelledError:
+            reason = self._cancelled.pop(key, None) if key else None
+            if reason is None:
+                raise  # not a cancellation of this call: the consumer itself is being cancelled
+            uncancel()
+            error = reason
+        finally:
+            if key:
+                del self._calls[key]
+                self._cancelled.pop(key, None)
+        stats = route.stats
+        stats.num_requests += 1
+        stats.processing_time += time.perf_counter_ns() - started
+        if error is not None:
+            stats.num_errors += 1
+            stats.last_error = f"{error.code.name}: {error.message}"
+            _log_unanswered(msg.subject, error)
 
     async def _consumed(
         self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
@@ -639,6 +700,11 @@ def _not_opened(route: _Route) -> RpcError:
 
 def _too_big(size: int, limit: int) -> RpcError:
     return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
+
+
+def _coroutine(awaitable: Any) -> Coroutine[Any, Any, Any]:
+    """A handler's result as a coroutine (a handler may return any awaitable)."""
+    return awaitable if isinstance(awaitable, Coroutine) else _awaited(awaitable)
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

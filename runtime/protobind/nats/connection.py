@@ -74,21 +74,17 @@ class Connection(Client):
         self._fast = all(
             hasattr(self, name)
             for name in (
-                "_send_command",
-                "_flush_pending",
                 "_flush_queue",
-                "_status",
-                "stats",
+                "_max_pending_size",
                 "_pending",
                 "_pending_data_size",
-                "_flusher_task",
+                "_status",
+                "stats",
             )
         )
-        # written(): the batch of callers waiting for the current flush request, the pending
-        # list that request covers, and every batch whose request is not done yet (by id)
-        self._batch: list[asyncio.Future[None]] | None = None
-        self._batch_list: object = None
-        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        # sid -> the nats-py subscription whose queue protobind's consumers take messages from
+        # (see pulled()); their messages skip nats-py's general delivery path
+        self._pulled: dict[int, Any] = {}
 
     async def settle(self) -> None:
         """Return once the server has processed everything sent so far (subscriptions included).
@@ -105,9 +101,19 @@ class Connection(Client):
         self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
     ) -> None:
         """Publish ``payload``; the caller has checked the size against ``max_payload``."""
-        if not self._fast or self._status != Client.CONNECTED:
+        if not self.buffer(subject, payload, reply, headers):
             await self.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
-            return
+
+    def buffer(
+        self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Publish ``payload`` without awaiting anything, as nats-py's ``publish`` does when its
+        buffer has room: append the command to the pending buffer and wake the flusher task.
+        ``False`` when that is not possible now (not connected, the buffer full, or a nats-py
+        without these internals); the caller then awaits :meth:`send`, which waits like nats-py.
+        """
+        if not self._fast or self._status != Client.CONNECTED:
+            return False
         # one join: "a + payload + b" would copy a large payload twice
         if headers:
             block = encode_headers(headers)
@@ -115,13 +121,59 @@ class Connection(Client):
             command = b"".join((line, block, payload, b"\r\n"))
         else:
             command = b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+        size = self._pending_data_size + len(command)
+        if 0 < self._max_pending_size < size:
+            return False  # nats-py's publish flushes first, and waits for that
+        self._pending.append(command)
+        self._pending_data_size = size
         stats = self.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += len(payload)
-        await self._send_command(command)
         flush_queue = self._flush_queue
         if flush_queue is not None and flush_queue.empty():
-            await self._flush_pending()
+            # what nats-py's _flush_pending does to wake its flusher (which resolves the future)
+            flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+        return True
+
+    def pulled(self, sub: Any, taken: bool) -> None:
+        """Deliver ``sub``'s messages on the short path of :meth:`_process_msg` (``taken``:
+        while protobind consumes its queue; ``False`` after it unsubscribed)."""
+        if not taken:
+            self._pulled.pop(sub._id, None)
+        elif all(
+            hasattr(sub, name) for name in ("_id", "_pending_queue", "_pending_size", "_pending_bytes_limit")
+        ) and hasattr(self, "_error_cb"):
+            self._pulled[sub._id] = sub
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        """nats-py's parser hands every message here. For a plain subscription protobind consumes
+        itself (no callback, no JetStream, no request future, no message limit), only what
+        nats-py does for such a message: count it, build it, queue it within the slow-consumer
+        limits; with a message object that has only the four fields the engine reads."""
+        sub = self._pulled.get(sid)
+        if sub is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        size = len(data)
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += size
+        sub._received += 1
+        msg = Received(
+            subject.decode(), reply.decode(), data, await self._process_headers(headers) if headers else None
+        )
+        pending = sub._pending_size + size
+        limit = sub._pending_bytes_limit
+        queue = sub._pending_queue
+        if 0 < limit <= pending or queue.full():
+            # nats-py's own rule: a message that would overflow the queue is dropped and reported
+            error = nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)
+            await self._error_cb(error)
+            return
+        sub._pending_size = pending
+        queue.put_nowait(msg)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends
@@ -136,55 +188,10 @@ class Connection(Client):
             info["tls_required"] = True
         await super()._process_info(info, initial_connection)
 
-    async def written(self) -> None:
-        """Return once everything sent so far has been written to the socket (nats-py's flusher
-        task has emptied its pending buffer): no round trip to the server, unlike ``flush()``.
-
-        The callers of one flusher pass share one flush request. nats-py's flusher writes its
-        whole pending list when it takes a request, then starts a new list; so while that list is
-        still the one it was when the request was queued, whatever was sent since goes out with
-        it. Each caller waits on a future of its own (a shared one would be cancelled with its
-        first cancelled waiter). When the connection drops or closes, the waiters are let go: the
-        messages are in nats-py's reconnect buffer, or lost (one-way delivery is at most once).
-        """
-        if not self._fast:
-            await self.flush()
-            return
-        if not self._pending_data_size or self._status != Client.CONNECTED:
-            return  # already handed to the socket, or waiting for a reconnection in nats-py's buffer
-        batch = self._batch
-        if batch is None or self._batch_list is not self._pending:
-            flusher, queue = self._flusher_task, self._flush_queue
-            if flusher is None or flusher.done() or queue is None:
-                return  # nats-py writes inline when its flusher is gone
-            batch = self._batch = []
-            self._batch_list = self._pending
-            self._waiting[id(batch)] = batch
-            # the flusher sets the result of each future it takes, once it has written
-            request: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            request.add_done_callback(lambda _: self._release(batch))
-            await queue.put(request)
-        waiter = asyncio.get_running_loop().create_future()
-        batch.append(waiter)
-        await waiter
-
-    def _release(self, batch: list[asyncio.Future[None]]) -> None:
-        if self._batch is batch:
-            self._batch = None
-        self._waiting.pop(id(batch), None)
-        for waiter in batch:
-            if not waiter.done():
-                waiter.set_result(None)
-        batch.clear()
-
-    def release_written(self) -> None:
-        """Let every :meth:`written` caller go (the connection dropped or is closing)."""
-        for batch in list(self._waiting.values()):
-            self._release(batch)
-        self._batch = None
-
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
-        if not headers or headers[8:10] != b"\r\n":
+        if not headers:
+            return None
+        if headers[8:10] != b"\r\n":
             return await super()._process_headers(headers)
         try:
             text = headers[10:].decode()
@@ -286,6 +293,18 @@ def _broker_error(exc: BaseException) -> BrokerError:
     return BrokerError(type(exc).__name__)
 
 
+class Received:
+    """A message of a subscription protobind consumes itself (see :meth:`Connection.pulled`)."""
+
+    __slots__ = ("data", "headers", "reply", "subject")
+
+    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+
+
 class _Inbound:
     """A queue-group subscription whose pending messages protobind's consumers take themselves.
 
@@ -309,6 +328,10 @@ class _Inbound:
             await self._sub.unsubscribe()
         except nats_errors.Error as exc:
             raise _broker_error(exc) from None
+        finally:
+            client = getattr(self._sub, "_conn", None)
+            if isinstance(client, Connection):
+                client.pulled(self._sub, False)
 
 
 class _Subscription:
@@ -361,21 +384,16 @@ class NatsBroker(JetStream, DurableBroker):
 
     async def disconnected(self) -> None:
         """Called by the connection when it is lost: runs the disconnect callbacks."""
-        self.client.release_written()
         for callback in self._disconnect_callbacks:
             await callback()
 
     async def publish(
         self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
+        client = self.client
         try:
-            await self.client.send(subject, payload, reply, headers)
-        except (nats_errors.Error, OSError) as exc:
-            raise _broker_error(exc) from None
-
-    async def flush(self) -> None:
-        try:
-            await self.client.written()
+            if not client.buffer(subject, payload, reply, headers):
+                await client.send(subject, payload, reply, headers)  # waits as nats-py does
         except (nats_errors.Error, OSError) as exc:
             raise _broker_error(exc) from None
 
@@ -386,6 +404,7 @@ class NatsBroker(JetStream, DurableBroker):
         sub = await self.client.subscribe(subject, queue=queue)
         pending = _pending_queue(sub)
         if pending is not None:
+            self.client.pulled(sub, True)
             return _Inbound(sub, pending, counted=True)
         await sub.unsubscribe()
         own: asyncio.Queue[BrokerMessage] = asyncio.Queue()
@@ -413,7 +432,6 @@ class NatsBroker(JetStream, DurableBroker):
         await self.client.settle()
 
     async def close(self) -> None:
-        self.client.release_written()
         await self.client.close()
 
 
