@@ -277,7 +277,7 @@ async def test_without_nats_py_internals_calls_are_still_bounded(
 ) -> None:
     from protobind.nats import connection
 
-    monkeypatch.setattr(connection, "_pending_queue", lambda sub: None)
+    monkeypatch.setattr(connection.Connection, "pulled", lambda self, sub, mailbox: False)
     service = Recorder(delay=0.2)
     served = await _serve(nats_server, service, "&max_concurrency=4")
     try:
@@ -318,8 +318,8 @@ async def test_without_nats_py_internals_publishes_go_through_nats_py(
 
 async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str) -> None:
     """The server's subscriptions skip nats-py's general delivery path (Connection.pulled); they
-    keep its slow-consumer rule: a message that would reach the pending-bytes limit is dropped,
-    and room made by taking messages is used again. Headers and fields arrive intact."""
+    keep its slow-consumer rules: a message that would reach the pending-bytes or message-count
+    limit is dropped, and room made by taking messages is used again. Headers and fields arrive intact."""
     from protobind.nats.connection import open_broker
     from protobind.nats.options import settings_from
 
@@ -330,13 +330,14 @@ async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str)
         await broker.settle()
         sub = inbound._sub  # type: ignore[attr-defined]
         assert sub._id in broker.client._pulled
+        items = inbound.mailbox.items
         sub._pending_bytes_limit = 350  # nats-py's own limit, normally 64 MiB
         for i in range(6):
             await sender.publish(f"tn.slow.{i}", bytes(100), reply=f"r.{i}", headers={"a-b": f"{i}"})
         await sender.flush()
         await broker.settle()
-        assert inbound.queue.qsize() == 3  # the 4th would make 400 >= 350
-        first = inbound.queue.get_nowait()
+        assert len(items) == 3  # the 4th would make 400 >= 350
+        first = items.popleft()
         assert (first.subject, first.reply, first.data, first.headers) == (
             "tn.slow.0",
             "r.0",
@@ -347,7 +348,13 @@ async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str)
         await sender.publish("tn.slow.again", b"x" * 100)
         await sender.flush()
         await broker.settle()
-        assert [m.subject for m in list(inbound.queue._queue)] == ["tn.slow.1", "tn.slow.2", "tn.slow.again"]  # type: ignore[attr-defined]
+        assert [m.subject for m in items] == ["tn.slow.1", "tn.slow.2", "tn.slow.again"]
+        # and the message-count limit
+        sub._pending_msgs_limit = 3
+        await sender.publish("tn.slow.over", b"")
+        await sender.flush()
+        await broker.settle()
+        assert len(items) == 3
         await inbound.unsubscribe()
         assert sub._id not in broker.client._pulled
     finally:

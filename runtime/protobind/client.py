@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -11,7 +12,7 @@ from google.protobuf.message import Message
 from .context import CallInfo
 from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Invoker, chain_client
-from .metadata import MetadataLike
+from .metadata import Metadata, MetadataLike
 from .method import MethodInfo
 from .telemetry import Telemetry, TelemetryOption
 from .transport import ClientTransport, check_options, query_options, transport_for_url
@@ -161,9 +162,16 @@ class Channel:
         if not isinstance(request, method.input_type):
             _check_request(method, request)
         if call is None:
+            # CallInfo.prepare, written out
             call = CallInfo()
             call.wants_response_metadata = self._interceptors_read_metadata
-        call.prepare(method, timeout, metadata)
+            call.method = method
+            if metadata is not None:
+                call.metadata = Metadata(metadata)
+            if timeout is not None:
+                call.deadline = time.monotonic() + timeout
+        else:
+            call.prepare(method, timeout, metadata)
         return await self._unary(request, call)  # type: ignore[no-any-return]
 
     async def server_stream(

@@ -163,19 +163,17 @@ class CallInfo:
     ``CallInfo`` of every call and may change ``metadata`` or ``timeout`` before it is sent.
     """
 
-    __slots__ = ("_headers", "_trailers", "deadline", "metadata", "method", "wants_response_metadata")
-
-    def __init__(self) -> None:
-        self.method: MethodInfo[Any, Any] | None = None
-        self.metadata: Metadata = Metadata()
-        self.deadline: float | None = None
-        # made on first use: most calls never read them
-        self._headers: Metadata | None = None
-        self._trailers: Metadata | None = None
-        #: False when nothing can read ``headers`` / ``trailers`` of a successful call (the channel
-        #: made this ``CallInfo`` itself and has no interceptors); a transport for which collecting
-        #: them has a cost may then skip it.
-        self.wants_response_metadata = True
+    # Defaults live on the class and there is no __init__: a channel makes one CallInfo per call,
+    # and this is the cheapest object Python can make. Metadata objects are made on first use.
+    method: MethodInfo[Any, Any] | None = None
+    deadline: float | None = None
+    _metadata: Metadata | None = None
+    _headers: Metadata | None = None
+    _trailers: Metadata | None = None
+    #: False when nothing can read ``headers`` / ``trailers`` of a successful call (the channel
+    #: made this ``CallInfo`` itself and has no interceptors); a transport for which collecting
+    #: them has a cost may then skip it.
+    wants_response_metadata: bool = True
 
     def prepare(
         self, method: MethodInfo[Any, Any], timeout: float | None, metadata: MetadataLike | None
@@ -186,6 +184,24 @@ class CallInfo:
             self.metadata = Metadata(metadata)  # a copy: interceptors may change it
         self.deadline = None if timeout is None else time.monotonic() + timeout
         return self
+
+    @property
+    def metadata(self) -> Metadata:
+        """The request metadata (client interceptors may change it before it is sent)."""
+        if self._metadata is None:
+            self._metadata = Metadata()
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: Metadata) -> None:
+        self._metadata = value
+
+    @property
+    def outgoing_metadata(self) -> Metadata | None:
+        """The request metadata, or ``None`` when there is none (for transports: asking does not
+        make an empty ``Metadata``)."""
+        metadata = self._metadata
+        return metadata if metadata else None
 
     @property
     def headers(self) -> Metadata:

@@ -29,6 +29,8 @@ that runs durable calls on it is :mod:`protobind.broker.durable`.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -48,6 +50,7 @@ __all__ = [
     "EngineSettings",
     "Inbound",
     "Inbox",
+    "Mailbox",
     "NoStream",
     "NotConnected",
     "NotStored",
@@ -98,13 +101,59 @@ class Subscription(Protocol):
         ...
 
 
+class Mailbox:
+    """Messages received and not yet taken, oldest first: what a broker hands the engine's
+    consumers (see :class:`Inbound`).
+
+    Lighter than ``asyncio.Queue``, since every call passes through one: consumers test and pop
+    ``items`` (the deque itself) directly, and the only method on the way of a message is
+    :meth:`put`. It has no size bound: the broker applies its own slow-consumer limit before
+    putting (``len(items)`` is the count waiting).
+    """
+
+    __slots__ = ("_waiters", "items")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[BrokerMessage] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def put(self, message: BrokerMessage) -> None:
+        """Add ``message`` and wake one waiting consumer (call it on the consumers' loop)."""
+        self.items.append(message)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def wait(self) -> None:
+        """Return once a message is there (another consumer may have taken it by then)."""
+        if self.items:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if self.items and waiter.done() and not waiter.cancelled():
+                self._wake()  # this consumer was woken but will not take the message: pass it on
+            raise
+
+
 class Inbound(Subscription, Protocol):
-    """A subscription whose messages the engine takes itself from ``queue`` (so that several
+    """A subscription whose messages the engine takes itself from ``mailbox`` (so that several
     consumers serve one subscription without a task per message). After taking a message the
     engine calls ``taken(message)`` (a broker may keep byte counts for slow-consumer limits)."""
 
     @property
-    def queue(self) -> asyncio.Queue[BrokerMessage]:
+    def mailbox(self) -> Mailbox:
         """Messages received and not yet taken."""
         ...
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, loop_time
@@ -61,6 +62,7 @@ logger = logging.getLogger("protobind.broker")
 #: Size allowance for the headers of a call without metadata (content type, timeout): a few
 #: dozen bytes, so counting them exactly is not worth it on every call.
 _SMALL_HEADERS = 128
+_EMPTY = Empty()
 #: Reply tokens of liveness probes start with this (call tokens are hex: never a "p").
 _PROBE = "p"
 #: Probe intervals without an answer after which a unary call's server is considered gone.
@@ -222,9 +224,10 @@ class BrokerClient(ClientTransport):
             if remaining <= 0:
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
             headers[TIMEOUT] = str(max(1, int(remaining * 1000)))
-        if call.metadata:
+        metadata = call.outgoing_metadata
+        if metadata is not None:
             try:
-                put_metadata(headers, call.metadata)
+                put_metadata(headers, metadata)
             except RpcError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
         return headers
@@ -294,10 +297,11 @@ class BrokerClient(ClientTransport):
         data = request.SerializeToString() if codec is PROTO else codec.encode(request)
         headers = None
         size = len(data)
-        if call.metadata or (call.deadline is not None and not method.oneway) or codec is not PROTO:
+        metadata = call.outgoing_metadata
+        if metadata is not None or (call.deadline is not None and not method.oneway) or codec is not PROTO:
             headers = self._request_headers(call, codec, with_deadline=not method.oneway)
             # without metadata the headers are a few dozen bytes; only metadata can make them large
-            size += headers_size(headers) if call.metadata else _SMALL_HEADERS
+            size += headers_size(headers) if metadata is not None else _SMALL_HEADERS
         broker = self.broker
         if size > broker.max_payload:
             raise too_large(size, broker.max_payload)
@@ -311,7 +315,9 @@ class BrokerClient(ClientTransport):
                 await broker.publish(subject, data, "", headers)
             except BrokerError as exc:
                 raise publish_error(exc) from None
-            return method.output_type()  # type: ignore[no-any-return]
+            # one-way methods answer google.protobuf.Empty (the generator enforces it), which has
+            # no fields: one shared instance instead of a new one per call
+            return _EMPTY if method.output_type is Empty else method.output_type()
         assert self._inbox is not None
         # random, not a counter: a reply address is all another connection would need to answer
         # in the server's place (urandom costs well under a microsecond)

@@ -55,7 +55,7 @@ class Delivery:
         """Serve ``inbound`` with ``handle``. While more than ``max_pending`` messages wait, the
         oldest calls go to ``shed`` instead (their callers most likely gave up on them)."""
         self._inbound = inbound
-        self._queue = inbound.queue
+        self._mailbox = inbound.mailbox
         self._handle = handle
         self._pool = pool
         self._max_pending = max_pending
@@ -72,35 +72,34 @@ class Delivery:
 
     async def _consume(self) -> None:
         pool = self._pool
-        queue = self._queue
+        mailbox = self._mailbox
+        items = mailbox.items
         inbound = self._inbound
         handle = self._handle
         try:
             while not pool.closing:
-                if queue.empty():
+                if not items:
                     if self._idle >= MAX_IDLE:
                         return
                     self._idle += 1
                     try:
-                        msg = await queue.get()
+                        await mailbox.wait()
                     finally:
                         self._idle -= 1
-                else:
-                    msg = queue.get_nowait()
+                    continue
+                msg = items.popleft()
                 inbound.taken(msg)
                 try:
-                    # the messages still queued behind this one are the ones waiting: at most
-                    # max_pending may (0: none, a call is served only if a consumer takes it now).
-                    # A message without a reply address (one-way) has no caller that gave up on
-                    # it: never shed, it waits; the broker's own slow-consumer limit bounds those.
-                    if not msg.reply or queue.qsize() <= self._max_pending:
+                    # the messages still waiting behind this one: at most max_pending may (0: none,
+                    # a call is served only if a consumer takes it now). A message without a reply
+                    # address (one-way) has no caller that gave up on it: never shed, it waits; the
+                    # broker's own slow-consumer limit bounds those.
+                    if not msg.reply or len(items) <= self._max_pending:
                         await handle(msg, self)
                     else:
                         await self._shed(msg)
                 except Exception:  # handle answers every error itself; this is a last resort
                     logger.exception("NATS message on %s not handled", msg.subject)
-                finally:
-                    queue.task_done()
         finally:
             pool.count -= 1
 
@@ -112,14 +111,13 @@ class Delivery:
             self._spawn()
 
     def holds(self, reply: str) -> bool:
-        """Whether a message answering to ``reply`` waits in the queue (for liveness probes; a
+        """Whether a message answering to ``reply`` waits in the mailbox (for liveness probes; a
         scan, but probes are rare: one per long call per heartbeat interval)."""
-        return any(getattr(msg, "reply", None) == reply for msg in list(getattr(self._queue, "_queue", ())))
+        return any(msg.reply == reply for msg in list(self._mailbox.items))
 
     def take_remaining(self) -> list[Any]:
         """Messages not yet handled (after unsubscribing, to refuse them)."""
-        remaining = []
-        while not self._queue.empty():
-            remaining.append(self._queue.get_nowait())
-            self._queue.task_done()
+        items = self._mailbox.items
+        remaining = list(items)
+        items.clear()
         return remaining

@@ -683,9 +683,10 @@ class DurableClient:
             raise ValueError(f"a call id is letters, digits, '-' and '_' only, got {call_id!r}")
         headers: dict[str, str] = {}
         put_content_type(headers, self._codec)
-        if call.metadata:
+        metadata = call.outgoing_metadata
+        if metadata is not None:
             try:
-                put_metadata(headers, call.metadata)
+                put_metadata(headers, metadata)
             except RpcError as exc:
                 raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
         if not method.oneway:

@@ -33,6 +33,7 @@ from .base import (
     DurableBroker,
     EngineSettings,
     InboxCallback,
+    Mailbox,
     NotConnected,
     PayloadTooLarge,
     StoreAck,
@@ -62,13 +63,13 @@ class MemoryMessage:
 
 
 class _Subscriber:
-    """One subscription: a queue drained by a delivery task (callback) or by the engine (pull)."""
+    """One subscription: a mailbox drained by a delivery task (callback) or by the engine (pull)."""
 
     def __init__(self, hub: _Hub, subject: str, queue: str, callback: Callback | None) -> None:
         self.hub = hub
         self.pattern = tuple(subject.split("."))
         self.group = queue
-        self.queue: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+        self.mailbox = Mailbox()
         self.loop = asyncio.get_running_loop()
         self.active = True
         self._task: asyncio.Task[None] | None = None
@@ -76,8 +77,12 @@ class _Subscriber:
             self._task = asyncio.get_running_loop().create_task(self._deliver(callback))
 
     async def _deliver(self, callback: Callback) -> None:
+        mailbox = self.mailbox
         while True:
-            message = await self.queue.get()
+            if not mailbox.items:
+                await mailbox.wait()
+                continue
+            message = mailbox.items.popleft()
             try:
                 await callback(message)
             except Exception:  # a subscriber's failure must not stop delivery, as in nats-py
@@ -86,7 +91,7 @@ class _Subscriber:
                 logging.getLogger("protobind.broker").exception("memory broker callback failed")
 
     def taken(self, message: BrokerMessage) -> None:
-        """Nothing to count: the queue is this broker's own."""
+        """Nothing to count: the mailbox is this broker's own."""
 
     async def unsubscribe(self) -> None:
         self.active = False
@@ -105,14 +110,14 @@ class _Hub:
 
     def route(self, message: MemoryMessage) -> int:
         # a subscriber may live on another thread's event loop (a blocking client's, say): its
-        # queue is then fed through that loop, which also wakes it
+        # mailbox is then fed through that loop, which also wakes it
         here = asyncio.get_running_loop()
 
         def put(sub: _Subscriber) -> None:
             if sub.loop is here:
-                sub.queue.put_nowait(message)
+                sub.mailbox.put(message)
             else:
-                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, message)
+                sub.loop.call_soon_threadsafe(sub.mailbox.put, message)
 
         tokens = tuple(message.subject.split("."))
         groups: dict[str, list[_Subscriber]] = {}

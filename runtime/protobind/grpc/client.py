@@ -117,10 +117,9 @@ class GrpcTransport(ClientTransport):
         method = call.method
         assert method is not None
         multicallable = self._callables.get(method.path) or self._callable(method)
-        metadata = call.metadata
-        grpc_call = multicallable(
-            request, timeout=_timeout(call), metadata=_wire(metadata, strict=True) if metadata else None
-        )
+        metadata = call.outgoing_metadata
+        wire = None if metadata is None else _wire(metadata, strict=True)
+        grpc_call = multicallable(request, timeout=_timeout(call), metadata=wire)
         try:
             response = await grpc_call
         except grpc.aio.AioRpcError as exc:
@@ -141,7 +140,8 @@ class GrpcTransport(ClientTransport):
         method = call.method
         assert method is not None
         multicallable = self._callables.get(method.path) or self._callable(method)
-        metadata = _wire(call.metadata, strict=True) if call.metadata else None
+        outgoing = call.outgoing_metadata
+        metadata = None if outgoing is None else _wire(outgoing, strict=True)
         writer: asyncio.Task[None] | None = None
         if method.kind.client_streams:
             grpc_call = multicallable(timeout=_timeout(call), metadata=metadata)

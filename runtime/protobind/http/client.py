@@ -127,7 +127,8 @@ class HttpTransport(ClientTransport):
     @staticmethod
     def _headers(call: CallInfo, content_type: str) -> list[tuple[str, str]]:
         headers = [("content-type", content_type), ("connect-protocol-version", "1")]
-        for key, value in call.metadata.items():
+        metadata = call.outgoing_metadata
+        for key, value in metadata.items() if metadata is not None else ():
             if key in PROTOCOL_HEADERS:
                 continue  # the binding owns these (e.g. metadata forwarded from an incoming call)
             headers.append((key, header_value(key, value)))

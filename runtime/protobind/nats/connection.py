@@ -30,6 +30,7 @@ from ..broker.base import (
     Callback,
     DurableBroker,
     InboxCallback,
+    Mailbox,
     NotConnected,
     PayloadTooLarge,
 )
@@ -75,6 +76,7 @@ class Connection(Client):
             hasattr(self, name)
             for name in (
                 "_flush_queue",
+                "_max_payload",
                 "_max_pending_size",
                 "_pending",
                 "_pending_data_size",
@@ -82,9 +84,9 @@ class Connection(Client):
                 "stats",
             )
         )
-        # sid -> the nats-py subscription whose queue protobind's consumers take messages from
+        # sid -> (nats-py subscription, the mailbox protobind's consumers take its messages from)
         # (see pulled()); their messages skip nats-py's general delivery path
-        self._pulled: dict[int, Any] = {}
+        self._pulled: dict[int, tuple[Any, Mailbox]] = {}
 
     async def settle(self) -> None:
         """Return once the server has processed everything sent so far (subscriptions included).
@@ -135,45 +137,54 @@ class Connection(Client):
             flush_queue.put_nowait(asyncio.get_running_loop().create_future())
         return True
 
-    def pulled(self, sub: Any, taken: bool) -> None:
-        """Deliver ``sub``'s messages on the short path of :meth:`_process_msg` (``taken``:
-        while protobind consumes its queue; ``False`` after it unsubscribed)."""
-        if not taken:
-            self._pulled.pop(sub._id, None)
-        elif all(
-            hasattr(sub, name) for name in ("_id", "_pending_queue", "_pending_size", "_pending_bytes_limit")
-        ) and hasattr(self, "_error_cb"):
-            self._pulled[sub._id] = sub
+    def pulled(self, sub: Any, mailbox: Mailbox | None) -> bool:
+        """Deliver ``sub``'s messages into ``mailbox`` on the short path of :meth:`_process_msg`
+        (``None``: no more, protobind unsubscribed). ``False`` when this nats-py lacks what that
+        path reads; the caller then uses a callback subscription."""
+        if mailbox is None:
+            self._pulled.pop(getattr(sub, "_id", None), None)  # type: ignore[arg-type]
+            return True
+        names = ("_id", "_received", "_pending_size", "_pending_bytes_limit", "_pending_msgs_limit")
+        if not (all(hasattr(sub, name) for name in names) and hasattr(self, "_error_cb")):
+            return False
+        self._pulled[sub._id] = (sub, mailbox)
+        # what nats-py queued before (nothing, unless a message came in between)
+        queued = getattr(sub, "_pending_queue", None)
+        while isinstance(queued, asyncio.Queue) and not queued.empty():
+            mailbox.put(queued.get_nowait())
+            queued.task_done()
+        return True
 
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """nats-py's parser hands every message here. For a plain subscription protobind consumes
         itself (no callback, no JetStream, no request future, no message limit), only what
         nats-py does for such a message: count it, build it, queue it within the slow-consumer
         limits; with a message object that has only the four fields the engine reads."""
-        sub = self._pulled.get(sid)
-        if sub is None:
+        pulled = self._pulled.get(sid)
+        if pulled is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
+        sub, mailbox = pulled
         size = len(data)
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += size
         sub._received += 1
-        msg = Received(
-            subject.decode(), reply.decode(), data, await self._process_headers(headers) if headers else None
-        )
+        # Received's fields set here, without an __init__ call: this runs for every message
+        msg = _new(Received)
+        msg.subject = subject.decode()
+        msg.reply = reply.decode()
+        msg.data = data
+        msg.headers = await self._process_headers(headers) if headers else None
+        # nats-py's own limits: a message that would overflow them is dropped and reported
         pending = sub._pending_size + size
         limit = sub._pending_bytes_limit
-        queue = sub._pending_queue
-        if 0 < limit <= pending or queue.full():
-            # nats-py's own rule: a message that would overflow the queue is dropped and reported
-            error = nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)
-            await self._error_cb(error)
+        if not 0 < limit <= pending and not 0 < sub._pending_msgs_limit <= len(mailbox.items):
+            sub._pending_size = pending
+            mailbox.put(msg)
             return
-        sub._pending_size = pending
-        queue.put_nowait(msg)
+        error = nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)
+        await self._error_cb(error)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends
@@ -294,33 +305,35 @@ def _broker_error(exc: BaseException) -> BrokerError:
 
 
 class Received:
-    """A message of a subscription protobind consumes itself (see :meth:`Connection.pulled`)."""
+    """A message of a subscription protobind consumes itself (see :meth:`Connection.pulled`),
+    made with ``object.__new__`` and its four fields set."""
 
     __slots__ = ("data", "headers", "reply", "subject")
+    subject: str
+    reply: str
+    data: bytes
+    headers: dict[str, str] | None
 
-    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        self.subject = subject
-        self.reply = reply
-        self.data = data
-        self.headers = headers
+
+_new = object.__new__
 
 
 class _Inbound:
-    """A queue-group subscription whose pending messages protobind's consumers take themselves.
+    """A queue-group subscription whose messages protobind's consumers take themselves.
 
-    It reads two private attributes of nats-py's ``Subscription``, ``_pending_queue`` and
-    ``_pending_size``, exactly as nats-py's own delivery loop does. When a nats-py version lacks
-    them, a callback subscription fills a queue of our own instead (one extra hop per message).
+    The connection puts them in the mailbox itself (:meth:`Connection.pulled`) and keeps nats-py's
+    pending-bytes count of the subscription, as nats-py's own delivery does. With a nats-py that
+    lacks what that reads, a callback subscription fills the mailbox instead (one hop more).
     """
 
-    def __init__(self, sub: Any, queue: asyncio.Queue[BrokerMessage], counted: bool) -> None:
+    def __init__(self, sub: Any, mailbox: Mailbox, connection: Connection | None) -> None:
         self._sub = sub
-        self.queue = queue
-        self._counted = counted
+        self.mailbox = mailbox
+        self._connection = connection  # None: a callback subscription fills the mailbox
 
     def taken(self, message: BrokerMessage) -> None:
-        if self._counted:
-            # nats-py's slow-consumer limit counts the bytes waiting in the queue
+        if self._connection is not None:
+            # nats-py's slow-consumer limit counts the bytes waiting
             self._sub._pending_size -= len(message.data)
 
     async def unsubscribe(self) -> None:
@@ -329,9 +342,8 @@ class _Inbound:
         except nats_errors.Error as exc:
             raise _broker_error(exc) from None
         finally:
-            client = getattr(self._sub, "_conn", None)
-            if isinstance(client, Connection):
-                client.pulled(self._sub, False)
+            if self._connection is not None:
+                self._connection.pulled(self._sub, None)
 
 
 class _Subscription:
@@ -353,14 +365,6 @@ class _Inbox:
         return self.prefix + token
 
 
-def _pending_queue(sub: Any) -> asyncio.Queue[BrokerMessage] | None:
-    """nats-py's queue of a subscription's undelivered messages, if this nats-py has one."""
-    pending = getattr(sub, "_pending_queue", None)
-    if isinstance(pending, asyncio.Queue) and isinstance(getattr(sub, "_pending_size", None), int):
-        return pending
-    return None
-
-
 class NatsBroker(JetStream, DurableBroker):
     """:class:`protobind.broker.base.DurableBroker` on one nats-py connection; with
     :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
@@ -371,13 +375,16 @@ class NatsBroker(JetStream, DurableBroker):
         self.client = client
         self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
 
+    # both asked on every call: read straight from nats-py's state where it has it
     @property
     def max_payload(self) -> int:
-        return int(self.client.max_payload)
+        client = self.client
+        return int(client._max_payload if client._fast else client.max_payload)
 
     @property
     def is_connected(self) -> bool:
-        return bool(self.client.is_connected)
+        client = self.client
+        return client._status == Client.CONNECTED if client._fast else bool(client.is_connected)
 
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._disconnect_callbacks.append(callback)
@@ -401,18 +408,17 @@ class NatsBroker(JetStream, DurableBroker):
         return _Subscription(await self.client.subscribe(subject, queue=queue, cb=callback))
 
     async def pull(self, subject: str, queue: str = "") -> _Inbound:
+        mailbox = Mailbox()
+        # no callback: the connection puts the messages in the mailbox (Connection.pulled)
         sub = await self.client.subscribe(subject, queue=queue)
-        pending = _pending_queue(sub)
-        if pending is not None:
-            self.client.pulled(sub, True)
-            return _Inbound(sub, pending, counted=True)
+        if self.client.pulled(sub, mailbox):
+            return _Inbound(sub, mailbox, self.client)
         await sub.unsubscribe()
-        own: asyncio.Queue[BrokerMessage] = asyncio.Queue()
 
         async def put(msg: BrokerMessage) -> None:
-            own.put_nowait(msg)
+            mailbox.put(msg)
 
-        return _Inbound(await self.client.subscribe(subject, queue=queue, cb=put), own, counted=False)
+        return _Inbound(await self.client.subscribe(subject, queue=queue, cb=put), mailbox, None)
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
         # nats-py's inbox prefix is random (a NUID), so addresses are not guessable
