@@ -1160,3 +1160,76 @@ async def test_json_client_accepts_response_fields_it_does_not_know(nats_server:
     async with protobind.connect(f"{nats_server}?prefix={prefix}&codec=json") as channel:
         reply = await ConformanceServiceClient(channel).unary(Request(), timeout=5)
     assert reply.text == "new"
+
+
+# --- the mailbox between a broker and the engine's consumers ------------------------------------
+
+
+async def test_mailbox_wakes_one_consumer_per_message_and_passes_on_a_lost_wake_up() -> None:
+    from protobind.broker.base import Mailbox
+
+    mailbox = Mailbox()
+    woken: list[str] = []
+
+    async def consumer(name: str) -> None:
+        await mailbox.wait()
+        woken.append(name)
+
+    first = asyncio.ensure_future(consumer("first"))
+    second = asyncio.ensure_future(consumer("second"))
+    await asyncio.sleep(0)
+    mailbox.put("m1")  # type: ignore[arg-type]
+    # the first waiter is woken, then cancelled before it ran: its wake-up goes to the second
+    first.cancel()
+    await asyncio.wait_for(second, 5)
+    assert woken == ["second"] and first.cancelled()
+    assert list(mailbox.items) == ["m1"]
+    await asyncio.wait_for(mailbox.wait(), 5)  # a message is there: no waiting
+
+
+async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
+    from protobind.broker.base import Mailbox
+    from protobind.broker.delivery import ConsumerPool, Delivery
+
+    class Inbound:
+        def __init__(self) -> None:
+            self.mailbox = Mailbox()
+
+        def taken(self, message: Any) -> None:
+            pass
+
+        async def unsubscribe(self) -> None:
+            pass
+
+    class Message:
+        def __init__(self, n: int) -> None:
+            self.subject, self.reply, self.data, self.headers = "s", "", b"", None
+            self.n = n
+
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def handle(msg: Any, delivery: Delivery) -> None:
+        seen.append(msg.n)
+        if msg.n == 0:  # the first handler waits: another consumer takes over
+            delivery.waiting()
+            await release.wait()
+
+    async def shed(msg: Any) -> None:
+        raise AssertionError("one-way messages are never shed")
+
+    inbound = Inbound()
+    delivery = Delivery(inbound, handle, ConsumerPool(4), 0, shed)  # type: ignore[arg-type]
+    for n in range(100):
+        inbound.mailbox.put(Message(n))  # type: ignore[arg-type]
+        if n % 7 == 0:
+            await asyncio.sleep(0)
+    for _ in range(200):
+        if len(seen) == 100:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == list(range(100))  # all of them, in order, while the first handler still waits
+    release.set()
+    await asyncio.sleep(0.01)
+    for task in delivery.tasks:
+        task.cancel()
