@@ -154,6 +154,11 @@ def main() -> None:
                     entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
                     entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
                     entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
+                    # the rounds measure both sides back to back: the ratio within each round
+                    # cancels the load that moves both, so its median is the steadier figure
+                    pairs_of_rounds = zip(samples[ours], samples[raw], strict=True)
+                    rounds = [x["calls_per_s"] / y["calls_per_s"] for x, y in pairs_of_rounds]
+                    entry["round_throughput_ratio"] = summarize(rounds)
                     if "server_cpu_us" in a and "server_cpu_us" in b:
                         cpu_a, cpu_b = a["server_cpu_us"]["median"], b["server_cpu_us"]["median"]
                         entry["server_cpu_ratio"] = cpu_a / cpu_b
@@ -198,6 +203,10 @@ def _print_entry(entry: dict[str, Any]) -> None:
         print(
             f"ratio protobind/raw: throughput {entry['throughput_ratio']:.2f}x, p50 {entry['p50_ratio']:.2f}x"
             f" ({entry['p50_difference_us']:+,.0f} µs per call)" + cpu_ratio
+        )
+        r = entry["round_throughput_ratio"]
+        print(
+            f"throughput ratio within each round: median {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
         )
     sys.stdout.flush()
 

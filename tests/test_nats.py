@@ -700,6 +700,13 @@ async def test_messages_above_max_payload_are_resource_exhausted(nats_servers: N
             with pytest.raises(RpcError) as info:
                 await client.client_stream([Request(payload=b"x" * 5000)], timeout=5)
             assert info.value.code is Code.RESOURCE_EXHAUSTED
+            # one-way messages: the broker's publish checks the body, the engine the headers
+            with pytest.raises(RpcError) as info:
+                await client.notify(Request(payload=b"x" * 5000))
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            with pytest.raises(RpcError) as info:
+                await client.notify(Request(payload=b"x" * 3000), metadata={"x-big": "y" * 1500})
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
             # the connection survived all of that
             assert (await client.unary(Request(text="still"), timeout=5)).text == "still"
     finally:
@@ -1076,6 +1083,35 @@ async def test_calls_recover_after_nats_server_restart(nats_servers: NatsServers
                     assert time.monotonic() < deadline, "calls did not recover"
                     await asyncio.sleep(0.1)
             assert reply.text == "after"
+    finally:
+        await served.server.stop(0)
+
+
+async def test_oneway_calls_during_a_reconnection_wait_in_the_connection(nats_servers: NatsServers) -> None:
+    """While the NATS connection is being re-established a one-way call is not refused: its
+    message waits in the connection's buffer (as nats-py's publish does) and is sent after
+    reconnection; delivery stays at most once (the server may not have resubscribed yet)."""
+    nats_url, stop_nats = nats_servers.start()
+    port = int(nats_url.rsplit(":", 1)[1])
+    service = Recorder()
+    served = await _serve(nats_url, service, "&reconnect_wait=0.1")
+    try:
+        async with protobind.connect(served.url + "&reconnect_wait=0.1") as channel:
+            client = ConformanceServiceClient(channel)
+            await client.notify(Request(text="before"))
+            await service.until(lambda: service.notified == ["before"])
+            broker = channel.transport.broker  # type: ignore[attr-defined]
+            stop_nats()
+            await _eventually(lambda: not broker.is_connected)
+            assert await client.notify(Request(text="during")) is None  # kept, not refused
+            nats_servers.start(port)
+            await _eventually(lambda: broker.is_connected)
+            for attempt in range(50):  # the server resubscribes on its own schedule
+                await client.notify(Request(text=f"after-{attempt}"))
+                await asyncio.sleep(0.1)
+                if any(t.startswith("after-") for t in service.notified):
+                    break
+            assert any(t.startswith("after-") for t in service.notified)
     finally:
         await served.server.stop(0)
 

@@ -303,14 +303,15 @@ class BrokerClient(ClientTransport):
             # without metadata the headers are a few dozen bytes; only metadata can make them large
             size += headers_size(headers) if metadata is not None else _SMALL_HEADERS
         broker = self.broker
-        if size > broker.max_payload:
-            raise too_large(size, broker.max_payload)
-        if not broker.is_connected:
-            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
         if method.oneway:
-            # one message without a reply address, done once handed to the broker connection (as
+            # One message without a reply address, done once handed to the broker connection (as
             # a plain publish is; closing the channel writes what is still buffered). Nothing
-            # comes back, not even "no responders": delivery is at most once.
+            # comes back, not even "no responders": delivery is at most once. The broker's own
+            # publish checks the size and the connection (a NATS connection that is being
+            # re-established keeps the message for after reconnection, as nats-py does); headers
+            # are counted here, since the broker may count only the body.
+            if headers is not None and size > broker.max_payload:
+                raise too_large(size, broker.max_payload)
             try:
                 await broker.publish(subject, data, "", headers)
             except BrokerError as exc:
@@ -318,6 +319,10 @@ class BrokerClient(ClientTransport):
             # one-way methods answer google.protobuf.Empty (the generator enforces it), which has
             # no fields: one shared instance instead of a new one per call
             return _EMPTY if method.output_type is Empty else method.output_type()
+        if size > broker.max_payload:
+            raise too_large(size, broker.max_payload)
+        if not broker.is_connected:
+            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
         assert self._inbox is not None
         # random, not a counter: a reply address is all another connection would need to answer
         # in the server's place (urandom costs well under a microsecond)

@@ -114,8 +114,8 @@ class Connection(Client):
         ``False`` when that is not possible now (not connected, the buffer full, or a nats-py
         without these internals); the caller then awaits :meth:`send`, which waits like nats-py.
         """
-        if not self._fast or self._status != Client.CONNECTED:
-            return False
+        if not self._fast or self._status != Client.CONNECTED or len(payload) > self._max_payload:
+            return False  # nats-py's publish buffers while reconnecting, raises when too large or closed
         # one join: "a + payload + b" would copy a large payload twice
         if headers:
             block = encode_headers(headers)
@@ -298,7 +298,7 @@ async def _abandon(client: Connection) -> None:
 
 def _broker_error(exc: BaseException) -> BrokerError:
     if isinstance(exc, nats_errors.MaxPayloadError):
-        return PayloadTooLarge(str(exc))
+        return PayloadTooLarge("the message exceeds the server's max_payload")
     if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
         return NotConnected(str(exc))
     return BrokerError(type(exc).__name__)
