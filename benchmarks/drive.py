@@ -164,7 +164,7 @@ if __name__ == "__main__":
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
-    parser.add_argument("--messages", type=int, default=50000, help="one-way pairs: messages per run")
+    parser.add_argument("--messages", type=int, default=300000, help="one-way pairs: messages per run")
     arguments = parser.parse_args()
     if arguments.kind in peers.SYNC_CLIENTS:
         print(json.dumps(main_sync(arguments)), flush=True)

@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of each throughput run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sequential", type=int, default=1000, help="calls in the latency run")
-    parser.add_argument("--messages", type=int, default=50000, help="messages per one-way throughput run")
+    parser.add_argument("--messages", type=int, default=300000, help="messages per one-way throughput run")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = parser.parse_args()
 
