@@ -65,6 +65,27 @@ def test_bad_config_files(tmp_path: Path) -> None:
         Config.load(tmp_path / "missing.toml", env={})
 
 
+def test_max_oneway_from_the_file_reaches_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "protobind.toml"
+    path.write_text(TOML)
+    assert Config.load(path, env={}).max_oneway == 1024
+    path.write_text(TOML.replace("grace = 2.5", "grace = 2.5\nmax_oneway = 3"))
+    assert Config.load(path, env={}).max_oneway == 3
+    for bad in ("0", "-1", '"many"', "1.5"):
+        path.write_text(TOML.replace("grace = 2.5", f"grace = 2.5\nmax_oneway = {bad}"))
+        with pytest.raises(ConfigError, match=r"server\.max_oneway must be a whole number >= 1"):
+            Config.load(path, env={})
+    # `protobind serve` builds its Server with it
+    from protobind_codegen import cli
+
+    path.write_text(TOML.replace("grace = 2.5", "grace = 2.5\nmax_oneway = 3"))
+    seen: list[int] = []
+    monkeypatch.setattr(protobind.Server, "run", lambda self, *urls, **kw: seen.append(self.background.limit))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--config", str(path)])
+    assert exit_info.value.code == 0 and seen == [3]
+
+
 def test_load_service() -> None:
     assert isinstance(load_service("tests.conformance:Conformance"), Conformance)
     for spec, message in [

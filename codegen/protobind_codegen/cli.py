@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop,
             (os.getcwd(),),
             config.telemetry,
+            config.max_oneway,
         )
         try:
             return serve_workers(spec, workers, started, stopping)
@@ -76,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         [load_service(s) for s in specs],
         transport_options=config.transport_options,
         telemetry=config.telemetry,
+        max_oneway=config.max_oneway,
     )
     names = ", ".join(s.name for s in server.services)
     server.run(

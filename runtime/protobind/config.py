@@ -6,6 +6,7 @@
 services = ["myapp.greeter:Greeter"]          # MODULE:ATTR, a class (instantiated) or an instance
 bind = ["grpc://0.0.0.0:50051", "http://0.0.0.0:8080", "nats://127.0.0.1:4222"]
 grace = 5.0                                   # seconds in-flight calls get on shutdown
+max_oneway = 1024                             # one-way handlers running at once (gRPC, HTTP, inproc)
 path = ["gen"]                                # import roots of generated code (relative to this file)
 workers = 1                                   # processes sharing the work (`protobind serve`)
 loop = "asyncio"                              # or "uvloop" (pip install 'protobind[speed]')
@@ -92,6 +93,8 @@ class Config:
     path: tuple[str, ...] = ()
     workers: int = 1
     loop: str = "asyncio"
+    #: one-way handlers a server runs at once in the background (``Server(max_oneway=...)``)
+    max_oneway: int = 1024
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -117,6 +120,9 @@ class Config:
         workers = _whole_number(env.get("PROTOBIND_WORKERS") or server.get("workers", 1))
         if workers is None or workers < 1:
             raise ConfigError(f"{source}: server.workers must be a whole number >= 1")
+        max_oneway = _whole_number(server.get("max_oneway", 1024))
+        if max_oneway is None or max_oneway < 1:
+            raise ConfigError(f"{source}: server.max_oneway must be a whole number >= 1")
         loop = env.get("PROTOBIND_LOOP") or server.get("loop", "asyncio")
         if loop not in LOOPS:
             raise ConfigError(f"{source}: server.loop must be one of {', '.join(LOOPS)}, not {loop!r}")
@@ -146,6 +152,7 @@ class Config:
             path=tuple(roots),
             workers=workers,
             loop=loop,
+            max_oneway=max_oneway,
         )
 
     def client_url(self, name: str) -> str:

@@ -49,6 +49,7 @@ class ServeSpec:
     loop: str = "asyncio"
     sys_path: tuple[str, ...] = ()  # prepended to sys.path in the worker
     telemetry: Telemetry | None = None
+    max_oneway: int = 1024
 
 
 def _reserve(url: str) -> tuple[str, socket.socket | None]:
@@ -79,7 +80,10 @@ def _worker(spec: ServeSpec, conn: Connection) -> None:
         options.setdefault(transport, {})["reuse_port"] = True
     try:
         server = Server(
-            [load_service(s) for s in spec.services], transport_options=options, telemetry=spec.telemetry
+            [load_service(s) for s in spec.services],
+            transport_options=options,
+            telemetry=spec.telemetry,
+            max_oneway=spec.max_oneway,
         )
         server.run(*spec.urls, loop=spec.loop, grace=spec.grace, on_start=lambda urls: conn.send(urls))
     except Exception as exc:
