@@ -101,6 +101,17 @@ class ConformanceClient(Protocol):
         """Call ``BidiStream``."""
         ...
 
+    async def notify(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> None:
+        """Call ``Notify`` (one-way)."""
+        ...
+
     async def call_unary(
         self, method: MethodInfo[Request, Response], request: Request, *, timeout: float | None = None
     ) -> Response:
@@ -290,6 +301,31 @@ async def _unary_concurrent(env: Env) -> None:
         *(env.client.unary(Request(text=str(i), number=i), timeout=20) for i in range(32))
     )
     assert [(r.text, r.number) for r in replies] == [(str(i), i) for i in range(32)]
+
+
+@case("oneway.handled")
+async def _oneway_handled(env: Env) -> None:
+    """A one-way call returns without waiting for its handler, which then runs (stock clients
+    call it as a unary method answered with Empty)."""
+    gate = f"gate-{env.marker}"
+    env.service.gate.clear()  # one service serves every column of a transport, one cell at a time
+    await env.client.notify(Request(text=gate), timeout=10)
+    await _eventually(lambda: gate in env.service.entered, "the handler starting")
+    assert gate not in env.service.notified, "the call waited for the handler"
+    env.service.gate.set()
+    await _eventually(lambda: gate in env.service.notified, "the handler finishing")
+
+
+@case("oneway.errors_not_sent")
+async def _oneway_errors_not_sent(env: Env) -> None:
+    """A one-way handler's error or exception never reaches the caller; the server goes on."""
+    failing = Behavior(error_code=int(Code.FAILED_PRECONDITION), error_message="no")
+    texts = [f"fails-{env.marker}", f"raises-{env.marker}"]
+    raising = Behavior(raise_exception=True)
+    await env.client.notify(Request(text=texts[0], behavior=failing), timeout=10)
+    await env.client.notify(Request(text=texts[1], behavior=raising), timeout=10)
+    await _eventually(lambda: set(texts) <= set(env.service.notified), "both handlers running")
+    assert (await env.client.unary(Request(text="after"), timeout=10)).text == "after"
 
 
 @case("types.scalars")

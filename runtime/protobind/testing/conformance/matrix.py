@@ -27,6 +27,7 @@ from ...conformance.v1.conformance_protobind import (
     CONFORMANCE_SERVICE_BIDI_STREAM,
     CONFORMANCE_SERVICE_CLIENT_STREAM,
     CONFORMANCE_SERVICE_LOOKUP,
+    CONFORMANCE_SERVICE_NOTIFY,
     CONFORMANCE_SERVICE_SERVER_STREAM,
     CONFORMANCE_SERVICE_UNARY,
     ConformanceServiceClient,
@@ -198,6 +199,18 @@ class _PeerClient:
     ) -> Response:
         call = (call or CallInfo()).prepare(method, timeout, metadata)
         return await self._transport.unary(request, call)  # type: ignore[return-value]
+
+    async def notify(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        call: CallInfo | None = None,
+    ) -> None:
+        # a stock client calls a one-way method as a unary one answered with Empty
+        prepared = (call or CallInfo()).prepare(CONFORMANCE_SERVICE_NOTIFY, timeout, metadata)
+        await self._transport.unary(request, prepared)
 
     async def unary(
         self,
