@@ -470,3 +470,23 @@ async def test_each_delivery_is_a_consumer_span_with_its_attempt_in_the_producer
     for handler in handlers:
         assert handler.context.trace_id == trace_id
         assert handler.parent is not None and handler.parent.span_id in consumer_ids
+
+
+async def test_a_gateway_acknowledges_a_durable_call_once_upstream_stored_it(
+    durable_url: str, serving: Serving
+) -> None:
+    """Through a gateway the caller's durable one-way call returns once the upstream broker stored
+    it, as it would called directly: stopping the gateway right after loses nothing."""
+    from jobs.v1.jobs_protobind import JOBS_SERVICE_INFO
+
+    gateway = protobind.Gateway([JOBS_SERVICE_INFO], durable_url)
+    (listening,) = await gateway.start(f"inproc://gateway-{next(_names)}")
+    try:
+        async with protobind.connect(listening) as channel:
+            client = JobsClient(channel)
+            await asyncio.gather(*(client.submit(Job(id=f"via-gateway{i}")) for i in range(50)))
+    finally:
+        await gateway.stop(grace=0)  # nothing acknowledged may still be on its way upstream
+    jobs = await serving.start(durable_url)
+    await eventually(lambda: len(jobs.deliveries) >= 50)
+    assert jobs.ids() == Counter({f"via-gateway{i}": 1 for i in range(50)})

@@ -13,7 +13,9 @@ or a gRPC service appears on NATS, by configuration::
 Every method kind takes one path (:func:`_relay`): the request metadata (less the headers that
 describe the incoming connection), the caller's deadline and cancellation go upstream; response
 headers, trailers, messages and errors (code, message, details) come back. A kind one side cannot
-carry fails as that side fails it (bidi over HTTP/1.1 is ``UNIMPLEMENTED``).
+carry fails as that side fails it (bidi over HTTP/1.1 is ``UNIMPLEMENTED``). A one-way method is
+acknowledged once decoded and forwarded in the background, as any server runs a one-way handler;
+a durable one is acknowledged only once the upstream stored it.
 
 Messages are decoded by the listening binding and encoded again for the upstream. Both use the
 same dynamic classes, and protobuf keeps fields it does not know, so a gateway built from an older
@@ -32,10 +34,10 @@ from google.protobuf.message import Message
 from .client import Channel, connect
 from .context import CallInfo, Context
 from .http.wire import PROTOCOL_HEADERS
-from .interceptors import ClientInterceptor, Handler, ServerInterceptor
+from .interceptors import ClientInterceptor, Handler, ServerInterceptor, chain_server
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
-from .server import Server
+from .server import Endpoint, Server
 from .telemetry import Telemetry, TelemetryOption
 
 __all__ = ["Gateway"]
@@ -154,7 +156,15 @@ class Gateway(Server):
             upstream, interceptors=client_interceptors, options=upstream_options, telemetry=telemetry
         )
         for info in services:
-            self.add_handlers(info, {m.name: _handler(self.channel, m) for m in info.methods})
+            handlers = {m.name: _handler(self.channel, m) for m in info.methods}
+            self.add_handlers(info, handlers)
+            for method in info.methods:
+                if method.oneway and method.durable:
+                    # A durable call is stored before its caller returns: here, that is once the
+                    # upstream stored it. So no early acknowledgement with the forward left to the
+                    # background (a gateway stopped after it would lose the call).
+                    forward = chain_server(handlers[method.name], self.interceptors)
+                    self.endpoints[method.path] = Endpoint(method, forward, forward)
         if not self.services:
             raise ValueError("a gateway needs at least one service to forward")
 
