@@ -102,7 +102,10 @@ class Connection(Client):
     async def send(
         self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
     ) -> None:
-        """Publish ``payload``; the caller has checked the size against ``max_payload``."""
+        """Publish ``payload``: through :meth:`buffer`, else as nats-py's ``publish`` does (it waits
+        for room in its buffer, keeps the message while reconnecting, raises when the body is above
+        ``max_payload`` or the connection is closed). Headers count toward ``max_payload`` on the
+        server but not in nats-py's check: a caller with headers checks the total first."""
         if not self.buffer(subject, payload, reply, headers):
             await self.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
 
@@ -111,8 +114,9 @@ class Connection(Client):
     ) -> bool:
         """Publish ``payload`` without awaiting anything, as nats-py's ``publish`` does when its
         buffer has room: append the command to the pending buffer and wake the flusher task.
-        ``False`` when that is not possible now (not connected, the buffer full, or a nats-py
-        without these internals); the caller then awaits :meth:`send`, which waits like nats-py.
+        ``False`` when that is not possible now (not connected, the buffer full, a body above
+        ``max_payload``, or a nats-py without these internals); the caller then awaits
+        :meth:`send`, which does what nats-py does in those cases.
         """
         if not self._fast or self._status != Client.CONNECTED or len(payload) > self._max_payload:
             return False  # nats-py's publish buffers while reconnecting, raises when too large or closed
