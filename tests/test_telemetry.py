@@ -686,3 +686,27 @@ async def test_a_one_way_message_over_a_broker_is_one_trace_producer_consumer_se
     assert link.context.span_id == span_id(producer)
     assert consumer.attributes is not None and consumer.attributes["protobind.delivery.attempt"] == 1
     assert parent_id(handler) == span_id(consumer)
+
+
+class WrongResponse(Conformance):
+    async def unary(self, request: Request, context: protobind.Context) -> Response:
+        return Request(text="not a response")  # type: ignore[return-value]
+
+
+async def test_a_handler_returning_the_wrong_type_fails_its_server_span(
+    otel: Otel, transport: str, harnesses: Harnesses
+) -> None:
+    """The caller gets INTERNAL; the server span and duration point say INTERNAL too, not OK."""
+    async with (
+        serving([WrongResponse()], transport, harnesses, otel.telemetry) as url,
+        protobind.connect(url, telemetry=otel.telemetry) as channel,
+    ):
+        with pytest.raises(RpcError) as info:
+            await ConformanceServiceClient(channel).unary(Request())
+        assert info.value.code is Code.INTERNAL
+    server_span = otel.span(SpanKind.SERVER, f"{CONFORMANCE}/Unary")
+    assert server_span.status.status_code is StatusCode.ERROR
+    assert server_span.attributes is not None
+    assert server_span.attributes["rpc.response.status_code"] == "INTERNAL"
+    (point,) = otel.points("rpc.server.call.duration")
+    assert point.attributes["rpc.response.status_code"] == "INTERNAL"

@@ -425,6 +425,10 @@ class ServerTelemetry:
                 lambda: self._end(call, context, Code.OK),
                 lambda exc: self._failed(call, context, exc),
             )
+        if not isinstance(result, context.method_info.output_type):
+            # not a response of this method: the call answers INTERNAL (see server.invoke_unary)
+            self._end(call, context, Code.INTERNAL, INTERNAL_MESSAGE)
+            return result
         call.response(result)
         self._end(call, context, Code.OK)
         return result
