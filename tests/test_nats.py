@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import itertools
 import json
@@ -314,6 +315,42 @@ async def test_without_nats_py_internals_publishes_go_through_nats_py(
         assert served.subject("Notify") in taken and served.subject("Unary") in taken
     finally:
         await served.server.stop(0)
+
+
+async def test_a_unary_method_published_without_a_reply_address_runs_and_answers_nobody(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    """A plain publish (no reply address) to a request/response method runs its handler and
+    drops the response; the server stays connected (it must not publish to an empty subject, which
+    nats-server answers by closing the connection), and calls made at once do not collide."""
+    server, service = served
+    slow = Request(text="no-reply-slow", behavior=Behavior(sleep_ms=200)).SerializeToString()
+    await raw.publish(server.subject("Unary"), slow)
+    await raw.publish(server.subject("Unary"), slow)
+    await raw.publish(server.subject("Unary"), Request(text="no-reply").SerializeToString())
+    await raw.flush()
+    await _eventually(lambda: service.entered.count("no-reply-slow") == 2 and "no-reply" in service.entered)
+    await asyncio.sleep(0.4)  # both slow handlers finished (and their responses were dropped)
+    async with protobind.connect(server.url) as channel:
+        reply = await ConformanceServiceClient(channel).unary(Request(text="after"), timeout=5)
+    assert reply.text == "after"
+    assert server.binding.broker.is_connected
+
+
+async def test_publishes_go_out_when_nats_py_flusher_task_is_gone(served: tuple[Served, Conformance]) -> None:
+    """Connection.buffer hands messages to nats-py's flusher task; when that task is gone (Python
+    3.10 cancels it on Ctrl-C), nats-py writes inline and so must every publish."""
+    server, service = served
+    async with protobind.connect(server.url) as channel:
+        client = ConformanceServiceClient(channel)
+        assert (await client.unary(Request(text="before"), timeout=5)).text == "before"
+        connection = channel.transport.broker.client  # type: ignore[attr-defined]
+        connection._flusher_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connection._flusher_task
+        await client.notify(Request(text="flusher-gone"))
+        await service.until(lambda: "flusher-gone" in service.notified)
+        assert (await client.unary(Request(text="after"), timeout=5)).text == "after"
 
 
 async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str) -> None:

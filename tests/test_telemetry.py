@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.empty_pb2 import Empty
 from greeter.v1.greeter_pb2 import HelloReply, HelloRequest
 from greeter.v1.greeter_protobind import GreeterClient, GreeterService
 from opentelemetry import baggage, trace
@@ -710,3 +711,25 @@ async def test_a_handler_returning_the_wrong_type_fails_its_server_span(
     assert server_span.attributes["rpc.response.status_code"] == "INTERNAL"
     (point,) = otel.points("rpc.server.call.duration")
     assert point.attributes["rpc.response.status_code"] == "INTERNAL"
+
+
+class ReturnsNothing(Conformance):
+    async def notify(self, request: Request, context: protobind.Context) -> Empty:
+        await super().notify(request, context)
+        return None  # type: ignore[return-value]
+
+
+async def test_a_one_way_handler_returning_nothing_is_not_a_failure(
+    otel: Otel, transport: str, harnesses: Harnesses
+) -> None:
+    """A one-way handler's result is ignored on every transport: returning None is no error."""
+    service = ReturnsNothing()
+    async with (
+        serving([service], transport, harnesses, otel.telemetry) as url,
+        protobind.connect(url, telemetry=otel.telemetry) as channel,
+    ):
+        await ConformanceServiceClient(channel).notify(Request(text="nothing back"))
+        await service.until(lambda: service.notified)
+        await asyncio.sleep(0.05)
+    for span in otel.spans(SpanKind.SERVER):
+        assert span.status.status_code is StatusCode.UNSET, span.attributes

@@ -425,8 +425,10 @@ class ServerTelemetry:
                 lambda: self._end(call, context, Code.OK),
                 lambda exc: self._failed(call, context, exc),
             )
-        if not isinstance(result, context.method_info.output_type):
-            # not a response of this method: the call answers INTERNAL (see server.invoke_unary)
+        method = context.method_info
+        if not isinstance(result, method.output_type) and not method.oneway:
+            # not a response of this method: the call answers INTERNAL (see server.invoke_unary);
+            # a one-way handler's result is ignored on every transport
             self._end(call, context, Code.INTERNAL, INTERNAL_MESSAGE)
             return result
         call.response(result)

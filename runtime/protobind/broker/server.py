@@ -201,9 +201,15 @@ class BrokerBinding(ServerBinding):
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:
             return self._on_other_call(msg, route, delivery)
-        if msg.reply or route.inline is None:
+        return self._serve(route, msg, delivery)
+
+    def _serve(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> Awaitable[None]:
+        if msg.reply:
             return self._serve_unary(route, msg, delivery)
-        return self._serve_oneway(route, route.inline, msg, delivery)
+        # Nobody to answer: a one-way method's handler runs as it is; any other method's endpoint
+        # runs too (a publish without a reply address is a one-way use of it) and its response
+        # is dropped.
+        return self._serve_oneway(route, route.inline or route.endpoint, msg, delivery)
 
     async def _on_durable_call(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
         """A message on the subject of a ``(protobind.v1.durable)`` method.
@@ -212,7 +218,7 @@ class BrokerBinding(ServerBinding):
         handler succeeded) takes over. Until a broker implements it, the call is served as a plain
         call: at most once, like any other.
         """
-        await self._serve_unary(route, msg, delivery)
+        await self._serve(route, msg, delivery)
 
     async def _on_other_call(
         self, msg: BrokerMessage, route: _Route | None, delivery: Delivery | None = None
@@ -333,7 +339,8 @@ class BrokerBinding(ServerBinding):
     # --- unary and one-way calls ---
 
     async def _serve_unary(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
-        """A call with a reply address (a one-way method's too: then its endpoint acknowledges)."""
+        """A call with a reply address (a one-way method's too: then its endpoint acknowledges);
+        messages without one go to _serve_oneway."""
         started = time.perf_counter_ns()
         reply = msg.reply
         codec: Codec = PROTO
@@ -432,8 +439,9 @@ class BrokerBinding(ServerBinding):
     async def _serve_oneway(
         self, route: _Route, inline: Endpoint, msg: BrokerMessage, delivery: Delivery | None
     ) -> None:
-        """A one-way message (no reply address): the handler runs right here, in the consumer, and
-        nothing goes back; an error is logged. No deadline: nobody waits for the outcome."""
+        """A message without a reply address: ``inline``'s handler runs right here, in the
+        consumer, and nothing goes back (its result is dropped); an error is logged. No deadline:
+        nobody waits for the outcome."""
         started = time.perf_counter_ns()
         context: Context | None = None
         error: RpcError | None = None

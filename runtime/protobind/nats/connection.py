@@ -16,6 +16,7 @@ connection management, and only:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -76,6 +77,7 @@ class Connection(Client):
             hasattr(self, name)
             for name in (
                 "_flush_queue",
+                "_flusher_task",
                 "_max_payload",
                 "_max_pending_size",
                 "_pending",
@@ -115,11 +117,19 @@ class Connection(Client):
         """Publish ``payload`` without awaiting anything, as nats-py's ``publish`` does when its
         buffer has room: append the command to the pending buffer and wake the flusher task.
         ``False`` when that is not possible now (not connected, the buffer full, a body above
-        ``max_payload``, or a nats-py without these internals); the caller then awaits
-        :meth:`send`, which does what nats-py does in those cases.
+        ``max_payload``, no subject, no flusher task, or a nats-py without these internals); the
+        caller then awaits :meth:`send`, which does what nats-py does in those cases.
         """
-        if not self._fast or self._status != Client.CONNECTED or len(payload) > self._max_payload:
+        if (
+            not self._fast
+            or self._status != Client.CONNECTED
+            or len(payload) > self._max_payload
+            or not subject
+        ):
             return False  # nats-py's publish buffers while reconnecting, raises when too large or closed
+        flusher = self._flusher_task
+        if flusher is None or flusher.done():
+            return False  # nats-py's publish writes inline when its flusher task is gone
         # one join: "a + payload + b" would copy a large payload twice
         if headers:
             block = encode_headers(headers)
@@ -234,7 +244,9 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     never answers), and never in plaintext when TLS was asked for. Error texts and log lines
     name the servers without their credentials.
     """
-    seen: list[BaseException] = []
+    # the causes of the first connection's failure; bounded, since nats-py reports every later
+    # failure (reconnections, slow-consumer drops) here too for the connection's whole life
+    seen: collections.deque[BaseException] = collections.deque(maxlen=16)
     shown = ", ".join(redact(server) for server in settings.servers)
 
     async def error_cb(exc: Exception) -> None:
@@ -320,6 +332,8 @@ class Received:
 
 
 _new = object.__new__
+#: nats-py's ``is_connected``: connected, or draining
+_CONNECTED = frozenset((Client.CONNECTED, Client.DRAINING_SUBS, Client.DRAINING_PUBS))
 
 
 class _Inbound:
@@ -388,7 +402,7 @@ class NatsBroker(JetStream, DurableBroker):
     @property
     def is_connected(self) -> bool:
         client = self.client
-        return client._status == Client.CONNECTED if client._fast else bool(client.is_connected)
+        return client._status in _CONNECTED if client._fast else bool(client.is_connected)
 
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._disconnect_callbacks.append(callback)
