@@ -201,7 +201,10 @@ class BrokerBinding(ServerBinding):
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:
             return self._on_other_call(msg, route, delivery)
-        return self._serve(route, msg, delivery)
+        # _serve, written out on the path of every call
+        if msg.reply:
+            return self._serve_unary(route, msg, delivery)
+        return self._serve_oneway(route, route.inline or route.endpoint, msg, delivery)
 
     def _serve(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> Awaitable[None]:
         if msg.reply:
