@@ -168,7 +168,40 @@ def test_generated_code_and_user_code_pass_mypy_strict(typing_dir: Path) -> None
 
 def test_generated_code_and_user_code_pass_pyright_strict(typing_dir: Path) -> None:
     errors = _pyright(typing_dir, *_generated(typing_dir), "user.py")
-    assert errors == []
+    assert not errors, "pyright --strict reported:\n" + _diagnostics_text(errors)
+
+
+def _diagnostics_text(errors: list[dict[str, object]]) -> str:
+    """Every diagnostic whole, one per line, as pyright prints them (pytest would cut a list repr)."""
+    lines = []
+    for d in errors:
+        start = d.get("range", {}).get("start", {})  # type: ignore[union-attr]
+        where = f"{d['file']}:{start.get('line', 0) + 1}:{start.get('character', 0) + 1}"
+        lines.append(f"{where}: {d['message']} ({d.get('rule', '-')})")
+    return "\n".join(lines)
+
+
+# Tools whose output these tests assert on; a new release of any of them can turn a green suite red.
+PINNED_TOOLS = (
+    "types-protobuf",
+    "googleapis-common-protos-stubs",
+    "grpc-stubs",
+    "pyright",
+    "mypy",
+    "mypy-protobuf",
+    "ruff",
+)
+
+
+def test_every_tool_whose_output_a_test_reads_is_pinned_and_installed_at_its_pin() -> None:
+    import importlib.metadata
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    for tool in PINNED_TOOLS:
+        found = re.search(rf'"{re.escape(tool)}(?:\[[a-z]+\])?==([^";]+)"', text)
+        assert found, f"{tool} is not pinned with == in pyproject.toml"
+        assert importlib.metadata.version(tool) == found.group(1), (tool, "installed != pinned")
 
 
 def test_misuse_is_rejected_by_mypy_and_pyright(typing_dir: Path) -> None:
