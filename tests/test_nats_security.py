@@ -421,3 +421,70 @@ async def test_forged_no_responders_cannot_replace_an_answer_already_received() 
     with pytest.raises(RpcError) as info:
         await unanswered.receive()
     assert info.value.code is Code.UNAVAILABLE
+
+
+async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
+    nats_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """150 unauthenticated one-way messages, 150 that do not decode, 150 to 150 unknown methods:
+    each kind is logged once (plus one line per subject up to the tracked limit), with its count,
+    never one line per message; every one is counted, and in the telemetry's metric."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from protobind.auth import BearerAuth
+    from protobind.broker.refusals import MAX_KEYS
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    telemetry = protobind.Telemetry(tracing=False, meter_provider=meter_provider)
+    server = protobind.Server(
+        [Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])], telemetry=telemetry
+    )
+    prefix = f"flood{time.monotonic_ns()}."
+    await server.start(f"{nats_server}?prefix={prefix}")
+    binding: Any = server.bindings[0]
+    notify = f"{prefix}{SERVICE}.Notify"
+    raw = await nats.connect(nats_server)
+    n = 150
+    try:
+        with caplog.at_level(logging.WARNING, logger="protobind.broker"):
+            for i in range(n):
+                await raw.publish(notify, Request(text=f"no token {i}").SerializeToString())
+                await raw.publish(notify, b"\xff\xff\xff\xff")
+                await raw.publish(f"{prefix}{SERVICE}.Nope{i}", b"")
+            await raw.flush()
+            await _until(lambda: binding.refusals.total >= 3 * n)
+            assert binding.refusals.counts == {
+                "UNAUTHENTICATED": n,
+                "INVALID_ARGUMENT": n,
+                "UNIMPLEMENTED": n,
+            }
+            during = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            # one line for each (subject, reason) tracked, one for the other subjects: not 450
+            assert len(during) <= 2 + MAX_KEYS + 1, len(during)
+            assert sum(f"{notify} failed: UNAUTHENTICATED" in r.getMessage() for r in during) == 1
+            assert sum(f"{notify} failed: INVALID_ARGUMENT" in r.getMessage() for r in during) == 1
+            caplog.clear()
+            await server.stop(0)
+            # what was only counted comes out, as counts, when the server stops
+            closing = [r.getMessage() for r in caplog.records]
+            assert any("UNAUTHENTICATED" in m and f"({n - 1} like it" in m for m in closing), closing
+            assert any("INVALID_ARGUMENT" in m and f"({n - 1} like it" in m for m in closing), closing
+            assert len(closing) <= 3
+        data = reader.get_metrics_data()
+        points = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "protobind.server.refused_messages"
+            for point in metric.data.data_points
+        ]
+        by_code = {p.attributes["rpc.response.status_code"]: p.value for p in points}
+        assert by_code == {"UNAUTHENTICATED": n, "INVALID_ARGUMENT": n, "UNIMPLEMENTED": n}
+        assert {p.attributes["messaging.system"] for p in points} == {"nats"}
+    finally:
+        await raw.close()
+        await server.stop(0)
+        meter_provider.shutdown()
