@@ -488,3 +488,21 @@ async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
         await raw.close()
         await server.stop(0)
         meter_provider.shutdown()
+
+
+async def test_untrusted_server_certificate_fails_at_once(nats_servers: NatsServers, tmp_path: Path) -> None:
+    """A certificate the CA does not vouch for cannot pass on a retry: connect() and Server.start()
+    fail at once with default options (not after the whole connection budget, 17 s)."""
+    cert, key = self_signed(tmp_path)
+    nats_url, _ = nats_servers.start(args=["--tls", "--tlscert", str(cert), "--tlskey", str(key)])
+    url = "tls://" + nats_url.partition("://")[2]  # the system CAs do not trust a self-signed one
+    started = time.monotonic()
+    with pytest.raises(RpcError) as info:
+        await asyncio.wait_for(protobind.connect(url).open(), 30)
+    assert info.value.code is Code.UNAVAILABLE
+    assert "CERTIFICATE_VERIFY_FAILED" in info.value.message
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await asyncio.wait_for(protobind.Server([Conformance()]).start(url), 30)
+    assert time.monotonic() - started < 3
