@@ -490,6 +490,36 @@ async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
         meter_provider.shutdown()
 
 
+async def test_refusal_log_counts_per_interval_and_forgets_quiet_subjects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from protobind.broker.refusals import OTHER_SUBJECTS, RefusalLog
+
+    name = "protobind.test.refusals"
+    log = RefusalLog(logging.getLogger(name), "on %s: %s: %s", interval=0.05, max_keys=2)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == name]
+
+    with caplog.at_level(logging.WARNING, logger=name):
+        for i in range(5):
+            log.refused("a", "X", f"detail {i}")
+        log.refused("a", "Y", "answered", answered=True)  # counted, not logged
+        assert lines() == ["on a: X: detail 0"]
+        await _until(lambda: len(lines()) == 2)  # the interval's count, from the timer
+        assert lines()[1].startswith("on a: X: detail 4 (4 like it in the last ")
+        await _until(lambda: not log._entries)  # quiet for an interval: forgotten
+        log.refused("a", "X", "again")
+        assert lines()[2] == "on a: X: again"  # logged at once again
+        # two subjects tracked: the others share one entry per reason
+        for subject in ("b", "c", "d", "e"):
+            log.refused(subject, "X", subject)
+        assert lines()[3:] == ["on b: X: b", f"on {OTHER_SUBJECTS}: X: c"]
+        log.close()
+        assert lines()[5:] == [f"on {OTHER_SUBJECTS}: X: e (2 like it in the last 0 s)"]
+    assert log.total == 11 and log.counts == {"X": 10, "Y": 1}
+
+
 async def test_untrusted_server_certificate_fails_at_once(nats_servers: NatsServers, tmp_path: Path) -> None:
     """A certificate the CA does not vouch for cannot pass on a retry: connect() and Server.start()
     fail at once with default options (not after the whole connection budget, 17 s)."""
