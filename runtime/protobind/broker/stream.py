@@ -1,8 +1,8 @@
 """One side of a streaming call over a broker: per-call inboxes, credit flow control, heartbeats.
 
 Each side of a stream receives on its own per-call inbox subject and sends to the other side's,
-always naming its own inbox as the reply subject, so every frame says where to answer and a frame
-sent to a side that has gone away comes back at once as a "no responders" status.
+always naming its own inbox as the reply subject, so every frame says where to answer (and an
+``open`` that no server takes comes back at once as a "no responders" status).
 
 A stream is bound to its peer: once the peer's inbox is known (from the open or accept frame),
 frames that do not name it as their reply address are dropped, and per-call inboxes end in a

@@ -261,15 +261,15 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     seen: collections.deque[BaseException] = collections.deque(maxlen=16)
     shown = ", ".join(redact(server) for server in settings.servers)
     # nats-py reports here each failed (re)connect attempt, and each message a slow consumer drops
-    errors = RefusalLog(logger, "NATS connection to %s: %s: %s")
-    # servers whose certificate failed verification: once every server has, retrying is pointless
+    failures = RefusalLog(logger, "NATS connection to %s: %s: %s")
+    # servers that failed in a way no retry cures: once every server has, the attempt stops
     unverified: set[str] = set()
     hopeless: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
     async def error_cb(exc: Exception) -> None:
         # nats-py's default handler logs tracebacks
         seen.append(exc)
-        errors.refused(shown, type(exc).__name__, _reason(exc))
+        failures.refused(shown, type(exc).__name__, _reason(exc))
         if _hopeless(exc) and not hopeless.done():
             unverified.add(str(getattr(getattr(client, "_current_server", None), "uri", "")))
             if len(unverified) >= len(settings.servers):
