@@ -159,9 +159,9 @@ class BrokerClient(ClientTransport):
     #
     # A unary call has no heartbeat of its own: its reply is the only message. When one is still
     # pending after a heartbeat interval, the client asks every replica (PROBE_SUBJECT) whether it
-    # holds the call; the one that does answers. Two intervals without an answer (or a "no
-    # responders" at once) mean the server that took the call is gone: the call fails UNAVAILABLE
-    # instead of waiting for its deadline. Short calls cost one dict entry and no messages.
+    # holds the call; the one that does answers. Two intervals without an answer mean the server
+    # that took the call is gone: the call fails UNAVAILABLE instead of waiting for its deadline.
+    # Short calls cost one dict entry and no messages.
 
     def _watch(self, token: str) -> None:
         self._since[token] = time.monotonic()
@@ -201,9 +201,9 @@ class BrokerClient(ClientTransport):
         if token not in self._since:
             return
         headers = msg.headers or {}
-        if headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data:
-            self._server_gone(token)  # no replica listens at all
-        else:
+        # "no responders" (no replica listens at all) is no answer: any client can send the same
+        # status, and a call whose server is gone fails after the missed probes anyway
+        if headers.get("Status") != NO_RESPONDERS_STATUS or msg.data:
             self._alive.add(token)
 
     def _server_gone(self, token: str) -> None:

@@ -33,6 +33,7 @@ from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSetti
 from .delivery import ConsumerPool, Delivery
 from .durable import DurableServer
 from .micro import EndpointStats, MicroService, answers, subjects
+from .refusals import RefusalLog
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
@@ -119,6 +120,10 @@ class BrokerBinding(ServerBinding):
         self._cancelled: dict[str, RpcError] = {}
         self._asyncapi: dict[str, bytes] = {}  # discovery subject -> the service's document
         self._durable: DurableServer | None = None
+        #: messages refused, or one-way messages whose call failed: counted (``refusals.total``,
+        #: ``refusals.counts`` by code name) and logged at a bounded rate (docs/security.md)
+        self.refusals = RefusalLog(logger, "one-way message on %s failed: %s: %s")
+        self._refusal_counter: Any = None  # the telemetry's metric, when metrics are on
 
     @property
     def url(self) -> str:
@@ -130,6 +135,9 @@ class BrokerBinding(ServerBinding):
         settings = self.settings
         broker = self.broker
         broker.on_disconnect(self._on_disconnect)
+        telemetry = self.server.telemetry
+        if telemetry is not None and telemetry.metrics:
+            self._refusal_counter = telemetry.instruments().refused_messages
         try:
             services = []
             for info in self.server.services:
@@ -263,8 +271,18 @@ class BrokerBinding(ServerBinding):
             except RpcError:
                 codec = PROTO
             await self._send(msg.reply, error_body(error, codec), error_headers(error, codec))
+            self._refused(msg.subject, error, answered=True)
         else:
-            _log_unanswered(msg.subject, error)
+            self._refused(msg.subject, error)
+
+    def _refused(self, subject: str, error: RpcError, answered: bool = False) -> None:
+        """Count a refused message (or a failed one-way call); log it, at a bounded rate, when its
+        sender was not told."""
+        self.refusals.refused(subject, error.code.name, error.message, answered=answered)
+        counter = self._refusal_counter
+        if counter is not None:
+            attributes = {"messaging.system": self.broker.name, "rpc.response.status_code": error.code.name}
+            counter.add(1, attributes)
 
     async def _on_cancel(self, msg: BrokerMessage) -> None:
         self._cancel_call(msg.data.decode("utf-8", "replace"), _CANCELLED_BY_CLIENT)
@@ -512,7 +530,8 @@ class BrokerBinding(ServerBinding):
         if error is not None:
             stats.num_errors += 1
             stats.last_error = f"{error.code.name}: {error.message}"
-            _log_unanswered(msg.subject, error)
+            # a message without a reply address has nobody to tell: the log (and the count) is all
+            self._refused(msg.subject, error)
 
     async def _consumed(
         self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
@@ -695,6 +714,7 @@ class BrokerBinding(ServerBinding):
         self._heartbeats.close()
         if durable is not None:
             await durable
+        self.refusals.close()
         try:
             await broker.close()
         except Exception as exc:  # closing a broken connection must not fail stop()
@@ -720,11 +740,6 @@ def _coroutine(awaitable: Any) -> Coroutine[Any, Any, Any]:
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-def _log_unanswered(subject: str, error: RpcError) -> None:
-    # a message without a reply address (a one-way call) has nobody to tell: the log is all
-    logger.warning("one-way message on %s failed: %s: %s", subject, error.code.name, error.message)
 
 
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")
