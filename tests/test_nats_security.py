@@ -4,6 +4,7 @@ errors, bounded connection attempts, bad deadlines answered. Real nats-server pr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -256,6 +257,28 @@ async def test_discovery_is_guarded_when_auth_is_configured(nats_servers: NatsSe
         assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
         allowed = await raw.request("$SRV.INFO", b"", timeout=5, headers={"authorization": "Bearer s3cret"})
         assert b"protobind" in allowed.data or b"Conformance" in allowed.data
+    finally:
+        await raw.close()
+        await server.stop(0)
+
+
+async def test_asyncapi_documents_are_guarded_when_auth_is_configured(nats_server: str) -> None:
+    """Issue 17: ``$PROTOBIND.ASYNCAPI.*`` answered without a token while ``$SRV.*`` refused."""
+    from protobind.auth import BearerAuth
+
+    prefix = f"aa{time.monotonic_ns()}."
+    server = protobind.Server([Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])])
+    await server.start(f"{nats_server}?prefix={prefix}")
+    raw = await nats.connect(nats_server)
+    subject = f"{prefix}$PROTOBIND.ASYNCAPI.{SERVICE}"
+    try:
+        for headers in (None, {"authorization": "Bearer wrong"}):
+            denied = await raw.request(subject, b"", timeout=5, headers=headers)
+            assert denied.headers is not None
+            assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
+            assert b"asyncapi" not in denied.data
+        allowed = await raw.request(subject, b"", timeout=5, headers={"authorization": "Bearer s3cret"})
+        assert json.loads(allowed.data)["asyncapi"].startswith("3.")
     finally:
         await raw.close()
         await server.stop(0)
