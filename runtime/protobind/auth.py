@@ -18,6 +18,15 @@ micro discovery (:data:`MICRO_METHOD`) and the AsyncAPI documents a broker bindi
 (:data:`ASYNCAPI_METHOD`). Bindings reach it through
 :attr:`protobind.server.EndpointTable.authorize`.
 
+A durable request/response call also names the caller group its reply is stored for; a server
+with an authorizer stores it only for a group the call's credentials allow, granted like a
+method with :func:`reply_group`::
+
+    BearerAuth({
+        "s3cr3t-checkout": ["shop.v1.Payments/*", reply_group("checkout")],
+        "s3cr3t-admin": ["*"],                                  # every method and every group
+    })
+
 Client side, :class:`BearerToken` is a client interceptor that sends the token on every call::
 
     protobind.connect(url, interceptors=[protobind.auth.BearerToken("s3cr3t-reader")])
@@ -44,9 +53,11 @@ __all__ = [
     "MICRO_METHOD",
     "OPENAPI_METHOD",
     "REFLECTION_METHOD",
+    "REPLY_GROUP_SERVICE",
     "Authorizer",
     "BearerAuth",
     "BearerToken",
+    "reply_group",
 ]
 
 #: The method name ``/openapi.json`` of the HTTP binding is authorized as.
@@ -58,6 +69,18 @@ MICRO_METHOD = "protobind.Discovery/Micro"
 #: The method name a request for a service's AsyncAPI document (``$PROTOBIND.ASYNCAPI.*``) is
 #: authorized as.
 ASYNCAPI_METHOD = "protobind.Discovery/AsyncAPI"
+#: The service part of the names durable reply groups are authorized as (see :func:`reply_group`).
+REPLY_GROUP_SERVICE = "protobind.ReplyGroup"
+
+
+def reply_group(group: str) -> str:
+    """The method name (or pattern: ``reply_group("team-*")``) that grants storing the replies of
+    durable request/response calls for the caller group ``group``. A server asks its authorizer
+    for it, with the call's metadata, before it runs such a call: a group the credentials are not
+    granted refuses the call (``PERMISSION_DENIED``, to the dead letter, no reply anywhere).
+
+    ``group`` is spelled as in the reply subject: letters, digits, ``-`` and ``_``."""
+    return f"{REPLY_GROUP_SERVICE}/{group}"
 
 
 class Authorizer(Protocol):
@@ -73,8 +96,9 @@ class BearerAuth:
     """Server interceptor: require a known token on every call (see the module docstring).
 
     ``tokens`` maps each token to the method patterns it may call (``*`` for all;
-    ``package.Service/*``; shell-style wildcards), or is a plain collection of tokens that may call
-    everything. ``public`` lists method patterns anyone may call without a token. ``header`` is
+    ``package.Service/*``; shell-style wildcards; :func:`reply_group` for the caller groups its
+    durable calls may have their replies stored for), or is a plain collection of tokens that may
+    call everything. ``public`` lists method patterns anyone may call without a token. ``header`` is
     the metadata key carrying the token; with ``scheme`` (default ``Bearer``) its value must be
     ``"<scheme> <token>"``, with ``scheme=None`` it is the token itself.
     """

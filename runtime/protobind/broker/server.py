@@ -184,7 +184,7 @@ class BrokerBinding(ServerBinding):
                 f"that stores messages; {broker.name} does not"
             )
         self._durable = DurableServer(
-            broker, self.settings, endpoints, self._queue_group, self.server.telemetry
+            broker, self.settings, endpoints, self._queue_group, self.server.telemetry, self.server.authorize
         )
         await self._durable.start()
 
