@@ -536,11 +536,15 @@ async def test_a_call_cannot_address_its_reply_to_another_group_or_another_call(
         real = await victim.result(JOBS_RUN, "order-43", timeout=20)
         assert (real.id, real.payload) == ("order-43", "real")
         seen: list[str] = []
-        async for reply in victim.replies():
-            seen.append(reply.call_id)
-            if reply.call_id == "order-45":
-                await reply.ack()
-                break
+
+        async def collect() -> None:
+            async for reply in victim.replies():
+                seen.append(reply.call_id)
+                if reply.call_id == "order-45":
+                    await reply.ack()
+                    return
+
+        await asyncio.wait_for(collect(), 20)
     assert seen == ["order-45"]
     assert jobs.handled("forged") == [1]  # the refused calls never reached the handler
 
