@@ -4,6 +4,7 @@ errors, bounded connection attempts, bad deadlines answered. Real nats-server pr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -536,3 +537,25 @@ async def test_untrusted_server_certificate_fails_at_once(nats_servers: NatsServ
     with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
         await asyncio.wait_for(protobind.Server([Conformance()]).start(url), 30)
     assert time.monotonic() - started < 3
+
+
+async def test_asyncapi_documents_are_guarded_when_auth_is_configured(nats_server: str) -> None:
+    """Issue 17: ``$PROTOBIND.ASYNCAPI.*`` answered without a token while ``$SRV.*`` refused."""
+    from protobind.auth import BearerAuth
+
+    prefix = f"aa{time.monotonic_ns()}."
+    server = protobind.Server([Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])])
+    await server.start(f"{nats_server}?prefix={prefix}")
+    raw = await nats.connect(nats_server)
+    subject = f"{prefix}$PROTOBIND.ASYNCAPI.{SERVICE}"
+    try:
+        for headers in (None, {"authorization": "Bearer wrong"}):
+            denied = await raw.request(subject, b"", timeout=5, headers=headers)
+            assert denied.headers is not None
+            assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
+            assert b"asyncapi" not in denied.data
+        allowed = await raw.request(subject, b"", timeout=5, headers={"authorization": "Bearer s3cret"})
+        assert json.loads(allowed.data)["asyncapi"].startswith("3.")
+    finally:
+        await raw.close()
+        await server.stop(0)

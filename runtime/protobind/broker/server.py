@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, Resume, uncancel
-from ..auth import MICRO_METHOD
+from ..auth import ASYNCAPI_METHOD, MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
@@ -192,7 +192,7 @@ class BrokerBinding(ServerBinding):
                 f"that stores messages; {broker.name} does not"
             )
         self._durable = DurableServer(
-            broker, self.settings, endpoints, self._queue_group, self.server.telemetry
+            broker, self.settings, endpoints, self._queue_group, self.server.telemetry, self.server.authorize
         )
         await self._durable.start()
 
@@ -305,22 +305,23 @@ class BrokerBinding(ServerBinding):
         if state is not None:
             state.feed(msg)
 
-    async def _on_discovery(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
-            return
+    async def _refused_discovery(self, msg: BrokerMessage, method: str) -> bool:
+        """Answer ``msg`` with the authorizer's refusal, if any (discovery and AsyncAPI are guarded
+        like the services when auth is configured: docs/security.md)."""
         authorize = self.server.authorize
-        if authorize is not None:
-            # discovery is guarded like the services when auth is configured (docs/security.md)
-            denied = authorize(read_metadata(msg.headers), MICRO_METHOD)
-            if denied is not None:
-                await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
-                return
-        if msg.reply:
-            for body in answers(self._micro, msg.subject):
-                await self._send(msg.reply, body, None)
+        denied = None if authorize is None else authorize(read_metadata(msg.headers), method)
+        if denied is not None:
+            await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
+        return denied is not None
+
+    async def _on_discovery(self, msg: BrokerMessage) -> None:
+        if not msg.reply or await self._refused_discovery(msg, MICRO_METHOD):
+            return
+        for body in answers(self._micro, msg.subject):
+            await self._send(msg.reply, body, None)
 
     async def _on_asyncapi(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
+        if not msg.reply or await self._refused_discovery(msg, ASYNCAPI_METHOD):
             return
         document = self._asyncapi.get(msg.subject)
         if document is None:
