@@ -30,7 +30,7 @@ from protobind.mqtt import TRANSPORT
 from protobind.mqtt.connection import subject_of, topic_of
 
 from .conformance import Conformance
-from .mosquitto import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401 (fixtures)
+from .mosquitto import Mosquitto
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -102,9 +102,7 @@ def test_subjects_map_onto_topics_both_ways() -> None:
         assert subject_of(topic_of(subject)) == subject
 
 
-async def test_calls_share_one_inbox_with_correlation_data(
-    fresh_url: Callable[[], str], raw: Any
-) -> None:
+async def test_calls_share_one_inbox_with_correlation_data(fresh_url: Callable[[], str], raw: Any) -> None:
     """Every call of a connection names the same response topic, which ends in the connection's
     random client id; the correlation data (a random 128-bit token) tells the calls apart."""
     url = fresh_url()
@@ -351,6 +349,3 @@ def test_no_mosquitto_env_leaks_into_ci_rule(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CI", "true")
     with pytest.raises(RuntimeError, match="CI needs an MQTT broker"):
         asyncio.run(enter())
-
-
-
