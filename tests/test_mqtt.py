@@ -10,6 +10,7 @@ topics unique to the run; those that stop, restart or configure a broker start a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -349,3 +350,74 @@ def test_no_mosquitto_env_leaks_into_ci_rule(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CI", "true")
     with pytest.raises(RuntimeError, match="CI needs an MQTT broker"):
         asyncio.run(enter())
+
+
+# --- raw clients: mosquitto_pub / mosquitto_sub --------------------------------------------------
+
+
+async def test_mosquitto_pub_and_sub_call_a_service(fresh_url: Callable[[], str]) -> None:
+    """The wire rules of docs/protocols.md (MQTT 5) with the Mosquitto command-line clients: a JSON
+    request with a response topic, correlation data and a Content-Type user property; the answer
+    comes to the response topic with the same correlation data and no Protobind-Status (success)."""
+    url = fresh_url()
+    prefix = _prefix_of(url)
+    host, port = _host_port(url)
+    server = protobind.Server([Recorder()])
+    await server.start(url)
+    reply_topic = f"{prefix}/cli/replies"
+    sub = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-V", "mqttv5", "-h", host, "-p", str(port), "-t", reply_topic,
+        "-C", "1", "-W", "20", "-F", "%D|%P|%p",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        publish = [
+            "mosquitto_pub", "-V", "mqttv5", "-h", host, "-p", str(port),
+            "-t", f"{prefix}/{SERVICE_TOPIC}/Unary",
+            "-D", "PUBLISH", "response-topic", reply_topic,
+            "-D", "PUBLISH", "correlation-data", "call-42",
+            "-D", "PUBLISH", "user-property", "Content-Type", "application/json",
+            "-m", '{"text": "from the shell"}',
+        ]  # fmt: skip
+        # mosquitto_sub says nothing once it is subscribed: call until it has printed the answer
+        # (the handler is idempotent), at most for its own 20 s
+        while sub.returncode is None:
+            done = await asyncio.create_subprocess_exec(*publish)
+            assert await done.wait() == 0
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sub.wait(), 0.3)
+        assert sub.stdout is not None
+        line = (await sub.stdout.read()).decode().strip().splitlines()[0]
+    finally:
+        if sub.returncode is None:
+            sub.kill()
+            await sub.wait()
+        await server.stop(0)
+    correlation, properties, body = line.split("|", 2)
+    assert correlation == "call-42"
+    assert "Content-Type:application/json" in properties and "Protobind-Status" not in properties
+    assert '"text": "from the shell"' in body or '"text":"from the shell"' in body
+
+
+async def test_durable_methods_are_refused_at_start_and_durable_calls_unimplemented(
+    fresh_url: Callable[[], str],
+) -> None:
+    """MQTT cannot honour durable delivery (no store acknowledgement per call id, no nak, no
+    redelivery after ack_wait): refused loudly, never degraded to plain QoS 0 calls."""
+    from jobs.v1.jobs_pb2 import Job
+    from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsService
+
+    from protobind.durable import DurableCalls
+
+    class Jobs(JobsService):
+        pass
+
+    url = fresh_url()
+    with pytest.raises(ValueError, match="durable methods need a broker that stores messages; mqtt does not"):
+        await protobind.Server([Jobs()]).start(url)
+    async with protobind.connect(url) as channel:
+        with pytest.raises(RpcError) as refused:
+            await DurableCalls(channel).submit(JOBS_SUBMIT, Job())
+    assert refused.value.code is Code.UNIMPLEMENTED
+    with pytest.raises(ValueError, match="unknown mqtt server option"):
+        await protobind.Server([Recorder()]).start(url + "&max_deliver=3")

@@ -25,8 +25,9 @@ Options, from the URL query string or ``options`` (server = S, client = C):
 ``connect_timeout`` (default 2), ``reconnect_wait`` (default 0.5), ``max_reconnect_attempts``
 (default -1: for ever)
     The connection. ``mqtts://`` or any TLS option means TLS or an error, never plaintext.
-``session_expiry`` (S, C)
-    Seconds the broker keeps a durable consumer's session while its server is away. Default 3600.
+
+Durable methods (``(protobind.v1.durable)``) are refused when the server starts, and durable calls
+fail with UNIMPLEMENTED: MQTT cannot store calls the way protobind promises (docs/brokers.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .. import __version__
 from ..broker.base import EngineSettings
-from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named
 from ..options import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING, OptionReader
 
@@ -33,7 +32,6 @@ _CONNECTION_OPTIONS = {
     "connect_timeout",
     "reconnect_wait",
     "max_reconnect_attempts",
-    "session_expiry",
     "user",
     "password",
     "tls_ca",
@@ -43,8 +41,10 @@ _CONNECTION_OPTIONS = {
     "max_message_size",
     "ssl_context",
 }
-SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
-CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIENT_OPTIONS)
+# No durable options: MQTT cannot hold durable calls the way protobind promises them (docs/brokers.md,
+# "MQTT 5"), so a durable option is refused as unknown rather than accepted and ignored.
+SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS)
+CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS)
 
 #: The ports MQTT brokers listen on by default, plaintext and TLS.
 PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -68,8 +68,6 @@ class Settings:
     reconnect_wait: float
     #: -1: for ever
     max_reconnect_attempts: int
-    #: seconds the broker keeps a durable consumer's session while it is away
-    session_expiry: int
     engine: EngineSettings
     #: the URL without credentials, for error texts and logs
     shown: str
@@ -116,7 +114,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
         reflection=reader.flag("reflection", True),
-        durable=durable_settings("mqtt", options),
     )
     netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     return Settings(
@@ -131,7 +128,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         connect_timeout=reader.seconds("connect_timeout", 2.0),
         reconnect_wait=reader.seconds("reconnect_wait", 0.5),
         max_reconnect_attempts=int(options.get("max_reconnect_attempts", -1)),
-        session_expiry=reader.count("session_expiry", 3600),
         engine=engine,
         shown=f"{parts.scheme}://{netloc}",
     )
