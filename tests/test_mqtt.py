@@ -421,3 +421,31 @@ async def test_durable_methods_are_refused_at_start_and_durable_calls_unimplemen
     assert refused.value.code is Code.UNIMPLEMENTED
     with pytest.raises(ValueError, match="unknown mqtt server option"):
         await protobind.Server([Recorder()]).start(url + "&max_deliver=3")
+
+
+async def test_asyncapi_document_has_mqtt_topics_and_bindings(fresh_url: Callable[[], str], raw: Any) -> None:
+    import json
+
+    url = fresh_url()
+    prefix = _prefix_of(url)
+    server = protobind.Server([Recorder()])
+    await server.start(url)
+    try:
+        properties = zmqtt.PublishProperties(response_topic=f"{prefix}/doc", correlation_data=b"1")
+        answer = await raw.request(
+            f"{prefix}/_PROTOBIND/ASYNCAPI/{SERVICE_TOPIC}", b"", timeout=10, properties=properties
+        )
+    finally:
+        await server.stop(0)
+    document = json.loads(answer.payload)
+    (server_entry,) = document["servers"].values()
+    assert server_entry["protocol"] == "mqtt" and server_entry["protocolVersion"] == "5"
+    assert "mqtt" in server_entry["bindings"]
+    addresses = {c["address"] for c in document["channels"].values() if c["address"]}
+    assert f"{prefix}/{SERVICE_TOPIC}/Unary" in addresses
+    assert "_SRV/INFO" in addresses and f"{prefix}/_PROTOBIND/CANCEL" in addresses
+    assert not any("." in a.replace("v1", "") and "/" not in a for a in addresses)
+    unary = next(o for o in document["operations"].values() if o["channel"]["$ref"].endswith("_Unary"))
+    assert unary["bindings"] == {"mqtt": {"qos": 0, "bindingVersion": "0.2.0"}}
+    assert f"$share/{SERVICE}/" in unary["description"]
+    assert "MQTT 5 topics" in document["info"]["description"]

@@ -408,6 +408,9 @@ class MqttBroker(Broker):
     def peer_of(self, reply: str) -> str:
         return reply.partition("#")[0]
 
+    def address(self, subject: str) -> str:
+        return topic_of(subject)
+
     async def settle(self) -> None:
         """Subscriptions are acknowledged (SUBACK) before :meth:`subscribe` returns."""
 
