@@ -449,3 +449,66 @@ async def test_asyncapi_document_has_mqtt_topics_and_bindings(fresh_url: Callabl
     assert unary["bindings"] == {"mqtt": {"qos": 0, "bindingVersion": "0.2.0"}}
     assert f"$share/{SERVICE}/" in unary["description"]
     assert "MQTT 5 topics" in document["info"]["description"]
+
+
+async def test_a_poison_message_is_refused_and_the_server_keeps_serving(
+    fresh_url: Callable[[], str], raw: Any
+) -> None:
+    url = fresh_url()
+    prefix = _prefix_of(url)
+    server = protobind.Server([Recorder("alive")])
+    await server.start(url)
+    try:
+        properties = zmqtt.PublishProperties(
+            response_topic=f"{prefix}/poison",
+            correlation_data=b"p",
+            user_properties=(("Protobind-Timeout-Ms", "x"),),
+        )
+        answer = await raw.request(
+            f"{prefix}/{SERVICE_TOPIC}/Unary", b"\xff\xff\xff not protobuf", timeout=10, properties=properties
+        )
+        headers = dict(answer.properties.user_properties)
+        assert headers["Protobind-Status"] == str(Code.INVALID_ARGUMENT.value)
+        await raw.publish(f"{prefix}/{SERVICE_TOPIC}/Unary", b"\xff\xff garbage one-way")
+        async with protobind.connect(url) as channel:
+            assert (await ConformanceServiceClient(channel).unary(Request(), timeout=10)).text == "alive"
+    finally:
+        await server.stop(0)
+
+
+async def test_a_backlog_of_10000_one_way_calls_is_handled(mosquitto: Mosquitto) -> None:
+    """10,000 one-way calls published as fast as the client goes, to a server that handles them
+    as they come: none lost on a broker whose queues are large enough (docs/brokers.md)."""
+    count = 10_000
+    url = mosquitto.url + "?prefix=backlog"
+    service = Conformance()
+    server = protobind.Server([service])
+    await server.start(url)
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            for i in range(count):
+                await client.notify(Request(text=str(i)))
+        await _eventually(lambda: len(service.notified) >= count, timeout=60)
+    finally:
+        await server.stop(5.0)
+    assert sorted(service.notified, key=int) == [str(i) for i in range(count)]
+
+
+async def test_a_slow_server_refuses_beyond_max_pending_and_serves_the_rest(
+    fresh_url: Callable[[], str],
+) -> None:
+    url = fresh_url()
+    server = protobind.Server([Recorder("slow")])
+    await server.start(url + "&max_concurrency=1&max_pending=2")
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            calls = [client.unary(Request(behavior=Behavior(sleep_ms=200)), timeout=20) for _ in range(8)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await server.stop(0)
+    served = [r for r in results if isinstance(r, Response)]
+    refused = [r for r in results if isinstance(r, RpcError)]
+    assert served and refused
+    assert all(r.code is Code.RESOURCE_EXHAUSTED for r in refused)
