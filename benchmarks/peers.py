@@ -501,3 +501,128 @@ for _parser in ("h11", "httptools"):
         CLIENTS[_kind] = _protobind_http_client("proto")
         if _kind != "protobind-http-h11":
             PAIRS.append((f"http-server-{_parser}{_loop}", _kind, "protobind-http-h11"))
+
+
+# --- MQTT 5: protobind's mqtt:// binding vs raw zmqtt request/response vs FastStream ---------------
+#
+# All on the machine's Mosquitto (PROTOBIND_BENCH_MQTT), each server under a topic prefix of its own.
+# The raw peer is zmqtt, the library protobind's binding uses: a subscription whose messages are
+# answered on their response topic with their correlation data, and ``client.request``. FastStream's
+# MQTT broker (also zmqtt underneath) answers with a subscriber that returns the response bytes,
+# called with ``broker.request``.
+
+MQTT_URL = "mqtt://127.0.0.1:1883"
+MQTT_TOPIC = NATS_SUBJECT.replace(".", "/")
+
+
+def _mqtt_prefix() -> str:
+    import os
+
+    return f"bench-{os.urandom(4).hex()}"
+
+
+async def _protobind_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import os
+
+    return await serve_protobind(
+        f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    )
+
+
+def _mqtt_address(url: str) -> tuple[str, int, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883, dict(parse_qsl(parts.query)).get("prefix", "")
+
+
+async def _raw_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import asyncio
+    import os
+
+    import zmqtt
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    mqtt_host, port, prefix = _mqtt_address(url)
+    client = zmqtt.create_client(mqtt_host, port, version="5.0")
+    await client.connect()
+    sub = client.subscribe(f"$share/raw/{prefix}/{MQTT_TOPIC}", receive_buffer_size=0)
+    await sub.start()
+
+    async def serve() -> None:
+        async for message in sub:
+            props = message.properties
+            request = Request.FromString(message.payload)
+            await client.publish(
+                props.response_topic,
+                Response(payload=request.payload).SerializeToString(),
+                properties=zmqtt.PublishProperties(correlation_data=props.correlation_data),
+            )
+
+    task = asyncio.get_running_loop().create_task(serve())
+
+    async def stop() -> None:
+        task.cancel()
+        await client.disconnect()
+
+    return url, stop
+
+
+async def _raw_mqtt_client(url: str) -> tuple[Call, Close]:
+    import zmqtt
+
+    mqtt_host, port, prefix = _mqtt_address(url)
+    client = zmqtt.create_client(mqtt_host, port, version="5.0")
+    await client.connect()
+    topic = f"{prefix}/{MQTT_TOPIC}"
+    reply = zmqtt.PublishProperties(response_topic=f"_bench/{prefix}/reply")
+
+    async def call(payload: bytes) -> Any:
+        answer = await client.request(
+            topic, Request(payload=payload).SerializeToString(), timeout=30, properties=reply
+        )
+        return Response.FromString(answer.payload)
+
+    return call, client.disconnect
+
+
+async def _faststream_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import os
+
+    from faststream.mqtt import MQTTBroker
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    mqtt_host, port, prefix = _mqtt_address(url)
+    broker = MQTTBroker(f"mqtt://{mqtt_host}:{port}", logger=None)
+
+    @broker.subscriber(f"$share/fs/{prefix}/{MQTT_TOPIC}")
+    async def handle(body: bytes) -> bytes:
+        return Response(payload=Request.FromString(body).payload).SerializeToString()
+
+    await broker.start()
+    return url, broker.stop
+
+
+async def _faststream_mqtt_client(url: str) -> tuple[Call, Close]:
+    from faststream.mqtt import MQTTBroker
+
+    mqtt_host, port, prefix = _mqtt_address(url)
+    broker = MQTTBroker(f"mqtt://{mqtt_host}:{port}", logger=None)
+    await broker.connect()
+    topic = f"{prefix}/{MQTT_TOPIC}"
+
+    async def call(payload: bytes) -> Any:
+        answer = await broker.request(Request(payload=payload).SerializeToString(), topic, timeout=30)
+        return Response.FromString(answer.body)
+
+    return call, broker.stop
+
+
+SERVERS["protobind-mqtt"] = _protobind_mqtt_server
+CLIENTS["protobind-mqtt"] = protobind_client
+SERVERS["zmqtt"] = _raw_mqtt_server
+CLIENTS["zmqtt"] = _raw_mqtt_client
+SERVERS["faststream-mqtt"] = _faststream_mqtt_server
+CLIENTS["faststream-mqtt"] = _faststream_mqtt_client
+PAIRS.append(("mqtt", "protobind-mqtt", "zmqtt"))
+PAIRS.append(("mqtt-faststream", "protobind-mqtt", "faststream-mqtt"))

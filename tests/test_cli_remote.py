@@ -1,6 +1,7 @@
-"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP and NATS.
+"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS and MQTT.
 
-One `protobind serve` process serves tests.details_service on the three network transports; each
+One `protobind serve` process serves tests.details_service on the network transports (MQTT on
+the machine's Mosquitto, skipped where none runs, except under CI=true); each
 command runs in a process of its own with no contract files (reflection), or with `--proto`
 resolved against `-I`.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from protobind.mqtt import TEST_BROKER, broker_unreachable
+
 from .conftest import ROOT
 
 PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
@@ -30,14 +33,27 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def urls(nats_server: str) -> Iterator[dict[str, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    binds = [
+        "--bind",
+        "grpc://127.0.0.1:0",
+        "--bind",
+        "http://127.0.0.1:0",
+        "--bind",
+        f"{nats_server}?prefix=cli",
+    ]
+    mqtt = os.environ.get("PROTOBIND_TEST_MQTT", TEST_BROKER)
+    missing = broker_unreachable(mqtt)
+    if missing is None:
+        binds += ["--bind", f"{mqtt}?prefix=cli-{os.urandom(4).hex()}"]
+    elif os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI needs an MQTT broker: {missing}")
     server = subprocess.Popen(
-        [*PROTOBIND, "serve", "tests.details_service:Details", "--bind", "grpc://127.0.0.1:0",
-         "--bind", "http://127.0.0.1:0", "--bind", f"{nats_server}?prefix=cli"],
+        [*PROTOBIND, "serve", "tests.details_service:Details", *binds],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(3)]
+        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(len(binds) // 2)]
         yield {url.partition(":")[0]: url for url in bound}
     finally:
         server.send_signal(signal.SIGTERM)
@@ -45,8 +61,10 @@ def urls(nats_server: str) -> Iterator[dict[str, str]]:
     assert server.returncode == 0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http", "nats"])
+@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "mqtt"])
 def test_list_describe_and_call_by_reflection(urls: dict[str, str], transport: str) -> None:
+    if transport not in urls:
+        pytest.skip("no MQTT broker here")
     url = urls[transport]
     listed = _run("list", url)
     assert listed.returncode == 0, listed.stderr

@@ -44,7 +44,17 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
     assert " 0 failed," in result.stdout
     matrix = json.loads(out.read_text())
     names = {c["name"] for c in matrix["columns"]}
-    expected = {*transport_names(), "http+json", "nats+json", "grpcio", "nats-py", "nats-py+json"}
+    expected = {
+        *transport_names(),
+        "http+json",
+        "nats+json",
+        "mqtt+json",
+        "grpcio",
+        "nats-py",
+        "nats-py+json",
+        "zmqtt",
+        "zmqtt+json",
+    }
     if importlib.util.find_spec("connectrpc") is not None:
         expected |= {"connectrpc", "connectrpc+json"}
     assert names == expected
@@ -55,9 +65,9 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
     assert not failed, failed
     unsupported = {(c["case"], transports[c["column"]]) for c in cells if c["verdict"] == "unsupported"}
     assert unsupported == set(UNSUPPORTED), unsupported
-    # n/a only where the plain nats-py client cannot express the case (no streams, its own size check)
+    # n/a only where a plain broker client cannot express the case (no streams, its own size check)
     not_applicable = {c["column"] for c in cells if c["verdict"] == "not_applicable"}
-    assert not_applicable == {"nats-py", "nats-py+json"}
+    assert not_applicable == {"nats-py", "nats-py+json", "zmqtt", "zmqtt+json"}
     assert sum(c["verdict"] == "pass" for c in cells) > 0.9 * len(cells)
 
 

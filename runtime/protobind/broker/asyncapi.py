@@ -1,4 +1,5 @@
-"""An AsyncAPI 3.0 document for the NATS binding (and ``memory://``, which uses the same subjects).
+"""An AsyncAPI 3.0 document for the broker bindings: NATS (and ``memory://``, which uses the same
+subjects) and MQTT 5 (the same engine, its subjects written as topics by the broker's ``address``).
 
 ``asyncapi_document(services)`` describes the application that serves ``services``: every subject
 it receives on and every subject it sends to, from the method table alone (so ``protobind
@@ -23,7 +24,7 @@ application/json``, so ``defaultContentType`` is ``application/protobuf``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,10 +48,12 @@ from .wire import (
     call_subject,
 )
 
-__all__ = ["NATS_BINDING_VERSION", "asyncapi_document"]
+__all__ = ["MQTT_BINDING_VERSION", "NATS_BINDING_VERSION", "asyncapi_document"]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
 NATS_BINDING_VERSION = "0.1.0"
+#: Version of the AsyncAPI MQTT bindings used in ``operations.*.bindings.mqtt`` and the servers.
+MQTT_BINDING_VERSION = "0.2.0"
 
 _MESSAGES = "#/components/messages/"
 _REQUEST_HEADERS = "protobind.RequestHeaders"
@@ -123,7 +126,17 @@ def _headers_schemas() -> dict[str, dict[str, Any]]:
 
 
 class _Writer:
-    def __init__(self, schemas: Schemas, comments: Comments, prefix: str, queue_group: str) -> None:
+    def __init__(
+        self,
+        schemas: Schemas,
+        comments: Comments,
+        prefix: str,
+        queue_group: str,
+        protocol: str = "nats",
+        address: Callable[[str], str] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.address = address
         self.schemas = schemas
         self.comments = comments
         self.prefix = prefix
@@ -156,6 +169,8 @@ class _Writer:
     def channel(
         self, channel_id: str, address: str | None, messages: dict[str, Any], description: str
     ) -> dict[str, str]:
+        if address is not None and self.address is not None:
+            address = self.address(address)
         self.channels[channel_id] = {"address": address, "description": description, "messages": messages}
         return {"$ref": f"#/channels/{channel_id}"}
 
@@ -189,7 +204,11 @@ class _Writer:
                     for m in self.channels[reply_channel]["messages"]
                 ],
             }
-        if queue is not None:
+        if queue is not None and self.protocol == "mqtt":
+            # a queue group is a shared subscription; calls and answers go at QoS 0
+            operation["bindings"] = {"mqtt": {"qos": 0, "bindingVersion": MQTT_BINDING_VERSION}}
+            operation["description"] += f" Received on the shared subscription $share/{queue}/<address>."
+        elif queue is not None:
             operation["bindings"] = {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
         self.operations[operation_id] = operation
 
@@ -414,6 +433,8 @@ def asyncapi_document(
     prefix: str = "",
     queue_group: str = "",
     source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
+    protocol: str = "nats",
+    address: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of ``services`` served over NATS.
 
@@ -421,11 +442,13 @@ def asyncapi_document(
     ``prefix`` and ``queue_group`` are the binding's options of the same names (default: no
     prefix, each service's full name as its group). ``source_files`` (descriptors with source
     info) give descriptions from the proto comments, as for :func:`protobind.http.openapi.openapi_document`.
+    ``protocol`` is the broker's (``nats``, ``mqtt``) and ``address`` its name for a subject
+    (:meth:`protobind.broker.base.Broker.address`; default: the subject itself).
     """
     if prefix and not prefix.endswith("."):
         prefix += "."
     comments = Comments(source_files)
-    writer = _Writer(Schemas(comments), comments, prefix, queue_group)
+    writer = _Writer(Schemas(comments), comments, prefix, queue_group, protocol, address)
     for service in services:
         writer.service(service)
     _common(writer)
@@ -437,15 +460,16 @@ def asyncapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": "The NATS subjects of "
+            "description": f"The {_NAMES.get(protocol, protocol)} of "
             + ", ".join(s.name for s in services)
-            + " served by protobind (docs/protocols.md, 'NATS request-reply'; docs/messaging.md).",
+            + f" served by protobind (docs/protocols.md, '{_SECTIONS.get(protocol, protocol)}'; "
+            + "docs/messaging.md).",
         },
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
     if servers:
         document["servers"] = {
-            _id(f"nats{i}" if i else "nats"): _server(url) for i, url in enumerate(servers)
+            _id(f"{protocol}{i}" if i else protocol): _server(url) for i, url in enumerate(servers)
         }
     document["channels"] = writer.channels
     document["operations"] = writer.operations
@@ -456,9 +480,21 @@ def asyncapi_document(
     return document
 
 
+_NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics"}
+_SECTIONS = {"nats": "NATS request-reply", "mqtt": "MQTT 5"}
+
+
 def _server(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]  # never the credentials
+    if parts.scheme in ("mqtt", "mqtts"):
+        return {
+            "host": hosts,
+            "protocol": "secure-mqtt" if parts.scheme == "mqtts" else "mqtt",
+            "protocolVersion": "5",
+            "description": "MQTT 5 over TLS (mqtts://)" if parts.scheme == "mqtts" else "MQTT 5",
+            "bindings": {"mqtt": {"cleanSession": True, "bindingVersion": MQTT_BINDING_VERSION}},
+        }
     return {
         "host": hosts,
         "protocol": "nats",

@@ -218,6 +218,11 @@ class Broker(Protocol):
         """A short name for the caller behind a reply address (for :attr:`Context.peer`)."""
         ...
 
+    def address(self, subject: str) -> str:
+        """The broker's own name for ``subject`` (NATS: the subject; MQTT: its topic), as
+        documents such as AsyncAPI show it."""
+        ...
+
     async def settle(self) -> None:
         """Return once every subscription made so far receives messages published by others."""
         ...

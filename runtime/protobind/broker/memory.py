@@ -208,6 +208,9 @@ class MemoryBroker(DurableBroker):
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
 
+    def address(self, subject: str) -> str:
+        return subject
+
     # --- durable: see memory_streams ---
 
     async def ensure_stream(self, spec: StreamSpec) -> str:

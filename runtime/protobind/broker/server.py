@@ -328,15 +328,17 @@ class BrokerBinding(ServerBinding):
             from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            nats = self._url.startswith(("nats://", "tls://"))
+            listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
                     [service],
                     title=service.name,
                     version=self.settings.version,
-                    servers=[self._url] if nats else [],  # the document keeps the host only
+                    servers=[self._url] if listed else [],  # the document keeps the host only
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
+                    protocol="nats" if self.broker.name == "memory" else self.broker.name,
+                    address=self.broker.address,
                 ),
                 separators=(",", ":"),
             ).encode()

@@ -483,6 +483,9 @@ class NatsBroker(JetStream, DurableBroker):
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
 
+    def address(self, subject: str) -> str:
+        return subject
+
     async def settle(self) -> None:
         await self.client.settle()
 

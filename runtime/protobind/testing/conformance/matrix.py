@@ -57,10 +57,21 @@ __all__ = [
 MiB = 1024 * 1024
 
 #: Each transport's documented default message size limit (docs/protocols.md); None: no limit.
-LIMITS: dict[str, int | None] = {"inproc": None, "grpc": 4 * MiB, "http": 4 * MiB, "nats": MiB, "memory": MiB}
+LIMITS: dict[str, int | None] = {
+    "inproc": None,
+    "grpc": 4 * MiB,
+    "http": 4 * MiB,
+    "nats": MiB,
+    "memory": MiB,
+    "mqtt": 4 * MiB,
+}
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats")
+JSON_TRANSPORTS = ("http", "nats", "mqtt")
 
+_PLAIN_MQTT = (
+    "a plain MQTT request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, MQTT 5)"
+)
 _PLAIN_NATS = (
     "a plain NATS request carries one message each way; streams need protobind's frame protocol "
     "(docs/protocols.md, NATS > Streams)"
@@ -82,7 +93,7 @@ class Column:
 
     name: str
     transport: str
-    client: str  # "protobind", "grpcio", "connectrpc" or "nats-py"
+    client: str  # "protobind", "grpcio", "connectrpc", "nats-py" or "zmqtt"
     json: bool = False
     summary: str = ""
     #: client features a case may need that this client lacks -> why
@@ -148,6 +159,23 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
             "request_limit": "nats-py refuses to publish above max_payload itself",
         },
         requires=("nats",),
+    ),
+    Column(
+        "zmqtt",
+        "mqtt",
+        "zmqtt",
+        summary="plain zmqtt MQTT 5 requests (binary) -> protobind MQTT server",
+        lacks={"streams": _PLAIN_MQTT},
+        requires=("zmqtt",),
+    ),
+    Column(
+        "zmqtt+json",
+        "mqtt",
+        "zmqtt",
+        json=True,
+        summary="plain zmqtt MQTT 5 requests (JSON) -> protobind MQTT server",
+        lacks={"streams": _PLAIN_MQTT},
+        requires=("zmqtt",),
     ),
 )
 
@@ -308,6 +336,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import NatsPeer
 
         peer = NatsPeer(url, json_codec=column.json)
+    elif column.client == "zmqtt":
+        from .peers import MqttPeer
+
+        peer = MqttPeer(url, json_codec=column.json)
     else:
         raise ValueError(f"unknown client {column.client!r}")
     try:

@@ -29,7 +29,7 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
-__all__ = ["ConnectPeer", "GrpcioPeer", "NatsPeer"]
+__all__ = ["ConnectPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -362,3 +362,74 @@ class NatsPeer(ClientTransport):
     async def close(self) -> None:
         if self._nc is not None:
             await self._nc.close()
+
+
+# --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
+
+
+class _MqttReply:
+    """An MQTT answer in the shape :meth:`NatsPeer._reply` reads."""
+
+    def __init__(self, headers: dict[str, str], data: bytes) -> None:
+        self.headers = headers
+        self.data = data
+
+
+class MqttPeer(NatsPeer):
+    """A plain zmqtt MQTT 5 client doing what docs/protocols.md (MQTT 5) tells any MQTT client to do
+    for a unary call: a PUBLISH to ``{prefix}/{package levels}/{Service}/{Method}`` with a response
+    topic and correlation data, metadata and ``Protobind-Timeout-Ms`` as user properties; the answer
+    comes to the response topic with the same correlation data, its status and metadata in user
+    properties, as on NATS. Cancellation is a PUBLISH to ``{prefix}/_PROTOBIND/CANCEL`` whose body
+    is ``{response topic}#{correlation data}``."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        super().__init__(url, json_codec=json_codec)
+        parts = urlsplit(url)
+        self._topics = self._prefix.replace(".", "/")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 1883
+        self._client: Any = None
+
+    async def _connection(self) -> Any:
+        if self._client is None:
+            import zmqtt
+
+            client = zmqtt.create_client(self._host, self._port, version="5.0")
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        import os
+
+        import zmqtt
+
+        method = _method(call)
+        client = await self._connection()
+        topic = "/".join((self._topics + f"{method.service}.{method.name}").split("."))
+        reply_topic = f"conformance/reply/{os.urandom(16).hex()}"
+        correlation = os.urandom(8).hex().encode()
+        properties = zmqtt.PublishProperties(
+            response_topic=reply_topic,
+            correlation_data=correlation,
+            user_properties=tuple(self._headers(call).items()),
+        )
+        timeout = call.timeout
+        # the server answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer
+        wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+        try:
+            answer = await client.request(topic, self._encode(request), timeout=wait, properties=properties)
+        except asyncio.CancelledError:
+            cancel = f"{reply_topic}#{correlation.decode()}".encode()
+            await client.publish(f"{self._topics}_PROTOBIND/CANCEL", cancel)
+            raise
+        except asyncio.TimeoutError:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no answer in time") from None
+        props = answer.properties
+        headers = dict(props.user_properties) if props is not None else {}
+        return self._reply(_MqttReply(headers, answer.payload), method, call)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.disconnect()
