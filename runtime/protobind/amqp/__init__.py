@@ -11,8 +11,7 @@ Options, from the URL query string or ``options`` (server = S, client = C): the 
 (``prefix``, ``queue_group``, ``max_concurrency``, ``max_pending``, ``window``, ``heartbeat``,
 ``codec``, ``version``, ``reflection``, ``max_message_size``) as on NATS, and for the connection
 ``exchange``, ``prefetch`` (S: call messages RabbitMQ may push to one binding before it takes
-them; default ``max_concurrency + max_pending``), ``max_payload`` (largest message, default 128
-MiB as RabbitMQ's own), ``name``, ``connect_timeout``, ``reconnect_wait``, ``user``,
+them; default ``max_concurrency + max_pending``), ``name``, ``connect_timeout``, ``reconnect_wait``, ``user``,
 ``password``, ``vhost`` (override the URL's), ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``tls_server_name`` and ``ssl_context`` (Python only).
 """

@@ -257,7 +257,9 @@ class AmqpBroker:
 
     @property
     def max_payload(self) -> int:
-        return self.settings.max_payload
+        # RabbitMQ takes up to 128 MiB by default; protobind holds every message, both ways, to the
+        # binding's max_message_size (4 MiB by default, as on gRPC and HTTP)
+        return self.settings.engine.max_message_size
 
     @property
     def is_connected(self) -> bool:

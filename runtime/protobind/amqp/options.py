@@ -25,8 +25,6 @@ __all__ = [
 
 #: The topic exchange every call subject is published to, unless the option ``exchange`` names another.
 DEFAULT_EXCHANGE = "protobind"
-#: RabbitMQ's own default largest message (``max_message_size``, 128 MiB).
-DEFAULT_MAX_PAYLOAD = 128 * 1024 * 1024
 
 _SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version", "reflection", "prefetch"}
 _CLIENT_OPTIONS = {"codec"}
@@ -46,7 +44,6 @@ _CONNECTION_OPTIONS = {
     "tls_key",
     "tls_server_name",
     "max_message_size",
-    "max_payload",
     "ssl_context",
 }
 SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
@@ -68,7 +65,6 @@ class Settings:
     name: str
     connect_timeout: float
     reconnect_wait: float
-    max_payload: int
     prefetch: int
     engine: EngineSettings
 
@@ -133,7 +129,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         name=str(options.get("name", "")),
         connect_timeout=reader.seconds("connect_timeout", 5.0),
         reconnect_wait=reader.seconds("reconnect_wait", 1.0),
-        max_payload=reader.positive_int("max_payload", DEFAULT_MAX_PAYLOAD),
         # unacknowledged call messages RabbitMQ pushes to one server binding: what its handlers and
         # its waiting line hold; the rest stays in the queue (for other replicas)
         prefetch=min(65535, reader.positive_int("prefetch", max_concurrency + max(max_pending, 1))),

@@ -4,8 +4,9 @@ transport) and report the matrix.
 Columns: protobind's own client on every registered transport (and with JSON where the transport
 offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding,
 ``connectrpc`` (binary and JSON) against the HTTP binding, plain ``nats-py`` (binary and JSON)
-against the NATS binding. Each transport gets one server (with its test harness: a private
-nats-server for NATS) shared by its columns.
+against the NATS binding, plain ``aio-pika`` (binary and JSON) against the RabbitMQ binding. Each
+transport gets one server (with its test harness: a private nats-server for NATS) shared by its
+columns.
 """
 
 from __future__ import annotations
@@ -57,13 +58,24 @@ __all__ = [
 MiB = 1024 * 1024
 
 #: Each transport's documented default message size limit (docs/protocols.md); None: no limit.
-LIMITS: dict[str, int | None] = {"inproc": None, "grpc": 4 * MiB, "http": 4 * MiB, "nats": MiB, "memory": MiB}
+LIMITS: dict[str, int | None] = {
+    "inproc": None,
+    "grpc": 4 * MiB,
+    "http": 4 * MiB,
+    "nats": MiB,
+    "memory": MiB,
+    "amqp": 4 * MiB,
+}
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats")
+JSON_TRANSPORTS = ("http", "nats", "amqp")
 
 _PLAIN_NATS = (
     "a plain NATS request carries one message each way; streams need protobind's frame protocol "
     "(docs/protocols.md, NATS > Streams)"
+)
+_PLAIN_AMQP = (
+    "a plain AMQP request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, RabbitMQ)"
 )
 
 
@@ -82,7 +94,7 @@ class Column:
 
     name: str
     transport: str
-    client: str  # "protobind", "grpcio", "connectrpc" or "nats-py"
+    client: str  # "protobind", "grpcio", "connectrpc", "nats-py" or "aio-pika"
     json: bool = False
     summary: str = ""
     #: client features a case may need that this client lacks -> why
@@ -148,6 +160,23 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
             "request_limit": "nats-py refuses to publish above max_payload itself",
         },
         requires=("nats",),
+    ),
+    Column(
+        "aio-pika",
+        "amqp",
+        "aio-pika",
+        summary="plain aio-pika requests (binary) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
+    ),
+    Column(
+        "aio-pika+json",
+        "amqp",
+        "aio-pika",
+        json=True,
+        summary="plain aio-pika requests (JSON) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
     ),
 )
 
@@ -308,6 +337,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import NatsPeer
 
         peer = NatsPeer(url, json_codec=column.json)
+    elif column.client == "aio-pika":
+        from .peers import AmqpPeer
+
+        peer = AmqpPeer(url, json_codec=column.json)
     else:
         raise ValueError(f"unknown client {column.client!r}")
     try:
