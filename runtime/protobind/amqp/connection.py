@@ -91,11 +91,11 @@ def routing_pattern(subject: str) -> str:
 def queue_name(group: str, subject: str, exchange: str) -> str:
     """The queue of queue group ``group`` on ``subject`` (at most 255 bytes, RabbitMQ's limit)."""
     name = f"{group}@{subject}" if exchange == "protobind" else f"{group}@{subject}@{exchange}"
-    # the characters AMQP clients accept in queue names; others (``$`` of ``$SRV``) are replaced,
-    # and a digest of the original keeps the names apart
+    # only the characters AMQP clients accept in queue names: others (the ``*`` of a service's
+    # subject, the ``$`` of ``$SRV``) become ``_``; a long name keeps its start and a digest
     safe = _UNSAFE.sub("_", name)
-    if safe != name or len(safe) > 200:
-        safe = safe[:160] + "@" + hashlib.sha256(name.encode()).hexdigest()[:24]
+    if len(safe.encode()) > 200:
+        safe = safe[:160] + "@" + hashlib.sha256(name.encode()).hexdigest()[:32]
     return safe
 
 
