@@ -12,8 +12,8 @@ Options, from the URL query string or ``options`` (server = S, client = C): the 
 ``codec``, ``version``, ``reflection``, ``max_message_size``) as on NATS, and for the connection
 ``exchange``, ``prefetch`` (S: call messages RabbitMQ may push to one binding before it takes
 them; default ``max_concurrency + max_pending``), ``name``, ``connect_timeout``, ``reconnect_wait``, ``user``,
-``password``, ``vhost`` (override the URL's), ``tls_ca``, ``tls_cert``, ``tls_key``,
-``tls_server_name`` and ``ssl_context`` (Python only).
+``password``, ``vhost`` (override the URL's), ``tls_ca``, ``tls_cert``, ``tls_key`` and
+``ssl_context`` (Python only).
 """
 
 from __future__ import annotations

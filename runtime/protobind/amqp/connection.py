@@ -495,9 +495,6 @@ async def open_broker(settings: Settings, name: str) -> AmqpBroker:
     """Connect to RabbitMQ with ``settings``; bounded in time, never in plaintext when TLS was
     asked for, and no credentials in what it raises or logs."""
     shown = settings.shown
-    ssl_options: dict[str, Any] = {}
-    if settings.tls_server_name:
-        ssl_options["server_hostname"] = settings.tls_server_name
     try:
         connection = await aio_pika.connect_robust(
             host=settings.host,
@@ -507,7 +504,6 @@ async def open_broker(settings: Settings, name: str) -> AmqpBroker:
             virtualhost=settings.vhost,
             ssl=settings.tls is not None,
             ssl_context=settings.tls,
-            ssl_options=ssl_options or None,  # type: ignore[arg-type]
             timeout=settings.connect_timeout,
             client_properties={"connection_name": settings.name or name},
             reconnect_interval=settings.reconnect_wait,

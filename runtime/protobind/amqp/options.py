@@ -42,7 +42,6 @@ _CONNECTION_OPTIONS = {
     "tls_ca",
     "tls_cert",
     "tls_key",
-    "tls_server_name",
     "max_message_size",
     "ssl_context",
 }
@@ -60,7 +59,6 @@ class Settings:
     password: str
     vhost: str
     tls: ssl.SSLContext | None
-    tls_server_name: str | None
     exchange: str
     name: str
     connect_timeout: float
@@ -124,7 +122,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         password=password,
         vhost=vhost,
         tls=tls,
-        tls_server_name=reader.text("tls_server_name"),
         exchange=exchange,
         name=str(options.get("name", "")),
         connect_timeout=reader.seconds("connect_timeout", 5.0),
