@@ -615,6 +615,127 @@ async def _faststream_mqtt_client(url: str) -> tuple[Call, Close]:
         answer = await broker.request(Request(payload=payload).SerializeToString(), topic, timeout=30)
         return Response.FromString(answer.body)
 
+
+# --- RabbitMQ: protobind's amqp:// binding vs raw aio-pika RPC and FastStream's RabbitMQ RPC -------
+#
+# The machine's RabbitMQ ($PROTOBIND_BENCH_AMQP_URL, default guest@127.0.0.1:5672). Each server uses
+# names of its own and removes them when it stops. The raw aio-pika peer is RabbitMQ's RPC pattern
+# written by hand: a server queue, an exclusive reply queue per client, correlation ids, many calls
+# in flight. FastStream's is its documented RPC (`broker.request`).
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _amqp_base() -> str:
+    import os
+
+    return os.environ.get("PROTOBIND_BENCH_AMQP_URL", AMQP_URL)
+
+
+async def _protobind_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    exchange = f"protobind.bench.{secrets.token_hex(4)}"
+    url, stop = await serve_protobind(f"{_amqp_base()}?exchange={exchange}")
+
+    async def stop_and_clean() -> None:
+        import aio_pika
+
+        await stop()
+        connection = await aio_pika.connect(_amqp_base())
+        async with connection:
+            await (await connection.channel()).exchange_delete(exchange)
+
+    return url, stop_and_clean
+
+
+async def _raw_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    import aio_pika
+
+    connection = await aio_pika.connect(_amqp_base())
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.declare_queue(f"bench.raw.{secrets.token_hex(4)}", auto_delete=True)
+
+    async def respond(message: Any) -> None:
+        request = Request.FromString(message.body)
+        reply = aio_pika.Message(
+            Response(payload=request.payload).SerializeToString(), correlation_id=message.correlation_id
+        )
+        await channel.default_exchange.publish(reply, message.reply_to)
+        await message.ack()
+
+    await queue.consume(respond)
+    return f"{_amqp_base()}?queue={queue.name}", connection.close
+
+
+async def _raw_amqp_client(url: str) -> tuple[Call, Close]:
+    import asyncio
+    import os
+    from urllib.parse import parse_qsl, urlsplit
+
+    import aio_pika
+
+    parts = urlsplit(url)
+    target = dict(parse_qsl(parts.query))["queue"]
+    connection = await aio_pika.connect(parts._replace(query="").geturl())
+    channel = await connection.channel()
+    replies = await channel.declare_queue("", exclusive=True)
+    waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def on_reply(message: Any) -> None:
+        future = waiting.pop(message.correlation_id, None)
+        if future is not None:
+            future.set_result(message)
+
+    await replies.consume(on_reply, no_ack=True)
+
+    async def call(payload: bytes) -> Any:
+        correlation = os.urandom(16).hex()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiting[correlation] = future
+        message = aio_pika.Message(
+            Request(payload=payload).SerializeToString(), reply_to=replies.name, correlation_id=correlation
+        )
+        await channel.default_exchange.publish(message, target)
+        return Response.FromString((await asyncio.wait_for(future, 30)).body)
+
+    return call, connection.close
+
+
+async def _faststream_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    from faststream.rabbit import RabbitBroker, RabbitQueue
+
+    broker = RabbitBroker(_amqp_base(), logger=None)
+    name = f"bench.faststream.{secrets.token_hex(4)}"
+
+    @broker.subscriber(RabbitQueue(name, auto_delete=True))
+    async def unary(body: bytes) -> bytes:
+        request = Request.FromString(body)
+        return Response(payload=request.payload).SerializeToString()
+
+    await broker.start()
+    return f"{_amqp_base()}?queue={name}", broker.stop
+
+
+async def _faststream_amqp_client(url: str) -> tuple[Call, Close]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    from faststream.rabbit import RabbitBroker
+
+    parts = urlsplit(url)
+    target = dict(parse_qsl(parts.query))["queue"]
+    broker = RabbitBroker(parts._replace(query="").geturl(), logger=None)
+    await broker.connect()
+
+    async def call(payload: bytes) -> Any:
+        reply = await broker.request(Request(payload=payload).SerializeToString(), queue=target, timeout=30)
+        return Response.FromString(reply.body)
+
     return call, broker.stop
 
 
@@ -626,3 +747,11 @@ SERVERS["faststream-mqtt"] = _faststream_mqtt_server
 CLIENTS["faststream-mqtt"] = _faststream_mqtt_client
 PAIRS.append(("mqtt", "protobind-mqtt", "zmqtt"))
 PAIRS.append(("mqtt-faststream", "protobind-mqtt", "faststream-mqtt"))
+SERVERS["protobind-amqp"] = _protobind_amqp_server
+CLIENTS["protobind-amqp"] = protobind_client
+SERVERS["aio-pika"] = _raw_amqp_server
+CLIENTS["aio-pika"] = _raw_amqp_client
+SERVERS["faststream-rabbit"] = _faststream_amqp_server
+CLIENTS["faststream-rabbit"] = _faststream_amqp_client
+PAIRS.append(("amqp", "protobind-amqp", "aio-pika"))
+PAIRS.append(("amqp-faststream", "protobind-amqp", "faststream-rabbit"))

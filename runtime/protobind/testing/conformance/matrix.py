@@ -4,8 +4,9 @@ transport) and report the matrix.
 Columns: protobind's own client on every registered transport (and with JSON where the transport
 offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding,
 ``connectrpc`` (binary and JSON) against the HTTP binding, plain ``nats-py`` (binary and JSON)
-against the NATS binding. Each transport gets one server (with its test harness: a private
-nats-server for NATS) shared by its columns.
+against the NATS binding, plain ``aio-pika`` (binary and JSON) against the RabbitMQ binding. Each
+transport gets one server (with its test harness: a private nats-server for NATS) shared by its
+columns.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ LIMITS: dict[str, int | None] = {
     "nats": MiB,
     "memory": MiB,
     "mqtt": 4 * MiB,
+    "amqp": 4 * MiB,
 }
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats", "mqtt")
+JSON_TRANSPORTS = ("http", "nats", "mqtt", "amqp")
 
 _PLAIN_MQTT = (
     "a plain MQTT request carries one message each way; streams need protobind's frame protocol "
@@ -75,6 +77,10 @@ _PLAIN_MQTT = (
 _PLAIN_NATS = (
     "a plain NATS request carries one message each way; streams need protobind's frame protocol "
     "(docs/protocols.md, NATS > Streams)"
+)
+_PLAIN_AMQP = (
+    "a plain AMQP request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, RabbitMQ)"
 )
 
 
@@ -93,7 +99,7 @@ class Column:
 
     name: str
     transport: str
-    client: str  # "protobind", "grpcio", "connectrpc", "nats-py" or "zmqtt"
+    client: str  # "protobind", "grpcio", "connectrpc", "nats-py", "zmqtt" or "aio-pika"
     json: bool = False
     summary: str = ""
     #: client features a case may need that this client lacks -> why
@@ -176,6 +182,23 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         summary="plain zmqtt MQTT 5 requests (JSON) -> protobind MQTT server",
         lacks={"streams": _PLAIN_MQTT},
         requires=("zmqtt",),
+    ),
+    Column(
+        "aio-pika",
+        "amqp",
+        "aio-pika",
+        summary="plain aio-pika requests (binary) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
+    ),
+    Column(
+        "aio-pika+json",
+        "amqp",
+        "aio-pika",
+        json=True,
+        summary="plain aio-pika requests (JSON) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
     ),
 )
 
@@ -340,6 +363,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import MqttPeer
 
         peer = MqttPeer(url, json_codec=column.json)
+    elif column.client == "aio-pika":
+        from .peers import AmqpPeer
+
+        peer = AmqpPeer(url, json_codec=column.json)
     else:
         raise ValueError(f"unknown client {column.client!r}")
     try:

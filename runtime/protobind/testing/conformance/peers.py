@@ -1,5 +1,5 @@
 """Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc`` and a
-plain ``nats-py`` connection.
+plain ``nats-py`` connection and a plain ``aio-pika`` one.
 
 Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
 deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -29,7 +30,11 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
+<<<<<<< HEAD
 __all__ = ["ConnectPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
+=======
+__all__ = ["AmqpPeer", "ConnectPeer", "GrpcioPeer", "NatsPeer"]
+>>>>>>> h-amqp
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -364,6 +369,7 @@ class NatsPeer(ClientTransport):
             await self._nc.close()
 
 
+<<<<<<< HEAD
 # --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
 
 
@@ -382,10 +388,25 @@ class MqttPeer(NatsPeer):
     comes to the response topic with the same correlation data, its status and metadata in user
     properties, as on NATS. Cancellation is a PUBLISH to ``{prefix}/_PROTOBIND/CANCEL`` whose body
     is ``{response topic}#{correlation data}``."""
+=======
+# --- aio-pika -------------------------------------------------------------------------------------
+
+
+class AmqpPeer(NatsPeer):
+    """A plain ``aio-pika`` connection doing what docs/protocols.md (RabbitMQ) tells any AMQP client
+    to do for a unary call: publish to the topic exchange (``protobind``, or the URL's ``exchange``)
+    with the routing key ``{prefix}{package}.{Service}.{Method}``, ``reply_to`` an exclusive queue
+    of its own and a ``correlation_id``, ``mandatory`` (a returned message: nobody serves it);
+    metadata and ``Protobind-Timeout-Ms`` in the headers table, JSON as ``content_type``; the reply
+    comes to that queue with the same ``correlation_id``; cancellation is a message to
+    ``{prefix}$PROTOBIND.CANCEL`` whose body is ``{reply_to}#{correlation_id}``. Headers and error
+    bodies read as on NATS. No streams (they need the engine's frame protocol)."""
+>>>>>>> h-amqp
 
     def __init__(self, url: str, *, json_codec: bool) -> None:
         super().__init__(url, json_codec=json_codec)
         parts = urlsplit(url)
+<<<<<<< HEAD
         self._topics = self._prefix.replace(".", "/")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 1883
@@ -433,3 +454,76 @@ class MqttPeer(NatsPeer):
     async def close(self) -> None:
         if self._client is not None:
             await self._client.disconnect()
+=======
+        self._exchange = dict(parse_qsl(parts.query)).get("exchange", "protobind")
+        self._server = parts._replace(query="").geturl()
+        self._channel: Any = None
+        self._queue: Any = None
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def _connection(self) -> Any:
+        if self._nc is None:
+            import aio_pika
+
+            self._nc = await aio_pika.connect(self._server, client_properties={"connection_name": "peer"})
+            self._channel = await self._nc.channel()  # publisher confirms: returns are reported
+            self._queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
+
+            async def on_reply(message: Any) -> None:
+                future = self._waiting.pop(message.correlation_id or "", None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+            await self._queue.consume(on_reply, no_ack=True)
+        return self._nc
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        import aio_pika
+        from aiormq.abc import DeliveredMessage
+
+        method = _method(call)
+        await self._connection()
+        headers = self._headers(call)
+        content_type = headers.pop("Content-Type", None)
+        correlation = os.urandom(10).hex()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = future
+        exchange = await self._channel.get_exchange(self._exchange, ensure=False)
+        message = aio_pika.Message(
+            self._encode(request),
+            headers=headers,  # type: ignore[arg-type]
+            content_type=content_type,
+            reply_to=self._queue.name,
+            correlation_id=correlation,
+        )
+        try:
+            returned = await exchange.publish(
+                message, f"{self._prefix}{method.service}.{method.name}", mandatory=True
+            )
+            if isinstance(returned, DeliveredMessage):  # RabbitMQ returned it: unroutable
+                raise RpcError(Code.UNAVAILABLE, "no queue is bound to the method's routing key")
+            timeout = call.timeout
+            wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+            try:
+                reply = await asyncio.wait_for(future, wait)
+            except asyncio.CancelledError:
+                cancel = aio_pika.Message(f"{self._queue.name}#{correlation}".encode())
+                await exchange.publish(cancel, f"{self._prefix}$PROTOBIND.CANCEL")
+                raise
+        finally:
+            self._waiting.pop(correlation, None)
+        found = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (reply.headers or {}).items()}
+        if reply.content_type:
+            found["Content-Type"] = reply.content_type
+        return self._reply(_Reply(found, reply.body), method, call)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+
+class _Reply:
+    def __init__(self, headers: dict[str, str], data: bytes) -> None:
+        self.headers = headers
+        self.data = data
+>>>>>>> h-amqp
