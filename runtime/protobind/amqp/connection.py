@@ -442,6 +442,10 @@ class AmqpBroker:
     def peer_of(self, reply: str) -> str:
         return reply.partition(_SEP)[0]
 
+    def address(self, subject: str) -> str:
+        """The routing key of ``subject`` on the exchange."""
+        return routing_pattern(subject)
+
     async def settle(self) -> None:
         """Declarations, bindings and consumers are confirmed by RabbitMQ before they return."""
 

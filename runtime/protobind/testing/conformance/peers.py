@@ -1,5 +1,5 @@
 """Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc`` and a
-plain ``nats-py`` connection and a plain ``aio-pika`` one.
+plain ``nats-py`` connection, a plain ``aio-pika`` one.
 
 Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
 deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
@@ -30,11 +30,7 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
-<<<<<<< HEAD
-__all__ = ["ConnectPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
-=======
-__all__ = ["AmqpPeer", "ConnectPeer", "GrpcioPeer", "NatsPeer"]
->>>>>>> h-amqp
+__all__ = ["AmqpPeer", "ConnectPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -369,7 +365,6 @@ class NatsPeer(ClientTransport):
             await self._nc.close()
 
 
-<<<<<<< HEAD
 # --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
 
 
@@ -388,25 +383,10 @@ class MqttPeer(NatsPeer):
     comes to the response topic with the same correlation data, its status and metadata in user
     properties, as on NATS. Cancellation is a PUBLISH to ``{prefix}/_PROTOBIND/CANCEL`` whose body
     is ``{response topic}#{correlation data}``."""
-=======
-# --- aio-pika -------------------------------------------------------------------------------------
-
-
-class AmqpPeer(NatsPeer):
-    """A plain ``aio-pika`` connection doing what docs/protocols.md (RabbitMQ) tells any AMQP client
-    to do for a unary call: publish to the topic exchange (``protobind``, or the URL's ``exchange``)
-    with the routing key ``{prefix}{package}.{Service}.{Method}``, ``reply_to`` an exclusive queue
-    of its own and a ``correlation_id``, ``mandatory`` (a returned message: nobody serves it);
-    metadata and ``Protobind-Timeout-Ms`` in the headers table, JSON as ``content_type``; the reply
-    comes to that queue with the same ``correlation_id``; cancellation is a message to
-    ``{prefix}$PROTOBIND.CANCEL`` whose body is ``{reply_to}#{correlation_id}``. Headers and error
-    bodies read as on NATS. No streams (they need the engine's frame protocol)."""
->>>>>>> h-amqp
 
     def __init__(self, url: str, *, json_codec: bool) -> None:
         super().__init__(url, json_codec=json_codec)
         parts = urlsplit(url)
-<<<<<<< HEAD
         self._topics = self._prefix.replace(".", "/")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 1883
@@ -454,7 +434,24 @@ class AmqpPeer(NatsPeer):
     async def close(self) -> None:
         if self._client is not None:
             await self._client.disconnect()
-=======
+
+
+# --- aio-pika -------------------------------------------------------------------------------------
+
+
+class AmqpPeer(NatsPeer):
+    """A plain ``aio-pika`` connection doing what docs/protocols.md (RabbitMQ) tells any AMQP client
+    to do for a unary call: publish to the topic exchange (``protobind``, or the URL's ``exchange``)
+    with the routing key ``{prefix}{package}.{Service}.{Method}``, ``reply_to`` an exclusive queue
+    of its own and a ``correlation_id``, ``mandatory`` (a returned message: nobody serves it);
+    metadata and ``Protobind-Timeout-Ms`` in the headers table, JSON as ``content_type``; the reply
+    comes to that queue with the same ``correlation_id``; cancellation is a message to
+    ``{prefix}$PROTOBIND.CANCEL`` whose body is ``{reply_to}#{correlation_id}``. Headers and error
+    bodies read as on NATS. No streams (they need the engine's frame protocol)."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        super().__init__(url, json_codec=json_codec)
+        parts = urlsplit(url)
         self._exchange = dict(parse_qsl(parts.query)).get("exchange", "protobind")
         self._server = parts._replace(query="").geturl()
         self._channel: Any = None
@@ -526,4 +523,3 @@ class _Reply:
     def __init__(self, headers: dict[str, str], data: bytes) -> None:
         self.headers = headers
         self.data = data
->>>>>>> h-amqp
