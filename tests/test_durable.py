@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 from collections import Counter
@@ -724,3 +725,27 @@ async def test_a_gateway_acknowledges_a_durable_call_once_upstream_stored_it(
     jobs = await serving.start(durable_url)
     await eventually(lambda: len(jobs.deliveries) >= 50)
     assert jobs.ids() == Counter({f"via-gateway{i}": 1 for i in range(50)})
+
+
+async def test_dead_letters_carry_no_credentials_and_are_logged_at_a_bounded_rate(
+    durable_url: str, serving: Serving, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead letter keeps the call's metadata for replay, but not its credentials (operators read
+    dead letters, and SPEC.md section 7: credentials never appear where others read); and 20 bad calls
+    make a line or two in the log, not 20."""
+    await serving.start(durable_url, interceptors=[BearerAuth(AUTH_TOKENS)])
+    caplog.set_level(logging.WARNING, logger="protobind.broker")
+    async with Attacker(durable_url) as attacker:
+        headers = {"authorization": "Bearer attacker-secret", "cookie": "session=s3cret", "x-trace": "kept"}
+        for n in range(20):
+            await attacker.call("Run", b"\xff\xff not protobuf", {**headers, "Nats-Msg-Id": f"bad-{n}"})
+        letters = await dead_letters(attacker.channel, JOBS_RUN, 20)
+    assert len(letters) == 20
+    for letter in letters:
+        assert letter.headers["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
+        assert letter.headers.get("x-trace") == "kept"
+        names = {k.lower() for k in letter.headers}
+        assert not names & {"authorization", "cookie"}, letter.headers
+        assert not any("s3cret" in v or "attacker-secret" in v for v in letter.headers.values())
+    lines = [r for r in caplog.records if "dead letter" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]

@@ -50,6 +50,7 @@ from .metadata import Metadata
 
 __all__ = [
     "ASYNCAPI_METHOD",
+    "CREDENTIAL_HEADERS",
     "MICRO_METHOD",
     "OPENAPI_METHOD",
     "REFLECTION_METHOD",
@@ -81,6 +82,11 @@ def reply_group(group: str) -> str:
 
     ``group`` is spelled as in the reply subject: letters, digits, ``-`` and ``_``."""
     return f"{REPLY_GROUP_SERVICE}/{group}"
+
+
+#: Metadata keys that carry credentials: never copied where others read (durable dead letters).
+#: A :class:`BearerAuth` reading another header should use one of these names.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
 
 class Authorizer(Protocol):

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from ..aio import loop_time
-from ..auth import reply_group
+from ..auth import CREDENTIAL_HEADERS, reply_group
 from ..codec import PROTO, Codec
 from ..context import CallInfo, Context, DeliveryInfo
 from ..errors import Code, RpcError
@@ -66,6 +66,7 @@ from .base import (
     StreamSpec,
     Unsupported,
 )
+from .refusals import RefusalLog
 from .wire import (
     codec_for,
     error_body,
@@ -342,6 +343,9 @@ class DurableServer:
         self._group_of = group_of
         self.group_of = group_of
         self._workers: list[_Worker] = []
+        #: calls sent to the dead letter: counted, and logged at a bounded rate (a sender of bad
+        #: calls must not turn the log into a line per call)
+        self.dead_letters = RefusalLog(logger, "durable calls of %s go to the dead letter: %s %s")
         #: set whenever a handler ends: workers waiting for a free slot look again
         self.slot_free = asyncio.Event()
 
@@ -396,6 +400,7 @@ class DurableServer:
             await asyncio.wait(running, timeout=1.0)
         for worker in self._workers:
             await worker.close()
+        self.dead_letters.close()
 
 
 class _Worker:
@@ -621,15 +626,18 @@ class _Worker:
         reply_to: str | None,
     ) -> None:
         """Dead-letter the call with its error, answer its caller, then acknowledge it."""
-        logger.warning(
-            "%s call %s goes to the dead letter after %d attempt(s): %s %s",
+        self.server.dead_letters.refused(
             self.method.full_name,
-            call_id,
-            message.attempt,
             error.code.name,
-            error.message,
+            f"(call {call_id}, attempt {message.attempt}): {error.message}",
         )
-        dead = {k: v for k, v in (message.headers or {}).items() if not k.lower().startswith("nats-")}
+        # the call as it came, for an operator to replay, but no broker bookkeeping and no
+        # credentials: a dead letter is read by operators, not by the caller
+        dead = {
+            k: v
+            for k, v in (message.headers or {}).items()
+            if not k.lower().startswith("nats-") and k.lower() not in CREDENTIAL_HEADERS
+        }
         dead.update(error_headers(error, PROTO))
         dead[ATTEMPTS] = str(message.attempt)
         dead[SUBJECT] = message.subject
