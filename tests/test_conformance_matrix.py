@@ -73,7 +73,8 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
     # nats-py's own size check)
     not_applicable = {c["column"] for c in cells if c["verdict"] == "not_applicable"}
     assert not_applicable == plain_broker_clients
-    assert sum(c["verdict"] == "pass" for c in cells) > 0.9 * len(cells)
+    applicable = [c for c in cells if c["verdict"] != "not_applicable"]
+    assert sum(c["verdict"] == "pass" for c in applicable) > 0.9 * len(applicable)
 
 
 def test_unsupported_cells_are_documented() -> None:

@@ -257,16 +257,19 @@ class AmqpBroker:
 
     @property
     def max_payload(self) -> int:
+        """Largest message body sent or accepted (``max_message_size``)."""
         # RabbitMQ takes up to 128 MiB by default; protobind holds every message, both ways, to the
         # binding's max_message_size (4 MiB by default, as on gRPC and HTTP)
         return self.settings.engine.max_message_size
 
     @property
     def is_connected(self) -> bool:
+        """Whether the connection to RabbitMQ is open now."""
         connection = self.connection
         return not self._closed and not connection.is_closed and connection.connected.is_set()
 
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call ``callback`` whenever the connection is lost."""
         self._disconnect_callbacks.append(callback)
 
     async def _on_close(self, *_: Any) -> None:
@@ -292,6 +295,7 @@ class AmqpBroker:
     async def publish(
         self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
+        """Publish one message to the exchange with ``subject`` as its routing key."""
         if self._closed:
             raise NotConnected("the AMQP connection is closed")
         content_type = None
@@ -377,6 +381,7 @@ class AmqpBroker:
         return consumer
 
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscription:
+        """Consume ``subject`` (in the queue of group ``queue``, if given) with ``callback``."""
         lock = asyncio.Lock()
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -390,6 +395,7 @@ class AmqpBroker:
         return _Subscription(await self._consume(amqp_queue, on_message, no_ack=True))
 
     async def pull(self, subject: str, queue: str = "") -> _Inbound:
+        """Consume ``subject`` into a mailbox the engine takes messages from."""
         inbound = _Inbound(self)
         mailbox = inbound.mailbox
 
@@ -425,6 +431,7 @@ class AmqpBroker:
                 task.add_done_callback(_ignore)
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
+        """Open a private reply inbox: an exclusive queue with an unguessable name."""
         # 128 random bits: the queue name is all another connection would need to answer in a
         # server's place, and only this connection may consume from it (exclusive)
         name = f"protobind.reply.{secrets.token_hex(16)}"
@@ -440,6 +447,7 @@ class AmqpBroker:
         return _Inbox(name)
 
     def peer_of(self, reply: str) -> str:
+        """The caller behind a reply address: its reply queue."""
         return reply.partition(_SEP)[0]
 
     def address(self, subject: str) -> str:
@@ -450,6 +458,7 @@ class AmqpBroker:
         """Declarations, bindings and consumers are confirmed by RabbitMQ before they return."""
 
     async def close(self) -> None:
+        """Close the channels and the connection."""
         if self._closed:
             return
         self._closed = True
