@@ -142,6 +142,27 @@ async def test_upstream_down_is_unavailable(
     assert_no_traceback(caplog)
 
 
+async def test_nats_upstream_gone_is_unavailable_without_internals(
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No server on the subject: the NATS client's own message names the method, not the NATS
+    server's address, so it passes on as it is."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    server = protobind.Server([Conformance()])
+    (upstream_url,) = await server.start(harnesses["nats"]())
+    await server.stop(grace=0)
+    async with protobind.Gateway(conformance_services, upstream_url) as gateway:
+        (url,) = await gateway.start(harnesses["http"]())
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.post(UNARY_PATH, json={"text": "x"})
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "unavailable"
+    assert "127.0.0.1" not in answer.text and upstream_url.rsplit(":", 1)[1] not in answer.text
+    assert_no_traceback(caplog)
+
+
 async def test_oversized_metadata_is_refused_without_listing_it(
     harnesses: dict[str, Callable[[], str]],
     conformance_services: list[protobind.ServiceInfo],
