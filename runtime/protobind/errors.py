@@ -74,6 +74,11 @@ class RpcError(Exception):
     ``google.protobuf.Any``. The standard detail types of ``google/rpc/error_details.proto``
     (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...) always arrive decoded; a detail of another
     type arrives decoded when its module is imported in the receiving process, else as an ``Any``.
+
+    A client's error that the server did not send, but the transport made from a failure of its
+    library (no connection, a limit of gRPC core), has that failure as its ``__cause__``: its
+    message may hold the library's text (addresses, header lists). A gateway shows its callers a
+    plain message instead and logs that text.
     """
 
     __slots__ = ("code", "details", "message")

@@ -196,7 +196,11 @@ def _invalid(method: MethodInfo[Any, Any]) -> RpcError:
 
 async def _read_one(rpc: Any, method: MethodInfo[Any, Any], timer: ReadTimer) -> Message:
     """The single request of a unary or server-streaming call, read within ``body_timeout``."""
-    request = await timer.run(rpc.read())
+    return await timer.run(_only_request(rpc, method))
+
+
+async def _only_request(rpc: Any, method: MethodInfo[Any, Any]) -> Message:
+    request = await rpc.read()
     if request is _EOF:
         raise RpcError(
             Code.INVALID_ARGUMENT,
@@ -204,6 +208,14 @@ async def _read_one(rpc: Any, method: MethodInfo[Any, Any], timer: ReadTimer) ->
         )
     if request is None:
         raise _invalid(method)
+    # The stream must end here. Its end came with the message (every gRPC client half-closes a
+    # unary or server-streaming call as it sends the request), so this read does not wait; a
+    # second message is gRPC's "request cardinality violation" (doc/statuscodes.md).
+    if await rpc.read() is not _EOF:
+        raise RpcError(
+            Code.UNIMPLEMENTED,
+            f"{method.full_name} takes exactly one request message; the request stream held more",
+        )
     return request  # type: ignore[no-any-return]
 
 

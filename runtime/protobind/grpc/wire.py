@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf.message import Message
 
-from ..errors import Code
+from ..errors import Code, RpcError
 from ..metadata import Metadata
 
 if TYPE_CHECKING:
@@ -65,18 +65,20 @@ def _wire_pair(key: str, value: str | bytes) -> tuple[str, str | bytes] | None:
 
 
 def _wire(metadata: Metadata, *, strict: bool) -> WireMetadata:
-    """``metadata`` for grpcio. Entries gRPC cannot carry raise ``ValueError`` when ``strict``
-    (a caller's own request metadata), otherwise they are logged and left out (a handler's
-    response metadata: the call itself should still succeed)."""
+    """``metadata`` for grpcio. Entries gRPC cannot carry fail the call with ``INVALID_ARGUMENT``
+    when ``strict`` (a caller's request metadata, perhaps forwarded by a gateway from its own
+    caller), otherwise they are logged and left out (a handler's response metadata: the call
+    itself should still succeed)."""
     pairs: list[tuple[str, str | bytes]] = []
     for key, value in metadata.items():
         pair = _wire_pair(key, value)
         if pair is not None:
             pairs.append(pair)
         elif strict:
-            raise ValueError(
+            raise RpcError(
+                Code.INVALID_ARGUMENT,
                 f"metadata {key!r} cannot be sent over gRPC: keys are lower-case [0-9a-z_.-] and not "
-                "grpc-*, values of keys not ending in -bin are printable ASCII"
+                "grpc-*, values of keys not ending in -bin are printable ASCII",
             )
         else:
             logger.error("response metadata %r left out: not valid gRPC metadata", key)

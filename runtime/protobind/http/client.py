@@ -50,9 +50,9 @@ from .wire import (
     envelope,
     error_from_body,
     gunzip,
-    header_value,
     parse_end_stream,
     parse_envelope_header,
+    request_header,
     split_response_headers,
 )
 
@@ -66,6 +66,8 @@ _USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
 
 
 def _unavailable(base: str, exc: BaseException) -> RpcError:
+    """The error of a request that failed in aiohttp or the socket (raised ``from exc``, see
+    :class:`~protobind.RpcError`)."""
     reason = type(exc).__name__ if not str(exc) else str(exc)
     return RpcError(Code.UNAVAILABLE, f"HTTP request to {base} failed: {reason}")
 
@@ -131,7 +133,7 @@ class HttpTransport(ClientTransport):
         for key, value in metadata.items() if metadata is not None else ():
             if key in PROTOCOL_HEADERS:
                 continue  # the binding owns these (e.g. metadata forwarded from an incoming call)
-            headers.append((key, header_value(key, value)))
+            headers.append(request_header(key, value))
         if call.deadline is not None:
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
@@ -144,9 +146,7 @@ class HttpTransport(ClientTransport):
         url = self._base + HTTP_PATH
         limit = aiohttp.ClientTimeout(total=timeout)
         headers = [("accept", "application/json")]
-        headers += [
-            (key, header_value(key, value)) for key, value in metadata.items() if key not in PROTOCOL_HEADERS
-        ]
+        headers += [request_header(k, v) for k, v in metadata.items() if k not in PROTOCOL_HEADERS]
         try:
             async with self._session.get(url, headers=headers, timeout=limit) as response:
                 body = await response.read()
@@ -154,7 +154,7 @@ class HttpTransport(ClientTransport):
         except asyncio.TimeoutError:
             raise RpcError(Code.DEADLINE_EXCEEDED, "no reflection answer in time") from None
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         if status != 200:
             error = error_from_body(status, body)
             if status == 404:
@@ -192,9 +192,9 @@ class HttpTransport(ClientTransport):
                 pairs = response.headers.items()
                 content_type = response.headers.get("content-type", "")
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         call.headers, call.trailers = split_response_headers(pairs)
         if status != 200:
             raise error_from_body(status, data)
@@ -233,9 +233,9 @@ class HttpTransport(ClientTransport):
         except aiohttp.ClientError as exc:
             if failure:
                 raise failure[0] from None
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         async with response:
             call.headers, _ = split_response_headers(response.headers.items())
             if response.status != 200:
@@ -281,11 +281,11 @@ class HttpTransport(ClientTransport):
         except asyncio.IncompleteReadError as exc:
             if allow_eof and not exc.partial:
                 return b""
-            raise RpcError(Code.UNAVAILABLE, f"connection to {self._base} closed mid-message") from None
+            raise RpcError(Code.UNAVAILABLE, f"connection to {self._base} closed mid-message") from exc
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         return data
 
     async def _request_body(
