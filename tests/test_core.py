@@ -50,6 +50,18 @@ def test_codes_match_grpc() -> None:
     assert Code.from_connect_name("bogus") is Code.UNKNOWN
 
 
+def test_code_prints_as_its_name() -> None:
+    """``print(err.code)`` shows ``INVALID_ARGUMENT``, as grpcio users expect, not ``3``."""
+    code = Code.INVALID_ARGUMENT
+    assert str(code) == f"{code}" == format(code) == "%s" % code == "INVALID_ARGUMENT"  # noqa: UP031 (as logging)
+    assert f"{code:>18}" == "  INVALID_ARGUMENT"  # a string format spec pads the name
+    assert f"{code:d}" == "3" and f"{code:02x}" == "03" and int(code) == 3  # a numeric one: the number
+    assert repr(code) == "<Code.INVALID_ARGUMENT: 3>"
+    err = RpcError(code, "name is required")
+    assert str(err) == "INVALID_ARGUMENT: name is required" and str(RpcError(Code.NOT_FOUND)) == "NOT_FOUND"
+    assert repr(err) == "RpcError(INVALID_ARGUMENT, 'name is required', details=0)"
+
+
 def test_error_status_roundtrip_with_details() -> None:
     info = error_details_pb2.ErrorInfo(reason="R", domain="d")
     unknown = any_pb2.Any(type_url="type.googleapis.com/not.a.Known", value=b"\x01")
