@@ -82,6 +82,29 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_version_and_python_m_protobind() -> None:
+    """`protobind --version` and `python -m protobind --version` print `protobind X.Y.Z`; `python -m
+    protobind` is the same command (same arguments, same one-line errors, same exit codes)."""
+    from importlib.metadata import version
+
+    import protobind
+
+    expected = f"protobind {version('protobind')}\n"
+    assert protobind.__version__ == version("protobind")
+    script = str(Path(sys.executable).parent / "protobind")
+    for command in ([script], [sys.executable, "-m", "protobind"]):
+        shown = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert (shown.returncode, shown.stdout, shown.stderr) == (0, expected, ""), command
+        mistake = subprocess.run(
+            [*command, "serve", "nocolon", "--bind", "inproc://x"], capture_output=True, text=True, timeout=60
+        )
+        assert (
+            mistake.returncode == 1
+            and mistake.stderr == _run("serve", "nocolon", "--bind", "inproc://x").stderr
+        )
+        assert mistake.stderr.startswith("protobind serve: ") and mistake.stderr.count("\n") == 1
+
+
 def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
     """`protobind serve` in one process, `protobind call` from another, JSON in and out."""
     import json
