@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,25 @@ def test_version_and_python_m_protobind() -> None:
             and mistake.stderr == _run("serve", "nocolon", "--bind", "inproc://x").stderr
         )
         assert mistake.stderr.startswith("protobind serve: ") and mistake.stderr.count("\n") == 1
+
+
+def test_serve_on_a_taken_port_says_which_and_why() -> None:
+    """One line naming the address and the system's reason, on gRPC as on HTTP; not grpc core's own
+    log line (`E1207 ... add_port.cc:83] Failed to add port`) followed by a reason-less error."""
+    from .conftest import ROOT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for scheme in ("grpc", "http"):
+            bind = f"{scheme}://127.0.0.1:{port}"
+            result = _run("serve", "tests.conformance:Conformance", "--bind", bind, cwd=ROOT)
+            assert result.returncode == 1 and result.stdout == "", result.stdout
+            assert (
+                result.stderr
+                == f"protobind serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            )
 
 
 def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
