@@ -125,6 +125,27 @@ def test_serve_on_a_taken_port_says_which_and_why() -> None:
             )
 
 
+def test_an_unreachable_server_is_one_line_with_the_reason() -> None:
+    """NATS down: no connection log lines before the error; HTTP: not aiohttp's `ssl:default [...]`."""
+    from .conftest import ROOT
+
+    port = _free_port()
+    proto = ["--proto", "idl/protobind/conformance/v1/conformance.proto", "-I", "idl"]
+    method = "protobind.conformance.v1.ConformanceService/Unary"
+    for scheme in ("nats", "http"):
+        result = _run("call", f"{scheme}://127.0.0.1:{port}", method, "{}", *proto, cwd=ROOT)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.rstrip().endswith(f"{scheme}://127.0.0.1:{port}: Connection refused"), (
+            result.stderr
+        )
+    served = _run("serve", "tests.conformance:Conformance", "--bind", f"nats://127.0.0.1:{port}", cwd=ROOT)
+    assert served.returncode == 1
+    assert (
+        served.stderr
+        == f"protobind serve: cannot connect to NATS at nats://127.0.0.1:{port}: Connection refused\n"
+    )
+
+
 def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
     """`protobind serve` in one process, `protobind call` from another, JSON in and out."""
     import json

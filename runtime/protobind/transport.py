@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -45,6 +46,7 @@ __all__ = [
     "listen_socket",
     "loopback_harness",
     "named_harness",
+    "network_reason",
     "query_options",
     "register",
     "transport_for_url",
@@ -174,9 +176,19 @@ def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.s
 
 
 def _listen_error(shown: str, exc: OSError) -> OSError:
-    error = OSError(f"cannot listen on {shown}: {exc.strerror or exc}")
+    error = OSError(f"cannot listen on {shown}: {network_reason(exc)}")
     error.errno = exc.errno
     return error
+
+
+def network_reason(exc: OSError) -> str:
+    """The system's reason for a failed network operation, without a library's wrapping around it:
+    ``Connection refused`` rather than asyncio's ``[Errno 111] Connect call failed ('127.0.0.1', 4222)``."""
+    if isinstance(exc, ConnectionError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, TimeoutError) and not exc.strerror:
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _installed(module: str) -> bool:

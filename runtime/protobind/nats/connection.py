@@ -35,6 +35,7 @@ from ..broker.base import (
     NotConnected,
     PayloadTooLarge,
 )
+from ..transport import network_reason
 from ..urls import redact, redact_text
 from ..wire import is_header_name
 from .jetstream import JetStream
@@ -249,10 +250,16 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     seen: collections.deque[BaseException] = collections.deque(maxlen=16)
     shown = ", ".join(redact(server) for server in settings.servers)
 
+    connected = False
+
     async def error_cb(exc: Exception) -> None:
-        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks
+        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks.
+        # Until the first connection is made, the error raised below names the cause: a warning per
+        # failed try would print the same reason again before it.
         seen.append(exc)
-        logger.warning("NATS connection to %s: %s", shown, _reason(exc))
+        logger.log(
+            logging.WARNING if connected else logging.DEBUG, "NATS connection to %s: %s", shown, _reason(exc)
+        )
 
     client = Connection(require_tls=settings.require_tls)
     # nats-py retries its first connection as often as later reconnections; when it cannot reach
@@ -278,12 +285,15 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
         ]
         cause = specific[0] if specific else exc
         raise ConnectionError(f"cannot connect to NATS at {shown}: {_reason(cause)}") from None
+    connected = True
     # nats-py reads its options at each reconnection: from now on, the configured persistence
     client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
     return client
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):  # asyncio's TimeoutError too, from Python 3.11
+        return redact_text(network_reason(exc))
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).removeprefix("nats: ").strip("'\" ") or type(exc).__name__
