@@ -273,6 +273,20 @@ def test_demo_serves_and_calls_every_transport(tmp_path: Path) -> None:
         assert sock.connect_ex((host, int(port))) != 0
 
 
+def test_demo_in_a_bare_install_asks_for_all() -> None:
+    """A bare `pip install protobind` lacks the code generator and every transport: the demo names
+    what is missing and the extra that brings all of it, not `[codegen]` (then each transport)."""
+    for hidden in (["grpc_tools", "jinja2", "mypy_protobuf", "grpc", "aiohttp", "nats"], ["nats"]):
+        code = f"import sys; sys.modules.update(dict.fromkeys({hidden!r}))\n"  # None: not importable
+        code += "from protobind_codegen.cli import main; main(['demo'])"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert result.stderr == (
+            "protobind demo: needs the code generator and every transport; "
+            f"not installed: {', '.join(hidden)}: pip install 'protobind[all]'\n"
+        )
+
+
 README_SERVICE = """
 import protobind
 from greeter.v1.greeter_pb2 import HelloReply, HelloRequest
