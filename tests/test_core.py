@@ -54,7 +54,7 @@ def test_architecture_doc_matches_the_tree() -> None:
     transports = next(line for line in layers.splitlines() if line.lstrip().startswith("transports"))
     packages = re.findall(r"\b([a-z]+)/\s", transports)
     files = re.findall(r"`([a-z_]+\.py)`", doc.split("Each transport package", 1)[1].split(". ", 1)[0])
-    assert packages == ["grpc", "http", "nats"] and files
+    assert {"grpc", "http", "nats"} <= set(packages) and files
     for directory in packages:
         assert all((package / directory / f).is_file() for f in files), f"{directory}/ lacks one of {files}"
     claimed = int(re.search(r"`broker/memory\.py`, about (\d+) lines", doc)[1])  # type: ignore[index]
