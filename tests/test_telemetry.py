@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -713,6 +714,17 @@ async def test_a_handler_returning_the_wrong_type_fails_its_server_span(
     assert server_span.attributes["rpc.response.status_code"] == "INTERNAL"
     (point,) = otel.points("rpc.server.call.duration")
     assert point.attributes["rpc.response.status_code"] == "INTERNAL"
+
+
+def test_the_docs_say_what_a_wrong_response_type_does_to_the_span() -> None:
+    """docs/observability.md says it in one voice, as the test above checks: INTERNAL, never OK."""
+    text = " ".join((ROOT / "docs" / "observability.md").read_text().split())
+    sentences = [
+        s for s in re.split(r"(?<=\.) ", text) if "wrong type" in s or "other than its method's response" in s
+    ]
+    assert sentences, "docs/observability.md no longer says what a wrong response type does"
+    for sentence in sentences:
+        assert "INTERNAL" in sentence and "`OK`" not in sentence, sentence
 
 
 class ReturnsNothing(Conformance):

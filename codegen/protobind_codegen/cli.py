@@ -153,7 +153,10 @@ def _breaking(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import protobind
+
     parser = argparse.ArgumentParser(prog="protobind", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"protobind {protobind.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="generate typed Python stubs from .proto files")

@@ -378,10 +378,8 @@ class DurableServer:
                 self._workers.append(_Worker(self, endpoint, consumer, delivery))
         except BrokerError as exc:
             await self.stop(0)
-            raise ConnectionError(
-                f"cannot serve durable methods on {self.broker.name}: {exc} "
-                "(NATS needs JetStream: nats-server -js)"
-            ) from None
+            # the broker's error says what it lacks (NATS: JetStream) and how to turn it on
+            raise ConnectionError(f"cannot serve durable methods on {self.broker.name}: {exc}") from None
         for worker in self._workers:
             worker.start()
 

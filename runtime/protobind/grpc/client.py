@@ -82,7 +82,13 @@ def _error(exc: grpc.aio.AioRpcError, call: CallInfo) -> RpcError:
         else:
             trailers.add(key, value)
     call.trailers = trailers
-    return RpcError(from_grpc_code(exc.code()), exc.details() or "", details)
+    code = from_grpc_code(exc.code())
+    message = exc.details() or ""
+    if code is Code.DEADLINE_EXCEEDED and "Deadline Exceeded" in message:
+        # grpc core's own words (`Deadline Exceeded`, `Stream removed (Deadline Exceeded)`):
+        # every transport says it the same way
+        message = "deadline exceeded"
+    return RpcError(code, message, details)
 
 
 #: Codes whose status text gRPC core writes without naming anything ("Deadline Exceeded").

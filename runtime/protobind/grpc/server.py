@@ -17,7 +17,7 @@ from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimer
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
-from ..transport import ServeFunction, ServerBinding
+from ..transport import ServeFunction, ServerBinding, listen_socket
 from .options import Address, GrpcOptions, parse_address, server_options
 from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
@@ -108,6 +108,11 @@ async def _start(
 
 def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
     target = address.target()
+    if address.port:
+        # Bind the port once ourselves first: when it is taken, grpc core would write its own error
+        # line to stderr and report no reason; this fails with one line that names both.
+        reuse_port = bool(dict(config.server_channel_args()).get("grpc.so_reuseport"))
+        listen_socket(address.host, address.port, reuse_port=reuse_port).close()
     try:
         if address.tls:
             assert config.tls_key is not None and config.tls_cert is not None
@@ -120,9 +125,9 @@ def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
         else:
             port = grpc_server.add_insecure_port(target)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC server to {target}") from exc
+        raise OSError(f"cannot listen on {target}: gRPC could not bind it") from exc
     if not port:
-        raise OSError(f"cannot bind gRPC server to {target}")
+        raise OSError(f"cannot listen on {target}: gRPC could not bind it")
     return int(port)
 
 

@@ -37,7 +37,7 @@ from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, TLS_CLIENT_OPTIONS
 from ..reflection import HTTP_PATH, Reflected, from_document
-from ..transport import ClientTransport, DialFunction
+from ..transport import ClientTransport, DialFunction, network_reason
 from .options import DEFAULT_CLIENT_CONNECTIONS, _prefix, _require, reader
 from .wire import (
     ENVELOPE_HEADER_SIZE,
@@ -68,7 +68,13 @@ _USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
 def _unavailable(base: str, exc: BaseException) -> RpcError:
     """The error of a request that failed in aiohttp or the socket (raised ``from exc``, see
     :class:`~protobind.RpcError`)."""
-    reason = type(exc).__name__ if not str(exc) else str(exc)
+    # aiohttp's own text repeats the address and adds its TLS setting (`Cannot connect to host
+    # 127.0.0.1:80 ssl:default [Connect call failed ...]`): the reason alone reads better
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {exc.certificate_error}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {network_reason(exc.os_error)}")
+    reason = network_reason(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
     return RpcError(Code.UNAVAILABLE, f"HTTP request to {base} failed: {reason}")
 
 

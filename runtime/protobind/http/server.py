@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
-from ..transport import ServeFunction, ServerBinding, check_options
+from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
 from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
 
 if TYPE_CHECKING:
@@ -68,29 +68,6 @@ class HttpBinding(ServerBinding):
         # typed int, but uvicorn hands it to asyncio.wait_for, which takes fractions of a second
         self._server.config.timeout_graceful_shutdown = None if grace is None else max(grace, 0.0)  # type: ignore[assignment]
         await self._server.shutdown(sockets=[self._socket])
-
-
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-        )[0]
-        # The protocol must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets
-        # whose proto says TCP, and without it Nagle's algorithm holds the body of every response
-        # until the client's delayed ACK (40 ms per call).
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:  # several processes accept on one port: `protobind serve --workers N`
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
 
 
 def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
@@ -160,7 +137,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         **tls,
     )
     config.load()
-    sock = _bind(host, port, read.flag("reuse_port", False))
+    sock = listen_socket(host, port, reuse_port=read.flag("reuse_port", False))
     userver = uvicorn.Server(config)
     # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.
     userver.lifespan = config.lifespan_class(config)

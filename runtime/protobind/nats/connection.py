@@ -37,6 +37,7 @@ from ..broker.base import (
     PayloadTooLarge,
 )
 from ..broker.refusals import RefusalLog
+from ..transport import network_reason
 from ..urls import redact, redact_text
 from ..wire import is_header_name
 from .jetstream import JetStream
@@ -266,10 +267,14 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     unverified: set[str] = set()
     hopeless: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
+    connected = False
+
     async def error_cb(exc: Exception) -> None:
-        # nats-py's default handler logs tracebacks
+        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks.
+        # Until the first connection is made, the error raised below names the cause: a warning per
+        # failed try would print the same reason again before it.
         seen.append(exc)
-        failures.refused(shown, type(exc).__name__, _reason(exc))
+        failures.refused(shown, type(exc).__name__, _reason(exc), answered=not connected)
         if _hopeless(exc) and not hopeless.done():
             unverified.add(str(getattr(getattr(client, "_current_server", None), "uri", "")))
             if len(unverified) >= len(settings.servers):
@@ -309,12 +314,15 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
         ]
         cause = specific[0] if specific else exc
         raise ConnectionError(f"cannot connect to NATS at {shown}: {_reason(cause)}") from None
+    connected = True
     # nats-py reads its options at each reconnection: from now on, the configured persistence
     client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
     return client
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):  # asyncio's TimeoutError too, from Python 3.11
+        return redact_text(network_reason(exc))
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).removeprefix("nats: ").strip("'\" ") or type(exc).__name__
