@@ -13,8 +13,9 @@ token used on a method outside its patterns fails with PERMISSION_DENIED. Tokens
 constant time (``hmac.compare_digest``, against every configured token). The same check guards what
 a binding serves besides the services, when the server has a ``BearerAuth``: gRPC health and
 reflection (their gRPC method names), the HTTP binding's ``/openapi.json``
-(:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), and NATS
-micro discovery (:data:`MICRO_METHOD`). Bindings reach it
+(:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), NATS
+micro discovery (:data:`MICRO_METHOD`) and the broker bindings' AsyncAPI subjects
+(:data:`ASYNCAPI_METHOD`). Bindings reach it
 through :attr:`protobind.server.EndpointTable.authorize`.
 
 Client side, :class:`BearerToken` is a client interceptor that sends the token on every call::
@@ -38,7 +39,15 @@ from .errors import Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
 
-__all__ = ["MICRO_METHOD", "OPENAPI_METHOD", "REFLECTION_METHOD", "Authorizer", "BearerAuth", "BearerToken"]
+__all__ = [
+    "ASYNCAPI_METHOD",
+    "MICRO_METHOD",
+    "OPENAPI_METHOD",
+    "REFLECTION_METHOD",
+    "Authorizer",
+    "BearerAuth",
+    "BearerToken",
+]
 
 #: The method name ``/openapi.json`` of the HTTP binding is authorized as.
 OPENAPI_METHOD = "protobind.Discovery/OpenAPI"
@@ -46,6 +55,8 @@ OPENAPI_METHOD = "protobind.Discovery/OpenAPI"
 REFLECTION_METHOD = "protobind.Discovery/Reflection"
 #: The method name NATS micro discovery (``$SRV.PING|INFO|STATS``) is authorized as.
 MICRO_METHOD = "protobind.Discovery/Micro"
+#: The method name a broker binding's AsyncAPI subject (``$PROTOBIND.ASYNCAPI.{service}``) is authorized as.
+ASYNCAPI_METHOD = "protobind.Discovery/AsyncAPI"
 
 
 class Authorizer(Protocol):

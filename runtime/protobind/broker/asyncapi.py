@@ -47,7 +47,7 @@ from .wire import (
     call_subject,
 )
 
-__all__ = ["NATS_BINDING_VERSION", "asyncapi_document"]
+__all__ = ["MERGED_TITLE", "NATS_BINDING_VERSION", "asyncapi_document", "merge_documents"]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
 NATS_BINDING_VERSION = "0.1.0"
@@ -424,7 +424,7 @@ def asyncapi_document(
     """
     if prefix and not prefix.endswith("."):
         prefix += "."
-    comments = Comments(source_files)
+    comments = Comments(source_files, [service.comments for service in services])
     writer = _Writer(Schemas(comments), comments, prefix, queue_group)
     for service in services:
         writer.service(service)
@@ -434,13 +434,7 @@ def asyncapi_document(
     schemas.update(_headers_schemas())
     document: dict[str, Any] = {
         "asyncapi": "3.0.0",
-        "info": {
-            "title": title,
-            "version": version,
-            "description": "The NATS subjects of "
-            + ", ".join(s.name for s in services)
-            + " served by protobind (docs/protocols.md, 'NATS request-reply'; docs/messaging.md).",
-        },
+        "info": {"title": title, "version": version, "description": _description(s.name for s in services)},
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
     if servers:
@@ -454,6 +448,45 @@ def asyncapi_document(
         "messages": dict(sorted({**writer.messages, **_fixed_messages()}.items())),
     }
     return document
+
+
+def _description(services: Iterable[str]) -> str:
+    return (
+        f"The NATS subjects of {', '.join(services)} served by protobind "
+        "(docs/protocols.md, 'NATS request-reply'; docs/messaging.md)."
+    )
+
+
+#: The title of a document of several services (``protobind asyncapi``'s).
+MERGED_TITLE = "protobind API"
+
+
+def merge_documents(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One document of the services of several single-service documents (each a server's answer
+    on its AsyncAPI subject, titled with its service's name), as :func:`asyncapi_document` would
+    write it for them all under the title ``protobind API``. One document is returned as it is."""
+    if len(documents) == 1:
+        return documents[0]
+
+    def union(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        # what every document has (the subjects every server answers) comes after the services'
+        shared = [key for key in parts[0] if all(key in part for part in parts)]
+        own = {key: value for part in parts for key, value in part.items() if key not in shared}
+        return {**own, **{key: parts[0][key] for key in shared}}
+
+    merged = dict(documents[0])
+    merged["info"] = {
+        "title": MERGED_TITLE,
+        "version": documents[0]["info"]["version"],
+        "description": _description(d["info"]["title"] for d in documents),
+    }
+    merged["channels"] = union([d["channels"] for d in documents])
+    merged["operations"] = union([d["operations"] for d in documents])
+    merged["components"] = {
+        part: dict(sorted(union([d["components"][part] for d in documents]).items()))
+        for part in ("schemas", "messages")
+    }
+    return merged
 
 
 def _server(url: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, Resume, uncancel
-from ..auth import MICRO_METHOD
+from ..auth import ASYNCAPI_METHOD, MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
@@ -288,21 +288,22 @@ class BrokerBinding(ServerBinding):
             state.feed(msg)
 
     async def _on_discovery(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
+        if not msg.reply or await self._denied(msg, MICRO_METHOD):
             return
+        for body in answers(self._micro, msg.subject):
+            await self._send(msg.reply, body, None)
+
+    async def _denied(self, msg: BrokerMessage, method: str) -> bool:
+        """Discovery is guarded like the services when auth is configured (docs/security.md):
+        answer the refusal to a question the authorizer refuses for ``method``."""
         authorize = self.server.authorize
-        if authorize is not None:
-            # discovery is guarded like the services when auth is configured (docs/security.md)
-            denied = authorize(read_metadata(msg.headers), MICRO_METHOD)
-            if denied is not None:
-                await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
-                return
-        if msg.reply:
-            for body in answers(self._micro, msg.subject):
-                await self._send(msg.reply, body, None)
+        denied = authorize(read_metadata(msg.headers), method) if authorize is not None else None
+        if denied is not None and msg.reply:
+            await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
+        return denied is not None
 
     async def _on_asyncapi(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
+        if not msg.reply or await self._denied(msg, ASYNCAPI_METHOD):
             return
         document = self._asyncapi.get(msg.subject)
         if document is None:
