@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from google.protobuf import descriptor_pb2, duration_pb2
 
 from protobind.method import GENERATED_CODE_API, MethodKind, python_name
-from protobind.schemas import Comments, encode_comments
+from protobind.schemas import WELL_KNOWN, Comments, encode_comments
 from protobind.v1 import options_pb2
 
 from .protoc import ProtoError
@@ -299,6 +299,8 @@ def _service_comments(
     """The comments of ``service``, its methods and every message and enum they use, with their
     fields (what the OpenAPI and AsyncAPI documents of the service describe)."""
     types = index.reachable(t for m in service.method for t in (m.input_type, m.output_type))
+    types -= WELL_KNOWN.keys()  # described by fixed schemas: their comments are never read
+    types.discard("google.protobuf.NullValue")
     kept = {
         key: text
         for key, text in comments.text.items()
