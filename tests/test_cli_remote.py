@@ -158,3 +158,45 @@ def test_no_server_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, command
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert "UNAVAILABLE" in result.stderr and "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("transport", ["grpc", "nats"])
+def test_describe_shows_method_options(urls: dict[str, str], transport: str) -> None:
+    """grpcurl shows a method's options: protobind's messaging options too, from reflection."""
+    described = _run("describe", urls[transport], f"{SERVICE}/Notify")
+    assert described.returncode == 0, described.stderr
+    assert described.stdout == (
+        f"{SERVICE}.Notify is a method:\n"
+        "rpc Notify ( .protobind.conformance.v1.Request ) returns ( .google.protobuf.Empty ) {\n"
+        "  option (protobind.v1.oneway) = true;\n}\n"
+    )
+
+
+def test_describe_shows_durable_delivery_and_http_rules() -> None:
+    from protobind_codegen.descriptors import build_pool
+    from protobind_codegen.protoc import compile_protos
+    from protobind_codegen.remote_cmd import describe_symbol
+
+    protos = ROOT / "tests" / "protos"
+    files, _ = compile_protos(
+        [
+            str(protos / "edge" / "shop" / "v1" / "shop.proto"),
+            str(protos / "rest" / "library" / "v1" / "library.proto"),
+        ],
+        [str(protos / "edge"), str(protos / "rest")],
+    )
+    pool = build_pool(files)
+    assert describe_symbol(pool, "shop.v1.Shop/Reserve").splitlines()[1:] == [
+        "rpc Reserve ( .shop.v1.Item ) returns ( .common.v1.Money ) {",
+        "  option (protobind.v1.durable) = true;",
+        "  option (protobind.v1.delivery) = { max_deliver: 3 backoff { seconds: 1 } "
+        "backoff { nanos: 500000000 } ack_wait { seconds: 60 } "
+        'dead_letter_subject: "shop.dead" reply_ttl { seconds: 3600 } max_ack_pending: 10 };',
+        "}",
+    ]
+    assert describe_symbol(pool, "library.v1.Library.ListBooks").splitlines()[1:] == [
+        "rpc ListBooks ( .library.v1.ListBooksRequest ) returns ( .library.v1.ListBooksResponse ) {",
+        "  option idempotency_level = NO_SIDE_EFFECTS;",
+        '  option (google.api.http) = { get: "/v1/{parent=shelves/*}/books" };',
+        "}",
+    ]

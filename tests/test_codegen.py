@@ -513,3 +513,50 @@ def test_an_rpc_named_like_its_message_gets_a_hint(tmp_path: Path) -> None:
         (tmp_path / "proto" / "orders.proto").read_text().replace("(OrderPlaced)", "(.bad.v1.OrderPlaced)")
     )
     assert generate([str(tmp_path / "proto")], str(tmp_path / "out"))
+
+
+def test_embedded_comments_are_ruff_stable_at_every_length(tmp_path: Path) -> None:
+    """The comments constant is laid out as ruff format leaves it, whatever its length (one line,
+    one piece in parentheses, pieces too long to be joined), and reads back."""
+    from protobind.schemas import decode_comments, encode_comments
+
+    for n in (1, 60, 80, 85, 90, 99, 100, 104, 105, 106, 199, 200, 204, 205, 301, 2000):
+        comments = encode_comments({"a.B": "x" * n})
+        service = model.ServiceModel(
+            "B",
+            "a.B",
+            "BService",
+            "BClient",
+            "BSyncClient",
+            "B_SERVICE_INFO",
+            "_B_DESCRIPTOR",
+            "",
+            (),
+            comments,
+        )
+        literal = service.comments_literal
+        namespace: dict[str, str] = {}
+        exec(literal, namespace)
+        assert decode_comments(namespace["_B_COMMENTS"]) == {"a.B": "x" * n}
+        (tmp_path / f"comments_{n}.py").write_text(literal + "\n")
+    ruff = [sys.executable, "-m", "ruff"]
+    config = ["--no-cache", "--config", str(ROOT / "pyproject.toml"), str(tmp_path)]
+    check = subprocess.run([*ruff, "check", *config], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run([*ruff, "format", "--diff", *config], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_generated_services_carry_the_comments_their_documents_read() -> None:
+    """The service, its methods and the messages they use; not the well-known types' (their
+    schemas are fixed), so a module that uses Timestamp does not carry its page of comments."""
+    from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
+    from protobind.schemas import decode_comments
+
+    comments = decode_comments(CONFORMANCE_SERVICE_INFO.comments)
+    service = "protobind.conformance.v1.ConformanceService"
+    assert comments[f"{service}/Unary"] == "Echoes the request; applies `behavior` first."
+    assert (
+        comments["protobind.conformance.v1.Behavior.error_code"] == "Fail with this status code (0: succeed)."
+    )
+    assert all(key.startswith("protobind.conformance.v1.") for key in comments)

@@ -272,11 +272,17 @@ def check_options(transport: Transport, options: Mapping[str, Any], *, server: b
     known = transport.server_options if server else transport.client_options
     unknown = sorted(set(options) - known)
     if unknown:
-        from .options import RENAMED
+        from .options import RENAMED, closest
 
         side = "server" if server else "client"
         renamed = RENAMED.get(transport.name, {})
-        hints = [f"{old} is now {renamed[old]}" for old in unknown if renamed.get(old) in known]
+        hints = [
+            f"{old} is now {renamed[old]}"
+            if renamed.get(old) in known
+            else f"{old + ': ' if len(unknown) > 1 else ''}did you mean {close}?"
+            for old in unknown
+            if renamed.get(old) in known or (close := closest(old, known))
+        ]
         raise ValueError(
             f"unknown {transport.name} {side} option(s) {', '.join(unknown)}"
             + (f" ({'; '.join(hints)})" if hints else "")

@@ -48,7 +48,13 @@ from .wire import (
     call_subject,
 )
 
-__all__ = ["MQTT_BINDING_VERSION", "NATS_BINDING_VERSION", "asyncapi_document"]
+__all__ = [
+    "MERGED_TITLE",
+    "MQTT_BINDING_VERSION",
+    "NATS_BINDING_VERSION",
+    "asyncapi_document",
+    "merge_documents",
+]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
 NATS_BINDING_VERSION = "0.1.0"
@@ -447,7 +453,7 @@ def asyncapi_document(
     """
     if prefix and not prefix.endswith("."):
         prefix += "."
-    comments = Comments(source_files)
+    comments = Comments(source_files, [service.comments for service in services])
     writer = _Writer(Schemas(comments), comments, prefix, queue_group, protocol, address)
     for service in services:
         writer.service(service)
@@ -460,10 +466,7 @@ def asyncapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": f"The {_NAMES.get(protocol, protocol)} of "
-            + ", ".join(s.name for s in services)
-            + f" served by protobind (docs/protocols.md, '{_SECTIONS.get(protocol, protocol)}'; "
-            + "docs/messaging.md).",
+            "description": _description((s.name for s in services), protocol),
         },
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
@@ -482,6 +485,45 @@ def asyncapi_document(
 
 _NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics"}
 _SECTIONS = {"nats": "NATS request-reply", "mqtt": "MQTT 5"}
+
+
+def _description(services: Iterable[str], protocol: str = "nats") -> str:
+    return (
+        f"The {_NAMES.get(protocol, protocol)} of {', '.join(services)} served by protobind "
+        f"(docs/protocols.md, '{_SECTIONS.get(protocol, protocol)}'; docs/messaging.md)."
+    )
+
+
+#: The title of a document of several services (``protobind asyncapi``'s).
+MERGED_TITLE = "protobind API"
+
+
+def merge_documents(documents: Sequence[dict[str, Any]], protocol: str = "nats") -> dict[str, Any]:
+    """One document of the services of several single-service documents (each a server's answer
+    on its AsyncAPI subject, titled with its service's name), as :func:`asyncapi_document` would
+    write it for them all under the title ``protobind API``. One document is returned as it is."""
+    if len(documents) == 1:
+        return documents[0]
+
+    def union(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        # what every document has (the subjects every server answers) comes after the services'
+        shared = [key for key in parts[0] if all(key in part for part in parts)]
+        own = {key: value for part in parts for key, value in part.items() if key not in shared}
+        return {**own, **{key: parts[0][key] for key in shared}}
+
+    merged = dict(documents[0])
+    merged["info"] = {
+        "title": MERGED_TITLE,
+        "version": documents[0]["info"]["version"],
+        "description": _description((d["info"]["title"] for d in documents), protocol),
+    }
+    merged["channels"] = union([d["channels"] for d in documents])
+    merged["operations"] = union([d["operations"] for d in documents])
+    merged["components"] = {
+        part: dict(sorted(union([d["components"][part] for d in documents]).items()))
+        for part in ("schemas", "messages")
+    }
+    return merged
 
 
 def _server(url: str) -> dict[str, Any]:

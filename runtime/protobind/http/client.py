@@ -149,7 +149,29 @@ class HttpTransport(ClientTransport):
 
     async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
         """The server's services and descriptors, from ``GET {prefix}/protobind/reflection``."""
-        url = self._base + HTTP_PATH
+        url, body = await self._get(HTTP_PATH, timeout, metadata, "protobind reflection")
+        try:
+            return from_document(json.loads(body))
+        except (ValueError, AttributeError) as exc:
+            raise RpcError(Code.INTERNAL, f"invalid reflection answer from {url}: {exc}") from None
+
+    async def openapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The OpenAPI document the server serves at ``GET {prefix}/openapi.json``."""
+        url, body = await self._get("/openapi.json", timeout, metadata, "OpenAPI document")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise RpcError(Code.INTERNAL, f"{url} did not answer a JSON document")
+        return document
+
+    async def _get(
+        self, path: str, timeout: float | None, metadata: Metadata, what: str
+    ) -> tuple[str, bytes]:
+        """``GET {prefix}{path}`` with ``metadata`` as headers: the URL and the body of a 200;
+        :class:`RpcError` otherwise (``UNIMPLEMENTED`` for a 404: the server serves no ``what``)."""
+        url = self._base + path
         limit = aiohttp.ClientTimeout(total=timeout)
         headers = [("accept", "application/json")]
         headers += [request_header(k, v) for k, v in metadata.items() if k not in PROTOCOL_HEADERS]
@@ -158,18 +180,15 @@ class HttpTransport(ClientTransport):
                 body = await response.read()
                 status = response.status
         except asyncio.TimeoutError:
-            raise RpcError(Code.DEADLINE_EXCEEDED, "no reflection answer in time") from None
+            raise RpcError(Code.DEADLINE_EXCEEDED, f"no {what} in time") from None
         except aiohttp.ClientError as exc:
             raise _unavailable(self._base, exc) from exc
         if status != 200:
             error = error_from_body(status, body)
             if status == 404:
-                error = RpcError(Code.UNIMPLEMENTED, f"{url} serves no protobind reflection")
+                error = RpcError(Code.UNIMPLEMENTED, f"{url} serves no {what}")
             raise error
-        try:
-            return from_document(json.loads(body))
-        except (ValueError, AttributeError) as exc:
-            raise RpcError(Code.INTERNAL, f"invalid reflection answer from {url}: {exc}") from None
+        return url, body
 
     # --- unary ------------------------------------------------------------------------------------
 
