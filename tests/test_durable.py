@@ -286,7 +286,7 @@ async def test_a_long_handler_extends_its_ack_wait_instead_of_being_delivered_ag
     durable_url: str, serving: Serving
 ) -> None:
     if mqtt(durable_url):
-        pytest.skip("MQTT has no ack_wait: the option is refused (test_mqtt_durable.py checks that)")
+        pytest.skip("MQTT has no ack_wait: the option is refused (tests/test_mqtt.py checks that)")
     jobs = await serving.start(_with(durable_url, ack_wait=1))
     async with protobind.connect(durable_url) as channel:
         await JobsClient(channel).submit(Job(id="long", work=3.0))
