@@ -109,3 +109,17 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[object]:
 def mosquitto(mosquitto_factory: object) -> Mosquitto:
     """One private broker with persistence."""
     return mosquitto_factory()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="session")
+def durable_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private broker for the durable suite: its persistent sessions and retained messages go
+    with it (the machine's broker is left as it was)."""
+    if not shutil.which(MOSQUITTO) and not Path(MOSQUITTO).exists():
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"CI needs {MOSQUITTO}")
+        pytest.skip(f"no mosquitto binary at {MOSQUITTO}")
+    broker = Mosquitto(tmp_path_factory.mktemp("durable-mosquitto"), persistence=False)
+    broker.start()
+    yield broker
+    broker.stop()

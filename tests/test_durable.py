@@ -1,4 +1,5 @@
-"""Durable calls, one suite on two brokers: NATS JetStream (a real nats-server -js) and the
+"""Durable calls, one suite on three brokers: NATS JetStream (a real nats-server -js), MQTT 5 (a
+private Mosquitto: persistent sessions and retained messages, see docs/brokers.md) and the
 in-memory broker. Stored before the caller returns, handled at least once, retried with backoff,
 dead-lettered with their error, replies stored for the caller's group. NATS-only cases (a server
 killed with SIGKILL, a lost store acknowledgement, a cluster) are in test_durable_nats.py."""
@@ -96,13 +97,34 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(params=["memory", "nats", "mqtt"])
 def durable_url(request: pytest.FixtureRequest) -> str:
-    """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS)."""
+    """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS, fresh
+    topics and sessions on MQTT)."""
     n = next(_names)
     if request.param == "nats":
         return f"{request.getfixturevalue('jetstream_server')}?prefix=td{n}."
+    if request.param == "mqtt":
+        # NATS's max_payload (1 MiB) as the message size limit: the same calls are too large
+        return f"{request.getfixturevalue('durable_mosquitto').url}?prefix=td{n}&max_message_size=1048576"
     return f"memory://durable-{n}"
+
+
+def mqtt(url: str) -> bool:
+    return url.startswith("mqtt")
+
+
+def replica(url: str, n: int) -> str:
+    """The URL of replica ``n`` of a group: on MQTT each replica has a persistent session of its own."""
+    return _with(url, replica=n) if mqtt(url) else url
+
+
+async def prime(url: str, serving: Serving) -> None:
+    """On MQTT, a broker keeps calls only for sessions that exist: a server must have started once
+    (docs/brokers.md). Elsewhere nothing to do."""
+    if mqtt(url):
+        await serving.start(url)
+        await serving.stop()
 
 
 def _with(url: str, **options: object) -> str:
@@ -176,6 +198,7 @@ async def test_durable_one_way_calls_are_stored_then_handled_once(durable_url: s
 async def test_calls_made_while_no_server_runs_are_handled_once_it_starts(
     durable_url: str, serving: Serving
 ) -> None:
+    await prime(durable_url, serving)
     async with protobind.connect(durable_url) as channel:
         client = JobsClient(channel)
         for i in range(20):
@@ -262,6 +285,8 @@ async def test_an_undecodable_call_goes_to_the_dead_letter(durable_url: str, ser
 async def test_a_long_handler_extends_its_ack_wait_instead_of_being_delivered_again(
     durable_url: str, serving: Serving
 ) -> None:
+    if mqtt(durable_url):
+        pytest.skip("MQTT has no ack_wait: the option is refused (tests/test_mqtt.py checks that)")
     jobs = await serving.start(_with(durable_url, ack_wait=1))
     async with protobind.connect(durable_url) as channel:
         await JobsClient(channel).submit(Job(id="long", work=3.0))
@@ -310,7 +335,7 @@ async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
 async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
     durable_url: str, serving: Serving
 ) -> None:
-    billing = [await serving.start(_with(durable_url, queue_group="billing")) for _ in range(2)]
+    billing = [await serving.start(replica(_with(durable_url, queue_group="billing"), n)) for n in range(2)]
     audit = await serving.start(_with(durable_url, queue_group="audit"))
     async with protobind.connect(durable_url) as channel:
         await asyncio.gather(*(JobsClient(channel).submit(Job(id=f"e{i}", work=0.01)) for i in range(40)))
@@ -375,6 +400,7 @@ async def test_a_durable_request_waits_for_its_stored_reply(durable_url: str, se
 async def test_a_restarted_caller_receives_the_replies_to_its_predecessors_calls(
     durable_url: str, serving: Serving
 ) -> None:
+    await prime(durable_url, serving)
     async with protobind.connect(durable_url) as channel:  # the first caller process
         calls = DurableCalls(channel, group="checkout")
         submitted = [await calls.submit(JOBS_RUN, Job(id=f"p{i}", payload=f"#{i}")) for i in range(6)]
@@ -714,6 +740,7 @@ async def test_a_gateway_acknowledges_a_durable_call_once_upstream_stored_it(
     it, as it would called directly: stopping the gateway right after loses nothing."""
     from jobs.v1.jobs_protobind import JOBS_SERVICE_INFO
 
+    await prime(durable_url, serving)
     gateway = protobind.Gateway([JOBS_SERVICE_INFO], durable_url)
     (listening,) = await gateway.start(f"inproc://gateway-{next(_names)}")
     try:

@@ -399,28 +399,21 @@ async def test_mosquitto_pub_and_sub_call_a_service(fresh_url: Callable[[], str]
     assert '"text": "from the shell"' in body or '"text":"from the shell"' in body
 
 
-async def test_durable_methods_are_refused_at_start_and_durable_calls_unimplemented(
-    fresh_url: Callable[[], str],
-) -> None:
-    """MQTT cannot honour durable delivery (no store acknowledgement per call id, no nak, no
-    redelivery after ack_wait): refused loudly, never degraded to plain QoS 0 calls."""
-    from jobs.v1.jobs_pb2 import Job
-    from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsService
-
-    from protobind.durable import DurableCalls
-
-    class Jobs(JobsService):
-        pass
-
-    url = fresh_url()
-    with pytest.raises(ValueError, match="durable methods need a broker that stores messages; mqtt does not"):
-        await protobind.Server([Jobs()]).start(url)
-    async with protobind.connect(url) as channel:
-        with pytest.raises(RpcError) as refused:
-            await DurableCalls(channel).submit(JOBS_SUBMIT, Job())
-    assert refused.value.code is Code.UNIMPLEMENTED
-    with pytest.raises(ValueError, match="unknown mqtt server option"):
-        await protobind.Server([Recorder()]).start(url + "&max_deliver=3")
+async def test_durable_options_mqtt_cannot_honour_are_refused_at_start(fresh_url: Callable[[], str]) -> None:
+    """Durable methods run on MQTT (tests/test_durable.py, tests/test_mqtt_durable.py); the options
+    it cannot honour are refused with the reason, never accepted and ignored."""
+    for option, reason in (
+        ("ack_wait=5", "no acknowledgement timeout"),
+        ("stream_max_age=60", "broker's configuration"),
+        ("stream_name=X", "no streams"),
+        ("stream_storage=memory", "broker's configuration"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"mqtt option {option.split('=')[0]} cannot be honoured.*{reason}"
+        ):
+            await protobind.Server([Recorder()]).start(f"{fresh_url()}&{option}")
+        with pytest.raises(ValueError, match="cannot be honoured"):
+            await protobind.connect(f"{fresh_url()}&{option}").open()
 
 
 async def test_asyncapi_document_has_mqtt_topics_and_bindings(fresh_url: Callable[[], str], raw: Any) -> None:

@@ -26,8 +26,14 @@ Options, from the URL query string or ``options`` (server = S, client = C):
 (default -1: for ever)
     The connection. ``mqtts://`` or any TLS option means TLS or an error, never plaintext.
 
-Durable methods (``(protobind.v1.durable)``) are refused when the server starts, and durable calls
-fail with UNIMPLEMENTED: MQTT cannot store calls the way protobind promises (docs/brokers.md).
+``replica``, ``session_expiry`` (S)
+    Durable methods: a server's persistent sessions are ``protobind-{consumer}-{prefix}-{replica}``
+    (replicas of one group need different ``replica`` values); the broker keeps a session (and
+    the calls queued in it) ``session_expiry`` seconds after its server left (default: for ever).
+``max_deliver``, ``backoff``, ``max_ack_pending``, ``reply_ttl``, ``consumer_name``,
+``reply_group``, ``store_timeout``
+    Durable delivery as on NATS; the stream options and ``ack_wait`` are refused: MQTT cannot
+    honour them (:mod:`.durable` and docs/brokers.md say what holds).
 """
 
 from __future__ import annotations

@@ -45,15 +45,16 @@ from zmqtt import (
 )
 
 from ..broker.base import (
-    Broker,
     BrokerError,
     BrokerMessage,
     Callback,
+    DurableBroker,
     InboxCallback,
     Mailbox,
     NotConnected,
 )
 from ..urls import redact_text
+from .durable import MqttStore
 
 if TYPE_CHECKING:
     from zmqtt import Subscription as MqttSubscription
@@ -252,12 +253,15 @@ class _Transport:
         return not self._closed
 
 
-class MqttBroker(Broker):
-    """:class:`protobind.broker.base.Broker` on one MQTT 5 connection."""
+class MqttBroker(MqttStore, DurableBroker):
+    """:class:`protobind.broker.base.DurableBroker` on one MQTT 5 connection; durable consumers and
+    record readers open connections of their own (:mod:`.durable`)."""
 
     name = "mqtt"
 
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    def __init__(self, settings: Settings, client_id: str, persistent: bool = False) -> None:
+        """A clean session, or a persistent one (a durable consumer's: the broker keeps its
+        subscriptions and the calls queued for it while it is away, ``session_expiry`` seconds)."""
         self.settings = settings
         self.client_id = client_id
         self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
@@ -272,7 +276,7 @@ class MqttBroker(Broker):
             settings.port,
             client_id=client_id,
             keepalive=settings.keepalive,
-            clean_session=True,
+            clean_session=not persistent,
             username=settings.user,
             password=settings.password,
             tls=settings.tls,
@@ -281,7 +285,7 @@ class MqttBroker(Broker):
             mqtt_connect_timeout=settings.connect_timeout,
             transport_factory=self._open,
             version="5.0",
-            session_expiry_interval=0,
+            session_expiry_interval=settings.session_expiry if persistent else 0,
             request_problem_information=True,
         )
 
@@ -418,6 +422,7 @@ class MqttBroker(Broker):
         if self._closing:
             return
         self._closing = True
+        await self.close_durable()
         for pump in list(self._pumps):
             if pump._task is not None:
                 pump._task.cancel()

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .. import __version__
 from ..broker.base import EngineSettings
+from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named
 from ..options import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING, OptionReader
 
@@ -21,7 +22,15 @@ __all__ = [
     "settings_from",
 ]
 
-_SERVER_OPTIONS = {"queue_group", "max_concurrency", "max_pending", "version", "reflection"}
+_SERVER_OPTIONS = {
+    "queue_group",
+    "max_concurrency",
+    "max_pending",
+    "version",
+    "reflection",
+    "replica",
+    "session_expiry",
+}
 _CLIENT_OPTIONS = {"codec"}
 _CONNECTION_OPTIONS = {
     "prefix",
@@ -41,10 +50,24 @@ _CONNECTION_OPTIONS = {
     "max_message_size",
     "ssl_context",
 }
-# No durable options: MQTT cannot hold durable calls the way protobind promises them (docs/brokers.md,
-# "MQTT 5"), so a durable option is refused as unknown rather than accepted and ignored.
-SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS)
-CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS)
+#: Durable options MQTT cannot honour, and why: refused when given, never accepted and ignored
+#: (docs/brokers.md, "MQTT 5", durable delivery).
+REFUSED = {
+    "ack_wait": "MQTT has no acknowledgement timeout: an unacknowledged call comes back only when "
+    "its server's session reconnects",
+    "stream_name": "MQTT has no streams to name: calls are kept in the servers' persistent sessions",
+    "dead_letter_stream": "MQTT has no streams to name: dead letters are retained messages",
+    "reply_stream": "MQTT has no streams to name: replies are retained messages",
+    "stream_retention": "how long MQTT keeps messages is the broker's configuration",
+    "stream_replicas": "how MQTT stores messages is the broker's configuration",
+    "stream_storage": "how MQTT stores messages is the broker's configuration (mosquitto: persistence)",
+    "stream_max_age": "how long MQTT keeps messages is the broker's configuration",
+    "stream_max_bytes": "how much MQTT keeps is the broker's configuration (mosquitto: max_queued_messages)",
+}
+SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
+CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIENT_OPTIONS)
+#: A session that never expires (MQTT 5's largest session expiry interval).
+NEVER = 0xFFFFFFFF
 
 #: The ports MQTT brokers listen on by default, plaintext and TLS.
 PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -68,6 +91,10 @@ class Settings:
     reconnect_wait: float
     #: -1: for ever
     max_reconnect_attempts: int
+    #: a server replica's name, part of its persistent sessions' client ids (durable methods)
+    replica: str
+    #: seconds the broker keeps a durable server's session while it is disconnected
+    session_expiry: int
     engine: EngineSettings
     #: the URL without credentials, for error texts and logs
     shown: str
@@ -85,6 +112,9 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
     except ValueError:
         raise ValueError("the port of an MQTT URL must be a number") from None
     reader = OptionReader("mqtt", options)
+    for key, why in REFUSED.items():
+        if key in options:
+            raise reader.error(key, f"cannot be honoured on MQTT: {why} (docs/brokers.md)")
     # "/" (MQTT's level separator) and "." (the engine's) both separate levels of the prefix
     prefix = str(options.get("prefix", "") or "").replace("/", ".")
     if prefix and not prefix.endswith("."):
@@ -114,7 +144,11 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         codec_name=codec_name,
         version=str(options.get("version", __version__)),
         reflection=reader.flag("reflection", True),
+        durable=durable_settings("mqtt", options),
     )
+    replica = reader.text("replica") or ""
+    if any(c in replica for c in "/+#"):
+        raise reader.error("replica", f"must not contain '/', '+' or '#', not {replica!r}")
     netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     return Settings(
         host=parts.hostname,
@@ -128,6 +162,8 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         connect_timeout=reader.seconds("connect_timeout", 2.0),
         reconnect_wait=reader.seconds("reconnect_wait", 0.5),
         max_reconnect_attempts=int(options.get("max_reconnect_attempts", -1)),
+        replica=replica,
+        session_expiry=min(NEVER, int(reader.seconds("session_expiry", NEVER))),
         engine=engine,
         shown=f"{parts.scheme}://{netloc}",
     )
