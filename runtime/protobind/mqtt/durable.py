@@ -391,6 +391,7 @@ class MqttStore:
     _record_topics: dict[int, str] | None = None
 
     def next_sequence(self) -> int:
+        """The next local sequence number (a stored message's id when the caller gave none)."""
         if self._sequences is None:
             self._sequences = itertools.count(1)
         return next(self._sequences)
