@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from ..errors import Code, RpcError
 from ..metadata import Metadata
+from ..wire import GRPC_DETAILS_KEY
 
 if TYPE_CHECKING:
     pass
@@ -25,7 +26,7 @@ __all__ = [
 
 logger = logging.getLogger("protobind.grpc")
 
-DETAILS_KEY = "grpc-status-details-bin"
+DETAILS_KEY = GRPC_DETAILS_KEY
 
 # The one mapping between protobind's codes and grpcio's; both use gRPC's names.
 _TO_GRPC: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}

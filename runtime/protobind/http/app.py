@@ -289,6 +289,11 @@ class ConnectApp:
         self._timer = timer
         self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
         self._fallback = fallback
+        from .grpc import GrpcHandler, grpc_protocol
+
+        # gRPC and gRPC-Web on the same port, chosen by content type (http/grpc.py)
+        self._grpc = GrpcHandler(self._limit, concurrency, timer, self._json, PROTO)
+        self._grpc_protocol = grpc_protocol
 
     def _inflate(self, data: bytes) -> bytes:
         """gunzip within the size limit; a body that inflates past it is refused like a plain
@@ -325,7 +330,10 @@ class ConnectApp:
         try:
             method = scope["method"]
             if method == "POST":
-                if endpoint.method.kind is MethodKind.UNARY:
+                grpc = self._grpc_protocol(scope["headers"])
+                if grpc is not None:
+                    await self._grpc(endpoint, grpc, scope, receive, send)
+                elif endpoint.method.kind is MethodKind.UNARY:
                     await self._post_unary(endpoint, scope, receive, send)
                 else:
                     await self._stream(endpoint, scope, receive, send)

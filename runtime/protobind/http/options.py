@@ -32,6 +32,7 @@ SERVER_OPTIONS = frozenset(
         "tls_key",
         "tls_ca",
         "http_parser",
+        "http2",
         "reuse_port",
     }
 )

@@ -93,6 +93,20 @@ def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
     return parser
 
 
+def _protocol(server: EndpointTable, options: Mapping[str, Any], http2: bool) -> dict[str, Any]:
+    """uvicorn's protocol settings: HTTP/1.1 with the ``http_parser`` chosen, or (``http2``, the
+    default) zttp, which answers HTTP/1.1 and HTTP/2 (TLS ALPN, or h2c with prior knowledge)."""
+    if not http2:
+        return {"http": _parser(server, options)}
+    if "http_parser" in options:
+        raise ValueError("http option http_parser chooses an HTTP/1.1-only parser: set http2 = false with it")
+    try:
+        importlib.import_module("zttp")
+    except ImportError:
+        raise ImportError("HTTP/2 on the http:// port needs zttp: pip install 'protobind[http]'") from None
+    return {"http": "zttp", "http2": True}
+
+
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
     """Start uvicorn with :func:`asgi_app` on ``url``'s host and port (port 0: any free port)."""
     uvicorn = _require("uvicorn")
@@ -122,9 +136,10 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         tls = {"ssl_certfile": cert, "ssl_keyfile": key}
         if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
             tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    http2 = read.flag("http2", True)
     config = uvicorn.Config(
         app,
-        http=_parser(server, options),
+        **_protocol(server, options, http2),
         lifespan="off",
         # the embedding application owns logging; uvicorn would otherwise reconfigure it
         log_config=None,
