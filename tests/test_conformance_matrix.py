@@ -50,6 +50,7 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
         "nats+json",
         "mqtt+json",
         "grpcio",
+        "grpcio@http",
         "nats-py",
         "nats-py+json",
         "zmqtt",

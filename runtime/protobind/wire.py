@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -26,6 +27,7 @@ __all__ = [
     "b64encode_unpadded",
     "connect_error",
     "connect_error_from",
+    "grpc_deadline",
     "grpc_status_fields",
     "is_header_name",
     "parse_grpc_timeout",
@@ -139,6 +141,26 @@ def parse_grpc_timeout(text: str) -> float:
     if match is None:
         raise ValueError("grpc-timeout is at most 8 digits and one of the units H M S m u n")
     return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def grpc_deadline(remaining: float) -> float:
+    """The caller's deadline (``time.monotonic()`` based) as well as ``grpc-timeout`` tells it, never
+    later than the real one.
+
+    gRPC core rounds the timeout it sends *up* to a coarser unit as it grows (1 ms below 1 s,
+    10 ms below 10 s, 100 ms below 100 s, then seconds), from a clock it may have read a little
+    earlier, so a 5 s timeout can arrive as 5.01 s. Taking one such step off keeps a handler from
+    planning with time its caller will not wait for.
+    """
+    if remaining < 1.0:
+        slack = 0.001
+    elif remaining < 10.0:
+        slack = 0.01
+    elif remaining < 100.0:
+        slack = 0.1
+    else:
+        slack = 1.0
+    return time.monotonic() + max(0.0, remaining - slack)
 
 
 def _percent_encode(message: str) -> str:

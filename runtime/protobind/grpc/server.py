@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -18,6 +17,7 @@ from ..limits import ConcurrencyLimit, ReadTimer
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
 from ..transport import ServeFunction, ServerBinding, listen_socket
+from ..wire import grpc_deadline
 from .options import Address, GrpcOptions, parse_address, server_options
 from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
@@ -163,32 +163,13 @@ def _method_handler(endpoint: Endpoint, limit: ConcurrencyLimit, timer: ReadTime
     )
 
 
-def _deadline(remaining: float) -> float:
-    """The caller's deadline as well as ``grpc-timeout`` tells it, never later than the real one.
-
-    gRPC core rounds the timeout it sends *up* to a coarser unit as it grows (1 ms below 1 s,
-    10 ms below 10 s, 100 ms below 100 s, then seconds), from a clock it may have read a little
-    earlier, so a 5 s timeout can arrive as 5.01 s. Taking one such step off keeps a handler from
-    planning with time its caller will not wait for.
-    """
-    if remaining < 1.0:
-        slack = 0.001
-    elif remaining < 10.0:
-        slack = 0.01
-    elif remaining < 100.0:
-        slack = 0.1
-    else:
-        slack = 1.0
-    return time.monotonic() + max(0.0, remaining - slack)
-
-
 def _context(method: MethodInfo[Any, Any], rpc: Any) -> Context:
     remaining = rpc.time_remaining()
     return Context(
         method,
         "grpc",
         metadata_source=rpc.invocation_metadata,
-        deadline=None if remaining is None else _deadline(remaining),
+        deadline=None if remaining is None else grpc_deadline(remaining),
         peer=rpc.peer(),
     )
 

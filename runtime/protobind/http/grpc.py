@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -33,7 +32,7 @@ from ..limits import ConcurrencyLimit, ReadTimer
 from ..metadata import Metadata
 from ..method import MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
-from ..wire import grpc_status_fields, parse_grpc_timeout
+from ..wire import grpc_deadline, grpc_status_fields, parse_grpc_timeout
 from .app import _BIDI_MESSAGE, _ClientGone, _peer, _Watch
 from .wire import (
     ENVELOPE_HEADER_SIZE,
@@ -114,7 +113,7 @@ class _Head:
         if self.timeout is None:
             return None
         try:
-            return time.monotonic() + parse_grpc_timeout(self.timeout)
+            return grpc_deadline(parse_grpc_timeout(self.timeout))
         except ValueError as exc:
             raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from None
 

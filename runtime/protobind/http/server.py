@@ -72,9 +72,14 @@ class HttpBinding(ServerBinding):
 
 def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
     """The ``http_parser`` option, checked against the REST routes it would have to serve."""
-    parser = str(options.get("http_parser", "h11")).strip().lower()
+    parser = str(options.get("http_parser", "zttp")).strip().lower()
     if parser not in HTTP_PARSERS:
         raise ValueError(f"http option http_parser must be one of {', '.join(HTTP_PARSERS)}, not {parser!r}")
+    if parser == "zttp":
+        try:
+            importlib.import_module("zttp")
+        except ImportError:
+            raise ImportError("http_parser=zttp (HTTP/2) needs zttp: pip install 'protobind[http]'") from None
     if parser == "httptools":
         from .rule import collect_bindings
 
@@ -91,20 +96,6 @@ def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
                 "its parser rejects HTTP methods it does not know; use http_parser=h11"
             )
     return parser
-
-
-def _protocol(server: EndpointTable, options: Mapping[str, Any], http2: bool) -> dict[str, Any]:
-    """uvicorn's protocol settings: HTTP/1.1 with the ``http_parser`` chosen, or (``http2``, the
-    default) zttp, which answers HTTP/1.1 and HTTP/2 (TLS ALPN, or h2c with prior knowledge)."""
-    if not http2:
-        return {"http": _parser(server, options)}
-    if "http_parser" in options:
-        raise ValueError("http option http_parser chooses an HTTP/1.1-only parser: set http2 = false with it")
-    try:
-        importlib.import_module("zttp")
-    except ImportError:
-        raise ImportError("HTTP/2 on the http:// port needs zttp: pip install 'protobind[http]'") from None
-    return {"http": "zttp", "http2": True}
 
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
@@ -136,10 +127,12 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         tls = {"ssl_certfile": cert, "ssl_keyfile": key}
         if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
             tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
-    http2 = read.flag("http2", True)
+    parser = _parser(server, options)
     config = uvicorn.Config(
         app,
-        **_protocol(server, options, http2),
+        http=parser,
+        # zttp answers HTTP/1.1 and HTTP/2 (TLS ALPN "h2", or h2c with prior knowledge) on one port
+        http2=parser == "zttp",
         lifespan="off",
         # the embedding application owns logging; uvicorn would otherwise reconfigure it
         log_config=None,

@@ -106,6 +106,9 @@ class Column:
     lacks: Mapping[str, str] = field(default_factory=dict)
     #: modules the client needs (a column whose modules are missing is left out, and said so)
     requires: tuple[str, ...] = ()
+    #: the protocol on the wire when the transport's port speaks several (``UNSUPPORTED`` is
+    #: keyed by it; empty: the transport's own): gRPC over HTTP/2 on the http:// port is "http2"
+    wire: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,14 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         "grpcio",
         summary="stock grpc.aio client -> protobind gRPC server",
         requires=("grpc",),
+    ),
+    Column(
+        "grpcio@http",
+        "http",
+        "grpcio",
+        summary="stock grpc.aio client -> protobind HTTP server (gRPC over HTTP/2, same port as Connect)",
+        requires=("grpc",),
+        wire="http2",
     ),
     Column(
         "connectrpc",
@@ -400,7 +411,7 @@ async def _run_cell(case: Case, column: Column, env: Env, timeout: float) -> Cel
     for need in sorted(case.needs):
         if need in column.lacks:
             return cell(Verdict.NOT_APPLICABLE, column.lacks[need])
-    unsupported = UNSUPPORTED.get((case.name, column.transport))
+    unsupported = UNSUPPORTED.get((case.name, column.wire or column.transport))
     if unsupported is not None:
         # the case is not run: the documented refusal is checked instead
         if unsupported.probe is None:
