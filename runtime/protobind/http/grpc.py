@@ -253,7 +253,7 @@ class _Output:
     def __init__(self, send: Send, protocol: Protocol, trailers: bool) -> None:
         self._send = send
         self._protocol = protocol
-        self._trailers = trailers  # gRPC with real HTTP trailers
+        self._trailers = trailers and not protocol.web  # gRPC with real HTTP trailers
         self._context: Context | None = None
         self.started = False
 
