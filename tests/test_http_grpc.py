@@ -317,3 +317,55 @@ async def test_rapid_reset_flood_on_the_http_port_leaves_good_calls_working() ->
         assert closed or attacker.terminated is not None
         for _ in range(10):
             assert (await unary(Request(text="after"), timeout=5)).text == "after"
+
+
+async def test_connect_bidi_is_full_duplex_over_http2() -> None:
+    # raw HTTP/2 (no Python Connect client speaks bidi): each request envelope goes out only after
+    # the answer to the one before arrived
+    import h2.connection
+    import h2.events
+
+    async with serving() as (url, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(url).port)
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"{SERVICE}/BidiStream"),
+            (":authority", "127.0.0.1"),
+            ("content-type", "application/connect+proto"),
+            ("connect-protocol-version", "1"),
+        ]
+        conn.send_headers(stream, headers)
+        received = bytearray()
+
+        async def read_envelope() -> tuple[int, bytes]:
+            while True:
+                if len(received) >= 5:
+                    flags, size = struct.unpack(">BI", received[:5])
+                    if len(received) >= 5 + size:
+                        data = bytes(received[5 : 5 + size])
+                        del received[: 5 + size]
+                        return flags, data
+                chunk = await asyncio.wait_for(reader.read(65536), 5)
+                assert chunk, "the server closed the connection"
+                for event in conn.receive_data(chunk):
+                    if isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        received.extend(event.data)
+                writer.write(conn.data_to_send())
+
+        try:
+            for i in range(3):
+                conn.send_data(stream, _frame(Request(text=f"c{i}")))
+                writer.write(conn.data_to_send())
+                flags, data = await read_envelope()
+                assert flags == 0 and Response.FromString(data).text == f"c{i}"
+            conn.end_stream(stream)
+            writer.write(conn.data_to_send())
+            flags, data = await read_envelope()
+            assert flags == 0x02 and data == b"{}"  # end of stream, no error
+        finally:
+            writer.close()

@@ -82,8 +82,8 @@ CORS_EXPOSE_HEADERS = ("Content-Encoding", "Connect-Content-Encoding", "Connect-
 _WATCH_DELAY = 0.01
 
 _BIDI_MESSAGE = (
-    "{method} is a bidirectional stream, which needs full-duplex HTTP/2; protobind's HTTP "
-    "binding serves HTTP/1.1: call it over grpc:// or nats://"
+    "{method} is a bidirectional stream, which needs full-duplex HTTP/2 and this request came over "
+    "HTTP/1.1: call it over HTTP/2 (h2c with prior knowledge, or TLS ALPN), grpc:// or nats://"
 )
 
 
@@ -544,7 +544,8 @@ class ConnectApp:
 
         try:
             try:
-                if method.kind is MethodKind.BIDI_STREAMING:
+                bidi = method.kind is MethodKind.BIDI_STREAMING
+                if bidi and scope.get("http_version") != "2":
                     raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
                 gzipped = head.check_encoding()
                 context = Context(
@@ -555,9 +556,12 @@ class ConnectApp:
                     peer=_peer(scope),
                 )
                 watch = _Watch(receive, context)
-                if method.kind is MethodKind.SERVER_STREAMING:
-                    request = await self._single_message(receive, head, codec, gzipped, endpoint)
-                    watch.arm()
+                if method.kind is MethodKind.SERVER_STREAMING or bidi:
+                    if bidi:  # over HTTP/2: full duplex, requests read as they arrive
+                        request: Any = self._messages(receive, codec, gzipped, endpoint, watch)
+                    else:
+                        request = await self._single_message(receive, head, codec, gzipped, endpoint)
+                        watch.arm()
                     responses = invoke_stream(endpoint, request, context, limit=self._concurrency)
                     async for response in responses:
                         data = codec.encode(response)
