@@ -183,9 +183,7 @@ async def _measure(seconds: float, servers: list[str]) -> None:
             rows.append(row)
             print(row, flush=True)
     print()
-    print(
-        "| server | grpcio unary calls/s | grpclib unary calls/s | Connect unary (HTTP/1.1) calls/s | bidi soak |"
-    )
+    print("| server | grpcio calls/s | grpclib calls/s | Connect (HTTP/1.1) calls/s | bidi soak |")
     print("|---|---|---|---|---|")
     for row in rows:
         cells = [row.get(k, "-") for k in ("grpcio", "grpclib", "connect", "bidi soak")]
