@@ -201,9 +201,13 @@ async def test_metadata_the_upstream_cannot_carry_is_invalid_argument(
     async with http_gateway(harnesses, conformance_services, upstream) as http:
         answer = await http.post(UNARY_PATH, json={"text": "x"}, headers={"x-odd": value})
     assert answer.status_code == 400, answer.text
-    assert answer.json()["code"] == "invalid_argument"
-    assert "'x-odd'" in answer.json()["message"]
-    assert not caplog.records, caplog.text
+    if answer.headers.get("content-type", "").startswith("application/json"):
+        assert answer.json()["code"] == "invalid_argument"
+        assert "'x-odd'" in answer.json()["message"]
+    else:
+        # the HTTP/1.1 parser (zttp) refuses a control character in a header before protobind sees it
+        assert value != "caf\xe9".encode("latin-1") and answer.text == "Invalid HTTP request received."
+    assert not [r for r in caplog.records if r.name.startswith("protobind")], caplog.text
 
 
 @pytest.mark.parametrize("upstream", ["grpc", "http"])

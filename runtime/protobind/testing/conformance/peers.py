@@ -140,6 +140,17 @@ class GrpcioPeer(ClientTransport):
                     yield response
             self._fill(call, await grpc_call.initial_metadata(), await grpc_call.trailing_metadata())
         except self._grpc.aio.AioRpcError as error:
+            internal = self._grpc.StatusCode.INTERNAL
+            if error.code() is internal and error.details() == "Internal error from Core":
+                # grpcio's request sender raced the server's status (its write failed once the call
+                # had ended): the status the server sent is the call's own
+                aio = self._grpc.aio
+                error = aio.AioRpcError(
+                    await grpc_call.code(),
+                    await grpc_call.initial_metadata(),
+                    await grpc_call.trailing_metadata(),
+                    await grpc_call.details(),
+                )
             raise self._error(error, call) from None
         finally:
             grpc_call.cancel()  # a no-op once the call is over; ends it when the caller stopped reading
