@@ -84,6 +84,8 @@ DELIVERED = "Protobind-Delivered"
 #: Header of a copy (a retry, or a message moved to a consumer's queue): the subject it was stored on.
 STORED_ON = "Protobind-Stored-On"
 _INTERNAL = {DELIVERED.lower(), STORED_ON.lower()}
+#: Headers RabbitMQ itself adds (redelivery counts, dead-lettering history): not the caller's.
+_BROKER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-death-", "x-received-from")
 _CONTENT_TYPE = CONTENT_TYPE.lower()
 #: Most message ids a connection remembers for de-duplication.
 _RECENT_IDS = 100_000
@@ -149,11 +151,11 @@ def _text(value: Any) -> str:
 
 
 def _visible(table: dict[str, Any], content_type: str | None) -> dict[str, str] | None:
-    """The headers the engine sees: no ``x-`` headers of RabbitMQ's, none of this module's."""
+    """The headers the engine sees: none of RabbitMQ's own, none of this module's."""
     out = {
         name: _text(value)
         for name, value in table.items()
-        if not name.lower().startswith("x-") and name.lower() not in _INTERNAL
+        if not name.lower().startswith(_BROKER_HEADERS) and name.lower() not in _INTERNAL
     }
     if content_type:
         out[CONTENT_TYPE] = content_type
@@ -161,7 +163,7 @@ def _visible(table: dict[str, Any], content_type: str | None) -> dict[str, str] 
 
 
 def _copy_table(table: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in table.items() if not name.lower().startswith("x-")}
+    return {name: value for name, value in table.items() if not name.lower().startswith(_BROKER_HEADERS)}
 
 
 def _int(value: Any) -> int:
@@ -261,6 +263,10 @@ class _Consumer:
             with contextlib.suppress(*_FAILURES):
                 await message.ack()
             return
+        headers = _visible(table, message.content_type)
+        if message.message_id and (headers is None or MSG_ID_HEADER not in headers):
+            # a raw client's message id property is the call id as well as the header
+            headers = {**(headers or {}), MSG_ID_HEADER: message.message_id}
         # deliveries before this copy was made, and those of this copy RabbitMQ counted (requeues)
         attempt = _int(table.get(DELIVERED)) + _int(table.get("x-delivery-count")) + 1
         self._buffer.append(
@@ -269,7 +275,7 @@ class _Consumer:
                 message,
                 subject=subject,
                 data=message.body,
-                headers=_visible(table, message.content_type),
+                headers=headers,
                 sequence=self._owner.next_sequence(),
                 attempt=attempt,
             )
@@ -463,20 +469,30 @@ class Stored:
             expiration=expiration,
         )
         channel = raw_channel(self._confirmed)
+        if ttl:
+            # to the subject's own queue, through the binding's exchange (its subscribers hear it);
+            # a copy to the consumers' queues, if any stream has one (a raw caller may have none)
+            result = await channel.basic_publish(
+                payload, exchange=self.exchange, routing_key=subject, properties=properties, mandatory=True
+            )
+            if isinstance(result, spec.Basic.Ack):
+                copy = await channel.basic_publish(
+                    payload,
+                    exchange=durable_exchange(self.exchange),
+                    routing_key=subject,
+                    properties=properties,
+                )
+                if isinstance(copy, spec.Basic.Nack):
+                    return copy
+            return result
         # to the consumers' queues (or the stream's own, when none matches)
-        result = await channel.basic_publish(
+        return await channel.basic_publish(
             payload,
             exchange=durable_exchange(self.exchange),
             routing_key=subject,
             properties=properties,
             mandatory=True,
         )
-        if ttl and isinstance(result, spec.Basic.Ack):
-            # and to the subject's own queue, through the binding's exchange: its subscribers hear it
-            result = await channel.basic_publish(
-                payload, exchange=self.exchange, routing_key=subject, properties=properties, mandatory=True
-            )
-        return result
 
     async def _keep(self, subject: str, milliseconds: str) -> None:
         """Declare the queue that keeps ``subject`` (for ``milliseconds``)."""
