@@ -309,3 +309,62 @@ async def test_a_backlog_of_10000_calls_is_handled_once_a_server_starts(rabbitmq
         f"\n10,000-call backlog (amqp): stored in {stored:.1f} s ({count / stored:.0f}/s), "
         f"handled in {drained:.1f} s"
     )
+
+
+# --- discovery ------------------------------------------------------------------------------------
+
+
+async def test_describe_and_the_asyncapi_document_over_amqp(
+    raw_peer: tuple[Jobs, Any, str], rabbitmq_server: str
+) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    _, channel, prefix = raw_peer
+    # the AsyncAPI document, asked for by a raw AMQP request (reply_to + correlation_id)
+    inbox = await channel.declare_queue("", exclusive=True)
+    exchange = await channel.get_exchange("protobind", ensure=False)
+    await exchange.publish(
+        aio_pika.Message(b"", reply_to=inbox.name, correlation_id="doc"),
+        f"{prefix}$PROTOBIND.ASYNCAPI.{SERVICE}",
+        mandatory=True,
+    )
+    answer = await inbox.get(timeout=10, fail=False)
+    deadline = time.monotonic() + 10
+    while answer is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        answer = await inbox.get(fail=False)
+    assert answer is not None
+    document = json.loads(answer.body)
+    (server_entry,) = document["servers"].values()
+    assert (server_entry["protocol"], server_entry["protocolVersion"]) == ("amqp", "0.9.1")
+    assert "guest" not in json.dumps(server_entry)
+    assert "RabbitMQ routing keys" in document["info"]["description"]
+    channels = document["channels"]
+    submit = channels["jobs_v1_Jobs_Submit"]
+    assert submit["address"] == f"{prefix}$PROTOBIND.DURABLE.{SERVICE}.Submit"
+    assert submit["bindings"]["amqp"]["is"] == "routingKey"
+    assert submit["bindings"]["amqp"]["exchange"]["name"] == "protobind.durable"
+    dead = channels["jobs_v1_Jobs_Submit_dead_letter"]
+    assert dead["bindings"]["amqp"]["exchange"]["name"] == "protobind.durable"
+    ping = channels["jobs_v1_Jobs_Ping"]
+    assert ping["bindings"]["amqp"]["exchange"]["name"] == "protobind"
+    operation = document["operations"]["jobs_v1_Jobs_Submit"]
+    assert operation["bindings"]["amqp"]["deliveryMode"] == 2
+    assert operation["bindings"]["amqp"]["mandatory"] is True
+    assert document["operations"]["jobs_v1_Jobs_Ping"]["bindings"]["amqp"]["ack"] is True
+    # `protobind describe` by reflection over amqp://
+    url = f"{rabbitmq_server}?prefix={prefix}"
+    described = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "protobind_codegen.cli", "describe", url, SERVICE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert described.returncode == 0, described.stderr
+    assert described.stdout.startswith(f"{SERVICE} is a service:\n")
+    assert "rpc Submit" in described.stdout
