@@ -530,7 +530,9 @@ class Stored:
             await self._claim(spec.stream, name, spec.filter_subject)
             channel = await self.connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=spec.max_ack_pending)
-            amqp_queue = await channel.get_queue(name, ensure=False)
+            # declared (passively) through the robust channel: restored, and consumed again, after a
+            # reconnection
+            amqp_queue = await channel.declare_queue(name, passive=True)
             await consumer.start(channel, amqp_queue)
         except _FAILURES as exc:
             await consumer.close()
