@@ -205,41 +205,6 @@ async def test_the_broker_killed_and_restarted_mid_run_loses_no_accepted_call(ra
     assert "while-down" not in jobs.ids()
 
 
-class Pinged(Jobs):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pinged = 0
-
-    async def ping(self, request: Job, context: protobind.Context) -> JobResult:
-        self.pinged += 1
-        await asyncio.Event().wait()  # never answers
-        raise AssertionError("unreachable")
-
-
-@pytest.mark.slow
-async def test_calls_in_flight_when_the_connection_is_lost_end_unavailable_at_once(
-    rabbitmq_factory: Any,
-) -> None:
-    node: RabbitMQ = rabbitmq_factory()
-    url = _url(node.url, "lost.")
-    service = Pinged()
-    server = protobind.Server([service])
-    await server.start(url)
-    try:
-        async with protobind.connect(url) as channel:
-            client = JobsClient(channel)
-            calls = [asyncio.ensure_future(client.ping(Job(id=str(i)), timeout=60)) for i in range(20)]
-            await eventually(lambda: service.pinged == 20)
-            node.stop(signal.SIGKILL)
-            lost = time.monotonic()
-            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
-            waited = time.monotonic() - lost
-    finally:
-        await server.stop(0)
-    assert all(isinstance(r, RpcError) and r.code is Code.UNAVAILABLE for r in results), results
-    assert waited < 10  # not the 60 s deadline
-
-
 async def test_a_slow_consumer_holds_at_most_max_ack_pending(rabbitmq_server: str) -> None:
     url = _url(rabbitmq_server, f"slow{next(_names)}.", max_ack_pending=4)
     jobs = Jobs()
