@@ -44,7 +44,7 @@ def _generate() -> None:
 _generate()
 sys.path.insert(0, str(GEN))
 
-pytest_plugins = ["tests.servers", "tests.nats_server", "tests.mosquitto"]
+pytest_plugins = ["tests.servers", "tests.nats_server", "tests.mosquitto", "tests.rabbitmq"]
 
 
 @pytest.fixture(scope="session")

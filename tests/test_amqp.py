@@ -471,27 +471,3 @@ async def test_reflection_and_cli_over_amqp(served: tuple[Served, Conformance]) 
     )
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout)["text"] == "cli"
-
-
-# --- durable methods: not on RabbitMQ yet ---------------------------------------------------------
-
-
-async def test_durable_methods_are_refused_at_start_with_a_clear_error(amqp: str) -> None:
-    """Durable delivery on RabbitMQ (quorum queues, confirms, dead letters) is not built: a server
-    with durable methods refuses to start on amqp:// and says why; a client's durable call is
-    UNIMPLEMENTED."""
-    from google.protobuf.empty_pb2 import Empty
-    from jobs.v1.jobs_pb2 import Job
-    from jobs.v1.jobs_protobind import JobsClient, JobsService
-
-    class Jobs(JobsService):
-        async def submit(self, request: Job, context: protobind.Context) -> Empty:
-            return Empty()
-
-    server = protobind.Server([Jobs()])
-    with pytest.raises(ValueError, match="durable methods need a broker that stores messages; amqp does not"):
-        await server.start(_with_prefix(amqp, f"ta{next(_prefixes)}"))
-    async with protobind.connect(_with_prefix(amqp, "nobody")) as channel:
-        with pytest.raises(RpcError) as info:
-            await JobsClient(channel).submit(Job(), timeout=5)
-    assert info.value.code is Code.UNIMPLEMENTED

@@ -1,5 +1,5 @@
-"""The broker engine's :class:`~protobind.broker.base.Broker` on RabbitMQ: the only code that
-touches aio-pika (and aiormq, the AMQP client under it).
+"""The broker engine's :class:`~protobind.broker.base.Broker` on RabbitMQ: with :mod:`.stored`
+(durable calls), the only code that touches aio-pika (and aiormq, the AMQP client under it).
 
 How the engine's vocabulary maps onto AMQP 0-9-1 (docs/brokers.md has the table, docs/protocols.md
 the wire rules):
@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +50,7 @@ from ..broker.base import (
 )
 from ..broker.wire import CONTENT_TYPE, headers_size
 from ..urls import redact_text
+from .stored import UNSAFE, Stored, raw_channel, routing_pattern
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -74,18 +74,10 @@ _SEP = "#"
 #: Room left in an AMQP frame for the rest of a content header besides the headers table.
 _HEADER_SLACK = 1024
 _CONTENT_TYPE = CONTENT_TYPE.lower()
-_UNSAFE = re.compile(r"[^a-zA-Z0-9_.:@,/+-]")
 
 
 class AuthenticationFailed(ConnectionError):
     """RabbitMQ refused the credentials."""
-
-
-def routing_pattern(subject: str) -> str:
-    """The AMQP binding key of an engine subject: ``>`` (the rest) becomes ``#``."""
-    if subject == ">" or subject.endswith(".>"):
-        return subject[:-1] + "#"
-    return subject
 
 
 def queue_name(group: str, subject: str, exchange: str) -> str:
@@ -93,7 +85,7 @@ def queue_name(group: str, subject: str, exchange: str) -> str:
     name = f"{group}@{subject}" if exchange == "protobind" else f"{group}@{subject}@{exchange}"
     # only the characters AMQP clients accept in queue names: others (the ``*`` of a service's
     # subject, the ``$`` of ``$SRV``) become ``_``; a long name keeps its start and a digest
-    safe = _UNSAFE.sub("_", name)
+    safe = UNSAFE.sub("_", name)
     if len(safe.encode()) > 200:
         safe = safe[:160] + "@" + hashlib.sha256(name.encode()).hexdigest()[:32]
     return safe
@@ -169,14 +161,14 @@ class _Consumer:
         self.active = True
 
     async def start(self) -> None:
-        channel = _raw(self.broker.consuming)
+        channel = raw_channel(self.broker.consuming)
         await channel.basic_consume(self.queue.name, self.callback, no_ack=self.no_ack, consumer_tag=self.tag)
 
     async def stop(self) -> None:
         self.active = False
         self.broker.consumers.discard(self)
         with contextlib.suppress(Exception):
-            await _raw(self.broker.consuming).basic_cancel(self.tag)
+            await raw_channel(self.broker.consuming).basic_cancel(self.tag)
         with contextlib.suppress(Exception):
             # a group's queue goes with its last member; an exclusive one with its connection anyway
             await self.queue.delete(if_unused=True, if_empty=False)
@@ -218,8 +210,9 @@ class _Inbox:
         return self.prefix + token
 
 
-class AmqpBroker:
-    """:class:`protobind.broker.base.Broker` on one RabbitMQ connection (see the module docstring)."""
+class AmqpBroker(Stored):
+    """:class:`protobind.broker.base.DurableBroker` on one RabbitMQ connection (see the module
+    docstring; durable calls in :mod:`.stored`)."""
 
     name = "amqp"
 
@@ -238,6 +231,7 @@ class AmqpBroker:
         self._plain: AbstractRobustChannel
         self._confirmed: AbstractRobustChannel
         self._frame_limit = 131072
+        self._init_stored()
 
     async def open(self) -> None:
         """Open the channels and declare the exchange."""
@@ -331,11 +325,11 @@ class AmqpBroker:
         )
         try:
             if not reply:
-                await _raw(self._plain).basic_publish(
+                await raw_channel(self._plain).basic_publish(
                     payload, exchange=exchange, routing_key=routing_key, properties=properties
                 )
                 return
-            result = await _raw(self._confirmed).basic_publish(
+            result = await raw_channel(self._confirmed).basic_publish(
                 payload, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True
             )
         except (aiormq.exceptions.AMQPError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
@@ -469,15 +463,6 @@ class AmqpBroker:
             await asyncio.wait_for(self.connection.close(), 5.0)
         except Exception as exc:
             logger.debug("closing the RabbitMQ connection: %s", _reason(exc))
-
-
-def _raw(channel: AbstractRobustChannel) -> Any:
-    """The aiormq channel under an aio-pika one now (a new one after each reconnection); read on
-    every publish, so without aio-pika's deprecated property or an await."""
-    underlay = getattr(channel, "_channel", None)
-    if underlay is None:
-        raise aiormq.exceptions.ChannelInvalidStateError("the channel is not open")
-    return underlay.channel
 
 
 def _ignore(task: asyncio.Task[Any]) -> None:

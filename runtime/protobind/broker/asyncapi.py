@@ -49,6 +49,7 @@ from .wire import (
 )
 
 __all__ = [
+    "AMQP_BINDING_VERSION",
     "MERGED_TITLE",
     "MQTT_BINDING_VERSION",
     "NATS_BINDING_VERSION",
@@ -60,6 +61,8 @@ __all__ = [
 NATS_BINDING_VERSION = "0.1.0"
 #: Version of the AsyncAPI MQTT bindings used in ``operations.*.bindings.mqtt`` and the servers.
 MQTT_BINDING_VERSION = "0.2.0"
+#: Version of the AsyncAPI AMQP 0-9-1 bindings used in ``channels.*.bindings.amqp`` and operations.
+AMQP_BINDING_VERSION = "0.3.0"
 
 _MESSAGES = "#/components/messages/"
 _REQUEST_HEADERS = "protobind.RequestHeaders"
@@ -140,9 +143,11 @@ class _Writer:
         queue_group: str,
         protocol: str = "nats",
         address: Callable[[str], str] | None = None,
+        exchange: str = "protobind",
     ) -> None:
         self.protocol = protocol
         self.address = address
+        self.exchange = exchange
         self.schemas = schemas
         self.comments = comments
         self.prefix = prefix
@@ -178,7 +183,24 @@ class _Writer:
         if address is not None and self.address is not None:
             address = self.address(address)
         self.channels[channel_id] = {"address": address, "description": description, "messages": messages}
+        if self.protocol == "amqp" and address is not None:
+            self.amqp_channel(channel_id, self.exchange)
         return {"$ref": f"#/channels/{channel_id}"}
+
+    def amqp_channel(self, channel_id: str, exchange: str, queue: str | None = None) -> None:
+        """The AMQP binding of a channel: a routing key on a topic exchange (or a queue of its own)."""
+        binding: dict[str, Any] = {
+            "is": "routingKey",
+            "exchange": {"name": exchange, "type": "topic", "durable": True, "autoDelete": False},
+            "bindingVersion": AMQP_BINDING_VERSION,
+        }
+        if queue is not None:
+            binding = {
+                "is": "queue",
+                "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False},
+                "bindingVersion": AMQP_BINDING_VERSION,
+            }
+        self.channels[channel_id]["bindings"] = {"amqp": binding}
 
     def operation(
         self,
@@ -214,6 +236,10 @@ class _Writer:
             # a queue group is a shared subscription; calls and answers go at QoS 0
             operation["bindings"] = {"mqtt": {"qos": 0, "bindingVersion": MQTT_BINDING_VERSION}}
             operation["description"] += f" Received on the shared subscription $share/{queue}/<address>."
+        elif queue is not None and self.protocol == "amqp":
+            # a queue group is a queue shared by the group's replicas, acknowledged by the server
+            operation["bindings"] = {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}}
+            operation["description"] += f" Received from the queue group's queue {queue}@<address>."
         elif queue is not None:
             operation["bindings"] = {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
         self.operations[operation_id] = operation
@@ -292,6 +318,19 @@ class _Writer:
             "that no retry can fix), with the error in headers.",
         )
         self.operation(dead, "send", dead, f"{method.full_name}: dead-lettered calls.")
+        if self.protocol == "amqp":
+            # stored calls and dead letters: persistent, mandatory, on the durable exchange
+            durable_exchange = f"{self.exchange}.durable"
+            for channel_id in (base, dead):
+                self.amqp_channel(channel_id, durable_exchange)
+                self.operations[channel_id]["bindings"] = {
+                    "amqp": {
+                        "deliveryMode": 2,
+                        "mandatory": True,
+                        "ack": True,
+                        "bindingVersion": AMQP_BINDING_VERSION,
+                    }
+                }
         if not method.oneway:
             replies = base + "_reply_stream"
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
@@ -303,6 +342,10 @@ class _Writer:
                 f"id; kept {options.reply_ttl:g}s for a caller (or its successor) to claim.",
             )
             self.operation(replies, "send", replies, f"{method.full_name}: durable replies.")
+            if self.protocol == "amqp":
+                self.channels[replies]["description"] += (
+                    " Each reply is kept in the durable queue named like its routing key ($ -> _)."
+                )
 
     def stream(self, method: MethodInfo[Any, Any], base: str, subject: str, summary: str | None) -> None:
         kind = method.kind.value.replace("_", " ")
@@ -441,6 +484,7 @@ def asyncapi_document(
     source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
     protocol: str = "nats",
     address: Callable[[str], str] | None = None,
+    exchange: str = "protobind",
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of ``services`` served over NATS.
 
@@ -448,13 +492,14 @@ def asyncapi_document(
     ``prefix`` and ``queue_group`` are the binding's options of the same names (default: no
     prefix, each service's full name as its group). ``source_files`` (descriptors with source
     info) give descriptions from the proto comments, as for :func:`protobind.http.openapi.openapi_document`.
-    ``protocol`` is the broker's (``nats``, ``mqtt``) and ``address`` its name for a subject
-    (:meth:`protobind.broker.base.Broker.address`; default: the subject itself).
+    ``protocol`` is the broker's (``nats``, ``mqtt``, ``amqp``) and ``address`` its name for a
+    subject (:meth:`protobind.broker.base.Broker.address`; default: the subject itself); on
+    ``amqp``, ``exchange`` is the topic exchange of the routing keys (durable calls: ``{exchange}.durable``).
     """
     if prefix and not prefix.endswith("."):
         prefix += "."
     comments = Comments(source_files, [service.comments for service in services])
-    writer = _Writer(Schemas(comments), comments, prefix, queue_group, protocol, address)
+    writer = _Writer(Schemas(comments), comments, prefix, queue_group, protocol, address, exchange)
     for service in services:
         writer.service(service)
     _common(writer)
@@ -483,8 +528,8 @@ def asyncapi_document(
     return document
 
 
-_NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics"}
-_SECTIONS = {"nats": "NATS request-reply", "mqtt": "MQTT 5"}
+_NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics", "amqp": "RabbitMQ routing keys"}
+_SECTIONS = {"nats": "NATS request-reply", "mqtt": "MQTT 5", "amqp": "RabbitMQ"}
 
 
 def _description(services: Iterable[str], protocol: str = "nats") -> str:
@@ -536,6 +581,13 @@ def _server(url: str) -> dict[str, Any]:
             "protocolVersion": "5",
             "description": "MQTT 5 over TLS (mqtts://)" if parts.scheme == "mqtts" else "MQTT 5",
             "bindings": {"mqtt": {"cleanSession": True, "bindingVersion": MQTT_BINDING_VERSION}},
+        }
+    if parts.scheme in ("amqp", "amqps"):
+        return {
+            "host": hosts,
+            "protocol": parts.scheme,
+            "protocolVersion": "0.9.1",
+            "description": "RabbitMQ over TLS (amqps://)" if parts.scheme == "amqps" else "RabbitMQ",
         }
     return {
         "host": hosts,

@@ -328,7 +328,7 @@ class BrokerBinding(ServerBinding):
             from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://"))
+            listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://", "amqp://", "amqps://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
                     [service],
@@ -339,6 +339,8 @@ class BrokerBinding(ServerBinding):
                     queue_group=self.settings.queue_group,
                     protocol="nats" if self.broker.name == "memory" else self.broker.name,
                     address=self.broker.address,
+                    # RabbitMQ's topic exchange (option ``exchange``); other brokers have none
+                    exchange=getattr(self.broker, "exchange", "protobind"),
                 ),
                 separators=(",", ":"),
             ).encode()
