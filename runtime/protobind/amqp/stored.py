@@ -330,6 +330,7 @@ class Stored:
     _sequences: itertools.count[int]
 
     def next_sequence(self) -> int:
+        """The next local sequence number (a stored message's id when the caller gave none)."""
         return next(self._sequences)
 
     def _init_stored(self) -> None:
