@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -55,6 +56,15 @@ RUN = settings(
     max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 LENIENT = JsonCodec(ignore_unknown_fields=True)
+
+
+@pytest.fixture(autouse=True, params=sorted(_jsonfast.BASE64_BACKENDS))
+def base64_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test with each base64 backend there is (the standard library's, pybase64's)."""
+    before = _jsonfast.BASE64
+    _jsonfast.use_base64(request.param)
+    yield request.param
+    _jsonfast.use_base64(before)
 
 
 # --- random messages -------------------------------------------------------------------------------

@@ -50,6 +50,55 @@ class Unsupported(Exception):
     """The fast path does not cover this value exactly; use ``json_format``."""
 
 
+# Base64, the bulk of the work for a large bytes field: pybase64 (the `speed` extra, SIMD) when its
+# compiled module is there, else the standard library. Both give the same text, and both decoders
+# accept only standard base64 with its padding (anything else takes json_format's way below).
+def _stdlib_base64() -> tuple[Callable[[bytes], bytes], Callable[[str], bytes]]:
+    def encode(value: bytes) -> bytes:
+        return binascii.b2a_base64(value, newline=False)
+
+    if sys.version_info >= (3, 11):
+
+        def decode(value: str) -> bytes:
+            return binascii.a2b_base64(value, strict_mode=True)
+
+    else:  # pragma: no cover - Python 3.10
+
+        def decode(value: str) -> bytes:
+            return base64.b64decode(value, validate=True)
+
+    return encode, decode
+
+
+def _pybase64() -> tuple[Callable[[bytes], bytes], Callable[[str], bytes]] | None:
+    try:
+        import pybase64
+        import pybase64._pybase64  # the compiled module, not the pure-Python fallback
+    except ImportError:
+        return None
+
+    def decode(value: str) -> bytes:
+        return pybase64.b64decode(value, validate=True)
+
+    return pybase64.b64encode, decode
+
+
+BASE64_BACKENDS = {"stdlib": _stdlib_base64()}
+_fast = _pybase64()
+if _fast is not None:
+    BASE64_BACKENDS["pybase64"] = _fast
+#: The base64 backend in use (tests switch it with :func:`use_base64`).
+BASE64 = "pybase64" if _fast is not None else "stdlib"
+_b64encode, _b64decode_strict = BASE64_BACKENDS[BASE64]
+
+
+def use_base64(name: str) -> None:
+    """Switch the base64 backend (``stdlib`` or, when installed, ``pybase64``)."""
+    global BASE64, _b64encode, _b64decode_strict
+    _b64encode, _b64decode_strict = BASE64_BACKENDS[name]
+    BASE64 = name
+
+
 def _special(descriptor: Descriptor) -> bool:
     return descriptor.full_name in _SPECIAL or descriptor.file.name == "google/protobuf/wrappers.proto"
 
@@ -93,7 +142,7 @@ def _string(value: str) -> bytes:
 
 
 def _bytes(value: bytes) -> bytes:
-    return b'"' + binascii.b2a_base64(value, newline=False) + b'"'
+    return b'"' + _b64encode(value) + b'"'
 
 
 def _int(value: int) -> bytes:
@@ -324,22 +373,11 @@ def _to_string(value: Any) -> str:
     raise Unsupported
 
 
-if sys.version_info >= (3, 11):
-
-    def _strict_base64(value: str) -> bytes:
-        return binascii.a2b_base64(value, strict_mode=True)
-
-else:  # pragma: no cover - Python 3.10
-
-    def _strict_base64(value: str) -> bytes:
-        return base64.b64decode(value, validate=True)
-
-
 def _to_bytes(value: Any) -> bytes:
     if type(value) is not str:
         raise Unsupported
     try:
-        return _strict_base64(value)  # standard base64 with its padding: every decoder agrees
+        return _b64decode_strict(value)  # standard base64 with its padding: every decoder agrees
     except ValueError:
         pass
     # URL-safe or unpadded: what json_format does, after the check protobind's parse_json makes
