@@ -526,7 +526,7 @@ def _field_setter(field: FieldDescriptor) -> _Setter | None:
 class _Readers:
     """One message type's fields by every JSON key proto3 accepts for them, with the setters."""
 
-    __slots__ = ("checked", "fields", "known", "nullable", "oneofs", "setters")
+    __slots__ = ("aliases", "fields", "known", "nullable", "oneofs", "setters")
 
     def __init__(self, descriptor: Descriptor) -> None:
         self.setters: dict[str, _Setter] = {}
@@ -536,8 +536,8 @@ class _Readers:
         self.oneofs: dict[str, int] = {}
         #: keys whose null means "leave unset" (json_format clears them; here: never set yet)
         self.nullable: frozenset[str] = frozenset()
-        #: whether a key may name the same field as another key, or share a oneof with one
-        self.checked = False
+        #: proto field names that differ from the JSON name: a key of these may repeat another key's field
+        self.aliases = frozenset(field.name for field in descriptor.fields if field.name != field.json_name)
         by_key: dict[str, FieldDescriptor] = {field.name: field for field in descriptor.fields}
         by_key.update((field.json_name, field) for field in descriptor.fields)  # json_format: JSON name first
         #: every key of a field, with a setter or not
@@ -558,7 +558,6 @@ class _Readers:
             ):
                 nullable.add(key)
         self.nullable = frozenset(nullable)
-        self.checked = bool(self.oneofs) or any(field.name != field.json_name for field in descriptor.fields)
 
 
 _READERS: dict[Descriptor, _Readers] = {}
@@ -576,7 +575,7 @@ def _fill(message: Message, value: dict[str, Any], ignore: bool, depth: int) -> 
         raise Unsupported
     table = _readers(message.DESCRIPTOR)  # type: ignore[arg-type]
     setters = table.setters
-    if table.checked:
+    if (table.oneofs and len(value) > 1) or not table.aliases.isdisjoint(value):
         _check_keys(table, value)
     for key, item in value.items():
         setter = setters.get(key)

@@ -94,7 +94,7 @@ class JsonCodec(Codec):
             return message  # an empty body is the empty message, as Connect allows
         name = message_type.DESCRIPTOR.full_name
         try:
-            value = json.loads(data.decode(), object_pairs_hook=_no_duplicates)
+            value = _loads(data.decode())
         except UnicodeDecodeError:
             raise _invalid(name, "not UTF-8 text") from None
         except json.JSONDecodeError as exc:
@@ -153,6 +153,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text, object_pairs_hook=_no_duplicates)`` with one decoder made once."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 _NESTED = re.compile(r"Failed to parse (\S+) field: ")
