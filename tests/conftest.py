@@ -16,6 +16,7 @@ PROTO_ROOTS = [
     ROOT / "examples" / "route_guide" / "proto",
     ROOT / "tests" / "protos" / "rest",
     ROOT / "tests" / "protos" / "durable",
+    ROOT / "tests" / "protos" / "jsonfast",
 ]
 
 
