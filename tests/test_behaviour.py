@@ -169,12 +169,7 @@ async def test_client_stream_error(client):  # type: ignore[no-untyped-def]
 
 
 async def test_bidi_ping_pong(client, transport):  # type: ignore[no-untyped-def]
-    if transport == "http":  # Connect over HTTP/1.1 has no full duplex: a clear UNIMPLEMENTED
-        with pytest.raises(RpcError) as info:
-            async for _ in client.bidi_stream([Request(text="0")]):
-                pass
-        assert info.value.code is Code.UNIMPLEMENTED
-        return
+    # over http:// the client makes the call over HTTP/2 (full duplex), through the gateway too
     queue: asyncio.Queue[Request | None] = asyncio.Queue()
     await queue.put(Request(text="0"))
 

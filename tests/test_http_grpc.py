@@ -369,3 +369,88 @@ async def test_connect_bidi_is_full_duplex_over_http2() -> None:
             assert flags == 0x02 and data == b"{}"  # end of stream, no error
         finally:
             writer.close()
+
+
+# --- long-lived HTTP/2 connections (zttp's lifetime stream limit) ------------------------------------
+
+
+async def test_grpcio_soak_beyond_zttp_stream_limit_loses_no_call() -> None:
+    # zttp closes an HTTP/2 connection after 4,096 streams as a "flood" (GOAWAY ENHANCE_YOUR_CALM),
+    # failing the calls in flight; protobind retires connections before that (http/h2drain.py).
+    # One grpc.aio channel: 64 unary calls at a time, 4,608 in all, while 8 bidi streams exchange
+    # 150 messages each (every request sent after the answer before was read) and server streams
+    # deliver 20 messages each, in order. Bound: 120 s for the whole soak.
+    async with serving() as (url, _), _channel(url) as channel:
+        unary = _call(channel, "unary_unary", "Unary")
+        server_stream = _call(channel, "unary_stream", "ServerStream")
+        bidi = _call(channel, "stream_stream", "BidiStream")
+
+        async def unary_worker(n: int) -> int:
+            for i in range(72):
+                answer = await unary(Request(text=f"{n}:{i}"), timeout=30)
+                assert answer.text == f"{n}:{i}"
+            return 72
+
+        async def bidi_worker(n: int) -> int:
+            call = bidi(timeout=60)
+            for i in range(150):
+                await call.write(Request(text=f"b{n}:{i}"))
+                answer = await call.read()
+                assert answer is not grpc.aio.EOF and answer.text == f"b{n}:{i}"
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            return 150
+
+        async def stream_worker(n: int) -> int:
+            for _ in range(8):
+                call = server_stream(Request(text="s", behavior=Behavior(stream_count=20)), timeout=30)
+                assert [r.index async for r in call] == list(range(20))
+            return 8
+
+        counts = await asyncio.wait_for(
+            asyncio.gather(
+                *(unary_worker(n) for n in range(64)),
+                *(bidi_worker(n) for n in range(8)),
+                *(stream_worker(n) for n in range(8)),
+            ),
+            120,
+        )
+    assert sum(counts[:64]) == 4608
+
+
+async def test_idle_http2_connection_is_retired_with_a_clean_goaway() -> None:
+    # a client making one call at a time: after 2,048 streams the server ends the connection at an
+    # idle moment with GOAWAY NO_ERROR naming the last stream it took, and every call was answered
+    async with serving() as (url, _), raw_h2(urlsplit(url).port or 0) as peer:
+        body = _frame(Request(text="x"))
+        answered = 0
+        last = 0
+        for _ in range(4200):
+            try:
+                stream = peer.open(f"{SERVICE}/Unary", body)
+            except Exception:  # h2 refuses to open streams once it received the GOAWAY
+                break
+            await peer.flush()
+            try:
+                await asyncio.wait_for(peer.read_until([stream]), 5)
+            except ConnectionError:
+                break
+            if peer.answers[stream].status != "0":
+                break
+            answered += 1
+            last = stream
+        else:
+            raise AssertionError("the connection was never retired")
+        await asyncio.wait_for(_until_terminated(peer), 5)
+    assert peer.terminated == 0  # NO_ERROR, not ENHANCE_YOUR_CALM (11)
+    assert 2048 <= answered < 4096
+    assert peer.last_stream_id == last
+
+
+async def _until_terminated(peer: Any) -> None:
+    while peer.terminated is None:
+        data = await peer.reader.read(65536)
+        if not data:
+            return
+        for event in peer.conn.receive_data(data):
+            peer._on(event)

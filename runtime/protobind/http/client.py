@@ -17,12 +17,13 @@ the user's process at exit is not an option whatever its speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -55,6 +56,12 @@ from .wire import (
     request_header,
     split_response_headers,
 )
+
+if TYPE_CHECKING:
+    from .h2client import H2Connection, H2Stream
+
+#: values of the client option ``http2``
+HTTP2_MODES = ("bidi", "streams", "off")
 
 __all__ = [
     "HttpTransport",
@@ -94,8 +101,21 @@ class HttpTransport(ClientTransport):
         max_message_size: int,
         ssl_context: ssl.SSLContext | None,
         server_name: str | None = None,
+        http2: str = "bidi",
+        h2_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
+        parts = urlsplit(self._base)
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path_prefix = parts.path
+        self._server_name = server_name
+        # HTTP/2 (h2client.py) carries bidi streams ("bidi"), every stream kind ("streams") or nothing ("off")
+        self._http2 = http2
+        self._h2_ssl = h2_ssl_context
+        self._h2: H2Connection | None = None
+        self._h2_old: set[H2Connection] = set()
+        self._h2_lock = asyncio.Lock()
         self._codec: Codec = codec_named(codec)
         self._response_codec = response_codec(self._codec)
         self._unary_type = f"application/{self._codec.name}"
@@ -236,12 +256,16 @@ class HttpTransport(ClientTransport):
     async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
         method = call.method
         assert method is not None
-        if method.kind is MethodKind.BIDI_STREAMING:
-            raise RpcError(
-                Code.UNIMPLEMENTED,
-                f"{method.full_name} is a bidirectional stream, which needs full-duplex HTTP/2; "
-                "protobind's HTTP binding speaks HTTP/1.1: call it over grpc:// or nats://",
-            )
+        if self._http2 == "streams" or method.kind is MethodKind.BIDI_STREAMING:
+            if self._http2 == "off":
+                raise RpcError(
+                    Code.UNIMPLEMENTED,
+                    f"{method.full_name} is a bidirectional stream, which needs full-duplex HTTP/2, "
+                    "and this client was given http2=off",
+                )
+            async for message in self._h2_stream(requests, call, method):
+                yield message
+            return
         headers = self._headers(call, self._stream_type)
         failure: list[BaseException] = []
         body: bytes | AsyncIterator[bytes]
@@ -272,33 +296,126 @@ class HttpTransport(ClientTransport):
                 raise _invalid_response(method, f"unexpected content type {content_type!r}")
             gzipped = response.headers.get("connect-content-encoding", "identity") == "gzip"
             content = response.content
-            while True:
-                async with DeadlineScope(deadline):
-                    header = await self._read(content.readexactly(ENVELOPE_HEADER_SIZE), allow_eof=True)
-                    if not header:
-                        raise _invalid_response(method, "the stream ended without an end-of-stream message")
-                    flags, size = parse_envelope_header(header)
-                    if size > self._limit:
-                        raise RpcError(
-                            Code.RESOURCE_EXHAUSTED, f"a response message is larger than {self._limit} bytes"
-                        )
-                    data = await self._read(content.readexactly(size))
-                if flags & FLAG_COMPRESSED:
-                    if not gzipped:
-                        raise _invalid_response(method, "compressed message without Connect-Content-Encoding")
-                    data = gunzip(data, self._limit)
-                if flags & FLAG_END_STREAM:
-                    error, call.trailers = parse_end_stream(data)
-                    if error is not None:
-                        raise error
-                    if failure:
-                        raise failure[0]
-                    return
-                try:
-                    message = self._response_codec.decode(data, method.output_type)
-                except RpcError as exc:
-                    raise _invalid_response(method, exc.message) from None
+
+            def read(size: int, allow_eof: bool) -> Awaitable[bytes]:
+                return self._read(content.readexactly(size), allow_eof)
+
+            async for message in self._envelopes(method, call, read, gzipped, failure):
                 yield message
+
+    async def _envelopes(
+        self,
+        method: MethodInfo[Any, Any],
+        call: CallInfo,
+        read: Callable[[int, bool], Awaitable[bytes]],
+        gzipped: bool,
+        failure: list[BaseException],
+    ) -> AsyncIterator[Message]:
+        """The messages of a Connect stream's response body (``read(n, allow_eof)`` gives its bytes),
+        up to its end-of-stream message, whose error or trailers end the call."""
+        deadline = call.deadline
+        while True:
+            async with DeadlineScope(deadline):
+                header = await read(ENVELOPE_HEADER_SIZE, True)
+                if not header:
+                    raise _invalid_response(method, "the stream ended without an end-of-stream message")
+                flags, size = parse_envelope_header(header)
+                if size > self._limit:
+                    raise RpcError(
+                        Code.RESOURCE_EXHAUSTED, f"a response message is larger than {self._limit} bytes"
+                    )
+                data = await read(size, False)
+            if flags & FLAG_COMPRESSED:
+                if not gzipped:
+                    raise _invalid_response(method, "compressed message without Connect-Content-Encoding")
+                data = gunzip(data, self._limit)
+            if flags & FLAG_END_STREAM:
+                error, call.trailers = parse_end_stream(data)
+                if error is not None:
+                    raise error
+                if failure:
+                    raise failure[0]
+                return
+            try:
+                message = self._response_codec.decode(data, method.output_type)
+            except RpcError as exc:
+                raise _invalid_response(method, exc.message) from None
+            yield message
+
+    # --- HTTP/2 -----------------------------------------------------------------------------------
+
+    async def _h2_connection(self) -> H2Connection:
+        """The HTTP/2 connection new streams go on: a fresh one once the last is used up."""
+        async with self._h2_lock:
+            current = self._h2
+            if current is not None and current.usable:
+                return current
+            if current is not None:
+                self._h2_old.add(current)
+            for old in [c for c in self._h2_old if c.idle or c.failure is not None]:
+                self._h2_old.discard(old)
+                await old.close()
+            from .h2client import H2Connection
+
+            self._h2 = await H2Connection.open(
+                self._host, self._port, self._h2_ssl, self._server_name, self._base
+            )
+            return self._h2
+
+    async def _h2_stream(
+        self, requests: AsyncIterator[Message], call: CallInfo, method: MethodInfo[Any, Any]
+    ) -> AsyncIterator[Message]:
+        """A Connect stream call over HTTP/2, full duplex: requests go out as the caller makes them
+        while responses are read."""
+        headers = [*self._headers(call, self._stream_type), ("user-agent", _USER_AGENT)]
+        async with DeadlineScope(call.deadline):
+            connection = await self._h2_connection()
+        stream = connection.start(self._path_prefix + method.path, headers)
+        failure: list[BaseException] = []
+        pump = asyncio.get_running_loop().create_task(self._h2_send(stream, requests, failure))
+        try:
+            async with DeadlineScope(call.deadline):
+                status, response_headers = await stream.response()
+            call.headers, _ = split_response_headers(response_headers)
+            if status != 200:
+                async with DeadlineScope(call.deadline):
+                    data = await stream.read_all(self._limit)
+                raise error_from_body(status, data)
+            content_type = dict(response_headers).get("content-type", "")
+            if content_type_codec(content_type, STREAM_CONTENT_TYPES) != self._codec.name:
+                raise _invalid_response(method, f"unexpected content type {content_type!r}")
+            gzipped = dict(response_headers).get("connect-content-encoding", "identity") == "gzip"
+
+            async def read(size: int, allow_eof: bool) -> bytes:
+                data = await stream.readexactly(size)
+                if len(data) < size and (data or not allow_eof):
+                    raise RpcError(Code.UNAVAILABLE, f"HTTP/2 stream from {self._base} ended mid-message")
+                return data
+
+            async for message in self._envelopes(method, call, read, gzipped, failure):
+                yield message
+        except RpcError:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            stream.done()
+
+    async def _h2_send(
+        self, stream: H2Stream, requests: AsyncIterator[Message], failure: list[BaseException]
+    ) -> None:
+        try:
+            async for request in requests:
+                await stream.send(envelope(self._codec.encode(request)))
+            await stream.send(b"", end=True)
+        except RpcError:
+            pass  # the stream failed: the reading side reports why
+        except Exception as exc:
+            failure.append(exc)
+            stream.cancel(RpcError(Code.CANCELLED, "the request stream failed"))
 
     async def _read(self, awaitable: Any, allow_eof: bool = False) -> bytes:
         try:
@@ -334,6 +451,9 @@ class HttpTransport(ClientTransport):
     async def close(self) -> None:
         self._closer.cancel()
         await self._session.close()
+        for connection in [*self._h2_old, *([self._h2] if self._h2 is not None else [])]:
+            await connection.close()
+        self._h2, self._h2_old = None, set()
 
 
 def make_ssl_context(
@@ -369,9 +489,16 @@ async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
         raise ValueError(
             f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
         )
-    ssl_context = None
+    http2 = str(options.get("http2", "bidi")).strip().lower()
+    if http2 not in HTTP2_MODES:
+        raise read.error("http2", f"must be one of {', '.join(HTTP2_MODES)}, not {http2!r}")
+    ssl_context = h2_ssl_context = None
     if parts.scheme == "https":
-        ssl_context = make_ssl_context(read.file("tls_ca"), read.file("tls_cert"), read.file("tls_key"))
+        tls_files = (read.file("tls_ca"), read.file("tls_cert"), read.file("tls_key"))
+        ssl_context = make_ssl_context(*tls_files)
+        # a context of its own, offering only h2 by ALPN (aiohttp's must not offer it)
+        h2_ssl_context = make_ssl_context(*tls_files) or ssl.create_default_context()
+        h2_ssl_context.set_alpn_protocols(["h2"])
     return HttpTransport(
         base,
         codec=codec,
@@ -379,6 +506,8 @@ async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
         max_message_size=read.positive_int("max_message_size", DEFAULT_MAX_MESSAGE_SIZE),
         ssl_context=ssl_context,
         server_name=read.text("tls_server_name"),
+        http2=http2,
+        h2_ssl_context=h2_ssl_context,
     )
 
 

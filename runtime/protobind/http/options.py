@@ -35,7 +35,7 @@ SERVER_OPTIONS = frozenset(
         "reuse_port",
     }
 )
-CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", *TLS_CLIENT_OPTIONS})
+CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", "http2", *TLS_CLIENT_OPTIONS})
 #: Default size of a client's keep-alive pool.
 DEFAULT_CLIENT_CONNECTIONS = 100
 # Longer than the client pool's idle timeout (15 s), so idle connections are closed by the client.

@@ -145,6 +145,11 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         **tls,
     )
     config.load()
+    if parser == "zttp":
+        from .h2drain import DrainingAutoProtocol
+
+        # retires HTTP/2 connections before zttp's lifetime stream limit takes them for a flood
+        config.http_protocol_class = DrainingAutoProtocol
     sock = listen_socket(host, port, reuse_port=read.flag("reuse_port", False))
     userver = uvicorn.Server(config)
     # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.

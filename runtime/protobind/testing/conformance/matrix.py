@@ -107,7 +107,8 @@ class Column:
     #: modules the client needs (a column whose modules are missing is left out, and said so)
     requires: tuple[str, ...] = ()
     #: the protocol on the wire when the transport's port speaks several (``UNSUPPORTED`` is
-    #: keyed by it; empty: the transport's own): gRPC over HTTP/2 on the http:// port is "http2"
+    #: keyed by it; empty: the transport's own): gRPC over HTTP/2 on the http:// port is "http2";
+    #: protobind's own http:// client, which makes bidi calls over HTTP/2, is "http+h2"
     wire: str = ""
 
 
@@ -218,10 +219,12 @@ def columns() -> tuple[list[Column], list[str]]:
     """Every column that can run here, and a note for each one left out (library not installed)."""
     found: list[Column] = []
     for name in transport_names():
-        found.append(Column(name, name, "protobind", summary=f"protobind client -> protobind {name} server"))
+        wire = "http+h2" if name == "http" else ""
+        summary = f"protobind client -> protobind {name} server"
+        found.append(Column(name, name, "protobind", summary=summary, wire=wire))
         if name in JSON_TRANSPORTS:
             summary = f"protobind client (codec=json) -> protobind {name} server"
-            found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary))
+            found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary, wire=wire))
     left_out = []
     for column in COLUMNS_BY_PEER:
         missing = [m for m in column.requires if importlib.util.find_spec(m) is None]
