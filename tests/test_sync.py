@@ -214,11 +214,6 @@ def test_client_stream_errors(client: ConformanceServiceSyncClient, transport: s
 
 def test_bidi_ping_pong(client: ConformanceServiceSyncClient, transport: str) -> None:
     """Requests from a generator that blocks on a queue the response loop fills."""
-    if transport == "http":  # Connect over HTTP/1.1 has no full duplex: a clear UNIMPLEMENTED
-        with pytest.raises(RpcError) as info:
-            list(client.bidi_stream([Request(text="0")]))
-        assert info.value.code is Code.UNIMPLEMENTED
-        return
     pending: queue.Queue[Request | None] = queue.Queue()
     pending.put(Request(text="0"))
 

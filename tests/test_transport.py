@@ -119,7 +119,7 @@ def _option_rows(text: str) -> list[tuple[list[str], str]]:
     for table in text.split("| option | side |")[1:]:
         for line in table.split("\n\n", 1)[0].splitlines()[2:]:
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-            rows.append((re.findall(r"`([a-z_]+)`", cells[0]), cells[1]))
+            rows.append((re.findall(r"`([a-z_][a-z0-9_]*)`", cells[0]), cells[1]))
     return rows
 
 

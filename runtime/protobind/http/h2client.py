@@ -165,6 +165,7 @@ class H2Connection:
     async def open(
         cls, host: str, port: int, ssl_context: ssl.SSLContext | None, server_name: str | None, base: str
     ) -> H2Connection:
+        """Connect to ``host:port`` and start HTTP/2 (ALPN ``h2`` with TLS, else prior knowledge)."""
         try:
             reader, writer = await asyncio.open_connection(
                 host, port, ssl=ssl_context, server_hostname=(server_name or host) if ssl_context else None
@@ -188,6 +189,7 @@ class H2Connection:
 
     @property
     def idle(self) -> bool:
+        """Whether no stream is open on this connection."""
         return not self._streams
 
     def start(self, path: str, headers: list[tuple[str, str]]) -> H2Stream:
@@ -336,6 +338,7 @@ class H2Connection:
         self._streams.pop(stream.stream_id, None)
 
     async def close(self) -> None:
+        """Say goodbye (GOAWAY) and close the socket; open streams fail."""
         if self.failure is None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._conn.close_connection()
