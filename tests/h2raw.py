@@ -49,19 +49,41 @@ class RawH2:
         self.answers: dict[int, Answer] = {}
         self.terminated: int | None = None
         self.last_stream_id: int | None = None
+        self.server_settings: dict[int, int] | None = None
 
     async def flush(self) -> None:
         self.writer.write(self.conn.data_to_send())
         await self.writer.drain()
 
-    def open(self, path: str, body: bytes | None, *, end: bool = True) -> int:
-        """Start a stream; ``body`` None sends the headers with END_STREAM and no data."""
+    def open(
+        self,
+        path: str,
+        body: bytes | None,
+        *,
+        end: bool = True,
+        extra: tuple[tuple[str, str], ...] = (),
+        headers: list[tuple[str, str]] | None = None,
+    ) -> int:
+        """Start a stream; ``body`` None sends the headers with END_STREAM and no data. ``headers``
+        replaces the gRPC request headers (``extra`` adds to them)."""
         stream = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream, grpc_headers(path), end_stream=body is None and end)
+        sent = headers if headers is not None else grpc_headers(path, extra)
+        self.conn.send_headers(stream, sent, end_stream=body is None and end)
         if body is not None:
             self.conn.send_data(stream, body, end_stream=end)
         self.answers[stream] = Answer()
         return stream
+
+    async def settings(self) -> dict[int, int]:
+        """Read until the server's SETTINGS arrived (the caller bounds the time)."""
+        while self.server_settings is None:
+            data = await self.reader.read(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            for event in self.conn.receive_data(data):
+                self._on(event)
+            await self.flush()
+        return self.server_settings
 
     def reset(self, stream: int) -> None:
         self.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
@@ -83,6 +105,12 @@ class RawH2:
                 answer.headers[_text(name)] = _text(value)
             if "grpc-status" in answer.headers:
                 answer.done = True
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            found = self.server_settings or {}
+            found.update({int(k): v.new_value for k, v in event.changed_settings.items()})
+            self.server_settings = found
+        elif isinstance(event, h2.events.StreamEnded):
+            self.answers.setdefault(event.stream_id, Answer()).done = True
         elif isinstance(event, h2.events.StreamReset):
             answer = self.answers.setdefault(event.stream_id, Answer())
             answer.reset = int(event.error_code)

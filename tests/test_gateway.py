@@ -336,3 +336,58 @@ async def test_trace_context_crosses_the_gateway(
     if not traced:  # the gateway hands the caller's context on untouched
         assert handler.parent is not None and caller.context is not None
         assert handler.parent.span_id == caller.context.span_id
+
+
+async def test_gateway_serves_grpc_web_for_a_nats_only_service(
+    harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
+) -> None:
+    """A browser's gRPC-Web (binary, HTTP/1.1) reaches a service served on NATS only: unary, a
+    server stream, an error with its details, through the gateway's http:// listener."""
+    from google.rpc import error_details_pb2
+
+    from protobind import CallInfo
+    from protobind.conformance.v1.conformance_pb2 import Behavior
+    from protobind.conformance.v1.conformance_protobind import (
+        CONFORMANCE_SERVICE_SERVER_STREAM,
+        CONFORMANCE_SERVICE_UNARY,
+    )
+    from protobind.testing.conformance.peers import GrpcWebPeer
+
+    async def requests(*items: Request) -> AsyncIterator[Request]:
+        for item in items:
+            yield item
+
+    server = protobind.Server([Conformance()])
+    (upstream_url,) = await server.start(harnesses["nats"]())
+    try:
+        async with protobind.Gateway(conformance_services, upstream_url) as gateway:
+            (url,) = await gateway.start(harnesses["http"]())
+            peer = GrpcWebPeer(url, http2=False, read_max_bytes=None)
+            try:
+                call = CallInfo().prepare(CONFORMANCE_SERVICE_UNARY, 10, {"x-echo-g": "v"})
+                reply = await peer.unary(Request(text="web"), call)
+                assert (reply.text, reply.transport) == ("web", "nats")  # the handler ran on NATS
+                assert call.headers.get("x-echo-g-header") == "v"
+                assert call.trailers.get("x-echo-g-trailer") == "v"
+
+                stream = CallInfo().prepare(CONFORMANCE_SERVICE_SERVER_STREAM, 10, None)
+                ask = Request(text="s", behavior=Behavior(stream_count=3))
+                assert [r.index async for r in peer.stream(requests(ask), stream)] == [0, 1, 2]
+
+                failing = Behavior(
+                    error_code=int(Code.FAILED_PRECONDITION),
+                    error_message="not yet",
+                    error_detail_reason="WAIT",
+                )
+                with pytest.raises(RpcError) as caught:
+                    await peer.unary(
+                        Request(behavior=failing), CallInfo().prepare(CONFORMANCE_SERVICE_UNARY, 10, None)
+                    )
+            finally:
+                await peer.close()
+    finally:
+        await server.stop(grace=1.0)
+    error = caught.value
+    assert (error.code, error.message) == (Code.FAILED_PRECONDITION, "not yet")
+    (detail,) = error.details
+    assert isinstance(detail, error_details_pb2.ErrorInfo) and detail.reason == "WAIT"

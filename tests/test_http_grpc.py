@@ -283,6 +283,45 @@ async def test_grpc_web_bidi_over_http1_is_refused() -> None:
     assert "full-duplex HTTP/2" in trailers["grpc-message"]
 
 
+async def test_cors_lets_a_browser_grpc_web_client_call_and_read_the_status() -> None:
+    # an explicit allow list (not "*", which mirrors whatever a preflight asks for): gRPC-Web's own
+    # headers must be allowed by themselves, and its status headers exposed
+    origin = {"origin": "https://app.example"}
+    options = {"cors_origins": "https://app.example", "cors_allow_headers": "x-app"}
+    async with serving(**options) as (url, _), httpx.AsyncClient(base_url=url) as http:
+        preflight = await http.options(
+            f"{SERVICE}/Unary",
+            headers={
+                **origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,x-grpc-web,x-user-agent,grpc-timeout,x-app",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        allowed = {h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")}
+        assert {"content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "x-app"} <= allowed
+        refused = await http.options(
+            f"{SERVICE}/Unary",
+            headers={
+                **origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "x-other",
+            },
+        )
+        assert refused.status_code == 400
+        answer = await http.post(
+            f"{SERVICE}/Unary",
+            content=_frame(Request(text="cors")),
+            headers={**origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
+    messages, trailers = _web_frames(answer.content)
+    assert [Response.FromString(m).text for m in messages] == ["cors"] and trailers["grpc-status"] == "0"
+
+
 # --- Connect over HTTP/2 ----------------------------------------------------------------------------
 
 

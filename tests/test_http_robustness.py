@@ -1,6 +1,8 @@
 """The HTTP binding against careless and hostile clients (issue 9, items 9 and 13): one status for
 every oversized body, honest ``Allow`` and ``OPTIONS``, slow bodies and connection floods bounded,
-Connect protocol versions and GET parameters checked, base64 validated, short JSON errors."""
+Connect protocol versions and GET parameters checked, base64 validated, short JSON errors. The
+requests made through the ``raw`` fixture run over HTTP/1.1 and HTTP/2; the HTTP/2 forms of the
+slow-body and connection limits are in test_http_h2_limits.py."""
 
 from __future__ import annotations
 
@@ -33,9 +35,22 @@ async def serving(**options: Any) -> AsyncIterator[tuple[str, int]]:
         await server.stop(0)
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(max_message_size=1000) as (url, _), httpx.AsyncClient(base_url=url) as client:
+@pytest.fixture(params=["HTTP/1.1", "HTTP/2"])
+async def raw(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a server with a 1000-byte message limit, over each HTTP version (h2c with prior
+    knowledge for HTTP/2); every response is checked to have come over that version."""
+    version: str = request.param
+
+    async def same_version(response: httpx.Response) -> None:
+        assert response.http_version == version
+
+    http2 = version == "HTTP/2"
+    async with (
+        serving(max_message_size=1000) as (url, _),
+        httpx.AsyncClient(
+            base_url=url, http1=not http2, http2=http2, event_hooks={"response": [same_version]}
+        ) as client,
+    ):
         yield client
 
 

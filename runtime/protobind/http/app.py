@@ -64,7 +64,9 @@ __all__ = [
 
 logger = logging.getLogger("protobind.http")
 
-#: Connect's request headers a browser must be allowed to send, and response headers it may read.
+#: The request headers a browser must be allowed to send (Connect's and gRPC-Web's), and the
+#: response headers it may read (a gRPC-Web error answered before any message has its status in the
+#: headers).
 CORS_ALLOW_HEADERS = (
     "Content-Type",
     "Content-Encoding",
@@ -73,8 +75,17 @@ CORS_ALLOW_HEADERS = (
     "Connect-Content-Encoding",
     "Connect-Accept-Encoding",
     "X-User-Agent",
+    "X-Grpc-Web",
+    "Grpc-Timeout",
 )
-CORS_EXPOSE_HEADERS = ("Content-Encoding", "Connect-Content-Encoding", "Connect-Accept-Encoding")
+CORS_EXPOSE_HEADERS = (
+    "Content-Encoding",
+    "Connect-Content-Encoding",
+    "Connect-Accept-Encoding",
+    "Grpc-Status",
+    "Grpc-Message",
+    "Grpc-Status-Details-Bin",
+)
 
 # A call that ends within this time never needs to learn that its client went away, so the task
 # that watches for a disconnect is only started for calls that run longer (most unary calls end

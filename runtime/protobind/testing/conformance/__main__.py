@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--transports", help="comma-separated server transports (default: all registered)")
     parser.add_argument(
-        "--clients", help="comma-separated clients: protobind, grpcio, connectrpc, nats-py, aio-pika"
+        "--clients",
+        help="comma-separated clients: protobind, grpcio, grpc-web, connectrpc, nats-py, aio-pika",
     )
     parser.add_argument("--cases", help="comma-separated case names or prefixes (e.g. types.,stream.bidi)")
     parser.add_argument("--json", metavar="FILE", help="also write every cell as JSON to FILE")

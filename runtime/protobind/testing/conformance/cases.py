@@ -2,9 +2,10 @@
 through a :class:`ConformanceClient` and raises ``AssertionError`` (or anything else) when the
 pairing misbehaves.
 
-A case names the client features it needs (``streams``, ...): a column whose client lacks one
-shows the case as not applicable. Which (case, transport) cells are unsupported by design, and
-how each refuses, is in :data:`UNSUPPORTED`; docs/protocols.md says the same.
+A case names the client features it needs (``streams``, ``full_duplex``, ``cancel``, ...): a
+column whose client lacks one shows the case as not applicable. Which (case, transport) cells are
+unsupported by design, and how each refuses, is in :data:`UNSUPPORTED`; docs/protocols.md says the
+same.
 """
 
 from __future__ import annotations
@@ -679,7 +680,7 @@ async def _deadline_stream(env: Env) -> None:
     await _eventually(lambda: env.marker in env.service.cancelled, "cancelling the handler")
 
 
-@case("cancel.unary")
+@case("cancel.unary", needs={"cancel"})
 async def _cancel_unary(env: Env) -> None:
     """A caller that cancels its call cancels the handler."""
     task = asyncio.ensure_future(
@@ -701,7 +702,7 @@ async def _cancel_unary(env: Env) -> None:
     await _eventually(lambda: env.marker in env.service.cancelled, "cancelling the handler")
 
 
-@case("cancel.stream", needs={"streams"})
+@case("cancel.stream", needs={"streams", "cancel"})
 async def _cancel_stream(env: Env) -> None:
     """A caller that stops reading a server stream cancels the handler."""
     responses = env.client.server_stream(
@@ -796,7 +797,7 @@ async def _stream_client_error(env: Env) -> None:
     )
 
 
-@case("stream.bidi", needs={"streams"})
+@case("stream.bidi", needs={"streams", "full_duplex"})
 async def _stream_bidi(env: Env) -> None:
     """Bidi streaming, full duplex: each request is sent only after the previous response arrived."""
     queue: asyncio.Queue[Request | None] = asyncio.Queue()
@@ -815,7 +816,7 @@ async def _stream_bidi(env: Env) -> None:
     assert call.trailers.get("x-echo-b-trailer") == "v", f"trailers {call.trailers!r}"
 
 
-@case("stream.bidi_error", needs={"streams"})
+@case("stream.bidi_error", needs={"streams", "full_duplex"})
 async def _stream_bidi_error(env: Env) -> None:
     """Bidi streaming failing after two responses: both arrive, then the error with details."""
     requests = [

@@ -2,8 +2,9 @@
 transport) and report the matrix.
 
 Columns: protobind's own client on every registered transport (and with JSON where the transport
-offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding,
-``connectrpc`` (binary and JSON) against the HTTP binding, plain ``nats-py`` (binary and JSON)
+offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding (and the HTTP
+port), gRPC-Web (binary, over HTTP/1.1 and HTTP/2) and ``connectrpc`` (binary and JSON) against the
+HTTP binding, plain ``nats-py`` (binary and JSON)
 against the NATS binding, plain ``aio-pika`` (binary and JSON) against the RabbitMQ binding. Each
 transport gets one server (with its test harness: a private nats-server for NATS) shared by its
 columns.
@@ -99,7 +100,7 @@ class Column:
 
     name: str
     transport: str
-    client: str  # "protobind", "grpcio", "connectrpc", "nats-py", "zmqtt" or "aio-pika"
+    client: str  # "protobind", "grpcio", "grpc-web", "connectrpc", "nats-py", "zmqtt" or "aio-pika"
     json: bool = False
     summary: str = ""
     #: client features a case may need that this client lacks -> why
@@ -110,6 +111,8 @@ class Column:
     #: keyed by it; empty: the transport's own): gRPC over HTTP/2 on the http:// port is "http2";
     #: protobind's own http:// client, which makes bidi calls over HTTP/2, is "http+h2"
     wire: str = ""
+    #: client options (protobind's ``connect(url, options=...)``)
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,28 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         summary="stock grpc.aio client -> protobind HTTP server (gRPC over HTTP/2, same port as Connect)",
         requires=("grpc",),
         wire="http2",
+    ),
+    Column(
+        "grpc-web",
+        "http",
+        "grpc-web",
+        summary="gRPC-Web (binary) over HTTP/1.1, spoken on plain httpx -> protobind HTTP server",
+        requires=("httpx",),
+    ),
+    Column(
+        "grpc-web@h2",
+        "http",
+        "grpc-web",
+        summary="gRPC-Web (binary) over HTTP/2 (h2c), spoken on plain httpx -> protobind HTTP server",
+        requires=("httpx", "h2"),
+        wire="http2",
+        lacks={
+            "full_duplex": "httpx sends the whole request body before it reads the response (as browsers do)",
+            "cancel": (
+                "httpx (httpcore 1.0) never resets an HTTP/2 stream it stops reading (no RST_STREAM), so the "
+                "server is not told; the http@h2 column covers cancellation over HTTP/2"
+            ),
+        },
     ),
     Column(
         "connectrpc",
@@ -225,6 +250,10 @@ def columns() -> tuple[list[Column], list[str]]:
         if name in JSON_TRANSPORTS:
             summary = f"protobind client (codec=json) -> protobind {name} server"
             found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary, wire=wire))
+        if name == "http":
+            summary = "protobind client, http2=streams (Connect streams over HTTP/2) -> protobind http server"
+            streams = {"http2": "streams"}
+            found.append(Column("http@h2", name, "protobind", summary=summary, wire=wire, options=streams))
     left_out = []
     for column in COLUMNS_BY_PEER:
         missing = [m for m in column.requires if importlib.util.find_spec(m) is None]
@@ -357,7 +386,8 @@ class _PeerClient:
 @contextlib.asynccontextmanager
 async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
     if column.client == "protobind":
-        async with connect(url, options={"codec": "json"} if column.json else None) as channel:
+        options = dict(column.options) | ({"codec": "json"} if column.json else {})
+        async with connect(url, options=options or None) as channel:
             yield _ChannelClient(channel)
         return
     peer: ClientTransport
@@ -369,6 +399,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import ConnectPeer
 
         peer = ConnectPeer(url, json_codec=column.json, read_max_bytes=LIMITS.get(column.transport))
+    elif column.client == "grpc-web":
+        from .peers import GrpcWebPeer
+
+        peer = GrpcWebPeer(url, http2=column.wire == "http2", read_max_bytes=LIMITS.get(column.transport))
     elif column.client == "nats-py":
         from .peers import NatsPeer
 

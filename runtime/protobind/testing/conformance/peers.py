@@ -1,5 +1,6 @@
-"""Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc`` and a
-plain ``nats-py`` connection, a plain ``aio-pika`` one.
+"""Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc``, gRPC-Web
+spoken over plain ``httpx`` (HTTP/1.1 or HTTP/2), a plain ``nats-py`` connection, a plain
+``aio-pika`` one.
 
 Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
 deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
@@ -19,7 +20,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
@@ -30,7 +31,7 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
-__all__ = ["AmqpPeer", "ConnectPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
+__all__ = ["AmqpPeer", "ConnectPeer", "GrpcWebPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -265,6 +266,151 @@ class ConnectPeer(ClientTransport):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+# --- gRPC-Web over httpx ----------------------------------------------------------------------------
+
+#: gRPC's reading of an HTTP status when a response carries no grpc-status (the gRPC HTTP/2 spec).
+_HTTP_TO_GRPC = {400: Code.INTERNAL, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED}
+_HTTP_TO_GRPC |= {404: Code.UNIMPLEMENTED, 429: Code.UNAVAILABLE, 502: Code.UNAVAILABLE}
+_HTTP_TO_GRPC |= {503: Code.UNAVAILABLE, 504: Code.UNAVAILABLE}
+#: Response headers of HTTP or gRPC-Web itself, never metadata.
+_WEB_OWN_HEADERS = frozenset(
+    {"content-type", "content-length", "date", "server", "connection", "transfer-encoding", "vary"}
+)
+
+
+class GrpcWebPeer(ClientTransport):
+    """The gRPC-Web protocol (binary, ``application/grpc-web+proto``) as a browser library speaks it,
+    written here on plain ``httpx`` from the protocol's description: each message framed (flags
+    byte, 4-byte big-endian length), metadata as headers (``-bin`` in base64), the deadline as
+    ``grpc-timeout``; the answer's messages are frames of the body and its status is the last frame
+    (flags ``0x80``: ``name: value`` lines), or the headers of a "trailers-only" answer. Over HTTP/1.1
+    (``http2=False``) or HTTP/2 with prior knowledge. ``read_max_bytes`` bounds response messages.
+    Cancelling a call closes its stream (HTTP/1.1: its connection)."""
+
+    def __init__(self, url: str, *, http2: bool, read_max_bytes: int | None) -> None:
+        import httpx
+
+        self._httpx: Any = httpx
+        self._client: Any = httpx.AsyncClient(base_url=url.rstrip("/"), http1=not http2, http2=http2)
+        self._limit = read_max_bytes
+
+    @staticmethod
+    def _headers(call: CallInfo) -> list[tuple[str, str]]:
+        headers = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")]
+        headers.extend((key, _wire_text(key, value)) for key, value in call.metadata.items())
+        timeout = call.timeout
+        if timeout is not None:
+            headers.append(("grpc-timeout", f"{max(1, int(timeout * 1000))}m"))
+        return headers
+
+    @staticmethod
+    async def _body(requests: AsyncIterator[Message]) -> AsyncIterator[bytes]:
+        async for request in requests:
+            data = request.SerializeToString()
+            yield bytes([0]) + len(data).to_bytes(4, "big") + data
+
+    @staticmethod
+    def _status(fields: Any) -> RpcError | None:
+        """The call's error from its status fields, ``None`` when OK; RpcError(INTERNAL) when the
+        fields hold no status."""
+        found = {k.lower(): v for k, v in fields}
+        status = found.get("grpc-status")
+        if status is None:
+            return RpcError(Code.INTERNAL, "the response ended without a grpc-status")
+        if status == "0":
+            return None
+        details = found.get("grpc-status-details-bin")
+        if details is not None:
+            from google.rpc import status_pb2
+
+            return RpcError.from_status(status_pb2.Status.FromString(_b64decode(details)))
+        return RpcError(Code.from_number(int(status)), unquote(found.get("grpc-message", "")))
+
+    async def _call(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        method = _method(call)
+        httpx = self._httpx
+        timeout = call.timeout
+        # the server answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer
+        wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+        body: bytes | AsyncIterator[bytes] = self._body(requests)
+        if method.kind in (MethodKind.UNARY, MethodKind.SERVER_STREAMING):
+            body = b"".join([frame async for frame in self._body(requests)])  # with a Content-Length
+        request = self._client.build_request(
+            "POST", method.path, headers=self._headers(call), content=body, timeout=wait
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no answer in time") from None
+        except httpx.HTTPError as error:
+            raise RpcError(Code.UNAVAILABLE, f"the request failed: {error}") from None
+        try:
+            metadata = [
+                (k, v) for k, v in response.headers.multi_items() if k.lower() not in _WEB_OWN_HEADERS
+            ]
+            if "grpc-status" in response.headers:  # trailers-only: the status is in the headers
+                call.headers = Metadata()
+                call.trailers = _text_metadata((k, v) for k, v in metadata if not k.startswith("grpc-"))
+                failed = self._status(metadata)
+                if failed is not None:
+                    raise failed
+                return
+            if response.status_code != 200:
+                code = _HTTP_TO_GRPC.get(response.status_code, Code.UNKNOWN)
+                raise RpcError(code, f"HTTP status {response.status_code}")
+            call.headers = _text_metadata(metadata)
+            buffer = bytearray()
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                while len(buffer) >= 5:
+                    flags, size = buffer[0], int.from_bytes(buffer[1:5], "big")
+                    if self._limit is not None and size > self._limit:
+                        raise RpcError(
+                            Code.RESOURCE_EXHAUSTED, f"a response is larger than {self._limit} bytes"
+                        )
+                    if len(buffer) < 5 + size:
+                        break
+                    data = bytes(buffer[5 : 5 + size])
+                    del buffer[: 5 + size]
+                    if flags & 0x80:
+                        lines = (line.partition(":") for line in data.decode().split("\r\n") if line)
+                        fields = [(name.strip().lower(), value.strip()) for name, _, value in lines]
+                        call.trailers = _text_metadata((k, v) for k, v in fields if not k.startswith("grpc-"))
+                        failed = self._status(fields)
+                        if failed is not None:
+                            raise failed
+                        return
+                    yield method.output_type.FromString(data)
+            raise RpcError(Code.INTERNAL, "the response ended without its trailer frame")
+        except httpx.TimeoutException:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no answer in time") from None
+        except httpx.HTTPError as error:
+            raise RpcError(Code.UNAVAILABLE, f"the response failed: {error}") from None
+        finally:
+            await response.aclose()
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        responses = [r async for r in self._call(_one(request), call)]
+        if len(responses) != 1:
+            raise RpcError(Code.INTERNAL, f"a unary call answered {len(responses)} messages")
+        return responses[0]
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        responses = self._call(requests, call)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            await responses.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _one(message: Message) -> AsyncIterator[Message]:
+    yield message
 
 
 # --- nats-py ---------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""Limits of the http:// port over HTTP/2 (issue 21), driven by a raw HTTP/2 peer: the server's
+stream-count limit (SETTINGS_MAX_CONCURRENT_STREAMS, streams beyond it refused), an oversized
+header block, ``body_timeout`` for a stream that never sends its body, idle connections closed.
+Rapid reset and the lifetime stream limit are in test_http_grpc.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import h2.errors
+import h2.settings
+import pytest
+
+import protobind
+import protobind.http.server
+from protobind import Code
+from protobind.conformance.v1.conformance_pb2 import Behavior, Request
+
+from .conformance import Conformance
+from .h2raw import RawH2, raw_h2
+
+SERVICE = "/protobind.conformance.v1.ConformanceService"
+MAX_CONCURRENT_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+MAX_HEADER_LIST_SIZE = h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE
+
+
+@contextlib.asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[int]:
+    server = protobind.Server([Conformance()], transport_options={"http": options})
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        yield urlsplit(url).port or 0
+    finally:
+        await server.stop(grace=1.0)
+
+
+def _frame(message: Request) -> bytes:
+    data = message.SerializeToString()
+    return struct.pack(">BI", 0, len(data)) + data
+
+
+async def _works(port: int) -> None:
+    """A fresh connection gets an ordinary call answered."""
+    async with raw_h2(port) as peer:
+        stream = peer.open(f"{SERVICE}/Unary", _frame(Request(text="ok")))
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([stream]), 5)
+        assert peer.answers[stream].status == "0"
+
+
+async def test_streams_beyond_max_concurrent_streams_are_refused() -> None:
+    async with serving() as port, raw_h2(port) as peer:
+        settings = await asyncio.wait_for(peer.settings(), 5)
+        limit = settings[MAX_CONCURRENT_STREAMS]
+        assert 0 < limit <= 1000
+        # a client that ignores the limit: h2 itself would refuse to open the extra streams
+        peer.conn.remote_settings[MAX_CONCURRENT_STREAMS] = limit + 100
+        peer.conn.remote_settings.acknowledge()
+        slow = _frame(Request(text="slow", behavior=Behavior(sleep_ms=1500)))
+        streams = [peer.open(f"{SERVICE}/Unary", slow) for _ in range(limit + 10)]
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until(streams), 20)
+        answered = [s for s in streams if peer.answers[s].status == "0"]
+        refused = [s for s in streams if peer.answers[s].reset == h2.errors.ErrorCodes.REFUSED_STREAM]
+        assert (len(answered), len(refused)) == (limit, 10)
+        assert peer.terminated is None
+        # the connection goes on serving once streams are free again
+        again = peer.open(f"{SERVICE}/Unary", _frame(Request(text="again")))
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([again]), 5)
+        assert peer.answers[again].status == "0"
+
+
+async def test_a_header_block_over_the_limit_closes_only_its_connection() -> None:
+    async with serving() as port, raw_h2(port) as bystander, raw_h2(port) as peer:
+        settings = await asyncio.wait_for(peer.settings(), 5)
+        limit = settings[MAX_HEADER_LIST_SIZE]
+        assert limit <= 256 * 1024
+        # just under the limit is served
+        fits = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=(("x-big", "a" * (limit // 2)),))
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([fits]), 5)
+        assert peer.answers[fits].status == "0"
+        # over it: the connection is closed with GOAWAY (a 431 or a reset would do as well)
+        over = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=(("x-big", "a" * (limit + 1024)),))
+        await peer.flush()
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(peer.read_until([over]), 5)
+        answer = peer.answers[over]
+        assert (
+            peer.terminated is not None or answer.reset is not None or answer.headers.get(":status") == "431"
+        ), answer
+        assert answer.status != "0"
+        # the other connection, and new ones, are served
+        stream = bystander.open(f"{SERVICE}/Unary", _frame(Request(text="still")))
+        await bystander.flush()
+        await asyncio.wait_for(bystander.read_until([stream]), 5)
+        assert bystander.answers[stream].status == "0"
+        await _works(port)
+
+
+def _connect_headers(path: str) -> list[tuple[str, str]]:
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/json"),
+    ]
+
+
+async def test_body_timeout_over_http2() -> None:
+    # streams that send their headers and never their body: a gRPC call gets DEADLINE_EXCEEDED, a
+    # Connect call 408; the connection's other streams are served meanwhile
+    async with serving(body_timeout=0.3) as port, raw_h2(port) as peer:
+        grpc_stream = peer.open(f"{SERVICE}/Unary", b"", end=False)
+        connect_stream = peer.open("", b"", end=False, headers=_connect_headers(f"{SERVICE}/Unary"))
+        server_stream = peer.open(f"{SERVICE}/ServerStream", b"\x00\x00", end=False)
+        good = peer.open(f"{SERVICE}/Unary", _frame(Request(text="good")))
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([good]), 5)
+        assert peer.answers[good].status == "0"
+        await asyncio.wait_for(peer.read_until([grpc_stream, connect_stream, server_stream]), 10)
+        for stream in (grpc_stream, server_stream):
+            answer = peer.answers[stream]
+            assert answer.status == str(int(Code.DEADLINE_EXCEEDED)), answer
+            assert "body_timeout" in answer.headers["grpc-message"]
+        assert peer.answers[connect_stream].headers[":status"] == "408"
+        assert peer.terminated is None
+
+
+async def test_idle_http2_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the keep-alive timeout (75 s by default) applies to HTTP/2 connections too; shortened here
+    monkeypatch.setattr(protobind.http.server, "_KEEP_ALIVE", 0.3)
+    async with serving() as port, raw_h2(port) as peer:
+        stream = peer.open(f"{SERVICE}/Unary", _frame(Request(text="once")))
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([stream]), 5)
+        await asyncio.wait_for(_until_closed(peer), 10)
+        assert peer.terminated == h2.errors.ErrorCodes.NO_ERROR  # a GOAWAY first, saying no error
+        await _works(port)
+
+
+async def _until_closed(peer: RawH2) -> None:
+    while True:
+        data = await peer.reader.read(65536)
+        if not data:
+            return
+        for event in peer.conn.receive_data(data):
+            peer._on(event)
