@@ -389,9 +389,7 @@ async def test_mosquitto_pub_and_sub_call_a_service(fresh_url: Callable[[], str]
         assert sub.stdout is not None
         line = (await sub.stdout.read()).decode().strip().splitlines()[0]
     finally:
-        if sub.returncode is None:
-            sub.kill()
-            await sub.wait()
+        await reap(sub)
         await server.stop(0)
     correlation, properties, body = line.split("|", 2)
     assert correlation == "call-42"
