@@ -28,10 +28,12 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.mqtt import TRANSPORT
-from protobind.mqtt.connection import subject_of, topic_of
+from protobind.mqtt.connection import open_broker, subject_of, topic_of
+from protobind.mqtt.options import settings_from
 
 from .conformance import Conformance
 from .mosquitto import Mosquitto
+from .processes import reap
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -331,6 +333,27 @@ async def test_calls_in_flight_fail_unavailable_when_the_connection_drops_and_re
                 await asyncio.sleep(0.1)
     finally:
         await server.stop(0)
+
+
+async def test_close_releases_the_socket_of_a_broker_that_stopped_reading(mosquitto: Mosquitto) -> None:
+    """A frozen broker holds DISCONNECT (its socket buffers are full): close still gives the socket
+    back at once, instead of leaving it open for the garbage collector (a ResourceWarning that
+    fails whichever test runs then)."""
+    broker = await open_broker(settings_from(mosquitto.url, {}), "client")
+    assert mosquitto.process is not None
+    mosquitto.process.send_signal(signal.SIGSTOP)
+    try:
+        # fill the kernel's buffers both ways until a publish blocks
+        while True:
+            try:
+                await asyncio.wait_for(broker.publish("frozen.topic", b"x" * 1_000_000), 0.5)
+            except asyncio.TimeoutError:
+                break
+        await broker.close()
+        assert broker._transport is not None and not broker._transport.is_connected
+        assert broker._transport._writer.transport.is_closing()
+    finally:
+        mosquitto.process.send_signal(signal.SIGCONT)
 
 
 def test_no_mosquitto_env_leaks_into_ci_rule(monkeypatch: pytest.MonkeyPatch) -> None:

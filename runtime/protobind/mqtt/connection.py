@@ -248,6 +248,11 @@ class _Transport:
         except Exception:
             self._writer.transport.abort()
 
+    def abort(self) -> None:
+        """Close the socket now, whatever is still unsent."""
+        self._closed = True
+        self._writer.transport.abort()
+
     @property
     def is_connected(self) -> bool:
         return not self._closed
@@ -268,6 +273,7 @@ class MqttBroker(MqttStore, DurableBroker):
         self._pumps: set[_Inbound] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._transport: _Transport | None = None
         # MQTT's own limit is 256 MiB and a broker may announce a lower one (CONNACK): protobind's
         # max_message_size (default 4 MiB) is the limit of every message either side sends
         self._max_payload = min(MQTT_MAX_PACKET - _ENVELOPE, settings.engine.max_message_size)
@@ -296,7 +302,8 @@ class MqttBroker(MqttStore, DurableBroker):
             asyncio.open_connection(host, port, ssl=context, server_hostname=server_name),
             self.settings.connect_timeout,
         )
-        return _Transport(reader, writer, self._lost)
+        self._transport = _Transport(reader, writer, self._lost)
+        return self._transport
 
     def _lost(self) -> None:
         if self._closing:
@@ -429,6 +436,9 @@ class MqttBroker(MqttStore, DurableBroker):
         self._pumps.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.disconnect(), 2.0)
+        if self._transport is not None:
+            # a broker that stopped reading holds DISCONNECT (and the socket) past that wait
+            self._transport.abort()
         for task in list(self._background):
             task.cancel()
 
