@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import ssl
@@ -55,6 +54,7 @@ from ..broker.base import (
 )
 from ..urls import redact_text
 from .durable import MqttStore
+from .topics import subject_of, topic_of
 
 if TYPE_CHECKING:
     from zmqtt import Subscription as MqttSubscription
@@ -82,32 +82,6 @@ MQTT_MAX_PACKET = 268_435_455
 _ENVELOPE = 1024
 _INBOX = "_INBOX/"
 _SHARE = "$share/"
-#: The topic levels of the engine's own subjects, whose ``$`` MQTT does not allow (see topic_of).
-_RESERVED = frozenset({"_SRV", "_PROTOBIND"})
-
-
-@functools.lru_cache(maxsize=4096)
-def topic_of(subject: str) -> str:
-    """The MQTT topic (or topic filter) of an engine subject (see the module docstring)."""
-    levels = subject.split(".")
-    for i, level in enumerate(levels):
-        if level == "*":
-            levels[i] = "+"
-        elif level == ">":
-            levels[i] = "#"
-        elif level.startswith("$"):
-            levels[i] = "_" + level[1:]
-    return "/".join(levels)
-
-
-@functools.lru_cache(maxsize=4096)
-def subject_of(topic: str) -> str:
-    """The engine subject of an MQTT topic: the inverse of :func:`topic_of`."""
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if level in _RESERVED:
-            levels[i] = "$" + level[1:]
-    return ".".join(levels)
 
 
 def _latin1(data: bytes | None) -> str:
