@@ -526,3 +526,39 @@ async def test_a_slow_server_refuses_beyond_max_pending_and_serves_the_rest(
     refused = [r for r in results if isinstance(r, RpcError)]
     assert served and refused
     assert all(r.code is Code.RESOURCE_EXHAUSTED for r in refused)
+
+
+async def test_a_flood_to_a_stuck_server_is_held_within_max_waiting_and_the_rest_dropped(
+    fresh_url: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/brokers.md, "A slow server": while a server's handlers are busy, it holds at most
+    `max_waiting` calls of a method in memory (one-way calls are never shed by max_pending); a
+    flood beyond that is dropped and logged, not queued without bound, and the server serves again
+    once free. (Calls with a caller are also refused RESOURCE_EXHAUSTED beyond max_pending: the
+    test before this one.)"""
+    url = fresh_url()
+    service = Conformance()  # one-way calls whose text starts with "gate" wait for service.gate
+    server = protobind.Server([service])
+    await server.start(url + "&max_concurrency=1&max_pending=2&max_waiting=50")
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            await client.notify(Request(text="gate-first"))
+            await service.until(lambda: len(service.entered) == 1)  # the only handler slot is taken
+            for i in range(500):
+                await client.notify(Request(text=f"gate-{i}"))
+            # every one-way call published is either waiting (at most max_waiting) or dropped
+            (inbound,) = [
+                p
+                for p in server.bindings[0].broker._pumps
+                if p._sub._filters[0].endswith("/ConformanceService/+")
+            ]
+            await _eventually(lambda: len(inbound.mailbox.items) + inbound.dropped == 500, timeout=20)
+            assert len(inbound.mailbox.items) == 50 and inbound.dropped == 450
+            assert "slow consumer: 256 messages" in caplog.text
+            service.gate.set()
+            await service.until(lambda: len(service.notified) == 51)
+            # free again: served
+            assert (await client.unary(Request(text="after"), timeout=10)).text == "after"
+    finally:
+        await server.stop(0)

@@ -54,6 +54,7 @@ from ..broker.base import (
 )
 from ..urls import redact_text
 from .durable import MqttStore
+from .options import MAX_WAITING_BYTES
 from .topics import subject_of, topic_of
 
 if TYPE_CHECKING:
@@ -138,6 +139,9 @@ class _Inbound:
         self.mailbox = mailbox
         self._broker = broker
         self._task: asyncio.Task[None] | None = None
+        #: bytes of the bodies in the mailbox, and the messages dropped over its limits
+        self._waiting_bytes = 0
+        self.dropped = 0
 
     def pump(self, deliver: Callable[[Received], Awaitable[None] | None]) -> None:
         self._task = asyncio.get_running_loop().create_task(self._pump(deliver))
@@ -159,8 +163,31 @@ class _Inbound:
             except Exception:  # a subscriber's failure must not stop delivery
                 logger.exception("MQTT subscription callback failed")
 
+    def put(self, message: Received) -> None:
+        """Into the mailbox, within the limits of a slow consumer: while ``max_waiting`` messages
+        (or MAX_WAITING_BYTES of bodies) wait for busy handlers, a new one is dropped and counted
+        (QoS 0: at most once; a caller waits for its deadline). The engine sheds waiting calls
+        beyond ``max_pending`` as handlers free up, so this bounds only a flood."""
+        size = len(message.data)
+        if (
+            len(self.mailbox.items) >= self._broker.settings.max_waiting
+            or self._waiting_bytes + size > MAX_WAITING_BYTES
+        ):
+            self.dropped += 1
+            if self.dropped & (self.dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a log, not a flood
+                logger.warning(
+                    "slow consumer: %d messages to %s dropped so far (max_waiting %d)",
+                    self.dropped,
+                    message.subject,
+                    self._broker.settings.max_waiting,
+                )
+            return
+        self._waiting_bytes += size
+        self.mailbox.put(message)
+
     def taken(self, message: BrokerMessage) -> None:
-        """Nothing to count: zmqtt bounds its own queue."""
+        """A consumer took ``message`` from the mailbox."""
+        self._waiting_bytes -= len(message.data)
 
     async def unsubscribe(self) -> None:
         if self._task is not None:
@@ -372,7 +399,7 @@ class MqttBroker(MqttStore, DurableBroker):
         mailbox = Mailbox()
         inbound = _Inbound(await self._subscribe(self._filter(subject, queue)), mailbox, self)
         self._pumps.add(inbound)
-        inbound.pump(mailbox.put)
+        inbound.pump(inbound.put)
         return inbound
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
