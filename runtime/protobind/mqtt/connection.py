@@ -131,11 +131,40 @@ def _properties(
     )
 
 
+Deliver = Callable[[Received], "Awaitable[None] | None"]
+
+
+class _Direct:
+    """Stands in for a zmqtt subscription's queue (``Subscription._queue``, whose ``put`` zmqtt's
+    reader awaits for each message): the message goes to ``deliver`` right there, with no queue
+    and no task in between. For deliveries that never wait (a mailbox, a reply inbox): one that
+    waited would hold up the connection's reader."""
+
+    __slots__ = ("_deliver",)
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def put(self, message: MqttMessage) -> None:
+        try:
+            result = self._deliver(Received(message))
+            if result is not None:
+                await result
+        except Exception:  # a subscriber's failure must not stop the connection's reader
+            logger.exception("MQTT subscription callback failed")
+
+    def empty(self) -> bool:
+        return True
+
+    def get_nowait(self) -> MqttMessage:
+        raise asyncio.QueueEmpty
+
+
 class _Inbound:
     """A subscription whose messages go to a mailbox (the engine takes them) or to a callback."""
 
-    def __init__(self, sub: MqttSubscription, mailbox: Mailbox, broker: MqttBroker) -> None:
-        self._sub = sub
+    def __init__(self, mailbox: Mailbox, broker: MqttBroker) -> None:
+        self._sub: MqttSubscription | None = None
         self.mailbox = mailbox
         self._broker = broker
         self._task: asyncio.Task[None] | None = None
@@ -143,11 +172,13 @@ class _Inbound:
         self._waiting_bytes = 0
         self.dropped = 0
 
-    def pump(self, deliver: Callable[[Received], Awaitable[None] | None]) -> None:
+    def pump(self, deliver: Deliver) -> None:
+        """Deliver in a task of its own: for callbacks that may wait (they send answers)."""
         self._task = asyncio.get_running_loop().create_task(self._pump(deliver))
 
-    async def _pump(self, deliver: Callable[[Received], Awaitable[None] | None]) -> None:
+    async def _pump(self, deliver: Deliver) -> None:
         sub = self._sub
+        assert sub is not None
         while True:
             try:
                 message = await sub.get_message()
@@ -193,8 +224,9 @@ class _Inbound:
         if self._task is not None:
             self._task.cancel()
         self._broker._pumps.discard(self)
-        with contextlib.suppress(MQTTError, OSError):
-            await self._sub.stop()
+        if self._sub is not None:
+            with contextlib.suppress(MQTTError, OSError):
+                await self._sub.stop()
 
 
 class _Inbox:
@@ -375,8 +407,14 @@ class MqttBroker(MqttStore, DurableBroker):
         except (MQTTError, OSError, ValueError) as exc:
             raise BrokerError(type(exc).__name__) from None
 
-    async def _subscribe(self, topic: str, qos: QoS = QoS.AT_MOST_ONCE) -> MqttSubscription:
+    async def _subscribe(
+        self, topic: str, qos: QoS = QoS.AT_MOST_ONCE, direct: Deliver | None = None
+    ) -> MqttSubscription:
+        """Subscribe to ``topic``; with ``direct``, each message goes to it from zmqtt's reader
+        (:class:`_Direct`), else it waits in the subscription's queue for :meth:`get_message`."""
         sub = self.client.subscribe(topic, qos=qos, receive_buffer_size=0)
+        if direct is not None:
+            sub._queue = _Direct(direct)  # type: ignore[assignment]
         try:
             await sub.start()
         except MQTTDisconnectedError:
@@ -390,16 +428,17 @@ class MqttBroker(MqttStore, DurableBroker):
         return f"{_SHARE}{queue}/{topic}" if queue else topic
 
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Inbound:
-        inbound = _Inbound(await self._subscribe(self._filter(subject, queue)), Mailbox(), self)
+        inbound = _Inbound(Mailbox(), self)
+        inbound._sub = await self._subscribe(self._filter(subject, queue))
         self._pumps.add(inbound)
         inbound.pump(callback)
         return inbound
 
     async def pull(self, subject: str, queue: str = "") -> _Inbound:
-        mailbox = Mailbox()
-        inbound = _Inbound(await self._subscribe(self._filter(subject, queue)), mailbox, self)
+        inbound = _Inbound(Mailbox(), self)
+        # straight from zmqtt's reader into the mailbox (put never waits): no task per message
+        inbound._sub = await self._subscribe(self._filter(subject, queue), direct=inbound.put)
         self._pumps.add(inbound)
-        inbound.pump(inbound.put)
         return inbound
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
@@ -412,9 +451,11 @@ class MqttBroker(MqttStore, DurableBroker):
             token = _latin1(props.correlation_data) if props is not None else ""
             await callback(token, msg)
 
-        sub = _Inbound(await self._subscribe(inbox.topic), Mailbox(), self)
+        # the engine's inbox callbacks only resolve a future or feed a stream: they never wait, so
+        # replies go to them straight from zmqtt's reader
+        sub = _Inbound(Mailbox(), self)
+        sub._sub = await self._subscribe(inbox.topic, direct=on_reply)
         self._pumps.add(sub)
-        sub.pump(on_reply)
         return inbox
 
     def peer_of(self, reply: str) -> str:
