@@ -615,6 +615,8 @@ async def _faststream_mqtt_client(url: str) -> tuple[Call, Close]:
         answer = await broker.request(Request(payload=payload).SerializeToString(), topic, timeout=30)
         return Response.FromString(answer.body)
 
+    return call, broker.stop
+
 
 # --- one-way over MQTT: protobind's one-way method vs raw zmqtt publish / shared subscription -------
 # As the NATS one-way pair, with the "handled the last one" report published on the same broker,
