@@ -31,17 +31,8 @@ async def oneway(args: argparse.Namespace) -> dict[str, float]:
     """Publish-and-handle throughput of one-way messages (see peers.py): ``--messages`` messages
     sent by ``--concurrency`` senders, timed until the server reports the last one handled;
     p50/p99 are of the send call itself, one message at a time."""
-    import nats
-
     send, close = await peers.ONEWAY_CLIENTS[args.kind](args.url)
-    watcher = await nats.connect(args.url)
-    done: asyncio.Queue[object] = asyncio.Queue()
-
-    async def report(msg: object) -> None:
-        done.put_nowait(msg)
-
-    await watcher.subscribe(peers.ONEWAY_DONE, cb=report)
-    await watcher.flush()
+    done, stop_watching = await peers.oneway_watcher(args.url)
     payload = b"x" * args.payload
 
     async def burst(count: int, concurrency: int) -> list[float]:
@@ -68,7 +59,7 @@ async def oneway(args: argparse.Namespace) -> dict[str, float]:
         elapsed = time.perf_counter() - started
     finally:
         await close()
-        await watcher.drain()
+        await stop_watching()
     return _report(latencies, args.messages, elapsed, args.warmup + args.sequential + args.messages)
 
 

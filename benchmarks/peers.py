@@ -615,6 +615,125 @@ async def _faststream_mqtt_client(url: str) -> tuple[Call, Close]:
         answer = await broker.request(Request(payload=payload).SerializeToString(), topic, timeout=30)
         return Response.FromString(answer.body)
 
+    return call, broker.stop
+
+
+# --- one-way over MQTT: protobind's one-way method vs raw zmqtt publish / shared subscription -------
+# As the NATS one-way pair, with the "handled the last one" report published on the same broker,
+# at `{prefix}/bench/oneway/done` (oneway_watcher below is the driver's side of it).
+
+MQTT_NOTIFY_TOPIC = NOTIFY_SUBJECT.replace(".", "/")
+
+
+async def _mqtt_connect(url: str) -> tuple[Any, str]:
+    import zmqtt
+
+    mqtt_host, port, prefix = _mqtt_address(url)
+    client = zmqtt.create_client(mqtt_host, port, version="5.0")
+    await client.connect()
+    return client, prefix
+
+
+class _MqttCounter(_Counter):
+    def __init__(self, client: Any, prefix: str) -> None:
+        super().__init__(None)
+        self.client = client
+        self.topic = f"{prefix}/bench/oneway/done"
+
+    async def count(self, request: Request) -> None:
+        self.handled += 1
+        if self.handled == request.number:
+            self.handled = 0
+            await self.client.publish(self.topic, b"")
+
+
+async def _protobind_mqtt_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import os
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    counter = _MqttCounter(*await _mqtt_connect(url))
+
+    class Sink(ConformanceService):
+        async def notify(self, request: Request, context: protobind.Context) -> Empty:
+            await counter.count(request)
+            return Empty()
+
+    server = protobind.Server([Sink()])
+    (bound,) = await server.start(url)
+
+    async def stop() -> None:
+        await server.stop(grace=1.0)
+        await counter.client.disconnect()
+
+    return bound, stop
+
+
+async def _raw_mqtt_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import asyncio
+    import os
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    client, prefix = await _mqtt_connect(url)
+    counter = _MqttCounter(client, prefix)
+    sub = client.subscribe(f"$share/raw/{prefix}/{MQTT_NOTIFY_TOPIC}", receive_buffer_size=0)
+    await sub.start()
+
+    async def serve() -> None:
+        async for message in sub:
+            await counter.count(Request.FromString(message.payload))
+
+    task = asyncio.get_running_loop().create_task(serve())
+
+    async def stop() -> None:
+        task.cancel()
+        await client.disconnect()
+
+    return url, stop
+
+
+async def _raw_mqtt_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awaitable[Any]], Close]:
+    client, prefix = await _mqtt_connect(url)
+    topic = f"{prefix}/{MQTT_NOTIFY_TOPIC}"
+
+    async def send(payload: bytes, count: int) -> None:
+        await client.publish(topic, Request(payload=payload, number=count).SerializeToString())
+
+    return send, client.disconnect
+
+
+async def oneway_watcher(url: str) -> tuple[Any, Close]:
+    """The driver's side of a one-way run: a queue that gets an item each time the server at
+    ``url`` reports that it handled the last message, and how to stop watching."""
+    import asyncio
+
+    done: asyncio.Queue[object] = asyncio.Queue()
+    if url.startswith(("mqtt://", "mqtts://")):
+        client, prefix = await _mqtt_connect(url)
+        sub = client.subscribe(f"{prefix}/bench/oneway/done", receive_buffer_size=0)
+        await sub.start()
+
+        async def watch() -> None:
+            async for message in sub:
+                done.put_nowait(message)
+
+        task = asyncio.get_running_loop().create_task(watch())
+
+        async def stop() -> None:
+            task.cancel()
+            await client.disconnect()
+
+        return done, stop
+    import nats
+
+    watcher = await nats.connect(url)
+
+    async def report(msg: object) -> None:
+        done.put_nowait(msg)
+
+    await watcher.subscribe(ONEWAY_DONE, cb=report)
+    await watcher.flush()
+    return done, watcher.drain
+
 
 # --- RabbitMQ: protobind's amqp:// binding vs raw aio-pika RPC and FastStream's RabbitMQ RPC -------
 #
@@ -747,6 +866,11 @@ SERVERS["faststream-mqtt"] = _faststream_mqtt_server
 CLIENTS["faststream-mqtt"] = _faststream_mqtt_client
 PAIRS.append(("mqtt", "protobind-mqtt", "zmqtt"))
 PAIRS.append(("mqtt-faststream", "protobind-mqtt", "faststream-mqtt"))
+SERVERS["protobind-mqtt-oneway"] = _protobind_mqtt_oneway_server
+ONEWAY_CLIENTS["protobind-mqtt-oneway"] = _protobind_oneway_client
+SERVERS["zmqtt-publish"] = _raw_mqtt_oneway_server
+ONEWAY_CLIENTS["zmqtt-publish"] = _raw_mqtt_oneway_client
+PAIRS.append(("mqtt-oneway", "protobind-mqtt-oneway", "zmqtt-publish"))
 SERVERS["protobind-amqp"] = _protobind_amqp_server
 CLIENTS["protobind-amqp"] = protobind_client
 SERVERS["aio-pika"] = _raw_amqp_server

@@ -60,12 +60,15 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
+                reason = self.process.stderr.read().decode()  # type: ignore[union-attr]
+                self.stop()
+                raise RuntimeError(f"mosquitto exited: {reason}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.02)
+        self.stop()  # neither the process nor its pipe outlives the failed start
         raise RuntimeError("mosquitto did not start listening in time")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -251,13 +251,55 @@ async def test_protobind_asyncapi_url_is_the_served_document_and_the_generated_o
     assert served["info"]["title"] == "protobind API"
 
 
+async def test_generated_mqtt_document_is_the_served_one() -> None:
+    """`protobind asyncapi PATHS --server mqtt://...` writes the document an MQTT server serves
+    (topics, shared subscriptions, the MQTT server bindings): the same, key for key."""
+    from protobind.mqtt import TRANSPORT as MQTT
+
+    from .conftest import ROOT as root
+    from .conftest import example_greeter
+
+    async with MQTT.test_harness() as fresh:
+        url = fresh()
+        server = protobind.Server([example_greeter(), Conformance()])
+        await server.start(url)
+        try:
+            fetched = await _cli_async("asyncapi", url)
+            assert fetched.returncode == 0, fetched.stderr
+        finally:
+            await server.stop(grace=1.0)
+    served = json.loads(fetched.stdout)
+    prefix = url.partition("prefix=")[2]
+    broker = url.partition("?")[0]
+    proto_args = [
+        str(root / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
+        str(ROOT / "idl" / "protobind" / "conformance" / "v1" / "conformance.proto"),
+        "-I", str(root / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
+        "--prefix", prefix, "--api-version", protobind.__version__,
+    ]  # fmt: skip
+    written = _cli("asyncapi", *proto_args, "--server", broker)
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout) == served
+    assert served["servers"]["mqtt"]["protocol"] == "mqtt"
+    unary = served["channels"]["protobind_conformance_v1_ConformanceService_Unary"]
+    assert unary["address"] == f"{prefix}/protobind/conformance/v1/ConformanceService/Unary"
+    # --protocol mqtt says the same without a server; a server of another broker is refused
+    bare = _cli("asyncapi", *proto_args, "--protocol", "mqtt")
+    assert bare.returncode == 0, bare.stderr
+    assert json.loads(bare.stdout) == {k: v for k, v in served.items() if k != "servers"}
+    mixed = _cli("asyncapi", *proto_args, "--protocol", "mqtt", "--server", "nats://127.0.0.1:4222")
+    assert mixed.returncode == 1
+    assert "give a mqtt:// or mqtts:// URL" in mixed.stderr and mixed.stderr.count("\n") == 1
+
+
 def test_asyncapi_url_mistakes_are_one_line() -> None:
     for args, message in [
         (
             ["grpc://127.0.0.1:1"],
-            "a grpc:// server serves no asyncapi document: give a nats:// or tls:// URL",
+            "a grpc:// server serves no asyncapi document: give a nats://, tls://, mqtt:// or mqtts:// URL",
         ),
         (["nats://127.0.0.1:1", "--prefix", "x"], "--prefix is for .proto files"),
+        (["mqtt://127.0.0.1:1", "--protocol", "mqtt"], "--protocol is for .proto files"),
     ]:
         result = _cli("asyncapi", *args)
         assert result.returncode == 1

@@ -26,6 +26,7 @@ from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
+from .processes import reap
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -277,8 +278,11 @@ async def test_schemathesis_against_served_openapi(tmp_path: Path) -> None:
             cwd=tmp_path,
             env=env,
         )
-        # bounded; 300 s for a loaded machine
-        output, _ = await asyncio.wait_for(process.communicate(), 300)
+        try:
+            # bounded; 300 s for a loaded machine
+            output, _ = await asyncio.wait_for(process.communicate(), 300)
+        finally:
+            await reap(process)
         text = output.decode(errors="replace")
         # an unknown check name would fail the run too, so the custom check did run
         assert process.returncode == 0, text[-4000:]

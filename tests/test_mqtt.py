@@ -28,10 +28,12 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.mqtt import TRANSPORT
-from protobind.mqtt.connection import subject_of, topic_of
+from protobind.mqtt.connection import open_broker, subject_of, topic_of
+from protobind.mqtt.options import settings_from
 
 from .conformance import Conformance
 from .mosquitto import Mosquitto
+from .processes import reap
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -333,6 +335,27 @@ async def test_calls_in_flight_fail_unavailable_when_the_connection_drops_and_re
         await server.stop(0)
 
 
+async def test_close_releases_the_socket_of_a_broker_that_stopped_reading(mosquitto: Mosquitto) -> None:
+    """A frozen broker holds DISCONNECT (its socket buffers are full): close still gives the socket
+    back at once, instead of leaving it open for the garbage collector (a ResourceWarning that
+    fails whichever test runs then)."""
+    broker = await open_broker(settings_from(mosquitto.url, {}), "client")
+    assert mosquitto.process is not None
+    mosquitto.process.send_signal(signal.SIGSTOP)
+    try:
+        # fill the kernel's buffers both ways until a publish blocks
+        while True:
+            try:
+                await asyncio.wait_for(broker.publish("frozen.topic", b"x" * 1_000_000), 0.5)
+            except asyncio.TimeoutError:
+                break
+        await broker.close()
+        assert broker._transport is not None and not broker._transport.is_connected
+        assert broker._transport._writer.transport.is_closing()
+    finally:
+        mosquitto.process.send_signal(signal.SIGCONT)
+
+
 def test_no_mosquitto_env_leaks_into_ci_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unreachable test broker skips MQTT tests, except under CI=true, where it fails."""
     import unittest
@@ -389,9 +412,7 @@ async def test_mosquitto_pub_and_sub_call_a_service(fresh_url: Callable[[], str]
         assert sub.stdout is not None
         line = (await sub.stdout.read()).decode().strip().splitlines()[0]
     finally:
-        if sub.returncode is None:
-            sub.kill()
-            await sub.wait()
+        await reap(sub)
         await server.stop(0)
     correlation, properties, body = line.split("|", 2)
     assert correlation == "call-42"
@@ -505,3 +526,39 @@ async def test_a_slow_server_refuses_beyond_max_pending_and_serves_the_rest(
     refused = [r for r in results if isinstance(r, RpcError)]
     assert served and refused
     assert all(r.code is Code.RESOURCE_EXHAUSTED for r in refused)
+
+
+async def test_a_flood_to_a_stuck_server_is_held_within_max_waiting_and_the_rest_dropped(
+    fresh_url: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/brokers.md, "A slow server": while a server's handlers are busy, it holds at most
+    `max_waiting` calls of a method in memory (one-way calls are never shed by max_pending); a
+    flood beyond that is dropped and logged, not queued without bound, and the server serves again
+    once free. (Calls with a caller are also refused RESOURCE_EXHAUSTED beyond max_pending: the
+    test before this one.)"""
+    url = fresh_url()
+    service = Conformance()  # one-way calls whose text starts with "gate" wait for service.gate
+    server = protobind.Server([service])
+    await server.start(url + "&max_concurrency=1&max_pending=2&max_waiting=50")
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            await client.notify(Request(text="gate-first"))
+            await service.until(lambda: len(service.entered) == 1)  # the only handler slot is taken
+            for i in range(500):
+                await client.notify(Request(text=f"gate-{i}"))
+            # every one-way call published is either waiting (at most max_waiting) or dropped
+            (inbound,) = [
+                p
+                for p in server.bindings[0].broker._pumps
+                if p._sub._filters[0].endswith("/ConformanceService/+")
+            ]
+            await _eventually(lambda: len(inbound.mailbox.items) + inbound.dropped == 500, timeout=20)
+            assert len(inbound.mailbox.items) == 50 and inbound.dropped == 450
+            assert "slow consumer: 256 messages" in caplog.text
+            service.gate.set()
+            await service.until(lambda: len(service.notified) == 51)
+            # free again: served
+            assert (await client.unary(Request(text="after"), timeout=10)).text == "after"
+    finally:
+        await server.stop(0)

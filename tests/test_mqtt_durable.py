@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import zmqtt
 from jobs.v1.jobs_pb2 import Job
 from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsClient
 
@@ -132,4 +133,42 @@ async def test_raw_mosquitto_clients_call_and_read_dead_letters(mosquitto: Mosqu
         assert await run("mosquitto_sub", *host, "-t", f"{dead}/+", "-C", "1", "-W", "1", check=False) == b""
         assert jobs.ids() == Counter({"ok": 1, "bad": 1})
     finally:
+        await server.stop(0)
+
+
+async def test_raw_zmqtt_client_calls_and_reads_dead_letters(mosquitto: Mosquitto) -> None:
+    """The same wire rules with a few lines of an MQTT 5 library (zmqtt): a QoS 1 call whose PUBACK
+    says it is stored, the dead letter read from its retained topic with the error in user
+    properties, and removed by an empty retained message."""
+    url = f"{mosquitto.url}?prefix=zraw"
+    jobs = Jobs()
+    server = protobind.Server([jobs])
+    await server.start(url)
+    dead = "zraw/_PROTOBIND/DEAD/jobs/v1/Jobs/Submit"
+    raw = zmqtt.create_client("127.0.0.1", mosquitto.port, version="5.0")
+    await raw.connect()
+    try:
+        bad = Job(id="bad", fail_attempts=-1, fail_code=3)
+        await raw.publish(
+            f"zraw/{SUBMIT_TOPIC}",
+            bad.SerializeToString(),
+            qos=zmqtt.QoS.AT_LEAST_ONCE,
+            properties=zmqtt.PublishProperties(user_properties=(("Nats-Msg-Id", "zbad-1"),)),
+        )
+        await eventually(lambda: len(jobs.deliveries) == 1)
+        async with raw.subscribe(f"{dead}/+", qos=zmqtt.QoS.AT_LEAST_ONCE) as letters:
+            letter = await asyncio.wait_for(letters.get_message(), 10)
+        assert letter.topic == f"{dead}/zbad-1" and letter.retain
+        assert letter.properties is not None
+        properties = dict(letter.properties.user_properties)
+        assert properties["Protobind-Status"] == "3" and properties["Nats-Service-Error"] == "job bad failed"
+        assert properties["Protobind-Attempts"] == "1" and properties["Nats-Msg-Id"] == "zbad-1"
+        assert Job.FromString(letter.payload) == bad
+        # read: removed with an empty retained message; a new subscriber finds nothing
+        await raw.publish(f"{dead}/zbad-1", b"", qos=zmqtt.QoS.AT_LEAST_ONCE, retain=True)
+        async with raw.subscribe(f"{dead}/+") as letters:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(letters.get_message(), 0.5)
+    finally:
+        await raw.disconnect()
         await server.stop(0)

@@ -1,7 +1,7 @@
 """``protobind openapi`` and ``protobind asyncapi``: the documents that describe a contract's API.
 
     protobind openapi PATHS... [-I DIR]... [-o FILE]     OpenAPI 3.1 of the HTTP binding
-    protobind asyncapi PATHS... [-I DIR]... [-o FILE]    AsyncAPI 3.0 of the NATS binding
+    protobind asyncapi PATHS... [-I DIR]... [-o FILE]    AsyncAPI 3.0 of the NATS (or MQTT) binding
     protobind openapi|asyncapi URL [-H KEY:VALUE]...     the document a running server serves
 
 Both compile the ``.proto`` files with source info, so proto comments become descriptions (the
@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from protobind.method import ServiceInfo
+
+#: The URL schemes of each broker binding ``protobind asyncapi`` describes.
+_SCHEMES = {"nats": ("nats", "tls"), "mqtt": ("mqtt", "mqtts")}
 
 
 def add_parsers(commands: Any) -> None:
@@ -30,9 +34,15 @@ def add_parsers(commands: Any) -> None:
     openapi.set_defaults(run=run_openapi)
     asyncapi = _common(
         commands.add_parser(
-            "asyncapi", help="write the AsyncAPI 3.0 document of the NATS binding (subjects and messages)"
+            "asyncapi",
+            help="write the AsyncAPI 3.0 document of the NATS or MQTT binding (subjects and messages)",
         ),
-        "a nats:// URL for the servers list",
+        "a nats:// (or mqtt://) URL for the servers list",
+    )
+    asyncapi.add_argument(
+        "--protocol",
+        choices=sorted(_SCHEMES),
+        help="the binding described (default: the --server URLs', else nats)",
     )
     asyncapi.add_argument("--prefix", default="", help="the binding's subject prefix (option prefix)")
     asyncapi.add_argument(
@@ -101,6 +111,7 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
         ("--server", args.server),
         ("--prefix", getattr(args, "prefix", "")),
         ("--queue-group", getattr(args, "queue_group", "")),
+        ("--protocol", getattr(args, "protocol", None)),
     ]:
         if given:
             raise ValueError(f"{flag} is for .proto files: a running server's document is as it serves it")
@@ -114,7 +125,7 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
 
     metadata = Metadata(_metadata(args.header))
     scheme = url.partition(":")[0]
-    where = "an http:// or https://" if kind == "openapi" else "a nats:// or tls://"
+    where = "an http:// or https://" if kind == "openapi" else "a nats://, tls://, mqtt:// or mqtts://"
     if kind == "openapi" and transport_for_url(url).name != "http":  # only the HTTP binding serves it
         raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
 
@@ -152,9 +163,17 @@ def run_asyncapi(args: argparse.Namespace) -> int:
     if served is not None:
         return _write(args, served)
     services, sources, title = _contract(args)
+    schemes = {url.partition("://")[0] for url in args.server}
+    protocol = args.protocol or ("mqtt" if schemes & set(_SCHEMES["mqtt"]) else "nats")
     for url in args.server:
-        if not url.startswith(("nats://", "tls://")):
-            raise ValueError(f"--server {url!r}: give a nats:// or tls:// URL")
+        if url.partition("://")[0] not in _SCHEMES[protocol]:
+            given = " or ".join(f"{scheme}://" for scheme in _SCHEMES[protocol])
+            raise ValueError(f"--server {url!r}: give a {given} URL")
+    address: Callable[[str], str] | None = None
+    if protocol == "mqtt":  # the subjects written as the topics an MQTT server uses
+        from protobind.mqtt.topics import topic_of
+
+        address = topic_of
     return _write(
         args,
         asyncapi_document(
@@ -165,5 +184,7 @@ def run_asyncapi(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             queue_group=args.queue_group,
             source_files=sources,
+            protocol=protocol,
+            address=address,
         ),
     )

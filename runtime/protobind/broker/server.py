@@ -325,7 +325,7 @@ class BrokerBinding(ServerBinding):
             return
         document = self._asyncapi.get(msg.subject)
         if document is None:
-            from .asyncapi import asyncapi_document
+            from .asyncapi import asyncapi_document, protocol_of
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
             listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://", "amqp://", "amqps://"))
@@ -337,7 +337,7 @@ class BrokerBinding(ServerBinding):
                     servers=[self._url] if listed else [],  # the document keeps the host only
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
-                    protocol="nats" if self.broker.name == "memory" else self.broker.name,
+                    protocol=protocol_of(self.broker.name),
                     address=self.broker.address,
                     # RabbitMQ's topic exchange (option ``exchange``); other brokers have none
                     exchange=getattr(self.broker, "exchange", "protobind"),

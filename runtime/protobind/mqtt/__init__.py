@@ -17,6 +17,9 @@ Options, from the URL query string or ``options`` (server = S, client = C):
 ``max_concurrency``, ``max_pending``, ``max_message_size`` (S), ``window``, ``heartbeat`` (S, C),
 ``codec`` (C), ``version``, ``reflection`` (S)
     As on NATS (docs/protocols.md).
+``max_waiting`` (S)
+    Calls a method subscription holds while its handlers are busy (default 65,536, and at most
+    64 MiB of bodies); beyond it a new call is dropped and logged, as by a slow consumer.
 ``client_id`` (S, C)
     The MQTT client identifier. Default: ``protobind-`` and 32 random hex digits; the inbox topic
     is ``_INBOX/{client id}``, so a configured one must be unique and unguessable.

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import ssl
@@ -55,6 +54,8 @@ from ..broker.base import (
 )
 from ..urls import redact_text
 from .durable import MqttStore
+from .options import MAX_WAITING_BYTES
+from .topics import subject_of, topic_of
 
 if TYPE_CHECKING:
     from zmqtt import Subscription as MqttSubscription
@@ -82,32 +83,6 @@ MQTT_MAX_PACKET = 268_435_455
 _ENVELOPE = 1024
 _INBOX = "_INBOX/"
 _SHARE = "$share/"
-#: The topic levels of the engine's own subjects, whose ``$`` MQTT does not allow (see topic_of).
-_RESERVED = frozenset({"_SRV", "_PROTOBIND"})
-
-
-@functools.lru_cache(maxsize=4096)
-def topic_of(subject: str) -> str:
-    """The MQTT topic (or topic filter) of an engine subject (see the module docstring)."""
-    levels = subject.split(".")
-    for i, level in enumerate(levels):
-        if level == "*":
-            levels[i] = "+"
-        elif level == ">":
-            levels[i] = "#"
-        elif level.startswith("$"):
-            levels[i] = "_" + level[1:]
-    return "/".join(levels)
-
-
-@functools.lru_cache(maxsize=4096)
-def subject_of(topic: str) -> str:
-    """The engine subject of an MQTT topic: the inverse of :func:`topic_of`."""
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if level in _RESERVED:
-            levels[i] = "$" + level[1:]
-    return ".".join(levels)
 
 
 def _latin1(data: bytes | None) -> str:
@@ -156,20 +131,54 @@ def _properties(
     )
 
 
+Deliver = Callable[[Received], "Awaitable[None] | None"]
+
+
+class _Direct:
+    """Stands in for a zmqtt subscription's queue (``Subscription._queue``, whose ``put`` zmqtt's
+    reader awaits for each message): the message goes to ``deliver`` right there, with no queue
+    and no task in between. For deliveries that never wait (a mailbox, a reply inbox): one that
+    waited would hold up the connection's reader."""
+
+    __slots__ = ("_deliver",)
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def put(self, message: MqttMessage) -> None:
+        try:
+            result = self._deliver(Received(message))
+            if result is not None:
+                await result
+        except Exception:  # a subscriber's failure must not stop the connection's reader
+            logger.exception("MQTT subscription callback failed")
+
+    def empty(self) -> bool:
+        return True
+
+    def get_nowait(self) -> MqttMessage:
+        raise asyncio.QueueEmpty
+
+
 class _Inbound:
     """A subscription whose messages go to a mailbox (the engine takes them) or to a callback."""
 
-    def __init__(self, sub: MqttSubscription, mailbox: Mailbox, broker: MqttBroker) -> None:
-        self._sub = sub
+    def __init__(self, mailbox: Mailbox, broker: MqttBroker) -> None:
+        self._sub: MqttSubscription | None = None
         self.mailbox = mailbox
         self._broker = broker
         self._task: asyncio.Task[None] | None = None
+        #: bytes of the bodies in the mailbox, and the messages dropped over its limits
+        self._waiting_bytes = 0
+        self.dropped = 0
 
-    def pump(self, deliver: Callable[[Received], Awaitable[None] | None]) -> None:
+    def pump(self, deliver: Deliver) -> None:
+        """Deliver in a task of its own: for callbacks that may wait (they send answers)."""
         self._task = asyncio.get_running_loop().create_task(self._pump(deliver))
 
-    async def _pump(self, deliver: Callable[[Received], Awaitable[None] | None]) -> None:
+    async def _pump(self, deliver: Deliver) -> None:
         sub = self._sub
+        assert sub is not None
         while True:
             try:
                 message = await sub.get_message()
@@ -185,15 +194,39 @@ class _Inbound:
             except Exception:  # a subscriber's failure must not stop delivery
                 logger.exception("MQTT subscription callback failed")
 
+    def put(self, message: Received) -> None:
+        """Into the mailbox, within the limits of a slow consumer: while ``max_waiting`` messages
+        (or MAX_WAITING_BYTES of bodies) wait for busy handlers, a new one is dropped and counted
+        (QoS 0: at most once; a caller waits for its deadline). The engine sheds waiting calls
+        beyond ``max_pending`` as handlers free up, so this bounds only a flood."""
+        size = len(message.data)
+        if (
+            len(self.mailbox.items) >= self._broker.settings.max_waiting
+            or self._waiting_bytes + size > MAX_WAITING_BYTES
+        ):
+            self.dropped += 1
+            if self.dropped & (self.dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a log, not a flood
+                logger.warning(
+                    "slow consumer: %d messages to %s dropped so far (max_waiting %d)",
+                    self.dropped,
+                    message.subject,
+                    self._broker.settings.max_waiting,
+                )
+            return
+        self._waiting_bytes += size
+        self.mailbox.put(message)
+
     def taken(self, message: BrokerMessage) -> None:
-        """Nothing to count: zmqtt bounds its own queue."""
+        """A consumer took ``message`` from the mailbox."""
+        self._waiting_bytes -= len(message.data)
 
     async def unsubscribe(self) -> None:
         if self._task is not None:
             self._task.cancel()
         self._broker._pumps.discard(self)
-        with contextlib.suppress(MQTTError, OSError):
-            await self._sub.stop()
+        if self._sub is not None:
+            with contextlib.suppress(MQTTError, OSError):
+                await self._sub.stop()
 
 
 class _Inbox:
@@ -248,6 +281,11 @@ class _Transport:
         except Exception:
             self._writer.transport.abort()
 
+    def abort(self) -> None:
+        """Close the socket now, whatever is still unsent."""
+        self._closed = True
+        self._writer.transport.abort()
+
     @property
     def is_connected(self) -> bool:
         return not self._closed
@@ -268,6 +306,7 @@ class MqttBroker(MqttStore, DurableBroker):
         self._pumps: set[_Inbound] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._transport: _Transport | None = None
         # MQTT's own limit is 256 MiB and a broker may announce a lower one (CONNACK): protobind's
         # max_message_size (default 4 MiB) is the limit of every message either side sends
         self._max_payload = min(MQTT_MAX_PACKET - _ENVELOPE, settings.engine.max_message_size)
@@ -296,7 +335,8 @@ class MqttBroker(MqttStore, DurableBroker):
             asyncio.open_connection(host, port, ssl=context, server_hostname=server_name),
             self.settings.connect_timeout,
         )
-        return _Transport(reader, writer, self._lost)
+        self._transport = _Transport(reader, writer, self._lost)
+        return self._transport
 
     def _lost(self) -> None:
         if self._closing:
@@ -367,8 +407,14 @@ class MqttBroker(MqttStore, DurableBroker):
         except (MQTTError, OSError, ValueError) as exc:
             raise BrokerError(type(exc).__name__) from None
 
-    async def _subscribe(self, topic: str, qos: QoS = QoS.AT_MOST_ONCE) -> MqttSubscription:
+    async def _subscribe(
+        self, topic: str, qos: QoS = QoS.AT_MOST_ONCE, direct: Deliver | None = None
+    ) -> MqttSubscription:
+        """Subscribe to ``topic``; with ``direct``, each message goes to it from zmqtt's reader
+        (:class:`_Direct`), else it waits in the subscription's queue for :meth:`get_message`."""
         sub = self.client.subscribe(topic, qos=qos, receive_buffer_size=0)
+        if direct is not None:
+            sub._queue = _Direct(direct)  # type: ignore[assignment]
         try:
             await sub.start()
         except MQTTDisconnectedError:
@@ -382,16 +428,17 @@ class MqttBroker(MqttStore, DurableBroker):
         return f"{_SHARE}{queue}/{topic}" if queue else topic
 
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Inbound:
-        inbound = _Inbound(await self._subscribe(self._filter(subject, queue)), Mailbox(), self)
+        inbound = _Inbound(Mailbox(), self)
+        inbound._sub = await self._subscribe(self._filter(subject, queue))
         self._pumps.add(inbound)
         inbound.pump(callback)
         return inbound
 
     async def pull(self, subject: str, queue: str = "") -> _Inbound:
-        mailbox = Mailbox()
-        inbound = _Inbound(await self._subscribe(self._filter(subject, queue)), mailbox, self)
+        inbound = _Inbound(Mailbox(), self)
+        # straight from zmqtt's reader into the mailbox (put never waits): no task per message
+        inbound._sub = await self._subscribe(self._filter(subject, queue), direct=inbound.put)
         self._pumps.add(inbound)
-        inbound.pump(mailbox.put)
         return inbound
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
@@ -404,9 +451,11 @@ class MqttBroker(MqttStore, DurableBroker):
             token = _latin1(props.correlation_data) if props is not None else ""
             await callback(token, msg)
 
-        sub = _Inbound(await self._subscribe(inbox.topic), Mailbox(), self)
+        # the engine's inbox callbacks only resolve a future or feed a stream: they never wait, so
+        # replies go to them straight from zmqtt's reader
+        sub = _Inbound(Mailbox(), self)
+        sub._sub = await self._subscribe(inbox.topic, direct=on_reply)
         self._pumps.add(sub)
-        sub.pump(on_reply)
         return inbox
 
     def peer_of(self, reply: str) -> str:
@@ -429,6 +478,9 @@ class MqttBroker(MqttStore, DurableBroker):
         self._pumps.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.disconnect(), 2.0)
+        if self._transport is not None:
+            # a broker that stopped reading holds DISCONNECT (and the socket) past that wait
+            self._transport.abort()
         for task in list(self._background):
             task.cancel()
 

@@ -53,6 +53,7 @@ from ..broker.base import (
 )
 from ..broker.durable import name_token
 from ..broker.wire import headers_size
+from .topics import subject_of, topic_of
 
 if TYPE_CHECKING:
     from zmqtt import MQTTClient
@@ -86,7 +87,6 @@ def _level(msg_id: str) -> str:
 def record_topic(subject: str, msg_id: str) -> str:
     """The topic of the record (retained message) ``msg_id`` stored on ``subject``: a reply
     subject already ends with its call id; other records get the message id as a last level."""
-    from .connection import topic_of
 
     topic = topic_of(subject)
     return topic if _REPLIES in subject else f"{topic}/{_level(msg_id)}"
@@ -167,7 +167,6 @@ class _Sessions:
     receive maximum)."""
 
     def __init__(self, session: MqttBroker, spec: ConsumerSpec, retry_topic: str) -> None:
-        from .connection import topic_of
 
         self.session = session
         self.subject = spec.filter_subject
@@ -303,7 +302,6 @@ class _Record:
     __slots__ = ("_store", "attempt", "data", "headers", "sequence", "subject", "topic")
 
     def __init__(self, store: MqttStore, message: MqttMessage, sequence: int) -> None:
-        from .connection import subject_of
 
         self._store = store
         self.topic = message.topic
@@ -424,7 +422,6 @@ class MqttStore:
         ttl: float | None = None,
     ) -> StoreAck:
         """A QoS 1 publish of a call (kept by the sessions subscribed), or a retained record."""
-        from .connection import topic_of
 
         user = {**(headers or {}), MSG_ID_HEADER: msg_id}
         call = _CALLS in subject
@@ -453,7 +450,6 @@ class MqttStore:
 
     async def consumer(self, spec: ConsumerSpec) -> DurableConsumer:
         """A server's persistent session for calls; a reader for records (replies, dead letters)."""
-        from .connection import topic_of
 
         if _CALLS not in spec.filter_subject:
             topic = topic_of(spec.filter_subject)
@@ -475,7 +471,6 @@ class MqttStore:
     async def last(self, stream: str, subject: str) -> _Record | None:
         """The record at ``subject``'s topic: subscribed to on a reader connection of this one,
         with a PINGREQ's answer as the end of what the broker sends on subscribing."""
-        from .connection import topic_of
 
         if self._reading is None:
             self._reading = asyncio.Lock()

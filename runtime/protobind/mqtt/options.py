@@ -30,6 +30,7 @@ _SERVER_OPTIONS = {
     "reflection",
     "replica",
     "session_expiry",
+    "max_waiting",
 }
 _CLIENT_OPTIONS = {"codec"}
 _CONNECTION_OPTIONS = {
@@ -69,6 +70,11 @@ CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIEN
 #: A session that never expires (MQTT 5's largest session expiry interval).
 NEVER = 0xFFFFFFFF
 
+#: Calls (and bytes of their bodies) a method subscription of a server holds while its handlers
+#: are busy: what protobind keeps in memory for a slow server, whatever the callers send.
+DEFAULT_MAX_WAITING = 65_536
+MAX_WAITING_BYTES = 64 * 1024 * 1024
+
 #: The ports MQTT brokers listen on by default, plaintext and TLS.
 PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -95,6 +101,9 @@ class Settings:
     replica: str
     #: seconds the broker keeps a durable server's session while it is disconnected
     session_expiry: int
+    #: calls a server's method subscription holds for busy handlers; beyond it (or beyond
+    #: MAX_WAITING_BYTES) a new call is dropped, as by a slow consumer (docs/brokers.md)
+    max_waiting: int
     engine: EngineSettings
     #: the URL without credentials, for error texts and logs
     shown: str
@@ -164,6 +173,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         max_reconnect_attempts=int(options.get("max_reconnect_attempts", -1)),
         replica=replica,
         session_expiry=min(NEVER, int(reader.seconds("session_expiry", NEVER))),
+        max_waiting=reader.positive_int("max_waiting", DEFAULT_MAX_WAITING),
         engine=engine,
         shown=f"{parts.scheme}://{netloc}",
     )
