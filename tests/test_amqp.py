@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -433,6 +435,74 @@ async def test_connection_loss_fails_calls_in_flight_and_calls_recover(
                     await asyncio.sleep(0.1)
 
         assert await asyncio.wait_for(recovered(), 20) == "after"
+
+
+@pytest.mark.slow
+async def test_the_broker_killed_with_calls_in_flight_never_hangs_a_call_a_stop_or_a_close(
+    rabbitmq_factory: Any,
+) -> None:
+    """A private node SIGKILLed with unary calls in flight: they end UNAVAILABLE as soon as the
+    loss is seen (not at their 60 s deadline); a call while it is down is UNAVAILABLE at once;
+    calls work again once it is back; and with it down again, Server.stop and the channel's close
+    return (aio-pika's robust queues and channels would wait for a reconnection that never comes)."""
+    node = rabbitmq_factory()
+    service = Conformance()
+    server = protobind.Server([service])
+    (url,) = await server.start(f"{node.url}?prefix=lost&reconnect_wait=0.3")
+    channel = protobind.connect(url)
+    client = ConformanceServiceClient(channel)
+    try:
+        calls = [asyncio.ensure_future(client.unary(Request(text=f"gate{i}"), timeout=60)) for i in range(20)]
+        await service.until(lambda: len(service.entered) == 20)
+        node.stop(signal.SIGKILL)
+        lost = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+        assert time.monotonic() - lost < 10  # not the 60 s deadline
+        assert all(isinstance(r, RpcError) and r.code is Code.UNAVAILABLE for r in results), results
+        started = time.monotonic()
+        with pytest.raises(RpcError) as down:
+            await asyncio.wait_for(client.unary(Request(text="while-down"), timeout=60), 30)
+        assert down.value.code is Code.UNAVAILABLE
+        assert time.monotonic() - started < 5
+
+        node.start()
+
+        async def recovered() -> str:
+            while True:
+                try:
+                    return (await client.unary(Request(text="after"), timeout=2)).text
+                except RpcError as exc:
+                    if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                        raise
+                    await asyncio.sleep(0.2)
+
+        assert await asyncio.wait_for(recovered(), 120) == "after"
+        node.stop(signal.SIGKILL)
+        await _eventually(lambda: not channel.transport.broker.is_connected)  # type: ignore[attr-defined]
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(0), 60)
+        await asyncio.wait_for(channel.close(), 60)
+        assert time.monotonic() - started < 20
+    finally:
+        await asyncio.wait_for(server.stop(0), 60)
+        await asyncio.wait_for(channel.close(), 60)
+
+
+async def test_server_start_and_connect_against_a_dead_port_fail_within_a_bound() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"amqp://guest:guest@127.0.0.1:{port}/?connect_timeout=2"
+    started = time.monotonic()
+    with pytest.raises(RpcError) as info:
+        async with protobind.connect(url) as channel:
+            await ConformanceServiceClient(channel).unary(Request(text="x"), timeout=5)
+    assert info.value.code is Code.UNAVAILABLE
+    server = protobind.Server([Conformance()])
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        await server.start(url)
+    await server.stop(0)
+    assert time.monotonic() - started < 20
 
 
 # --- discovery and the CLI -------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from ..broker.base import (
 )
 from ..broker.wire import CONTENT_TYPE, headers_size
 from ..urls import redact_text
-from .stored import UNSAFE, Stored, raw_channel, routing_pattern
+from .stored import UNSAFE, Stored, bounded, raw_channel, routing_pattern
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -171,7 +171,7 @@ class _Consumer:
             await raw_channel(self.broker.consuming).basic_cancel(self.tag)
         with contextlib.suppress(Exception):
             # a group's queue goes with its last member; an exclusive one with its connection anyway
-            await self.queue.delete(if_unused=True, if_empty=False)
+            await bounded(self.broker.connection, self.queue.delete(if_unused=True, if_empty=False))
 
 
 class _Subscription:
@@ -354,14 +354,18 @@ class AmqpBroker(Stored):
             name = queue_name(group, subject, self.exchange)
             # shared by the group's members; gone with the last of them (or, if a member vanished
             # without saying so, a minute after the queue was last used)
-            queue = await channel.declare_queue(
+            declared = channel.declare_queue(
                 name, durable=False, auto_delete=True, arguments={"x-expires": 60_000}
             )
         else:
-            queue = await channel.declare_queue(
+            declared = channel.declare_queue(
                 f"protobind.sub.{secrets.token_hex(16)}", exclusive=True, auto_delete=True
             )
-        await queue.bind(self.exchange, routing_pattern(subject))
+        try:
+            queue = await bounded(self.connection, declared)
+            await bounded(self.connection, queue.bind(self.exchange, routing_pattern(subject)))
+        except (aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            raise _broker_error(exc) from None
         return queue
 
     async def _consume(self, queue: AbstractRobustQueue, callback: Any, no_ack: bool) -> _Consumer:
@@ -429,7 +433,12 @@ class AmqpBroker(Stored):
         # 128 random bits: the queue name is all another connection would need to answer in a
         # server's place, and only this connection may consume from it (exclusive)
         name = f"protobind.reply.{secrets.token_hex(16)}"
-        queue = await self.consuming.declare_queue(name, exclusive=True, auto_delete=True)
+        try:
+            queue = await bounded(
+                self.connection, self.consuming.declare_queue(name, exclusive=True, auto_delete=True)
+            )
+        except (aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            raise _broker_error(exc) from None
         self._inboxes[name] = callback
 
         async def on_reply(message: DeliveredMessage) -> None:

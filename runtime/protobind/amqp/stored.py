@@ -40,7 +40,8 @@ import contextlib
 import itertools
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -67,10 +68,13 @@ if TYPE_CHECKING:
     from .options import Settings
 
 __all__ = [
+    "ANSWER_WAIT",
     "DELIVERED",
     "STORED_ON",
     "UNSAFE",
     "Stored",
+    "bounded",
+    "connected",
     "durable_exchange",
     "kept_queue",
     "matches",
@@ -92,6 +96,39 @@ _RECENT_IDS = 100_000
 #: Characters AMQP clients refuse in queue names (pamqp among them): they become ``_``.
 UNSAFE = re.compile(r"[^a-zA-Z0-9_.:@,/+-]")
 _FAILURES = (aiormq.exceptions.AMQPError, RuntimeError, OSError, asyncio.TimeoutError)
+#: Longest wait for RabbitMQ's answer to a declaration, a cancel or a close (seconds).
+ANSWER_WAIT = 10.0
+
+_T = TypeVar("_T")
+
+
+def connected(connection: AbstractRobustConnection) -> bool:
+    """Whether ``connection`` is up now (not closed, not between a loss and a reconnection)."""
+    return not connection.is_closed and connection.connected.is_set()
+
+
+async def bounded(connection: AbstractRobustConnection, operation: Awaitable[_T]) -> _T:
+    """Await ``operation``, an exchange with RabbitMQ through aio-pika's robust objects, only while
+    ``connection`` is up, and then for at most :data:`ANSWER_WAIT` seconds.
+
+    aio-pika's robust channels, queues and connections wait for the next reconnection before they
+    send anything, however long the broker stays away: without this, unsubscribing, stopping a
+    server or declaring a queue while RabbitMQ is down would never return. While it is down the
+    operation runs only up to its first wait (so its own bookkeeping is done: a cancelled consumer
+    or a closed channel is not restored after a reconnection), then is cancelled, and this raises
+    ``ChannelInvalidStateError``; a late answer raises ``TimeoutError``. Both are among the
+    failures callers turn into :class:`~protobind.broker.base.NotConnected` or
+    :class:`~protobind.broker.base.BrokerError`."""
+    if connected(connection):
+        return await asyncio.wait_for(operation, ANSWER_WAIT)
+    task = asyncio.ensure_future(operation)
+    await asyncio.sleep(0)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is None:
+        return task.result()
+    raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ is lost")
 
 
 def durable_exchange(exchange: str) -> str:
@@ -302,14 +339,15 @@ class _Consumer:
         channel, self._channel = self._channel, None
         if channel is None:
             return
+        connection = self._owner.connection
         with contextlib.suppress(*_FAILURES):
-            await self._amqp_queue.cancel(self._tag)
+            await bounded(connection, self._amqp_queue.cancel(self._tag))
         taken, self._buffer = self._buffer, []
         for message in taken:
             with contextlib.suppress(BrokerError):
                 await message.nak()
         with contextlib.suppress(*_FAILURES):
-            await channel.close()
+            await bounded(connection, channel.close())
 
 
 class Stored:
@@ -333,6 +371,9 @@ class Stored:
         """The next local sequence number (a stored message's id when the caller gave none)."""
         return next(self._sequences)
 
+    def _bounded(self, operation: Awaitable[_T]) -> Awaitable[_T]:
+        return bounded(self.connection, operation)
+
     def _init_stored(self) -> None:
         self._streams = {}
         self._recent = collections.OrderedDict()
@@ -344,7 +385,8 @@ class Stored:
         """A channel for declarations (opened again after RabbitMQ closed it over an error)."""
         channel = self._admin_channel
         if channel is None or channel.is_closed:
-            channel = self._admin_channel = await self.connection.channel(publisher_confirms=False)
+            opened: AbstractChannel = await self._bounded(self.connection.channel(publisher_confirms=False))
+            channel = self._admin_channel = opened
         return channel
 
     async def _exchanges(self) -> None:
@@ -352,12 +394,14 @@ class Stored:
             return
         channel = await self._admin()
         unclaimed = unclaimed_exchange(self.exchange)
-        await channel.declare_exchange(unclaimed, aio_pika.ExchangeType.TOPIC, durable=True)
-        await channel.declare_exchange(
-            durable_exchange(self.exchange),
-            aio_pika.ExchangeType.TOPIC,
-            durable=True,
-            arguments={"alternate-exchange": unclaimed},
+        await self._bounded(channel.declare_exchange(unclaimed, aio_pika.ExchangeType.TOPIC, durable=True))
+        await self._bounded(
+            channel.declare_exchange(
+                durable_exchange(self.exchange),
+                aio_pika.ExchangeType.TOPIC,
+                durable=True,
+                arguments={"alternate-exchange": unclaimed},
+            )
         )
         self._stored_ready = True
 
@@ -366,10 +410,10 @@ class Stored:
         channel = await self._admin()
         args = {"x-queue-type": "quorum", **arguments} if quorum else arguments
         try:
-            return await channel.declare_queue(name, durable=True, arguments=args)
+            return await self._bounded(channel.declare_queue(name, durable=True, arguments=args))
         except aiormq.exceptions.ChannelPreconditionFailed:
             channel = await self._admin()
-            return await channel.declare_queue(name, passive=True)
+            return await self._bounded(channel.declare_queue(name, passive=True))
 
     async def ensure_stream(self, spec: StreamSpec) -> str:
         """The stream ``spec``: the queue of its unclaimed messages (see the module docstring)."""
@@ -385,7 +429,7 @@ class Stored:
                 arguments["x-quorum-initial-group-size"] = spec.replicas
             queue = await self._declare_queue(spec.name, arguments)
             for subject in spec.subjects:
-                await queue.bind(unclaimed_exchange(self.exchange), routing_pattern(subject))
+                await self._bounded(queue.bind(unclaimed_exchange(self.exchange), routing_pattern(subject)))
         except _FAILURES as exc:
             raise _error(exc, f"stream {spec.name}") from None
         return spec.name
@@ -433,6 +477,8 @@ class Stored:
             raise PayloadTooLarge("the message's headers exceed the AMQP frame size")
         if self._duplicate(subject, msg_id):
             return StoreAck("", 0, duplicate=True)
+        if not connected(self.connection):
+            raise NotConnected("storing a message: the connection to RabbitMQ is lost")
         try:
             result = await asyncio.wait_for(
                 self._store(subject, payload, table, content_type, msg_id, ttl), timeout
@@ -502,19 +548,19 @@ class Stored:
             {"x-message-ttl": int(milliseconds), "x-expires": int(milliseconds)},
             quorum=False,
         )
-        await queue.bind(self.exchange, subject)
+        await self._bounded(queue.bind(self.exchange, subject))
 
     async def is_kept(self, subject: str) -> bool:
         """Whether the queue keeping ``subject`` is still there (not read and deleted, not expired)."""
-        channel = await self.connection.channel(publisher_confirms=False)
+        channel = await self._bounded(self.connection.channel(publisher_confirms=False))
         try:
-            await channel.declare_queue(kept_queue(subject), passive=True)
+            await self._bounded(channel.declare_queue(kept_queue(subject), passive=True))
             return True
         except aiormq.exceptions.ChannelNotFoundEntity:
             return False
         finally:
             with contextlib.suppress(*_FAILURES):
-                await channel.close()
+                await self._bounded(channel.close())
 
     async def consumer(self, spec: ConsumerSpec) -> _Consumer:
         """The consumer's queue, made and bound when missing, then consumed."""
@@ -527,14 +573,16 @@ class Stored:
             if stream is not None and stream.max_age:
                 arguments["x-message-ttl"] = int(stream.max_age * 1000)
             queue = await self._declare_queue(name, arguments)
-            await queue.bind(durable_exchange(self.exchange), routing_pattern(spec.filter_subject))
+            await self._bounded(
+                queue.bind(durable_exchange(self.exchange), routing_pattern(spec.filter_subject))
+            )
             await self._claim(spec.stream, name, spec.filter_subject)
-            channel = await self.connection.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=spec.max_ack_pending)
+            channel = await self._bounded(self.connection.channel(publisher_confirms=False))
+            await self._bounded(channel.set_qos(prefetch_count=spec.max_ack_pending))
             # declared (passively) through the robust channel: restored, and consumed again, after a
             # reconnection
-            amqp_queue = await channel.declare_queue(name, passive=True)
-            await consumer.start(channel, amqp_queue)
+            amqp_queue = await self._bounded(channel.declare_queue(name, passive=True))
+            await self._bounded(consumer.start(channel, amqp_queue))
         except _FAILURES as exc:
             await consumer.close()
             raise _error(exc, f"consumer {spec.name}") from None
@@ -545,12 +593,12 @@ class Stored:
 
         Others stay unacknowledged on a channel of the claim's own, so each is looked at once,
         and go back when the channel closes."""
-        channel = await self.connection.channel(publisher_confirms=False)
+        channel = await self._bounded(self.connection.channel(publisher_confirms=False))
         try:
-            holding = await channel.declare_queue(stream, passive=True)
+            holding = await self._bounded(channel.declare_queue(stream, passive=True))
             left = holding.declaration_result.message_count
             while left > 0:
-                message = await holding.get(no_ack=False, fail=False)
+                message = await self._bounded(holding.get(no_ack=False, fail=False))
                 if message is None:
                     break
                 left -= 1
@@ -566,7 +614,7 @@ class Stored:
             pass  # no stream queue (made by an operator under another name): nothing to claim
         finally:
             with contextlib.suppress(*_FAILURES):
-                await channel.close()
+                await self._bounded(channel.close())
 
     async def _copy(self, queue: str, message: AbstractIncomingMessage, table: dict[str, Any]) -> None:
         properties = spec.Basic.Properties(
@@ -611,12 +659,15 @@ class Stored:
 
     async def last(self, stream: str, subject: str) -> _Message | None:
         """The message kept on ``subject`` (streams with a time to live: the subject's queue)."""
-        channel = await self.connection.channel(publisher_confirms=False)
         try:
-            queue = await channel.declare_queue(kept_queue(subject), passive=True)
+            channel = await self._bounded(self.connection.channel(publisher_confirms=False))
+        except _FAILURES as exc:
+            raise _error(exc, f"reading {subject}") from None
+        try:
+            queue = await self._bounded(channel.declare_queue(kept_queue(subject), passive=True))
             message = None
             # the last of the queue's messages (a reply queue holds one); all go back on close
-            while (got := await queue.get(no_ack=False, fail=False)) is not None:
+            while (got := await self._bounded(queue.get(no_ack=False, fail=False))) is not None:
                 message = got
             if message is None:
                 return None
@@ -637,7 +688,7 @@ class Stored:
             raise _error(exc, f"reading {subject}") from None
         finally:
             with contextlib.suppress(*_FAILURES):
-                await channel.close()
+                await self._bounded(channel.close())
 
     async def delete(self, stream: str, sequence: int) -> None:
         """Remove the message :meth:`last` returned as ``sequence``: its subject's queue goes."""
@@ -646,7 +697,7 @@ class Stored:
             return
         try:
             channel = await self._admin()
-            await channel.queue_delete(kept_queue(subject))
+            await self._bounded(channel.queue_delete(kept_queue(subject)))
         except aiormq.exceptions.ChannelNotFoundEntity:
             pass
         except _FAILURES as exc:
