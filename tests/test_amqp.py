@@ -166,6 +166,22 @@ async def test_raw_client_calls_with_json_and_binary(served: tuple[Served, Confo
     assert Response.FromString(binary.body).text == "bin"
 
 
+async def test_the_asyncapi_document_names_the_exchange_the_broker_declares(
+    served: tuple[Served, Conformance], raw: Any
+) -> None:
+    """The exchange in the document is the one the server's broker uses (option ``exchange``, here
+    the harness's own, not the default ``protobind``): the amqp broker declares it."""
+    server, _ = served
+    assert server.exchange != "protobind"
+    caller = _RawCaller(raw, server.exchange)
+    await caller.start()
+    reply = await caller.call(f"{server.prefix}$PROTOBIND.ASYNCAPI.{SERVICE}", b"")
+    document = json.loads(reply.body)
+    unary = document["channels"]["protobind_conformance_v1_ConformanceService_Unary"]
+    assert unary["bindings"]["amqp"]["exchange"]["name"] == server.exchange
+    assert document["info"]["description"].count("RabbitMQ") >= 1
+
+
 async def test_raw_client_reads_errors_from_headers(served: tuple[Served, Conformance], raw: Any) -> None:
     from google.rpc import status_pb2
 

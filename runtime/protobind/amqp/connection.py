@@ -40,6 +40,7 @@ from pamqp import commands as spec
 
 from ..broker.base import (
     NO_RESPONDERS_STATUS,
+    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -248,6 +249,11 @@ class AmqpBroker(Stored):
         connection.reconnect_callbacks.add(self._on_reconnect)
 
     # --- connection state -----------------------------------------------------------------------
+
+    @property
+    def asyncapi(self) -> AsyncApiFacts:
+        """AMQP 0-9-1; the routing keys are on the topic exchange of option ``exchange``."""
+        return AsyncApiFacts("amqp", self.exchange)
 
     @property
     def max_payload(self) -> int:

@@ -55,7 +55,6 @@ __all__ = [
     "NATS_BINDING_VERSION",
     "asyncapi_document",
     "merge_documents",
-    "protocol_of",
 ]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
@@ -527,12 +526,6 @@ def asyncapi_document(
         "messages": dict(sorted({**writer.messages, **_fixed_messages()}.items())),
     }
     return document
-
-
-def protocol_of(broker: str) -> str:
-    """The ``protocol`` of a broker's documents (:attr:`protobind.broker.base.Broker.name`): the
-    in-memory broker speaks NATS's subjects."""
-    return "nats" if broker == "memory" else broker
 
 
 _NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics", "amqp": "RabbitMQ routing keys"}

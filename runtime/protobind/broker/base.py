@@ -40,6 +40,7 @@ from ..codec import Codec
 __all__ = [
     "MSG_ID_HEADER",
     "NO_RESPONDERS_STATUS",
+    "AsyncApiFacts",
     "Broker",
     "BrokerError",
     "BrokerMessage",
@@ -171,6 +172,16 @@ class Inbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AsyncApiFacts:
+    """What an AsyncAPI document says of a broker, declared by the broker itself."""
+
+    #: the AsyncAPI protocol of its servers and bindings (``nats``, ``mqtt``, ``amqp``)
+    protocol: str
+    #: AMQP: the topic exchange whose routing keys the subjects are (empty where there is none)
+    exchange: str = ""
+
+
 Callback = Callable[[BrokerMessage], Awaitable[None]]
 InboxCallback = Callable[[str, BrokerMessage], Awaitable[None]]
 
@@ -221,6 +232,11 @@ class Broker(Protocol):
     def address(self, subject: str) -> str:
         """The broker's own name for ``subject`` (NATS: the subject; MQTT: its topic), as
         documents such as AsyncAPI show it."""
+        ...
+
+    @property
+    def asyncapi(self) -> AsyncApiFacts:
+        """The protocol and binding facts an AsyncAPI document of this broker's services shows."""
         ...
 
     async def settle(self) -> None:

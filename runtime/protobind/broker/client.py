@@ -254,7 +254,7 @@ class BrokerClient(ClientTransport):
     async def asyncapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
         """The AsyncAPI document of the services under this client's prefix: each service's own
         (asked on the subject its ``$SRV.INFO`` names), merged into one."""
-        from .asyncapi import merge_documents, protocol_of
+        from .asyncapi import merge_documents
 
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
@@ -272,7 +272,7 @@ class BrokerClient(ClientTransport):
                 documents.append(json.loads(data))
             except ValueError:
                 raise RpcError(Code.INTERNAL, f"{subject} did not answer a JSON document") from None
-        return merge_documents(documents, protocol_of(self.broker.name))
+        return merge_documents(documents, self.broker.asyncapi.protocol)
 
     async def _discover(
         self, timeout: float | None, metadata: Metadata

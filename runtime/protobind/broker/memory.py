@@ -27,6 +27,7 @@ from ..transport import Transport, named_harness
 from .base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
+    AsyncApiFacts,
     BrokerMessage,
     Callback,
     ConsumerSpec,
@@ -150,6 +151,8 @@ class MemoryBroker(DurableBroker):
     """:class:`protobind.broker.base.Broker` over a hub in this process."""
 
     name = "memory"
+    #: documented as NATS: the in-memory broker follows NATS's subjects and rules
+    asyncapi = AsyncApiFacts("nats")
 
     def __init__(self, hub: _Hub) -> None:
         self._hub = hub

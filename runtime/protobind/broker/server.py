@@ -325,9 +325,10 @@ class BrokerBinding(ServerBinding):
             return
         document = self._asyncapi.get(msg.subject)
         if document is None:
-            from .asyncapi import asyncapi_document, protocol_of
+            from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
+            facts = self.broker.asyncapi
             listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://", "amqp://", "amqps://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
@@ -337,10 +338,9 @@ class BrokerBinding(ServerBinding):
                     servers=[self._url] if listed else [],  # the document keeps the host only
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
-                    protocol=protocol_of(self.broker.name),
+                    protocol=facts.protocol,
                     address=self.broker.address,
-                    # RabbitMQ's topic exchange (option ``exchange``); other brokers have none
-                    exchange=getattr(self.broker, "exchange", "protobind"),
+                    exchange=facts.exchange or "protobind",
                 ),
                 separators=(",", ":"),
             ).encode()

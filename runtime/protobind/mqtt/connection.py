@@ -44,6 +44,7 @@ from zmqtt import (
 )
 
 from ..broker.base import (
+    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -296,6 +297,7 @@ class MqttBroker(MqttStore, DurableBroker):
     record readers open connections of their own (:mod:`.durable`)."""
 
     name = "mqtt"
+    asyncapi = AsyncApiFacts("mqtt")
 
     def __init__(self, settings: Settings, client_id: str, persistent: bool = False) -> None:
         """A clean session, or a persistent one (a durable consumer's: the broker keeps its

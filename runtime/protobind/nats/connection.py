@@ -27,6 +27,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from ..broker.base import (
+    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -427,6 +428,7 @@ class NatsBroker(JetStream, DurableBroker):
     :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
 
     name = "nats"
+    asyncapi = AsyncApiFacts("nats")
 
     def __init__(self, client: Connection) -> None:
         self.client = client
