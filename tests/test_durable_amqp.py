@@ -19,7 +19,7 @@ from typing import Any
 import aio_pika
 import pytest
 from jobs.v1.jobs_pb2 import Job, JobResult
-from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsClient
+from jobs.v1.jobs_protobind import JOBS_RUN, JOBS_SUBMIT, JobsClient
 
 import protobind
 from protobind import Code, RpcError
@@ -247,6 +247,32 @@ async def test_poison_messages_go_to_the_dead_letter_and_the_server_keeps_servin
         found[letter.message_id] = letter.headers["Protobind-Status"]
     assert found["poison-0"] == found["poison-1"] == str(int(Code.INVALID_ARGUMENT))
     assert "healthy" in jobs.ids()
+
+
+async def test_calls_stored_before_any_server_are_claimed_by_the_method_they_are_for(
+    rabbitmq_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submit and Run calls stored while no server ran wait in the stream's queue; each method's
+    consumer claims its own (pipelined copies) and leaves the other's. A claim window of 3 makes
+    the other method's calls fill it, so the rest is read one by one: every call still handled once."""
+    from protobind.amqp import stored
+
+    monkeypatch.setattr(stored, "CLAIM_WINDOW", 3)
+    url = _url(rabbitmq_server, f"claim{next(_names)}.")
+    async with protobind.connect(url) as channel:
+        calls = DurableCalls(channel)
+        for i in range(20):
+            await calls.submit(JOBS_SUBMIT, Job(id=f"s{i}"))
+            await calls.submit(JOBS_RUN, Job(id=f"r{i}"))
+    jobs = Jobs()
+    server = protobind.Server([jobs])
+    await server.start(url)
+    try:
+        expected = {f"s{i}" for i in range(20)} | {f"r{i}" for i in range(20)}
+        await eventually(lambda: set(jobs.ids()) >= expected, timeout=60)
+    finally:
+        await server.stop(0)
+    assert jobs.ids() == Counter({name: 1 for name in expected})
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_WAIT",
+    "CLAIM_WINDOW",
     "DELIVERED",
     "STORED_ON",
     "UNSAFE",
@@ -96,6 +97,8 @@ _RECENT_IDS = 100_000
 #: Characters AMQP clients refuse in queue names (pamqp among them): they become ``_``.
 UNSAFE = re.compile(r"[^a-zA-Z0-9_.:@,/+-]")
 _FAILURES = (aiormq.exceptions.AMQPError, RuntimeError, OSError, asyncio.TimeoutError)
+#: Most deliveries a claim of unclaimed messages holds unacknowledged at once (see ``_Claim``).
+CLAIM_WINDOW = 1000
 #: Longest wait for RabbitMQ's answer to a declaration, a cancel or a close (seconds).
 ANSWER_WAIT = 10.0
 
@@ -589,42 +592,29 @@ class Stored:
         return consumer
 
     async def _claim(self, stream: str, queue: str, filter_subject: str) -> None:
-        """Move the unclaimed messages of ``stream`` that ``filter_subject`` matches to ``queue``.
-
-        Others stay unacknowledged on a channel of the claim's own, so each is looked at once,
-        and go back when the channel closes."""
+        """Move the unclaimed messages of ``stream`` that ``filter_subject`` matches to ``queue``
+        (see :class:`_Claim`)."""
         channel = await self._bounded(self.connection.channel(publisher_confirms=False))
         try:
             holding = await self._bounded(channel.declare_queue(stream, passive=True))
             left = holding.declaration_result.message_count
-            while left > 0:
-                message = await self._bounded(holding.get(no_ack=False, fail=False))
-                if message is None:
-                    break
-                left -= 1
-                table = _table(message)
-                subject = _text(table.get(STORED_ON) or message.routing_key or "")
-                if not matches(filter_subject, subject):
-                    continue
-                copied = _copy_table(table)
-                copied[STORED_ON] = subject
-                await self._copy(queue, message, copied)
-                await message.ack()
+            if left:
+                await _Claim(self, raw_channel(channel), queue, filter_subject).run(stream, left)
         except aiormq.exceptions.ChannelNotFoundEntity:
             pass  # no stream queue (made by an operator under another name): nothing to claim
         finally:
             with contextlib.suppress(*_FAILURES):
                 await self._bounded(channel.close())
 
-    async def _copy(self, queue: str, message: AbstractIncomingMessage, table: dict[str, Any]) -> None:
+    async def _copy(
+        self, queue: str, body: bytes, content_type: str | None, message_id: str | None, table: dict[str, Any]
+    ) -> None:
+        """Store a copy of a message in ``queue`` (through the default exchange), confirmed."""
         properties = spec.Basic.Properties(
-            headers=table,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            delivery_mode=2,
+            headers=table, content_type=content_type, message_id=message_id, delivery_mode=2
         )
         result = await raw_channel(self._confirmed).basic_publish(
-            message.body, exchange="", routing_key=queue, properties=properties, mandatory=True
+            body, exchange="", routing_key=queue, properties=properties, mandatory=True
         )
         if not isinstance(result, spec.Basic.Ack):
             raise BrokerError(f"the copy to {queue} was not stored")
@@ -652,7 +642,7 @@ class Stored:
                     },
                 )
                 self._retry_queues.add(retry)
-            await self._copy(retry, raw, table)
+            await self._copy(retry, raw.body, raw.content_type, raw.message_id, table)
         except _FAILURES as exc:
             self._retry_queues.discard(retry)
             raise _error(exc, "delaying a retry") from None
@@ -702,6 +692,86 @@ class Stored:
             pass
         except _FAILURES as exc:
             raise _error(exc, f"deleting {subject}") from None
+
+
+class _Claim:
+    """The unclaimed messages of a stream moved to a consumer's queue, pipelined.
+
+    They are consumed on a channel of the claim's own with a window of :data:`CLAIM_WINDOW`
+    unacknowledged deliveries: each one the filter matches is copied to the consumer's queue
+    (many confirmed copies in flight at once) and acknowledged once its copy is confirmed; the
+    others stay unacknowledged, so each is looked at once, and go back to the stream's queue when
+    the channel closes. If those others fill the window, RabbitMQ pushes nothing more, and the
+    rest is read with ``basic.get`` (which no window holds back), still with copies in flight.
+    """
+
+    def __init__(self, owner: Stored, channel: Any, queue: str, filter_subject: str) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.queue = queue
+        self.filter = filter_subject
+        self.arrived: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(CLAIM_WINDOW)
+        self.copies: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        self.held = 0  # looked at, not matched, left unacknowledged
+
+    async def run(self, stream: str, left: int) -> None:
+        connection = self.owner.connection
+        channel = self.channel
+        try:
+            await bounded(connection, channel.basic_qos(prefetch_count=CLAIM_WINDOW))
+            consuming = await bounded(
+                connection, channel.basic_consume(stream, self.arrived.put, no_ack=False)
+            )
+            try:
+                while left > 0 and self.held < CLAIM_WINDOW and self.failure is None:
+                    try:
+                        message = await asyncio.wait_for(self.arrived.get(), ANSWER_WAIT)
+                    except asyncio.TimeoutError:
+                        break  # fewer than counted: expired, or another server's claim took them
+                    left -= 1
+                    await self._look(message)
+            finally:
+                # deliveries not looked at stay unacknowledged: back to the stream's queue on close
+                with contextlib.suppress(*_FAILURES):
+                    await bounded(connection, channel.basic_cancel(consuming.consumer_tag))
+            while left > 0 and self.held >= CLAIM_WINDOW and self.failure is None:
+                message = await bounded(connection, channel.basic_get(stream, no_ack=False))
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                left -= 1
+                await self._look(message)
+        finally:
+            await asyncio.gather(*self.copies, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
+
+    async def _look(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        table = _table(properties)
+        subject = _text(table.get(STORED_ON) or message.delivery.routing_key or "")  # type: ignore[union-attr]
+        if not matches(self.filter, subject):
+            self.held += 1
+            return
+        copied = _copy_table(table)
+        copied[STORED_ON] = subject
+        await self.slots.acquire()
+        task = asyncio.ensure_future(self._move(message, properties, copied))
+        self.copies.add(task)
+        task.add_done_callback(self.copies.discard)
+
+    async def _move(self, message: DeliveredMessage, properties: Any, table: dict[str, Any]) -> None:
+        try:
+            await self.owner._copy(
+                self.queue, message.body, properties.content_type, properties.message_id, table
+            )
+            await self.channel.basic_ack(message.delivery.delivery_tag, wait=False)  # type: ignore[union-attr]
+        except Exception as exc:  # kept for run() to raise; the message goes back with the channel
+            if self.failure is None:
+                self.failure = exc
+        finally:
+            self.slots.release()
 
 
 def raw_channel(channel: AbstractRobustChannel) -> Any:
