@@ -1,7 +1,9 @@
-"""Durable one-way calls on JetStream: protobind vs raw nats-py, publish + handle throughput.
+"""Durable one-way calls: protobind vs the raw client, publish + handle throughput, on JetStream
+(raw nats-py) or on RabbitMQ (``--broker amqp``: raw aio-pika).
 
     python -m benchmarks.durable                      # 20,000 messages of 100 B, 3 rounds
     python -m benchmarks.durable --messages 50000 --payload 16384
+    python -m benchmarks.durable --broker amqp        # a private rabbitmq-server node (tests/rabbitmq.py)
 
 Both sides do the same work over the same nats-server (JetStream, file storage): a publisher
 process stores ``--messages`` events with ``--concurrency`` publishes in flight, each waiting for
@@ -12,6 +14,12 @@ pulls them from a durable pull consumer, parses each as ``bench.v1.Event`` and a
   ``protobind.Server`` whose handler parses nothing more (the runtime decoded the event).
 - raw: nats-py ``js.publish(subject, bytes, headers={"Nats-Msg-Id": ...})`` and
   ``js.pull_subscribe(...)``/``fetch(batch=64)``, ``Event.FromString``, ``msg.ack()``.
+
+On RabbitMQ, protobind stores each call with a persistent, mandatory publish confirmed by the
+broker in a quorum queue per consumer and acknowledges each handled call (docs/brokers.md); the raw
+side does the same by hand with aio-pika: a durable quorum queue, ``publisher_confirms=True``,
+persistent messages with a ``message_id``, ``mandatory``, and a consumer with the same prefetch as
+protobind's ``max_ack_pending`` (1000) that parses each event and acknowledges it.
 
 Throughput = messages / (last message handled - first publish). The two sides run back to back,
 in alternating order, each on fresh streams; figures are medians over ``--rounds`` with min-max.
@@ -74,6 +82,26 @@ async def consume(side: str, url: str, prefix: str, count: int) -> dict[str, flo
         print("READY", flush=True)
         await done.wait()
         await server.stop(grace=1.0)
+    elif url.startswith("amqp"):
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.declare_queue(
+            f"{prefix}raw.events", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+
+        async def on_event(message: Any) -> None:
+            Event.FromString(message.body)
+            await message.ack()
+            handled()
+
+        await queue.consume(on_event)
+        print("READY", flush=True)
+        await done.wait()
+        await queue.delete(if_unused=False, if_empty=False)
+        await connection.close()
     else:
         import nats
 
@@ -119,6 +147,25 @@ async def publish(
             await client.ingest(Event(payload=payload), timeout=30)
 
         close = channel.close
+    elif url.startswith("amqp"):
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        confirmed = await connection.channel(publisher_confirms=True)
+
+        async def send() -> None:
+            message = aio_pika.Message(
+                Event(payload=payload).SerializeToString(),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=os.urandom(16).hex(),
+            )
+            await confirmed.default_exchange.publish(
+                message, f"{prefix}raw.events", mandatory=True, timeout=30
+            )
+
+        await send()
+        left -= 1
+        close = connection.close
     else:
         import nats
 
@@ -185,6 +232,28 @@ def run_side(side: str, url: str, prefix: str, args: argparse.Namespace) -> dict
     }
 
 
+def _broker(kind: str) -> tuple[str, Any]:
+    """A broker of this run's own: nats-server with JetStream, or a private rabbitmq-server node."""
+    store = tempfile.mkdtemp(prefix=f"protobind-bench-{kind}-")
+    if kind == "nats":
+        from protobind.nats.embedded import start_nats_server
+
+        return start_nats_server(args=["-js", "-sd", store])
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from tests.rabbitmq import RabbitMQ
+
+    node = RabbitMQ(Path(store))
+    node.start()
+
+    def stop() -> None:
+        node.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+    return node.url, stop
+
+
 def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
 
@@ -195,11 +264,9 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--broker", choices=("nats", "amqp"), default="nats")
     args = parser.parse_args()
-    from protobind.nats.embedded import start_nats_server
-
-    store = tempfile.mkdtemp(prefix="protobind-bench-js-")
-    url, stop = start_nats_server(args=["-js", "-sd", store])
+    url, stop = _broker(args.broker)
     results: dict[str, list[dict[str, float]]] = {"protobind": [], "raw": []}
     try:
         for round_ in range(args.rounds):
@@ -212,8 +279,12 @@ def main() -> None:
         stop()
     ours = [r["msgs_per_s"] for r in results["protobind"]]
     raw = [r["msgs_per_s"] for r in results["raw"]]
-    print(f"\ndurable one-way, {args.payload} B, {args.messages:,} messages, {args.concurrency} in flight")
-    for side, label in (("protobind", "protobind  "), ("raw", "raw nats-py")):
+    raw_name = "raw aio-pika" if args.broker == "amqp" else "raw nats-py"
+    print(
+        f"\ndurable one-way on {args.broker}, {args.payload} B, {args.messages:,} messages, "
+        f"{args.concurrency} in flight"
+    )
+    for side, label in (("protobind", "protobind  "), ("raw", raw_name)):
         handled = _summary([r["msgs_per_s"] for r in results[side]])
         published = _summary([r["publish_per_s"] for r in results[side]])
         print(f"{label} {handled} msgs/s  (publishing alone {published} msgs/s)")

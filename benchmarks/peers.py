@@ -725,7 +725,7 @@ async def oneway_watcher(url: str) -> tuple[Any, Close]:
         return done, stop
     import nats
 
-    watcher = await nats.connect(url)
+    watcher = await nats.connect(done_url(url))
 
     async def report(msg: object) -> None:
         done.put_nowait(msg)
@@ -751,21 +751,27 @@ def _amqp_base() -> str:
     return os.environ.get("PROTOBIND_BENCH_AMQP_URL", AMQP_URL)
 
 
-async def _protobind_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+async def _serve_amqp(service: object) -> tuple[str, Stop]:
+    """``service`` served on the machine's RabbitMQ, on an exchange of its own (deleted at the stop)."""
     import secrets
 
     exchange = f"protobind.bench.{secrets.token_hex(4)}"
-    url, stop = await serve_protobind(f"{_amqp_base()}?exchange={exchange}")
+    server = protobind.Server([service])
+    (url,) = await server.start(f"{_amqp_base()}?exchange={exchange}")
 
     async def stop_and_clean() -> None:
         import aio_pika
 
-        await stop()
+        await server.stop(grace=1.0)
         connection = await aio_pika.connect(_amqp_base())
         async with connection:
             await (await connection.channel()).exchange_delete(exchange)
 
     return url, stop_and_clean
+
+
+async def _protobind_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await _serve_amqp(Echo())
 
 
 async def _raw_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
@@ -879,3 +885,101 @@ SERVERS["faststream-rabbit"] = _faststream_amqp_server
 CLIENTS["faststream-rabbit"] = _faststream_amqp_client
 PAIRS.append(("amqp", "protobind-amqp", "aio-pika"))
 PAIRS.append(("amqp-faststream", "protobind-amqp", "faststream-rabbit"))
+
+
+# --- one-way over RabbitMQ: protobind's one-way method vs raw aio-pika publish / manual-ack consume -
+# As nats-oneway: the server reports the last message of a burst on ONEWAY_DONE over NATS (the run's
+# nats-server, named in the URL's `done` parameter, which the clients leave out). protobind publishes
+# a one-way call without confirms to the topic exchange and its server acknowledges what it took
+# (docs/brokers.md); the raw peer publishes to a queue of its own, no confirms, and its consumer
+# (prefetch 1000) parses each message and acknowledges it.
+
+
+def _without_done(url: str) -> tuple[str, dict[str, str]]:
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.pop("done", None)
+    return parts._replace(query=urlencode(query)).geturl(), query
+
+
+def done_url(url: str) -> str:
+    """Where a one-way server reports its bursts: the URL's `done` parameter, else the URL itself."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(url).query)).get("done", url)
+
+
+async def _protobind_amqp_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import nats
+
+    assert nats_url is not None
+    counter = _Counter(await nats.connect(nats_url))
+
+    class Sink(ConformanceService):
+        async def notify(self, request: Request, context: protobind.Context) -> Empty:
+            await counter.count(request)
+            return Empty()
+
+    bound, stop = await _serve_amqp(Sink())
+
+    async def stop_all() -> None:
+        await stop()
+        await counter.nc.drain()
+
+    return f"{bound}&done={nats_url}", stop_all
+
+
+async def _raw_amqp_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    import aio_pika
+    import nats
+
+    assert nats_url is not None
+    counter = _Counter(await nats.connect(nats_url))
+    connection = await aio_pika.connect(_amqp_base())
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.declare_queue(f"bench.raw.oneway.{secrets.token_hex(4)}", auto_delete=True)
+
+    async def handle(message: Any) -> None:
+        await counter.count(Request.FromString(message.body))
+        await message.ack()
+
+    await queue.consume(handle)
+
+    async def stop() -> None:
+        await connection.close()
+        await counter.nc.drain()
+
+    return f"{_amqp_base()}?queue={queue.name}&done={nats_url}", stop
+
+
+async def _protobind_amqp_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awaitable[Any]], Close]:
+    return await _protobind_oneway_client(_without_done(url)[0])
+
+
+async def _raw_amqp_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awaitable[Any]], Close]:
+    import aio_pika
+
+    base, query = _without_done(url)
+    connection = await aio_pika.connect(base.partition("?")[0])
+    channel = await connection.channel(publisher_confirms=False)
+    exchange = channel.default_exchange
+    target = query["queue"]
+
+    async def send(payload: bytes, count: int) -> None:
+        await exchange.publish(
+            aio_pika.Message(Request(payload=payload, number=count).SerializeToString()), target
+        )
+
+    return send, connection.close
+
+
+SERVERS["protobind-amqp-oneway"] = _protobind_amqp_oneway_server
+ONEWAY_CLIENTS["protobind-amqp-oneway"] = _protobind_amqp_oneway_client
+SERVERS["aio-pika-publish"] = _raw_amqp_oneway_server
+ONEWAY_CLIENTS["aio-pika-publish"] = _raw_amqp_oneway_client
+PAIRS.append(("amqp-oneway", "protobind-amqp-oneway", "aio-pika-publish"))

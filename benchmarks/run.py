@@ -126,7 +126,7 @@ def main() -> None:
     pairs = [p for p in peers.PAIRS if not only or p[0] in only]
     if not pairs:
         parser.error(f"no pair matches --only; known: {', '.join(p[0] for p in peers.PAIRS)}")
-    nats_url, stop_nats = nats_server(any("nats" in p[0] for p in pairs))
+    nats_url, stop_nats = nats_server(any("nats" in p[0] or "oneway" in p[0] for p in pairs))
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "args": vars(args),
