@@ -97,9 +97,10 @@ async def consume(side: str, url: str, prefix: str, count: int) -> dict[str, flo
             await message.ack()
             handled()
 
-        await queue.consume(on_event)
+        tag = await queue.consume(on_event)
         print("READY", flush=True)
         await done.wait()
+        await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
         await connection.close()
     else:
