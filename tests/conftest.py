@@ -62,3 +62,19 @@ def example_greeter() -> object:
     finally:
         sys.path.remove(path)
     return Greeter()
+
+
+def _slow_tests() -> frozenset[str]:
+    lines = (ROOT / "tests" / "slow_tests.txt").read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+SLOW_TESTS = _slow_tests()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the tests listed in tests/slow_tests.txt (measured over 2 s), so that
+    ``-m "not slow"`` is the fast subset (CONTRIBUTING.md)."""
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
