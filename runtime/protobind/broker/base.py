@@ -161,6 +161,12 @@ class Inbound(Subscription, Protocol):
         """Bookkeeping after the engine took ``message`` off ``queue``."""
         ...
 
+    def done(self, message: BrokerMessage) -> None:
+        """The engine finished with ``message`` (handled, answered or refused). A broker that
+        records consumption (Kafka commits offsets) may now count it consumed; a message the engine
+        took but never calls this for (the server stopped first) is the broker's to deliver again."""
+        ...
+
 
 class Inbox(Protocol):
     """A private reply inbox of one connection: replies to ``address(token)`` reach the inbox's
@@ -202,8 +208,10 @@ class Broker(Protocol):
         rest); with ``queue``, each message goes to one member of that queue group."""
         ...
 
-    async def pull(self, subject: str, queue: str = "") -> Inbound:
-        """Like :meth:`subscribe`, but the engine takes the messages from a queue itself."""
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> Inbound:
+        """Like :meth:`subscribe`, but the engine takes the messages from a queue itself.
+        ``subjects``: the subjects ``subject``'s wildcards are to cover, for a broker that cannot
+        subscribe to a wildcard (Kafka: a topic per subject); the others ignore it."""
         ...
 
     async def inbox(self, callback: InboxCallback) -> Inbox:

@@ -93,6 +93,9 @@ class _Subscriber:
     def taken(self, message: BrokerMessage) -> None:
         """Nothing to count: the mailbox is this broker's own."""
 
+    def done(self, message: BrokerMessage) -> None:
+        """Nothing to record: a memory broker keeps no consumer positions."""
+
     async def unsubscribe(self) -> None:
         self.active = False
         self.hub.subscribers.discard(self)
@@ -192,7 +195,7 @@ class MemoryBroker(DurableBroker):
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscriber:
         return self._add(subject, queue, callback)
 
-    async def pull(self, subject: str, queue: str = "") -> _Subscriber:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Subscriber:
         return self._add(subject, queue, None)
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:

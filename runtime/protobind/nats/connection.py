@@ -354,6 +354,9 @@ class _Inbound:
             # nats-py's slow-consumer limit counts the bytes waiting
             self._sub._pending_size -= len(message.data)
 
+    def done(self, message: BrokerMessage) -> None:
+        """NATS core keeps no record of consumption."""
+
     async def unsubscribe(self) -> None:
         try:
             await self._sub.unsubscribe()
@@ -425,7 +428,7 @@ class NatsBroker(JetStream, DurableBroker):
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscription:
         return _Subscription(await self.client.subscribe(subject, queue=queue, cb=callback))
 
-    async def pull(self, subject: str, queue: str = "") -> _Inbound:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Inbound:
         mailbox = Mailbox()
         # no callback: the connection puts the messages in the mailbox (Connection.pulled)
         sub = await self.client.subscribe(subject, queue=queue)

@@ -1,0 +1,749 @@
+"""The broker engine's :class:`~protobind.broker.base.Broker` on Kafka (aiokafka); the only module
+that imports aiokafka.
+
+How the engine's subjects become Kafka topics (docs/brokers.md, "Kafka", is the user's description):
+
+- A method's calls go to one topic, named by the ``topic`` template (default
+  ``{prefix}{service}.{method}``). protobind creates it with ``partitions`` partitions when it is
+  missing. A queue group is a Kafka consumer group; a new group starts at the topic's oldest record.
+  The record key is the call's ``partition-key`` metadata (none: the producer spreads the calls).
+- A private inbox is a topic of its own per connection (``protobind.inbox.<random>``, one
+  partition, deleted on close); a reply names it as ``<topic>/<correlation>`` and travels with
+  the correlation in the ``Protobind-Correlation`` header.
+- Every other subject (cancel notices, liveness probes, discovery: the ``$``-subjects) travels on
+  one control topic (``control_topic``, one partition) that every connection reads from its end;
+  the subject is in the ``Protobind-Subject`` header and matched here.
+
+A reply address travels in the ``Protobind-Reply`` header. Calls are produced with ``acks=all``
+and awaited; a group's offsets are committed per partition only up to the oldest message whose
+handling has not finished (the engine says so through :meth:`_Inbound.done`), so a crash or a
+rebalance delivers unfinished calls again and loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
+
+from ..broker.base import (
+    NO_RESPONDERS_STATUS,
+    BrokerError,
+    BrokerMessage,
+    Callback,
+    InboxCallback,
+    Mailbox,
+    NotConnected,
+    PayloadTooLarge,
+    Unsupported,
+)
+from ..broker.memory_streams import matches
+from ..broker.wire import TIMEOUT
+from .options import Settings
+
+__all__ = [
+    "CORRELATION",
+    "KEY_METADATA",
+    "REPLY",
+    "SUBJECT",
+    "KafkaBroker",
+    "KafkaMessage",
+    "open_broker",
+]
+
+logger = logging.getLogger("protobind.kafka")
+
+#: Header of a control-topic record: the subject it was published to.
+SUBJECT = "Protobind-Subject"
+#: Header of a record that expects an answer: where to send it.
+REPLY = "Protobind-Reply"
+#: Header of a record sent to an inbox topic: which call (or stream) it answers.
+CORRELATION = "Protobind-Correlation"
+#: Call metadata whose value becomes the record key (calls with one key stay in order).
+KEY_METADATA = "partition-key"
+_TRANSPORT_HEADERS = frozenset({SUBJECT, REPLY, CORRELATION})
+_INBOX_TOPIC = "protobind.inbox."
+#: Records received and not yet finished, per group consumer, before it stops fetching.
+_MAX_IN_FLIGHT = 1024
+_LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def topic_name(text: str) -> str:
+    """``text`` as a legal Kafka topic name (characters other than letters, digits, ``.``, ``_``
+    and ``-`` become ``_``; at most 249 characters)."""
+    return "".join(c if c in _LEGAL else "_" for c in text)[:249]
+
+
+class KafkaMessage:
+    """One received record as the engine sees it (:class:`~protobind.broker.base.BrokerMessage`)."""
+
+    __slots__ = ("data", "headers", "offset", "reply", "subject", "tracker")
+
+    def __init__(
+        self,
+        subject: str,
+        reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        tracker: _Offsets | None = None,
+        offset: int = -1,
+    ) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+        self.tracker = tracker
+        self.offset = offset
+
+
+def _broker_error(exc: BaseException) -> BrokerError:
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, kafka_errors.MessageSizeTooLargeError):
+        return PayloadTooLarge("the record exceeds the broker's limit")
+    if isinstance(exc, (kafka_errors.KafkaConnectionError, kafka_errors.ProducerClosed, OSError)):
+        return NotConnected(f"Kafka connection: {type(exc).__name__}")
+    return BrokerError(f"Kafka refused the record: {type(exc).__name__}")
+
+
+def _read_headers(raw: Iterable[tuple[str, bytes | None]]) -> tuple[dict[str, str] | None, str, str, str]:
+    """(engine headers or None, subject header, reply, correlation) of a record's headers."""
+    headers: dict[str, str] | None = None
+    subject = reply = correlation = ""
+    for key, value in raw:
+        text = b"" if value is None else value
+        decoded = text.decode("utf-8", "replace")
+        if key in _TRANSPORT_HEADERS:
+            if key == REPLY:
+                reply = decoded
+            elif key == SUBJECT:
+                subject = decoded
+            else:
+                correlation = decoded
+        else:
+            if headers is None:
+                headers = {}
+            headers[key] = decoded
+    return headers, subject, reply, correlation
+
+
+class _Offsets:
+    """One assigned partition of a group: which received offsets are still unfinished, and the
+    offset that may be committed (everything below it is finished)."""
+
+    __slots__ = ("commit", "committed", "finished", "live", "pending", "running", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.pending: collections.deque[int] = collections.deque()
+        self.finished: set[int] = set()
+        self.commit = -1  # -1: nothing new to commit
+        self.committed = -1
+        self.running = 0  # handed to the engine, not finished
+        self.live = True
+
+    def add(self, offset: int) -> None:
+        self.pending.append(offset)
+        self.running += 1
+
+    def finish(self, offset: int) -> None:
+        self.running -= 1
+        pending = self.pending
+        if not pending or pending[0] != offset:
+            self.finished.add(offset)
+            return
+        pending.popleft()
+        advance = offset + 1
+        finished = self.finished
+        while pending and pending[0] in finished:
+            advance = pending.popleft()
+            finished.discard(advance)
+            advance += 1
+        self.commit = advance
+
+
+class _Sub:
+    """One subscription: a mailbox, drained by a task of its own (callback) or by the engine (pull)."""
+
+    def __init__(self, broker: KafkaBroker, subject: str, queue: str, callback: Callback | None) -> None:
+        self.broker = broker
+        self.subject = subject
+        self.pattern = tuple(subject.split("."))
+        self.queue = queue
+        self.mailbox = Mailbox()
+        self.group: _Group | None = None
+        self.reader: _Reader | None = None
+        self._task: asyncio.Task[None] | None = None
+        if callback is not None:
+            self._task = asyncio.get_running_loop().create_task(self._deliver(callback))
+
+    async def _deliver(self, callback: Callback) -> None:
+        mailbox = self.mailbox
+        while True:
+            if not mailbox.items:
+                await mailbox.wait()
+                continue
+            message = mailbox.items.popleft()
+            try:
+                await callback(message)
+            except Exception:  # one failing callback must not end the subscription
+                logger.exception("Kafka subscription callback on %s failed", self.subject)
+            finally:
+                self.done(message)
+
+    def taken(self, message: BrokerMessage) -> None:
+        """Nothing to count: the mailbox is this broker's own."""
+
+    def done(self, message: BrokerMessage) -> None:
+        """The engine finished with ``message``: its offset may be committed."""
+        if self.group is not None:
+            self.group.done(message)
+
+    async def unsubscribe(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.broker._forget(self)
+
+
+class _Inbox:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def address(self, token: str) -> str:
+        return self.prefix + token
+
+
+class _Reader:
+    """A consumer outside any group, reading its assigned partitions from their end: the control
+    topic and the connection's inbox, or the fan-out subscriptions of a call topic."""
+
+    def __init__(self, broker: KafkaBroker, partitions: list[TopicPartition]) -> None:
+        self.broker = broker
+        self.partitions = partitions
+        self.consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.subs: list[_Sub] = []
+
+    async def start(self) -> None:
+        settings = self.broker.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=settings.client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=int(settings.fetch_wait * 1000),
+            request_timeout_ms=int(settings.connect_timeout * 1000) + 30000,
+        )
+        await consumer.start()
+        self.consumer = consumer
+        consumer.assign(self.partitions)
+        await consumer.seek_to_end(*self.partitions)
+        for tp in self.partitions:
+            await consumer.position(tp)  # from here on, what others publish reaches us
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        dispatch = self.broker._dispatch
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000)
+            except kafka_errors.KafkaError as exc:
+                logger.warning("Kafka fetch failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    await dispatch(record, self)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+
+
+class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer group of this connection: the queue subscriptions of one group name."""
+
+    def __init__(self, broker: KafkaBroker, group_id: str) -> None:
+        self.broker = broker
+        self.group_id = group_id
+        self.subs: dict[str, _Sub] = {}  # topic -> subscription
+        self.offsets: dict[TopicPartition, _Offsets] = {}
+        self.assigned = asyncio.Event()
+        self.in_flight = 0
+        self._room = asyncio.Event()
+        self._progress = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed: tuple[str, ...] = ()
+
+    async def add(self, topic: str, sub: _Sub) -> None:
+        self.subs[topic] = sub
+        sub.group = self
+
+    async def remove(self, sub: _Sub) -> None:
+        for topic, other in list(self.subs.items()):
+            if other is sub:
+                del self.subs[topic]
+
+    async def settle(self) -> None:
+        """Start the consumer (or subscribe it to topics added since) and wait for the group's
+        assignment."""
+        topics = tuple(sorted(self.subs))
+        if self.consumer is None:
+            settings = self.broker.settings
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=settings.bootstrap,
+                client_id=settings.client_id,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=int(settings.fetch_wait * 1000),
+                max_poll_records=_MAX_IN_FLIGHT,
+                session_timeout_ms=int(settings.session_timeout * 1000),
+                heartbeat_interval_ms=max(100, min(3000, int(settings.session_timeout * 1000) // 5)),
+            )
+            await self.consumer.start()
+        if topics != self._subscribed:
+            self.assigned.clear()
+            self._subscribed = topics
+            if topics:
+                self.consumer.subscribe(topics=list(topics), listener=self)
+            else:
+                self.consumer.unsubscribe()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if topics:
+            timeout = self.broker.settings.connect_timeout + self.broker.settings.rebalance_grace
+            try:
+                await asyncio.wait_for(self.assigned.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise NotConnected(f"consumer group {self.group_id} got no assignment in time") from None
+
+    async def _run(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        while True:
+            if self.in_flight >= _MAX_IN_FLIGHT:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=200, max_records=max(1, _MAX_IN_FLIGHT - self.in_flight)
+                )
+            except kafka_errors.KafkaError as exc:
+                logger.warning("Kafka fetch for group %s failed: %r", self.group_id, exc)
+                await asyncio.sleep(0.5)
+                continue
+            now = time.time() * 1000
+            for tp, records in batches.items():
+                tracker = self.offsets.get(tp)
+                sub = self.subs.get(tp.topic)
+                if tracker is None or sub is None:
+                    continue
+                for record in records:
+                    headers, _, reply, _ = _read_headers(record.headers)
+                    tracker.add(record.offset)
+                    self.in_flight += 1
+                    message = KafkaMessage(
+                        self.broker._subjects.get(tp.topic, tp.topic),
+                        reply,
+                        record.value or b"",
+                        headers,
+                        tracker,
+                        record.offset,
+                    )
+                    if reply and headers is not None and _expired(headers, record.timestamp, now):
+                        self.done(message)  # its caller gave up long ago: nobody waits for it
+                        continue
+                    sub.mailbox.put(message)
+            await self.commit()
+
+    def done(self, message: BrokerMessage) -> None:
+        tracker = getattr(message, "tracker", None)
+        if tracker is None:
+            return
+        message.tracker = None  # type: ignore[attr-defined]
+        self.in_flight -= 1
+        if not self._room.is_set():
+            self._room.set()
+        if tracker.live:
+            tracker.finish(message.offset)  # type: ignore[attr-defined]
+            if tracker.running == 0:
+                self._progress.set()
+
+    async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        """Commit every partition's finished prefix that is not committed yet."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        trackers = self.offsets.values() if only is None else [self.offsets[tp] for tp in only]
+        offsets = {
+            t.tp: OffsetAndMetadata(t.commit, "") for t in trackers if t.commit > t.committed and t.live
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except kafka_errors.KafkaError as exc:
+            # the partitions went to another member: it starts from the last commit (at least once)
+            logger.info("Kafka commit for group %s failed: %r", self.group_id, exc)
+            return
+        for tp, offset in offsets.items():
+            tracker = self.offsets.get(tp)
+            if tracker is not None:
+                tracker.committed = max(tracker.committed, offset.offset)
+
+    # --- rebalances (ConsumerRebalanceListener) ---
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        gone = [tp for tp in revoked if tp in self.offsets]
+        if not gone:
+            return
+        trackers = {self.offsets[tp] for tp in gone}
+        # what the engine has not taken yet goes to the partitions' next owner
+        for sub in self.subs.values():
+            items = sub.mailbox.items
+            kept = [m for m in items if getattr(m, "tracker", None) not in trackers]
+            if len(kept) != len(items):
+                for message in items:
+                    tracker = getattr(message, "tracker", None)
+                    if tracker in trackers:
+                        message.tracker = None  # type: ignore[attr-defined]
+                        tracker.running -= 1
+                        self.in_flight -= 1
+                items.clear()
+                items.extend(kept)
+        if not self._room.is_set():
+            self._room.set()
+        # what is running may finish within the grace: then it is committed, not done twice
+        deadline = time.monotonic() + self.broker.settings.rebalance_grace
+        while any(t.running for t in trackers) and time.monotonic() < deadline:
+            self._progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
+        await self.commit(gone)
+        for tp in gone:
+            self.offsets.pop(tp).live = False
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self.offsets:
+                self.offsets[tp] = _Offsets(tp)
+        self.assigned.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self.consumer is not None:
+            await self.commit()
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()  # leaves the group: the others take the partitions
+
+
+def _expired(headers: dict[str, str], timestamp: int, now: float) -> bool:
+    timeout = headers.get(TIMEOUT)
+    if timeout is None or not timeout.isdigit() or timestamp <= 0:
+        return False
+    return timestamp + int(timeout) < now
+
+
+class KafkaBroker:
+    """:class:`protobind.broker.base.Broker` on aiokafka: one producer, one admin client, one
+    reader (control topic and inbox) and a consumer per queue group."""
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+        self.admin: AIOKafkaAdminClient | None = None
+        self._reader: _Reader | None = None
+        self._groups: dict[str, _Group] = {}
+        self._fanout: list[_Reader] = []
+        self._control: list[_Sub] = []
+        self._inboxes: dict[str, InboxCallback] = {}
+        self.inbox_topic = _INBOX_TOPIC + secrets.token_hex(12)
+        self._topics: dict[str, str] = {}  # call subject -> topic
+        self._subjects: dict[str, str] = {}  # topic -> call subject
+        self._created: set[str] = set()
+        self._closed = False
+        self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    # --- connecting ---
+
+    async def connect(self) -> None:
+        settings = self.settings
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=settings.client_id,
+            acks="all",
+            enable_idempotence=settings.idempotence,
+            linger_ms=int(settings.linger * 1000),
+            max_request_size=settings.max_payload + 1024,
+            request_timeout_ms=int(settings.connect_timeout * 1000) + 30000,
+        )
+        self.admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap,
+            client_id=settings.client_id,
+            request_timeout_ms=int(settings.connect_timeout * 1000),
+        )
+        try:
+            await asyncio.wait_for(self.producer.start(), settings.connect_timeout)
+            await asyncio.wait_for(self.admin.start(), settings.connect_timeout)
+            await self.ensure_topic(settings.control_topic, 1)
+            await self.ensure_topic(self.inbox_topic, 1)
+            self._reader = _Reader(
+                self, [TopicPartition(settings.control_topic, 0), TopicPartition(self.inbox_topic, 0)]
+            )
+            await self._reader.start()
+        except (kafka_errors.KafkaError, OSError, asyncio.TimeoutError) as exc:
+            await self.close()
+            where = ",".join(settings.bootstrap)
+            raise ConnectionError(f"cannot connect to Kafka at {where}: {type(exc).__name__}") from None
+
+    async def ensure_topic(self, topic: str, partitions: int | None = None) -> bool:
+        """Create ``topic`` when it does not exist (an existing one is used as it is); True when
+        this call created it."""
+        if topic in self._created:
+            return False
+        assert self.admin is not None
+        settings = self.settings
+        try:
+            response = await self.admin.create_topics(
+                [NewTopic(topic, partitions or settings.partitions, settings.replication_factor)]
+            )
+        except kafka_errors.TopicAlreadyExistsError:
+            response = None
+        except kafka_errors.KafkaError as exc:
+            raise _broker_error(exc) from None
+        created = response is not None
+        for error in getattr(response, "topic_errors", ()):
+            code = error[1]
+            if code == kafka_errors.TopicAlreadyExistsError.errno:
+                created = False
+            elif code != 0:
+                raise BrokerError(f"Kafka did not create topic {topic}: error {code}")
+        self._created.add(topic)
+        return created
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        """The partitions of ``topic`` (created when missing)."""
+        await self.ensure_topic(topic)
+        assert self.admin is not None
+        described = await self.admin.describe_topics([topic])
+        return [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+
+    # --- the Broker interface ---
+
+    @property
+    def max_payload(self) -> int:
+        return self.settings.max_payload
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._closed and self.producer is not None
+
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        # aiokafka reconnects on its own and reports no lost connection; records are not lost
+        # meanwhile (they are stored), so nothing calls these
+        self._disconnect_callbacks.append(callback)
+
+    def _is_control(self, subject: str) -> bool:
+        return subject.startswith("$") or subject[len(self.settings.engine.prefix) :].startswith("$")
+
+    def call_topic(self, subject: str) -> str:
+        """The topic of a call subject (``{prefix}{service}.{method}``), by the ``topic`` template."""
+        topic = self._topics.get(subject)
+        if topic is None:
+            prefix = self.settings.engine.prefix
+            rest = subject[len(prefix) :] if subject.startswith(prefix) else subject
+            service, _, method = rest.rpartition(".")
+            topic = topic_name(self.settings.topic.format(prefix=prefix, service=service, method=method))
+            self._topics[subject] = topic
+            self._subjects[topic] = subject
+        return topic
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        producer = self.producer
+        if self._closed or producer is None:
+            raise NotConnected("the Kafka connection is closed")
+        out = [(key, value.encode()) for key, value in headers.items()] if headers else []
+        if reply:
+            out.append((REPLY, reply.encode()))
+        size = len(payload) + sum(len(k) + len(v) + 8 for k, v in out)
+        if size > self.settings.max_payload:
+            raise PayloadTooLarge(f"{size} bytes exceed max_payload {self.settings.max_payload}")
+        topic, _, correlation = subject.partition("/")
+        partition: int | None = 0
+        key: bytes | None = None
+        call = False
+        if correlation:
+            out.append((CORRELATION, correlation.encode()))
+        elif self._is_control(subject):
+            topic = self.settings.control_topic
+            out.append((SUBJECT, subject.encode()))
+        else:
+            topic = self.call_topic(subject)
+            partition = None
+            call = True
+            if headers and KEY_METADATA in headers:
+                key = headers[KEY_METADATA].encode()
+            if topic not in self._created and await self.ensure_topic(topic) and reply:
+                # nobody ever served this method here: answer as NATS does for no responders
+                await self._no_responders(reply)
+                return
+        try:
+            sent = await producer.send(topic, payload, key=key, partition=partition, headers=out)
+            if call:
+                await sent  # acks=all: stored before the caller goes on
+        except kafka_errors.KafkaError as exc:
+            raise _broker_error(exc) from None
+
+    async def _no_responders(self, reply: str) -> None:
+        topic, _, correlation = reply.partition("/")
+        number, _, token = correlation.partition(".")
+        callback = self._inboxes.get(number)
+        if topic == self.inbox_topic and callback is not None:
+            await callback(token, KafkaMessage(reply, "", b"", {"Status": NO_RESPONDERS_STATUS}))
+
+    async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Sub:
+        return await self._add(subject, queue, callback)
+
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Sub:
+        return await self._add(subject, queue, None, subjects)
+
+    async def _add(
+        self, subject: str, queue: str, callback: Callback | None, subjects: tuple[str, ...] = ()
+    ) -> _Sub:
+        if self._closed:
+            raise NotConnected("the Kafka connection is closed")
+        sub = _Sub(self, subject, queue, callback)
+        if self._is_control(subject):
+            # queue groups do not apply on the control topic: every subscriber sees the message
+            self._control.append(sub)
+            return sub
+        if "*" in subject or ">" in subject:
+            subjects = tuple(s for s in subjects if matches(sub.pattern, tuple(s.split("."))))
+            if not subjects:
+                raise Unsupported(f"Kafka cannot subscribe to {subject}: name the subjects it covers")
+        else:
+            subjects = (subject,)
+        topics = [self.call_topic(s) for s in subjects]
+        for topic in topics:
+            await self.ensure_topic(topic)
+        if queue:
+            group = self._groups.get(queue)
+            if group is None:
+                group = self._groups[queue] = _Group(self, queue)
+            for topic in topics:
+                await group.add(topic, sub)
+        else:
+            partitions = [tp for topic in topics for tp in await self.partitions(topic)]
+            reader = _Reader(self, partitions)
+            reader.subs.append(sub)
+            sub.reader = reader
+            await reader.start()
+            self._fanout.append(reader)
+        return sub
+
+    def _forget(self, sub: _Sub) -> None:
+        if sub in self._control:
+            self._control.remove(sub)
+        if sub.group is not None:
+            group = sub.group
+            for topic, other in list(group.subs.items()):
+                if other is sub:
+                    del group.subs[topic]
+        if sub.reader is not None:
+            reader = sub.reader
+            self._fanout.remove(reader)
+            asyncio.get_running_loop().create_task(reader.stop())
+
+    async def _dispatch(self, record: Any, reader: _Reader) -> None:
+        headers, subject, reply, correlation = _read_headers(record.headers)
+        data = record.value or b""
+        topic = record.topic
+        if reader is not self._reader:
+            message = KafkaMessage(self._subjects.get(topic, topic), reply, data, headers)
+            for sub in reader.subs:
+                sub.mailbox.put(message)
+        elif topic == self.inbox_topic:
+            number, _, token = correlation.partition(".")
+            callback = self._inboxes.get(number)
+            if callback is not None:
+                message = KafkaMessage(f"{topic}/{correlation}", reply, data, headers)
+                try:
+                    await callback(token, message)
+                except Exception:
+                    logger.exception("Kafka inbox callback failed")
+        elif subject:
+            tokens = tuple(subject.split("."))
+            message = KafkaMessage(subject, reply, data, headers)
+            for sub in self._control:
+                if matches(sub.pattern, tokens):
+                    sub.mailbox.put(message)
+
+    async def inbox(self, callback: InboxCallback) -> _Inbox:
+        number = str(len(self._inboxes))
+        self._inboxes[number] = callback
+        return _Inbox(f"{self.inbox_topic}/{number}.")
+
+    def peer_of(self, reply: str) -> str:
+        return reply.partition("/")[0]
+
+    async def settle(self) -> None:
+        try:
+            for group in list(self._groups.values()):
+                await group.settle()
+        except kafka_errors.KafkaError as exc:
+            raise _broker_error(exc) from None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._control:
+            await sub.unsubscribe()
+        for group in list(self._groups.values()):
+            await group.stop()
+        for reader in [*self._fanout, *([self._reader] if self._reader else [])]:
+            await reader.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()  # sends what is still buffered
+        if self.admin is not None:
+            if self.inbox_topic in self._created:
+                with contextlib.suppress(Exception):
+                    await self.admin.delete_topics([self.inbox_topic])
+            with contextlib.suppress(Exception):
+                await self.admin.close()
+
+
+async def open_broker(settings: Settings) -> KafkaBroker:
+    """Connect to Kafka with ``settings``."""
+    broker = KafkaBroker(settings)
+    await broker.connect()
+    return broker
