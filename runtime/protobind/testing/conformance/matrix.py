@@ -57,9 +57,16 @@ __all__ = [
 MiB = 1024 * 1024
 
 #: Each transport's documented default message size limit (docs/protocols.md); None: no limit.
-LIMITS: dict[str, int | None] = {"inproc": None, "grpc": 4 * MiB, "http": 4 * MiB, "nats": MiB, "memory": MiB}
+LIMITS: dict[str, int | None] = {
+    "inproc": None,
+    "grpc": 4 * MiB,
+    "http": 4 * MiB,
+    "nats": MiB,
+    "memory": MiB,
+    "kafka": MiB,
+}
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats")
+JSON_TRANSPORTS = ("http", "nats", "kafka")
 
 _PLAIN_NATS = (
     "a plain NATS request carries one message each way; streams need protobind's frame protocol "
@@ -148,6 +155,18 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
             "request_limit": "nats-py refuses to publish above max_payload itself",
         },
         requires=("nats",),
+    ),
+    Column(
+        "aiokafka",
+        "kafka",
+        "aiokafka",
+        summary="plain aiokafka producer and consumer (binary) -> protobind Kafka server",
+        lacks={
+            "streams": "a plain Kafka request carries one record each way; streams need protobind's "
+            "frame protocol (docs/brokers.md, Kafka)",
+            "request_limit": "aiokafka refuses to produce above its max_request_size itself",
+        },
+        requires=("aiokafka",),
     ),
 )
 
@@ -308,6 +327,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import NatsPeer
 
         peer = NatsPeer(url, json_codec=column.json)
+    elif column.client == "aiokafka":
+        from .peers import KafkaPeer
+
+        peer = KafkaPeer(url, json_codec=column.json)
     else:
         raise ValueError(f"unknown client {column.client!r}")
     try:
