@@ -29,7 +29,7 @@ def _generate() -> None:
 _generate()
 sys.path.insert(0, str(GEN))
 
-pytest_plugins = ["tests.servers", "tests.nats_server"]
+pytest_plugins = ["tests.servers", "tests.nats_server", "tests.kafka_broker"]
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ from protobind.broker.base import ConsumerSpec
 from protobind.broker.durable import FINAL, dead_letter_stream, dead_letter_subject, delivery_of
 from protobind.durable import DurableCalls
 
+from .kafka_broker import kafka_url
+
 SERVICE = "jobs.v1.Jobs"
 _names = itertools.count()
 
@@ -84,12 +86,15 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(params=["memory", "nats", "kafka"])
 def durable_url(request: pytest.FixtureRequest) -> str:
-    """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS)."""
+    """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS, fresh
+    topics on Kafka)."""
     n = next(_names)
     if request.param == "nats":
         return f"{request.getfixturevalue('jetstream_server')}?prefix=td{n}."
+    if request.param == "kafka":
+        return kafka_url(request.getfixturevalue("kafka_broker"), f"td{n}.")
     return f"memory://durable-{n}"
 
 

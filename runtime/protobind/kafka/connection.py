@@ -37,14 +37,20 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
 from ..broker.base import (
+    MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
     BrokerError,
     BrokerMessage,
     Callback,
+    ConsumerSpec,
     InboxCallback,
     Mailbox,
     NotConnected,
+    NotStored,
     PayloadTooLarge,
+    StoreAck,
+    StoredMessage,
+    StreamSpec,
     Unsupported,
 )
 from ..broker.memory_streams import matches
@@ -71,6 +77,11 @@ REPLY = "Protobind-Reply"
 CORRELATION = "Protobind-Correlation"
 #: Call metadata whose value becomes the record key (calls with one key stay in order).
 KEY_METADATA = "partition-key"
+#: Headers of a durable call's retry record: its delivery number, and when it is due (ms since
+#: the epoch); a consumer holds a record that is not due yet without holding up the others.
+ATTEMPT = "Protobind-Attempt"
+DUE = "Protobind-Due"
+_DURABLE_ROOT = "$PROTOBIND."
 _TRANSPORT_HEADERS = frozenset({SUBJECT, REPLY, CORRELATION})
 _INBOX_TOPIC = "protobind.inbox."
 #: Records received and not yet finished, per group consumer, before it stops fetching.
@@ -227,12 +238,16 @@ class _Reader:
     """A consumer outside any group, reading its assigned partitions from their end: the control
     topic and the connection's inbox, or the fan-out subscriptions of a call topic."""
 
-    def __init__(self, broker: KafkaBroker, partitions: list[TopicPartition]) -> None:
+    def __init__(
+        self, broker: KafkaBroker, partitions: list[TopicPartition], index: _ReplyIndex | None = None
+    ) -> None:
         self.broker = broker
         self.partitions = partitions
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.subs: list[_Sub] = []
+        #: replies read from the topic's start and kept by call id (see _ReplyIndex)
+        self.index = index
 
     async def start(self) -> None:
         settings = self.broker.settings
@@ -248,7 +263,10 @@ class _Reader:
         await consumer.start()
         self.consumer = consumer
         consumer.assign(self.partitions)
-        await consumer.seek_to_end(*self.partitions)
+        if self.index is not None:
+            await consumer.seek_to_beginning(*self.partitions)
+        else:
+            await consumer.seek_to_end(*self.partitions)
         for tp in self.partitions:
             await consumer.position(tp)  # from here on, what others publish reaches us
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -266,7 +284,12 @@ class _Reader:
                 continue
             for records in batches.values():
                 for record in records:
-                    await dispatch(record, self)
+                    if self.index is not None:
+                        self.index.add(record)
+                    elif record.value is not None:
+                        await dispatch(record, self)
+            if self.index is not None:
+                self.index.progress.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -359,20 +382,29 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
                 sub = self.subs.get(tp.topic)
                 if tracker is None or sub is None:
                     continue
+                subject = self.broker._subjects.get(tp.topic, tp.topic)
                 for record in records:
                     headers, _, reply, _ = _read_headers(record.headers)
                     tracker.add(record.offset)
                     self.in_flight += 1
                     message = KafkaMessage(
-                        self.broker._subjects.get(tp.topic, tp.topic),
+                        subject + record.key.decode() if subject.endswith(".") and record.key else subject,
                         reply,
                         record.value or b"",
                         headers,
                         tracker,
                         record.offset,
                     )
-                    if reply and headers is not None and _expired(headers, record.timestamp, now):
-                        self.done(message)  # its caller gave up long ago: nobody waits for it
+                    if record.value is None or (
+                        reply and headers is not None and _expired(headers, record.timestamp, now)
+                    ):
+                        # a tombstone (a deleted reply), or a request whose caller gave up long ago
+                        self.done(message)
+                        continue
+                    due = headers.get(DUE) if headers is not None else None
+                    if due is not None and due.isdigit() and int(due) > now:
+                        loop = asyncio.get_running_loop()
+                        loop.call_later((int(due) - now) / 1000, sub.mailbox.put, message)
                         continue
                     sub.mailbox.put(message)
             await self.commit()
@@ -461,6 +493,139 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.consumer.stop()  # leaves the group: the others take the partitions
 
 
+class _ReplyIndex:
+    """The replies of one reply topic (a caller group's), read from its start and kept by call id
+    (the record key) until deleted (a tombstone: the same key, no value)."""
+
+    def __init__(self, broker: KafkaBroker, topic: str, subject: str) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.subject = subject  # the reply subject without its call id
+        self.records: dict[str, KafkaMessage] = {}
+        self.keys: dict[int, str] = {}  # offset -> call id
+        self.waiters: dict[str, list[_Sub]] = {}
+        self.progress = asyncio.Event()
+        self.reader: _Reader | None = None
+
+    async def start(self) -> None:
+        partitions = [TopicPartition(self.topic, 0)]
+        await self.broker.ensure_topic(self.topic, 1)
+        self.reader = _Reader(self.broker, partitions, self)
+        await self.reader.start()
+
+    def add(self, record: Any) -> None:
+        key = record.key.decode() if record.key else ""
+        old = self.records.pop(key, None)
+        if old is not None:
+            self.keys.pop(old.offset, None)
+        if record.value is None:
+            return
+        headers, _, _, _ = _read_headers(record.headers)
+        message = KafkaMessage(self.subject + key, "", record.value, headers, None, record.offset)
+        self.records[key] = message
+        self.keys[record.offset] = key
+        for sub in self.waiters.get(key, ()):
+            sub.mailbox.put(message)
+
+    async def caught_up(self) -> None:
+        """Return once every reply stored before this call was read."""
+        reader = self.reader
+        assert reader is not None and reader.consumer is not None
+        consumer = reader.consumer
+        tp = reader.partitions[0]
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            self.progress.clear()
+            await asyncio.wait_for(self.progress.wait(), self.broker.settings.connect_timeout)
+
+
+class _Stored:
+    """A durable record handed out by a consumer (:class:`~protobind.broker.base.StoredMessage`)."""
+
+    __slots__ = ("attempt", "consumer", "headers", "message", "sequence")
+
+    def __init__(self, consumer: _DurableConsumer | None, message: KafkaMessage, attempt: int | None = None):
+        self.consumer = consumer
+        self.message = message
+        headers = message.headers or {}
+        if attempt is None:
+            number = headers.get(ATTEMPT, "1")
+            attempt = int(number) if number.isdigit() else 1
+        self.attempt = attempt
+        self.headers: dict[str, str] | None = {k: v for k, v in headers.items() if k not in (ATTEMPT, DUE)}
+        self.sequence = message.offset
+
+    @property
+    def subject(self) -> str:
+        return self.message.subject
+
+    @property
+    def data(self) -> bytes:
+        return self.message.data
+
+    async def ack(self) -> None:
+        if self.consumer is not None:
+            self.consumer.sub.done(self.message)
+
+    async def nak(self, delay: float = 0.0) -> None:
+        if self.consumer is not None:
+            await self.consumer.retry(self, delay)
+
+    async def in_progress(self) -> None:
+        """Kafka has no acknowledgement timer to restart: a record stays with its consumer until
+        finished or until the group rebalances."""
+
+    async def term(self) -> None:
+        await self.ack()
+
+
+class _DurableConsumer:
+    """A durable consumer: a consumer group on the call topic and on the group's retry topic."""
+
+    def __init__(self, broker: KafkaBroker, spec: ConsumerSpec, group: _Group, sub: _Sub, retry: str) -> None:
+        self.broker = broker
+        self.spec = spec
+        self.group = group
+        self.sub = sub
+        self.retry_topic = retry
+
+    @property
+    def ack_wait(self) -> float:
+        return self.spec.ack_wait
+
+    async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
+        mailbox = self.sub.mailbox
+        if not mailbox.items:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(mailbox.wait(), timeout)
+        out: list[StoredMessage] = []
+        items = mailbox.items
+        while items and len(out) < batch:
+            message = items.popleft()
+            assert isinstance(message, KafkaMessage)
+            out.append(_Stored(self, message))
+        return out
+
+    async def retry(self, stored: _Stored, delay: float) -> None:
+        """Deliver ``stored`` again after ``delay`` seconds: a copy goes to the retry topic (read by
+        this group only) with its next attempt number and due time; the original is finished, so
+        the call topic's partition goes on meanwhile."""
+        headers = dict(stored.headers or {})
+        headers[ATTEMPT] = str(stored.attempt + 1)
+        headers[DUE] = str(int((time.time() + delay) * 1000))
+        key = headers.get(MSG_ID_HEADER)
+        await self.broker.produce(
+            self.retry_topic, stored.data, headers, key, timeout=self.broker.settings.connect_timeout
+        )
+        self.sub.done(stored.message)
+
+    async def close(self) -> None:
+        # what was not handed out stays uncommitted: the group's next member gets it
+        self.sub.mailbox.items.clear()
+        await self.group.stop()
+        self.broker._groups.pop(self.group.group_id, None)
+
+
 def _expired(headers: dict[str, str], timestamp: int, now: float) -> bool:
     timeout = headers.get(TIMEOUT)
     if timeout is None or not timeout.isdigit() or timestamp <= 0:
@@ -487,6 +652,7 @@ class KafkaBroker:
         self._topics: dict[str, str] = {}  # call subject -> topic
         self._subjects: dict[str, str] = {}  # topic -> call subject
         self._created: set[str] = set()
+        self._indexes: dict[str, _ReplyIndex] = {}
         self._closed = False
         self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
 
@@ -641,6 +807,14 @@ class KafkaBroker:
         if self._closed:
             raise NotConnected("the Kafka connection is closed")
         sub = _Sub(self, subject, queue, callback)
+        reply = self.durable_topic(subject) if _DURABLE_ROOT + "REPLY." in subject else ("", None)
+        if reply[1] is not None:  # a durable reply: found in the reply topic's index
+            index = await self._index(reply[0], subject)
+            index.waiters.setdefault(reply[1], []).append(sub)
+            found = index.records.get(reply[1])
+            if found is not None:
+                sub.mailbox.put(found)
+            return sub
         if self._is_control(subject):
             # queue groups do not apply on the control topic: every subscriber sees the message
             self._control.append(sub)
@@ -672,6 +846,10 @@ class KafkaBroker:
     def _forget(self, sub: _Sub) -> None:
         if sub in self._control:
             self._control.remove(sub)
+        for index in self._indexes.values():
+            for waiting in index.waiters.values():
+                if sub in waiting:
+                    waiting.remove(sub)
         if sub.group is not None:
             group = sub.group
             for topic, other in list(group.subs.items()):
@@ -729,7 +907,8 @@ class KafkaBroker:
             await sub.unsubscribe()
         for group in list(self._groups.values()):
             await group.stop()
-        for reader in [*self._fanout, *([self._reader] if self._reader else [])]:
+        indexes = [index.reader for index in self._indexes.values() if index.reader is not None]
+        for reader in [*self._fanout, *indexes, *([self._reader] if self._reader else [])]:
             await reader.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
@@ -740,6 +919,128 @@ class KafkaBroker:
                     await self.admin.delete_topics([self.inbox_topic])
             with contextlib.suppress(Exception):
                 await self.admin.close()
+
+    # --- durable calls (DurableBroker) ---
+
+    def durable_topic(self, subject: str) -> tuple[str, str | None]:
+        """The topic of a durable subject, and the record key for a reply (its call id).
+
+        ``{prefix}$PROTOBIND.DURABLE.{service}.{Method}`` -> ``{prefix}protobind.calls.{service}.{Method}``,
+        ``{prefix}$PROTOBIND.DEAD...`` -> ``{prefix}protobind.dead...``, and
+        ``{prefix}$PROTOBIND.REPLY.{group}.{call id}`` -> ``{prefix}protobind.replies.{group}`` keyed by
+        the call id. A dead-letter subject of the contract's own is its own topic."""
+        prefix = self.settings.engine.prefix
+        rest = subject[len(prefix) :] if subject.startswith(prefix) else subject
+        key: str | None = None
+        if rest.startswith(_DURABLE_ROOT + "REPLY."):
+            group, _, key = rest[len(_DURABLE_ROOT) + 6 :].partition(".")
+            topic = topic_name(f"{prefix}protobind.replies.{group}")
+            self._subjects.setdefault(topic, f"{prefix}{_DURABLE_ROOT}REPLY.{group}.")
+            return topic, key
+        if rest.startswith(_DURABLE_ROOT + "DURABLE."):
+            topic = topic_name(f"{prefix}protobind.calls.{rest[len(_DURABLE_ROOT) + 8 :]}")
+        elif rest.startswith(_DURABLE_ROOT + "DEAD."):
+            topic = topic_name(f"{prefix}protobind.dead.{rest[len(_DURABLE_ROOT) + 5 :]}")
+        elif rest.startswith(_DURABLE_ROOT):
+            return topic_name(subject), None
+        else:
+            topic = topic_name(subject)
+        self._subjects.setdefault(topic, subject)
+        return topic, key
+
+    async def _index(self, topic: str, subject: str) -> _ReplyIndex:
+        index = self._indexes.get(topic)
+        if index is None:
+            index = self._indexes[topic] = _ReplyIndex(self, topic, subject.rpartition(".")[0] + ".")
+            await index.start()
+        return index
+
+    async def ensure_stream(self, spec: StreamSpec) -> str:
+        """Kafka has no streams over several subjects: each durable subject is a topic of its own,
+        created when first used."""
+        if self._closed:
+            raise NotConnected("the Kafka connection is closed")
+        return spec.name
+
+    async def produce(
+        self, topic: str, payload: bytes | None, headers: dict[str, str], key: str | None, *, timeout: float
+    ) -> Any:
+        """Produce one record and wait up to ``timeout`` seconds for Kafka's acknowledgement."""
+        producer = self.producer
+        if self._closed or producer is None:
+            raise NotConnected("the Kafka connection is closed")
+        out = [(k, v.encode()) for k, v in headers.items()]
+        size = len(payload or b"") + sum(len(k) + len(v) + 8 for k, v in out)
+        if size > self.settings.max_payload:
+            raise PayloadTooLarge(f"{size} bytes exceed max_payload {self.settings.max_payload}")
+        await self.ensure_topic(topic, 1 if topic in self._indexes or ".replies." in topic else None)
+        try:
+            sent = await producer.send(topic, payload, key=None if key is None else key.encode(), headers=out)
+            return await asyncio.wait_for(sent, timeout)
+        except asyncio.TimeoutError:
+            raise NotStored("Kafka did not acknowledge the record in time") from None
+        except kafka_errors.KafkaError as exc:
+            raise _broker_error(exc) from None
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        msg_id: str,
+        *,
+        timeout: float,
+        ttl: float | None = None,
+    ) -> StoreAck:
+        """Produce to the subject's topic with ``acks=all``. Kafka does not drop a second record
+        with the same message id (only the idempotent producer's own retries): a call stored twice
+        is delivered twice. ``ttl`` is not applied (the topic's retention is)."""
+        topic, key = self.durable_topic(subject)
+        out = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        metadata = await self.produce(topic, payload, out, key or msg_id, timeout=timeout)
+        return StoreAck(topic, int(metadata.offset))
+
+    async def consumer(self, spec: ConsumerSpec) -> _DurableConsumer:
+        filter_subject = spec.filter_subject
+        if filter_subject.endswith(">"):
+            filter_subject = filter_subject[:-1] + "_"  # a caller group's replies: its reply topic
+        topic, _ = self.durable_topic(filter_subject)
+        retry = topic_name(f"{topic}.retry.{spec.name}")
+        self._subjects.setdefault(retry, self._subjects[topic])
+        group_id = f"{topic}:{spec.name}"
+        group = _Group(self, group_id)
+        self._groups[group_id] = group
+        sub = _Sub(self, spec.filter_subject, group_id, None)
+        for name in (topic, retry):
+            await self.ensure_topic(name, 1 if ".replies." in topic else None)
+            await group.add(name, sub)
+        try:
+            await group.settle()
+        except kafka_errors.KafkaError as exc:
+            raise _broker_error(exc) from None
+        return _DurableConsumer(self, spec, group, sub, retry)
+
+    async def last(self, stream: str, subject: str) -> _Stored | None:
+        """The reply stored for a reply subject (other subjects are not looked up on Kafka)."""
+        topic, key = self.durable_topic(subject)
+        if key is None:
+            return None
+        index = await self._index(topic, subject)
+        try:
+            await index.caught_up()
+        except (asyncio.TimeoutError, kafka_errors.KafkaError) as exc:
+            raise BrokerError(f"reading replies failed: {type(exc).__name__}") from None
+        found = index.records.get(key)
+        return None if found is None else _Stored(None, found, 0)
+
+    async def delete(self, stream: str, sequence: int) -> None:
+        """Delete a stored reply: a tombstone (its key, no value) in the reply topic."""
+        for index in self._indexes.values():
+            key = index.keys.pop(sequence, None)
+            if key is not None:
+                index.records.pop(key, None)
+                await self.produce(index.topic, None, {}, key, timeout=self.settings.connect_timeout)
+                return
 
 
 async def open_broker(settings: Settings) -> KafkaBroker:

@@ -37,7 +37,6 @@ _SERVER_OPTIONS = {
     "version",
     "reflection",
     "rebalance_grace",
-    "session_timeout",
 }
 _CLIENT_OPTIONS = {"codec"}
 _CONNECTION_OPTIONS = {
@@ -55,6 +54,7 @@ _CONNECTION_OPTIONS = {
     "linger",
     "client_id",
     "connect_timeout",
+    "session_timeout",
 }
 SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
 CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIENT_OPTIONS)
