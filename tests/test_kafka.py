@@ -176,7 +176,9 @@ async def test_a_replica_joining_and_one_leaving_during_2000_calls_lose_none(
     await eventually(lambda: handled() >= expected, timeout=60)
 
 
-async def test_a_plain_aiokafka_producer_calls_and_reads_the_reply(kafka_broker: str, servers: Servers) -> None:
+async def test_a_plain_aiokafka_producer_calls_and_reads_the_reply(
+    kafka_broker: str, servers: Servers
+) -> None:
     """docs/brokers.md: a call is a record on the method's topic with the reply address in
     Protobind-Reply; the reply comes to that topic with Protobind-Correlation."""
     prefix = f"tk{next(_names)}."
