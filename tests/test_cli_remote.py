@@ -1,6 +1,6 @@
-"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP and NATS.
+"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS and Kafka.
 
-One `protobind serve` process serves tests.details_service on the three network transports; each
+One `protobind serve` process serves tests.details_service on the four network transports; each
 command runs in a process of its own with no contract files (reflection), or with `--proto`
 resolved against `-I`.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .kafka_broker import kafka_url
 
 PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -28,16 +29,17 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def urls(nats_server: str) -> Iterator[dict[str, str]]:
+def urls(nats_server: str, kafka_broker: str) -> Iterator[dict[str, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
         [*PROTOBIND, "serve", "tests.details_service:Details", "--bind", "grpc://127.0.0.1:0",
-         "--bind", "http://127.0.0.1:0", "--bind", f"{nats_server}?prefix=cli"],
+         "--bind", "http://127.0.0.1:0", "--bind", f"{nats_server}?prefix=cli",
+         "--bind", kafka_url(kafka_broker, "cli.")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(3)]
+        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(4)]
         yield {url.partition(":")[0]: url for url in bound}
     finally:
         server.send_signal(signal.SIGTERM)
@@ -45,7 +47,7 @@ def urls(nats_server: str) -> Iterator[dict[str, str]]:
     assert server.returncode == 0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http", "nats"])
+@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "kafka"])
 def test_list_describe_and_call_by_reflection(urls: dict[str, str], transport: str) -> None:
     url = urls[transport]
     listed = _run("list", url)

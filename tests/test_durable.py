@@ -22,6 +22,7 @@ from protobind import Code, RpcError
 from protobind.broker.base import ConsumerSpec
 from protobind.broker.durable import FINAL, dead_letter_stream, dead_letter_subject, delivery_of
 from protobind.durable import DurableCalls
+from protobind.transport import transport_for_url
 
 from .kafka_broker import kafka_url
 
@@ -96,6 +97,13 @@ def durable_url(request: pytest.FixtureRequest) -> str:
     if request.param == "kafka":
         return kafka_url(request.getfixturevalue("kafka_broker"), f"td{n}.")
     return f"memory://durable-{n}"
+
+
+def skip_where_lacking(url: str, capability: str) -> None:
+    """Skip on a transport that declares it lacks ``capability`` (Transport.lacks), with its reason."""
+    reason = transport_for_url(url).lacks.get(capability)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def _with(url: str, **options: object) -> str:
@@ -288,6 +296,7 @@ async def test_max_concurrency_bounds_the_durable_calls_of_a_server(
 async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
     durable_url: str, serving: Serving
 ) -> None:
+    skip_where_lacking(durable_url, "durable.redelivery_count")
     first = Jobs("first")
     first.release.clear()  # its handler never finishes
     await serving.start(durable_url, first)
@@ -316,6 +325,7 @@ async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
 async def test_submitting_the_same_call_id_again_stores_the_call_once(
     durable_url: str, serving: Serving
 ) -> None:
+    skip_where_lacking(durable_url, "durable.dedupe")
     jobs = await serving.start(durable_url)
     async with protobind.connect(durable_url) as channel:
         calls = DurableCalls(channel)

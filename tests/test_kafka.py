@@ -230,3 +230,52 @@ async def test_a_request_to_a_topic_nobody_created_is_unavailable_at_once(kafka_
             await ConformanceServiceClient(channel).unary(Request(text="x"), timeout=10)
     assert info.value.code is Code.UNAVAILABLE
     assert time.monotonic() - started < 5
+
+
+async def test_a_plain_aiokafka_producer_makes_a_durable_call_and_a_consumer_reads_its_dead_letter(
+    kafka_broker: str, servers: Servers
+) -> None:
+    """docs/brokers.md (Kafka, durable calls): a durable call is a record on
+    ``{prefix}protobind.calls.{service}.{Method}`` with its call id in ``Nats-Msg-Id``; a call that
+    fails for good lands on ``{prefix}protobind.dead.{service}.{Method}`` with its error in
+    headers. Submit is one-way and durable; NOT_FOUND cannot be fixed by a retry."""
+    from jobs.v1.jobs_pb2 import Job
+
+    from .test_durable import Jobs
+
+    prefix = f"tk{next(_names)}."
+    jobs = Jobs()
+    server = protobind.Server([jobs])
+    await server.start(kafka_url(kafka_broker, prefix))
+    boot = bootstrap(kafka_broker)
+    producer = AIOKafkaProducer(bootstrap_servers=boot, acks="all")
+    await producer.start()
+    try:
+        for job in (Job(id="ok"), Job(id="bad", fail_attempts=-1, fail_code=int(Code.NOT_FOUND))):
+            headers = [("Nats-Msg-Id", f"raw-{job.id}".encode()), ("x-tenant", b"acme")]
+            await producer.send_and_wait(
+                f"{prefix}protobind.calls.jobs.v1.Jobs.Submit", job.SerializeToString(), headers=headers
+            )
+    finally:
+        await producer.stop()
+    await eventually(lambda: jobs.handled("ok") == [1] and jobs.handled("bad") == [1])
+    consumer = AIOKafkaConsumer(
+        f"{prefix}protobind.dead.jobs.v1.Jobs.Submit",
+        bootstrap_servers=boot,
+        group_id=f"{prefix}operator",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 20)
+    finally:
+        await consumer.stop()
+        await server.stop(1.0)
+    headers = {key: value.decode() for key, value in record.headers}
+    assert Job.FromString(record.value).id == "bad"
+    assert headers["Nats-Msg-Id"] == "raw-bad"
+    assert headers["Protobind-Status"] == str(int(Code.NOT_FOUND))
+    assert headers["Nats-Service-Error"] == "job bad failed"
+    assert headers["Protobind-Attempts"] == "1"
+    assert headers["x-tenant"] == "acme"
+    assert jobs.deliveries[0][2] in ("raw-ok", "raw-bad")  # the call id is the record's Nats-Msg-Id

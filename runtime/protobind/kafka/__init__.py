@@ -46,4 +46,10 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("aiokafka",),
     client_requires=("aiokafka",),
+    lacks={
+        "durable.dedupe": "Kafka keeps every record it is sent: a call stored twice under one call id "
+        "is delivered twice (docs/brokers.md, Kafka)",
+        "durable.redelivery_count": "Kafka counts no deliveries: a call handed over after a stop or a "
+        "rebalance starts again at its stored attempt number (docs/brokers.md, Kafka)",
+    },
 )

@@ -582,12 +582,22 @@ class _Stored:
 class _DurableConsumer:
     """A durable consumer: a consumer group on the call topic and on the group's retry topic."""
 
-    def __init__(self, broker: KafkaBroker, spec: ConsumerSpec, group: _Group, sub: _Sub, retry: str) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        spec: ConsumerSpec,
+        group: _Group,
+        sub: _Sub,
+        retry: str,
+        index: _ReplyIndex | None = None,
+    ) -> None:
         self.broker = broker
         self.spec = spec
         self.group = group
         self.sub = sub
         self.retry_topic = retry
+        #: a caller group's replies: those deleted since (read by call id) are skipped
+        self.index = index
 
     @property
     def ack_wait(self) -> float:
@@ -600,9 +610,18 @@ class _DurableConsumer:
                 await asyncio.wait_for(mailbox.wait(), timeout)
         out: list[StoredMessage] = []
         items = mailbox.items
+        index = self.index
+        if index is not None and items:
+            try:
+                await index.caught_up()
+            except (asyncio.TimeoutError, kafka_errors.KafkaError) as exc:
+                raise BrokerError(f"reading replies failed: {type(exc).__name__}") from None
         while items and len(out) < batch:
             message = items.popleft()
             assert isinstance(message, KafkaMessage)
+            if index is not None and index.keys.get(message.offset) != message.subject.rpartition(".")[2]:
+                self.sub.done(message)  # deleted (read by its call id) since it was stored
+                continue
             out.append(_Stored(self, message))
         return out
 
@@ -1018,7 +1037,10 @@ class KafkaBroker:
             await group.settle()
         except kafka_errors.KafkaError as exc:
             raise _broker_error(exc) from None
-        return _DurableConsumer(self, spec, group, sub, retry)
+        index = None
+        if spec.filter_subject.endswith(">"):
+            index = await self._index(topic, filter_subject)
+        return _DurableConsumer(self, spec, group, sub, retry, index)
 
     async def last(self, stream: str, subject: str) -> _Stored | None:
         """The reply stored for a reply subject (other subjects are not looked up on Kafka)."""
