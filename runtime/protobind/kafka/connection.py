@@ -298,7 +298,7 @@ class _Reader:
                 await self._task
         if self.consumer is not None:
             with contextlib.suppress(Exception):
-                await self.consumer.stop()
+                await asyncio.wait_for(self.consumer.stop(), self.broker.settings.connect_timeout)
 
 
 class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -434,8 +434,9 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except kafka_errors.KafkaError as exc:
+            # bounded: aiokafka retries a commit while it looks for the group's coordinator
+            await asyncio.wait_for(consumer.commit(offsets), self.broker.settings.connect_timeout)
+        except (kafka_errors.KafkaError, asyncio.TimeoutError) as exc:
             # the partitions went to another member: it starts from the last commit (at least once)
             logger.info("Kafka commit for group %s failed: %r", self.group_id, exc)
             return
@@ -490,7 +491,8 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.consumer is not None:
             await self.commit()
             with contextlib.suppress(Exception):
-                await self.consumer.stop()  # leaves the group: the others take the partitions
+                # leaves the group: the others take the partitions
+                await asyncio.wait_for(self.consumer.stop(), self.broker.settings.connect_timeout)
 
 
 class _ReplyIndex:
@@ -929,13 +931,14 @@ class KafkaBroker:
         indexes = [index.reader for index in self._indexes.values() if index.reader is not None]
         for reader in [*self._fanout, *indexes, *([self._reader] if self._reader else [])]:
             await reader.stop()
+        bound = self.settings.connect_timeout
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                await self.producer.stop()  # sends what is still buffered
+                await asyncio.wait_for(self.producer.stop(), bound)  # sends what is still buffered
         if self.admin is not None:
             if self.inbox_topic in self._created:
                 with contextlib.suppress(Exception):
-                    await self.admin.delete_topics([self.inbox_topic])
+                    await asyncio.wait_for(self.admin.delete_topics([self.inbox_topic]), bound)
             with contextlib.suppress(Exception):
                 await self.admin.close()
 
