@@ -313,8 +313,11 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         self.in_flight = 0
         self._room = asyncio.Event()
         self._progress = asyncio.Event()
+        self._finished = asyncio.Event()  # some offset became committable
+        self._committing = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
         self._subscribed: tuple[str, ...] = ()
 
     async def add(self, topic: str, sub: _Sub) -> None:
@@ -353,6 +356,7 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.consumer.unsubscribe()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._committer = asyncio.get_running_loop().create_task(self._commit_finished())
         if topics:
             timeout = self.broker.settings.connect_timeout + self.broker.settings.rebalance_grace
             try:
@@ -407,6 +411,13 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
                         loop.call_later((int(due) - now) / 1000, sub.mailbox.put, message)
                         continue
                     sub.mailbox.put(message)
+
+    async def _commit_finished(self) -> None:
+        # commits take a round trip to the group's coordinator: done beside fetching, not in turn
+        finished = self._finished
+        while True:
+            await finished.wait()
+            finished.clear()
             await self.commit()
 
     def done(self, message: BrokerMessage) -> None:
@@ -419,6 +430,8 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
             self._room.set()
         if tracker.live:
             tracker.finish(message.offset)  # type: ignore[attr-defined]
+            if tracker.commit > tracker.committed:
+                self._finished.set()
             if tracker.running == 0:
                 self._progress.set()
 
@@ -434,8 +447,9 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         if not offsets:
             return
         try:
-            # bounded: aiokafka retries a commit while it looks for the group's coordinator
-            await asyncio.wait_for(consumer.commit(offsets), self.broker.settings.connect_timeout)
+            async with self._committing:
+                # bounded: aiokafka retries a commit while it looks for the group's coordinator
+                await asyncio.wait_for(consumer.commit(offsets), self.broker.settings.connect_timeout)
         except (kafka_errors.KafkaError, asyncio.TimeoutError) as exc:
             # the partitions went to another member: it starts from the last commit (at least once)
             logger.info("Kafka commit for group %s failed: %r", self.group_id, exc)
@@ -484,10 +498,11 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assigned.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        for task in (self._task, self._committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.consumer is not None:
             await self.commit()
             with contextlib.suppress(Exception):
@@ -671,6 +686,7 @@ class KafkaBroker:
         self._inboxes: dict[str, InboxCallback] = {}
         self.inbox_topic = _INBOX_TOPIC + secrets.token_hex(12)
         self._topics: dict[str, str] = {}  # call subject -> topic
+        self._ready: dict[str, str] = {}  # call subject -> its topic, known to exist
         self._subjects: dict[str, str] = {}  # topic -> call subject
         self._created: set[str] = set()
         self._indexes: dict[str, _ReplyIndex] = {}
@@ -777,6 +793,15 @@ class KafkaBroker:
         producer = self.producer
         if self._closed or producer is None:
             raise NotConnected("the Kafka connection is closed")
+        if not headers and not reply:
+            # the plain one-way call, on a topic known to exist: the path of most calls
+            topic = self._ready.get(subject)
+            if topic is not None and len(payload) <= self.settings.max_payload:
+                try:
+                    await (await producer.send(topic, payload))
+                except kafka_errors.KafkaError as exc:
+                    raise _broker_error(exc) from None
+                return
         out = [(key, value.encode()) for key, value in headers.items()] if headers else []
         if reply:
             out.append((REPLY, reply.encode()))
@@ -802,6 +827,7 @@ class KafkaBroker:
                 # nobody ever served this method here: answer as NATS does for no responders
                 await self._no_responders(reply)
                 return
+            self._ready[subject] = topic
         try:
             sent = await producer.send(topic, payload, key=key, partition=partition, headers=out)
             if call:
