@@ -47,10 +47,45 @@ from .wire import (
     call_subject,
 )
 
-__all__ = ["NATS_BINDING_VERSION", "asyncapi_document"]
+__all__ = ["NATS_BINDING_VERSION", "Bindings", "asyncapi_document"]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
 NATS_BINDING_VERSION = "0.1.0"
+
+
+class Bindings:
+    """How one broker's subjects appear in the document: the channel addresses, the AsyncAPI
+    bindings of channels and operations, the server entries. This class is NATS's (and the
+    memory broker's), where a channel's address is its subject; a broker that names things
+    otherwise (Kafka: topics) gives the engine its own through ``asyncapi_bindings()``."""
+
+    protocol = "nats"
+    #: how the document's description names the channels
+    kind = "NATS subjects"
+    reference = "docs/protocols.md, 'NATS request-reply'"
+
+    def address(self, subject: str) -> str:
+        """The channel address of ``subject``."""
+        return subject
+
+    def channel(self, subject: str) -> dict[str, Any] | None:
+        """The channel's bindings, if any."""
+        return None
+
+    def operation(self, queue: str) -> dict[str, Any]:
+        """The bindings of an operation received in queue group ``queue``."""
+        return {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
+
+    def server(self, url: str) -> dict[str, Any]:
+        """The server entry of ``url`` (never its credentials or query)."""
+        parts = urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2]
+        return {
+            "host": hosts,
+            "protocol": "nats",
+            "description": "NATS over TLS (tls://)" if parts.scheme == "tls" else "NATS",
+        }
+
 
 _MESSAGES = "#/components/messages/"
 _REQUEST_HEADERS = "protobind.RequestHeaders"
@@ -123,7 +158,10 @@ def _headers_schemas() -> dict[str, dict[str, Any]]:
 
 
 class _Writer:
-    def __init__(self, schemas: Schemas, comments: Comments, prefix: str, queue_group: str) -> None:
+    def __init__(
+        self, schemas: Schemas, comments: Comments, prefix: str, queue_group: str, bindings: Bindings
+    ) -> None:
+        self.bindings = bindings
         self.schemas = schemas
         self.comments = comments
         self.prefix = prefix
@@ -156,7 +194,15 @@ class _Writer:
     def channel(
         self, channel_id: str, address: str | None, messages: dict[str, Any], description: str
     ) -> dict[str, str]:
-        self.channels[channel_id] = {"address": address, "description": description, "messages": messages}
+        channel: dict[str, Any] = {
+            "address": None if address is None else self.bindings.address(address),
+            "description": description,
+            "messages": messages,
+        }
+        bound = None if address is None else self.bindings.channel(address)
+        if bound:
+            channel["bindings"] = bound
+        self.channels[channel_id] = channel
         return {"$ref": f"#/channels/{channel_id}"}
 
     def operation(
@@ -190,7 +236,7 @@ class _Writer:
                 ],
             }
         if queue is not None:
-            operation["bindings"] = {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
+            operation["bindings"] = self.bindings.operation(queue)
         self.operations[operation_id] = operation
 
     def method(self, method: MethodInfo[Any, Any]) -> None:
@@ -414,6 +460,7 @@ def asyncapi_document(
     prefix: str = "",
     queue_group: str = "",
     source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
+    bindings: Bindings | None = None,
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of ``services`` served over NATS.
 
@@ -421,11 +468,13 @@ def asyncapi_document(
     ``prefix`` and ``queue_group`` are the binding's options of the same names (default: no
     prefix, each service's full name as its group). ``source_files`` (descriptors with source
     info) give descriptions from the proto comments, as for :func:`protobind.http.openapi.openapi_document`.
+    ``bindings``: the broker's addressing (default NATS's, see :class:`Bindings`).
     """
+    bindings = bindings or Bindings()
     if prefix and not prefix.endswith("."):
         prefix += "."
     comments = Comments(source_files)
-    writer = _Writer(Schemas(comments), comments, prefix, queue_group)
+    writer = _Writer(Schemas(comments), comments, prefix, queue_group, bindings)
     for service in services:
         writer.service(service)
     _common(writer)
@@ -437,15 +486,16 @@ def asyncapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": "The NATS subjects of "
+            "description": f"The {bindings.kind} of "
             + ", ".join(s.name for s in services)
-            + " served by protobind (docs/protocols.md, 'NATS request-reply'; docs/messaging.md).",
+            + f" served by protobind ({bindings.reference}; docs/messaging.md).",
         },
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
     if servers:
+        name = bindings.protocol
         document["servers"] = {
-            _id(f"nats{i}" if i else "nats"): _server(url) for i, url in enumerate(servers)
+            _id(f"{name}{i}" if i else name): bindings.server(url) for i, url in enumerate(servers)
         }
     document["channels"] = writer.channels
     document["operations"] = writer.operations
@@ -454,13 +504,3 @@ def asyncapi_document(
         "messages": dict(sorted({**writer.messages, **_fixed_messages()}.items())),
     }
     return document
-
-
-def _server(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]  # never the credentials
-    return {
-        "host": hosts,
-        "protocol": "nats",
-        "description": "NATS over TLS (tls://)" if parts.scheme == "tls" else "NATS",
-    }

@@ -313,15 +313,19 @@ class BrokerBinding(ServerBinding):
             from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            nats = self._url.startswith(("nats://", "tls://"))
+            # a broker that names its channels otherwise than by subject says how (Kafka: topics)
+            own = getattr(self.broker, "asyncapi_bindings", None)
+            bindings = own() if own is not None else None
+            with_servers = bindings is not None or self._url.startswith(("nats://", "tls://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
                     [service],
                     title=service.name,
                     version=self.settings.version,
-                    servers=[self._url] if nats else [],  # the document keeps the host only
+                    servers=[self._url] if with_servers else [],  # the document keeps the host only
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
+                    bindings=bindings,
                 ),
                 separators=(",", ":"),
             ).encode()

@@ -36,6 +36,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from ..broker.asyncapi import Bindings
 from ..broker.base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
@@ -82,6 +83,8 @@ KEY_METADATA = "partition-key"
 ATTEMPT = "Protobind-Attempt"
 DUE = "Protobind-Due"
 _DURABLE_ROOT = "$PROTOBIND."
+#: The durable subjects (after the prefix): stored calls, dead letters, stored replies.
+_STORED = tuple(_DURABLE_ROOT + kind for kind in ("DURABLE.", "DEAD.", "REPLY."))
 _TRANSPORT_HEADERS = frozenset({SUBJECT, REPLY, CORRELATION})
 _INBOX_TOPIC = "protobind.inbox."
 #: Records received and not yet finished, per group consumer, before it stops fetching.
@@ -1092,6 +1095,60 @@ class KafkaBroker:
                 index.records.pop(key, None)
                 await self.produce(index.topic, None, {}, key, timeout=self.settings.connect_timeout)
                 return
+
+    def asyncapi_bindings(self) -> KafkaBindings:
+        """How this broker's subjects appear in the AsyncAPI document (topics, Kafka bindings)."""
+        return KafkaBindings(self)
+
+
+#: Version of the AsyncAPI Kafka bindings used in the document.
+KAFKA_BINDING_VERSION = "0.5.0"
+
+
+class KafkaBindings(Bindings):
+    """The AsyncAPI addressing of the Kafka binding: a channel's address is its topic."""
+
+    protocol = "kafka"
+    kind = "Kafka topics"
+    reference = "docs/brokers.md, 'Kafka'"
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+
+    def _topic(self, subject: str) -> tuple[str, int]:
+        broker = self.broker
+        prefix = broker.settings.engine.prefix
+        rest = subject[len(prefix) :] if subject.startswith(prefix) else subject
+        if rest.startswith(_STORED):
+            topic, key = broker.durable_topic(subject)
+            return topic, 1 if key is not None else broker.settings.partitions
+        if broker._is_control(subject):
+            return broker.settings.control_topic, 1
+        return broker.call_topic(subject), broker.settings.partitions
+
+    def address(self, subject: str) -> str:
+        return self._topic(subject)[0]
+
+    def channel(self, subject: str) -> dict[str, Any] | None:
+        topic, partitions = self._topic(subject)
+        binding: dict[str, Any] = {
+            "topic": topic,
+            "partitions": partitions,
+            "bindingVersion": KAFKA_BINDING_VERSION,
+        }
+        if topic == self.broker.settings.control_topic:
+            # many subjects share the control topic: the record's Protobind-Subject header says which
+            binding["x-protobind-subject"] = subject
+        return {"kafka": binding}
+
+    def operation(self, queue: str) -> dict[str, Any]:
+        return {
+            "kafka": {"groupId": {"type": "string", "enum": [queue]}, "bindingVersion": KAFKA_BINDING_VERSION}
+        }
+
+    def server(self, url: str) -> dict[str, Any]:
+        parts = url.partition("://")[2].partition("?")[0]
+        return {"host": parts, "protocol": "kafka", "description": "Kafka (acks=all)"}
 
 
 async def open_broker(settings: Settings) -> KafkaBroker:
