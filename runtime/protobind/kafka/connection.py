@@ -44,6 +44,7 @@ from ..broker.base import (
     BrokerMessage,
     Callback,
     ConsumerSpec,
+    DurableBroker,
     InboxCallback,
     Mailbox,
     NotConnected,
@@ -672,9 +673,9 @@ def _expired(headers: dict[str, str], timestamp: int, now: float) -> bool:
     return timestamp + int(timeout) < now
 
 
-class KafkaBroker:
-    """:class:`protobind.broker.base.Broker` on aiokafka: one producer, one admin client, one
-    reader (control topic and inbox) and a consumer per queue group."""
+class KafkaBroker(DurableBroker):
+    """:class:`protobind.broker.base.DurableBroker` on aiokafka: one producer, one admin client,
+    one reader (control topic and inbox) and a consumer per queue group."""
 
     name = "kafka"
 
@@ -699,6 +700,8 @@ class KafkaBroker:
     # --- connecting ---
 
     async def connect(self) -> None:
+        """Start the producer, the admin client and the reader; create the control topic and
+        this connection's inbox topic. Raises :class:`ConnectionError` when Kafka cannot be reached."""
         settings = self.settings
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap,
