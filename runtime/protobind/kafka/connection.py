@@ -90,6 +90,8 @@ _TRANSPORT_HEADERS = frozenset({SUBJECT, REPLY, CORRELATION})
 _INBOX_TOPIC = "protobind.inbox."
 #: Records received and not yet finished, per group consumer, before it stops fetching.
 _MAX_IN_FLIGHT = 1024
+#: Seconds between two commits of a group's finished offsets (a stop or a rebalance commits at once).
+_COMMIT_INTERVAL = 0.1
 _LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -417,12 +419,14 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
                     sub.mailbox.put(message)
 
     async def _commit_finished(self) -> None:
-        # commits take a round trip to the group's coordinator: done beside fetching, not in turn
+        # commits take a round trip to the group's coordinator: done beside fetching, not in turn,
+        # and at most every _COMMIT_INTERVAL (a commit per call would load the broker)
         finished = self._finished
         while True:
             await finished.wait()
             finished.clear()
             await self.commit()
+            await asyncio.sleep(_COMMIT_INTERVAL)
 
     def done(self, message: BrokerMessage) -> None:
         tracker = getattr(message, "tracker", None)
