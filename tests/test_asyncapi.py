@@ -173,7 +173,7 @@ def test_cli_mistakes_are_one_line() -> None:
     result = _cli("asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "--server", "http://x:1")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "protobind asyncapi: --server 'http://x:1': give a nats:// or tls:// URL"
+        "protobind asyncapi: --server 'http://x:1': give a nats://, tls:// or kafka:// URL"
     ]
 
 
@@ -253,3 +253,21 @@ async def test_kafka_server_answers_its_document_with_kafka_bindings(
     cancel = document["channels"]["protobind_cancel"]
     assert cancel["address"] == "protobind.control"
     assert cancel["bindings"]["kafka"]["x-protobind-subject"] == "ka.$PROTOBIND.CANCEL"
+
+
+def test_cli_document_of_the_kafka_binding(tmp_path: Path, asyncapi_parser: Any) -> None:
+    out = tmp_path / "shop-kafka.json"
+    result = _cli(
+        "asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "-o", str(out),
+        "--server", "kafka://k1:9092,k2:9092", "--prefix", "prod",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(out.read_text())
+    assert asyncapi_parser(document) == []
+    assert document["servers"] == {
+        "kafka": {"host": "k1:9092,k2:9092", "protocol": "kafka", "description": "Kafka (acks=all)"}
+    }
+    addresses = {c["address"] for c in document["channels"].values() if c["address"]}
+    assert "protobind.control" in addresses
+    assert not any("$" in address for address in addresses)  # topics, never subjects
+    assert all("kafka" in c["bindings"] for c in document["channels"].values() if c["address"])

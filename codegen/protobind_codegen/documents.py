@@ -28,9 +28,11 @@ def add_parsers(commands: Any) -> None:
     openapi.set_defaults(run=run_openapi)
     asyncapi = _common(
         commands.add_parser(
-            "asyncapi", help="write the AsyncAPI 3.0 document of the NATS binding (subjects and messages)"
+            "asyncapi",
+            help="write the AsyncAPI 3.0 document of the NATS binding (subjects and messages), or of "
+            "the Kafka binding (topics) with --server kafka://...",
         ),
-        "a nats:// URL for the servers list",
+        "a nats:// (or kafka://) URL for the servers list",
     )
     asyncapi.add_argument("--prefix", default="", help="the binding's subject prefix (option prefix)")
     asyncapi.add_argument(
@@ -91,9 +93,19 @@ def run_asyncapi(args: argparse.Namespace) -> int:
     from protobind.broker.asyncapi import asyncapi_document
 
     services, sources, title = _contract(args)
+    bindings = None
+    kafka = [url for url in args.server if url.startswith("kafka://")]
+    if kafka:
+        if len(kafka) != len(args.server):
+            raise ValueError("--server: give kafka:// URLs only, or nats:// and tls:// URLs only")
+        # topics and Kafka bindings (the connection module needs aiokafka, but connects nowhere)
+        from protobind.kafka.connection import KafkaBroker
+        from protobind.kafka.options import settings_from
+
+        bindings = KafkaBroker(settings_from(kafka[0], {"prefix": args.prefix})).asyncapi_bindings()
     for url in args.server:
-        if not url.startswith(("nats://", "tls://")):
-            raise ValueError(f"--server {url!r}: give a nats:// or tls:// URL")
+        if not url.startswith(("nats://", "tls://", "kafka://")):
+            raise ValueError(f"--server {url!r}: give a nats://, tls:// or kafka:// URL")
     return _write(
         args,
         asyncapi_document(
@@ -104,5 +116,6 @@ def run_asyncapi(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             queue_group=args.queue_group,
             source_files=sources,
+            bindings=bindings,
         ),
     )
