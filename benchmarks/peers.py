@@ -501,3 +501,257 @@ for _parser in ("h11", "httptools"):
         CLIENTS[_kind] = _protobind_http_client("proto")
         if _kind != "protobind-http-h11":
             PAIRS.append((f"http-server-{_parser}{_loop}", _kind, "protobind-http-h11"))
+
+
+# --- MQTT 5: protobind's mqtt:// binding vs raw zmqtt request/response vs FastStream ---------------
+#
+# All on the machine's Mosquitto (PROTOBIND_BENCH_MQTT), each server under a topic prefix of its own.
+# The raw peer is zmqtt, the library protobind's binding uses: a subscription whose messages are
+# answered on their response topic with their correlation data, and ``client.request``. FastStream's
+# MQTT broker (also zmqtt underneath) answers with a subscriber that returns the response bytes,
+# called with ``broker.request``.
+
+MQTT_URL = "mqtt://127.0.0.1:1883"
+MQTT_TOPIC = NATS_SUBJECT.replace(".", "/")
+
+
+def _mqtt_prefix() -> str:
+    import os
+
+    return f"bench-{os.urandom(4).hex()}"
+
+
+async def _protobind_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import os
+
+    return await serve_protobind(
+        f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    )
+
+
+def _mqtt_address(url: str) -> tuple[str, int, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883, dict(parse_qsl(parts.query)).get("prefix", "")
+
+
+async def _raw_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import asyncio
+    import os
+
+    import zmqtt
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    mqtt_host, port, prefix = _mqtt_address(url)
+    client = zmqtt.create_client(mqtt_host, port, version="5.0")
+    await client.connect()
+    sub = client.subscribe(f"$share/raw/{prefix}/{MQTT_TOPIC}", receive_buffer_size=0)
+    await sub.start()
+
+    async def serve() -> None:
+        async for message in sub:
+            props = message.properties
+            request = Request.FromString(message.payload)
+            await client.publish(
+                props.response_topic,
+                Response(payload=request.payload).SerializeToString(),
+                properties=zmqtt.PublishProperties(correlation_data=props.correlation_data),
+            )
+
+    task = asyncio.get_running_loop().create_task(serve())
+
+    async def stop() -> None:
+        task.cancel()
+        await client.disconnect()
+
+    return url, stop
+
+
+async def _raw_mqtt_client(url: str) -> tuple[Call, Close]:
+    import zmqtt
+
+    mqtt_host, port, prefix = _mqtt_address(url)
+    client = zmqtt.create_client(mqtt_host, port, version="5.0")
+    await client.connect()
+    topic = f"{prefix}/{MQTT_TOPIC}"
+    reply = zmqtt.PublishProperties(response_topic=f"_bench/{prefix}/reply")
+
+    async def call(payload: bytes) -> Any:
+        answer = await client.request(
+            topic, Request(payload=payload).SerializeToString(), timeout=30, properties=reply
+        )
+        return Response.FromString(answer.payload)
+
+    return call, client.disconnect
+
+
+async def _faststream_mqtt_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import os
+
+    from faststream.mqtt import MQTTBroker
+
+    url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
+    mqtt_host, port, prefix = _mqtt_address(url)
+    broker = MQTTBroker(f"mqtt://{mqtt_host}:{port}", logger=None)
+
+    @broker.subscriber(f"$share/fs/{prefix}/{MQTT_TOPIC}")
+    async def handle(body: bytes) -> bytes:
+        return Response(payload=Request.FromString(body).payload).SerializeToString()
+
+    await broker.start()
+    return url, broker.stop
+
+
+async def _faststream_mqtt_client(url: str) -> tuple[Call, Close]:
+    from faststream.mqtt import MQTTBroker
+
+    mqtt_host, port, prefix = _mqtt_address(url)
+    broker = MQTTBroker(f"mqtt://{mqtt_host}:{port}", logger=None)
+    await broker.connect()
+    topic = f"{prefix}/{MQTT_TOPIC}"
+
+    async def call(payload: bytes) -> Any:
+        answer = await broker.request(Request(payload=payload).SerializeToString(), topic, timeout=30)
+        return Response.FromString(answer.body)
+
+
+# --- RabbitMQ: protobind's amqp:// binding vs raw aio-pika RPC and FastStream's RabbitMQ RPC -------
+#
+# The machine's RabbitMQ ($PROTOBIND_BENCH_AMQP_URL, default guest@127.0.0.1:5672). Each server uses
+# names of its own and removes them when it stops. The raw aio-pika peer is RabbitMQ's RPC pattern
+# written by hand: a server queue, an exclusive reply queue per client, correlation ids, many calls
+# in flight. FastStream's is its documented RPC (`broker.request`).
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _amqp_base() -> str:
+    import os
+
+    return os.environ.get("PROTOBIND_BENCH_AMQP_URL", AMQP_URL)
+
+
+async def _protobind_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    exchange = f"protobind.bench.{secrets.token_hex(4)}"
+    url, stop = await serve_protobind(f"{_amqp_base()}?exchange={exchange}")
+
+    async def stop_and_clean() -> None:
+        import aio_pika
+
+        await stop()
+        connection = await aio_pika.connect(_amqp_base())
+        async with connection:
+            await (await connection.channel()).exchange_delete(exchange)
+
+    return url, stop_and_clean
+
+
+async def _raw_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    import aio_pika
+
+    connection = await aio_pika.connect(_amqp_base())
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.declare_queue(f"bench.raw.{secrets.token_hex(4)}", auto_delete=True)
+
+    async def respond(message: Any) -> None:
+        request = Request.FromString(message.body)
+        reply = aio_pika.Message(
+            Response(payload=request.payload).SerializeToString(), correlation_id=message.correlation_id
+        )
+        await channel.default_exchange.publish(reply, message.reply_to)
+        await message.ack()
+
+    await queue.consume(respond)
+    return f"{_amqp_base()}?queue={queue.name}", connection.close
+
+
+async def _raw_amqp_client(url: str) -> tuple[Call, Close]:
+    import asyncio
+    import os
+    from urllib.parse import parse_qsl, urlsplit
+
+    import aio_pika
+
+    parts = urlsplit(url)
+    target = dict(parse_qsl(parts.query))["queue"]
+    connection = await aio_pika.connect(parts._replace(query="").geturl())
+    channel = await connection.channel()
+    replies = await channel.declare_queue("", exclusive=True)
+    waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def on_reply(message: Any) -> None:
+        future = waiting.pop(message.correlation_id, None)
+        if future is not None:
+            future.set_result(message)
+
+    await replies.consume(on_reply, no_ack=True)
+
+    async def call(payload: bytes) -> Any:
+        correlation = os.urandom(16).hex()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiting[correlation] = future
+        message = aio_pika.Message(
+            Request(payload=payload).SerializeToString(), reply_to=replies.name, correlation_id=correlation
+        )
+        await channel.default_exchange.publish(message, target)
+        return Response.FromString((await asyncio.wait_for(future, 30)).body)
+
+    return call, connection.close
+
+
+async def _faststream_amqp_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    import secrets
+
+    from faststream.rabbit import RabbitBroker, RabbitQueue
+
+    broker = RabbitBroker(_amqp_base(), logger=None)
+    name = f"bench.faststream.{secrets.token_hex(4)}"
+
+    @broker.subscriber(RabbitQueue(name, auto_delete=True))
+    async def unary(body: bytes) -> bytes:
+        request = Request.FromString(body)
+        return Response(payload=request.payload).SerializeToString()
+
+    await broker.start()
+    return f"{_amqp_base()}?queue={name}", broker.stop
+
+
+async def _faststream_amqp_client(url: str) -> tuple[Call, Close]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    from faststream.rabbit import RabbitBroker
+
+    parts = urlsplit(url)
+    target = dict(parse_qsl(parts.query))["queue"]
+    broker = RabbitBroker(parts._replace(query="").geturl(), logger=None)
+    await broker.connect()
+
+    async def call(payload: bytes) -> Any:
+        reply = await broker.request(Request(payload=payload).SerializeToString(), queue=target, timeout=30)
+        return Response.FromString(reply.body)
+
+    return call, broker.stop
+
+
+SERVERS["protobind-mqtt"] = _protobind_mqtt_server
+CLIENTS["protobind-mqtt"] = protobind_client
+SERVERS["zmqtt"] = _raw_mqtt_server
+CLIENTS["zmqtt"] = _raw_mqtt_client
+SERVERS["faststream-mqtt"] = _faststream_mqtt_server
+CLIENTS["faststream-mqtt"] = _faststream_mqtt_client
+PAIRS.append(("mqtt", "protobind-mqtt", "zmqtt"))
+PAIRS.append(("mqtt-faststream", "protobind-mqtt", "faststream-mqtt"))
+SERVERS["protobind-amqp"] = _protobind_amqp_server
+CLIENTS["protobind-amqp"] = protobind_client
+SERVERS["aio-pika"] = _raw_amqp_server
+CLIENTS["aio-pika"] = _raw_amqp_client
+SERVERS["faststream-rabbit"] = _faststream_amqp_server
+CLIENTS["faststream-rabbit"] = _faststream_amqp_client
+PAIRS.append(("amqp", "protobind-amqp", "aio-pika"))
+PAIRS.append(("amqp-faststream", "protobind-amqp", "faststream-rabbit"))

@@ -16,20 +16,42 @@ PROTO_ROOTS = [
     ROOT / "examples" / "route_guide" / "proto",
     ROOT / "tests" / "protos" / "rest",
     ROOT / "tests" / "protos" / "durable",
+    ROOT / "tests" / "protos" / "jsonfast",
 ]
 
 
 def _generate() -> None:
+    """Compile the contracts once; pytest-xdist's workers import this file at the same time, so one
+    generates under a lock and the others find the stamp of what it compiled."""
+    import fcntl
+    import hashlib
+
     from protobind_codegen.generate import generate
 
-    for root in PROTO_ROOTS:
-        generate([str(root)], str(GEN), [str(root)])
+    inputs = sorted(p for root in PROTO_ROOTS for p in root.rglob("*.proto"))
+    inputs += sorted((ROOT / "codegen" / "protobind_codegen").rglob("*.[pj]*"))
+    digest = hashlib.sha256(b"".join(str(p).encode() + p.read_bytes() for p in inputs)).hexdigest()
+    GEN.mkdir(parents=True, exist_ok=True)
+    stamp = GEN / ".stamp"
+    with open(GEN.parent / ".gen.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        for root in PROTO_ROOTS:
+            generate([str(root)], str(GEN), [str(root)])
+        stamp.write_text(digest)
 
 
 _generate()
 sys.path.insert(0, str(GEN))
 
-pytest_plugins = ["tests.servers", "tests.nats_server", "tests.kafka_broker"]
+pytest_plugins = [
+    "tests.servers",
+    "tests.nats_server",
+    "tests.mosquitto",
+    "tests.rabbitmq",
+    "tests.kafka_broker",
+]
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ class RawH2:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.answers: dict[int, Answer] = {}
         self.terminated: int | None = None
+        self.last_stream_id: int | None = None
 
     async def flush(self) -> None:
         self.writer.write(self.conn.data_to_send())
@@ -90,6 +91,7 @@ class RawH2:
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = int(event.error_code)
+            self.last_stream_id = event.last_stream_id
 
 
 def _text(value: str | bytes) -> str:

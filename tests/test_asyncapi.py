@@ -271,3 +271,66 @@ def test_cli_document_of_the_kafka_binding(tmp_path: Path, asyncapi_parser: Any)
     assert "protobind.control" in addresses
     assert not any("$" in address for address in addresses)  # topics, never subjects
     assert all("kafka" in c["bindings"] for c in document["channels"].values() if c["address"])
+
+
+def _cli_async(*args: str) -> Any:
+    """`protobind ARGS` in a thread, so the server this test runs on its loop keeps answering."""
+    import asyncio
+
+    return asyncio.to_thread(_cli, *args)
+
+
+async def test_protobind_asyncapi_url_is_the_served_document_and_the_generated_one(
+    nats_server: str,
+) -> None:
+    """`protobind asyncapi nats://...` asks the running services for their documents (one merged
+    document for two services), behind the same auth as the methods; what it gets is what
+    `protobind asyncapi` writes from the .proto files: the summaries and descriptions included."""
+    from protobind.auth import BearerAuth
+
+    from .conftest import ROOT as root
+    from .conftest import example_greeter
+
+    # "finder" may discover the services ($SRV.INFO) but not read their documents
+    auth = BearerAuth({"admin": ["*"], "finder": ["protobind.Discovery/Micro"]})
+    server = protobind.Server([example_greeter(), Conformance()], interceptors=[auth])
+    (url,) = await server.start(f"{nats_server}?prefix=docs")
+    try:
+        for header, code in [
+            ([], "UNAUTHENTICATED"),
+            (["-H", "authorization: Bearer finder"], "PERMISSION_DENIED"),
+        ]:
+            refused = await _cli_async("asyncapi", url, *header)
+            assert refused.returncode == 1
+            assert refused.stderr.startswith(f"protobind asyncapi: {url}: {code}: "), refused.stderr
+            assert refused.stderr.count("\n") == 1
+        fetched = await _cli_async("asyncapi", url, "-H", "authorization: Bearer admin")
+        assert fetched.returncode == 0, fetched.stderr
+    finally:
+        await server.stop(grace=1.0)
+    served = json.loads(fetched.stdout)
+    written = _cli(
+        "asyncapi", str(root / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
+        str(ROOT / "idl" / "protobind" / "conformance" / "v1" / "conformance.proto"),
+        "-I", str(root / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
+        "--prefix", "docs", "--server", nats_server, "--api-version", protobind.__version__,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    generated = json.loads(written.stdout)
+    assert served == generated
+    unary = served["operations"]["protobind_conformance_v1_ConformanceService_Unary"]
+    assert unary["summary"] == "Echoes the request; applies `behavior` first."
+    assert served["info"]["title"] == "protobind API"
+
+
+def test_asyncapi_url_mistakes_are_one_line() -> None:
+    for args, message in [
+        (
+            ["grpc://127.0.0.1:1"],
+            "a grpc:// server serves no asyncapi document: give a nats:// or tls:// URL",
+        ),
+        (["nats://127.0.0.1:1", "--prefix", "x"], "--prefix is for .proto files"),
+    ]:
+        result = _cli("asyncapi", *args)
+        assert result.returncode == 1
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -95,10 +95,10 @@ async def test_grpc_health_and_reflection_are_guarded() -> None:
             ask = reflection_pb2.ServerReflectionRequest(list_services="")
             refusals = ((None, grpc.StatusCode.UNAUTHENTICATED), (reader, grpc.StatusCode.PERMISSION_DENIED))
             for metadata, code in refusals:
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    async for _ in reflection.ServerReflectionInfo(iter([ask]), timeout=5, metadata=metadata):
-                        pass
-                assert refused.value.code() is code
+                # The call's own status: reading the responses races grpcio's request sender, which
+                # may report its write after the server's refusal as "Internal error from Core".
+                refused = reflection.ServerReflectionInfo(iter([ask]), timeout=5, metadata=metadata)
+                assert await refused.code() is code
             admin = (("authorization", "Bearer admin-token"),)
             info = reflection.ServerReflectionInfo(iter([ask]), timeout=5, metadata=admin)
             answers = [answer async for answer in info]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,69 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, args
         assert "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_version_and_python_m_protobind() -> None:
+    """`protobind --version` and `python -m protobind --version` print `protobind X.Y.Z`; `python -m
+    protobind` is the same command (same arguments, same one-line errors, same exit codes)."""
+    from importlib.metadata import version
+
+    import protobind
+
+    expected = f"protobind {version('protobind')}\n"
+    assert protobind.__version__ == version("protobind")
+    script = str(Path(sys.executable).parent / "protobind")
+    for command in ([script], [sys.executable, "-m", "protobind"]):
+        shown = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert (shown.returncode, shown.stdout, shown.stderr) == (0, expected, ""), command
+        mistake = subprocess.run(
+            [*command, "serve", "nocolon", "--bind", "inproc://x"], capture_output=True, text=True, timeout=60
+        )
+        assert (
+            mistake.returncode == 1
+            and mistake.stderr == _run("serve", "nocolon", "--bind", "inproc://x").stderr
+        )
+        assert mistake.stderr.startswith("protobind serve: ") and mistake.stderr.count("\n") == 1
+
+
+def test_serve_on_a_taken_port_says_which_and_why() -> None:
+    """One line naming the address and the system's reason, on gRPC as on HTTP; not grpc core's own
+    log line (`E1207 ... add_port.cc:83] Failed to add port`) followed by a reason-less error."""
+    from .conftest import ROOT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for scheme in ("grpc", "http"):
+            bind = f"{scheme}://127.0.0.1:{port}"
+            result = _run("serve", "tests.conformance:Conformance", "--bind", bind, cwd=ROOT)
+            assert result.returncode == 1 and result.stdout == "", result.stdout
+            assert (
+                result.stderr
+                == f"protobind serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            )
+
+
+def test_an_unreachable_server_is_one_line_with_the_reason() -> None:
+    """NATS down: no connection log lines before the error; HTTP: not aiohttp's `ssl:default [...]`."""
+    from .conftest import ROOT
+
+    port = _free_port()
+    proto = ["--proto", "idl/protobind/conformance/v1/conformance.proto", "-I", "idl"]
+    method = "protobind.conformance.v1.ConformanceService/Unary"
+    for scheme in ("nats", "http"):
+        result = _run("call", f"{scheme}://127.0.0.1:{port}", method, "{}", *proto, cwd=ROOT)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.rstrip().endswith(f"{scheme}://127.0.0.1:{port}: Connection refused"), (
+            result.stderr
+        )
+    served = _run("serve", "tests.conformance:Conformance", "--bind", f"nats://127.0.0.1:{port}", cwd=ROOT)
+    assert served.returncode == 1
+    assert (
+        served.stderr
+        == f"protobind serve: cannot connect to NATS at nats://127.0.0.1:{port}: Connection refused\n"
+    )
 
 
 def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
@@ -207,6 +271,20 @@ def test_demo_serves_and_calls_every_transport(tmp_path: Path) -> None:
     host, port = nats_url.group(1).removeprefix("nats://").split(":")
     with socket.socket() as sock:
         assert sock.connect_ex((host, int(port))) != 0
+
+
+def test_demo_in_a_bare_install_asks_for_all() -> None:
+    """A bare `pip install protobind` lacks the code generator and every transport: the demo names
+    what is missing and the extra that brings all of it, not `[codegen]` (then each transport)."""
+    for hidden in (["grpc_tools", "jinja2", "mypy_protobuf", "grpc", "aiohttp", "nats"], ["nats"]):
+        code = f"import sys; sys.modules.update(dict.fromkeys({hidden!r}))\n"  # None: not importable
+        code += "from protobind_codegen.cli import main; main(['demo'])"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert result.stderr == (
+            "protobind demo: needs the code generator and every transport; "
+            f"not installed: {', '.join(hidden)}: pip install 'protobind[all]'\n"
+        )
 
 
 README_SERVICE = """

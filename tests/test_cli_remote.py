@@ -1,8 +1,9 @@
-"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS and Kafka.
+"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS, Kafka and MQTT.
 
-One `protobind serve` process serves tests.details_service on the four network transports; each
-command runs in a process of its own with no contract files (reflection), or with `--proto`
-resolved against `-I`.
+One `protobind serve` process serves tests.details_service on the network transports (Kafka on a
+private Tansu broker; MQTT on the machine's Mosquitto, skipped where none runs, except under
+CI=true); each command runs in a process of its own with no contract files (reflection), or with
+`--proto` resolved against `-I`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from protobind.mqtt import TEST_BROKER, broker_unreachable
 
 from .conftest import ROOT
 from .kafka_broker import kafka_url
@@ -31,15 +34,29 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def urls(nats_server: str, kafka_broker: str) -> Iterator[dict[str, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    binds = [
+        "--bind",
+        "grpc://127.0.0.1:0",
+        "--bind",
+        "http://127.0.0.1:0",
+        "--bind",
+        f"{nats_server}?prefix=cli",
+        "--bind",
+        kafka_url(kafka_broker, "cli."),
+    ]
+    mqtt = os.environ.get("PROTOBIND_TEST_MQTT", TEST_BROKER)
+    missing = broker_unreachable(mqtt)
+    if missing is None:
+        binds += ["--bind", f"{mqtt}?prefix=cli-{os.urandom(4).hex()}"]
+    elif os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI needs an MQTT broker: {missing}")
     server = subprocess.Popen(
-        [*PROTOBIND, "serve", "tests.details_service:Details", "--bind", "grpc://127.0.0.1:0",
-         "--bind", "http://127.0.0.1:0", "--bind", f"{nats_server}?prefix=cli",
-         "--bind", kafka_url(kafka_broker, "cli.")],
+        [*PROTOBIND, "serve", "tests.details_service:Details", *binds],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(4)]
+        bound = [server.stdout.readline().split(" on ")[-1].strip() for _ in range(len(binds) // 2)]
         yield {url.partition(":")[0]: url for url in bound}
     finally:
         server.send_signal(signal.SIGTERM)
@@ -47,8 +64,10 @@ def urls(nats_server: str, kafka_broker: str) -> Iterator[dict[str, str]]:
     assert server.returncode == 0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "kafka"])
+@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "kafka", "mqtt"])
 def test_list_describe_and_call_by_reflection(urls: dict[str, str], transport: str) -> None:
+    if transport not in urls:
+        pytest.skip("no MQTT broker here")
     url = urls[transport]
     listed = _run("list", url)
     assert listed.returncode == 0, listed.stderr
@@ -142,3 +161,45 @@ def test_no_server_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, command
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert "UNAVAILABLE" in result.stderr and "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("transport", ["grpc", "nats"])
+def test_describe_shows_method_options(urls: dict[str, str], transport: str) -> None:
+    """grpcurl shows a method's options: protobind's messaging options too, from reflection."""
+    described = _run("describe", urls[transport], f"{SERVICE}/Notify")
+    assert described.returncode == 0, described.stderr
+    assert described.stdout == (
+        f"{SERVICE}.Notify is a method:\n"
+        "rpc Notify ( .protobind.conformance.v1.Request ) returns ( .google.protobuf.Empty ) {\n"
+        "  option (protobind.v1.oneway) = true;\n}\n"
+    )
+
+
+def test_describe_shows_durable_delivery_and_http_rules() -> None:
+    from protobind_codegen.descriptors import build_pool
+    from protobind_codegen.protoc import compile_protos
+    from protobind_codegen.remote_cmd import describe_symbol
+
+    protos = ROOT / "tests" / "protos"
+    files, _ = compile_protos(
+        [
+            str(protos / "edge" / "shop" / "v1" / "shop.proto"),
+            str(protos / "rest" / "library" / "v1" / "library.proto"),
+        ],
+        [str(protos / "edge"), str(protos / "rest")],
+    )
+    pool = build_pool(files)
+    assert describe_symbol(pool, "shop.v1.Shop/Reserve").splitlines()[1:] == [
+        "rpc Reserve ( .shop.v1.Item ) returns ( .common.v1.Money ) {",
+        "  option (protobind.v1.durable) = true;",
+        "  option (protobind.v1.delivery) = { max_deliver: 3 backoff { seconds: 1 } "
+        "backoff { nanos: 500000000 } ack_wait { seconds: 60 } "
+        'dead_letter_subject: "shop.dead" reply_ttl { seconds: 3600 } max_ack_pending: 10 };',
+        "}",
+    ]
+    assert describe_symbol(pool, "library.v1.Library.ListBooks").splitlines()[1:] == [
+        "rpc ListBooks ( .library.v1.ListBooksRequest ) returns ( .library.v1.ListBooksResponse ) {",
+        "  option idempotency_level = NO_SIDE_EFFECTS;",
+        '  option (google.api.http) = { get: "/v1/{parent=shelves/*}/books" };',
+        "}",
+    ]

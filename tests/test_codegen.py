@@ -448,13 +448,17 @@ def _contract(tmp_path: Path, body: str, name: str = "bad.proto") -> Path:
     ],
 )
 def test_contracts_the_runtime_cannot_serve_are_rejected(
-    tmp_path: Path, body: str, where: str, message: str
+    tmp_path: Path, body: str, where: str, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proto = _contract(tmp_path, body)
     out = tmp_path / "out"
     with pytest.raises(ProtoError) as info:
         generate([str(proto.parent)], str(out))
-    assert str(info.value) == f"bad.proto:{where}: {message}"
+    assert str(info.value) == f"{proto}:{where}: {message}"  # outside the current directory: absolute
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProtoError) as info:
+        generate(["proto"], "out")
+    assert str(info.value) == f"proto/bad.proto:{where}: {message}"
     assert not out.exists()  # nothing is written for a rejected contract
 
 
@@ -466,8 +470,93 @@ def test_rejected_contract_exits_1_with_one_line(tmp_path: Path) -> None:
         [*PROTOBIND, "generate", str(proto.parent), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     assert (
-        result.stderr == "bad.proto:7:28: oneway RPC Send must return google.protobuf.Empty, not bad.v1.M\n"
+        result.stderr
+        == "proto/bad.proto:7:28: oneway RPC Send must return google.protobuf.Empty, not bad.v1.M\n"
     )
+
+
+def test_protoc_and_generator_errors_show_the_same_paths(tmp_path: Path) -> None:
+    """protoc's errors name the file as the generator's own do: relative to the current directory
+    (protoc prints the absolute path it opened; the generator, the import name)."""
+    _contract(tmp_path, "message Broken { string s = 1 }\n", name="syntax.proto")
+    _contract(tmp_path, "service S {\n  rpc Send(M) returns (stream M) {\n"
+              "    option (protobind.v1.durable) = true;\n  }\n}\n", name="model.proto")  # fmt: skip
+    for name, error in (("syntax", 'proto/syntax.proto:6:31: Expected ";".'),
+                        ("model", "proto/model.proto:8:5: durable RPC Send cannot stream")):  # fmt: skip
+        result = subprocess.run(
+            [*PROTOBIND, "generate", f"proto/{name}.proto", "--out", "out"],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        assert (result.returncode, result.stderr) == (1, error + "\n")
+
+
+def test_an_rpc_named_like_its_message_gets_a_hint(tmp_path: Path) -> None:
+    """`rpc OrderPlaced(OrderPlaced)`: inside the service, OrderPlaced is the RPC; protoc only says
+    the name is not a message type. The first such line says what to write instead."""
+    body = "message OrderPlaced { string id = 1; }\n"
+    body += "service Orders {\n  rpc OrderPlaced(OrderPlaced) returns (M);\n}\n"
+    _contract(tmp_path, body, name="orders.proto")
+    result = subprocess.run(
+        [*PROTOBIND, "generate", "proto", "--out", "out"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        'proto/orders.proto:8:19: "OrderPlaced" is not a message type. Inside a service, OrderPlaced is '
+        "the RPC of that name: write the message's full name, .bad.v1.OrderPlaced, or rename the RPC.\n"
+    )
+    # the fix the hint gives compiles
+    (tmp_path / "proto" / "orders.proto").write_text(
+        (tmp_path / "proto" / "orders.proto").read_text().replace("(OrderPlaced)", "(.bad.v1.OrderPlaced)")
+    )
+    assert generate([str(tmp_path / "proto")], str(tmp_path / "out"))
+
+
+def test_embedded_comments_are_ruff_stable_at_every_length(tmp_path: Path) -> None:
+    """The comments constant is laid out as ruff format leaves it, whatever its length (one line,
+    one piece in parentheses, pieces too long to be joined), and reads back."""
+    from protobind.schemas import decode_comments, encode_comments
+
+    for n in (1, 60, 80, 85, 90, 99, 100, 104, 105, 106, 199, 200, 204, 205, 301, 2000):
+        comments = encode_comments({"a.B": "x" * n})
+        service = model.ServiceModel(
+            "B",
+            "a.B",
+            "BService",
+            "BClient",
+            "BSyncClient",
+            "B_SERVICE_INFO",
+            "_B_DESCRIPTOR",
+            "",
+            (),
+            comments,
+        )
+        literal = service.comments_literal
+        namespace: dict[str, str] = {}
+        exec(literal, namespace)
+        assert decode_comments(namespace["_B_COMMENTS"]) == {"a.B": "x" * n}
+        (tmp_path / f"comments_{n}.py").write_text(literal + "\n")
+    ruff = [sys.executable, "-m", "ruff"]
+    config = ["--no-cache", "--config", str(ROOT / "pyproject.toml"), str(tmp_path)]
+    check = subprocess.run([*ruff, "check", *config], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run([*ruff, "format", "--diff", *config], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_generated_services_carry_the_comments_their_documents_read() -> None:
+    """The service, its methods and the messages they use; not the well-known types' (their
+    schemas are fixed), so a module that uses Timestamp does not carry its page of comments."""
+    from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
+    from protobind.schemas import decode_comments
+
+    comments = decode_comments(CONFORMANCE_SERVICE_INFO.comments)
+    service = "protobind.conformance.v1.ConformanceService"
+    assert comments[f"{service}/Unary"] == "Echoes the request; applies `behavior` first."
+    assert (
+        comments["protobind.conformance.v1.Behavior.error_code"] == "Fail with this status code (0: succeed)."
+    )
+    assert all(key.startswith("protobind.conformance.v1.") for key in comments)

@@ -112,8 +112,10 @@ def test_telemetry_table_and_env(tmp_path: Path) -> None:
     path.write_text("[telemetry]\nenabled = true\ntracing = 'yes'\n")
     with pytest.raises(ConfigError, match=r"telemetry\.tracing must be true or false"):
         Config.load(path, env={})
-    path.write_text("[telemetry]\nexporter = 'otlp'\n")
-    with pytest.raises(ConfigError, match=r"unknown key telemetry\.exporter"):
+    path.write_text("[telemetry]\ntracin = false\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key telemetry\.tracin \(did you mean telemetry\.tracing\?\)"
+    ):
         Config.load(path, env={})
     with pytest.raises(ConfigError, match="PROTOBIND_TELEMETRY"):
         Config.load(None, env={"PROTOBIND_TELEMETRY": "maybe"})
@@ -175,3 +177,81 @@ async def _transports() -> tuple[str, str]:
             return client.unary(Request(text="s"), timeout=5).transport
 
     return via_async, await asyncio.to_thread(blocking)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[server]\ngrase = 1\n", "unknown key server.grase (did you mean server.grace?)"),
+        ("[server]\nmax_one_way = 3\n", "unknown key server.max_one_way (did you mean server.max_oneway?)"),
+        ("[telemtry]\nenabled = true\n", "unknown key telemtry (did you mean telemetry?)"),
+        (
+            "[server.options.grcp]\nhealth = true\n",
+            "unknown key server.options.grcp (did you mean server.options.grpc?)",
+        ),
+        ('[server]\nbnd = ["grpc://127.0.0.1:0"]\n', "unknown key server.bnd (did you mean server.bind?)"),
+        ("[server]\nworkerz = 2\nzzz = 1\n", "unknown key server.workerz (did you mean server.workers?)"),
+        ("qqq = 1\n", "unknown key qqq; known: server, clients, telemetry"),
+        (
+            "[server.options.grpc]\nmax_mesage_size = 1\n",
+            "server.options.grpc: unknown grpc server option(s) max_mesage_size "
+            "(did you mean max_message_size?)",
+        ),
+        (
+            '[telemetry]\nexporter = "consol"\n',
+            "unknown telemetry exporter 'consol' (did you mean 'console'?)",
+        ),
+        (
+            '[telemetry]\notlp_protocol = "http"\n',
+            "telemetry.otlp_protocol must be one of grpc, http/protobuf",
+        ),
+        ("[telemetry]\notlp_endpoint = 4317\n", "telemetry.otlp_endpoint must be a string"),
+        ('[server]\naccess_log = "yes"\n', "server.access_log must be true or false"),
+        ('[server]\nlog_level = "loud"\n', "server.log_level must be one of debug, info, warning, error"),
+    ],
+)
+def test_unknown_and_bad_keys_are_errors_that_name_the_key(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "protobind.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Config.load(path, env={})
+    assert str(info.value).startswith(f"{path}: {error}")
+
+
+def test_protobind_serve_names_the_unknown_key(tmp_path: Path) -> None:
+    """`bnd = [...]` used to start nothing with "nowhere to serve"; now the key is named."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "protobind.toml"
+    path.write_text('[server]\nservices = ["tests.conformance:Conformance"]\nbnd = ["grpc://127.0.0.1:0"]\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "protobind_codegen.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"protobind serve: {path}: unknown key server.bnd (did you mean server.bind?)"
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_logging_and_exporter_settings(tmp_path: Path) -> None:
+    path = tmp_path / "protobind.toml"
+    path.write_text(
+        '[server]\naccess_log = false\nlog_level = "WARNING"\n'
+        '[telemetry]\nexporter = ["console", "otlp"]\notlp_endpoint = "http://collector:4318"\n'
+        'otlp_protocol = "http/protobuf"\nservice_name = "shop"\n'
+    )
+    config = Config.load(path, env={})
+    assert config.access_log is False and config.log_level == "warning"
+    telemetry = config.telemetry
+    assert telemetry is not None  # naming an exporter turns telemetry on
+    assert telemetry.exporter == ("console", "otlp") and telemetry.otlp_endpoint == "http://collector:4318"
+    assert telemetry.otlp_protocol == "http/protobuf" and telemetry.service_name == "shop"
+    assert Config.load(path, env={"PROTOBIND_TELEMETRY": "false"}).telemetry is None
+    path.write_text('[telemetry]\nenabled = false\nexporter = "console"\n')
+    assert Config.load(path, env={}).telemetry is None
+    assert Config.load(None, env={}).access_log is None

@@ -40,6 +40,36 @@ def test_public_names() -> None:
     assert all(hasattr(protobind, name) for name in protobind.__all__)
 
 
+def test_architecture_doc_matches_the_tree() -> None:
+    """docs/architecture.md: its layer table names every core module, every file path it names
+    exists, the file names it says each transport package shares are there, and its line count of
+    the worked broker example is near the truth."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "runtime" / "protobind"
+    layers = doc.split("## Layers", 1)[1].split("```", 2)[1]
+    core = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    assert not {name for name in core if name not in layers}, "core modules missing from the layer table"
+    for path in set(re.findall(r"\b([a-z_]+/[a-z_]+\.py)\b", doc)):
+        assert (package / path).is_file() or (ROOT / path).is_file(), f"docs/architecture.md: no {path}"
+    transports = next(line for line in layers.splitlines() if line.lstrip().startswith("transports"))
+    packages = re.findall(r"\b([a-z]+)/\s", transports)
+    files = re.findall(r"`([a-z_]+\.py)`", doc.split("Each transport package", 1)[1].split(". ", 1)[0])
+    assert {"grpc", "http", "nats"} <= set(packages) and files
+    for directory in packages:
+        assert all((package / directory / f).is_file() for f in files), f"{directory}/ lacks one of {files}"
+    claimed = int(re.search(r"`broker/memory\.py`, about (\d+) lines", doc)[1])  # type: ignore[index]
+    actual = len((package / "broker" / "memory.py").read_text().splitlines())
+    assert abs(claimed - actual) <= 0.15 * actual, (claimed, actual)
+
+
+def test_docs_call_nothing_built_unbuilt() -> None:
+    """A doc that says a shipped feature "is not built yet" sends users away from it."""
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = " ".join(doc.read_text().split())
+        for phrase in ("not built yet", "not yet built", "not implemented yet", "not yet implemented"):
+            assert phrase not in text, f"{doc.name} says {phrase!r}"
+
+
 def test_codes_match_grpc() -> None:
     assert len(Code) == 17
     assert Code.OK == 0 and Code.UNAUTHENTICATED == 16 and Code.DATA_LOSS == 15
@@ -48,6 +78,18 @@ def test_codes_match_grpc() -> None:
         assert Code.from_connect_name(code.connect_name) is code
     assert Code.from_number(99) is Code.UNKNOWN
     assert Code.from_connect_name("bogus") is Code.UNKNOWN
+
+
+def test_code_prints_as_its_name() -> None:
+    """``print(err.code)`` shows ``INVALID_ARGUMENT``, as grpcio users expect, not ``3``."""
+    code = Code.INVALID_ARGUMENT
+    assert str(code) == f"{code}" == format(code) == "%s" % code == "INVALID_ARGUMENT"  # noqa: UP031 (as logging)
+    assert f"{code:>18}" == "  INVALID_ARGUMENT"  # a string format spec pads the name
+    assert f"{code:d}" == "3" and f"{code:02x}" == "03" and int(code) == 3  # a numeric one: the number
+    assert repr(code) == "<Code.INVALID_ARGUMENT: 3>"
+    err = RpcError(code, "name is required")
+    assert str(err) == "INVALID_ARGUMENT: name is required" and str(RpcError(Code.NOT_FOUND)) == "NOT_FOUND"
+    assert repr(err) == "RpcError(INVALID_ARGUMENT, 'name is required', details=0)"
 
 
 def test_error_status_roundtrip_with_details() -> None:

@@ -1,4 +1,5 @@
-"""Durable calls, one suite on two brokers: NATS JetStream (a real nats-server -js) and the
+"""Durable calls, one suite on three brokers: NATS JetStream (a real nats-server -js), MQTT 5 (a
+private Mosquitto: persistent sessions and retained messages, see docs/brokers.md) and the
 in-memory broker. Stored before the caller returns, handled at least once, retried with backoff,
 dead-lettered with their error, replies stored for the caller's group. NATS-only cases (a server
 killed with SIGKILL, a lost store acknowledgement, a cluster) are in test_durable_nats.py."""
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import nats
 import pytest
 from google.protobuf.empty_pb2 import Empty
 from jobs.v1.jobs_pb2 import Job, JobResult
@@ -19,8 +23,17 @@ from jobs.v1.jobs_protobind import JOBS_RUN, JOBS_SUBMIT, JobsClient, JobsServic
 
 import protobind
 from protobind import Code, RpcError
+from protobind.auth import BearerAuth, BearerToken, reply_group
 from protobind.broker.base import ConsumerSpec
-from protobind.broker.durable import FINAL, dead_letter_stream, dead_letter_subject, delivery_of
+from protobind.broker.durable import (
+    FINAL,
+    dead_letter_stream,
+    dead_letter_subject,
+    delivery_of,
+    reply_group_of,
+    reply_stream,
+    reply_subject,
+)
 from protobind.durable import DurableCalls
 from protobind.transport import transport_for_url
 
@@ -87,16 +100,39 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "nats", "kafka"])
+@pytest.fixture(params=["memory", "nats", "mqtt", "amqp", "kafka"])
 def durable_url(request: pytest.FixtureRequest) -> str:
     """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS, fresh
-    topics on Kafka)."""
+    topics and sessions on MQTT, fresh queues on RabbitMQ: a private node for the session, so
+    that nothing stays on the machine's; fresh topics on Kafka)."""
     n = next(_names)
     if request.param == "nats":
         return f"{request.getfixturevalue('jetstream_server')}?prefix=td{n}."
+    if request.param == "mqtt":
+        # NATS's max_payload (1 MiB) as the message size limit: the same calls are too large
+        return f"{request.getfixturevalue('durable_mosquitto').url}?prefix=td{n}&max_message_size=1048576"
+    if request.param == "amqp":
+        return f"{request.getfixturevalue('rabbitmq_server')}?prefix=td{n}."
     if request.param == "kafka":
         return kafka_url(request.getfixturevalue("kafka_broker"), f"td{n}.")
     return f"memory://durable-{n}"
+
+
+def mqtt(url: str) -> bool:
+    return url.startswith("mqtt")
+
+
+def replica(url: str, n: int) -> str:
+    """The URL of replica ``n`` of a group: on MQTT each replica has a persistent session of its own."""
+    return _with(url, replica=n) if mqtt(url) else url
+
+
+async def prime(url: str, serving: Serving) -> None:
+    """On MQTT, a broker keeps calls only for sessions that exist: a server must have started once
+    (docs/brokers.md). Elsewhere nothing to do."""
+    if mqtt(url):
+        await serving.start(url)
+        await serving.stop()
 
 
 def skip_where_lacking(url: str, capability: str) -> None:
@@ -117,9 +153,9 @@ class Serving:
     def __init__(self) -> None:
         self.servers: list[protobind.Server] = []
 
-    async def start(self, url: str, service: Jobs | None = None) -> Jobs:
+    async def start(self, url: str, service: Jobs | None = None, interceptors: Sequence[Any] = ()) -> Jobs:
         service = service or Jobs()
-        server = protobind.Server([service])
+        server = protobind.Server([service], interceptors=interceptors)
         await server.start(url)
         self.servers.append(server)
         return service
@@ -177,6 +213,7 @@ async def test_durable_one_way_calls_are_stored_then_handled_once(durable_url: s
 async def test_calls_made_while_no_server_runs_are_handled_once_it_starts(
     durable_url: str, serving: Serving
 ) -> None:
+    await prime(durable_url, serving)
     async with protobind.connect(durable_url) as channel:
         client = JobsClient(channel)
         for i in range(20):
@@ -263,6 +300,8 @@ async def test_an_undecodable_call_goes_to_the_dead_letter(durable_url: str, ser
 async def test_a_long_handler_extends_its_ack_wait_instead_of_being_delivered_again(
     durable_url: str, serving: Serving
 ) -> None:
+    if mqtt(durable_url):
+        pytest.skip("MQTT has no ack_wait: the option is refused (tests/test_mqtt.py checks that)")
     jobs = await serving.start(_with(durable_url, ack_wait=1))
     async with protobind.connect(durable_url) as channel:
         await JobsClient(channel).submit(Job(id="long", work=3.0))
@@ -312,7 +351,7 @@ async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
 async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
     durable_url: str, serving: Serving
 ) -> None:
-    billing = [await serving.start(_with(durable_url, queue_group="billing")) for _ in range(2)]
+    billing = [await serving.start(replica(_with(durable_url, queue_group="billing"), n)) for n in range(2)]
     audit = await serving.start(_with(durable_url, queue_group="audit"))
     async with protobind.connect(durable_url) as channel:
         await asyncio.gather(*(JobsClient(channel).submit(Job(id=f"e{i}", work=0.01)) for i in range(40)))
@@ -341,8 +380,10 @@ async def test_submitting_the_same_call_id_again_stores_the_call_once(
 
 async def test_a_call_larger_than_the_broker_takes_is_refused(durable_url: str) -> None:
     async with protobind.connect(durable_url) as channel:
+        # one byte more than the broker takes (NATS: its max_payload; RabbitMQ: max_message_size)
+        size = channel.transport.broker.max_payload + 1  # type: ignore[attr-defined]
         with pytest.raises(RpcError) as refused:
-            await JobsClient(channel).submit(Job(payload="x" * (2 * 1024 * 1024)), timeout=10)
+            await JobsClient(channel).submit(Job(payload="x" * size), timeout=10)
     assert refused.value.code is Code.RESOURCE_EXHAUSTED
 
 
@@ -378,6 +419,7 @@ async def test_a_durable_request_waits_for_its_stored_reply(durable_url: str, se
 async def test_a_restarted_caller_receives_the_replies_to_its_predecessors_calls(
     durable_url: str, serving: Serving
 ) -> None:
+    await prime(durable_url, serving)
     async with protobind.connect(durable_url) as channel:  # the first caller process
         calls = DurableCalls(channel, group="checkout")
         submitted = [await calls.submit(JOBS_RUN, Job(id=f"p{i}", payload=f"#{i}")) for i in range(6)]
@@ -420,6 +462,229 @@ async def test_another_group_does_not_see_the_replies(durable_url: str, serving:
             await theirs.result(JOBS_RUN, call_id, timeout=0.5)
         assert missing.value.code is Code.DEADLINE_EXCEEDED
         assert (await mine.result(JOBS_RUN, call_id, timeout=20)).id == "private"
+
+
+# --- security: where a server writes replies --------------------------------------------------------
+
+REPLY_TO = "Protobind-Reply-To"
+AUTH_TOKENS = {
+    "victim-secret": [f"{SERVICE}/*", reply_group("victim")],
+    "attacker-secret": [f"{SERVICE}/*", reply_group("attacker")],
+}
+
+
+class Attacker:
+    """Stores durable calls as anyone who may publish to the call subject could, with whatever
+    headers it likes: on NATS a raw nats-py JetStream publish, on ``memory://`` a store through the
+    broker interface. It listens on subjects the same way."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.channel = protobind.connect(url)
+        self.nc: Any = None
+
+    async def __aenter__(self) -> Attacker:
+        await self.channel.open()
+        transport: Any = self.channel.transport
+        self.broker, self.settings = transport.broker, transport.settings
+        self.prefix = self.settings.prefix
+        # the reply stream, as the callers' first durable call made it
+        self.replies = await self.broker.ensure_stream(reply_stream(self.settings))
+        if self.url.startswith("nats://"):
+            self.nc = await nats.connect(self.url.partition("?")[0])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+        await self.channel.close()
+
+    def reply_to(self, group: str, call_id: str) -> str:
+        return f"{self.prefix}$PROTOBIND.REPLY.{group}.{call_id}"
+
+    async def call(self, method: str, body: bytes, headers: dict[str, str]) -> None:
+        """Store a call of ``jobs.v1.Jobs/{method}`` with exactly ``headers``."""
+        subject = f"{self.prefix}$PROTOBIND.DURABLE.{SERVICE}.{method}"
+        if self.nc is not None:
+            ack = await self.nc.jetstream().publish(subject, body, headers=headers)
+            assert not ack.duplicate
+        else:
+            msg_id = headers.get("Nats-Msg-Id") or os.urandom(8).hex()
+            assert not (await self.broker.store(subject, body, headers, msg_id, timeout=5)).duplicate
+
+    async def listen(self, subject: str) -> list[str]:
+        """The subjects of the messages published on ``subject`` from now on."""
+        seen: list[str] = []
+
+        async def got(message: Any) -> None:
+            seen.append(message.subject)
+
+        if self.nc is not None:
+            await self.nc.subscribe(subject, cb=got)
+            await self.nc.flush()
+        else:
+            await self.broker.subscribe(subject, got)
+        return seen
+
+    async def stored_reply(self, group: str, call_id: str) -> Any:
+        """The reply stored for ``call_id`` of ``group``, or ``None``."""
+        return await self.broker.last(self.replies, reply_subject(self.prefix, group, call_id))
+
+    async def refused(self, count: int) -> dict[str, str]:
+        """The dead letters of Jobs/Run: call id -> status code, once ``count`` are there."""
+        letters = await dead_letters(self.channel, JOBS_RUN, count)
+        return {m.headers["Nats-Msg-Id"]: m.headers["Protobind-Status"] for m in letters}
+
+
+def _status(code: Code) -> str:
+    return str(int(code))
+
+
+async def test_a_call_cannot_address_its_reply_to_another_group_or_another_call(
+    durable_url: str, serving: Serving
+) -> None:
+    """Issue 17: a valid token put its reply into another group's namespace, under a call id of
+    its choosing; the victim's result() returned it and replies() delivered a made-up call id."""
+    jobs = await serving.start(durable_url, interceptors=[BearerAuth(AUTH_TOKENS)])
+    forged = Job(id="forged", payload="the attacker's").SerializeToString()
+    token = {"authorization": "Bearer attacker-secret"}
+    async with Attacker(durable_url) as attacker:
+        # the victim's group and call id, on a message of another id (the call's own id rules)
+        await attacker.call("Run", forged, {**token, REPLY_TO: attacker.reply_to("victim", "order-43")})
+        # the victim's group under the call's own id: a group this token is not granted
+        await attacker.call(
+            "Run",
+            forged,
+            {**token, "Nats-Msg-Id": "order-44", REPLY_TO: attacker.reply_to("victim", "order-44")},
+        )
+        # its own group and its own id: answered like any call
+        await attacker.call(
+            "Run",
+            forged,
+            {**token, "Nats-Msg-Id": "mine-1", REPLY_TO: attacker.reply_to("attacker", "mine-1")},
+        )
+        refused = await attacker.refused(2)
+        assert refused.pop("order-44") == _status(Code.PERMISSION_DENIED)
+        assert list(refused.values()) == [_status(Code.INVALID_ARGUMENT)]
+        own = DurableCalls(attacker.channel, group="attacker")
+        assert (await own.result(JOBS_RUN, "mine-1", timeout=20)).payload == "the attacker's"
+        assert await attacker.stored_reply("victim", "order-44") is None
+
+    # the victim's generated client, its token and its group: answered
+    victim_url = _with(durable_url, reply_group="victim")
+    async with protobind.connect(victim_url, interceptors=[BearerToken("victim-secret")]) as channel:
+        assert (await JobsClient(channel).run(Job(id="via-client"), timeout=20)).id == "via-client"
+    async with protobind.connect(durable_url) as channel:
+        victim = DurableCalls(channel, group="victim")
+        metadata = {"authorization": "Bearer victim-secret"}
+        for call_id in ("order-43", "order-45"):
+            await victim.submit(JOBS_RUN, Job(id=call_id, payload="real"), call_id=call_id, metadata=metadata)
+        real = await victim.result(JOBS_RUN, "order-43", timeout=20)
+        assert (real.id, real.payload) == ("order-43", "real")
+        seen: list[str] = []
+
+        async def collect() -> None:
+            async for reply in victim.replies():
+                seen.append(reply.call_id)
+                if reply.call_id == "order-45":
+                    await reply.ack()
+                    return
+
+        await asyncio.wait_for(collect(), 20)
+    assert seen == ["order-45"]
+    assert jobs.handled("forged") == [1]  # the refused calls never reached the handler
+
+
+async def test_a_call_refused_before_its_handler_writes_nothing_but_its_dead_letter(
+    durable_url: str, serving: Serving
+) -> None:
+    """Issue 17: a call without a token was refused, and its UNAUTHENTICATED reply landed in the
+    victim's reply address while the victim's real call was running."""
+    jobs = await serving.start(durable_url, interceptors=[BearerAuth(AUTH_TOKENS)])
+    jobs.release.clear()
+    async with protobind.connect(durable_url) as channel, Attacker(durable_url) as attacker:
+        victim = DurableCalls(channel, group="victim")
+        metadata = {"authorization": "Bearer victim-secret"}
+        await victim.submit(JOBS_RUN, Job(id="order-42"), call_id="order-42", metadata=metadata)
+        await eventually(lambda: jobs.running == 1)  # the victim's call is running
+        job = Job(id="forged").SerializeToString()
+        # no token, naming the running call's address; and no token, self-consistent
+        await attacker.call(
+            "Run", job, {"Nats-Msg-Id": "anon-1", REPLY_TO: attacker.reply_to("victim", "order-42")}
+        )
+        await attacker.call(
+            "Run", job, {"Nats-Msg-Id": "anon-2", REPLY_TO: attacker.reply_to("victim", "anon-2")}
+        )
+        # a valid token and address, and a body that is not a Job
+        headers = {"authorization": "Bearer attacker-secret", "Nats-Msg-Id": "garbage"}
+        await attacker.call(
+            "Run", b"\xff\xff not protobuf", {**headers, REPLY_TO: attacker.reply_to("attacker", "garbage")}
+        )
+        assert await attacker.refused(3) == {
+            "anon-1": _status(Code.UNAUTHENTICATED),
+            "anon-2": _status(Code.UNAUTHENTICATED),
+            "garbage": _status(Code.INVALID_ARGUMENT),
+        }
+        for group, call_id in (("victim", "order-42"), ("victim", "anon-2"), ("attacker", "garbage")):
+            assert await attacker.stored_reply(group, call_id) is None, call_id
+        jobs.release.set()
+        real = await victim.result(JOBS_RUN, "order-42", timeout=20)
+    assert (real.id, real.attempt) == ("order-42", 1)
+    assert jobs.ids() == Counter({"order-42": 1})
+
+
+async def test_a_reply_address_outside_the_reply_namespace_is_refused(
+    durable_url: str, serving: Serving
+) -> None:
+    """Issue 17: ``Protobind-Reply-To: some.internal.subject`` made the server publish there. No
+    auth here: the reply namespace holds without it."""
+    jobs = await serving.start(durable_url)
+    async with Attacker(durable_url) as attacker:
+        internal = f"internal{next(_names)}.subject"
+        submit = f"{attacker.prefix}$PROTOBIND.DURABLE.{SERVICE}.Submit"
+        heard_internal, heard_submit = await attacker.listen(internal), await attacker.listen(submit)
+        addresses = {
+            "plain": internal,
+            "a-call-subject": submit,  # would store a call of Jobs/Submit
+            "dotted": attacker.reply_to("a.b", "dotted"),
+            "wild": attacker.reply_to("*", "wild"),
+            "rest": f"{attacker.prefix}$PROTOBIND.REPLY.>",
+            "other-prefix": "elsewhere.$PROTOBIND.REPLY.g.other-prefix",
+        }
+        job = Job(id="injected").SerializeToString()
+        for call_id, address in addresses.items():
+            await attacker.call("Run", job, {"Nats-Msg-Id": call_id, REPLY_TO: address})
+        refused = await attacker.refused(len(addresses))
+        if attacker.nc is not None:
+            await attacker.nc.flush()
+        assert heard_internal == [] and heard_submit == []  # the server published nothing there
+        assert refused == dict.fromkeys(addresses, _status(Code.INVALID_ARGUMENT))
+        # the server keeps serving, and a proper address is answered
+        fine = Job(id="fine").SerializeToString()
+        await attacker.call("Run", fine, {"Nats-Msg-Id": "fine", REPLY_TO: attacker.reply_to("g", "fine")})
+        replied = await DurableCalls(attacker.channel, group="g").result(JOBS_RUN, "fine", timeout=20)
+        assert replied.id == "fine"
+    assert jobs.ids() == Counter({"fine": 1})
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "call_id", "group"),
+    [
+        ("p.$PROTOBIND.REPLY.checkout.c1", "c1", "checkout"),
+        ("p.$PROTOBIND.REPLY.check-out_2.c1", "c1", "check-out_2"),
+        ("p.$PROTOBIND.REPLY.checkout.c2", "c1", None),  # another call's id
+        ("p.$PROTOBIND.REPLY..c1", "c1", None),  # no group
+        ("p.$PROTOBIND.REPLY.c1", "c1", None),  # head and tail overlap
+        ("p.$PROTOBIND.REPLY.a.b.c1", "c1", None),  # two tokens
+        ("p.$PROTOBIND.REPLY.*.c1", "c1", None),
+        ("p.$PROTOBIND.REPLY.>.c1", "c1", None),
+        ("$PROTOBIND.REPLY.checkout.c1", "c1", None),  # another prefix
+        ("p.$PROTOBIND.REPLY.checkout.a.b", "a.b", None),  # not a call id
+        ("p.$PROTOBIND.REPLY.checkout.", "", None),
+    ],
+)
+def test_the_reply_group_of_a_reply_address(reply_to: str, call_id: str, group: str | None) -> None:
+    assert reply_group_of("p.", reply_to, call_id) == group
 
 
 async def test_durable_calls_need_a_broker() -> None:
@@ -494,6 +759,7 @@ async def test_a_gateway_acknowledges_a_durable_call_once_upstream_stored_it(
     it, as it would called directly: stopping the gateway right after loses nothing."""
     from jobs.v1.jobs_protobind import JOBS_SERVICE_INFO
 
+    await prime(durable_url, serving)
     gateway = protobind.Gateway([JOBS_SERVICE_INFO], durable_url)
     (listening,) = await gateway.start(f"inproc://gateway-{next(_names)}")
     try:
@@ -505,3 +771,27 @@ async def test_a_gateway_acknowledges_a_durable_call_once_upstream_stored_it(
     jobs = await serving.start(durable_url)
     await eventually(lambda: len(jobs.deliveries) >= 50)
     assert jobs.ids() == Counter({f"via-gateway{i}": 1 for i in range(50)})
+
+
+async def test_dead_letters_carry_no_credentials_and_are_logged_at_a_bounded_rate(
+    durable_url: str, serving: Serving, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead letter keeps the call's metadata for replay, but not its credentials (operators read
+    dead letters, and SPEC.md section 7: credentials never appear where others read); and 20 bad calls
+    make a line or two in the log, not 20."""
+    await serving.start(durable_url, interceptors=[BearerAuth(AUTH_TOKENS)])
+    caplog.set_level(logging.WARNING, logger="protobind.broker")
+    async with Attacker(durable_url) as attacker:
+        headers = {"authorization": "Bearer attacker-secret", "cookie": "session=s3cret", "x-trace": "kept"}
+        for n in range(20):
+            await attacker.call("Run", b"\xff\xff not protobuf", {**headers, "Nats-Msg-Id": f"bad-{n}"})
+        letters = await dead_letters(attacker.channel, JOBS_RUN, 20)
+    assert len(letters) == 20
+    for letter in letters:
+        assert letter.headers["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
+        assert letter.headers.get("x-trace") == "kept"
+        names = {k.lower() for k in letter.headers}
+        assert not names & {"authorization", "cookie"}, letter.headers
+        assert not any("s3cret" in v or "attacker-secret" in v for v in letter.headers.values())
+    lines = [r for r in caplog.records if "dead letter" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]

@@ -191,13 +191,22 @@ async def test_raw_jetstream_peers_call_and_read_dead_letters(raw_peer: tuple[Jo
 
 
 async def test_durable_methods_need_jetstream(nats_server: str) -> None:
-    with pytest.raises(ConnectionError, match="JetStream"):
+    """Said once, with what to run: `nats-server -js`, or `protobind nats-server --js` to try it."""
+    off = (
+        "JetStream is not enabled on this NATS server: start it with `nats-server -js` "
+        "(for development, `protobind nats-server --js`)"
+    )
+    with pytest.raises(ConnectionError) as failed:
         await protobind.Server([Jobs()]).start(f"{nats_server}?prefix=nojs.")
+    assert (
+        str(failed.value)
+        == f"cannot serve durable methods on nats: stream PROTOBIND_nojs_jobs_v1_Jobs: {off}"
+    )
     async with protobind.connect(f"{nats_server}?prefix=nojs.") as channel:
         with pytest.raises(RpcError) as refused:
             await JobsClient(channel).submit(Job(id="x"), timeout=5)
     assert refused.value.code is Code.UNAVAILABLE
-    assert "JetStream" in refused.value.message
+    assert refused.value.message.endswith(off) and refused.value.message.count("JetStream") == 1
 
 
 # --- a three-node cluster losing a node --------------------------------------------------------------

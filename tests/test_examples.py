@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,32 @@ def test_order_saga() -> None:
     assert "inventory  o-3: released 1 x book (compensation)" in out
     assert "stock left: book 3, lamp 0" in out
     assert "charged: o-1 35.00, o-2 49.00" in out
+
+
+def test_demo_script_says_it_is_installing_before_pip_runs(tmp_path: Path) -> None:
+    """`bash scripts/demo.sh` on a fresh clone: pip runs quietly for a minute, so a line first says
+    what is happening; once installed, the demo starts at once and says nothing more."""
+    import shutil
+    import stat
+
+    (tmp_path / "scripts").mkdir()
+    for name in ("env.sh", "demo.sh"):
+        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    # stand-ins for the venv's python (pip) and the protobind command: they say when they run
+    for name, line in (("python", "pip ran: $*"), ("protobind", "protobind ran: $*")):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{line}" >&2\n')
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    first = subprocess.run(["bash", "scripts/demo.sh", "--name", "Bo"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    lines = first.stderr.splitlines()
+    assert lines[0].startswith("demo.sh: installing protobind, every extra and the test tools into .venv")
+    assert [line.split(":")[0] for line in lines[1:]] == ["pip ran", "pip ran", "demo.sh", "protobind ran"]
+    assert lines[-1] == "protobind ran: demo --name Bo"
+    again = subprocess.run(
+        ["bash", "scripts/demo.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert again.stderr == "protobind ran: demo\n"

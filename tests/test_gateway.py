@@ -8,6 +8,8 @@ generated code); the upstream is a real protobind server with the conformance se
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -86,19 +88,139 @@ def test_gateway_uses_dynamic_classes(conformance_services: list[protobind.Servi
     assert info.method("Unary").input_type is not Request  # the suite really runs without stubs
 
 
-async def test_upstream_down_is_unavailable(
-    harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
-) -> None:
+UNARY_PATH = "/protobind.conformance.v1.ConformanceService/Unary"
+
+
+@contextlib.asynccontextmanager
+async def http_gateway(
+    harnesses: dict[str, Callable[[], str]], services: list[protobind.ServiceInfo], upstream: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A real conformance server on ``upstream``'s transport behind an HTTP gateway; the yielded
+    client talks to the gateway as any HTTP caller does (raw headers, no protobind)."""
     server = protobind.Server([Conformance()])
-    (upstream_url,) = await server.start(harnesses["grpc"]())
+    (upstream_url,) = await server.start(harnesses[upstream]())
+    try:
+        async with protobind.Gateway(services, upstream_url) as gateway:
+            (url,) = await gateway.start(harnesses["http"]())
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                yield http
+    finally:
+        await server.stop(grace=1.0)
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("upstream", ["grpc", "http"])
+async def test_upstream_down_is_unavailable(
+    upstream: str,
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 17 item 5: the caller gets UNAVAILABLE "upstream unavailable"; the transport's text
+    (grpc core's or aiohttp's, with the upstream's address) is in the gateway's log only."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    server = protobind.Server([Conformance()])
+    (upstream_url,) = await server.start(harnesses[upstream]())
     await server.stop(grace=0)
+    port = upstream_url.rsplit(":", 1)[1]
     async with protobind.Gateway(conformance_services, upstream_url) as gateway:
         (url,) = await gateway.start(harnesses["http"]())
         async with protobind.connect(url) as channel:
             method = conformance_services[0].method("Unary")
             with pytest.raises(RpcError) as info:
                 await channel.unary(method, method.input_type(text="x"), timeout=5)
-    assert info.value.code is Code.UNAVAILABLE
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.post(UNARY_PATH, json={"text": "x"})
+    assert (info.value.code, info.value.message) == (Code.UNAVAILABLE, "upstream unavailable")
+    assert answer.status_code == 503
+    assert answer.json() == {"code": "unavailable", "message": "upstream unavailable"}
+    assert port in caplog.text  # the detail, for the operator
+    assert_no_traceback(caplog)
+
+
+async def test_nats_upstream_gone_is_unavailable_without_internals(
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No server on the subject: the NATS client's own message names the method, not the NATS
+    server's address, so it passes on as it is."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    server = protobind.Server([Conformance()])
+    (upstream_url,) = await server.start(harnesses["nats"]())
+    await server.stop(grace=0)
+    async with protobind.Gateway(conformance_services, upstream_url) as gateway:
+        (url,) = await gateway.start(harnesses["http"]())
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.post(UNARY_PATH, json={"text": "x"})
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "unavailable"
+    assert "127.0.0.1" not in answer.text and upstream_url.rsplit(":", 1)[1] not in answer.text
+    assert_no_traceback(caplog)
+
+
+async def test_oversized_metadata_is_refused_without_listing_it(
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More metadata than the gRPC upstream's core takes (16 KiB): RESOURCE_EXHAUSTED (HTTP 429)
+    without core's list of every header and its size."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    headers = {f"x-header-{i}": "v" * 1000 for i in range(20)}
+    async with http_gateway(harnesses, conformance_services, "grpc") as http:
+        refused = await http.post(UNARY_PATH, json={"text": "x"}, headers=headers)
+        after = await http.post(UNARY_PATH, json={"text": "after"})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["code"] == "resource_exhausted"
+    assert "x-header" not in refused.text and "user-agent" not in refused.text
+    assert "received metadata size exceeds" in caplog.text and "x-header-0" in caplog.text
+    assert_no_traceback(caplog)
+    assert after.json()["text"] == "after"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "value"),
+    [("grpc", "caf\xe9".encode("latin-1")), ("grpc", b"a\x01b"), ("http", b"a\x01b"), ("http", b"a\x7fb")],
+    ids=["grpc-latin1", "grpc-control", "http-control", "http-delete"],
+)
+async def test_metadata_the_upstream_cannot_carry_is_invalid_argument(
+    upstream: str,
+    value: bytes,
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A header value the upstream's transport cannot carry is the caller's error (400), not the
+    gateway's (it was 500 with a traceback in the log)."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    async with http_gateway(harnesses, conformance_services, upstream) as http:
+        answer = await http.post(UNARY_PATH, json={"text": "x"}, headers={"x-odd": value})
+    assert answer.status_code == 400, answer.text
+    if answer.headers.get("content-type", "").startswith("application/json"):
+        assert answer.json()["code"] == "invalid_argument"
+        assert "'x-odd'" in answer.json()["message"]
+    else:
+        # the HTTP/1.1 parser (zttp) refuses a control character in a header before protobind sees it
+        assert value != "caf\xe9".encode("latin-1") and answer.text == "Invalid HTTP request received."
+    assert not [r for r in caplog.records if r.name.startswith("protobind")], caplog.text
+
+
+@pytest.mark.parametrize("upstream", ["grpc", "http"])
+async def test_a_handlers_own_unavailable_passes_unchanged(
+    upstream: str, harnesses: dict[str, Callable[[], str]], conformance_services: list[protobind.ServiceInfo]
+) -> None:
+    behavior = {"errorCode": int(Code.UNAVAILABLE), "errorMessage": "db down", "errorDetailReason": "R"}
+    async with http_gateway(harnesses, conformance_services, upstream) as http:
+        answer = await http.post(UNARY_PATH, json={"behavior": behavior})
+    assert answer.status_code == 503
+    body = answer.json()
+    assert (body["code"], body["message"]) == ("unavailable", "db down")
+    assert len(body["details"]) == 1
 
 
 def test_gateway_needs_a_service() -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from google.rpc import error_details_pb2
@@ -334,14 +335,12 @@ async def test_bidi_answers_unimplemented_raw(raw: httpx.AsyncClient) -> None:
     assert response.json()["code"] == "unimplemented"
 
 
-async def test_bidi_answers_unimplemented_to_protobind_client(http_server: tuple[str, Conformance]) -> None:
+async def test_protobind_client_calls_bidi_over_http2(http_server: tuple[str, Conformance]) -> None:
+    # the client switches to HTTP/2 for bidi streams (tests/test_http_client_h2.py has the rest)
     url, _ = http_server
     async with protobind.connect(url) as channel:
-        with pytest.raises(RpcError) as info:
-            async for _ in ConformanceServiceClient(channel).bidi_stream([Request(text="x")]):
-                pass
-    assert info.value.code is Code.UNIMPLEMENTED
-    assert "HTTP/2" in info.value.message
+        answers = [a.text async for a in ConformanceServiceClient(channel).bidi_stream([Request(text="x")])]
+    assert answers == ["x"]
 
 
 # --- bad input --------------------------------------------------------------------------------------
@@ -697,6 +696,23 @@ async def test_client_unreachable_server_is_unavailable() -> None:
         with pytest.raises(RpcError) as info:
             await ConformanceServiceClient(channel).unary(Request(), timeout=5)
     assert info.value.code is Code.UNAVAILABLE
+    # aiohttp's words (with the address): the error keeps aiohttp's exception as its cause
+    assert isinstance(info.value.__cause__, (aiohttp.ClientError, OSError))
+
+
+async def test_client_refuses_metadata_http_cannot_carry(http_server: tuple[str, Conformance]) -> None:
+    """Before sending, as the other clients do; aiohttp raised ValueError from deep inside."""
+    async with protobind.connect(http_server[0]) as channel:
+        client = ConformanceServiceClient(channel)
+        for bad in ({"x-bad": "a\x01b"}, {"x-bad": "line\nbreak"}, {"x-bad": "a\x7f"}, {"x bad": "v"}):
+            stream = client.server_stream(Request(), metadata=bad)
+            calls = (client.unary(Request(), metadata=bad), anext(stream))
+            for call in calls:
+                with pytest.raises(RpcError) as info:
+                    await call
+                assert info.value.code is Code.INVALID_ARGUMENT
+                assert "cannot be sent as an HTTP header" in info.value.message
+        assert (await client.unary(Request(text="ok"), metadata={"x-fine": "caf\xe9\tok"})).text == "ok"
 
 
 async def test_stop_lets_in_flight_calls_finish() -> None:

@@ -27,7 +27,7 @@ from .servers import TRANSPORTS
 
 #: Transports whose one-way call is a message nobody answers: errors before the handler are
 #: logged by the server instead of reaching the caller.
-UNANSWERED = {"nats", "memory", "kafka"}  # brokers: a one-way call is published, nobody answers
+UNANSWERED = {"nats", "memory", "amqp", "mqtt", "kafka"}
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ async def test_many_calls_started_from_one_task_and_collected_later(
     client: ConformanceServiceClient, served: tuple[str, Conformance]
 ) -> None:
     _, service = served
-    handles = [protobind.start(client.unary, Request(text=f"gate-{i}"), timeout=30) for i in range(8)]
+    handles = [protobind.submit(client.unary, Request(text=f"gate-{i}"), timeout=30) for i in range(8)]
     # every call reached a handler while none has answered: they run at once, from this one task
     await service.until(lambda: len(service.entered) == 8)
     assert not any(handle.done() for handle in handles)
@@ -99,18 +99,18 @@ async def test_started_call_reports_its_error_and_can_be_cancelled(
     client: ConformanceServiceClient, served: tuple[str, Conformance]
 ) -> None:
     _, service = served
-    failing = protobind.start(
+    failing = protobind.submit(
         client.unary, Request(behavior=Behavior(error_code=int(Code.NOT_FOUND), error_message="gone"))
     )
     with pytest.raises(RpcError) as info:
         await failing
     assert info.value.code is Code.NOT_FOUND
-    waiting = protobind.start(client.unary, Request(text="gate-cancel"))
+    waiting = protobind.submit(client.unary, Request(text="gate-cancel"))
     await service.until(lambda: "gate-cancel" in service.entered)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    one_way = protobind.start(client.notify, Request(text="started"))
+    one_way = protobind.submit(client.notify, Request(text="started"))
     assert await one_way is None
     await service.until(lambda: "started" in service.notified)
 
@@ -218,3 +218,12 @@ async def test_oneway_handlers_beyond_max_oneway_wait_before_acknowledgement(
             await service.until(lambda: service.notified == ["gate-first", "second"])
     finally:
         await server.stop(grace=1.0)
+
+
+async def test_start_is_a_deprecated_alias_of_submit() -> None:
+    async def answer(value: int) -> int:
+        return value
+
+    with pytest.warns(DeprecationWarning, match="protobind.submit"):
+        task = protobind.start(answer, 7)
+    assert await task == 7

@@ -4,11 +4,12 @@ errors, bounded connection attempts, bad deadlines answered. Real nats-server pr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,305 @@ async def test_discovery_is_guarded_when_auth_is_configured(nats_servers: NatsSe
         assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
         allowed = await raw.request("$SRV.INFO", b"", timeout=5, headers={"authorization": "Bearer s3cret"})
         assert b"protobind" in allowed.data or b"Conformance" in allowed.data
+    finally:
+        await raw.close()
+        await server.stop(0)
+
+
+# --- issue 17: forged statuses, log flooding, hopeless TLS ------------------------------------------
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _drain(call: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in call]
+
+
+async def _publish_raw(nats_url: str, subjects: list[str], header_block: bytes) -> None:
+    """Publish, from a plain socket, a message with ``header_block`` and no body to each subject:
+    the very bytes nats-server sends as its own "no responders" status (``NATS/1.0 503``)."""
+    host, _, port = nats_url.removeprefix("nats://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await reader.readline()  # INFO
+        commands = [b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n']
+        for subject in subjects:
+            size = len(header_block)
+            commands.append(b"HPUB %s %d %d\r\n%s\r\n" % (subject.encode(), size, size, header_block))
+        writer.write(b"".join(commands) + b"PING\r\n")
+        await writer.drain()
+        while (line := await asyncio.wait_for(reader.readline(), 5)) != b"PONG\r\n":
+            assert not line.startswith(b"-ERR"), line
+    finally:
+        writer.close()
+
+
+async def _forge_no_responders(forger: Any, nats_url: str, subjects: list[str]) -> None:
+    """Both spellings of "no responders", to every subject: a ``Status: 503`` header line (what a
+    client library sends) and the inline status of nats-server's own."""
+    for subject in subjects:
+        await forger.publish(subject, b"", headers={"Status": "503"})
+    await forger.flush()
+    await _publish_raw(nats_url, subjects, b"NATS/1.0 503\r\n\r\n")
+
+
+async def test_forged_no_responders_cannot_end_streams(
+    served: tuple[str, str, Conformance], nats_server: str
+) -> None:
+    """A client that sees the calls (subscribe rights on the service and inbox subjects) sends
+    "no responders" to both inboxes of every stream once they are bound: 10 server streams and 10
+    bidi streams all finish, every message delivered."""
+    url, prefix, _ = served
+    forger = await nats.connect(nats_server)
+    client_inboxes: list[str] = []
+    server_inboxes: list[str] = []
+
+    async def on_open(msg: Any) -> None:
+        if msg.headers and msg.headers.get("Protobind-Frame") == "open":
+            client_inboxes.append(msg.reply)
+
+    async def on_inbox(msg: Any) -> None:
+        if msg.headers and msg.headers.get("Protobind-Frame") == "accept" and msg.subject in client_inboxes:
+            server_inboxes.append(msg.reply)
+
+    await forger.subscribe(f"{prefix}{SERVICE}.*", cb=on_open)
+    await forger.subscribe("_INBOX.>", cb=on_inbox)
+    await forger.flush()
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            streams = [
+                client.server_stream(
+                    Request(text=f"s{i}", behavior=Behavior(stream_count=3, sleep_ms=300)), timeout=20
+                )
+                for i in range(10)
+            ]
+            firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+            queues = [asyncio.Queue[Request | None]() for _ in range(10)]
+
+            async def requests(queue: asyncio.Queue[Request | None]) -> AsyncIterator[Request]:
+                while (item := await queue.get()) is not None:
+                    yield item
+
+            bidis = [client.bidi_stream(requests(queue), timeout=20) for queue in queues]
+            for i, queue in enumerate(queues):
+                await queue.put(Request(text=f"b{i}-1"))
+            assert [(await anext(bidi)).text for bidi in bidis] == [f"b{i}-1" for i in range(10)]
+            await _until(lambda: len(server_inboxes) == 20)
+            assert len(client_inboxes) == 20 and len(server_inboxes) == 20
+            await _forge_no_responders(forger, nats_server, client_inboxes + server_inboxes)
+
+            for i, queue in enumerate(queues):
+                await queue.put(Request(text=f"b{i}-2"))
+                await queue.put(None)
+            bidi_replies = [[reply.text for reply in await _drain(bidi)] for bidi in bidis]
+            assert bidi_replies == [[f"b{i}-2"] for i in range(10)]
+            indexes = [
+                [(await first).index] + [r.index for r in await _drain(s)]
+                for first, s in zip(firsts, streams, strict=True)
+            ]
+            assert indexes == [[0, 1, 2]] * 10
+    finally:
+        await forger.close()
+
+
+async def test_forged_no_responders_cannot_end_a_long_unary_call(nats_server: str) -> None:
+    """A forger answers each liveness probe of a long unary call with "no responders": the call
+    still gets its reply (a server that is really gone is found by the probes left unanswered)."""
+    service = Conformance()
+    server = protobind.Server([service])
+    prefix = f"probe{time.monotonic_ns()}."
+    (url,) = await server.start(f"{nats_server}?prefix={prefix}&heartbeat=0.2")
+    forger = await nats.connect(nats_server)
+    forged = 0
+
+    async def on_probe(msg: Any) -> None:
+        nonlocal forged
+        await forger.publish(msg.reply, b"", headers={"Status": "503"})
+        forged += 1
+
+    await forger.subscribe(f"{prefix}$PROTOBIND.PROBE", cb=on_probe)
+    await forger.flush()
+    try:
+        async with protobind.connect(url) as channel:
+            reply = await ConformanceServiceClient(channel).unary(
+                Request(text="slow", behavior=Behavior(sleep_ms=1500)), timeout=20
+            )
+        assert reply.text == "slow"
+        assert forged >= 2  # probes went out and were answered by the forger
+    finally:
+        await forger.close()
+        await server.stop(0)
+
+
+class _Msg:
+    def __init__(self, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.subject = "_INBOX.client.token"
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+
+
+async def test_forged_no_responders_cannot_replace_an_answer_already_received() -> None:
+    """Before the server's peer is known (no accept yet), "no responders" ends the call only if
+    nothing came from a server: after an error reply, a status that follows changes nothing."""
+    from protobind.broker.stream import END, StreamState
+
+    async def publish(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    refused = StreamState("_INBOX.client.token", publish, lambda: 1 << 20, 8, 5.0)
+    refusal = {"Protobind-Status": str(int(Code.RESOURCE_EXHAUSTED)), "Nats-Service-Error-Code": "429"}
+    refused.feed(_Msg("", b"", refusal))
+    refused.feed(_Msg("", b"", {"Status": "503"}))
+    frame, msg = await refused.receive()
+    assert frame == END and msg.headers == refusal
+
+    # with nothing received yet, "no responders" is the broker saying no server took the open
+    unanswered = StreamState("_INBOX.client.token2", publish, lambda: 1 << 20, 8, 5.0)
+    unanswered.feed(_Msg("", b"", {"Status": "503"}))
+    with pytest.raises(RpcError) as info:
+        await unanswered.receive()
+    assert info.value.code is Code.UNAVAILABLE
+
+
+async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
+    nats_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """150 unauthenticated one-way messages, 150 that do not decode, 150 to 150 unknown methods:
+    each kind is logged once (plus one line per subject up to the tracked limit), with its count,
+    never one line per message; every one is counted, and in the telemetry's metric."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from protobind.auth import BearerAuth
+    from protobind.broker.refusals import MAX_KEYS
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    telemetry = protobind.Telemetry(tracing=False, meter_provider=meter_provider)
+    server = protobind.Server(
+        [Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])], telemetry=telemetry
+    )
+    prefix = f"flood{time.monotonic_ns()}."
+    await server.start(f"{nats_server}?prefix={prefix}")
+    binding: Any = server.bindings[0]
+    notify = f"{prefix}{SERVICE}.Notify"
+    raw = await nats.connect(nats_server)
+    n = 150
+    try:
+        with caplog.at_level(logging.WARNING, logger="protobind.broker"):
+            for i in range(n):
+                await raw.publish(notify, Request(text=f"no token {i}").SerializeToString())
+                await raw.publish(notify, b"\xff\xff\xff\xff")
+                await raw.publish(f"{prefix}{SERVICE}.Nope{i}", b"")
+            await raw.flush()
+            await _until(lambda: binding.refusals.total >= 3 * n)
+            assert binding.refusals.counts == {
+                "UNAUTHENTICATED": n,
+                "INVALID_ARGUMENT": n,
+                "UNIMPLEMENTED": n,
+            }
+            during = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            # one line for each (subject, reason) tracked, one for the other subjects: not 450
+            assert len(during) <= 2 + MAX_KEYS + 1, len(during)
+            assert sum(f"{notify} failed: UNAUTHENTICATED" in r.getMessage() for r in during) == 1
+            assert sum(f"{notify} failed: INVALID_ARGUMENT" in r.getMessage() for r in during) == 1
+            caplog.clear()
+            await server.stop(0)
+            # what was only counted comes out, as counts, when the server stops
+            closing = [r.getMessage() for r in caplog.records]
+            assert any("UNAUTHENTICATED" in m and f"({n - 1} like it" in m for m in closing), closing
+            assert any("INVALID_ARGUMENT" in m and f"({n - 1} like it" in m for m in closing), closing
+            assert len(closing) <= 3
+        data = reader.get_metrics_data()
+        points = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "protobind.server.refused_messages"
+            for point in metric.data.data_points
+        ]
+        by_code = {p.attributes["rpc.response.status_code"]: p.value for p in points}
+        assert by_code == {"UNAUTHENTICATED": n, "INVALID_ARGUMENT": n, "UNIMPLEMENTED": n}
+        assert {p.attributes["messaging.system"] for p in points} == {"nats"}
+    finally:
+        await raw.close()
+        await server.stop(0)
+        meter_provider.shutdown()
+
+
+async def test_refusal_log_counts_per_interval_and_forgets_quiet_subjects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from protobind.broker.refusals import OTHER_SUBJECTS, RefusalLog
+
+    name = "protobind.test.refusals"
+    log = RefusalLog(logging.getLogger(name), "on %s: %s: %s", interval=0.05, max_keys=2)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == name]
+
+    with caplog.at_level(logging.WARNING, logger=name):
+        for i in range(5):
+            log.refused("a", "X", f"detail {i}")
+        log.refused("a", "Y", "answered", answered=True)  # counted, not logged
+        assert lines() == ["on a: X: detail 0"]
+        await _until(lambda: len(lines()) == 2)  # the interval's count, from the timer
+        assert lines()[1].startswith("on a: X: detail 4 (4 like it in the last ")
+        await _until(lambda: not log._entries)  # quiet for an interval: forgotten
+        log.refused("a", "X", "again")
+        assert lines()[2] == "on a: X: again"  # logged at once again
+        # two subjects tracked: the others share one entry per reason
+        for subject in ("b", "c", "d", "e"):
+            log.refused(subject, "X", subject)
+        assert lines()[3:] == ["on b: X: b", f"on {OTHER_SUBJECTS}: X: c"]
+        log.close()
+        assert lines()[5:] == [f"on {OTHER_SUBJECTS}: X: e (2 like it in the last 0 s)"]
+    assert log.total == 11 and log.counts == {"X": 10, "Y": 1}
+
+
+async def test_untrusted_server_certificate_fails_at_once(nats_servers: NatsServers, tmp_path: Path) -> None:
+    """A certificate the CA does not vouch for cannot pass on a retry: connect() and Server.start()
+    fail at once with default options (not after the whole connection budget, 17 s)."""
+    cert, key = self_signed(tmp_path)
+    nats_url, _ = nats_servers.start(args=["--tls", "--tlscert", str(cert), "--tlskey", str(key)])
+    url = "tls://" + nats_url.partition("://")[2]  # the system CAs do not trust a self-signed one
+    started = time.monotonic()
+    with pytest.raises(RpcError) as info:
+        await asyncio.wait_for(protobind.connect(url).open(), 30)
+    assert info.value.code is Code.UNAVAILABLE
+    assert "CERTIFICATE_VERIFY_FAILED" in info.value.message
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await asyncio.wait_for(protobind.Server([Conformance()]).start(url), 30)
+    assert time.monotonic() - started < 3
+
+
+async def test_asyncapi_documents_are_guarded_when_auth_is_configured(nats_server: str) -> None:
+    """Issue 17: ``$PROTOBIND.ASYNCAPI.*`` answered without a token while ``$SRV.*`` refused."""
+    from protobind.auth import BearerAuth
+
+    prefix = f"aa{time.monotonic_ns()}."
+    server = protobind.Server([Conformance()], interceptors=[BearerAuth(tokens=["s3cret"])])
+    await server.start(f"{nats_server}?prefix={prefix}")
+    raw = await nats.connect(nats_server)
+    subject = f"{prefix}$PROTOBIND.ASYNCAPI.{SERVICE}"
+    try:
+        for headers in (None, {"authorization": "Bearer wrong"}):
+            denied = await raw.request(subject, b"", timeout=5, headers=headers)
+            assert denied.headers is not None
+            assert denied.headers["Protobind-Status"] == str(int(Code.UNAUTHENTICATED))
+            assert b"asyncapi" not in denied.data
+        allowed = await raw.request(subject, b"", timeout=5, headers={"authorization": "Bearer s3cret"})
+        assert json.loads(allowed.data)["asyncapi"].startswith("3.")
     finally:
         await raw.close()
         await server.stop(0)

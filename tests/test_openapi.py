@@ -147,7 +147,10 @@ def test_message_schemas(document: dict[str, Any]) -> None:
     assert props["cover"]["contentEncoding"] == "base64"
     assert props["tags"] == {"type": "array", "items": {"type": "string"}}
     assert props["labels"] == {"type": "object", "additionalProperties": {"type": "string"}}
-    assert props["sequel"] == {"$ref": "#/components/schemas/library.v1.Book"}  # recursion via $ref
+    assert props["sequel"] == {  # recursion via $ref; the generated code carries the comments
+        "$ref": "#/components/schemas/library.v1.Book",
+        "description": "The next book of a series (a recursive reference).",
+    }
     assert props["genre"] == {"$ref": "#/components/schemas/library.v1.Genre"}
     assert "ebookUrl" in props and "pageCount" in props and "subtitle" in props
     assert "At most one of `ebookUrl`, `pageCount`" in book["description"]
@@ -247,3 +250,49 @@ def test_cli_without_services(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "no services" in result.stderr
+
+
+async def test_protobind_openapi_url_is_the_served_document_and_the_generated_one() -> None:
+    """`protobind openapi http://...` reads the server's /openapi.json; a server of generated code
+    serves what `protobind openapi` writes from the .proto files, comments included."""
+    import asyncio
+
+    import httpx
+    from library.v1.library_protobind import LibraryService
+
+    import protobind
+
+    from .conformance import Conformance
+
+    server = protobind.Server([LibraryService(), Conformance()])  # unimplemented: documents only
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        fetched = await asyncio.to_thread(_cli, url)
+        async with httpx.AsyncClient() as client:
+            direct = (await client.get(f"{url}/openapi.json")).json()
+    finally:
+        await server.stop(grace=1.0)
+    assert fetched.returncode == 0, fetched.stderr
+    served = json.loads(fetched.stdout)
+    assert served == direct
+    written = _cli(
+        str(LIBRARY_PROTO), str(ROOT / "idl" / "protobind" / "conformance" / "v1" / "conformance.proto"),
+        "-I", str(REST_PROTOS), "-I", str(ROOT / "idl"),
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    assert served == json.loads(written.stdout)
+    get_book = served["paths"]["/library.v1.Library/GetBook"]["post"]
+    assert get_book["description"] == "Gets a book by its resource name."
+
+
+def test_openapi_url_mistakes_are_one_line() -> None:
+    for args, message in [
+        (
+            ["nats://127.0.0.1:1"],
+            "a nats:// server serves no openapi document: give an http:// or https:// URL",
+        ),
+        (["http://127.0.0.1:8080", "--title", "x"], "--title is for .proto files"),
+    ]:
+        result = _cli(*args)
+        assert result.returncode == 1
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -190,3 +190,41 @@ def test_marker_and_option_without_common_transport_skip_with_reason(tmp_path: P
     assert code == 0, output
     assert _outcomes(output) == {"test_transport[no-transport]": "SKIPPED"}
     assert "exclude each other" in output
+
+
+def test_server_path_of_protobind_toml_is_importable(tmp_path: Path) -> None:
+    """The generated package in gen/ imports in conftest.py and the tests with no pytest
+    configuration and no PYTHONPATH, because protobind.toml says `path = ["gen"]`, as for serve."""
+    from protobind_codegen.dev_cmd import DEMO_PROTO
+    from protobind_codegen.generate import generate
+
+    generate([str(DEMO_PROTO)], str(tmp_path / "gen"))
+    (tmp_path / "protobind.toml").write_text('[server]\npath = ["gen", "src"]\n')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.py").write_text(
+        "import protobind\n"
+        "from greeter.v1.greeter_pb2 import HelloReply\n"
+        "from greeter.v1.greeter_protobind import GreeterService\n\n\n"
+        "class Greeter(GreeterService):\n"
+        "    async def say_hello(self, request, context):\n"
+        "        return HelloReply(message=f'Hello, {request.name}!')\n"
+    )
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\nfrom app import Greeter\n\n\n"
+        "@pytest.fixture\ndef protobind_services():\n    return [Greeter()]\n"
+    )
+    (tmp_path / "test_app.py").write_text(
+        "from greeter.v1.greeter_pb2 import HelloRequest\n"
+        "from greeter.v1.greeter_protobind import GreeterClient\n\n\n"
+        "async def test_hello(protobind_channel):\n"
+        "    reply = await GreeterClient(protobind_channel).say_hello(HelloRequest(name='Ada'))\n"
+        "    assert reply.message == 'Hello, Ada!'\n"
+    )
+    code, output = _pytest(tmp_path, "test_app.py", "--protobind-transports=inproc,grpc")
+    assert code == 0, output
+    assert _outcomes(output) == {"test_hello[inproc]": "PASSED", "test_hello[grpc]": "PASSED"}
+    # a mistake in the file stops the run with the file's error
+    (tmp_path / "protobind.toml").write_text('[server]\npaht = ["gen"]\n')
+    code, output = _pytest(tmp_path, "test_app.py")
+    assert code == 4, output
+    assert "unknown key server.paht (did you mean server.path?)" in output

@@ -37,9 +37,15 @@ async def test_httptools_serves_connect_and_rest() -> None:
     assert rest.json() == {"message": "Hello, Bo! (via http)"}
 
 
-async def test_h11_is_the_default() -> None:
+async def test_zttp_is_the_default_and_h11_can_be_chosen() -> None:
     server = protobind.Server([example_greeter()])
     await server.start("http://127.0.0.1:0")
+    try:
+        # HTTP/1.1 and HTTP/2 on one port (docs/protocols.md, "One port")
+        assert server.bindings[0]._server.config.http_protocol_class.__name__ == "AutoZttpProtocol"  # type: ignore[attr-defined]
+    finally:
+        await server.stop(grace=1.0)
+    await server.start("http://127.0.0.1:0?http_parser=h11")
     try:
         assert server.bindings[0]._server.config.http_protocol_class.__name__ == "H11Protocol"  # type: ignore[attr-defined]
     finally:
@@ -50,19 +56,20 @@ async def test_httptools_refuses_custom_rest_methods() -> None:
     server = protobind.Server([Library()])
     with pytest.raises(ValueError, match=r"FETCH.*use http_parser=h11"):
         await server.start("http://127.0.0.1:0?http_parser=httptools")
-    # h11 serves them
-    (url,) = await server.start("http://127.0.0.1:0")
-    try:
-        async with httpx.AsyncClient(base_url=url) as http:
-            response = await http.request("FETCH", "/v1/shelves/1")
-    finally:
-        await server.stop(grace=1.0)
-    assert response.status_code == 200
+    # h11 and zttp (the default) serve them
+    for parser in ("h11", "zttp"):
+        (url,) = await server.start(f"http://127.0.0.1:0?http_parser={parser}")
+        try:
+            async with httpx.AsyncClient(base_url=url) as http:
+                response = await http.request("FETCH", "/v1/shelves/1")
+        finally:
+            await server.stop(grace=1.0)
+        assert response.status_code == 200, parser
 
 
 async def test_unknown_parser_is_refused() -> None:
     server = protobind.Server([example_greeter()])
-    with pytest.raises(ValueError, match="http_parser must be one of h11, httptools"):
+    with pytest.raises(ValueError, match="http_parser must be one of zttp, h11, httptools"):
         await server.start("http://127.0.0.1:0?http_parser=fast")
 
 

@@ -5,8 +5,10 @@ failed-call log line, and the consumer-span helper brokers use."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,7 +43,8 @@ from .test_grpc import eventually
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
 Harnesses = dict[str, Callable[[], str]]
-SYSTEMS = {"inproc": "inproc", "grpc": "grpc", "http": "connectrpc", "nats": "nats", "memory": "memory"}
+#: rpc.system of each transport: its own name, but for HTTP (the Connect protocol)
+SYSTEMS: dict[str, str] = collections.defaultdict(lambda: "", {"http": "connectrpc"})
 
 
 @dataclass
@@ -233,7 +236,7 @@ async def test_client_span_is_the_parent_of_the_server_span_for_every_kind(
             otel_context.detach(token)
 
     root_trace = root.get_span_context().trace_id
-    system = SYSTEMS[transport]
+    system = SYSTEMS[transport] or transport
     for method in ("Unary", "ServerStream", "ClientStream", "BidiStream"):
         name = f"{CONFORMANCE}/{method}"
         client_span = otel.span(SpanKind.CLIENT, name)
@@ -315,7 +318,7 @@ async def test_every_code_sets_the_span_status_per_side(
             c.name for c in Code
         )
         assert all(p.count == 1 for p in points)
-        assert {p.attributes["rpc.system.name"] for p in points} == {SYSTEMS[transport]}
+        assert {p.attributes["rpc.system.name"] for p in points} == {(SYSTEMS[transport] or transport)}
 
 
 async def test_deadline_exceeded_on_both_sides(otel: Otel, transport: str, harnesses: Harnesses) -> None:
@@ -487,7 +490,7 @@ async def test_metrics_names_units_sizes_and_counts(otel: Otel, transport: str, 
             p for p in otel.points(f"rpc.{side}.call.duration") if p.attributes["rpc.method"] == unary
         ]
         assert {p.attributes["rpc.response.status_code"] for p in durations} >= {"OK"}
-        assert all(p.attributes["rpc.system.name"] == SYSTEMS[transport] for p in durations)
+        assert all(p.attributes["rpc.system.name"] == (SYSTEMS[transport] or transport) for p in durations)
 
 
 # --- logs ------------------------------------------------------------------------------------------
@@ -711,6 +714,17 @@ async def test_a_handler_returning_the_wrong_type_fails_its_server_span(
     assert server_span.attributes["rpc.response.status_code"] == "INTERNAL"
     (point,) = otel.points("rpc.server.call.duration")
     assert point.attributes["rpc.response.status_code"] == "INTERNAL"
+
+
+def test_the_docs_say_what_a_wrong_response_type_does_to_the_span() -> None:
+    """docs/observability.md says it in one voice, as the test above checks: INTERNAL, never OK."""
+    text = " ".join((ROOT / "docs" / "observability.md").read_text().split())
+    sentences = [
+        s for s in re.split(r"(?<=\.) ", text) if "wrong type" in s or "other than its method's response" in s
+    ]
+    assert sentences, "docs/observability.md no longer says what a wrong response type does"
+    for sentence in sentences:
+        assert "INTERNAL" in sentence and "`OK`" not in sentence, sentence
 
 
 class ReturnsNothing(Conformance):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -110,3 +111,35 @@ def test_mypy_checks_a_transport_against_the_interface(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout
     assert 'Argument "serve" to "Transport"' in result.stdout
     assert 'Argument "dial" to "Transport"' in result.stdout
+
+
+def _option_rows(text: str) -> list[tuple[list[str], str]]:
+    """(option names, side) of each row of the `| option | side | ...` tables in ``text``."""
+    rows = []
+    for table in text.split("| option | side |")[1:]:
+        for line in table.split("\n\n", 1)[0].splitlines()[2:]:
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows.append((re.findall(r"`([a-z_]+)`", cells[0]), cells[1]))
+    return rows
+
+
+@pytest.mark.parametrize("name", ["grpc", "http", "nats"])
+def test_documented_options_are_the_accepted_ones(name: str) -> None:
+    """Each transport's options table in docs/protocols.md (NATS's durable options: docs/messaging.md)
+    lists only names the transport accepts, on the sides it says, and every name it accepts."""
+    protocols = (ROOT / "docs" / "protocols.md").read_text()
+    heading = {"grpc": "## gRPC", "http": "## HTTP", "nats": "## NATS"}[name]
+    rows = _option_rows(protocols.split(heading, 1)[1].split("\n## ", 1)[0])
+    if name == "nats":
+        rows += _option_rows((ROOT / "docs" / "messaging.md").read_text().split("### Options", 1)[1])
+    transport = transport_named(name)
+    documented: set[str] = set()
+    for names, side in rows:
+        documented |= set(names)
+        for option in names:
+            if "server" in side or side == "both":
+                assert option in transport.server_options, f"{name} servers refuse documented {option}"
+            if "client" in side or side == "both":
+                assert option in transport.client_options, f"{name} clients refuse documented {option}"
+    undocumented = (transport.server_options | transport.client_options) - documented
+    assert not undocumented, f"{name} options missing from the docs"

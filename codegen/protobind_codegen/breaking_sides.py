@@ -29,7 +29,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from .protoc import ProtoError, find_protos, run_protoc
+from .protoc import ProtoError, display_path, find_protos, run_protoc
 
 __all__ = ["LoadedSide", "Side", "git_side", "load_sides"]
 
@@ -55,11 +55,7 @@ class LoadedSide:
     def display(self, name: str) -> str:
         """The path to show for the file imported as ``name`` (relative to the current directory when
         inside it); a name this side lacks is shown where it would be under the first root."""
-        path = self.inputs.get(name) or self.roots[0] / name
-        try:
-            return path.relative_to(Path.cwd().resolve()).as_posix()
-        except ValueError:
-            return str(path)
+        return display_path(self.inputs.get(name) or self.roots[0] / name)
 
 
 @dataclass

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from protobind.aio import LOOPS
 
 from . import dev_cmd, documents, remote_cmd
 from .breaking import FORMATS, LEVELS
+
+if TYPE_CHECKING:
+    from protobind.config import Config
 
 
 class UsageError(Exception):
@@ -46,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("nowhere to serve: give --bind URL or server.bind in the config")
     workers = args.workers or config.workers
     loop = args.loop or config.loop
+    access_log, log_level = _logging_choice(args, config)
     if workers < 1:
         raise UsageError("--workers must be at least 1")
 
@@ -68,6 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
             (os.getcwd(),),
             config.telemetry,
             config.max_oneway,
+            access_log=access_log,
+            log_level=log_level,
         )
         try:
             return serve_workers(spec, workers, started, stopping)
@@ -78,12 +85,40 @@ def _serve(args: argparse.Namespace) -> int:
         transport_options=config.transport_options,
         telemetry=config.telemetry,
         max_oneway=config.max_oneway,
+        access_log=access_log,
     )
+    from protobind.access_log import setup_logging
+
+    setup_logging(log_level)  # after the services' imports: logging they set up stays
     names = ", ".join(s.name for s in server.services)
     server.run(
         *urls, loop=loop, grace=config.grace, on_start=lambda b: _print_serving(names, b), on_stop=stopping
     )
     return 0
+
+
+def _logging_choice(args: argparse.Namespace, config: Config) -> tuple[bool, str]:
+    """``protobind serve``'s access log (on unless the command line or the file says off) and
+    log level (``info`` unless either says otherwise)."""
+    access_log = args.access_log if args.access_log is not None else config.access_log
+    return access_log is not False, args.log_level or config.log_level or "info"
+
+
+def _add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    from protobind.config import LOG_LEVELS
+
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help="log to stderr from LEVEL up (default: server.log_level, info)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one line per call: transport, method, code, duration, peer (default: server.access_log, on)",
+    )
 
 
 def _print_serving(what: str, urls: list[str]) -> None:
@@ -153,7 +188,10 @@ def _breaking(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import protobind
+
     parser = argparse.ArgumentParser(prog="protobind", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"protobind {protobind.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="generate typed Python stubs from .proto files")
@@ -179,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, metavar="N", help="processes sharing the work (default: server.workers, 1)"
     )
     serve.add_argument("--loop", choices=LOOPS, help="event loop (default: server.loop, asyncio)")
+    _add_logging_arguments(serve)
     serve.set_defaults(run=_serve)
 
     remote_cmd.add_parsers(commands)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -78,7 +79,35 @@ def _nats_server(args: argparse.Namespace) -> int:
 # --- demo -----------------------------------------------------------------------------------------
 
 
+#: What the demo's code generation imports (the `codegen` extra); it also serves every transport.
+_CODEGEN_MODULES = ("grpc_tools", "jinja2", "mypy_protobuf")
+_DEMO_TRANSPORTS = ("grpc", "http", "nats")
+
+
+def _check_demo_installed() -> None:
+    """Name everything the demo lacks at once, with the one install that brings it all (a bare
+    install would otherwise be asked for the `codegen` extra, then for each transport in turn)."""
+    from protobind.nats.embedded import nats_server_binary
+    from protobind.transport import transport_named
+
+    modules = list(_CODEGEN_MODULES)
+    for name in _DEMO_TRANSPORTS:
+        transport = transport_named(name)
+        modules += [*transport.server_requires, *transport.client_requires]
+    missing = [module for module in dict.fromkeys(modules) if importlib.util.find_spec(module) is None]
+    try:
+        nats_server_binary()
+    except FileNotFoundError:
+        missing.append("nats-server")
+    if missing:
+        raise ImportError(
+            f"needs the code generator and every transport; not installed: {', '.join(missing)}: "
+            "pip install 'protobind[all]'"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _check_demo_installed()
     with tempfile.TemporaryDirectory(prefix="protobind-demo-") as gen:
         from .generate import generate
 

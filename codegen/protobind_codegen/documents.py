@@ -2,8 +2,10 @@
 
     protobind openapi PATHS... [-I DIR]... [-o FILE]     OpenAPI 3.1 of the HTTP binding
     protobind asyncapi PATHS... [-I DIR]... [-o FILE]    AsyncAPI 3.0 of the NATS binding
+    protobind openapi|asyncapi URL [-H KEY:VALUE]...     the document a running server serves
 
-Both compile the ``.proto`` files with source info, so proto comments become descriptions.
+Both compile the ``.proto`` files with source info, so proto comments become descriptions (the
+generated code carries the same comments to a server, so its documents say the same).
 """
 
 from __future__ import annotations
@@ -45,7 +47,18 @@ def add_parsers(commands: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, server_help: str) -> argparse.ArgumentParser:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help=".proto files or directories")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help=".proto files or directories, or a running server's URL"
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY:VALUE",
+        help="metadata sent when asking a server (a token, say)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="when asking a server")
     parser.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--title", help="info.title (default: the service name, or 'protobind API')")
@@ -55,7 +68,7 @@ def _common(parser: argparse.ArgumentParser, server_help: str) -> argparse.Argum
 
 
 def _contract(args: argparse.Namespace) -> tuple[list[ServiceInfo], list[Any], str]:
-    """The services of ``args.paths``, their source files and the document title."""
+    """The services of ``args.paths``, the compiled files (with their comments) and the title."""
     from .descriptors import build_pool, services_in
     from .protoc import compile_protos
 
@@ -64,7 +77,8 @@ def _contract(args: argparse.Namespace) -> tuple[list[ServiceInfo], list[Any], s
     if not services:
         raise ValueError(f"no services declared in {', '.join(args.paths)}")
     title = args.title or (services[0].name if len(services) == 1 else "protobind API")
-    return services, [f for f in files if f.name in names], title
+    # every file's comments, imports too: the generated code carries the same to a server
+    return services, list(files), title
 
 
 def _write(args: argparse.Namespace, document: dict[str, Any]) -> int:
@@ -77,9 +91,53 @@ def _write(args: argparse.Namespace, document: dict[str, Any]) -> int:
     return 0
 
 
+def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
+    """With a URL instead of paths, the ``kind`` document (``openapi``: ``http://``,
+    ``asyncapi``: a broker URL) that server serves; ``None`` when ``args.paths`` are files."""
+    if len(args.paths) != 1 or "://" not in args.paths[0]:
+        return None
+    args.url = url = args.paths[0]  # the CLI names it in an error line
+    for flag, given in [
+        ("-I", args.include),
+        ("--title", args.title),
+        ("--server", args.server),
+        ("--prefix", getattr(args, "prefix", "")),
+        ("--queue-group", getattr(args, "queue_group", "")),
+    ]:
+        if given:
+            raise ValueError(f"{flag} is for .proto files: a running server's document is as it serves it")
+
+    import asyncio
+
+    from protobind.metadata import Metadata
+    from protobind.transport import transport_for_url
+
+    from .remote_cmd import _connect, _metadata
+
+    metadata = Metadata(_metadata(args.header))
+    scheme = url.partition(":")[0]
+    where = "an http:// or https://" if kind == "openapi" else "a nats:// or tls://"
+    if kind == "openapi" and transport_for_url(url).name != "http":  # only the HTTP binding serves it
+        raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
+
+    async def fetch() -> dict[str, Any]:
+        async with _connect(url) as channel:
+            await channel.open()
+            serve = getattr(channel.transport, kind, None)  # the broker transports' clients have it
+            if serve is None:
+                raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
+            document: dict[str, Any] = await serve(args.timeout, metadata)
+            return document
+
+    return asyncio.run(fetch())
+
+
 def run_openapi(args: argparse.Namespace) -> int:
     from protobind.http.openapi import openapi_document
 
+    served = _served(args, "openapi")
+    if served is not None:
+        return _write(args, served)
     services, sources, title = _contract(args)
     return _write(
         args,
@@ -92,6 +150,9 @@ def run_openapi(args: argparse.Namespace) -> int:
 def run_asyncapi(args: argparse.Namespace) -> int:
     from protobind.broker.asyncapi import asyncapi_document
 
+    served = _served(args, "asyncapi")
+    if served is not None:
+        return _write(args, served)
     services, sources, title = _contract(args)
     bindings = None
     kafka = [url for url in args.server if url.startswith("kafka://")]

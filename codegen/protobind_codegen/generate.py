@@ -9,7 +9,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from .model import build
-from .protoc import compile_protos
+from .protoc import ProtoError, locate_protos, run_protoc, shown
 from .render import GENERATOR_VERSION, render
 from .stubs import typed_stubs
 
@@ -32,9 +32,14 @@ def generate(paths: Sequence[str], out: str, includes: Sequence[str] = ()) -> li
     Raises :class:`~protobind_codegen.protoc.ProtoError` when the input is rejected; nothing is
     written then.
     """
+    located, include_dirs = locate_protos(paths, includes)
+    names = list(located)
     with tempfile.TemporaryDirectory() as tmp:
-        files, names = compile_protos(paths, includes, python_out=tmp)
-        produced = generated_files(files, names)
+        files = run_protoc(names, include_dirs, python_out=tmp)
+        try:
+            produced = generated_files(files, names)
+        except ProtoError as exc:  # it names files by import name: show the files themselves
+            raise ProtoError(shown(str(exc), located)) from None
         modules = [(p.relative_to(tmp).as_posix(), p.read_text()) for p in sorted(Path(tmp).rglob("*.py"))]
     written = []
     for name, content in modules + produced:

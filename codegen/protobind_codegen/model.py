@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from google.protobuf import descriptor_pb2, duration_pb2
 
 from protobind.method import GENERATED_CODE_API, MethodKind, python_name
+from protobind.schemas import WELL_KNOWN, Comments, encode_comments
 from protobind.v1 import options_pb2
 
 from .protoc import ProtoError
@@ -109,6 +110,24 @@ class ServiceModel:
     descriptor_constant: str
     doc: str
     methods: tuple[MethodModel, ...]
+    #: the proto comments the served documents use (``protobind.schemas.encode_comments``), or ""
+    comments: str = ""
+
+    @property
+    def comments_constant(self) -> str:
+        return self.descriptor_constant.removesuffix("_DESCRIPTOR") + "_COMMENTS"
+
+    @property
+    def comments_literal(self) -> str:
+        """The assignment of :attr:`comments`, laid out as ruff format leaves it: one line when it
+        fits, else parenthesized, in pieces too long to be joined."""
+        one = f'{self.comments_constant} = "{self.comments}"'
+        if len(one) <= LINE_LENGTH:
+            return one
+        room = LINE_LENGTH - 10  # indent and quotes; two pieces never fit on one line
+        text = self.comments
+        pieces = [text] if len(text) <= room + 4 else [text[i : i + room] for i in range(0, len(text), room)]
+        return f"{self.comments_constant} = (\n" + "".join(f'    "{p}"\n' for p in pieces) + ")"
 
     @property
     def doc_literal(self) -> str:
@@ -126,6 +145,7 @@ class ServiceModel:
             self.sync_client_class,
             self.constant,
             self.descriptor_constant,
+            *([self.comments_constant] if self.comments else []),
         )
 
     @property
@@ -236,6 +256,7 @@ class TypeIndex:
 
     def __init__(self, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
         self._types: dict[str, tuple[str, str]] = {}
+        self._messages: dict[str, descriptor_pb2.DescriptorProto] = {}
         for file in files:
             prefix = f".{file.package}" if file.package else ""
             self._add(file.name, prefix, "", file.message_type)
@@ -251,10 +272,44 @@ class TypeIndex:
             attribute = f"{attr_prefix}{message.name}"
             full = f"{prefix}.{message.name}"
             self._types[full] = (file_name, attribute)
+            self._messages[full] = message
             self._add(file_name, full, attribute + ".", message.nested_type)
 
     def lookup(self, full_name: str) -> tuple[str, str]:
         return self._types[full_name]
+
+    def reachable(self, type_names: Iterable[str]) -> set[str]:
+        """The messages and enums (full names, no leading dot) that ``type_names`` are or contain."""
+        found: set[str] = set()
+        todo = list(type_names)
+        while todo:
+            name = todo.pop()
+            if name.lstrip(".") in found:
+                continue
+            found.add(name.lstrip("."))
+            message = self._messages.get(name)
+            if message is not None:  # an enum has nothing inside
+                todo += [f.type_name for f in message.field if f.type_name]
+        return found
+
+
+def _service_comments(
+    comments: Comments, full_name: str, service: descriptor_pb2.ServiceDescriptorProto, index: TypeIndex
+) -> str:
+    """The comments of ``service``, its methods and every message and enum they use, with their
+    fields (what the OpenAPI and AsyncAPI documents of the service describe)."""
+    types = index.reachable(t for m in service.method for t in (m.input_type, m.output_type))
+    types -= WELL_KNOWN.keys()  # described by fixed schemas: their comments are never read
+    types.discard("google.protobuf.NullValue")
+    kept = {
+        key: text
+        for key, text in comments.text.items()
+        if key == full_name
+        or key.startswith(full_name + "/")
+        or key in types
+        or key.rpartition(".")[0] in types
+    }
+    return encode_comments(kept) if kept else ""
 
 
 class _Source:
@@ -405,7 +460,10 @@ def _check_unique(source: _Source, names: list[tuple[str, tuple[int, ...], str]]
 
 
 def build_file(
-    file: descriptor_pb2.FileDescriptorProto, index: TypeIndex, generator_version: str
+    file: descriptor_pb2.FileDescriptorProto,
+    index: TypeIndex,
+    generator_version: str,
+    comments: Comments | None = None,
 ) -> FileModel:
     """The model of one ``.proto`` file's ``_protobind.py``; ``ProtoError`` on a bad contract."""
     own_module = pb2_module(file.name)
@@ -443,6 +501,7 @@ def build_file(
                 _method(method, full_name, service.name, source, (*s_path, _METHOD_FIELD, m_index), py_type)
                 for m_index, method in enumerate(service.method)
             ),
+            comments=_service_comments(comments, full_name, service, index) if comments else "",
         )
         module_names += [(n, s_path, f"service {service.name}") for n in model.generated_names]
         methods = [
@@ -524,4 +583,6 @@ def build(
     index = TypeIndex(files)
     by_name = {f.name: f for f in files}
     wanted = [by_name[name] for name in to_generate]
-    return [build_file(f, index, generator_version) for f in wanted if f.service]
+    # every file's comments (imports too), as `protobind openapi/asyncapi` take them
+    comments = Comments(files)
+    return [build_file(f, index, generator_version, comments) for f in wanted if f.service]

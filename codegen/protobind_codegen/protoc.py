@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
@@ -56,17 +57,12 @@ def find_protos(paths: Iterable[str]) -> list[tuple[Path, Path]]:
     return found
 
 
-def compile_protos(
-    paths: Sequence[str],
-    includes: Sequence[str] = (),
-    python_out: str | None = None,
-) -> tuple[list[descriptor_pb2.FileDescriptorProto], list[str]]:
-    """Compile ``paths``; return every file's descriptor (dependencies included) and the names of
-    the files asked for. With ``python_out``, protoc also writes the ``_pb2.py`` modules there."""
-    protos = find_protos(paths)
+def locate_protos(paths: Sequence[str], includes: Sequence[str] = ()) -> tuple[dict[str, Path], list[str]]:
+    """The import name of every ``.proto`` under ``paths`` with its file (absolute), and the import
+    directories protoc needs to find them as those names: ``includes`` first, then the roots."""
     include_dirs: list[str] = [os.path.abspath(i) for i in includes]
-    names: list[str] = []
-    for root, file in protos:
+    located: dict[str, Path] = {}
+    for root, file in find_protos(paths):
         file_abs = Path(os.path.abspath(file))  # lexical, as protoc sees paths: symlinks stay
         covering = [i for i in include_dirs if file_abs.is_relative_to(i)]
         if covering:
@@ -74,8 +70,19 @@ def compile_protos(
         else:
             base = os.path.abspath(root)
             include_dirs.append(base)
-        names.append(file_abs.relative_to(base).as_posix())
-    names = list(dict.fromkeys(names))
+        located.setdefault(file_abs.relative_to(base).as_posix(), file_abs)
+    return located, include_dirs
+
+
+def compile_protos(
+    paths: Sequence[str],
+    includes: Sequence[str] = (),
+    python_out: str | None = None,
+) -> tuple[list[descriptor_pb2.FileDescriptorProto], list[str]]:
+    """Compile ``paths``; return every file's descriptor (dependencies included) and the names of
+    the files asked for. With ``python_out``, protoc also writes the ``_pb2.py`` modules there."""
+    located, include_dirs = locate_protos(paths, includes)
+    names = list(located)
     return run_protoc(names, include_dirs, python_out), names
 
 
@@ -95,9 +102,64 @@ def run_protoc(
         args += names
         result = subprocess.run(args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ProtoError(result.stderr.strip() or result.stdout.strip() or "protoc failed")
+            raise ProtoError(shown(result.stderr.strip() or result.stdout.strip() or "protoc failed"))
         file_set = descriptor_pb2.FileDescriptorSet.FromString(Path(descriptor_out).read_bytes())
     return list(file_set.file)
+
+
+def display_path(path: str | Path) -> str:
+    """A file as protobind's messages show it: relative to the current directory when inside it."""
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+#: The file of a ``file:line:col: message`` line (protoc's and the generator's).
+_LOCATED = re.compile(r"^(?P<file>[^\n]+?\.proto):")
+#: protoc's complaint about an RPC's type that names something else in the service's scope.
+_NOT_A_MESSAGE = re.compile(r'"(?P<name>\w+)" is not a message type\.$')
+
+
+def shown(text: str, files: Mapping[str, Path] | None = None) -> str:
+    """protoc's or the generator's error lines as ``protobind`` prints them: each file shown by
+    :func:`display_path` (``files`` maps import names to their files; protoc already names the
+    files themselves), with a hint where protoc's own message does not say what to do."""
+    lines = []
+    hinted: set[str] = set()  # protoc reports a wrong type once per use: the hint goes on the first
+    for line in text.splitlines():
+        match = _LOCATED.match(line)
+        if match is not None:
+            name = match["file"]
+            file = files.get(name) if files is not None else None
+            if file is None and os.path.isabs(name):
+                file = Path(name)
+            if file is not None:
+                hint = _hint(file, line)
+                line = display_path(file) + line[match.end("file") :] + ("" if hint in hinted else hint)
+                hinted.add(hint)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _hint(file: Path, line: str) -> str:
+    """`rpc OrderPlaced(OrderPlaced)`: inside the service, the name is the RPC, not the message."""
+    match = _NOT_A_MESSAGE.search(line)
+    if match is None:
+        return ""
+    name = match["name"]
+    try:
+        source = file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    if not re.search(rf"\brpc\s+{name}\s*\(", source):
+        return ""
+    package = re.search(r"^\s*package\s+([\w.]+)\s*;", source, re.MULTILINE)
+    full = f".{package[1]}.{name}" if package else f".{name}"
+    return (
+        f" Inside a service, {name} is the RPC of that name: write the message's full name, {full}, "
+        "or rename the RPC."
+    )
 
 
 if __name__ == "__main__":  # the -I flags a protoc or buf user adds to find what `generate` finds

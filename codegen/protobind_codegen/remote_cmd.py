@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import (
+    any_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+    text_format,
+)
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
@@ -195,11 +202,41 @@ def _rpc(method: descriptor_pb2.MethodDescriptorProto) -> list[str]:
     request = ("stream " if method.client_streaming else "") + method.input_type
     response = ("stream " if method.server_streaming else "") + method.output_type
     head = f"rpc {method.name} ( {request} ) returns ( {response} )"
-    level = method.options.idempotency_level
-    if not level:
+    options = _options(method.options)
+    if not options:
         return [head + ";"]
-    name = descriptor_pb2.MethodOptions.IdempotencyLevel.Name(level)
-    return [head + " {", f"  option idempotency_level = {name};", "}"]
+    return [head + " {", *(f"  {line}" for line in options), "}"]
+
+
+def _options(options: Message) -> list[str]:
+    """``option NAME = VALUE;`` for each option set, extensions as ``(full.name)``: the
+    ``google.api.http`` rules and protobind's ``oneway``, ``durable`` and ``delivery`` included
+    (their modules register them when imported; an extension this process does not know stays
+    unknown and is not shown)."""
+    import google.api.annotations_pb2  # noqa: F401  - registers (google.api.http)
+
+    import protobind.v1.options_pb2  # noqa: F401  - registers (protobind.v1.*)
+
+    lines = []
+    for field, value in options.ListFields():
+        if field.name == "uninterpreted_option":
+            continue
+        name = f"({field.full_name})" if field.is_extension else field.name
+        for item in value if field.is_repeated else [value]:
+            lines.append(f"option {name} = {_option_value(field, item)};")
+    return lines
+
+
+def _option_value(field: Any, value: Any) -> str:
+    if field.message_type is not None:
+        return "{ " + text_format.MessageToString(value, as_one_line=True) + " }"
+    if field.enum_type is not None:
+        return str(field.enum_type.values_by_number[value].name)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, bytes)):
+        return json.dumps(value if isinstance(value, str) else value.decode("latin-1"))
+    return str(value)
 
 
 def _type_name(field: descriptor_pb2.FieldDescriptorProto) -> str:

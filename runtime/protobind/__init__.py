@@ -4,7 +4,7 @@ Importing this package loads no transport library; ``grpc``, ``nats`` and ``star
 imported when a URL of their scheme is first used, ``opentelemetry`` when telemetry is enabled.
 """
 
-from .client import Channel, RequestStream, connect, start
+from .client import Channel, RequestStream, connect, start, submit
 from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
 from .config import client, client_sync
 from .context import CallInfo, Context, DeliveryInfo
@@ -53,4 +53,5 @@ __all__ = [
     "connect",
     "connect_sync",
     "start",
+    "submit",
 ]

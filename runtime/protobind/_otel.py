@@ -182,6 +182,11 @@ class Instruments:
         self.dead_letters = meter.create_counter(
             "protobind.consumer.dead_letters", unit="{message}", description="Messages given up on."
         )
+        self.refused_messages = meter.create_counter(
+            "protobind.server.refused_messages",
+            unit="{message}",
+            description="Messages a broker server refused, and one-way messages whose call failed.",
+        )
         self._propagator: TextMapPropagator | None = settings.propagator
 
     def inject(self, metadata: Metadata, ctx: otel_context.Context) -> None:

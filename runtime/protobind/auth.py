@@ -13,9 +13,19 @@ token used on a method outside its patterns fails with PERMISSION_DENIED. Tokens
 constant time (``hmac.compare_digest``, against every configured token). The same check guards what
 a binding serves besides the services, when the server has a ``BearerAuth``: gRPC health and
 reflection (their gRPC method names), the HTTP binding's ``/openapi.json``
-(:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), and NATS
-micro discovery (:data:`MICRO_METHOD`). Bindings reach it
-through :attr:`protobind.server.EndpointTable.authorize`.
+(:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), NATS
+micro discovery (:data:`MICRO_METHOD`) and the AsyncAPI documents a broker binding answers
+(:data:`ASYNCAPI_METHOD`). Bindings reach it through
+:attr:`protobind.server.EndpointTable.authorize`.
+
+A durable request/response call also names the caller group its reply is stored for; a server
+with an authorizer stores it only for a group the call's credentials allow, granted like a
+method with :func:`reply_group`::
+
+    BearerAuth({
+        "s3cr3t-checkout": ["shop.v1.Payments/*", reply_group("checkout")],
+        "s3cr3t-admin": ["*"],                                  # every method and every group
+    })
 
 Client side, :class:`BearerToken` is a client interceptor that sends the token on every call::
 
@@ -38,7 +48,18 @@ from .errors import Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
 
-__all__ = ["MICRO_METHOD", "OPENAPI_METHOD", "REFLECTION_METHOD", "Authorizer", "BearerAuth", "BearerToken"]
+__all__ = [
+    "ASYNCAPI_METHOD",
+    "CREDENTIAL_HEADERS",
+    "MICRO_METHOD",
+    "OPENAPI_METHOD",
+    "REFLECTION_METHOD",
+    "REPLY_GROUP_SERVICE",
+    "Authorizer",
+    "BearerAuth",
+    "BearerToken",
+    "reply_group",
+]
 
 #: The method name ``/openapi.json`` of the HTTP binding is authorized as.
 OPENAPI_METHOD = "protobind.Discovery/OpenAPI"
@@ -46,6 +67,26 @@ OPENAPI_METHOD = "protobind.Discovery/OpenAPI"
 REFLECTION_METHOD = "protobind.Discovery/Reflection"
 #: The method name NATS micro discovery (``$SRV.PING|INFO|STATS``) is authorized as.
 MICRO_METHOD = "protobind.Discovery/Micro"
+#: The method name a request for a service's AsyncAPI document (``$PROTOBIND.ASYNCAPI.*``) is
+#: authorized as.
+ASYNCAPI_METHOD = "protobind.Discovery/AsyncAPI"
+#: The service part of the names durable reply groups are authorized as (see :func:`reply_group`).
+REPLY_GROUP_SERVICE = "protobind.ReplyGroup"
+
+
+def reply_group(group: str) -> str:
+    """The method name (or pattern: ``reply_group("team-*")``) that grants storing the replies of
+    durable request/response calls for the caller group ``group``. A server asks its authorizer
+    for it, with the call's metadata, before it runs such a call: a group the credentials are not
+    granted refuses the call (``PERMISSION_DENIED``, to the dead letter, no reply anywhere).
+
+    ``group`` is spelled as in the reply subject: letters, digits, ``-`` and ``_``."""
+    return f"{REPLY_GROUP_SERVICE}/{group}"
+
+
+#: Metadata keys that carry credentials: never copied where others read (durable dead letters).
+#: A :class:`BearerAuth` reading another header should use one of these names.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
 
 class Authorizer(Protocol):
@@ -61,8 +102,9 @@ class BearerAuth:
     """Server interceptor: require a known token on every call (see the module docstring).
 
     ``tokens`` maps each token to the method patterns it may call (``*`` for all;
-    ``package.Service/*``; shell-style wildcards), or is a plain collection of tokens that may call
-    everything. ``public`` lists method patterns anyone may call without a token. ``header`` is
+    ``package.Service/*``; shell-style wildcards; :func:`reply_group` for the caller groups its
+    durable calls may have their replies stored for), or is a plain collection of tokens that may
+    call everything. ``public`` lists method patterns anyone may call without a token. ``header`` is
     the metadata key carrying the token; with ``scheme`` (default ``Bearer``) its value must be
     ``"<scheme> <token>"``, with ``scheme=None`` it is the token itself.
     """

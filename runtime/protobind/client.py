@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -254,14 +255,14 @@ def connect(
     return Channel(url, interceptors=interceptors, options=options, telemetry=telemetry)
 
 
-# Calls started by start() and not finished: the event loop keeps only weak references to tasks.
+# Calls submitted by submit() and not finished: the event loop keeps only weak references to tasks.
 _started: set[asyncio.Task[Any]] = set()
 
 
-def start(method: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[R]:
-    """Start a call and collect its result later: asynchronous request/response in one process.
+def submit(method: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[R]:
+    """Submit a call and collect its result later: asynchronous request/response in one process.
 
-    ``handle = protobind.start(client.say_hello, HelloRequest(name="Ada"), timeout=2.0)`` takes
+    ``handle = protobind.submit(client.say_hello, HelloRequest(name="Ada"), timeout=2.0)`` takes
     a generated client method and its arguments, as typed as the method itself, and returns at
     once with an :class:`asyncio.Task`: ``await handle`` gives the reply or raises the call's
     :class:`RpcError`; ``asyncio.gather``, ``asyncio.as_completed`` and ``asyncio.wait`` collect
@@ -277,3 +278,13 @@ def start(method: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwarg
     _started.add(task)
     task.add_done_callback(_started.discard)
     return task
+
+
+def start(method: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[R]:
+    """Deprecated name of :func:`submit` (it read like ``Server.start``); removed in the next release."""
+    warnings.warn(
+        "protobind.start() is now protobind.submit(); start will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return submit(method, *args, **kwargs)

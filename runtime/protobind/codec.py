@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from . import _jsonfast
 from .errors import Code, RpcError
 
 M = TypeVar("M", bound=Message)
@@ -71,7 +72,9 @@ class ProtoCodec(Codec):
 
 
 class JsonCodec(Codec):
-    """Proto3 canonical JSON (``google.protobuf.json_format``), camelCase field names on output.
+    """Proto3 canonical JSON, camelCase field names on output, exactly as ``google.protobuf.json_format``
+    writes and reads it (through per-message-type tables, ``protobind._jsonfast``, which leave to
+    json_format what they do not cover).
 
     Unknown fields are rejected unless ``ignore_unknown_fields`` is set.
     """
@@ -83,9 +86,7 @@ class JsonCodec(Codec):
         self.ignore_unknown_fields = ignore_unknown_fields
 
     def encode(self, message: Message) -> bytes:
-        return json.dumps(
-            json_format.MessageToDict(message), separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        return _jsonfast.encode(message)
 
     def decode(self, data: bytes, message_type: type[M]) -> M:
         message = message_type()
@@ -93,7 +94,7 @@ class JsonCodec(Codec):
             return message  # an empty body is the empty message, as Connect allows
         name = message_type.DESCRIPTOR.full_name
         try:
-            value = json.loads(data.decode(), object_pairs_hook=_no_duplicates)
+            value = _loads(data.decode())
         except UnicodeDecodeError:
             raise _invalid(name, "not UTF-8 text") from None
         except json.JSONDecodeError as exc:
@@ -102,6 +103,9 @@ class JsonCodec(Codec):
             raise _invalid(name, f'the key "{_clip(str(exc))}" appears twice') from None
         except (ValueError, RecursionError):
             raise _invalid(name, "not JSON") from None
+        if _jsonfast.parse(value, message, ignore_unknown_fields=self.ignore_unknown_fields):
+            return message
+        message = message_type()  # json_format decides, errors included
         parse_json(value, message, ignore_unknown_fields=self.ignore_unknown_fields)
         return message
 
@@ -149,6 +153,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text, object_pairs_hook=_no_duplicates)`` with one decoder made once."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 _NESTED = re.compile(r"Failed to parse (\S+) field: ")
@@ -266,7 +280,10 @@ def _holds_bytes(field: FieldDescriptor) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _may_hold_bytes(descriptor: Descriptor) -> bool:
-    """Whether a bytes value can occur anywhere in this message (recursive types: assumed so)."""
+    """Whether a bytes value can occur anywhere in this message (recursive types: assumed so). Not in
+    a well-known type's JSON: the key "value" of an Any is the packed message's, not Any's bytes."""
+    if descriptor.full_name.startswith("google.protobuf."):
+        return False
     seen: set[str] = set()
     todo = [descriptor]
     while todo:

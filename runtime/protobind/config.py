@@ -10,6 +10,8 @@ max_oneway = 1024                             # one-way handlers running at once
 path = ["gen"]                                # import roots of generated code (relative to this file)
 workers = 1                                   # processes sharing the work (`protobind serve`)
 loop = "asyncio"                              # or "uvloop" (pip install 'protobind[speed]')
+access_log = true                             # `protobind serve`: a line per call (default true)
+log_level = "info"                            # `protobind serve`: logging on stderr from this level
 
 [server.options.grpc]                         # server options by transport name (grpc covers grpcs)
 max_message_size = 8388608
@@ -21,7 +23,11 @@ default = "grpc://127.0.0.1:50051"            # services with no entry of their 
 [telemetry]                                   # traces, metrics and failure logs (docs/observability.md)
 enabled = true                                # for the server and for the clients made from this file
 log_successes = false                         # also: tracing, metrics, log_failures (default true)
+exporter = "console"                          # or "otlp" (+ otlp_endpoint, otlp_protocol, service_name)
 ```
+
+Every key is checked: one the file may not have is a :class:`ConfigError` that names it and the
+key it most likely meant (``unknown key server.bnd (did you mean server.bind?)``).
 
 Environment variables override the file: ``PROTOBIND_BIND`` (comma-separated URLs) replaces
 ``server.bind``, ``PROTOBIND_SERVICES`` replaces ``server.services``, ``PROTOBIND_PATH``
@@ -49,12 +55,6 @@ from .interceptors import ClientInterceptor
 from .method import ServiceInfo, python_name
 from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "load_service",
-]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,6 +95,10 @@ class Config:
     loop: str = "asyncio"
     #: one-way handlers a server runs at once in the background (``Server(max_oneway=...)``)
     max_oneway: int = 1024
+    #: ``server.access_log``: ``None`` when the file does not say (``protobind serve``: on)
+    access_log: bool | None = None
+    #: ``server.log_level`` (``protobind serve --log-level``), lower case; ``None``: not set
+    log_level: str | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -111,7 +115,9 @@ class Config:
                 raise ConfigError(f"{candidate}: no such file") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{candidate}: {exc}") from None
+        _check_keys(data, _TOP_KEYS, "", source)
         server = _table(data, "server", source)
+        _check_keys(server, _SERVER_KEYS, "server.", source)
         services = _strings(server.get("services", []), "server.services", source)
         bind = _strings(server.get("bind", []), "server.bind", source)
         grace = server.get("grace", 5.0)
@@ -126,7 +132,13 @@ class Config:
         loop = env.get("PROTOBIND_LOOP") or server.get("loop", "asyncio")
         if loop not in LOOPS:
             raise ConfigError(f"{source}: server.loop must be one of {', '.join(LOOPS)}, not {loop!r}")
-        options = _table(server, "options", source)
+        options = _transport_options(_table(server, "options", source), source)
+        access_log = server.get("access_log")
+        if access_log is not None and not isinstance(access_log, bool):
+            raise ConfigError(f"{source}: server.access_log must be true or false")
+        log_level = server.get("log_level")
+        if log_level is not None and (not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS):
+            raise ConfigError(f"{source}: server.log_level must be one of {', '.join(LOG_LEVELS)}")
         base = candidate.parent if source != "<defaults>" else Path()
         roots = [str((base / p).resolve()) for p in _strings(server.get("path", []), "server.path", source)]
         if env.get("PROTOBIND_PATH"):
@@ -153,6 +165,8 @@ class Config:
             workers=workers,
             loop=loop,
             max_oneway=max_oneway,
+            access_log=access_log,
+            log_level=log_level.lower() if log_level is not None else None,
         )
 
     def client_url(self, name: str) -> str:
@@ -190,25 +204,64 @@ class Config:
         return connect(self.client_url(name), **kwargs)
 
 
-_TELEMETRY_KEYS = ("enabled", "tracing", "metrics", "message_sizes", "log_failures", "log_successes")
+_TOP_KEYS = ("server", "clients", "telemetry")
+_SERVER_KEYS = (
+    *("services", "bind", "grace", "max_oneway", "path", "workers", "loop", "options"),
+    *("access_log", "log_level"),
+)
+_TELEMETRY_FLAGS = ("enabled", "tracing", "metrics", "message_sizes", "log_failures", "log_successes")
+_TELEMETRY_KEYS = (*_TELEMETRY_FLAGS, "exporter", "otlp_endpoint", "otlp_protocol", "service_name")
+#: ``server.log_level`` / ``protobind serve --log-level``, as the ``logging`` module names them
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLEANS.update(dict.fromkeys(("0", "false", "no", "off"), False))
 
 
+def _check_keys(table: Mapping[str, Any], known: Sequence[str], where: str, source: str) -> None:
+    """A key the file may not have is an error naming it, with the likeliest intended key."""
+    from .options import closest
+
+    for key in table:
+        if key not in known:
+            close = closest(key, known)
+            hint = f" (did you mean {where}{close}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {where}{key}{hint}; known: {', '.join(known)}")
+
+
+def _transport_options(table: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[server.options.<transport>]``: registered transport names, each with its server options."""
+    from .transport import all_transports, check_options, transport_named
+
+    _check_keys(table, [t.name for t in all_transports()], "server.options.", source)
+    for name, options in table.items():
+        where = f"server.options.{name}"
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: {where} must be a table")
+        try:
+            check_options(transport_named(name), options, server=True)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}: {exc}") from None
+    return table
+
+
 def _telemetry(table: dict[str, Any], env_value: str | None, source: str) -> Telemetry | None:
-    for key, value in table.items():
-        if key not in _TELEMETRY_KEYS:
-            raise ConfigError(f"{source}: unknown key telemetry.{key}; known: {', '.join(_TELEMETRY_KEYS)}")
-        if not isinstance(value, bool):
+    _check_keys(table, _TELEMETRY_KEYS, "telemetry.", source)
+    for key in _TELEMETRY_FLAGS:
+        if not isinstance(table.get(key, False), bool):
             raise ConfigError(f"{source}: telemetry.{key} must be true or false")
-    enabled = table.get("enabled", False)
+    settings = {key: value for key, value in table.items() if key != "enabled"}
+    exporters = tuple(_strings(settings.pop("exporter", []), "telemetry.exporter", source))
+    try:
+        telemetry = Telemetry(exporter=exporters, **settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    # naming an exporter asks for telemetry: `enabled` defaults to true then
+    enabled = table.get("enabled", bool(exporters))
     if env_value:
         if env_value.strip().lower() not in _BOOLEANS:
             raise ConfigError(f"PROTOBIND_TELEMETRY must be true or false, not {env_value!r}")
         enabled = _BOOLEANS[env_value.strip().lower()]
-    if not enabled:
-        return None
-    return Telemetry(**{key: value for key, value in table.items() if key != "enabled"})
+    return telemetry if enabled else None
 
 
 def _whole_number(value: Any) -> int | None:

@@ -20,8 +20,17 @@ __all__ = [
 ]
 
 
+# The presentation types after which a format spec formats a number (`{code:d}`, `{code:>4x}`)
+_NUMERIC_FORMATS = frozenset("bcdoxXneEfFgG%")
+
+
 class Code(enum.IntEnum):
-    """The 17 gRPC status codes, with gRPC's names and numbers."""
+    """The 17 gRPC status codes, with gRPC's names and numbers.
+
+    A code compares and converts as its number (``Code.NOT_FOUND == 5``, ``int(code)``) and prints as
+    its name: ``str(code)`` and ``f"{code}"`` are ``"NOT_FOUND"`` on every Python version; a numeric
+    format (``f"{code:d}"``) gives the number.
+    """
 
     OK = 0
     CANCELLED = 1
@@ -40,6 +49,14 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _NUMERIC_FORMATS:
+            return int.__format__(self, spec)
+        return format(self.name, spec)
 
     @property
     def connect_name(self) -> str:
@@ -74,6 +91,11 @@ class RpcError(Exception):
     ``google.protobuf.Any``. The standard detail types of ``google/rpc/error_details.proto``
     (``ErrorInfo``, ``BadRequest``, ``RetryInfo``, ...) always arrive decoded; a detail of another
     type arrives decoded when its module is imported in the receiving process, else as an ``Any``.
+
+    A client's error that the server did not send, but the transport made from a failure of its
+    library (no connection, a limit of gRPC core), has that failure as its ``__cause__``: its
+    message may hold the library's text (addresses, header lists). A gateway shows its callers a
+    plain message instead and logs that text.
     """
 
     __slots__ = ("code", "details", "message")

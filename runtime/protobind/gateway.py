@@ -26,6 +26,7 @@ every field it sends.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from google.protobuf.message import Message
 
 from .client import Channel, connect
 from .context import CallInfo, Context
+from .errors import Code, RpcError
 from .http.wire import PROTOCOL_HEADERS
 from .interceptors import ClientInterceptor, Handler, ServerInterceptor, chain_server
 from .metadata import Metadata
@@ -42,10 +44,18 @@ from .telemetry import Telemetry, TelemetryOption
 
 __all__ = ["Gateway"]
 
+logger = logging.getLogger("protobind.gateway")
+
 # Headers that describe one hop (the connection, the body's framing, the protocol in use), not the
 # call: each binding writes its own, and a forwarded copy would be wrong or refused upstream.
 _HOP_HEADERS = PROTOCOL_HEADERS | {"accept", "user-agent"}
 _HOP_PREFIXES = (":", "grpc-", "connect-", "nats-", "protobind-")
+
+#: What a caller is told when the call to the upstream failed in the transport, not in a handler.
+_TRANSPORT_FAILURE = {
+    Code.UNAVAILABLE: "upstream unavailable",
+    Code.RESOURCE_EXHAUSTED: "the upstream refused the call: it exceeds a limit (message or metadata size)",
+}
 
 #: One upstream call of any kind: ``(request or requests, timeout, metadata, call) -> responses``.
 _Upstream = Callable[[Any, "float | None", Metadata, CallInfo], AsyncGenerator[Message, None]]
@@ -101,6 +111,13 @@ async def _relay(upstream: _Upstream, request: Any, context: Context) -> AsyncIt
                     headers_copied = True
                     copy(call.headers, context.set_header)
                 yield response
+    except RpcError as error:
+        if error.__cause__ is None:
+            raise  # the upstream's own answer (or protobind's), passed on as it is
+        # The transport's words (an address, a library's message, a list of headers): for the log.
+        logger.warning("upstream call %s failed: %s: %s", context.method, error.code.name, error.message)
+        message = _TRANSPORT_FAILURE.get(error.code, "upstream call failed")
+        raise RpcError(error.code, message, error.details) from None
     finally:
         if not headers_copied:
             copy(call.headers, context.set_header)

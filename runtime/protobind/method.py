@@ -173,11 +173,17 @@ class MethodInfo(Generic[ReqT, RespT]):
 
 @dataclass(frozen=True, slots=True)
 class ServiceInfo:
-    """A service: its full name (``greeter.v1.Greeter``) and its methods in declaration order."""
+    """A service: its full name (``greeter.v1.Greeter``) and its methods in declaration order.
+
+    ``comments`` are the proto comments of the service, its methods and the messages they use,
+    which the generator embeds (:func:`protobind.schemas.encode_comments`) so the OpenAPI and
+    AsyncAPI documents a server serves carry the same descriptions as ``protobind openapi``.
+    """
 
     name: str
     methods: tuple[MethodInfo[Any, Any], ...]
     descriptor: ServiceDescriptor | None = None
+    comments: str = field(default="", compare=False, repr=False)
 
     def method(self, name: str) -> MethodInfo[Any, Any]:
         """The method called ``name`` (proto name, e.g. ``SayHello``); ``KeyError`` when absent."""

@@ -9,6 +9,7 @@ were renamed are listed in :data:`RENAMED` so the error says what to write inste
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "RENAMED",
     "TLS_CLIENT_OPTIONS",
     "OptionReader",
+    "closest",
 ]
 
 #: Largest message a side sends or accepts, in bytes (gRPC's usual limit).
@@ -46,6 +48,13 @@ RENAMED: Mapping[str, Mapping[str, str]] = {
     "http": {"max_body_size": "max_message_size"},
     "nats": {"tls_hostname": "tls_server_name"},
 }
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice a mistyped ``name`` most likely meant (for a "did you mean" hint), if any."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

@@ -7,7 +7,9 @@ The rules are listed in docs/protocols.md ("OpenAPI").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import base64
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import descriptor_pb2
@@ -21,6 +23,8 @@ __all__ = [
     "Comments",
     "Schemas",
     "connect_error_schema",
+    "decode_comments",
+    "encode_comments",
     "enum_of",
     "is_map",
     "is_repeated",
@@ -143,11 +147,32 @@ WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 
 
-class Comments:
-    """Leading comments by element (``full name`` or ``service/method``), from source info."""
+def encode_comments(text: Mapping[str, str]) -> str:
+    """``text`` (element -> comment, :attr:`Comments.text`) as generated code carries it
+    (:attr:`protobind.ServiceInfo.comments`): JSON in base64, so the literal has no quotes or
+    escapes a formatter would rewrite."""
+    return base64.b64encode(json.dumps(dict(sorted(text.items())), ensure_ascii=False).encode()).decode()
 
-    def __init__(self, files: Iterable[descriptor_pb2.FileDescriptorProto]) -> None:
+
+def decode_comments(encoded: str) -> dict[str, str]:
+    """The inverse of :func:`encode_comments` (``{}`` for ``""``)."""
+    if not encoded:
+        return {}
+    text: dict[str, str] = json.loads(base64.b64decode(encoded))
+    return text
+
+
+class Comments:
+    """Leading comments by element (``full name`` or ``service/method``), from source info and
+    from what generated code carries (``encoded``: :func:`encode_comments` texts, so a running
+    server's documents describe its API as ``protobind openapi``/``asyncapi`` do)."""
+
+    def __init__(
+        self, files: Iterable[descriptor_pb2.FileDescriptorProto], encoded: Iterable[str] = ()
+    ) -> None:
         self.text: dict[str, str] = {}
+        for text in encoded:
+            self.text.update(decode_comments(text))
         for file in files:
             locations = {
                 tuple(loc.path): loc.leading_comments.strip()

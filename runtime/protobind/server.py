@@ -302,7 +302,8 @@ class Server:
     string. ``telemetry=True`` (or a :class:`protobind.Telemetry`) traces, measures and logs every
     call (docs/observability.md).
     ``max_oneway`` bounds the one-way handlers running at once in the background (see
-    :class:`BackgroundCalls`).
+    :class:`BackgroundCalls`). ``access_log=True`` logs one line per call on the
+    ``protobind.access`` logger (:mod:`protobind.access_log`; ``protobind serve`` turns it on).
     """
 
     def __init__(
@@ -313,9 +314,14 @@ class Server:
         transport_options: Mapping[str, Mapping[str, Any]] | None = None,
         telemetry: TelemetryOption = None,
         max_oneway: int = 1024,
+        access_log: bool = False,
     ) -> None:
         self.background = BackgroundCalls(max_oneway)
         self.telemetry = Telemetry.from_option(telemetry)
+        if access_log:  # around the application's interceptors, so it logs their refusals too
+            from .access_log import AccessLog
+
+            interceptors = (AccessLog(), *interceptors)
         if self.telemetry is not None:  # outermost, so it sees what the other interceptors do
             interceptors = (self.telemetry.server_interceptor(self), *interceptors)
         self.services: list[ServiceInfo] = []

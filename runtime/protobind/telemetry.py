@@ -7,13 +7,15 @@ Enable it in one place: ``Server(..., telemetry=True)``, ``connect(url, telemetr
 When telemetry is off, nothing is installed: no interceptor runs and ``opentelemetry`` is never
 imported. When it is on, the ``opentelemetry-api`` package (``pip install 'protobind[otel]'``) is
 required; spans and metrics go wherever the OpenTelemetry SDK the application configured sends them
-(without an SDK the API is a no-op). The conventions followed are documented in
-``docs/observability.md``; this module only holds the settings, the implementation is in
-``protobind._otel``.
+(without an SDK the API is a no-op), or to the exporters ``exporter`` names (``"console"``,
+``"otlp"``). The conventions followed are documented in ``docs/observability.md``; this module
+only holds the settings, the implementation is in ``protobind._otel`` and
+``protobind._otel_export``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import Code
@@ -25,7 +27,13 @@ if TYPE_CHECKING:
     from .method import MethodInfo
     from .server import Server
 
-__all__ = ["SERVER_ERROR_CODES", "Telemetry", "TelemetryOption"]
+__all__ = ["EXPORTERS", "OTLP_PROTOCOLS", "SERVER_ERROR_CODES", "Telemetry", "TelemetryOption"]
+
+#: What ``Telemetry(exporter=...)`` can name: spans and metrics printed on standard output (the
+#: OpenTelemetry SDK's console exporters), or sent to an OpenTelemetry collector over OTLP.
+EXPORTERS = ("console", "otlp")
+#: ``Telemetry(otlp_protocol=...)``: OTLP over gRPC (port 4317) or over HTTP (port 4318).
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 #: Codes that mark a *server* span as failed (the OpenTelemetry gRPC conventions; protobind applies
 #: them on every transport). The other codes are the caller's doing; on a client span every code
@@ -54,18 +62,28 @@ class Telemetry:
       that ended with a code other than OK / per successful call.
     - ``tracer_provider`` / ``meter_provider`` / ``propagator``: OpenTelemetry objects to use
       instead of the global ones (tests pass an SDK provider with an in-memory exporter).
+    - ``exporter``: ``"console"``, ``"otlp"`` or both: protobind makes OpenTelemetry SDK providers
+      of its own that export there (for the providers not given), so no SDK set-up in code is
+      needed. ``otlp_endpoint`` is the collector's base URL (default: the exporter's own,
+      ``OTEL_EXPORTER_OTLP_ENDPOINT`` or localhost), ``otlp_protocol`` ``"grpc"`` (default) or
+      ``"http/protobuf"``, ``service_name`` the ``service.name`` resource attribute (default:
+      ``OTEL_SERVICE_NAME``, else the SDK's).
 
     A ``Telemetry`` may be shared by servers and channels; their instruments are created once.
     """
 
     __slots__ = (
         "_instruments",
+        "exporter",
         "log_failures",
         "log_successes",
         "message_sizes",
         "meter_provider",
         "metrics",
+        "otlp_endpoint",
+        "otlp_protocol",
         "propagator",
+        "service_name",
         "tracer_provider",
         "tracing",
     )
@@ -81,7 +99,27 @@ class Telemetry:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         propagator: Any = None,
+        exporter: str | Sequence[str] = (),
+        otlp_endpoint: str | None = None,
+        otlp_protocol: str = "grpc",
+        service_name: str | None = None,
     ) -> None:
+        from .options import closest
+
+        self.exporter = (exporter,) if isinstance(exporter, str) else tuple(exporter)
+        for name in self.exporter:
+            if name not in EXPORTERS:
+                close = closest(name, EXPORTERS)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                raise ValueError(f"unknown telemetry exporter {name!r}{hint}; known: {', '.join(EXPORTERS)}")
+        if otlp_protocol not in OTLP_PROTOCOLS:
+            raise ValueError(f"telemetry.otlp_protocol must be one of {', '.join(OTLP_PROTOCOLS)}")
+        for key, text in (("otlp_endpoint", otlp_endpoint), ("service_name", service_name)):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"telemetry.{key} must be a string")
+        self.otlp_endpoint = otlp_endpoint
+        self.otlp_protocol = otlp_protocol
+        self.service_name = service_name
         self.tracing = tracing
         self.metrics = metrics
         self.log_failures = log_failures
@@ -106,28 +144,31 @@ class Telemetry:
     def instruments(self) -> Instruments:
         """The tracer, the meters and the propagator (created on first use: this imports OpenTelemetry)."""
         if self._instruments is None:
-            try:
-                from ._otel import Instruments
-            except ModuleNotFoundError as exc:
-                if exc.name and exc.name.split(".")[0] == "opentelemetry":
-                    raise ImportError(
-                        "protobind telemetry needs the OpenTelemetry API: pip install 'protobind[otel]'"
-                    ) from exc
-                raise
+            _require_otel()
+            from ._otel import Instruments
+
+            if self.exporter:
+                from ._otel_export import providers
+
+                tracer_provider, meter_provider = providers(self)
+                self.tracer_provider = self.tracer_provider or tracer_provider
+                self.meter_provider = self.meter_provider or meter_provider
             self._instruments = Instruments(self)
         return self._instruments
 
     def server_interceptor(self, server: Server) -> ServerInterceptor:
         """The interceptor ``Server`` installs first (outermost) when telemetry is on."""
+        instruments = self.instruments()  # first: it says what to install when OpenTelemetry is missing
         from ._otel import ServerTelemetry
 
-        return ServerTelemetry(self.instruments(), server)
+        return ServerTelemetry(instruments, server)
 
     def client_interceptor(self, url: str) -> ClientInterceptor:
         """The interceptor a ``Channel`` to ``url`` installs first (outermost) when telemetry is on."""
+        instruments = self.instruments()
         from ._otel import ClientTelemetry
 
-        return ClientTelemetry(self.instruments(), url)
+        return ClientTelemetry(instruments, url)
 
     def consumer_span(
         self,
@@ -148,10 +189,11 @@ class Telemetry:
         its own, so the server span of the handler that then runs is its child. Call
         ``span.dead_letter()`` when the message is given up on.
         """
+        instruments = self.instruments()
         from ._otel import ConsumerSpan
 
         return ConsumerSpan(
-            self.instruments(),
+            instruments,
             destination,
             metadata,
             attempt=attempt,
@@ -161,10 +203,23 @@ class Telemetry:
         )
 
     def __repr__(self) -> str:
+        exporter = f", exporter={self.exporter!r}" if self.exporter else ""
         return (
             f"Telemetry(tracing={self.tracing}, metrics={self.metrics}, "
-            f"log_failures={self.log_failures}, log_successes={self.log_successes})"
+            f"log_failures={self.log_failures}, log_successes={self.log_successes}{exporter})"
         )
+
+
+def _require_otel() -> None:
+    """Import ``protobind._otel``; an ``ImportError`` with the pip command when OpenTelemetry is missing."""
+    try:
+        from . import _otel  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "opentelemetry":
+            raise ImportError(
+                "protobind telemetry needs the OpenTelemetry API: pip install 'protobind[otel]'"
+            ) from None
+        raise
 
 
 #: What ``Server(telemetry=...)`` and ``connect(telemetry=...)`` accept.

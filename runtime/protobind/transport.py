@@ -17,6 +17,8 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +43,10 @@ __all__ = [
     "check_options",
     "lazy_dial",
     "lazy_serve",
+    "listen_socket",
     "loopback_harness",
     "named_harness",
+    "network_reason",
     "query_options",
     "register",
     "transport_for_url",
@@ -139,6 +143,59 @@ class Transport:
                 )
 
 
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (port 0: a free one), for a transport's server.
+
+    Each address ``host`` resolves to is tried in turn; when none can be bound, the ``OSError``
+    is one line naming the address and the system's reason (``cannot listen on 127.0.0.1:8080:
+    Address already in use``), with the system's ``errno``. ``reuse_port`` sets SO_REUSEPORT, so
+    several processes accept on one port (``protobind serve --workers N``).
+    """
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        # The protocol must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets
+        # whose proto says TCP, and without it Nagle's algorithm holds the body of every response
+        # until the client's delayed ACK (40 ms per call).
+        candidates = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise _listen_error(shown, exc) from None
+    first: OSError | None = None
+    for family, kind, proto, _, address in candidates:
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            first = first or exc
+            continue
+        return sock
+    raise _listen_error(shown, first or OSError("no address"))
+
+
+def _listen_error(shown: str, exc: OSError) -> OSError:
+    error = OSError(f"cannot listen on {shown}: {network_reason(exc)}")
+    error.errno = exc.errno
+    return error
+
+
+def network_reason(exc: OSError) -> str:
+    """The system's reason for a failed network operation, without a library's wrapping around it:
+    ``Connection refused`` rather than asyncio's ``[Errno 111] Connect call failed ('127.0.0.1', 4222)``."""
+    if isinstance(exc, ConnectionError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, TimeoutError) and not exc.strerror:
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def _installed(module: str) -> bool:
     if module in sys.modules:
         return sys.modules[module] is not None
@@ -220,11 +277,17 @@ def check_options(transport: Transport, options: Mapping[str, Any], *, server: b
     known = transport.server_options if server else transport.client_options
     unknown = sorted(set(options) - known)
     if unknown:
-        from .options import RENAMED
+        from .options import RENAMED, closest
 
         side = "server" if server else "client"
         renamed = RENAMED.get(transport.name, {})
-        hints = [f"{old} is now {renamed[old]}" for old in unknown if renamed.get(old) in known]
+        hints = [
+            f"{old} is now {renamed[old]}"
+            if renamed.get(old) in known
+            else f"{old + ': ' if len(unknown) > 1 else ''}did you mean {close}?"
+            for old in unknown
+            if renamed.get(old) in known or (close := closest(old, known))
+        ]
         raise ValueError(
             f"unknown {transport.name} {side} option(s) {', '.join(unknown)}"
             + (f" ({'; '.join(hints)})" if hints else "")

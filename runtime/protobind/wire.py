@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -19,13 +20,17 @@ from google.protobuf import any_pb2
 from .errors import Code, RpcError, pack_details, unpack_details
 
 __all__ = [
+    "GRPC_DETAILS_KEY",
     "HTTP_STATUS",
     "TRAILER_PREFIX",
     "b64decode_lenient",
     "b64encode_unpadded",
     "connect_error",
     "connect_error_from",
+    "grpc_deadline",
+    "grpc_status_fields",
     "is_header_name",
+    "parse_grpc_timeout",
 ]
 
 #: gRPC code -> HTTP status, as Connect and gRPC-Gateway map them (docs/protocols.md, HTTP "Errors"). The HTTP
@@ -118,3 +123,64 @@ def connect_error_from(obj: object, fallback: Code) -> RpcError:
                 continue
             anys.append(any_pb2.Any(type_url=_TYPE_URL_PREFIX + type_name, value=raw))
     return RpcError(code, message if isinstance(message, str) else "", unpack_details(anys))
+
+
+# --- gRPC status in trailers ----------------------------------------------------------------------
+
+#: The trailer that carries the whole error, details included, as a binary ``google.rpc.Status``.
+GRPC_DETAILS_KEY = "grpc-status-details-bin"
+
+# grpc-timeout: at most 8 digits and a unit (PROTOCOL-HTTP2.md); the unit's length in seconds
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+
+
+def parse_grpc_timeout(text: str) -> float:
+    """Seconds of a ``grpc-timeout`` header value (``100m``, ``5S``); ValueError when malformed."""
+    match = _TIMEOUT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("grpc-timeout is at most 8 digits and one of the units H M S m u n")
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def grpc_deadline(remaining: float) -> float:
+    """The caller's deadline (``time.monotonic()`` based) as well as ``grpc-timeout`` tells it, never
+    later than the real one.
+
+    gRPC core rounds the timeout it sends *up* to a coarser unit as it grows (1 ms below 1 s,
+    10 ms below 10 s, 100 ms below 100 s, then seconds), from a clock it may have read a little
+    earlier, so a 5 s timeout can arrive as 5.01 s. Taking one such step off keeps a handler from
+    planning with time its caller will not wait for.
+    """
+    if remaining < 1.0:
+        slack = 0.001
+    elif remaining < 10.0:
+        slack = 0.01
+    elif remaining < 100.0:
+        slack = 0.1
+    else:
+        slack = 1.0
+    return time.monotonic() + max(0.0, remaining - slack)
+
+
+def _percent_encode(message: str) -> str:
+    """``grpc-message``: UTF-8, with every byte outside printable ASCII (and ``%``) as %XX."""
+    out = []
+    for byte in message.encode("utf-8"):
+        out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")
+    return "".join(out)
+
+
+def grpc_status_fields(error: RpcError | None) -> list[tuple[str, str]]:
+    """The gRPC status trailers of a call that ended with ``error`` (``None``: OK): ``grpc-status``,
+    ``grpc-message`` and, for an error, ``grpc-status-details-bin`` (base64, unpadded)."""
+    if error is None:
+        return [("grpc-status", "0")]
+    # OK cannot be an error status on the wire
+    code = error.code if error.code is not Code.OK else Code.UNKNOWN
+    fields = [("grpc-status", str(int(code)))]
+    if error.message:
+        fields.append(("grpc-message", _percent_encode(error.message)))
+    status = RpcError(code, error.message, error.details).to_status()
+    fields.append((GRPC_DETAILS_KEY, b64encode_unpadded(status.SerializeToString())))
+    return fields

@@ -50,6 +50,8 @@ class ServeSpec:
     sys_path: tuple[str, ...] = ()  # prepended to sys.path in the worker
     telemetry: Telemetry | None = None
     max_oneway: int = 1024
+    access_log: bool = False
+    log_level: str | None = None  # set up logging in the worker (protobind.access_log.setup_logging)
 
 
 def _reserve(url: str) -> tuple[str, socket.socket | None]:
@@ -84,7 +86,12 @@ def _worker(spec: ServeSpec, conn: Connection) -> None:
             transport_options=options,
             telemetry=spec.telemetry,
             max_oneway=spec.max_oneway,
+            access_log=spec.access_log,
         )
+        if spec.log_level is not None:
+            from .access_log import setup_logging
+
+            setup_logging(spec.log_level)
         server.run(*spec.urls, loop=spec.loop, grace=spec.grace, on_start=lambda urls: conn.send(urls))
     except Exception as exc:
         conn.send(str(exc) or type(exc).__name__)

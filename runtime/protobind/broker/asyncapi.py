@@ -1,4 +1,6 @@
-"""An AsyncAPI 3.0 document for the NATS binding (and ``memory://``, which uses the same subjects).
+"""An AsyncAPI 3.0 document for the broker bindings: NATS (and ``memory://``, which uses the same
+subjects), MQTT 5, RabbitMQ and Kafka (the same engine; each broker's :class:`Bindings` write its
+subjects as its topics or routing keys and add its AsyncAPI bindings).
 
 ``asyncapi_document(services)`` describes the application that serves ``services``: every subject
 it receives on and every subject it sends to, from the method table alone (so ``protobind
@@ -47,44 +49,73 @@ from .wire import (
     call_subject,
 )
 
-__all__ = ["NATS_BINDING_VERSION", "Bindings", "asyncapi_document"]
+__all__ = [
+    "AMQP_BINDING_VERSION",
+    "MERGED_TITLE",
+    "MQTT_BINDING_VERSION",
+    "NATS_BINDING_VERSION",
+    "Bindings",
+    "asyncapi_document",
+    "merge_documents",
+]
 
 #: Version of the AsyncAPI NATS bindings used in ``operations.*.bindings.nats``.
 NATS_BINDING_VERSION = "0.1.0"
+#: Version of the AsyncAPI MQTT bindings used in ``operations.*.bindings.mqtt`` and the servers.
+MQTT_BINDING_VERSION = "0.2.0"
+#: Version of the AsyncAPI AMQP 0-9-1 bindings used in ``channels.*.bindings.amqp`` and operations.
+AMQP_BINDING_VERSION = "0.3.0"
 
 
 class Bindings:
     """How one broker's subjects appear in the document: the channel addresses, the AsyncAPI
     bindings of channels and operations, the server entries. This class is NATS's (and the
-    memory broker's), where a channel's address is its subject; a broker that names things
-    otherwise (Kafka: topics) gives the engine its own through ``asyncapi_bindings()``."""
+    memory broker's), where a channel's address is its subject; every broker gives the engine
+    its own through ``asyncapi_bindings()`` (:class:`protobind.broker.base.Broker`)."""
 
     protocol = "nats"
     #: how the document's description names the channels
     kind = "NATS subjects"
     reference = "docs/protocols.md, 'NATS request-reply'"
+    #: the URL schemes of the servers the document lists (others, such as ``memory://``, are left out)
+    schemes: tuple[str, ...] = ("nats", "tls")
 
     def address(self, subject: str) -> str:
         """The channel address of ``subject``."""
         return subject
 
-    def channel(self, subject: str) -> dict[str, Any] | None:
-        """The channel's bindings, if any."""
+    def channel(self, subject: str, stored: bool = False) -> dict[str, Any] | None:
+        """The channel's bindings, if any; ``stored``: a durable call's or dead letter's channel."""
         return None
 
-    def operation(self, queue: str) -> dict[str, Any]:
-        """The bindings of an operation received in queue group ``queue``."""
+    def operation(self, queue: str | None, stored: bool = False) -> dict[str, Any] | None:
+        """The bindings of an operation, received in queue group ``queue`` (``None``: an
+        operation of no group); ``stored`` as for :meth:`channel`."""
+        if queue is None:
+            return None
         return {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
+
+    def received(self, queue: str) -> str:
+        """What an operation's description adds on how queue group ``queue`` receives it."""
+        return ""
+
+    def stored_replies(self) -> str:
+        """What a durable reply channel's description adds on where the replies are kept."""
+        return ""
 
     def server(self, url: str) -> dict[str, Any]:
         """The server entry of ``url`` (never its credentials or query)."""
         parts = urlsplit(url)
-        hosts = parts.netloc.rpartition("@")[2]
         return {
-            "host": hosts,
+            "host": host_of(url),
             "protocol": "nats",
             "description": "NATS over TLS (tls://)" if parts.scheme == "tls" else "NATS",
         }
+
+
+def host_of(url: str) -> str:
+    """The hosts of a server URL, without its credentials (and its path and query)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 _MESSAGES = "#/components/messages/"
@@ -192,14 +223,20 @@ class _Writer:
         return {"$ref": _MESSAGES + key}
 
     def channel(
-        self, channel_id: str, address: str | None, messages: dict[str, Any], description: str
+        self,
+        channel_id: str,
+        address: str | None,
+        messages: dict[str, Any],
+        description: str,
+        *,
+        stored: bool = False,
     ) -> dict[str, str]:
         channel: dict[str, Any] = {
             "address": None if address is None else self.bindings.address(address),
             "description": description,
             "messages": messages,
         }
-        bound = None if address is None else self.bindings.channel(address)
+        bound = None if address is None else self.bindings.channel(address, stored)
         if bound:
             channel["bindings"] = bound
         self.channels[channel_id] = channel
@@ -215,6 +252,7 @@ class _Writer:
         queue: str | None = None,
         reply_channel: str | None = None,
         summary: str | None = None,
+        stored: bool = False,
     ) -> None:
         operation: dict[str, Any] = {
             "action": action,
@@ -235,8 +273,11 @@ class _Writer:
                     for m in self.channels[reply_channel]["messages"]
                 ],
             }
+        bound = self.bindings.operation(queue, stored)
+        if bound:
+            operation["bindings"] = bound
         if queue is not None:
-            operation["bindings"] = self.bindings.operation(queue)
+            operation["description"] += self.bindings.received(queue)
         self.operations[operation_id] = operation
 
     def method(self, method: MethodInfo[Any, Any]) -> None:
@@ -255,7 +296,9 @@ class _Writer:
         if method.oneway:
             pattern = "One-way: published without a reply subject; nothing comes back."
             delivery = "at least once (durable)" if method.durable else "at most once"
-            self.channel(base, subject, {"request": request}, f"{pattern} Delivered {delivery}.")
+            self.channel(
+                base, subject, {"request": request}, f"{pattern} Delivered {delivery}.", stored=method.durable
+            )
             self.operation(
                 base,
                 "receive",
@@ -263,11 +306,16 @@ class _Writer:
                 f"{method.full_name}: one-way. The handler's errors are logged by the server, never sent.",
                 queue=group,
                 summary=summary,
+                stored=method.durable,
             )
         else:
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
             self.channel(
-                base, subject, {"request": request}, "Request/reply: each call carries a reply subject."
+                base,
+                subject,
+                {"request": request},
+                "Request/reply: each call carries a reply subject.",
+                stored=method.durable,
             )
             self.channel(
                 base + "_reply",
@@ -283,6 +331,7 @@ class _Writer:
                 queue=group,
                 reply_channel=base + "_reply",
                 summary=summary,
+                stored=method.durable,
             )
         if method.durable:
             self.durable(method, base, request)
@@ -311,8 +360,9 @@ class _Writer:
             {"request": self.message(method.input_type.DESCRIPTOR, _ERROR_HEADERS)},
             f"Calls of {method.full_name} that failed their last delivery attempt (or failed with a code "
             "that no retry can fix), with the error in headers.",
+            stored=True,
         )
-        self.operation(dead, "send", dead, f"{method.full_name}: dead-lettered calls.")
+        self.operation(dead, "send", dead, f"{method.full_name}: dead-lettered calls.", stored=True)
         if not method.oneway:
             replies = base + "_reply_stream"
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
@@ -324,6 +374,7 @@ class _Writer:
                 f"id; kept {options.reply_ttl:g}s for a caller (or its successor) to claim.",
             )
             self.operation(replies, "send", replies, f"{method.full_name}: durable replies.")
+            self.channels[replies]["description"] += self.bindings.stored_replies()
 
     def stream(self, method: MethodInfo[Any, Any], base: str, subject: str, summary: str | None) -> None:
         kind = method.kind.value.replace("_", " ")
@@ -462,18 +513,20 @@ def asyncapi_document(
     source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
     bindings: Bindings | None = None,
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of ``services`` served over NATS.
+    """The AsyncAPI 3.0 document of ``services`` served over a broker (default NATS).
 
-    ``servers`` are ``nats://host:port`` URLs (credentials and query strings are left out);
+    ``servers`` are the broker's URLs (credentials and query strings are left out; URLs of
+    another scheme than the broker's, such as ``memory://``, are not listed);
     ``prefix`` and ``queue_group`` are the binding's options of the same names (default: no
     prefix, each service's full name as its group). ``source_files`` (descriptors with source
     info) give descriptions from the proto comments, as for :func:`protobind.http.openapi.openapi_document`.
-    ``bindings``: the broker's addressing (default NATS's, see :class:`Bindings`).
+    ``bindings``: the broker's addressing and AsyncAPI bindings (default NATS's, see :class:`Bindings`;
+    a broker's own come from its ``asyncapi_bindings()``).
     """
     bindings = bindings or Bindings()
     if prefix and not prefix.endswith("."):
         prefix += "."
-    comments = Comments(source_files)
+    comments = Comments(source_files, [service.comments for service in services])
     writer = _Writer(Schemas(comments), comments, prefix, queue_group, bindings)
     for service in services:
         writer.service(service)
@@ -486,16 +539,15 @@ def asyncapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": f"The {bindings.kind} of "
-            + ", ".join(s.name for s in services)
-            + f" served by protobind ({bindings.reference}; docs/messaging.md).",
+            "description": _description((s.name for s in services), bindings),
         },
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
-    if servers:
+    listed = [url for url in servers if urlsplit(url).scheme in bindings.schemes]
+    if listed:
         name = bindings.protocol
         document["servers"] = {
-            _id(f"{name}{i}" if i else name): bindings.server(url) for i, url in enumerate(servers)
+            _id(f"{name}{i}" if i else name): bindings.server(url) for i, url in enumerate(listed)
         }
     document["channels"] = writer.channels
     document["operations"] = writer.operations
@@ -504,3 +556,43 @@ def asyncapi_document(
         "messages": dict(sorted({**writer.messages, **_fixed_messages()}.items())),
     }
     return document
+
+
+def _description(services: Iterable[str], bindings: Bindings) -> str:
+    return (
+        f"The {bindings.kind} of {', '.join(services)} served by protobind "
+        f"({bindings.reference}; docs/messaging.md)."
+    )
+
+
+#: The title of a document of several services (``protobind asyncapi``'s).
+MERGED_TITLE = "protobind API"
+
+
+def merge_documents(documents: Sequence[dict[str, Any]], bindings: Bindings | None = None) -> dict[str, Any]:
+    """One document of the services of several single-service documents (each a server's answer
+    on its AsyncAPI subject, titled with its service's name), as :func:`asyncapi_document` would
+    write it for them all under the title ``protobind API``; ``bindings``: the broker's, as there
+    (default NATS's). One document is returned as it is."""
+    if len(documents) == 1:
+        return documents[0]
+
+    def union(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        # what every document has (the subjects every server answers) comes after the services'
+        shared = [key for key in parts[0] if all(key in part for part in parts)]
+        own = {key: value for part in parts for key, value in part.items() if key not in shared}
+        return {**own, **{key: parts[0][key] for key in shared}}
+
+    merged = dict(documents[0])
+    merged["info"] = {
+        "title": MERGED_TITLE,
+        "version": documents[0]["info"]["version"],
+        "description": _description((d["info"]["title"] for d in documents), bindings or Bindings()),
+    }
+    merged["channels"] = union([d["channels"] for d in documents])
+    merged["operations"] = union([d["operations"] for d in documents])
+    merged["components"] = {
+        part: dict(sorted(union([d["components"][part] for d in documents]).items()))
+        for part in ("schemas", "messages")
+    }
+    return merged

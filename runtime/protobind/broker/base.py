@@ -33,9 +33,12 @@ import collections
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..codec import Codec
+
+if TYPE_CHECKING:
+    from .asyncapi import Bindings
 
 __all__ = [
     "MSG_ID_HEADER",
@@ -224,6 +227,11 @@ class Broker(Protocol):
 
     def peer_of(self, reply: str) -> str:
         """A short name for the caller behind a reply address (for :attr:`Context.peer`)."""
+        ...
+
+    def asyncapi_bindings(self) -> Bindings:
+        """How this broker's subjects appear in the AsyncAPI document (NATS: the subjects; MQTT:
+        their topics; RabbitMQ: routing keys on its exchange; Kafka: topics) and its AsyncAPI bindings."""
         ...
 
     async def settle(self) -> None:

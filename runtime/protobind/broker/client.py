@@ -7,6 +7,7 @@ per-call tokens on the same inbox (see :mod:`protobind.broker.stream`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from .base import (
     Inbox,
 )
 from .durable import DurableClient
-from .micro import INFO_SUBJECT, reflected
+from .micro import INFO_SUBJECT, asyncapi_subjects, reflected
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
@@ -159,9 +160,9 @@ class BrokerClient(ClientTransport):
     #
     # A unary call has no heartbeat of its own: its reply is the only message. When one is still
     # pending after a heartbeat interval, the client asks every replica (PROBE_SUBJECT) whether it
-    # holds the call; the one that does answers. Two intervals without an answer (or a "no
-    # responders" at once) mean the server that took the call is gone: the call fails UNAVAILABLE
-    # instead of waiting for its deadline. Short calls cost one dict entry and no messages.
+    # holds the call; the one that does answers. Two intervals without an answer mean the server
+    # that took the call is gone: the call fails UNAVAILABLE instead of waiting for its deadline.
+    # Short calls cost one dict entry and no messages.
 
     def _watch(self, token: str) -> None:
         self._since[token] = time.monotonic()
@@ -201,9 +202,9 @@ class BrokerClient(ClientTransport):
         if token not in self._since:
             return
         headers = msg.headers or {}
-        if headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data:
-            self._server_gone(token)  # no replica listens at all
-        else:
+        # "no responders" (no replica listens at all) is no answer: any client can send the same
+        # status, and a call whose server is gone fails after the missed probes anyway
+        if headers.get("Status") != NO_RESPONDERS_STATUS or msg.data:
             self._alive.add(token)
 
     def _server_gone(self, token: str) -> None:
@@ -248,6 +249,46 @@ class BrokerClient(ClientTransport):
 
         Every service instance answers, so replies are gathered until none came for
         ``_DISCOVERY_QUIET`` seconds (or ``timeout`` passed)."""
+        return reflected(await self._discover(timeout, metadata), self.settings.prefix)
+
+    async def asyncapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The AsyncAPI document of the services under this client's prefix: each service's own
+        (asked on the subject its ``$SRV.INFO`` names), merged into one."""
+        from .asyncapi import merge_documents
+
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        documents = []
+        for subject in asyncapi_subjects(await self._discover(timeout, metadata), self.settings.prefix):
+            left = None if end is None else max(0.0, end - loop.time())
+            replies = await self._ask(subject, left, metadata, every=False)
+            if not replies:
+                raise RpcError(Code.DEADLINE_EXCEEDED, f"no AsyncAPI document from {subject} in time")
+            headers, data = replies[0]
+            error = read_error(headers, data) if headers else None
+            if error is not None:
+                raise error
+            try:
+                documents.append(json.loads(data))
+            except ValueError:
+                raise RpcError(Code.INTERNAL, f"{subject} did not answer a JSON document") from None
+        return merge_documents(documents, self.broker.asyncapi_bindings())
+
+    async def _discover(
+        self, timeout: float | None, metadata: Metadata
+    ) -> list[tuple[dict[str, str] | None, bytes]]:
+        """Every ``$SRV.INFO`` reply; ``DEADLINE_EXCEEDED`` when none came in time."""
+        got = await self._ask(INFO_SUBJECT, timeout, metadata, every=True)
+        if not got:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no service answered NATS micro discovery in time")
+        return got
+
+    async def _ask(
+        self, subject: str, timeout: float | None, metadata: Metadata, *, every: bool
+    ) -> list[tuple[dict[str, str] | None, bytes]]:
+        """Publish an empty request to ``subject`` with ``metadata``; the (headers, body) of the
+        first reply, or with ``every`` of each reply until none came for ``_DISCOVERY_QUIET``
+        seconds; nothing when no reply came within ``timeout``."""
         assert self._inbox is not None
         token = os.urandom(16).hex()
         replies: asyncio.Queue[BrokerMessage] = asyncio.Queue()
@@ -260,8 +301,8 @@ class BrokerClient(ClientTransport):
             if metadata:
                 headers = {}
                 put_metadata(headers, metadata)
-            await self.broker.publish(INFO_SUBJECT, b"", self._inbox.address(token), headers)
-            while True:
+            await self.broker.publish(subject, b"", self._inbox.address(token), headers)
+            while not got or every:
                 wait = None if end is None else end - loop.time()
                 if got:
                     wait = _DISCOVERY_QUIET if wait is None else min(wait, _DISCOVERY_QUIET)
@@ -274,9 +315,7 @@ class BrokerClient(ClientTransport):
             raise publish_error(exc) from None
         finally:
             del self._collectors[token]
-        if not got:
-            raise RpcError(Code.DEADLINE_EXCEEDED, "no service answered NATS micro discovery in time")
-        return reflected(got, self.settings.prefix)
+        return got
 
     def durable(self) -> DurableClient:
         """Durable calls on this connection (``UNIMPLEMENTED`` when the broker stores nothing)."""

@@ -15,6 +15,12 @@ Subjects (``{prefix}`` is the binding's subject prefix, ``{service}`` a service'
   ``dead_letter_subject``)
 - replies: ``{prefix}$PROTOBIND.REPLY.{group}.{call id}``
 
+A server publishes nowhere a call chooses: the reply address a call brings must be the reply
+subject of a group (one subject token) and of the call's own id (its stored message id), the
+group must be one the call's credentials allow (:func:`protobind.auth.reply_group`), and a call
+refused before its handler ran (credentials, reply address, headers, body) goes to the dead letter
+and is answered nowhere.
+
 docs/messaging.md ("Durable delivery", "Durable request/response") is the user's description;
 NATS JetStream (:mod:`protobind.nats.jetstream`) and the in-memory broker implement the interface.
 """
@@ -36,6 +42,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from ..aio import loop_time
+from ..auth import CREDENTIAL_HEADERS, reply_group
 from ..codec import PROTO, Codec
 from ..context import CallInfo, Context, DeliveryInfo
 from ..errors import Code, RpcError
@@ -59,6 +66,7 @@ from .base import (
     StreamSpec,
     Unsupported,
 )
+from .refusals import RefusalLog
 from .wire import (
     codec_for,
     error_body,
@@ -234,6 +242,20 @@ def reply_subject(prefix: str, group: str, call_id: str) -> str:
     return f"{prefix}{_ROOT}.REPLY.{name_token(group)}.{call_id}"
 
 
+def _is_token(text: str) -> bool:
+    return bool(text) and name_token(text) == text
+
+
+def reply_group_of(prefix: str, reply_to: str, call_id: str) -> str | None:
+    """The caller group of the reply address ``reply_to`` when it is the reply subject of a group
+    (one token of letters, digits, ``-`` and ``_``) for the call ``call_id``; else ``None``."""
+    head, tail = f"{prefix}{_ROOT}.REPLY.", f".{call_id}"
+    if not _is_token(call_id) or not reply_to.startswith(head) or not reply_to.endswith(tail):
+        return None
+    group = reply_to[len(head) : len(reply_to) - len(tail)]
+    return group if _is_token(group) else None
+
+
 def call_stream(settings: EngineSettings, service: str) -> StreamSpec:
     """The stream protobind creates for the durable calls of ``service`` when none stores them."""
     durable = settings.durable
@@ -307,16 +329,23 @@ class DurableServer:
         endpoints: Sequence[Endpoint],
         group_of: Callable[[str], str],
         telemetry: Any = None,
+        authorize: Callable[[Metadata, str], RpcError | None] | None = None,
     ) -> None:
         """Serve ``endpoints`` (durable methods); ``group_of(service)`` is the binding's group;
-        with ``telemetry`` (a :class:`protobind.Telemetry`) each delivery is a consumer span."""
+        with ``telemetry`` (a :class:`protobind.Telemetry`) each delivery is a consumer span;
+        ``authorize`` (:attr:`protobind.server.EndpointTable.authorize`) admits each call and the
+        reply group it names before its handler runs."""
         self.telemetry = telemetry
+        self.authorize = authorize
         self.broker = broker
         self.settings = settings
         self._endpoints = endpoints
         self._group_of = group_of
         self.group_of = group_of
         self._workers: list[_Worker] = []
+        #: calls sent to the dead letter: counted, and logged at a bounded rate (a sender of bad
+        #: calls must not turn the log into a line per call)
+        self.dead_letters = RefusalLog(logger, "durable calls of %s go to the dead letter: %s %s")
         #: set whenever a handler ends: workers waiting for a free slot look again
         self.slot_free = asyncio.Event()
 
@@ -349,10 +378,8 @@ class DurableServer:
                 self._workers.append(_Worker(self, endpoint, consumer, delivery))
         except BrokerError as exc:
             await self.stop(0)
-            raise ConnectionError(
-                f"cannot serve durable methods on {self.broker.name}: {exc} "
-                "(NATS needs JetStream: nats-server -js)"
-            ) from None
+            # the broker's error says what it lacks (NATS: JetStream) and how to turn it on
+            raise ConnectionError(f"cannot serve durable methods on {self.broker.name}: {exc}") from None
         for worker in self._workers:
             worker.start()
 
@@ -371,6 +398,7 @@ class DurableServer:
             await asyncio.wait(running, timeout=1.0)
         for worker in self._workers:
             await worker.close()
+        self.dead_letters.close()
 
 
 class _Worker:
@@ -480,20 +508,27 @@ class _Worker:
 
     async def _deliver(self, message: StoredMessage, traced: tuple[Metadata, Any] | None) -> None:
         headers = message.headers or {}
-        call_id = header(headers, MSG_ID_HEADER) or str(message.sequence)
+        # the stored message's own id: the one the stream de-duplicates on (else its sequence)
+        call_id = headers.get(MSG_ID_HEADER) or str(message.sequence)
         attempt = message.attempt
         max_attempts = self.delivery.max_deliver
-        reply_to = header(headers, REPLY_TO)
-        codec: Codec = PROTO
+        try:
+            codec, _, metadata = read_request_headers(headers)
+            if traced is not None:
+                metadata = traced[0]  # with the consumer span's trace context
+            metadata = metadata or Metadata()
+            reply_to = self._admit(headers, metadata, call_id)
+            request = codec.decode(message.data, self.method.input_type)
+        except RpcError as error:
+            # refused before the handler: to the dead letter, answered nowhere (whatever address
+            # the call named, and whoever sent it)
+            await self._failed(message, call_id, error, traced, PROTO, None, None)
+            return
         context: Context | None = None
         try:
             if attempt > max_attempts:
                 # the earlier attempts ended without an answer: the handler crashed or hung
                 raise RpcError(Code.ABORTED, f"no attempt of {max_attempts} finished")
-            codec, _, metadata = read_request_headers(headers)
-            if traced is not None:
-                metadata = traced[0]  # with the consumer span's trace context
-            request = codec.decode(message.data, self.method.input_type)
             context = Context(
                 self.method,
                 self.broker.name,
@@ -507,12 +542,7 @@ class _Worker:
                 put_response_metadata(out, context)
                 await self._store_reply(reply_to, codec.encode(response), out, call_id)
         except RpcError as error:
-            if error.code in FINAL or attempt >= max_attempts:
-                if traced is not None:
-                    traced[1].dead_letter(f"{error.code.name}: {error.message}")
-                await self._give_up(message, call_id, error, codec, context, reply_to)
-            else:
-                await self._retry(message, attempt)
+            await self._failed(message, call_id, error, traced, codec, context, reply_to)
             return
         except asyncio.CancelledError:
             # the server stops: the call goes at once to another server of the group
@@ -520,6 +550,44 @@ class _Worker:
                 await message.nak()
             raise
         await self._settle(message.ack(), "ack")
+
+    def _admit(self, headers: Mapping[str, str], metadata: Metadata, call_id: str) -> str | None:
+        """Where the call's reply goes (``None``: nowhere), once its credentials allow the method
+        and the reply group; raises the refusal."""
+        authorize = self.server.authorize
+        if authorize is not None and (denied := authorize(metadata, self.method.full_name)) is not None:
+            raise denied
+        reply_to = header(headers, REPLY_TO)
+        if self.method.oneway or not reply_to:
+            return None
+        group = reply_group_of(self.prefix, reply_to, call_id)
+        if group is None:
+            raise RpcError(
+                Code.INVALID_ARGUMENT,
+                f"{REPLY_TO} must be {self.prefix}{_ROOT}.REPLY.{{group}}.{{call id}} with the call's "
+                f"own message id ({MSG_ID_HEADER}) and a group of letters, digits, '-' and '_'",
+            )
+        if authorize is not None and (denied := authorize(metadata, reply_group(group))) is not None:
+            raise denied
+        return reply_subject(self.prefix, group, call_id)
+
+    async def _failed(
+        self,
+        message: StoredMessage,
+        call_id: str,
+        error: RpcError,
+        traced: tuple[Metadata, Any] | None,
+        codec: Codec,
+        context: Context | None,
+        reply_to: str | None,
+    ) -> None:
+        """A call that failed: retried, or (a final code, its last attempt) dead-lettered."""
+        if error.code in FINAL or message.attempt >= self.delivery.max_deliver:
+            if traced is not None:
+                traced[1].dead_letter(f"{error.code.name}: {error.message}")
+            await self._give_up(message, call_id, error, codec, context, reply_to)
+        else:
+            await self._retry(message, message.attempt)
 
     async def _settle(self, step: Any, what: str) -> None:
         try:
@@ -556,15 +624,18 @@ class _Worker:
         reply_to: str | None,
     ) -> None:
         """Dead-letter the call with its error, answer its caller, then acknowledge it."""
-        logger.warning(
-            "%s call %s goes to the dead letter after %d attempt(s): %s %s",
+        self.server.dead_letters.refused(
             self.method.full_name,
-            call_id,
-            message.attempt,
             error.code.name,
-            error.message,
+            f"(call {call_id}, attempt {message.attempt}): {error.message}",
         )
-        dead = {k: v for k, v in (message.headers or {}).items() if not k.lower().startswith("nats-")}
+        # the call as it came, for an operator to replay, but no broker bookkeeping and no
+        # credentials: a dead letter is read by operators, not by the caller
+        dead = {
+            k: v
+            for k, v in (message.headers or {}).items()
+            if not k.lower().startswith("nats-") and k.lower() not in CREDENTIAL_HEADERS
+        }
         dead.update(error_headers(error, PROTO))
         dead[ATTEMPTS] = str(message.attempt)
         dead[SUBJECT] = message.subject
@@ -679,7 +750,7 @@ class DurableClient:
         settings = self.settings
         if call_id is None:
             call_id = os.urandom(16).hex()
-        elif not call_id or name_token(call_id) != call_id:
+        elif not _is_token(call_id):
             raise ValueError(f"a call id is letters, digits, '-' and '_' only, got {call_id!r}")
         headers: dict[str, str] = {}
         put_content_type(headers, self._codec)

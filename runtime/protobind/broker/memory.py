@@ -44,6 +44,7 @@ from .memory_streams import PullHandle, StoredCopy, Streams, matches
 
 if TYPE_CHECKING:
     from ..server import EndpointTable
+    from .asyncapi import Bindings
     from .client import BrokerClient
     from .server import BrokerBinding
 
@@ -210,6 +211,12 @@ class MemoryBroker(DurableBroker):
 
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
+
+    def asyncapi_bindings(self) -> Bindings:
+        """The document's channels are the subjects themselves, as on NATS."""
+        from .asyncapi import Bindings
+
+        return Bindings()
 
     # --- durable: see memory_streams ---
 

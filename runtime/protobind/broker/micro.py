@@ -33,6 +33,7 @@ __all__ = [
     "EndpointStats",
     "MicroService",
     "answers",
+    "asyncapi_subjects",
     "micro_name",
     "reflected",
     "subjects",
@@ -170,12 +171,15 @@ def answers(services: Sequence[MicroService], subject: str) -> list[bytes]:
     ]
 
 
-def reflected(replies: Sequence[tuple[dict[str, str] | None, bytes]], prefix: str) -> Reflected:
-    """The protobind services among ``$SRV.INFO`` replies (headers, body) whose subjects carry
-    ``prefix``, with the descriptors their INFO carries. Replicas answer alike: one is kept."""
-    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-    names: list[str] = []
-    unreflected: list[str] = []
+Replies = Sequence[tuple[dict[str, str] | None, bytes]]
+
+
+def _protobind_infos(
+    replies: Replies, prefix: str
+) -> tuple[list[tuple[str, dict[str, Any]]], RpcError | None]:
+    """(service name, INFO metadata) of each protobind service among ``$SRV.INFO`` replies
+    (headers, body) whose subjects carry ``prefix``, and the first refusal among the replies."""
+    infos: list[tuple[str, dict[str, Any]]] = []
     refused: RpcError | None = None
     for headers, data in replies:
         if headers and headers.get("Status") == NO_RESPONDERS_STATUS and not data:
@@ -191,8 +195,33 @@ def reflected(replies: Sequence[tuple[dict[str, str] | None, bytes]], prefix: st
             subjects = [str(e["subject"]) for e in body.get("endpoints") or ()]
         except (ValueError, TypeError, AttributeError, KeyError):
             continue  # not a micro INFO reply: someone else's service
-        if not isinstance(name, str) or not all(s.startswith(f"{prefix}{name}.") for s in subjects):
-            continue
+        if isinstance(name, str) and all(s.startswith(f"{prefix}{name}.") for s in subjects):
+            infos.append((name, metadata))
+    return infos, refused
+
+
+def asyncapi_subjects(replies: Replies, prefix: str) -> list[str]:
+    """Where the protobind services among ``$SRV.INFO`` replies answer with their AsyncAPI
+    document (one subject per service, by service name)."""
+    infos, refused = _protobind_infos(replies, prefix)
+    subjects = {
+        name: metadata["protobind.asyncapi"]
+        for name, metadata in infos
+        if isinstance(metadata.get("protobind.asyncapi"), str)
+    }
+    if not subjects:
+        raise refused or RpcError(Code.UNIMPLEMENTED, "no protobind service answered NATS micro discovery")
+    return [subjects[name] for name in sorted(subjects)]
+
+
+def reflected(replies: Replies, prefix: str) -> Reflected:
+    """The protobind services among ``$SRV.INFO`` replies (headers, body) whose subjects carry
+    ``prefix``, with the descriptors their INFO carries. Replicas answer alike: one is kept."""
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    names: list[str] = []
+    unreflected: list[str] = []
+    infos, refused = _protobind_infos(replies, prefix)
+    for name, metadata in infos:
         encoded = metadata.get(NATS_METADATA_KEY)
         if not isinstance(encoded, str):
             unreflected.append(name)

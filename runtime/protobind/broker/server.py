@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, Resume, uncancel
-from ..auth import MICRO_METHOD
+from ..auth import ASYNCAPI_METHOD, MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..errors import Code, RpcError
@@ -33,6 +33,7 @@ from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSetti
 from .delivery import ConsumerPool, Delivery
 from .durable import DurableServer
 from .micro import EndpointStats, MicroService, answers, subjects
+from .refusals import RefusalLog
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
@@ -119,6 +120,10 @@ class BrokerBinding(ServerBinding):
         self._cancelled: dict[str, RpcError] = {}
         self._asyncapi: dict[str, bytes] = {}  # discovery subject -> the service's document
         self._durable: DurableServer | None = None
+        #: messages refused, or one-way messages whose call failed: counted (``refusals.total``,
+        #: ``refusals.counts`` by code name) and logged at a bounded rate (docs/security.md)
+        self.refusals = RefusalLog(logger, "one-way message on %s failed: %s: %s")
+        self._refusal_counter: Any = None  # the telemetry's metric, when metrics are on
 
     @property
     def url(self) -> str:
@@ -130,6 +135,9 @@ class BrokerBinding(ServerBinding):
         settings = self.settings
         broker = self.broker
         broker.on_disconnect(self._on_disconnect)
+        telemetry = self.server.telemetry
+        if telemetry is not None and telemetry.metrics:
+            self._refusal_counter = telemetry.instruments().refused_messages
         try:
             services = []
             for info in self.server.services:
@@ -188,7 +196,7 @@ class BrokerBinding(ServerBinding):
                 f"that stores messages; {broker.name} does not"
             )
         self._durable = DurableServer(
-            broker, self.settings, endpoints, self._queue_group, self.server.telemetry
+            broker, self.settings, endpoints, self._queue_group, self.server.telemetry, self.server.authorize
         )
         await self._durable.start()
 
@@ -267,8 +275,18 @@ class BrokerBinding(ServerBinding):
             except RpcError:
                 codec = PROTO
             await self._send(msg.reply, error_body(error, codec), error_headers(error, codec))
+            self._refused(msg.subject, error, answered=True)
         else:
-            _log_unanswered(msg.subject, error)
+            self._refused(msg.subject, error)
+
+    def _refused(self, subject: str, error: RpcError, answered: bool = False) -> None:
+        """Count a refused message (or a failed one-way call); log it, at a bounded rate, when its
+        sender was not told."""
+        self.refusals.refused(subject, error.code.name, error.message, answered=answered)
+        counter = self._refusal_counter
+        if counter is not None:
+            attributes = {"messaging.system": self.broker.name, "rpc.response.status_code": error.code.name}
+            counter.add(1, attributes)
 
     async def _on_cancel(self, msg: BrokerMessage) -> None:
         self._cancel_call(msg.data.decode("utf-8", "replace"), _CANCELLED_BY_CLIENT)
@@ -291,41 +309,38 @@ class BrokerBinding(ServerBinding):
         if state is not None:
             state.feed(msg)
 
-    async def _on_discovery(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
-            return
+    async def _refused_discovery(self, msg: BrokerMessage, method: str) -> bool:
+        """Answer ``msg`` with the authorizer's refusal, if any (discovery and AsyncAPI are guarded
+        like the services when auth is configured: docs/security.md)."""
         authorize = self.server.authorize
-        if authorize is not None:
-            # discovery is guarded like the services when auth is configured (docs/security.md)
-            denied = authorize(read_metadata(msg.headers), MICRO_METHOD)
-            if denied is not None:
-                await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
-                return
-        if msg.reply:
-            for body in answers(self._micro, msg.subject):
-                await self._send(msg.reply, body, None)
+        denied = None if authorize is None else authorize(read_metadata(msg.headers), method)
+        if denied is not None:
+            await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
+        return denied is not None
+
+    async def _on_discovery(self, msg: BrokerMessage) -> None:
+        if not msg.reply or await self._refused_discovery(msg, MICRO_METHOD):
+            return
+        for body in answers(self._micro, msg.subject):
+            await self._send(msg.reply, body, None)
 
     async def _on_asyncapi(self, msg: BrokerMessage) -> None:
-        if not msg.reply:
+        if not msg.reply or await self._refused_discovery(msg, ASYNCAPI_METHOD):
             return
         document = self._asyncapi.get(msg.subject)
         if document is None:
             from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            # a broker that names its channels otherwise than by subject says how (Kafka: topics)
-            own = getattr(self.broker, "asyncapi_bindings", None)
-            bindings = own() if own is not None else None
-            with_servers = bindings is not None or self._url.startswith(("nats://", "tls://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
                     [service],
                     title=service.name,
                     version=self.settings.version,
-                    servers=[self._url] if with_servers else [],  # the document keeps the host only
+                    servers=[self._url],  # only a URL of the broker's own schemes, only its host
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
-                    bindings=bindings,
+                    bindings=self.broker.asyncapi_bindings(),
                 ),
                 separators=(",", ":"),
             ).encode()
@@ -521,7 +536,8 @@ class BrokerBinding(ServerBinding):
         if error is not None:
             stats.num_errors += 1
             stats.last_error = f"{error.code.name}: {error.message}"
-            _log_unanswered(msg.subject, error)
+            # a message without a reply address has nobody to tell: the log (and the count) is all
+            self._refused(msg.subject, error)
             return error is not _STOPPED
         return True
 
@@ -711,6 +727,7 @@ class BrokerBinding(ServerBinding):
         self._heartbeats.close()
         if durable is not None:
             await durable
+        self.refusals.close()
         try:
             await broker.close()
         except Exception as exc:  # closing a broken connection must not fail stop()
@@ -736,11 +753,6 @@ def _coroutine(awaitable: Any) -> Coroutine[Any, Any, Any]:
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-def _log_unanswered(subject: str, error: RpcError) -> None:
-    # a message without a reply address (a one-way call) has nobody to tell: the log is all
-    logger.warning("one-way message on %s failed: %s: %s", subject, error.code.name, error.message)
 
 
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")

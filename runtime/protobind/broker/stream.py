@@ -1,13 +1,15 @@
 """One side of a streaming call over a broker: per-call inboxes, credit flow control, heartbeats.
 
 Each side of a stream receives on its own per-call inbox subject and sends to the other side's,
-always naming its own inbox as the reply subject, so every frame says where to answer and a frame
-sent to a side that has gone away comes back at once as a "no responders" status.
+always naming its own inbox as the reply subject, so every frame says where to answer (and an
+``open`` that no server takes comes back at once as a "no responders" status).
 
 A stream is bound to its peer: once the peer's inbox is known (from the open or accept frame),
 frames that do not name it as their reply address are dropped, and per-call inboxes end in a
 random 128-bit token, so another connection can neither guess a stream's address nor speak for
-its peer (docs/security.md).
+its peer (docs/security.md). A "no responders" status has no reply address and any client can
+send the same bytes as the NATS server, so it counts only while the client waits for the server's
+first answer (an ``open`` that no server took); a peer that went away later is found by heartbeats.
 
 A data frame is a NATS message without headers whose body is one encoded message; control
 frames carry a ``Protobind-Frame`` header. Flow control is credit based: a receiver announces a
@@ -76,6 +78,7 @@ class StreamState:
         "_credit_waiter",
         "_queue",
         "_receive_waiter",
+        "answered",
         "consumed",
         "error",
         "gone",
@@ -109,6 +112,8 @@ class StreamState:
         self.window = window
         self.heartbeat = heartbeat
         self.peer: str | None = None
+        #: a frame (an accept, a plain error reply) came from the other side
+        self.answered = False
         self.peer_window = 0  # no credit until the peer announced its window
         self.peer_heartbeat = heartbeat
         self.sent = 0
@@ -148,8 +153,17 @@ class StreamState:
         """Take one frame from the broker (see the class docstring); never blocks."""
         headers = msg.headers
         peer = self.peer
-        if peer is not None and msg.reply != peer and not _no_responders(msg):
-            return  # not from the peer this stream is bound to: dropped
+        if peer is not None and msg.reply != peer:
+            # not from the peer this stream is bound to (a status message has no reply address:
+            # once the peer is known, its heartbeats tell whether it is alive): dropped
+            return
+        if headers is not None and _no_responders(msg):
+            if not self.answered:
+                # the open found no server (or a forger was first: indistinguishable until the
+                # server's first answer, after which such a status is ignored)
+                self.peer_gone(RpcError(Code.UNAVAILABLE, "no server is serving this method (no responders)"))
+            return
+        self.answered = True
         self.last_received = time.monotonic()
         if headers is None:
             self._push(None, msg)
@@ -159,15 +173,6 @@ class StreamState:
             if header(headers, STATUS) is not None or header(headers, MICRO_ERROR_CODE) is not None:
                 # a plain error reply (the server refused the call before it became a stream)
                 self._push(END, msg)
-                return
-            if headers.get("Status") == NO_RESPONDERS_STATUS:
-                # our last frame found no subscriber on the peer's inbox: the peer is gone
-                if self.peer is None:
-                    self.peer_gone(
-                        RpcError(Code.UNAVAILABLE, "no server is serving this method (no responders)")
-                    )
-                else:
-                    self.peer_gone(RpcError(Code.UNAVAILABLE, "the other side of the stream went away"))
                 return
             self._push(None, msg)
         elif frame == ACK_FRAME:
@@ -321,9 +326,8 @@ class StreamState:
 
 
 def _no_responders(msg: Any) -> bool:
-    # the broker's own answer to a frame that found nobody: no reply address, no body
-    headers = msg.headers
-    return bool(headers) and headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data and not msg.reply
+    # what the broker answers to a frame that found nobody: no reply address, no body
+    return msg.headers.get("Status") == NO_RESPONDERS_STATUS and not msg.data and not msg.reply
 
 
 class Heartbeats:

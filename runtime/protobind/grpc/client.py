@@ -82,7 +82,28 @@ def _error(exc: grpc.aio.AioRpcError, call: CallInfo) -> RpcError:
         else:
             trailers.add(key, value)
     call.trailers = trailers
-    return RpcError(from_grpc_code(exc.code()), exc.details() or "", details)
+    code = from_grpc_code(exc.code())
+    message = exc.details() or ""
+    if code is Code.DEADLINE_EXCEEDED and "Deadline Exceeded" in message:
+        # grpc core's own words (`Deadline Exceeded`, `Stream removed (Deadline Exceeded)`):
+        # every transport says it the same way
+        message = "deadline exceeded"
+    return RpcError(code, message, details)
+
+
+#: Codes whose status text gRPC core writes without naming anything ("Deadline Exceeded").
+_PLAIN_CODES = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def _library(exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError | None:
+    """``exc`` when its status may be gRPC core's own, to chain to the :class:`RpcError`.
+
+    A status that came with trailers was sent by the server's application (a protobind server
+    always sends ``grpc-status-details-bin``). One without may come from core, on either side (a
+    connection failure, a limit of the peer's core), and its text can name addresses or list
+    the request's headers (see :class:`~protobind.RpcError`).
+    """
+    return None if exc.trailing_metadata() or exc.code() in _PLAIN_CODES else exc
 
 
 class GrpcTransport(ClientTransport):
@@ -123,7 +144,7 @@ class GrpcTransport(ClientTransport):
         try:
             response = await grpc_call
         except grpc.aio.AioRpcError as exc:
-            raise _error(exc, call) from None
+            raise _error(exc, call) from _library(exc)
         if call.wants_response_metadata:
             # Each of these awaits costs about as much as all the rest of this method.
             headers = await grpc_call.initial_metadata()
@@ -169,7 +190,7 @@ class GrpcTransport(ClientTransport):
             call.trailers = _metadata(await grpc_call.trailing_metadata())
         except grpc.aio.AioRpcError as exc:
             _raise_request_failure(writer)
-            raise _error(exc, call) from None
+            raise _error(exc, call) from _library(exc)
         except asyncio.CancelledError:
             # A failing request iterator cancels the gRPC call; surface its exception instead.
             _raise_request_failure(writer)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -17,7 +16,8 @@ from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimer
 from ..method import MethodInfo, MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary
-from ..transport import ServeFunction, ServerBinding
+from ..transport import ServeFunction, ServerBinding, listen_socket
+from ..wire import grpc_deadline
 from .options import Address, GrpcOptions, parse_address, server_options
 from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
@@ -108,6 +108,11 @@ async def _start(
 
 def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
     target = address.target()
+    if address.port:
+        # Bind the port once ourselves first: when it is taken, grpc core would write its own error
+        # line to stderr and report no reason; this fails with one line that names both.
+        reuse_port = bool(dict(config.server_channel_args()).get("grpc.so_reuseport"))
+        listen_socket(address.host, address.port, reuse_port=reuse_port).close()
     try:
         if address.tls:
             assert config.tls_key is not None and config.tls_cert is not None
@@ -120,9 +125,9 @@ def _bind(grpc_server: Any, address: Address, config: GrpcOptions) -> int:
         else:
             port = grpc_server.add_insecure_port(target)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC server to {target}") from exc
+        raise OSError(f"cannot listen on {target}: gRPC could not bind it") from exc
     if not port:
-        raise OSError(f"cannot bind gRPC server to {target}")
+        raise OSError(f"cannot listen on {target}: gRPC could not bind it")
     return int(port)
 
 
@@ -158,32 +163,13 @@ def _method_handler(endpoint: Endpoint, limit: ConcurrencyLimit, timer: ReadTime
     )
 
 
-def _deadline(remaining: float) -> float:
-    """The caller's deadline as well as ``grpc-timeout`` tells it, never later than the real one.
-
-    gRPC core rounds the timeout it sends *up* to a coarser unit as it grows (1 ms below 1 s,
-    10 ms below 10 s, 100 ms below 100 s, then seconds), from a clock it may have read a little
-    earlier, so a 5 s timeout can arrive as 5.01 s. Taking one such step off keeps a handler from
-    planning with time its caller will not wait for.
-    """
-    if remaining < 1.0:
-        slack = 0.001
-    elif remaining < 10.0:
-        slack = 0.01
-    elif remaining < 100.0:
-        slack = 0.1
-    else:
-        slack = 1.0
-    return time.monotonic() + max(0.0, remaining - slack)
-
-
 def _context(method: MethodInfo[Any, Any], rpc: Any) -> Context:
     remaining = rpc.time_remaining()
     return Context(
         method,
         "grpc",
         metadata_source=rpc.invocation_metadata,
-        deadline=None if remaining is None else _deadline(remaining),
+        deadline=None if remaining is None else grpc_deadline(remaining),
         peer=rpc.peer(),
     )
 
@@ -196,7 +182,11 @@ def _invalid(method: MethodInfo[Any, Any]) -> RpcError:
 
 async def _read_one(rpc: Any, method: MethodInfo[Any, Any], timer: ReadTimer) -> Message:
     """The single request of a unary or server-streaming call, read within ``body_timeout``."""
-    request = await timer.run(rpc.read())
+    return await timer.run(_only_request(rpc, method))
+
+
+async def _only_request(rpc: Any, method: MethodInfo[Any, Any]) -> Message:
+    request = await rpc.read()
     if request is _EOF:
         raise RpcError(
             Code.INVALID_ARGUMENT,
@@ -204,6 +194,14 @@ async def _read_one(rpc: Any, method: MethodInfo[Any, Any], timer: ReadTimer) ->
         )
     if request is None:
         raise _invalid(method)
+    # The stream must end here. Its end came with the message (every gRPC client half-closes a
+    # unary or server-streaming call as it sends the request), so this read does not wait; a
+    # second message is gRPC's "request cardinality violation" (doc/statuscodes.md).
+    if await rpc.read() is not _EOF:
+        raise RpcError(
+            Code.UNIMPLEMENTED,
+            f"{method.full_name} takes exactly one request message; the request stream held more",
+        )
     return request  # type: ignore[no-any-return]
 
 

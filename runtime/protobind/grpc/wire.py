@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf.message import Message
 
-from ..errors import Code
+from ..errors import Code, RpcError
 from ..metadata import Metadata
+from ..wire import GRPC_DETAILS_KEY
 
 if TYPE_CHECKING:
     pass
@@ -25,7 +26,7 @@ __all__ = [
 
 logger = logging.getLogger("protobind.grpc")
 
-DETAILS_KEY = "grpc-status-details-bin"
+DETAILS_KEY = GRPC_DETAILS_KEY
 
 # The one mapping between protobind's codes and grpcio's; both use gRPC's names.
 _TO_GRPC: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}
@@ -65,18 +66,20 @@ def _wire_pair(key: str, value: str | bytes) -> tuple[str, str | bytes] | None:
 
 
 def _wire(metadata: Metadata, *, strict: bool) -> WireMetadata:
-    """``metadata`` for grpcio. Entries gRPC cannot carry raise ``ValueError`` when ``strict``
-    (a caller's own request metadata), otherwise they are logged and left out (a handler's
-    response metadata: the call itself should still succeed)."""
+    """``metadata`` for grpcio. Entries gRPC cannot carry fail the call with ``INVALID_ARGUMENT``
+    when ``strict`` (a caller's request metadata, perhaps forwarded by a gateway from its own
+    caller), otherwise they are logged and left out (a handler's response metadata: the call
+    itself should still succeed)."""
     pairs: list[tuple[str, str | bytes]] = []
     for key, value in metadata.items():
         pair = _wire_pair(key, value)
         if pair is not None:
             pairs.append(pair)
         elif strict:
-            raise ValueError(
+            raise RpcError(
+                Code.INVALID_ARGUMENT,
                 f"metadata {key!r} cannot be sent over gRPC: keys are lower-case [0-9a-z_.-] and not "
-                "grpc-*, values of keys not ending in -bin are printable ASCII"
+                "grpc-*, values of keys not ending in -bin are printable ASCII",
             )
         else:
             logger.error("response metadata %r left out: not valid gRPC metadata", key)

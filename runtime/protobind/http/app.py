@@ -82,8 +82,8 @@ CORS_EXPOSE_HEADERS = ("Content-Encoding", "Connect-Content-Encoding", "Connect-
 _WATCH_DELAY = 0.01
 
 _BIDI_MESSAGE = (
-    "{method} is a bidirectional stream, which needs full-duplex HTTP/2; protobind's HTTP "
-    "binding serves HTTP/1.1: call it over grpc:// or nats://"
+    "{method} is a bidirectional stream, which needs full-duplex HTTP/2 and this request came over "
+    "HTTP/1.1: call it over HTTP/2 (h2c with prior knowledge, or TLS ALPN), grpc:// or nats://"
 )
 
 
@@ -289,6 +289,11 @@ class ConnectApp:
         self._timer = timer
         self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
         self._fallback = fallback
+        from .grpc import GrpcHandler, grpc_protocol
+
+        # gRPC and gRPC-Web on the same port, chosen by content type (http/grpc.py)
+        self._grpc = GrpcHandler(self._limit, concurrency, timer, self._json, PROTO)
+        self._grpc_protocol = grpc_protocol
 
     def _inflate(self, data: bytes) -> bytes:
         """gunzip within the size limit; a body that inflates past it is refused like a plain
@@ -325,7 +330,10 @@ class ConnectApp:
         try:
             method = scope["method"]
             if method == "POST":
-                if endpoint.method.kind is MethodKind.UNARY:
+                grpc = self._grpc_protocol(scope["headers"])
+                if grpc is not None:
+                    await self._grpc(endpoint, grpc, scope, receive, send)
+                elif endpoint.method.kind is MethodKind.UNARY:
                     await self._post_unary(endpoint, scope, receive, send)
                 else:
                     await self._stream(endpoint, scope, receive, send)
@@ -536,7 +544,8 @@ class ConnectApp:
 
         try:
             try:
-                if method.kind is MethodKind.BIDI_STREAMING:
+                bidi = method.kind is MethodKind.BIDI_STREAMING
+                if bidi and scope.get("http_version") != "2":
                     raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
                 gzipped = head.check_encoding()
                 context = Context(
@@ -547,9 +556,12 @@ class ConnectApp:
                     peer=_peer(scope),
                 )
                 watch = _Watch(receive, context)
-                if method.kind is MethodKind.SERVER_STREAMING:
-                    request = await self._single_message(receive, head, codec, gzipped, endpoint)
-                    watch.arm()
+                if method.kind is MethodKind.SERVER_STREAMING or bidi:
+                    if bidi:  # over HTTP/2: full duplex, requests read as they arrive
+                        request: Any = self._messages(receive, codec, gzipped, endpoint, watch)
+                    else:
+                        request = await self._single_message(receive, head, codec, gzipped, endpoint)
+                        watch.arm()
                     responses = invoke_stream(endpoint, request, context, limit=self._concurrency)
                     async for response in responses:
                         data = codec.encode(response)

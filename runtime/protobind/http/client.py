@@ -17,12 +17,13 @@ the user's process at exit is not an option whatever its speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,7 +38,7 @@ from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, TLS_CLIENT_OPTIONS
 from ..reflection import HTTP_PATH, Reflected, from_document
-from ..transport import ClientTransport, DialFunction
+from ..transport import ClientTransport, DialFunction, network_reason
 from .options import DEFAULT_CLIENT_CONNECTIONS, _prefix, _require, reader
 from .wire import (
     ENVELOPE_HEADER_SIZE,
@@ -50,11 +51,17 @@ from .wire import (
     envelope,
     error_from_body,
     gunzip,
-    header_value,
     parse_end_stream,
     parse_envelope_header,
+    request_header,
     split_response_headers,
 )
+
+if TYPE_CHECKING:
+    from .h2client import H2Connection, H2Stream
+
+#: values of the client option ``http2``
+HTTP2_MODES = ("bidi", "streams", "off")
 
 __all__ = [
     "HttpTransport",
@@ -66,7 +73,15 @@ _USER_AGENT = f"protobind/{__version__} aiohttp/{aiohttp.__version__}"
 
 
 def _unavailable(base: str, exc: BaseException) -> RpcError:
-    reason = type(exc).__name__ if not str(exc) else str(exc)
+    """The error of a request that failed in aiohttp or the socket (raised ``from exc``, see
+    :class:`~protobind.RpcError`)."""
+    # aiohttp's own text repeats the address and adds its TLS setting (`Cannot connect to host
+    # 127.0.0.1:80 ssl:default [Connect call failed ...]`): the reason alone reads better
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {exc.certificate_error}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {network_reason(exc.os_error)}")
+    reason = network_reason(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
     return RpcError(Code.UNAVAILABLE, f"HTTP request to {base} failed: {reason}")
 
 
@@ -86,8 +101,21 @@ class HttpTransport(ClientTransport):
         max_message_size: int,
         ssl_context: ssl.SSLContext | None,
         server_name: str | None = None,
+        http2: str = "bidi",
+        h2_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
+        parts = urlsplit(self._base)
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path_prefix = parts.path
+        self._server_name = server_name
+        # HTTP/2 (h2client.py) carries bidi streams ("bidi"), every stream kind ("streams") or nothing ("off")
+        self._http2 = http2
+        self._h2_ssl = h2_ssl_context
+        self._h2: H2Connection | None = None
+        self._h2_old: set[H2Connection] = set()
+        self._h2_lock = asyncio.Lock()
         self._codec: Codec = codec_named(codec)
         self._response_codec = response_codec(self._codec)
         self._unary_type = f"application/{self._codec.name}"
@@ -131,7 +159,7 @@ class HttpTransport(ClientTransport):
         for key, value in metadata.items() if metadata is not None else ():
             if key in PROTOCOL_HEADERS:
                 continue  # the binding owns these (e.g. metadata forwarded from an incoming call)
-            headers.append((key, header_value(key, value)))
+            headers.append(request_header(key, value))
         if call.deadline is not None:
             remaining = call.deadline - time.monotonic()
             if remaining <= 0:
@@ -141,29 +169,46 @@ class HttpTransport(ClientTransport):
 
     async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
         """The server's services and descriptors, from ``GET {prefix}/protobind/reflection``."""
-        url = self._base + HTTP_PATH
+        url, body = await self._get(HTTP_PATH, timeout, metadata, "protobind reflection")
+        try:
+            return from_document(json.loads(body))
+        except (ValueError, AttributeError) as exc:
+            raise RpcError(Code.INTERNAL, f"invalid reflection answer from {url}: {exc}") from None
+
+    async def openapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The OpenAPI document the server serves at ``GET {prefix}/openapi.json``."""
+        url, body = await self._get("/openapi.json", timeout, metadata, "OpenAPI document")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise RpcError(Code.INTERNAL, f"{url} did not answer a JSON document")
+        return document
+
+    async def _get(
+        self, path: str, timeout: float | None, metadata: Metadata, what: str
+    ) -> tuple[str, bytes]:
+        """``GET {prefix}{path}`` with ``metadata`` as headers: the URL and the body of a 200;
+        :class:`RpcError` otherwise (``UNIMPLEMENTED`` for a 404: the server serves no ``what``)."""
+        url = self._base + path
         limit = aiohttp.ClientTimeout(total=timeout)
         headers = [("accept", "application/json")]
-        headers += [
-            (key, header_value(key, value)) for key, value in metadata.items() if key not in PROTOCOL_HEADERS
-        ]
+        headers += [request_header(k, v) for k, v in metadata.items() if k not in PROTOCOL_HEADERS]
         try:
             async with self._session.get(url, headers=headers, timeout=limit) as response:
                 body = await response.read()
                 status = response.status
         except asyncio.TimeoutError:
-            raise RpcError(Code.DEADLINE_EXCEEDED, "no reflection answer in time") from None
+            raise RpcError(Code.DEADLINE_EXCEEDED, f"no {what} in time") from None
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         if status != 200:
             error = error_from_body(status, body)
             if status == 404:
-                error = RpcError(Code.UNIMPLEMENTED, f"{url} serves no protobind reflection")
+                error = RpcError(Code.UNIMPLEMENTED, f"{url} serves no {what}")
             raise error
-        try:
-            return from_document(json.loads(body))
-        except (ValueError, AttributeError) as exc:
-            raise RpcError(Code.INTERNAL, f"invalid reflection answer from {url}: {exc}") from None
+        return url, body
 
     # --- unary ------------------------------------------------------------------------------------
 
@@ -192,9 +237,9 @@ class HttpTransport(ClientTransport):
                 pairs = response.headers.items()
                 content_type = response.headers.get("content-type", "")
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         call.headers, call.trailers = split_response_headers(pairs)
         if status != 200:
             raise error_from_body(status, data)
@@ -211,12 +256,16 @@ class HttpTransport(ClientTransport):
     async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
         method = call.method
         assert method is not None
-        if method.kind is MethodKind.BIDI_STREAMING:
-            raise RpcError(
-                Code.UNIMPLEMENTED,
-                f"{method.full_name} is a bidirectional stream, which needs full-duplex HTTP/2; "
-                "protobind's HTTP binding speaks HTTP/1.1: call it over grpc:// or nats://",
-            )
+        if self._http2 == "streams" or method.kind is MethodKind.BIDI_STREAMING:
+            if self._http2 == "off":
+                raise RpcError(
+                    Code.UNIMPLEMENTED,
+                    f"{method.full_name} is a bidirectional stream, which needs full-duplex HTTP/2, "
+                    "and this client was given http2=off",
+                )
+            async for message in self._h2_stream(requests, call, method):
+                yield message
+            return
         headers = self._headers(call, self._stream_type)
         failure: list[BaseException] = []
         body: bytes | AsyncIterator[bytes]
@@ -233,9 +282,9 @@ class HttpTransport(ClientTransport):
         except aiohttp.ClientError as exc:
             if failure:
                 raise failure[0] from None
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         async with response:
             call.headers, _ = split_response_headers(response.headers.items())
             if response.status != 200:
@@ -247,33 +296,126 @@ class HttpTransport(ClientTransport):
                 raise _invalid_response(method, f"unexpected content type {content_type!r}")
             gzipped = response.headers.get("connect-content-encoding", "identity") == "gzip"
             content = response.content
-            while True:
-                async with DeadlineScope(deadline):
-                    header = await self._read(content.readexactly(ENVELOPE_HEADER_SIZE), allow_eof=True)
-                    if not header:
-                        raise _invalid_response(method, "the stream ended without an end-of-stream message")
-                    flags, size = parse_envelope_header(header)
-                    if size > self._limit:
-                        raise RpcError(
-                            Code.RESOURCE_EXHAUSTED, f"a response message is larger than {self._limit} bytes"
-                        )
-                    data = await self._read(content.readexactly(size))
-                if flags & FLAG_COMPRESSED:
-                    if not gzipped:
-                        raise _invalid_response(method, "compressed message without Connect-Content-Encoding")
-                    data = gunzip(data, self._limit)
-                if flags & FLAG_END_STREAM:
-                    error, call.trailers = parse_end_stream(data)
-                    if error is not None:
-                        raise error
-                    if failure:
-                        raise failure[0]
-                    return
-                try:
-                    message = self._response_codec.decode(data, method.output_type)
-                except RpcError as exc:
-                    raise _invalid_response(method, exc.message) from None
+
+            def read(size: int, allow_eof: bool) -> Awaitable[bytes]:
+                return self._read(content.readexactly(size), allow_eof)
+
+            async for message in self._envelopes(method, call, read, gzipped, failure):
                 yield message
+
+    async def _envelopes(
+        self,
+        method: MethodInfo[Any, Any],
+        call: CallInfo,
+        read: Callable[[int, bool], Awaitable[bytes]],
+        gzipped: bool,
+        failure: list[BaseException],
+    ) -> AsyncIterator[Message]:
+        """The messages of a Connect stream's response body (``read(n, allow_eof)`` gives its bytes),
+        up to its end-of-stream message, whose error or trailers end the call."""
+        deadline = call.deadline
+        while True:
+            async with DeadlineScope(deadline):
+                header = await read(ENVELOPE_HEADER_SIZE, True)
+                if not header:
+                    raise _invalid_response(method, "the stream ended without an end-of-stream message")
+                flags, size = parse_envelope_header(header)
+                if size > self._limit:
+                    raise RpcError(
+                        Code.RESOURCE_EXHAUSTED, f"a response message is larger than {self._limit} bytes"
+                    )
+                data = await read(size, False)
+            if flags & FLAG_COMPRESSED:
+                if not gzipped:
+                    raise _invalid_response(method, "compressed message without Connect-Content-Encoding")
+                data = gunzip(data, self._limit)
+            if flags & FLAG_END_STREAM:
+                error, call.trailers = parse_end_stream(data)
+                if error is not None:
+                    raise error
+                if failure:
+                    raise failure[0]
+                return
+            try:
+                message = self._response_codec.decode(data, method.output_type)
+            except RpcError as exc:
+                raise _invalid_response(method, exc.message) from None
+            yield message
+
+    # --- HTTP/2 -----------------------------------------------------------------------------------
+
+    async def _h2_connection(self) -> H2Connection:
+        """The HTTP/2 connection new streams go on: a fresh one once the last is used up."""
+        async with self._h2_lock:
+            current = self._h2
+            if current is not None and current.usable:
+                return current
+            if current is not None:
+                self._h2_old.add(current)
+            for old in [c for c in self._h2_old if c.idle or c.failure is not None]:
+                self._h2_old.discard(old)
+                await old.close()
+            from .h2client import H2Connection
+
+            self._h2 = await H2Connection.open(
+                self._host, self._port, self._h2_ssl, self._server_name, self._base
+            )
+            return self._h2
+
+    async def _h2_stream(
+        self, requests: AsyncIterator[Message], call: CallInfo, method: MethodInfo[Any, Any]
+    ) -> AsyncIterator[Message]:
+        """A Connect stream call over HTTP/2, full duplex: requests go out as the caller makes them
+        while responses are read."""
+        headers = [*self._headers(call, self._stream_type), ("user-agent", _USER_AGENT)]
+        async with DeadlineScope(call.deadline):
+            connection = await self._h2_connection()
+        stream = connection.start(self._path_prefix + method.path, headers)
+        failure: list[BaseException] = []
+        pump = asyncio.get_running_loop().create_task(self._h2_send(stream, requests, failure))
+        try:
+            async with DeadlineScope(call.deadline):
+                status, response_headers = await stream.response()
+            call.headers, _ = split_response_headers(response_headers)
+            if status != 200:
+                async with DeadlineScope(call.deadline):
+                    data = await stream.read_all(self._limit)
+                raise error_from_body(status, data)
+            content_type = dict(response_headers).get("content-type", "")
+            if content_type_codec(content_type, STREAM_CONTENT_TYPES) != self._codec.name:
+                raise _invalid_response(method, f"unexpected content type {content_type!r}")
+            gzipped = dict(response_headers).get("connect-content-encoding", "identity") == "gzip"
+
+            async def read(size: int, allow_eof: bool) -> bytes:
+                data = await stream.readexactly(size)
+                if len(data) < size and (data or not allow_eof):
+                    raise RpcError(Code.UNAVAILABLE, f"HTTP/2 stream from {self._base} ended mid-message")
+                return data
+
+            async for message in self._envelopes(method, call, read, gzipped, failure):
+                yield message
+        except RpcError:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            stream.done()
+
+    async def _h2_send(
+        self, stream: H2Stream, requests: AsyncIterator[Message], failure: list[BaseException]
+    ) -> None:
+        try:
+            async for request in requests:
+                await stream.send(envelope(self._codec.encode(request)))
+            await stream.send(b"", end=True)
+        except RpcError:
+            pass  # the stream failed: the reading side reports why
+        except Exception as exc:
+            failure.append(exc)
+            stream.cancel(RpcError(Code.CANCELLED, "the request stream failed"))
 
     async def _read(self, awaitable: Any, allow_eof: bool = False) -> bytes:
         try:
@@ -281,11 +423,11 @@ class HttpTransport(ClientTransport):
         except asyncio.IncompleteReadError as exc:
             if allow_eof and not exc.partial:
                 return b""
-            raise RpcError(Code.UNAVAILABLE, f"connection to {self._base} closed mid-message") from None
+            raise RpcError(Code.UNAVAILABLE, f"connection to {self._base} closed mid-message") from exc
         except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         except OSError as exc:
-            raise _unavailable(self._base, exc) from None
+            raise _unavailable(self._base, exc) from exc
         return data
 
     async def _request_body(
@@ -309,6 +451,9 @@ class HttpTransport(ClientTransport):
     async def close(self) -> None:
         self._closer.cancel()
         await self._session.close()
+        for connection in [*self._h2_old, *([self._h2] if self._h2 is not None else [])]:
+            await connection.close()
+        self._h2, self._h2_old = None, set()
 
 
 def make_ssl_context(
@@ -344,9 +489,16 @@ async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
         raise ValueError(
             f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
         )
-    ssl_context = None
+    http2 = str(options.get("http2", "bidi")).strip().lower()
+    if http2 not in HTTP2_MODES:
+        raise read.error("http2", f"must be one of {', '.join(HTTP2_MODES)}, not {http2!r}")
+    ssl_context = h2_ssl_context = None
     if parts.scheme == "https":
-        ssl_context = make_ssl_context(read.file("tls_ca"), read.file("tls_cert"), read.file("tls_key"))
+        tls_files = (read.file("tls_ca"), read.file("tls_cert"), read.file("tls_key"))
+        ssl_context = make_ssl_context(*tls_files)
+        # a context of its own, offering only h2 by ALPN (aiohttp's must not offer it)
+        h2_ssl_context = make_ssl_context(*tls_files) or ssl.create_default_context()
+        h2_ssl_context.set_alpn_protocols(["h2"])
     return HttpTransport(
         base,
         codec=codec,
@@ -354,6 +506,8 @@ async def dial(url: str, options: Mapping[str, Any]) -> HttpTransport:
         max_message_size=read.positive_int("max_message_size", DEFAULT_MAX_MESSAGE_SIZE),
         ssl_context=ssl_context,
         server_name=read.text("tls_server_name"),
+        http2=http2,
+        h2_ssl_context=h2_ssl_context,
     )
 
 

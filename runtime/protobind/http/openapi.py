@@ -65,10 +65,11 @@ def openapi_document(
 
     ``servers`` are base URLs. ``source_files`` are ``FileDescriptorProto`` s with source info
     (``protoc --include_source_info``): their comments become descriptions. Descriptors of
-    generated ``_pb2`` modules carry no comments, so without them descriptions are absent.
+    generated ``_pb2`` modules carry no comments; the services of generated ``_protobind``
+    modules carry theirs (:attr:`protobind.ServiceInfo.comments`), so a server's document has them.
     Raises ``ValueError`` for an invalid ``google.api.http`` rule or two conflicting routes.
     """
-    comments = Comments(source_files)
+    comments = Comments(source_files, [service.comments for service in services])
     schemas = Schemas(comments)
     paths: dict[str, dict[str, Any]] = {}
     tags = []

@@ -35,17 +35,18 @@ SERVER_OPTIONS = frozenset(
         "reuse_port",
     }
 )
-CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", *TLS_CLIENT_OPTIONS})
+CLIENT_OPTIONS = frozenset({"codec", "max_connections", "max_message_size", "http2", *TLS_CLIENT_OPTIONS})
 #: Default size of a client's keep-alive pool.
 DEFAULT_CLIENT_CONNECTIONS = 100
 # Longer than the client pool's idle timeout (15 s), so idle connections are closed by the client.
 _KEEP_ALIVE = 75
 
 
-#: HTTP/1.1 parsers uvicorn can run. h11 (pure Python) is the default: it takes any method token.
-#: httptools (llhttp, C) is faster but rejects methods outside its fixed list, which a REST
-#: ``custom`` rule may use; these are the methods protobind trusts it with.
-HTTP_PARSERS = ("h11", "httptools")
+#: HTTP parsers uvicorn can run. zttp (Zig, the default) answers HTTP/1.1 and HTTP/2 on one port:
+#: gRPC and bidi streams need HTTP/2. h11 (pure Python) and httptools (llhttp, C) are HTTP/1.1
+#: only; httptools rejects methods outside its fixed list, which a REST ``custom`` rule may use;
+#: these are the methods protobind trusts it with.
+HTTP_PARSERS = ("zttp", "h11", "httptools")
 HTTPTOOLS_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..server import EndpointTable, Server
-from ..transport import ServeFunction, ServerBinding, check_options
+from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
 from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
 
 if TYPE_CHECKING:
@@ -70,34 +70,16 @@ class HttpBinding(ServerBinding):
         await self._server.shutdown(sockets=[self._socket])
 
 
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-        )[0]
-        # The protocol must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets
-        # whose proto says TCP, and without it Nagle's algorithm holds the body of every response
-        # until the client's delayed ACK (40 ms per call).
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:  # several processes accept on one port: `protobind serve --workers N`
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
-
-
 def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
     """The ``http_parser`` option, checked against the REST routes it would have to serve."""
-    parser = str(options.get("http_parser", "h11")).strip().lower()
+    parser = str(options.get("http_parser", "zttp")).strip().lower()
     if parser not in HTTP_PARSERS:
         raise ValueError(f"http option http_parser must be one of {', '.join(HTTP_PARSERS)}, not {parser!r}")
+    if parser == "zttp":
+        try:
+            importlib.import_module("zttp")
+        except ImportError:
+            raise ImportError("http_parser=zttp (HTTP/2) needs zttp: pip install 'protobind[http]'") from None
     if parser == "httptools":
         from .rule import collect_bindings
 
@@ -145,9 +127,12 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         tls = {"ssl_certfile": cert, "ssl_keyfile": key}
         if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
             tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    parser = _parser(server, options)
     config = uvicorn.Config(
         app,
-        http=_parser(server, options),
+        http=parser,
+        # zttp answers HTTP/1.1 and HTTP/2 (TLS ALPN "h2", or h2c with prior knowledge) on one port
+        http2=parser == "zttp",
         lifespan="off",
         # the embedding application owns logging; uvicorn would otherwise reconfigure it
         log_config=None,
@@ -160,7 +145,12 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         **tls,
     )
     config.load()
-    sock = _bind(host, port, read.flag("reuse_port", False))
+    if parser == "zttp":
+        from .h2drain import DrainingAutoProtocol
+
+        # retires HTTP/2 connections before zttp's lifetime stream limit takes them for a flood
+        config.http_protocol_class = DrainingAutoProtocol
+    sock = listen_socket(host, port, reuse_port=read.flag("reuse_port", False))
     userver = uvicorn.Server(config)
     # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.
     userver.lifespan = config.lifespan_class(config)

@@ -45,6 +45,7 @@ __all__ = [
     "metadata_value",
     "parse_end_stream",
     "parse_envelope_header",
+    "request_header",
     "split_response_headers",
 ]
 
@@ -152,6 +153,21 @@ def metadata_value(key: str, text: str) -> MetadataValue:
 
 
 _NOT_IN_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def request_header(key: str, value: MetadataValue) -> tuple[str, str]:
+    """One request header for a metadata entry of a call; ``INVALID_ARGUMENT`` when it cannot be
+    one (a key that is not a header name, a control character in the value), before anything is
+    sent. The metadata may be a gateway's caller's, so this is that caller's error."""
+    text = header_value(key, value)
+    if not is_header_name(key) or _CONTROL.search(text):
+        raise RpcError(
+            Code.INVALID_ARGUMENT,
+            f"metadata {key!r} cannot be sent as an HTTP header: keys are header names (tokens), "
+            "values hold no control characters",
+        )
+    return key, text
 
 
 def encode_header(key: str, value: MetadataValue) -> tuple[bytes, bytes] | None:

@@ -36,7 +36,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from ..broker.asyncapi import Bindings
+from ..broker.asyncapi import Bindings, host_of
 from ..broker.base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
@@ -1118,6 +1118,7 @@ class KafkaBindings(Bindings):
     protocol = "kafka"
     kind = "Kafka topics"
     reference = "docs/brokers.md, 'Kafka'"
+    schemes = ("kafka",)
 
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
@@ -1136,7 +1137,7 @@ class KafkaBindings(Bindings):
     def address(self, subject: str) -> str:
         return self._topic(subject)[0]
 
-    def channel(self, subject: str) -> dict[str, Any] | None:
+    def channel(self, subject: str, stored: bool = False) -> dict[str, Any] | None:
         topic, partitions = self._topic(subject)
         binding: dict[str, Any] = {
             "topic": topic,
@@ -1148,14 +1149,15 @@ class KafkaBindings(Bindings):
             binding["x-protobind-subject"] = subject
         return {"kafka": binding}
 
-    def operation(self, queue: str) -> dict[str, Any]:
+    def operation(self, queue: str | None, stored: bool = False) -> dict[str, Any] | None:
+        if queue is None:
+            return None
         return {
             "kafka": {"groupId": {"type": "string", "enum": [queue]}, "bindingVersion": KAFKA_BINDING_VERSION}
         }
 
     def server(self, url: str) -> dict[str, Any]:
-        parts = url.partition("://")[2].partition("?")[0]
-        return {"host": parts, "protocol": "kafka", "description": "Kafka (acks=all)"}
+        return {"host": host_of(url), "protocol": "kafka", "description": "Kafka (acks=all)"}
 
 
 async def open_broker(settings: Settings) -> KafkaBroker:

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,14 @@ from ..broker.base import (
     NotConnected,
     PayloadTooLarge,
 )
+from ..broker.refusals import RefusalLog
+from ..transport import network_reason
 from ..urls import redact, redact_text
 from ..wire import is_header_name
 from .jetstream import JetStream
 
 if TYPE_CHECKING:
+    from ..broker.asyncapi import Bindings
     from .options import Settings
 
 __all__ = [
@@ -206,7 +210,7 @@ class Connection(Client):
         # nothing: a server that offers TLS is asked for it, one that does not is refused.
         if initial_connection and self._require_tls and not info.get("tls_required"):
             if not info.get("tls_available"):
-                raise nats_errors.Error(
+                raise TlsRefused(
                     "TLS was required (tls:// or a TLS option) but the server does not offer TLS; "
                     "nothing was sent"
                 )
@@ -237,6 +241,16 @@ class AuthenticationFailed(ConnectionError):
     """The NATS server refused the credentials (or demanded some that were not given)."""
 
 
+class TlsRefused(nats_errors.Error):
+    """TLS was required and the server does not offer it."""
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """Whether trying the same server again cannot help: its certificate failed verification (an
+    unknown CA, the wrong host name, expired), or TLS was required and it does not offer TLS."""
+    return isinstance(exc, (ssl.SSLCertVerificationError, TlsRefused))
+
+
 async def connect(settings: Settings, **callbacks: Any) -> Connection:
     """Connect to one of ``settings.servers``, or raise :class:`ConnectionError` naming the cause.
 
@@ -248,11 +262,24 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     # failure (reconnections, slow-consumer drops) here too for the connection's whole life
     seen: collections.deque[BaseException] = collections.deque(maxlen=16)
     shown = ", ".join(redact(server) for server in settings.servers)
+    # nats-py reports here each failed (re)connect attempt, and each message a slow consumer drops
+    failures = RefusalLog(logger, "NATS connection to %s: %s: %s")
+    # servers that failed in a way no retry cures: once every server has, the attempt stops
+    unverified: set[str] = set()
+    hopeless: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    connected = False
 
     async def error_cb(exc: Exception) -> None:
-        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks
+        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks.
+        # Until the first connection is made, the error raised below names the cause: a warning per
+        # failed try would print the same reason again before it.
         seen.append(exc)
-        logger.warning("NATS connection to %s: %s", shown, _reason(exc))
+        failures.refused(shown, type(exc).__name__, _reason(exc), answered=not connected)
+        if _hopeless(exc) and not hopeless.done():
+            unverified.add(str(getattr(getattr(client, "_current_server", None), "uri", "")))
+            if len(unverified) >= len(settings.servers):
+                hopeless.set_result(exc)
 
     client = Connection(require_tls=settings.require_tls)
     # nats-py retries its first connection as often as later reconnections; when it cannot reach
@@ -262,10 +289,20 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
     # each server may be tried twice, each try bounded by connect_timeout per step (TCP, TLS,
     # INFO, PONG); past this budget the attempt is abandoned whatever nats-py is waiting for
     budget = 4 * timeout * 2 * max(1, len(settings.servers)) + 1.0
+    attempt = asyncio.ensure_future(client.connect(settings.servers, error_cb=error_cb, **first, **callbacks))
     try:
-        await asyncio.wait_for(
-            client.connect(settings.servers, error_cb=error_cb, **first, **callbacks), budget
-        )
+        await asyncio.wait((attempt, hopeless), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not attempt.done():
+            # out of time, or no server can be verified: nats-py would try again (and its cleanup
+            # can wait forever for a TLS peer's goodbye), so the attempt is abandoned here
+            attempt.cancel()
+            await asyncio.wait((attempt,), timeout=1.0)
+        hopeless.cancel()
+    try:
+        if not attempt.done() or attempt.cancelled():
+            raise asyncio.TimeoutError()
+        attempt.result()
     except (OSError, asyncio.TimeoutError, nats_errors.Error, ValueError) as exc:
         await _abandon(client)
         causes = [*seen, exc]
@@ -278,12 +315,15 @@ async def connect(settings: Settings, **callbacks: Any) -> Connection:
         ]
         cause = specific[0] if specific else exc
         raise ConnectionError(f"cannot connect to NATS at {shown}: {_reason(cause)}") from None
+    connected = True
     # nats-py reads its options at each reconnection: from now on, the configured persistence
     client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
     return client
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):  # asyncio's TimeoutError too, from Python 3.11
+        return redact_text(network_reason(exc))
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).removeprefix("nats: ").strip("'\" ") or type(exc).__name__
@@ -454,6 +494,12 @@ class NatsBroker(JetStream, DurableBroker):
 
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
+
+    def asyncapi_bindings(self) -> Bindings:
+        """The document's channels are the subjects."""
+        from ..broker.asyncapi import Bindings
+
+        return Bindings()
 
     async def settle(self) -> None:
         await self.client.settle()

@@ -57,7 +57,10 @@ def _error(exc: BaseException, what: str) -> BrokerError:
     if isinstance(exc, nats_errors.NoRespondersError) or (
         isinstance(exc, js_errors.ServiceUnavailableError) and exc.description is None
     ):
-        return Unsupported(f"{what}: JetStream is not enabled on this NATS server (nats-server -js)")
+        return Unsupported(
+            f"{what}: JetStream is not enabled on this NATS server: start it with `nats-server -js` "
+            "(for development, `protobind nats-server --js`)"
+        )
     if isinstance(exc, js_errors.APIError):
         return BrokerError(f"{what}: {exc.description or type(exc).__name__}")
     if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):

@@ -12,6 +12,11 @@ runs once for every registered transport, each time against a fresh server of th
     async def test_hello(protobind_channel):
         reply = await GreeterClient(protobind_channel).say_hello(HelloRequest(name="Ada"))
 
+Imports: the directories of ``server.path`` in ``protobind.toml`` (the file in pytest's rootdir,
+else in the working directory, or the one the ini option ``protobind_config`` names; with
+``PROTOBIND_PATH`` as for ``protobind serve``) are put first on ``sys.path`` before pytest
+imports conftest files and tests, so generated code (``gen/``) imports as it does when served.
+
 Choosing transports: ``--protobind-transports=grpc,nats`` (or the ini option
 ``protobind_transports``) for the run, ``@pytest.mark.protobind(transports=[...])`` for one test;
 a test runs on the transports both allow.
@@ -28,8 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -73,6 +81,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "transports the protobind fixtures run on, comma- or space-separated (default: all registered)",
         default="",
     )
+    parser.addini(
+        "protobind_config",
+        "protobind.toml whose server.path is put on sys.path (default: protobind.toml in the rootdir, "
+        "else in the working directory)",
+        default="",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Before any conftest or test module is imported: ``server.path`` of protobind.toml first
+    on ``sys.path``, as ``protobind serve`` imports."""
+    for directory in reversed(_config_path(early_config)):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+
+
+def _config_path(config: pytest.Config) -> list[str]:
+    named = str(config.getini("protobind_config"))
+    if named:
+        path: Path | None = config.rootpath / named
+    else:
+        found = (d / "protobind.toml" for d in (config.rootpath, Path.cwd()))
+        path = next((p for p in found if p.is_file()), None)
+    if path is None and not os.environ.get("PROTOBIND_PATH"):
+        return []  # nothing to read: protobind is not even imported
+    from ..config import Config, ConfigError
+
+    try:
+        return list(Config.load(path).path)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"protobind: {exc}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -63,6 +63,39 @@ CONFORMANCE_SERVICE_NOTIFY = protobind.MethodInfo[
     _conformance_pb2.Request,
     _empty_pb2.Empty,
 )
+# The proto comments of the service and the messages it uses, as JSON in base64: the OpenAPI and
+# AsyncAPI documents a server serves describe the API with them.
+_CONFORMANCE_SERVICE_COMMENTS = (
+    "eyJwcm90b2JpbmQuY29uZm9ybWFuY2UudjEuQmVoYXZpb3IuZXJyb3JfYWZ0ZXIiOiAiRmFpbCBhZnRlciB0aGlzIG1hbnkgc3Ry"
+    "ZWFtZWQgcmVzcG9uc2VzICh3aXRoIGVycm9yX2NvZGUpLiIsICJwcm90b2JpbmQuY29uZm9ybWFuY2UudjEuQmVoYXZpb3IuZXJy"
+    "b3JfY29kZSI6ICJGYWlsIHdpdGggdGhpcyBzdGF0dXMgY29kZSAoMDogc3VjY2VlZCkuIiwgInByb3RvYmluZC5jb25mb3JtYW5j"
+    "ZS52MS5CZWhhdmlvci5lcnJvcl9kZXRhaWxfcmVhc29uIjogIkF0dGFjaCBhIGdvb2dsZS5ycGMuRXJyb3JJbmZvIGRldGFpbCB3"
+    "aXRoIHRoaXMgcmVhc29uLiIsICJwcm90b2JpbmQuY29uZm9ybWFuY2UudjEuQmVoYXZpb3IucmFpc2VfZXhjZXB0aW9uIjogIlJh"
+    "aXNlIGEgcGxhaW4gUHl0aG9uIGV4Y2VwdGlvbiAobXVzdCByZWFjaCB0aGUgY2FsbGVyIGFzIElOVEVSTkFMLCB0ZXh0IG5vdCBs"
+    "ZWFrZWQpLiIsICJwcm90b2JpbmQuY29uZm9ybWFuY2UudjEuQmVoYXZpb3IucmVzcG9uc2Vfc2l6ZSI6ICJTaXplIG9mIHRoZSBg"
+    "cGF5bG9hZGAgb2YgZWFjaCByZXNwb25zZS4iLCAicHJvdG9iaW5kLmNvbmZvcm1hbmNlLnYxLkJlaGF2aW9yLnNsZWVwX21zIjog"
+    "IlNsZWVwIHRoaXMgbG9uZyBiZWZvcmUgYW5zd2VyaW5nIChwZXIgbWVzc2FnZSB3aGVuIHN0cmVhbWluZykuIiwgInByb3RvYmlu"
+    "ZC5jb25mb3JtYW5jZS52MS5CZWhhdmlvci5zdHJlYW1fY291bnQiOiAiTnVtYmVyIG9mIHJlc3BvbnNlcyBvZiBTZXJ2ZXJTdHJl"
+    "YW0uIiwgInByb3RvYmluZC5jb25mb3JtYW5jZS52MS5Db25mb3JtYW5jZVNlcnZpY2UvQmlkaVN0cmVhbSI6ICJBbnN3ZXJzIGVh"
+    "Y2ggcmVxdWVzdCB3aXRoIG9uZSByZXNwb25zZS4iLCAicHJvdG9iaW5kLmNvbmZvcm1hbmNlLnYxLkNvbmZvcm1hbmNlU2Vydmlj"
+    "ZS9DbGllbnRTdHJlYW0iOiAiQ291bnRzIHRoZSByZXF1ZXN0cyBhbmQgam9pbnMgdGhlaXIgdGV4dHM7IGZhaWxzIGFzIHNvb24g"
+    "YXMgYSByZXF1ZXN0J3MgYmVoYXZpb3Igc2F5cyBzby4iLCAicHJvdG9iaW5kLmNvbmZvcm1hbmNlLnYxLkNvbmZvcm1hbmNlU2Vy"
+    "dmljZS9Mb29rdXAiOiAiU2FtZSBhcyBVbmFyeSwgbWFya2VkIHNpZGUtZWZmZWN0IGZyZWUgKENvbm5lY3QgR0VUKS4iLCAicHJv"
+    "dG9iaW5kLmNvbmZvcm1hbmNlLnYxLkNvbmZvcm1hbmNlU2VydmljZS9Ob3RpZnkiOiAiT25lLXdheTogYWNrbm93bGVkZ2VkIG9u"
+    "Y2UgZGVjb2RlZDsgdGhlIGhhbmRsZXIgcnVucyBpbiB0aGUgYmFja2dyb3VuZCBhbmQgYXBwbGllc1xuIGBiZWhhdmlvcmAgKHNs"
+    "ZWVwLCBlcnJvciwgZXhjZXB0aW9uKSwgd2hpY2ggdGhlIGNhbGxlciBuZXZlciBzZWVzLiIsICJwcm90b2JpbmQuY29uZm9ybWFu"
+    "Y2UudjEuQ29uZm9ybWFuY2VTZXJ2aWNlL1NlcnZlclN0cmVhbSI6ICJTZW5kcyBgYmVoYXZpb3Iuc3RyZWFtX2NvdW50YCByZXNw"
+    "b25zZXMuIiwgInByb3RvYmluZC5jb25mb3JtYW5jZS52MS5Db25mb3JtYW5jZVNlcnZpY2UvVW5hcnkiOiAiRWNob2VzIHRoZSBy"
+    "ZXF1ZXN0OyBhcHBsaWVzIGBiZWhhdmlvcmAgZmlyc3QuIiwgInByb3RvYmluZC5jb25mb3JtYW5jZS52MS5FdmVyeXRoaW5nIjog"
+    "IkV2ZXJ5IGtpbmQgb2YgZmllbGQsIGZvciB0aGUgZW5jb2RpbmcgY2FzZXMgb2YgdGhlIGNvbmZvcm1hbmNlIG1hdHJpeDogZWFj"
+    "aCBtdXN0IGNvbWUgYmFja1xuIGV4YWN0bHkgYXMgc2VudCwgcHJlc2VuY2UgaW5jbHVkZWQsIGluIGJpbmFyeSBwcm90b2J1ZiBh"
+    "bmQgaW4gcHJvdG8zIEpTT04uIiwgInByb3RvYmluZC5jb25mb3JtYW5jZS52MS5SZXF1ZXN0LmV2ZXJ5dGhpbmciOiAiRWNob2Vk"
+    "IGFzIGl0IGlzIGluIFJlc3BvbnNlLmV2ZXJ5dGhpbmcgKGxlZnQgdW5zZXQgd2hlbiB1bnNldCBoZXJlKS4iLCAicHJvdG9iaW5k"
+    "LmNvbmZvcm1hbmNlLnYxLlJlc3BvbnNlLm1ldGFkYXRhIjogIlJlcXVlc3QgbWV0YWRhdGEgdGhlIGhhbmRsZXIgc2F3OiBrZXkg"
+    "LT4gZmlyc3QgdmFsdWUgKHRleHQga2V5cyBvbmx5KS4iLCAicHJvdG9iaW5kLmNvbmZvcm1hbmNlLnYxLlJlc3BvbnNlLnRpbWVf"
+    "cmVtYWluaW5nIjogIlNlY29uZHMgdG8gdGhlIGRlYWRsaW5lIGFzIHRoZSBoYW5kbGVyIHNhdyBpdCAoLTE6IG5vIGRlYWRsaW5l"
+    "KS4ifQ=="
+)
 CONFORMANCE_SERVICE_INFO = protobind.ServiceInfo(
     "protobind.conformance.v1.ConformanceService",
     (
@@ -74,6 +107,7 @@ CONFORMANCE_SERVICE_INFO = protobind.ServiceInfo(
         CONFORMANCE_SERVICE_NOTIFY,
     ),
     _CONFORMANCE_SERVICE_DESCRIPTOR,
+    comments=_CONFORMANCE_SERVICE_COMMENTS,
 )
 
 

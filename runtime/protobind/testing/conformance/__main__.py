@@ -20,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run every conformance case against every transport and client/server pairing.",
     )
     parser.add_argument("--transports", help="comma-separated server transports (default: all registered)")
-    parser.add_argument("--clients", help="comma-separated clients: protobind, grpcio, connectrpc, nats-py")
+    parser.add_argument(
+        "--clients", help="comma-separated clients: protobind, grpcio, connectrpc, nats-py, aio-pika"
+    )
     parser.add_argument("--cases", help="comma-separated case names or prefixes (e.g. types.,stream.bidi)")
     parser.add_argument("--json", metavar="FILE", help="also write every cell as JSON to FILE")
     parser.add_argument("--list", action="store_true", help="list the cases and columns, run nothing")

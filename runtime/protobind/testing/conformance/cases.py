@@ -162,7 +162,7 @@ async def _bidi_call(env: Env) -> None:
 
 
 _BIDI_OVER_HTTP = Unsupported(
-    "bidi streaming needs full duplex; Connect over HTTP/1.1 answers unimplemented "
+    "bidi streaming needs full duplex; Connect over HTTP/1.1 (the connectrpc client) answers unimplemented "
     "(docs/protocols.md, HTTP > Streaming)",
     _bidi_call,
 )

@@ -4,8 +4,9 @@ transport) and report the matrix.
 Columns: protobind's own client on every registered transport (and with JSON where the transport
 offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding,
 ``connectrpc`` (binary and JSON) against the HTTP binding, plain ``nats-py`` (binary and JSON)
-against the NATS binding. Each transport gets one server (with its test harness: a private
-nats-server for NATS) shared by its columns.
+against the NATS binding, plain ``aio-pika`` (binary and JSON) against the RabbitMQ binding. Each
+transport gets one server (with its test harness: a private nats-server for NATS) shared by its
+columns.
 """
 
 from __future__ import annotations
@@ -63,14 +64,24 @@ LIMITS: dict[str, int | None] = {
     "http": 4 * MiB,
     "nats": MiB,
     "memory": MiB,
+    "mqtt": 4 * MiB,
+    "amqp": 4 * MiB,
     "kafka": MiB,
 }
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats", "kafka")
+JSON_TRANSPORTS = ("http", "nats", "mqtt", "amqp", "kafka")
 
+_PLAIN_MQTT = (
+    "a plain MQTT request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, MQTT 5)"
+)
 _PLAIN_NATS = (
     "a plain NATS request carries one message each way; streams need protobind's frame protocol "
     "(docs/protocols.md, NATS > Streams)"
+)
+_PLAIN_AMQP = (
+    "a plain AMQP request carries one message each way; streams need protobind's frame protocol "
+    "(docs/protocols.md, RabbitMQ)"
 )
 
 
@@ -89,13 +100,17 @@ class Column:
 
     name: str
     transport: str
-    client: str  # "protobind", "grpcio", "connectrpc" or "nats-py"
+    client: str  # "protobind", "grpcio", "connectrpc", "nats-py", "zmqtt" or "aio-pika"
     json: bool = False
     summary: str = ""
     #: client features a case may need that this client lacks -> why
     lacks: Mapping[str, str] = field(default_factory=dict)
     #: modules the client needs (a column whose modules are missing is left out, and said so)
     requires: tuple[str, ...] = ()
+    #: the protocol on the wire when the transport's port speaks several (``UNSUPPORTED`` is
+    #: keyed by it; empty: the transport's own): gRPC over HTTP/2 on the http:// port is "http2";
+    #: protobind's own http:// client, which makes bidi calls over HTTP/2, is "http+h2"
+    wire: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,14 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         "grpcio",
         summary="stock grpc.aio client -> protobind gRPC server",
         requires=("grpc",),
+    ),
+    Column(
+        "grpcio@http",
+        "http",
+        "grpcio",
+        summary="stock grpc.aio client -> protobind HTTP server (gRPC over HTTP/2, same port as Connect)",
+        requires=("grpc",),
+        wire="http2",
     ),
     Column(
         "connectrpc",
@@ -157,6 +180,40 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         requires=("nats",),
     ),
     Column(
+        "zmqtt",
+        "mqtt",
+        "zmqtt",
+        summary="plain zmqtt MQTT 5 requests (binary) -> protobind MQTT server",
+        lacks={"streams": _PLAIN_MQTT},
+        requires=("zmqtt",),
+    ),
+    Column(
+        "zmqtt+json",
+        "mqtt",
+        "zmqtt",
+        json=True,
+        summary="plain zmqtt MQTT 5 requests (JSON) -> protobind MQTT server",
+        lacks={"streams": _PLAIN_MQTT},
+        requires=("zmqtt",),
+    ),
+    Column(
+        "aio-pika",
+        "amqp",
+        "aio-pika",
+        summary="plain aio-pika requests (binary) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
+    ),
+    Column(
+        "aio-pika+json",
+        "amqp",
+        "aio-pika",
+        json=True,
+        summary="plain aio-pika requests (JSON) -> protobind RabbitMQ server",
+        lacks={"streams": _PLAIN_AMQP},
+        requires=("aio_pika",),
+    ),
+    Column(
         "aiokafka",
         "kafka",
         "aiokafka",
@@ -175,10 +232,12 @@ def columns() -> tuple[list[Column], list[str]]:
     """Every column that can run here, and a note for each one left out (library not installed)."""
     found: list[Column] = []
     for name in transport_names():
-        found.append(Column(name, name, "protobind", summary=f"protobind client -> protobind {name} server"))
+        wire = "http+h2" if name == "http" else ""
+        summary = f"protobind client -> protobind {name} server"
+        found.append(Column(name, name, "protobind", summary=summary, wire=wire))
         if name in JSON_TRANSPORTS:
             summary = f"protobind client (codec=json) -> protobind {name} server"
-            found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary))
+            found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary, wire=wire))
     left_out = []
     for column in COLUMNS_BY_PEER:
         missing = [m for m in column.requires if importlib.util.find_spec(m) is None]
@@ -327,6 +386,14 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import NatsPeer
 
         peer = NatsPeer(url, json_codec=column.json)
+    elif column.client == "zmqtt":
+        from .peers import MqttPeer
+
+        peer = MqttPeer(url, json_codec=column.json)
+    elif column.client == "aio-pika":
+        from .peers import AmqpPeer
+
+        peer = AmqpPeer(url, json_codec=column.json)
     elif column.client == "aiokafka":
         from .peers import KafkaPeer
 
@@ -364,7 +431,7 @@ async def _run_cell(case: Case, column: Column, env: Env, timeout: float) -> Cel
     for need in sorted(case.needs):
         if need in column.lacks:
             return cell(Verdict.NOT_APPLICABLE, column.lacks[need])
-    unsupported = UNSUPPORTED.get((case.name, column.transport))
+    unsupported = UNSUPPORTED.get((case.name, column.wire or column.transport))
     if unsupported is not None:
         # the case is not run: the documented refusal is checked instead
         if unsupported.probe is None:

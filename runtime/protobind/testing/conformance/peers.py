@@ -1,5 +1,6 @@
 """Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc``, a
-plain ``nats-py`` connection and a plain ``aiokafka`` producer and consumer.
+plain ``nats-py`` connection, a plain ``zmqtt`` (MQTT 5) one, a plain ``aio-pika`` one and a plain
+``aiokafka`` producer and consumer.
 
 Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
 deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
@@ -30,7 +31,7 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
-__all__ = ["ConnectPeer", "GrpcioPeer", "KafkaPeer", "NatsPeer"]
+__all__ = ["AmqpPeer", "ConnectPeer", "GrpcioPeer", "KafkaPeer", "MqttPeer", "NatsPeer"]
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -140,6 +141,17 @@ class GrpcioPeer(ClientTransport):
                     yield response
             self._fill(call, await grpc_call.initial_metadata(), await grpc_call.trailing_metadata())
         except self._grpc.aio.AioRpcError as error:
+            internal = self._grpc.StatusCode.INTERNAL
+            if error.code() is internal and error.details() == "Internal error from Core":
+                # grpcio's request sender raced the server's status (its write failed once the call
+                # had ended): the status the server sent is the call's own
+                aio = self._grpc.aio
+                error = aio.AioRpcError(
+                    await grpc_call.code(),
+                    await grpc_call.initial_metadata(),
+                    await grpc_call.trailing_metadata(),
+                    await grpc_call.details(),
+                )
             raise self._error(error, call) from None
         finally:
             grpc_call.cancel()  # a no-op once the call is over; ends it when the caller stopped reading
@@ -365,13 +377,161 @@ class NatsPeer(ClientTransport):
             await self._nc.close()
 
 
-# --- aiokafka --------------------------------------------------------------------------------------
+class _Reply:
+    """A plain peer's answer in the shape :meth:`NatsPeer._reply` reads."""
 
-
-class _KafkaReply:
     def __init__(self, headers: dict[str, str], data: bytes) -> None:
         self.headers = headers
         self.data = data
+
+
+# --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
+
+
+class MqttPeer(NatsPeer):
+    """A plain zmqtt MQTT 5 client doing what docs/protocols.md (MQTT 5) tells any MQTT client to do
+    for a unary call: a PUBLISH to ``{prefix}/{package levels}/{Service}/{Method}`` with a response
+    topic and correlation data, metadata and ``Protobind-Timeout-Ms`` as user properties; the answer
+    comes to the response topic with the same correlation data, its status and metadata in user
+    properties, as on NATS. Cancellation is a PUBLISH to ``{prefix}/_PROTOBIND/CANCEL`` whose body
+    is ``{response topic}#{correlation data}``."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        super().__init__(url, json_codec=json_codec)
+        parts = urlsplit(url)
+        self._topics = self._prefix.replace(".", "/")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 1883
+        self._client: Any = None
+
+    async def _connection(self) -> Any:
+        if self._client is None:
+            import zmqtt
+
+            client = zmqtt.create_client(self._host, self._port, version="5.0")
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        import os
+
+        import zmqtt
+
+        method = _method(call)
+        client = await self._connection()
+        topic = "/".join((self._topics + f"{method.service}.{method.name}").split("."))
+        reply_topic = f"conformance/reply/{os.urandom(16).hex()}"
+        correlation = os.urandom(8).hex().encode()
+        properties = zmqtt.PublishProperties(
+            response_topic=reply_topic,
+            correlation_data=correlation,
+            user_properties=tuple(self._headers(call).items()),
+        )
+        timeout = call.timeout
+        # the server answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer
+        wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+        try:
+            answer = await client.request(topic, self._encode(request), timeout=wait, properties=properties)
+        except asyncio.CancelledError:
+            cancel = f"{reply_topic}#{correlation.decode()}".encode()
+            await client.publish(f"{self._topics}_PROTOBIND/CANCEL", cancel)
+            raise
+        except asyncio.TimeoutError:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "no answer in time") from None
+        props = answer.properties
+        headers = dict(props.user_properties) if props is not None else {}
+        return self._reply(_Reply(headers, answer.payload), method, call)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.disconnect()
+
+
+# --- aio-pika -------------------------------------------------------------------------------------
+
+
+class AmqpPeer(NatsPeer):
+    """A plain ``aio-pika`` connection doing what docs/protocols.md (RabbitMQ) tells any AMQP client
+    to do for a unary call: publish to the topic exchange (``protobind``, or the URL's ``exchange``)
+    with the routing key ``{prefix}{package}.{Service}.{Method}``, ``reply_to`` an exclusive queue
+    of its own and a ``correlation_id``, ``mandatory`` (a returned message: nobody serves it);
+    metadata and ``Protobind-Timeout-Ms`` in the headers table, JSON as ``content_type``; the reply
+    comes to that queue with the same ``correlation_id``; cancellation is a message to
+    ``{prefix}$PROTOBIND.CANCEL`` whose body is ``{reply_to}#{correlation_id}``. Headers and error
+    bodies read as on NATS. No streams (they need the engine's frame protocol)."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        super().__init__(url, json_codec=json_codec)
+        parts = urlsplit(url)
+        self._exchange = dict(parse_qsl(parts.query)).get("exchange", "protobind")
+        self._server = parts._replace(query="").geturl()
+        self._channel: Any = None
+        self._queue: Any = None
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def _connection(self) -> Any:
+        if self._nc is None:
+            import aio_pika
+
+            self._nc = await aio_pika.connect(self._server, client_properties={"connection_name": "peer"})
+            self._channel = await self._nc.channel()  # publisher confirms: returns are reported
+            self._queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
+
+            async def on_reply(message: Any) -> None:
+                future = self._waiting.pop(message.correlation_id or "", None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+            await self._queue.consume(on_reply, no_ack=True)
+        return self._nc
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        import aio_pika
+        from aiormq.abc import DeliveredMessage
+
+        method = _method(call)
+        await self._connection()
+        headers = self._headers(call)
+        content_type = headers.pop("Content-Type", None)
+        correlation = os.urandom(10).hex()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = future
+        exchange = await self._channel.get_exchange(self._exchange, ensure=False)
+        message = aio_pika.Message(
+            self._encode(request),
+            headers=headers,  # type: ignore[arg-type]
+            content_type=content_type,
+            reply_to=self._queue.name,
+            correlation_id=correlation,
+        )
+        try:
+            returned = await exchange.publish(
+                message, f"{self._prefix}{method.service}.{method.name}", mandatory=True
+            )
+            if isinstance(returned, DeliveredMessage):  # RabbitMQ returned it: unroutable
+                raise RpcError(Code.UNAVAILABLE, "no queue is bound to the method's routing key")
+            timeout = call.timeout
+            wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+            try:
+                reply = await asyncio.wait_for(future, wait)
+            except asyncio.CancelledError:
+                cancel = aio_pika.Message(f"{self._queue.name}#{correlation}".encode())
+                await exchange.publish(cancel, f"{self._prefix}$PROTOBIND.CANCEL")
+                raise
+        finally:
+            self._waiting.pop(correlation, None)
+        found = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (reply.headers or {}).items()}
+        if reply.content_type:
+            found["Content-Type"] = reply.content_type
+        return self._reply(_Reply(found, reply.body), method, call)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+
+# --- aiokafka --------------------------------------------------------------------------------------
 
 
 class KafkaPeer(NatsPeer):
@@ -388,7 +548,7 @@ class KafkaPeer(NatsPeer):
         self._topic = f"conformance.replies.{base64.b32encode(os.urandom(10)).decode().lower()}"
         self._producer: Any = None
         self._consumer: Any = None
-        self._waiting: dict[str, asyncio.Future[_KafkaReply]] = {}
+        self._waiting: dict[str, asyncio.Future[_Reply]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def _connection(self) -> Any:
@@ -419,14 +579,14 @@ class KafkaPeer(NatsPeer):
             headers = {key: (value or b"").decode() for key, value in record.headers}
             future = self._waiting.get(headers.pop("Protobind-Correlation", ""))
             if future is not None and not future.done():
-                future.set_result(_KafkaReply(headers, record.value or b""))
+                future.set_result(_Reply(headers, record.value or b""))
 
     async def unary(self, request: Message, call: CallInfo) -> Message:
         method = _method(call)
         producer = await self._connection()
         correlation = os.urandom(8).hex()
         reply_to = f"{self._topic}/{correlation}"
-        future: asyncio.Future[_KafkaReply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
         headers = [(k, v.encode()) for k, v in self._headers(call).items()]
         headers.append(("Protobind-Reply", reply_to.encode()))
