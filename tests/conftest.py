@@ -45,7 +45,13 @@ def _generate() -> None:
 _generate()
 sys.path.insert(0, str(GEN))
 
-pytest_plugins = ["tests.servers", "tests.nats_server", "tests.mosquitto", "tests.rabbitmq"]
+pytest_plugins = [
+    "tests.servers",
+    "tests.nats_server",
+    "tests.mosquitto",
+    "tests.rabbitmq",
+    "tests.kafka_broker",
+]
 
 
 @pytest.fixture(scope="session")

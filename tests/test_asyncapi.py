@@ -4,6 +4,7 @@ the npm registry, installed once into a cache directory; the test is skipped onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -172,7 +173,7 @@ def test_cli_mistakes_are_one_line() -> None:
     result = _cli("asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "--server", "http://x:1")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "protobind asyncapi: --server 'http://x:1': give a nats:// or tls:// URL"
+        "protobind asyncapi: --server 'http://x:1': give a nats://, tls://, mqtt://, mqtts:// or kafka:// URL"
     ]
 
 
@@ -199,6 +200,77 @@ async def test_nats_server_answers_its_document(nats_server: str, asyncapi_parse
     finally:
         await nc.close()
         await server.stop(grace=1.0)
+
+
+async def test_kafka_server_answers_its_document_with_kafka_bindings(
+    kafka_broker: str, asyncapi_parser: Any
+) -> None:
+    """The request is a plain aiokafka record on the control topic (docs/brokers.md, Kafka)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from .kafka_broker import kafka_url
+
+    server = protobind.Server([Conformance()])
+    (url,) = await server.start(kafka_url(kafka_broker, "ka."))
+    boot = kafka_broker.partition("//")[2]
+    admin = AIOKafkaAdminClient(bootstrap_servers=boot)
+    await admin.start()
+    await admin.create_topics([NewTopic("ka.asker", 1, 1)])
+    await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=boot)
+    await consumer.start()
+    partition = TopicPartition("ka.asker", 0)
+    consumer.assign([partition])
+    await consumer.seek_to_end(partition)
+    await consumer.position(partition)
+    producer = AIOKafkaProducer(bootstrap_servers=boot)
+    await producer.start()
+    try:
+        headers = [
+            ("Protobind-Subject", f"ka.$PROTOBIND.ASYNCAPI.{SERVICE}".encode()),
+            ("Protobind-Reply", b"ka.asker/doc"),
+        ]
+        await producer.send_and_wait("protobind.control", b"", headers=headers, partition=0)
+        record = await asyncio.wait_for(consumer.getone(), 20)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await server.stop(grace=1.0)
+    assert dict(record.headers)["Protobind-Correlation"] == b"doc"
+    document = json.loads(record.value)
+    assert asyncapi_parser(document) == []
+    assert document["servers"]["kafka"] == {
+        "host": url.split("://")[1].split("?")[0],
+        "protocol": "kafka",
+        "description": "Kafka (acks=all)",
+    }
+    unary = document["channels"]["protobind_conformance_v1_ConformanceService_Unary"]
+    assert unary["address"] == f"ka.{SERVICE}.Unary"
+    assert unary["bindings"]["kafka"]["partitions"] == 4
+    operation = document["operations"]["protobind_conformance_v1_ConformanceService_Unary"]
+    assert operation["bindings"]["kafka"]["groupId"]["enum"] == [SERVICE]
+    cancel = document["channels"]["protobind_cancel"]
+    assert cancel["address"] == "protobind.control"
+    assert cancel["bindings"]["kafka"]["x-protobind-subject"] == "ka.$PROTOBIND.CANCEL"
+
+
+def test_cli_document_of_the_kafka_binding(tmp_path: Path, asyncapi_parser: Any) -> None:
+    out = tmp_path / "shop-kafka.json"
+    result = _cli(
+        "asyncapi", str(EDGE / "shop"), "-I", str(EDGE), "-o", str(out),
+        "--server", "kafka://k1:9092,k2:9092", "--prefix", "prod",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(out.read_text())
+    assert asyncapi_parser(document) == []
+    assert document["servers"] == {
+        "kafka": {"host": "k1:9092,k2:9092", "protocol": "kafka", "description": "Kafka (acks=all)"}
+    }
+    addresses = {c["address"] for c in document["channels"].values() if c["address"]}
+    assert "protobind.control" in addresses
+    assert not any("$" in address for address in addresses)  # topics, never subjects
+    assert all("kafka" in c["bindings"] for c in document["channels"].values() if c["address"])
 
 
 def _cli_async(*args: str) -> Any:

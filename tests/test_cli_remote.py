@@ -1,9 +1,9 @@
-"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS and MQTT.
+"""`protobind call`, `list` and `describe` against a real server on gRPC, HTTP, NATS, Kafka and MQTT.
 
-One `protobind serve` process serves tests.details_service on the network transports (MQTT on
-the machine's Mosquitto, skipped where none runs, except under CI=true); each
-command runs in a process of its own with no contract files (reflection), or with `--proto`
-resolved against `-I`.
+One `protobind serve` process serves tests.details_service on the network transports (Kafka on a
+private Tansu broker; MQTT on the machine's Mosquitto, skipped where none runs, except under
+CI=true); each command runs in a process of its own with no contract files (reflection), or with
+`--proto` resolved against `-I`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from protobind.mqtt import TEST_BROKER, broker_unreachable
 
 from .conftest import ROOT
+from .kafka_broker import kafka_url
 
 PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -31,7 +32,7 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def urls(nats_server: str) -> Iterator[dict[str, str]]:
+def urls(nats_server: str, kafka_broker: str) -> Iterator[dict[str, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     binds = [
         "--bind",
@@ -40,6 +41,8 @@ def urls(nats_server: str) -> Iterator[dict[str, str]]:
         "http://127.0.0.1:0",
         "--bind",
         f"{nats_server}?prefix=cli",
+        "--bind",
+        kafka_url(kafka_broker, "cli."),
     ]
     mqtt = os.environ.get("PROTOBIND_TEST_MQTT", TEST_BROKER)
     missing = broker_unreachable(mqtt)
@@ -61,7 +64,7 @@ def urls(nats_server: str) -> Iterator[dict[str, str]]:
     assert server.returncode == 0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "mqtt"])
+@pytest.mark.parametrize("transport", ["grpc", "http", "nats", "kafka", "mqtt"])
 def test_list_describe_and_call_by_reflection(urls: dict[str, str], transport: str) -> None:
     if transport not in urls:
         pytest.skip("no MQTT broker here")

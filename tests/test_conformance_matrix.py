@@ -27,6 +27,7 @@ from .conftest import ROOT
 DOCUMENTED = {
     "http": "a bidi method answers `unimplemented`",
     "inproc": "there is no message size limit",
+    "kafka": "method the server lacks reaches nobody",
 }
 
 
@@ -65,6 +66,9 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
     if "amqp" in transport_names():
         expected |= {"amqp+json", "aio-pika", "aio-pika+json"}
         plain_broker_clients |= {"aio-pika", "aio-pika+json"}
+    if "kafka" in transport_names():
+        expected |= {"kafka+json", "aiokafka"}
+        plain_broker_clients |= {"aiokafka"}
     assert names == expected
     transports = {c["name"]: c["transport"] for c in matrix["columns"]}
     cells = matrix["cells"]
@@ -73,9 +77,9 @@ def test_every_case_passes_on_every_pairing(tmp_path: Path) -> None:
     assert not failed, failed
     unsupported = {(c["case"], transports[c["column"]]) for c in cells if c["verdict"] == "unsupported"}
     assert unsupported == set(UNSUPPORTED), unsupported
-    # n/a only where a plain broker client (nats-py, zmqtt, aio-pika) cannot express the case (no streams,
-    # nats-py's own size check), and where httpx over HTTP/2 (grpc-web@h2) cannot: no full duplex, no
-    # RST_STREAM when it stops reading
+    # n/a only where a plain broker client (nats-py, zmqtt, aio-pika, aiokafka) cannot express the case
+    # (no streams, nats-py's and aiokafka's own size checks), and where httpx over HTTP/2
+    # (grpc-web@h2) cannot: no full duplex, no RST_STREAM when it stops reading
     not_applicable = {c["column"] for c in cells if c["verdict"] == "not_applicable"}
     assert not_applicable == plain_broker_clients | {"grpc-web@h2"}
     grpc_web_h2 = {

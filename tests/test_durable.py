@@ -35,6 +35,9 @@ from protobind.broker.durable import (
     reply_subject,
 )
 from protobind.durable import DurableCalls
+from protobind.transport import transport_for_url
+
+from .kafka_broker import kafka_url
 
 SERVICE = "jobs.v1.Jobs"
 _names = itertools.count()
@@ -97,11 +100,11 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["memory", "nats", "mqtt", "amqp"])
+@pytest.fixture(params=["memory", "nats", "mqtt", "amqp", "kafka"])
 def durable_url(request: pytest.FixtureRequest) -> str:
     """A broker URL of its own for each test (a fresh prefix gives fresh streams on NATS, fresh
     topics and sessions on MQTT, fresh queues on RabbitMQ: a private node for the session, so
-    that nothing stays on the machine's)."""
+    that nothing stays on the machine's; fresh topics on Kafka)."""
     n = next(_names)
     if request.param == "nats":
         return f"{request.getfixturevalue('jetstream_server')}?prefix=td{n}."
@@ -110,6 +113,8 @@ def durable_url(request: pytest.FixtureRequest) -> str:
         return f"{request.getfixturevalue('durable_mosquitto').url}?prefix=td{n}&max_message_size=1048576"
     if request.param == "amqp":
         return f"{request.getfixturevalue('rabbitmq_server')}?prefix=td{n}."
+    if request.param == "kafka":
+        return kafka_url(request.getfixturevalue("kafka_broker"), f"td{n}.")
     return f"memory://durable-{n}"
 
 
@@ -128,6 +133,13 @@ async def prime(url: str, serving: Serving) -> None:
     if mqtt(url):
         await serving.start(url)
         await serving.stop()
+
+
+def skip_where_lacking(url: str, capability: str) -> None:
+    """Skip on a transport that declares it lacks ``capability`` (Transport.lacks), with its reason."""
+    reason = transport_for_url(url).lacks.get(capability)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def _with(url: str, **options: object) -> str:
@@ -323,6 +335,7 @@ async def test_max_concurrency_bounds_the_durable_calls_of_a_server(
 async def test_a_stopped_server_hands_its_unfinished_calls_to_the_next(
     durable_url: str, serving: Serving
 ) -> None:
+    skip_where_lacking(durable_url, "durable.redelivery_count")
     first = Jobs("first")
     first.release.clear()  # its handler never finishes
     await serving.start(durable_url, first)
@@ -351,6 +364,7 @@ async def test_groups_each_get_every_call_and_replicas_of_a_group_split_them(
 async def test_submitting_the_same_call_id_again_stores_the_call_once(
     durable_url: str, serving: Serving
 ) -> None:
+    skip_where_lacking(durable_url, "durable.dedupe")
     jobs = await serving.start(durable_url)
     async with protobind.connect(durable_url) as channel:
         calls = DurableCalls(channel)

@@ -1271,6 +1271,9 @@ async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
         def taken(self, message: Any) -> None:
             pass
 
+        def done(self, message: Any) -> None:
+            pass
+
         async def unsubscribe(self) -> None:
             pass
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protobind.method import ServiceInfo
 
+if TYPE_CHECKING:
+    from protobind.broker.asyncapi import Bindings
+
 #: The URL schemes of each broker binding ``protobind asyncapi`` describes.
-_SCHEMES = {"nats": ("nats", "tls"), "mqtt": ("mqtt", "mqtts")}
+_SCHEMES = {"nats": ("nats", "tls"), "mqtt": ("mqtt", "mqtts"), "kafka": ("kafka",)}
 
 
 def add_parsers(commands: Any) -> None:
@@ -35,9 +37,10 @@ def add_parsers(commands: Any) -> None:
     asyncapi = _common(
         commands.add_parser(
             "asyncapi",
-            help="write the AsyncAPI 3.0 document of the NATS or MQTT binding (subjects and messages)",
+            help="write the AsyncAPI 3.0 document of the NATS, MQTT 5 or Kafka binding (subjects, topics "
+            "and messages)",
         ),
-        "a nats:// (or mqtt://) URL for the servers list",
+        "a nats://, mqtt:// or kafka:// URL for the servers list",
     )
     asyncapi.add_argument(
         "--protocol",
@@ -164,16 +167,27 @@ def run_asyncapi(args: argparse.Namespace) -> int:
         return _write(args, served)
     services, sources, title = _contract(args)
     schemes = {url.partition("://")[0] for url in args.server}
-    protocol = args.protocol or ("mqtt" if schemes & set(_SCHEMES["mqtt"]) else "nats")
+    known = [scheme for found in _SCHEMES.values() for scheme in found]
+    for url in args.server:
+        if url.partition("://")[0] not in known:
+            given = ", ".join(f"{scheme}://" for scheme in known[:-1]) + f" or {known[-1]}://"
+            raise ValueError(f"--server {url!r}: give a {given} URL")
+    protocol = args.protocol or next((p for p, known in _SCHEMES.items() if schemes & set(known)), "nats")
     for url in args.server:
         if url.partition("://")[0] not in _SCHEMES[protocol]:
             given = " or ".join(f"{scheme}://" for scheme in _SCHEMES[protocol])
             raise ValueError(f"--server {url!r}: give a {given} URL")
-    address: Callable[[str], str] | None = None
+    bindings: Bindings | None = None
     if protocol == "mqtt":  # the subjects written as the topics an MQTT server uses
-        from protobind.mqtt.topics import topic_of
+        from protobind.mqtt.connection import MqttBindings
 
-        address = topic_of
+        bindings = MqttBindings()
+    elif protocol == "kafka":  # topics and Kafka bindings (needs aiokafka, connects nowhere)
+        from protobind.kafka.connection import KafkaBroker
+        from protobind.kafka.options import settings_from
+
+        kafka = args.server[0] if args.server else "kafka://127.0.0.1:9092"
+        bindings = KafkaBroker(settings_from(kafka, {"prefix": args.prefix})).asyncapi_bindings()
     return _write(
         args,
         asyncapi_document(
@@ -184,7 +198,6 @@ def run_asyncapi(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             queue_group=args.queue_group,
             source_files=sources,
-            protocol=protocol,
-            address=address,
+            bindings=bindings,
         ),
     )

@@ -126,6 +126,11 @@ class Transport:
     client_options: frozenset[str] = field(default_factory=frozenset)
     server_requires: tuple[str, ...] = ()
     client_requires: tuple[str, ...] = ()
+    #: What the transport does not do by design, capability name -> why (shared test suites skip
+    #: their cases for it with that reason). Names in use: ``durable.dedupe`` (a call stored twice
+    #: under one call id is delivered once), ``durable.redelivery_count`` (a call handed over by a
+    #: stopped server counts the interrupted delivery in ``Context.delivery.attempt``).
+    lacks: Mapping[str, str] = field(default_factory=dict)
 
     def check_installed(self, *, server: bool) -> None:
         """Fail with the pip command to run when a library this side needs is not installed

@@ -38,9 +38,9 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Abstra
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from ..broker.asyncapi import AMQP_BINDING_VERSION, Bindings, host_of
 from ..broker.base import (
     NO_RESPONDERS_STATUS,
-    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -51,7 +51,7 @@ from ..broker.base import (
 )
 from ..broker.wire import CONTENT_TYPE, headers_size
 from ..urls import redact_text
-from .stored import UNSAFE, Stored, bounded, raw_channel, routing_pattern
+from .stored import UNSAFE, Stored, bounded, durable_exchange, raw_channel, routing_pattern
 
 if TYPE_CHECKING:
     from .options import Settings
@@ -198,6 +198,9 @@ class _Inbound:
         assert isinstance(message, Received)
         self.broker.acknowledge(message.channel, message.tag)
 
+    def done(self, message: BrokerMessage) -> None:
+        """Nothing more to record: the message was acknowledged when taken."""
+
     async def unsubscribe(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
@@ -249,11 +252,6 @@ class AmqpBroker(Stored):
         connection.reconnect_callbacks.add(self._on_reconnect)
 
     # --- connection state -----------------------------------------------------------------------
-
-    @property
-    def asyncapi(self) -> AsyncApiFacts:
-        """AMQP 0-9-1; the routing keys are on the topic exchange of option ``exchange``."""
-        return AsyncApiFacts("amqp", self.exchange)
 
     @property
     def max_payload(self) -> int:
@@ -398,7 +396,7 @@ class AmqpBroker(Stored):
         amqp_queue = await self._queue(subject, queue)
         return _Subscription(await self._consume(amqp_queue, on_message, no_ack=True))
 
-    async def pull(self, subject: str, queue: str = "") -> _Inbound:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Inbound:
         """Consume ``subject`` into a mailbox the engine takes messages from."""
         inbound = _Inbound(self)
         mailbox = inbound.mailbox
@@ -459,9 +457,10 @@ class AmqpBroker(Stored):
         """The caller behind a reply address: its reply queue."""
         return reply.partition(_SEP)[0]
 
-    def address(self, subject: str) -> str:
-        """The routing key of ``subject`` on the exchange."""
-        return routing_pattern(subject)
+    def asyncapi_bindings(self) -> AmqpBindings:
+        """The document's channels are routing keys on this broker's exchange (stored calls: on its
+        durable exchange)."""
+        return AmqpBindings(self.exchange)
 
     async def settle(self) -> None:
         """Declarations, bindings and consumers are confirmed by RabbitMQ before they return."""
@@ -478,6 +477,55 @@ class AmqpBroker(Stored):
             await asyncio.wait_for(self.connection.close(), 5.0)
         except Exception as exc:
             logger.debug("closing the RabbitMQ connection: %s", _reason(exc))
+
+
+class AmqpBindings(Bindings):
+    """The AsyncAPI addressing of the RabbitMQ binding: a channel's address is its routing key on
+    the topic exchange ``exchange`` (durable calls and dead letters: on ``{exchange}.durable``)."""
+
+    protocol = "amqp"
+    kind = "RabbitMQ routing keys"
+    reference = "docs/protocols.md, 'RabbitMQ'"
+    schemes = ("amqp", "amqps")
+
+    def __init__(self, exchange: str) -> None:
+        self.exchange = exchange
+
+    def address(self, subject: str) -> str:
+        return routing_pattern(subject)
+
+    def channel(self, subject: str, stored: bool = False) -> dict[str, Any] | None:
+        exchange = durable_exchange(self.exchange) if stored else self.exchange
+        return {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {"name": exchange, "type": "topic", "durable": True, "autoDelete": False},
+                "bindingVersion": AMQP_BINDING_VERSION,
+            }
+        }
+
+    def operation(self, queue: str | None, stored: bool = False) -> dict[str, Any] | None:
+        if stored:
+            # stored calls and dead letters: persistent and mandatory
+            stored_binding = {"deliveryMode": 2, "mandatory": True, "ack": True}
+            return {"amqp": {**stored_binding, "bindingVersion": AMQP_BINDING_VERSION}}
+        # a queue group is a queue shared by the group's replicas, acknowledged by the server
+        return None if queue is None else {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}}
+
+    def received(self, queue: str) -> str:
+        return f" Received from the queue group's queue {queue}@<address>."
+
+    def stored_replies(self) -> str:
+        return " Each reply is kept in the durable queue named like its routing key ($ -> _)."
+
+    def server(self, url: str) -> dict[str, Any]:
+        secure = url.startswith("amqps:")
+        return {
+            "host": host_of(url),
+            "protocol": "amqps" if secure else "amqp",
+            "protocolVersion": "0.9.1",
+            "description": "RabbitMQ over TLS (amqps://)" if secure else "RabbitMQ",
+        }
 
 
 def _ignore(task: asyncio.Task[Any]) -> None:

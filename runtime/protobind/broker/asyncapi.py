@@ -1,5 +1,6 @@
 """An AsyncAPI 3.0 document for the broker bindings: NATS (and ``memory://``, which uses the same
-subjects) and MQTT 5 (the same engine, its subjects written as topics by the broker's ``address``).
+subjects), MQTT 5, RabbitMQ and Kafka (the same engine; each broker's :class:`Bindings` write its
+subjects as its topics or routing keys and add its AsyncAPI bindings).
 
 ``asyncapi_document(services)`` describes the application that serves ``services``: every subject
 it receives on and every subject it sends to, from the method table alone (so ``protobind
@@ -24,7 +25,7 @@ application/json``, so ``defaultContentType`` is ``application/protobuf``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +54,7 @@ __all__ = [
     "MERGED_TITLE",
     "MQTT_BINDING_VERSION",
     "NATS_BINDING_VERSION",
+    "Bindings",
     "asyncapi_document",
     "merge_documents",
 ]
@@ -63,6 +65,58 @@ NATS_BINDING_VERSION = "0.1.0"
 MQTT_BINDING_VERSION = "0.2.0"
 #: Version of the AsyncAPI AMQP 0-9-1 bindings used in ``channels.*.bindings.amqp`` and operations.
 AMQP_BINDING_VERSION = "0.3.0"
+
+
+class Bindings:
+    """How one broker's subjects appear in the document: the channel addresses, the AsyncAPI
+    bindings of channels and operations, the server entries. This class is NATS's (and the
+    memory broker's), where a channel's address is its subject; every broker gives the engine
+    its own through ``asyncapi_bindings()`` (:class:`protobind.broker.base.Broker`)."""
+
+    protocol = "nats"
+    #: how the document's description names the channels
+    kind = "NATS subjects"
+    reference = "docs/protocols.md, 'NATS request-reply'"
+    #: the URL schemes of the servers the document lists (others, such as ``memory://``, are left out)
+    schemes: tuple[str, ...] = ("nats", "tls")
+
+    def address(self, subject: str) -> str:
+        """The channel address of ``subject``."""
+        return subject
+
+    def channel(self, subject: str, stored: bool = False) -> dict[str, Any] | None:
+        """The channel's bindings, if any; ``stored``: a durable call's or dead letter's channel."""
+        return None
+
+    def operation(self, queue: str | None, stored: bool = False) -> dict[str, Any] | None:
+        """The bindings of an operation, received in queue group ``queue`` (``None``: an
+        operation of no group); ``stored`` as for :meth:`channel`."""
+        if queue is None:
+            return None
+        return {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
+
+    def received(self, queue: str) -> str:
+        """What an operation's description adds on how queue group ``queue`` receives it."""
+        return ""
+
+    def stored_replies(self) -> str:
+        """What a durable reply channel's description adds on where the replies are kept."""
+        return ""
+
+    def server(self, url: str) -> dict[str, Any]:
+        """The server entry of ``url`` (never its credentials or query)."""
+        parts = urlsplit(url)
+        return {
+            "host": host_of(url),
+            "protocol": "nats",
+            "description": "NATS over TLS (tls://)" if parts.scheme == "tls" else "NATS",
+        }
+
+
+def host_of(url: str) -> str:
+    """The hosts of a server URL, without its credentials (and its path and query)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
 
 _MESSAGES = "#/components/messages/"
 _REQUEST_HEADERS = "protobind.RequestHeaders"
@@ -136,18 +190,9 @@ def _headers_schemas() -> dict[str, dict[str, Any]]:
 
 class _Writer:
     def __init__(
-        self,
-        schemas: Schemas,
-        comments: Comments,
-        prefix: str,
-        queue_group: str,
-        protocol: str = "nats",
-        address: Callable[[str], str] | None = None,
-        exchange: str = "protobind",
+        self, schemas: Schemas, comments: Comments, prefix: str, queue_group: str, bindings: Bindings
     ) -> None:
-        self.protocol = protocol
-        self.address = address
-        self.exchange = exchange
+        self.bindings = bindings
         self.schemas = schemas
         self.comments = comments
         self.prefix = prefix
@@ -178,29 +223,24 @@ class _Writer:
         return {"$ref": _MESSAGES + key}
 
     def channel(
-        self, channel_id: str, address: str | None, messages: dict[str, Any], description: str
+        self,
+        channel_id: str,
+        address: str | None,
+        messages: dict[str, Any],
+        description: str,
+        *,
+        stored: bool = False,
     ) -> dict[str, str]:
-        if address is not None and self.address is not None:
-            address = self.address(address)
-        self.channels[channel_id] = {"address": address, "description": description, "messages": messages}
-        if self.protocol == "amqp" and address is not None:
-            self.amqp_channel(channel_id, self.exchange)
-        return {"$ref": f"#/channels/{channel_id}"}
-
-    def amqp_channel(self, channel_id: str, exchange: str, queue: str | None = None) -> None:
-        """The AMQP binding of a channel: a routing key on a topic exchange (or a queue of its own)."""
-        binding: dict[str, Any] = {
-            "is": "routingKey",
-            "exchange": {"name": exchange, "type": "topic", "durable": True, "autoDelete": False},
-            "bindingVersion": AMQP_BINDING_VERSION,
+        channel: dict[str, Any] = {
+            "address": None if address is None else self.bindings.address(address),
+            "description": description,
+            "messages": messages,
         }
-        if queue is not None:
-            binding = {
-                "is": "queue",
-                "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False},
-                "bindingVersion": AMQP_BINDING_VERSION,
-            }
-        self.channels[channel_id]["bindings"] = {"amqp": binding}
+        bound = None if address is None else self.bindings.channel(address, stored)
+        if bound:
+            channel["bindings"] = bound
+        self.channels[channel_id] = channel
+        return {"$ref": f"#/channels/{channel_id}"}
 
     def operation(
         self,
@@ -212,6 +252,7 @@ class _Writer:
         queue: str | None = None,
         reply_channel: str | None = None,
         summary: str | None = None,
+        stored: bool = False,
     ) -> None:
         operation: dict[str, Any] = {
             "action": action,
@@ -232,16 +273,11 @@ class _Writer:
                     for m in self.channels[reply_channel]["messages"]
                 ],
             }
-        if queue is not None and self.protocol == "mqtt":
-            # a queue group is a shared subscription; calls and answers go at QoS 0
-            operation["bindings"] = {"mqtt": {"qos": 0, "bindingVersion": MQTT_BINDING_VERSION}}
-            operation["description"] += f" Received on the shared subscription $share/{queue}/<address>."
-        elif queue is not None and self.protocol == "amqp":
-            # a queue group is a queue shared by the group's replicas, acknowledged by the server
-            operation["bindings"] = {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}}
-            operation["description"] += f" Received from the queue group's queue {queue}@<address>."
-        elif queue is not None:
-            operation["bindings"] = {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}}
+        bound = self.bindings.operation(queue, stored)
+        if bound:
+            operation["bindings"] = bound
+        if queue is not None:
+            operation["description"] += self.bindings.received(queue)
         self.operations[operation_id] = operation
 
     def method(self, method: MethodInfo[Any, Any]) -> None:
@@ -260,7 +296,9 @@ class _Writer:
         if method.oneway:
             pattern = "One-way: published without a reply subject; nothing comes back."
             delivery = "at least once (durable)" if method.durable else "at most once"
-            self.channel(base, subject, {"request": request}, f"{pattern} Delivered {delivery}.")
+            self.channel(
+                base, subject, {"request": request}, f"{pattern} Delivered {delivery}.", stored=method.durable
+            )
             self.operation(
                 base,
                 "receive",
@@ -268,11 +306,16 @@ class _Writer:
                 f"{method.full_name}: one-way. The handler's errors are logged by the server, never sent.",
                 queue=group,
                 summary=summary,
+                stored=method.durable,
             )
         else:
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
             self.channel(
-                base, subject, {"request": request}, "Request/reply: each call carries a reply subject."
+                base,
+                subject,
+                {"request": request},
+                "Request/reply: each call carries a reply subject.",
+                stored=method.durable,
             )
             self.channel(
                 base + "_reply",
@@ -288,6 +331,7 @@ class _Writer:
                 queue=group,
                 reply_channel=base + "_reply",
                 summary=summary,
+                stored=method.durable,
             )
         if method.durable:
             self.durable(method, base, request)
@@ -316,21 +360,9 @@ class _Writer:
             {"request": self.message(method.input_type.DESCRIPTOR, _ERROR_HEADERS)},
             f"Calls of {method.full_name} that failed their last delivery attempt (or failed with a code "
             "that no retry can fix), with the error in headers.",
+            stored=True,
         )
-        self.operation(dead, "send", dead, f"{method.full_name}: dead-lettered calls.")
-        if self.protocol == "amqp":
-            # stored calls and dead letters: persistent, mandatory, on the durable exchange
-            durable_exchange = f"{self.exchange}.durable"
-            for channel_id in (base, dead):
-                self.amqp_channel(channel_id, durable_exchange)
-                self.operations[channel_id]["bindings"] = {
-                    "amqp": {
-                        "deliveryMode": 2,
-                        "mandatory": True,
-                        "ack": True,
-                        "bindingVersion": AMQP_BINDING_VERSION,
-                    }
-                }
+        self.operation(dead, "send", dead, f"{method.full_name}: dead-lettered calls.", stored=True)
         if not method.oneway:
             replies = base + "_reply_stream"
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
@@ -342,10 +374,7 @@ class _Writer:
                 f"id; kept {options.reply_ttl:g}s for a caller (or its successor) to claim.",
             )
             self.operation(replies, "send", replies, f"{method.full_name}: durable replies.")
-            if self.protocol == "amqp":
-                self.channels[replies]["description"] += (
-                    " Each reply is kept in the durable queue named like its routing key ($ -> _)."
-                )
+            self.channels[replies]["description"] += self.bindings.stored_replies()
 
     def stream(self, method: MethodInfo[Any, Any], base: str, subject: str, summary: str | None) -> None:
         kind = method.kind.value.replace("_", " ")
@@ -482,24 +511,23 @@ def asyncapi_document(
     prefix: str = "",
     queue_group: str = "",
     source_files: Iterable[descriptor_pb2.FileDescriptorProto] = (),
-    protocol: str = "nats",
-    address: Callable[[str], str] | None = None,
-    exchange: str = "protobind",
+    bindings: Bindings | None = None,
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of ``services`` served over NATS.
+    """The AsyncAPI 3.0 document of ``services`` served over a broker (default NATS).
 
-    ``servers`` are ``nats://host:port`` URLs (credentials and query strings are left out);
+    ``servers`` are the broker's URLs (credentials and query strings are left out; URLs of
+    another scheme than the broker's, such as ``memory://``, are not listed);
     ``prefix`` and ``queue_group`` are the binding's options of the same names (default: no
     prefix, each service's full name as its group). ``source_files`` (descriptors with source
     info) give descriptions from the proto comments, as for :func:`protobind.http.openapi.openapi_document`.
-    ``protocol`` is the broker's (``nats``, ``mqtt``, ``amqp``) and ``address`` its name for a
-    subject (:meth:`protobind.broker.base.Broker.address`; default: the subject itself); on
-    ``amqp``, ``exchange`` is the topic exchange of the routing keys (durable calls: ``{exchange}.durable``).
+    ``bindings``: the broker's addressing and AsyncAPI bindings (default NATS's, see :class:`Bindings`;
+    a broker's own come from its ``asyncapi_bindings()``).
     """
+    bindings = bindings or Bindings()
     if prefix and not prefix.endswith("."):
         prefix += "."
     comments = Comments(source_files, [service.comments for service in services])
-    writer = _Writer(Schemas(comments), comments, prefix, queue_group, protocol, address, exchange)
+    writer = _Writer(Schemas(comments), comments, prefix, queue_group, bindings)
     for service in services:
         writer.service(service)
     _common(writer)
@@ -511,13 +539,15 @@ def asyncapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": _description((s.name for s in services), protocol),
+            "description": _description((s.name for s in services), bindings),
         },
         "defaultContentType": PROTO_CONTENT_TYPE,
     }
-    if servers:
+    listed = [url for url in servers if urlsplit(url).scheme in bindings.schemes]
+    if listed:
+        name = bindings.protocol
         document["servers"] = {
-            _id(f"{protocol}{i}" if i else protocol): _server(url) for i, url in enumerate(servers)
+            _id(f"{name}{i}" if i else name): bindings.server(url) for i, url in enumerate(listed)
         }
     document["channels"] = writer.channels
     document["operations"] = writer.operations
@@ -528,14 +558,10 @@ def asyncapi_document(
     return document
 
 
-_NAMES = {"nats": "NATS subjects", "mqtt": "MQTT 5 topics", "amqp": "RabbitMQ routing keys"}
-_SECTIONS = {"nats": "NATS request-reply", "mqtt": "MQTT 5", "amqp": "RabbitMQ"}
-
-
-def _description(services: Iterable[str], protocol: str = "nats") -> str:
+def _description(services: Iterable[str], bindings: Bindings) -> str:
     return (
-        f"The {_NAMES.get(protocol, protocol)} of {', '.join(services)} served by protobind "
-        f"(docs/protocols.md, '{_SECTIONS.get(protocol, protocol)}'; docs/messaging.md)."
+        f"The {bindings.kind} of {', '.join(services)} served by protobind "
+        f"({bindings.reference}; docs/messaging.md)."
     )
 
 
@@ -543,10 +569,11 @@ def _description(services: Iterable[str], protocol: str = "nats") -> str:
 MERGED_TITLE = "protobind API"
 
 
-def merge_documents(documents: Sequence[dict[str, Any]], protocol: str = "nats") -> dict[str, Any]:
+def merge_documents(documents: Sequence[dict[str, Any]], bindings: Bindings | None = None) -> dict[str, Any]:
     """One document of the services of several single-service documents (each a server's answer
     on its AsyncAPI subject, titled with its service's name), as :func:`asyncapi_document` would
-    write it for them all under the title ``protobind API``. One document is returned as it is."""
+    write it for them all under the title ``protobind API``; ``bindings``: the broker's, as there
+    (default NATS's). One document is returned as it is."""
     if len(documents) == 1:
         return documents[0]
 
@@ -560,7 +587,7 @@ def merge_documents(documents: Sequence[dict[str, Any]], protocol: str = "nats")
     merged["info"] = {
         "title": MERGED_TITLE,
         "version": documents[0]["info"]["version"],
-        "description": _description((d["info"]["title"] for d in documents), protocol),
+        "description": _description((d["info"]["title"] for d in documents), bindings or Bindings()),
     }
     merged["channels"] = union([d["channels"] for d in documents])
     merged["operations"] = union([d["operations"] for d in documents])
@@ -569,28 +596,3 @@ def merge_documents(documents: Sequence[dict[str, Any]], protocol: str = "nats")
         for part in ("schemas", "messages")
     }
     return merged
-
-
-def _server(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]  # never the credentials
-    if parts.scheme in ("mqtt", "mqtts"):
-        return {
-            "host": hosts,
-            "protocol": "secure-mqtt" if parts.scheme == "mqtts" else "mqtt",
-            "protocolVersion": "5",
-            "description": "MQTT 5 over TLS (mqtts://)" if parts.scheme == "mqtts" else "MQTT 5",
-            "bindings": {"mqtt": {"cleanSession": True, "bindingVersion": MQTT_BINDING_VERSION}},
-        }
-    if parts.scheme in ("amqp", "amqps"):
-        return {
-            "host": hosts,
-            "protocol": parts.scheme,
-            "protocolVersion": "0.9.1",
-            "description": "RabbitMQ over TLS (amqps://)" if parts.scheme == "amqps" else "RabbitMQ",
-        }
-    return {
-        "host": hosts,
-        "protocol": "nats",
-        "description": "NATS over TLS (tls://)" if parts.scheme == "tls" else "NATS",
-    }

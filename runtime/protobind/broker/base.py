@@ -33,14 +33,16 @@ import collections
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..codec import Codec
+
+if TYPE_CHECKING:
+    from .asyncapi import Bindings
 
 __all__ = [
     "MSG_ID_HEADER",
     "NO_RESPONDERS_STATUS",
-    "AsyncApiFacts",
     "Broker",
     "BrokerError",
     "BrokerMessage",
@@ -162,6 +164,12 @@ class Inbound(Subscription, Protocol):
         """Bookkeeping after the engine took ``message`` off ``queue``."""
         ...
 
+    def done(self, message: BrokerMessage) -> None:
+        """The engine finished with ``message`` (handled, answered or refused). A broker that
+        records consumption (Kafka commits offsets) may now count it consumed; a message the engine
+        took but never calls this for (the server stopped first) is the broker's to deliver again."""
+        ...
+
 
 class Inbox(Protocol):
     """A private reply inbox of one connection: replies to ``address(token)`` reach the inbox's
@@ -170,16 +178,6 @@ class Inbox(Protocol):
     def address(self, token: str) -> str:
         """The reply address for a call identified by ``token``."""
         ...
-
-
-@dataclass(frozen=True)
-class AsyncApiFacts:
-    """What an AsyncAPI document says of a broker, declared by the broker itself."""
-
-    #: the AsyncAPI protocol of its servers and bindings (``nats``, ``mqtt``, ``amqp``)
-    protocol: str
-    #: AMQP: the topic exchange whose routing keys the subjects are (empty where there is none)
-    exchange: str = ""
 
 
 Callback = Callable[[BrokerMessage], Awaitable[None]]
@@ -213,8 +211,10 @@ class Broker(Protocol):
         rest); with ``queue``, each message goes to one member of that queue group."""
         ...
 
-    async def pull(self, subject: str, queue: str = "") -> Inbound:
-        """Like :meth:`subscribe`, but the engine takes the messages from a queue itself."""
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> Inbound:
+        """Like :meth:`subscribe`, but the engine takes the messages from a queue itself.
+        ``subjects``: the subjects ``subject``'s wildcards are to cover, for a broker that cannot
+        subscribe to a wildcard (Kafka: a topic per subject); the others ignore it."""
         ...
 
     async def inbox(self, callback: InboxCallback) -> Inbox:
@@ -229,14 +229,9 @@ class Broker(Protocol):
         """A short name for the caller behind a reply address (for :attr:`Context.peer`)."""
         ...
 
-    def address(self, subject: str) -> str:
-        """The broker's own name for ``subject`` (NATS: the subject; MQTT: its topic), as
-        documents such as AsyncAPI show it."""
-        ...
-
-    @property
-    def asyncapi(self) -> AsyncApiFacts:
-        """The protocol and binding facts an AsyncAPI document of this broker's services shows."""
+    def asyncapi_bindings(self) -> Bindings:
+        """How this broker's subjects appear in the AsyncAPI document (NATS: the subjects; MQTT:
+        their topics; RabbitMQ: routing keys on its exchange; Kafka: topics) and its AsyncAPI bindings."""
         ...
 
     async def settle(self) -> None:

@@ -272,7 +272,7 @@ class BrokerClient(ClientTransport):
                 documents.append(json.loads(data))
             except ValueError:
                 raise RpcError(Code.INTERNAL, f"{subject} did not answer a JSON document") from None
-        return merge_documents(documents, self.broker.asyncapi.protocol)
+        return merge_documents(documents, self.broker.asyncapi_bindings())
 
     async def _discover(
         self, timeout: float | None, metadata: Metadata

@@ -29,8 +29,10 @@ __all__ = [
 
 logger = logging.getLogger("protobind.broker")
 
-#: ``handle(msg, delivery)``: serve one message; call ``delivery.waiting()`` before waiting.
-Handler = Callable[[Any, "Delivery"], Awaitable[None]]
+#: ``handle(msg, delivery)``: serve one message; call ``delivery.waiting()`` before waiting. It
+#: returns ``False`` when the message was not handled after all (the server stopped first): the
+#: inbound is then not told it is done (:meth:`Inbound.done`), so a broker may deliver it again.
+Handler = Callable[[Any, "Delivery"], Awaitable[bool | None]]
 Shed = Callable[[Any], Awaitable[None]]
 
 #: Idle consumers kept per subscription; more than this and an idle consumer ends.
@@ -89,17 +91,20 @@ class Delivery:
                     continue
                 msg = items.popleft()
                 inbound.taken(msg)
+                handled: bool | None = True
                 try:
                     # the messages still waiting behind this one: at most max_pending may (0: none,
                     # a call is served only if a consumer takes it now). A message without a reply
                     # address (one-way) has no caller that gave up on it: never shed, it waits; the
                     # broker's own slow-consumer limit bounds those.
                     if not msg.reply or len(items) <= self._max_pending:
-                        await handle(msg, self)
+                        handled = await handle(msg, self)
                     else:
                         await self._shed(msg)
                 except Exception:  # handle answers every error itself; this is a last resort
-                    logger.exception("NATS message on %s not handled", msg.subject)
+                    logger.exception("broker message on %s not handled", msg.subject)
+                if handled is not False:
+                    inbound.done(msg)
         finally:
             pool.count -= 1
 
@@ -114,6 +119,10 @@ class Delivery:
         """Whether a message answering to ``reply`` waits in the mailbox (for liveness probes; a
         scan, but probes are rare: one per long call per heartbeat interval)."""
         return any(msg.reply == reply for msg in list(self._mailbox.items))
+
+    def done(self, msg: Any) -> None:
+        """Tell the inbound that ``msg`` needs no more delivery (refused at shutdown, say)."""
+        self._inbound.done(msg)
 
     def take_remaining(self) -> list[Any]:
         """Messages not yet handled (after unsubscribing, to refuse them)."""

@@ -27,7 +27,6 @@ from ..transport import Transport, named_harness
 from .base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
-    AsyncApiFacts,
     BrokerMessage,
     Callback,
     ConsumerSpec,
@@ -45,6 +44,7 @@ from .memory_streams import PullHandle, StoredCopy, Streams, matches
 
 if TYPE_CHECKING:
     from ..server import EndpointTable
+    from .asyncapi import Bindings
     from .client import BrokerClient
     from .server import BrokerBinding
 
@@ -93,6 +93,9 @@ class _Subscriber:
 
     def taken(self, message: BrokerMessage) -> None:
         """Nothing to count: the mailbox is this broker's own."""
+
+    def done(self, message: BrokerMessage) -> None:
+        """Nothing to record: a memory broker keeps no consumer positions."""
 
     async def unsubscribe(self) -> None:
         self.active = False
@@ -152,7 +155,6 @@ class MemoryBroker(DurableBroker):
 
     name = "memory"
     #: documented as NATS: the in-memory broker follows NATS's subjects and rules
-    asyncapi = AsyncApiFacts("nats")
 
     def __init__(self, hub: _Hub) -> None:
         self._hub = hub
@@ -195,7 +197,7 @@ class MemoryBroker(DurableBroker):
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscriber:
         return self._add(subject, queue, callback)
 
-    async def pull(self, subject: str, queue: str = "") -> _Subscriber:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Subscriber:
         return self._add(subject, queue, None)
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:
@@ -211,8 +213,11 @@ class MemoryBroker(DurableBroker):
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
 
-    def address(self, subject: str) -> str:
-        return subject
+    def asyncapi_bindings(self) -> Bindings:
+        """The document's channels are the subjects themselves, as on NATS."""
+        from .asyncapi import Bindings
+
+        return Bindings()
 
     # --- durable: see memory_streams ---
 

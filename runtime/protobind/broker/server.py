@@ -169,7 +169,11 @@ class BrokerBinding(ServerBinding):
                     await broker.subscribe(service.asyncapi_subject, self._on_asyncapi, service.queue_group)
                 )
             for info in self.server.services:
-                inbound = await broker.pull(f"{settings.prefix}{info.name}.*", self._queue_group(info.name))
+                inbound = await broker.pull(
+                    f"{settings.prefix}{info.name}.*",
+                    self._queue_group(info.name),
+                    tuple(call_subject(settings.prefix, method) for method in info.methods),
+                )
                 delivery = Delivery(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
                 self._deliveries.append(delivery)
                 self._service_subs.append(inbound)
@@ -202,7 +206,7 @@ class BrokerBinding(ServerBinding):
 
     # --- dispatch ---
 
-    def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> Awaitable[None]:
+    def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> Awaitable[bool | None]:
         """Serve one call message: the coroutine that does, which a consumer (see
         protobind.broker.delivery) awaits; it never raises. A plain function rather than a
         coroutine of its own: this is the path every small call takes."""
@@ -214,7 +218,7 @@ class BrokerBinding(ServerBinding):
             return self._serve_unary(route, msg, delivery)
         return self._serve_oneway(route, route.inline or route.endpoint, msg, delivery)
 
-    def _serve(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> Awaitable[None]:
+    def _serve(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> Awaitable[bool | None]:
         if msg.reply:
             return self._serve_unary(route, msg, delivery)
         # Nobody to answer: a one-way method's handler runs as it is; any other method's endpoint
@@ -328,19 +332,15 @@ class BrokerBinding(ServerBinding):
             from .asyncapi import asyncapi_document
 
             (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            facts = self.broker.asyncapi
-            listed = self._url.startswith(("nats://", "tls://", "mqtt://", "mqtts://", "amqp://", "amqps://"))
             document = self._asyncapi[msg.subject] = json.dumps(
                 asyncapi_document(
                     [service],
                     title=service.name,
                     version=self.settings.version,
-                    servers=[self._url] if listed else [],  # the document keeps the host only
+                    servers=[self._url],  # only a URL of the broker's own schemes, only its host
                     prefix=self.settings.prefix,
                     queue_group=self.settings.queue_group,
-                    protocol=facts.protocol,
-                    address=self.broker.address,
-                    exchange=facts.exchange or "protobind",
+                    bindings=self.broker.asyncapi_bindings(),
                 ),
                 separators=(",", ":"),
             ).encode()
@@ -464,10 +464,11 @@ class BrokerBinding(ServerBinding):
 
     async def _serve_oneway(
         self, route: _Route, inline: Endpoint, msg: BrokerMessage, delivery: Delivery | None
-    ) -> None:
+    ) -> bool:
         """A message without a reply address: ``inline``'s handler runs right here, in the
         consumer, and nothing goes back (its result is dropped); an error is logged. No deadline:
-        nobody waits for the outcome."""
+        nobody waits for the outcome. False when the server stopped before the handler finished
+        (a broker that stores messages delivers it again)."""
         started = time.perf_counter_ns()
         context: Context | None = None
         error: RpcError | None = None
@@ -537,6 +538,8 @@ class BrokerBinding(ServerBinding):
             stats.last_error = f"{error.code.name}: {error.message}"
             # a message without a reply address has nobody to tell: the log (and the count) is all
             self._refused(msg.subject, error)
+            return error is not _STOPPED
+        return True
 
     async def _consumed(
         self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
@@ -701,7 +704,12 @@ class BrokerBinding(ServerBinding):
         refused = [msg for _, msg in self._waiting_streams]
         self._waiting_streams.clear()
         for delivery in self._deliveries:
-            refused += delivery.take_remaining()
+            for msg in delivery.take_remaining():
+                refused.append(msg)
+                if msg.reply:
+                    # answered (refused) below; a one-way message is left to the broker, which
+                    # delivers it again if it stores messages
+                    delivery.done(msg)
         for msg in refused:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
         busy = set(self._calls.values())

@@ -43,8 +43,8 @@ from zmqtt import (
     ReconnectConfig,
 )
 
+from ..broker.asyncapi import MQTT_BINDING_VERSION, Bindings, host_of
 from ..broker.base import (
-    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -221,6 +221,9 @@ class _Inbound:
         """A consumer took ``message`` from the mailbox."""
         self._waiting_bytes -= len(message.data)
 
+    def done(self, message: BrokerMessage) -> None:
+        """MQTT at QoS 0 keeps no record of consumption."""
+
     async def unsubscribe(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -297,7 +300,6 @@ class MqttBroker(MqttStore, DurableBroker):
     record readers open connections of their own (:mod:`.durable`)."""
 
     name = "mqtt"
-    asyncapi = AsyncApiFacts("mqtt")
 
     def __init__(self, settings: Settings, client_id: str, persistent: bool = False) -> None:
         """A clean session, or a persistent one (a durable consumer's: the broker keeps its
@@ -436,7 +438,7 @@ class MqttBroker(MqttStore, DurableBroker):
         inbound.pump(callback)
         return inbound
 
-    async def pull(self, subject: str, queue: str = "") -> _Inbound:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Inbound:
         inbound = _Inbound(Mailbox(), self)
         # straight from zmqtt's reader into the mailbox (put never waits): no task per message
         inbound._sub = await self._subscribe(self._filter(subject, queue), direct=inbound.put)
@@ -463,8 +465,9 @@ class MqttBroker(MqttStore, DurableBroker):
     def peer_of(self, reply: str) -> str:
         return reply.partition("#")[0]
 
-    def address(self, subject: str) -> str:
-        return topic_of(subject)
+    def asyncapi_bindings(self) -> MqttBindings:
+        """The document's channels are MQTT topics, received at QoS 0 (queue groups: shared subscriptions)."""
+        return MqttBindings()
 
     async def settle(self) -> None:
         """Subscriptions are acknowledged (SUBACK) before :meth:`subscribe` returns."""
@@ -485,6 +488,35 @@ class MqttBroker(MqttStore, DurableBroker):
             self._transport.abort()
         for task in list(self._background):
             task.cancel()
+
+
+class MqttBindings(Bindings):
+    """The AsyncAPI addressing of the MQTT 5 binding: a channel's address is its topic."""
+
+    protocol = "mqtt"
+    kind = "MQTT 5 topics"
+    reference = "docs/protocols.md, 'MQTT 5'"
+    schemes = ("mqtt", "mqtts")
+
+    def address(self, subject: str) -> str:
+        return topic_of(subject)
+
+    def operation(self, queue: str | None, stored: bool = False) -> dict[str, Any] | None:
+        # calls and answers go at QoS 0
+        return None if queue is None else {"mqtt": {"qos": 0, "bindingVersion": MQTT_BINDING_VERSION}}
+
+    def received(self, queue: str) -> str:
+        return f" Received on the shared subscription $share/{queue}/<address>."
+
+    def server(self, url: str) -> dict[str, Any]:
+        secure = url.startswith("mqtts:")
+        return {
+            "host": host_of(url),
+            "protocol": "secure-mqtt" if secure else "mqtt",
+            "protocolVersion": "5",
+            "description": "MQTT 5 over TLS (mqtts://)" if secure else "MQTT 5",
+            "bindings": {"mqtt": {"cleanSession": True, "bindingVersion": MQTT_BINDING_VERSION}},
+        }
 
 
 def new_client_id() -> str:

@@ -27,7 +27,6 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from ..broker.base import (
-    AsyncApiFacts,
     BrokerError,
     BrokerMessage,
     Callback,
@@ -44,6 +43,7 @@ from ..wire import is_header_name
 from .jetstream import JetStream
 
 if TYPE_CHECKING:
+    from ..broker.asyncapi import Bindings
     from .options import Settings
 
 __all__ = [
@@ -394,6 +394,9 @@ class _Inbound:
             # nats-py's slow-consumer limit counts the bytes waiting
             self._sub._pending_size -= len(message.data)
 
+    def done(self, message: BrokerMessage) -> None:
+        """NATS core keeps no record of consumption."""
+
     async def unsubscribe(self) -> None:
         try:
             await self._sub.unsubscribe()
@@ -428,7 +431,6 @@ class NatsBroker(JetStream, DurableBroker):
     :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
 
     name = "nats"
-    asyncapi = AsyncApiFacts("nats")
 
     def __init__(self, client: Connection) -> None:
         self.client = client
@@ -466,7 +468,7 @@ class NatsBroker(JetStream, DurableBroker):
     async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscription:
         return _Subscription(await self.client.subscribe(subject, queue=queue, cb=callback))
 
-    async def pull(self, subject: str, queue: str = "") -> _Inbound:
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Inbound:
         mailbox = Mailbox()
         # no callback: the connection puts the messages in the mailbox (Connection.pulled)
         sub = await self.client.subscribe(subject, queue=queue)
@@ -493,8 +495,11 @@ class NatsBroker(JetStream, DurableBroker):
     def peer_of(self, reply: str) -> str:
         return reply.rpartition(".")[0]
 
-    def address(self, subject: str) -> str:
-        return subject
+    def asyncapi_bindings(self) -> Bindings:
+        """The document's channels are the subjects."""
+        from ..broker.asyncapi import Bindings
+
+        return Bindings()
 
     async def settle(self) -> None:
         await self.client.settle()

@@ -67,9 +67,10 @@ LIMITS: dict[str, int | None] = {
     "memory": MiB,
     "mqtt": 4 * MiB,
     "amqp": 4 * MiB,
+    "kafka": MiB,
 }
 #: Transports whose protobind client can also speak proto3 JSON (client option ``codec=json``).
-JSON_TRANSPORTS = ("http", "nats", "mqtt", "amqp")
+JSON_TRANSPORTS = ("http", "nats", "mqtt", "amqp", "kafka")
 
 _PLAIN_MQTT = (
     "a plain MQTT request carries one message each way; streams need protobind's frame protocol "
@@ -236,6 +237,18 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
         summary="plain aio-pika requests (JSON) -> protobind RabbitMQ server",
         lacks={"streams": _PLAIN_AMQP},
         requires=("aio_pika",),
+    ),
+    Column(
+        "aiokafka",
+        "kafka",
+        "aiokafka",
+        summary="plain aiokafka producer and consumer (binary) -> protobind Kafka server",
+        lacks={
+            "streams": "a plain Kafka request carries one record each way; streams need protobind's "
+            "frame protocol (docs/brokers.md, Kafka)",
+            "request_limit": "aiokafka refuses to produce above its max_request_size itself",
+        },
+        requires=("aiokafka",),
     ),
 )
 
@@ -415,6 +428,10 @@ async def _client(column: Column, url: str) -> AsyncIterator[ConformanceClient]:
         from .peers import AmqpPeer
 
         peer = AmqpPeer(url, json_codec=column.json)
+    elif column.client == "aiokafka":
+        from .peers import KafkaPeer
+
+        peer = KafkaPeer(url, json_codec=column.json)
     else:
         raise ValueError(f"unknown client {column.client!r}")
     try:

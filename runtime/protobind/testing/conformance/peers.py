@@ -1,6 +1,6 @@
 """Clients nobody here wrote, calling protobind servers: stock ``grpc.aio``, ``connectrpc``, gRPC-Web
-spoken over plain ``httpx`` (HTTP/1.1 or HTTP/2), a plain ``nats-py`` connection, a plain
-``aio-pika`` one.
+spoken over plain ``httpx`` (HTTP/1.1 or HTTP/2), a plain ``nats-py`` connection, a plain ``zmqtt``
+(MQTT 5) one, a plain ``aio-pika`` one and a plain ``aiokafka`` producer and consumer.
 
 Each peer is a :class:`~protobind.transport.ClientTransport`: it reads the method, metadata and
 deadline from the :class:`~protobind.CallInfo`, speaks its own library's API (following
@@ -31,7 +31,7 @@ from ...metadata import Metadata, MetadataValue
 from ...method import Idempotency, MethodInfo, MethodKind
 from ...transport import ClientTransport
 
-__all__ = ["AmqpPeer", "ConnectPeer", "GrpcWebPeer", "GrpcioPeer", "MqttPeer", "NatsPeer"]
+__all__ = ["AmqpPeer", "ConnectPeer", "GrpcWebPeer", "GrpcioPeer", "KafkaPeer", "MqttPeer", "NatsPeer"]
 
 _NO_DEADLINE_WAIT = 60.0  # how long a peer waits for a call without a deadline
 
@@ -522,15 +522,15 @@ class NatsPeer(ClientTransport):
             await self._nc.close()
 
 
-# --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
-
-
-class _MqttReply:
-    """An MQTT answer in the shape :meth:`NatsPeer._reply` reads."""
+class _Reply:
+    """A plain peer's answer in the shape :meth:`NatsPeer._reply` reads."""
 
     def __init__(self, headers: dict[str, str], data: bytes) -> None:
         self.headers = headers
         self.data = data
+
+
+# --- zmqtt (MQTT 5) ----------------------------------------------------------------------------------
 
 
 class MqttPeer(NatsPeer):
@@ -586,7 +586,7 @@ class MqttPeer(NatsPeer):
             raise RpcError(Code.DEADLINE_EXCEEDED, "no answer in time") from None
         props = answer.properties
         headers = dict(props.user_properties) if props is not None else {}
-        return self._reply(_MqttReply(headers, answer.payload), method, call)
+        return self._reply(_Reply(headers, answer.payload), method, call)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -676,7 +676,99 @@ class AmqpPeer(NatsPeer):
             await self._nc.close()
 
 
-class _Reply:
-    def __init__(self, headers: dict[str, str], data: bytes) -> None:
-        self.headers = headers
-        self.data = data
+# --- aiokafka --------------------------------------------------------------------------------------
+
+
+class KafkaPeer(NatsPeer):
+    """A plain ``aiokafka`` producer and consumer doing what docs/brokers.md (Kafka) tells any
+    Kafka client to do for a unary call: a record on the method's topic
+    (``{prefix}{package}.{Service}.{Method}``) with the reply address ``<topic>/<correlation>`` in
+    ``Protobind-Reply``, metadata and ``Protobind-Timeout-Ms`` in headers (as on NATS); the reply
+    arrives on the peer's own topic with the correlation in ``Protobind-Correlation``; a
+    cancellation goes to the control topic with ``Protobind-Subject: {prefix}$PROTOBIND.CANCEL``."""
+
+    def __init__(self, url: str, *, json_codec: bool) -> None:
+        super().__init__(url, json_codec=json_codec)
+        self._bootstrap = urlsplit(url).netloc
+        self._topic = f"conformance.replies.{base64.b32encode(os.urandom(10)).decode().lower()}"
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._waiting: dict[str, asyncio.Future[_Reply]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _connection(self) -> Any:
+        if self._producer is None:
+            from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+            from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(self._topic, 1, 1)])
+            finally:
+                await admin.close()
+            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+            await producer.start()
+            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, fetch_max_wait_ms=50)
+            await consumer.start()
+            partition = TopicPartition(self._topic, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_end(partition)
+            await consumer.position(partition)
+            self._producer, self._consumer = producer, consumer
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self._producer
+
+    async def _read(self) -> None:
+        async for record in self._consumer:
+            headers = {key: (value or b"").decode() for key, value in record.headers}
+            future = self._waiting.get(headers.pop("Protobind-Correlation", ""))
+            if future is not None and not future.done():
+                future.set_result(_Reply(headers, record.value or b""))
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        method = _method(call)
+        producer = await self._connection()
+        correlation = os.urandom(8).hex()
+        reply_to = f"{self._topic}/{correlation}"
+        future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = future
+        headers = [(k, v.encode()) for k, v in self._headers(call).items()]
+        headers.append(("Protobind-Reply", reply_to.encode()))
+        try:
+            await producer.send_and_wait(
+                f"{self._prefix}{method.service}.{method.name}", self._encode(request), headers=headers
+            )
+            timeout = call.timeout
+            wait = _NO_DEADLINE_WAIT if timeout is None else max(timeout, 0) + 2.0
+            try:
+                reply = await asyncio.wait_for(future, wait)
+            except asyncio.TimeoutError:
+                # no answer at all: what any Kafka client would report after its own wait
+                raise RpcError(Code.DEADLINE_EXCEEDED, "no reply in time") from None
+            except asyncio.CancelledError:
+                cancel = [("Protobind-Subject", f"{self._prefix}$PROTOBIND.CANCEL".encode())]
+                control = "protobind.control"
+                await producer.send_and_wait(control, reply_to.encode(), headers=cancel, partition=0)
+                raise
+        finally:
+            del self._waiting[correlation]
+        return self._reply(reply, method, call)
+
+    def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        raise RpcError(Code.UNIMPLEMENTED, "this peer makes plain Kafka requests: no streams")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+            await self._consumer.stop()
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([self._topic])
+            finally:
+                await admin.close()
