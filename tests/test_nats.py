@@ -1262,7 +1262,7 @@ async def test_mailbox_wakes_one_consumer_per_message_and_passes_on_a_lost_wake_
 
 async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
     from protobind.broker.base import Mailbox
-    from protobind.broker.delivery import ConsumerPool, Delivery
+    from protobind.broker.consumers import ConsumerPool, Delivery
 
     class Inbound:
         def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
 Dispatch, reply correlation, deadlines, cancel notices, the stream protocol (credit flow control,
 heartbeats) and discovery run against the small :class:`~protobind.broker.base.Broker` interface.
-NATS (:mod:`protobind.nats`) and an in-memory broker (:mod:`protobind.broker.memory`,
+NATS (:mod:`protobind.nats`) and an in-memory broker (:mod:`protobind.memory`,
 ``memory://NAME``) implement it. See docs/architecture.md.
 """
 

@@ -30,7 +30,7 @@ from ..errors import Code, RpcError
 from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding
 from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
-from .delivery import ConsumerPool, Delivery
+from .consumers import ConsumerPool, Delivery
 from .durable import DurableServer
 from .micro import EndpointStats, MicroService, answers, subjects
 from .refusals import RefusalLog
@@ -208,7 +208,7 @@ class BrokerBinding(ServerBinding):
 
     def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> Awaitable[bool | None]:
         """Serve one call message: the coroutine that does, which a consumer (see
-        protobind.broker.delivery) awaits; it never raises. A plain function rather than a
+        protobind.broker.consumers) awaits; it never raises. A plain function rather than a
         coroutine of its own: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:

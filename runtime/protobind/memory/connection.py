@@ -1,13 +1,9 @@
-"""An in-memory broker: the broker engine without a network, for tests and embedding.
+"""The in-memory broker itself: :class:`MemoryBroker`, a connection to a hub of this process.
 
-``memory://NAME`` names a broker living in this process; servers and clients that use the same
-name talk through it exactly as they would through NATS (same engine, same subjects and headers,
-queue groups, no-responders answers, a payload limit), minus sockets. Messages are delivered in
-order per subscription; a queue group hands each message to one of its members at random. It also
-stores messages for durable calls, with JetStream's semantics (:mod:`.memory_streams`), so tests
-of durable methods need no nats-server; what it stores lasts as long as the process.
-
-It is the worked example of docs/architecture.md ("adding a broker").
+Each ``memory://NAME`` is one hub: its subscriptions and its stored-message streams
+(:mod:`.stored`). Messages are delivered in order per subscription; a queue group hands each
+message to one of its members at random; a request nobody subscribes to is answered with the
+no-responders status, as NATS does.
 """
 
 from __future__ import annotations
@@ -20,18 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .. import __version__
-from ..codec import codec_named
-from ..options import DEFAULT_MAX_MESSAGE_SIZE, OptionReader
-from ..transport import Transport, named_harness
-from .base import (
+from ..broker.base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
     BrokerMessage,
     Callback,
     ConsumerSpec,
     DurableBroker,
-    EngineSettings,
     InboxCallback,
     Mailbox,
     NotConnected,
@@ -39,16 +30,12 @@ from .base import (
     StoreAck,
     StreamSpec,
 )
-from .durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
-from .memory_streams import PullHandle, StoredCopy, Streams, matches
+from .stored import PullHandle, StoredCopy, StoredStreams, matches
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
-    from .asyncapi import Bindings
-    from .client import BrokerClient
-    from .server import BrokerBinding
+    from ..broker.asyncapi import Bindings
 
-__all__ = ["TRANSPORT", "MemoryBroker", "MemoryMessage", "dial", "serve"]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "MemoryBroker", "MemoryMessage", "open_broker"]
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
@@ -110,7 +97,7 @@ class _Hub:
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
         self.subscribers: set[_Subscriber] = set()
-        self.streams = Streams()
+        self.stored = StoredStreams()
 
     def route(self, message: MemoryMessage) -> int:
         # a subscriber may live on another thread's event loop (a blocking client's, say): its
@@ -215,15 +202,15 @@ class MemoryBroker(DurableBroker):
 
     def asyncapi_bindings(self) -> Bindings:
         """The document's channels are the subjects themselves, as on NATS."""
-        from .asyncapi import Bindings
+        from ..broker.asyncapi import Bindings
 
         return Bindings()
 
-    # --- durable: see memory_streams ---
+    # --- durable: see stored ---
 
     async def ensure_stream(self, spec: StreamSpec) -> str:
         self._check()
-        return self._hub.streams.ensure(spec)
+        return self._hub.stored.ensure(spec)
 
     async def store(
         self,
@@ -236,7 +223,7 @@ class MemoryBroker(DurableBroker):
         ttl: float | None = None,
     ) -> StoreAck:
         self._check(payload, headers)
-        ack = self._hub.streams.store(subject, payload, headers, msg_id, ttl)
+        ack = self._hub.stored.store(subject, payload, headers, msg_id, ttl)
         if not ack.duplicate:  # a stored message is a message: subscribers of its subject see it
             stored = {**(headers or {}), MSG_ID_HEADER: msg_id}
             self._hub.route(MemoryMessage(subject, "", bytes(payload), stored))
@@ -244,15 +231,15 @@ class MemoryBroker(DurableBroker):
 
     async def consumer(self, spec: ConsumerSpec) -> PullHandle:
         self._check()
-        return self._hub.streams.consumer(spec, self._check)
+        return self._hub.stored.consumer(spec, self._check)
 
     async def last(self, stream: str, subject: str) -> StoredCopy | None:
         self._check()
-        return self._hub.streams.last(stream, subject)
+        return self._hub.stored.last(stream, subject)
 
     async def delete(self, stream: str, sequence: int) -> None:
         self._check()
-        self._hub.streams.delete(stream, sequence)
+        self._hub.stored.delete(stream, sequence)
 
     async def settle(self) -> None:
         """Subscriptions take effect at once."""
@@ -264,38 +251,8 @@ class MemoryBroker(DurableBroker):
         self._subscribers.clear()
 
 
-_ENGINE_OPTIONS = {"prefix", "window", "heartbeat"}
-SERVER_OPTIONS = frozenset(
-    _ENGINE_OPTIONS
-    | DURABLE_SERVER_OPTIONS
-    | {"queue_group", "max_concurrency", "max_pending", "version", "max_payload", "max_message_size"}
-)
-CLIENT_OPTIONS = frozenset(_ENGINE_OPTIONS | DURABLE_CLIENT_OPTIONS | {"codec"})
-
-
-def _settings(options: Mapping[str, Any]) -> EngineSettings:
-    prefix = str(options.get("prefix", "") or "")
-    if prefix and not prefix.endswith("."):
-        prefix += "."
-    codec_name = str(options.get("codec", "proto")).lower()
-    codec_named(codec_name)
-    return EngineSettings(
-        prefix=prefix,
-        queue_group=str(options.get("queue_group", "")),
-        max_concurrency=max(1, int(options.get("max_concurrency", 1024))),
-        max_pending=max(0, int(options.get("max_pending", 8192))),
-        max_message_size=OptionReader("memory", options).positive_int(
-            "max_message_size", DEFAULT_MAX_MESSAGE_SIZE
-        ),
-        window=max(1, int(options.get("window", 64))),
-        heartbeat=max(0.01, float(options.get("heartbeat", 5.0))),
-        codec_name=codec_name,
-        version=str(options.get("version", __version__)),
-        durable=durable_settings("memory", options),
-    )
-
-
-def _hub(url: str, options: Mapping[str, Any]) -> _Hub:
+def open_broker(url: str, options: Mapping[str, Any]) -> MemoryBroker:
+    """A connection to the hub ``memory://NAME`` names (created at its first use)."""
     parts = urlsplit(url)
     name = parts.netloc + parts.path
     if not name:
@@ -303,45 +260,4 @@ def _hub(url: str, options: Mapping[str, Any]) -> _Hub:
     hub = _hubs.get(name)
     if hub is None:
         hub = _hubs[name] = _Hub(int(options.get("max_payload", DEFAULT_MAX_PAYLOAD)))
-    return hub
-
-
-async def serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> BrokerBinding:
-    """Serve ``endpoints`` on the in-memory broker ``memory://NAME``."""
-    from .server import BrokerBinding
-
-    binding = BrokerBinding(
-        endpoints,
-        url.partition("?")[0] + _client_query(url),
-        MemoryBroker(_hub(url, options)),
-        _settings(options),
-    )
-    await binding.start()
-    return binding
-
-
-def _client_query(url: str) -> str:
-    query = url.partition("?")[2]
-    kept = [piece for piece in query.split("&") if piece.partition("=")[0] in CLIENT_OPTIONS]
-    return "?" + "&".join(kept) if kept else ""
-
-
-async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
-    """A client of the in-memory broker ``memory://NAME``."""
-    from .client import BrokerClient
-
-    client = BrokerClient(MemoryBroker(_hub(url, options)), _settings(options))
-    await client.start()
-    return client
-
-
-TRANSPORT = Transport(
-    name="memory",
-    schemes=("memory",),
-    extra="",
-    serve=serve,
-    dial=dial,
-    test_harness=named_harness("memory://test-{}"),
-    server_options=SERVER_OPTIONS,
-    client_options=CLIENT_OPTIONS,
-)
+    return MemoryBroker(hub)

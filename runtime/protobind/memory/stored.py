@@ -1,4 +1,7 @@
-"""Streams and durable consumers of the in-memory broker: JetStream's semantics, in this process.
+"""Stored-message streams and durable consumers of the in-memory broker: JetStream's semantics.
+
+(A stream here is a sequence of stored messages, as in JetStream; an RPC stream is
+:mod:`protobind.broker.stream`.)
 
 What :class:`~protobind.broker.base.DurableBroker` promises, kept in memory per ``memory://NAME``:
 a store acknowledged before the publisher goes on, de-duplication by message id within the
@@ -15,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import (
+from ..broker.base import (
     MSG_ID_HEADER,
     BrokerError,
     ConsumerSpec,
@@ -26,7 +29,7 @@ from .base import (
     StreamSpec,
 )
 
-__all__ = ["PullHandle", "StoredCopy", "Streams", "matches"]
+__all__ = ["PullHandle", "StoredCopy", "StoredStreams", "matches"]
 
 
 def _tokens(subject: str) -> tuple[str, ...]:
@@ -279,8 +282,8 @@ class PullHandle:
         self._closed = True
 
 
-class Streams:
-    """The streams of one ``memory://NAME``."""
+class StoredStreams:
+    """The stored-message streams of one ``memory://NAME``."""
 
     def __init__(self) -> None:
         self.streams: dict[str, _Stream] = {}

@@ -1,47 +1,27 @@
-"""``inproc://NAME``: client and server in one process, no sockets.
+"""The client side of ``inproc://NAME``: calls run the server's endpoint in the caller's task.
 
 Messages are copied through their binary encoding, so a handler and its caller never share a
-mutable object and the per-call cost includes serialization, as on a real wire. The handler runs
-in the caller's task: cancelling the caller cancels the handler, and the deadline cancels both.
+mutable object and the per-call cost includes serialization, as on a real wire.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
 
-from .context import CallInfo, Context
-from .errors import Code, RpcError
-from .metadata import Metadata
-from .reflection import Reflected, descriptor_files
-from .server import Endpoint, invoke_stream, invoke_unary
-from .transport import ClientTransport, ServerBinding, Transport, named_harness
+from ..context import CallInfo, Context
+from ..errors import Code, RpcError
+from ..metadata import Metadata
+from ..reflection import Reflected, descriptor_files
+from ..server import Endpoint, invoke_stream, invoke_unary
+from ..transport import ClientTransport, DialFunction
+from .server import BOUND, InprocBinding, name_of
 
-if TYPE_CHECKING:
-    from .server import EndpointTable
-
-__all__ = [
-    "TRANSPORT",
-    "InprocBinding",
-    "InprocTransport",
-    "dial",
-    "serve",
-]
-
-_registry: dict[str, InprocBinding] = {}
-
-
-def _name(url: str) -> str:
-    parts = urlsplit(url)
-    name = parts.netloc + parts.path
-    if not name:
-        raise ValueError(f"inproc URL needs a name: inproc://NAME, got {url!r}")
-    return name
+__all__ = ["InprocTransport", "dial"]
 
 
 def _copy(message: Message) -> Message:
@@ -53,51 +33,9 @@ def _copy_error(error: RpcError) -> RpcError:
     return RpcError.from_status(error.to_status()) if error.details else error
 
 
-class InprocBinding(ServerBinding):
-    """The server side of ``inproc://NAME``: registered by name, found by the clients of this process."""
-
-    def __init__(self, server: EndpointTable, name: str) -> None:
-        self.server = server
-        self.name = name
-        self.closing = False
-        self.active: set[asyncio.Task[Any]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"inproc://{self.name}"
-
-    async def stop(self, grace: float | None) -> None:
-        self.closing = True
-        if _registry.get(self.name) is self:
-            del _registry[self.name]
-        pending = {task for task in self.active if not task.done()}
-        if pending and grace:
-            await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            if not task.done():
-                task.cancel()
-
-    def endpoint(self, call: CallInfo) -> Endpoint:
-        """The endpoint a call asks for, or UNIMPLEMENTED."""
-        assert call.method is not None
-        endpoint = self.server.endpoints.get(call.method.path)
-        if endpoint is None:
-            raise RpcError(Code.UNIMPLEMENTED, f"method {call.method.full_name} is not served here")
-        return endpoint
-
-
-async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> InprocBinding:
-    """Serve ``server``'s endpoints under ``inproc://NAME`` in this process."""
-    name = _name(url)
-    if name in _registry:
-        raise RuntimeError(f"inproc://{name} is already bound")
-    binding = _registry[name] = InprocBinding(server, name)
-    return binding
-
-
 async def dial(url: str, options: Mapping[str, Any]) -> InprocTransport:
     """A client of the ``inproc://NAME`` server of this process."""
-    return InprocTransport(_name(url))
+    return InprocTransport(name_of(url))
 
 
 class InprocTransport(ClientTransport):
@@ -107,7 +45,7 @@ class InprocTransport(ClientTransport):
         self.name = name
 
     def _binding(self) -> InprocBinding:
-        binding = _registry.get(self.name)
+        binding = BOUND.get(self.name)
         if binding is None or binding.closing:
             raise RpcError(Code.UNAVAILABLE, f"no server at inproc://{self.name}")
         return binding
@@ -178,11 +116,5 @@ def _finish(call: CallInfo, context: Context) -> None:
     call.trailers = context.response_trailers
 
 
-TRANSPORT = Transport(
-    name="inproc",
-    schemes=("inproc",),
-    extra="",
-    serve=serve,
-    dial=dial,
-    test_harness=named_harness("inproc://test-{}"),
-)
+# mypy checks this module's dial against the transport interface (TRANSPORT imports it lazily)
+_CHECK: DialFunction = dial
