@@ -33,7 +33,7 @@ from ..metadata import Metadata
 from ..method import MethodKind
 from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..wire import grpc_deadline, grpc_status_fields, parse_grpc_timeout
-from .app import _BIDI_MESSAGE, _ClientGone, _peer, _Watch
+from .connect import _BIDI_MESSAGE, _ClientGone, _peer, _Watch
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,

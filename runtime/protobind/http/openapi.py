@@ -92,7 +92,13 @@ def openapi_document(
         document["servers"] = [{"url": url} for url in servers]
     document["tags"] = tags
     document["paths"] = paths
-    document["components"] = {
+    document["components"] = _components(schemas)
+    return document
+
+
+def _components(schemas: Schemas) -> dict[str, Any]:
+    """The document's shared parts: the message schemas, the error response, the Connect headers."""
+    return {
         "schemas": dict(sorted(schemas.schemas.items())),
         "responses": {
             "ConnectError": {
@@ -116,7 +122,6 @@ def openapi_document(
             },
         },
     }
-    return document
 
 
 def _error_responses() -> dict[str, Any]:

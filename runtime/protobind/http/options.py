@@ -1,9 +1,10 @@
-"""HTTP binding options."""
+"""HTTP binding options: the names each side takes, and the server's as :class:`ServerOptions`."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..options import LIMIT_OPTIONS, TLS_CLIENT_OPTIONS, OptionReader
 __all__ = [
     "CLIENT_OPTIONS",
     "SERVER_OPTIONS",
+    "ServerOptions",
 ]
 
 SERVER_OPTIONS = frozenset(
@@ -61,6 +63,22 @@ def _require(module: str) -> ModuleType:
         ) from exc
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """Options of the HTTP server binding (see docs/protocols.md and ``protobind.http``)."""
+
+    prefix: str = ""
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    ignore_unknown_fields: bool = False
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_headers: tuple[str, ...] = ("*",)
+    cors_expose_headers: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
+    cors_max_age: int = 7200
+    cors_allow_methods: tuple[str, ...] = ()  # empty: the methods the routes answer
+    reflection: bool = True
+
+
 # --- options --------------------------------------------------------------------------------------
 
 
@@ -73,9 +91,7 @@ def _prefix(path: str) -> str:
     return prefix
 
 
-def _server_options(options: Mapping[str, Any], prefix: str = "") -> Any:
-    from .app import ServerOptions
-
+def _server_options(options: Mapping[str, Any], prefix: str = "") -> ServerOptions:
     read = reader(options)
     return ServerOptions(
         prefix=prefix,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..options import OptionReader
 from ..server import EndpointTable, Server
 from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
 from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
@@ -98,6 +99,24 @@ def _parser(server: EndpointTable, options: Mapping[str, Any]) -> str:
     return parser
 
 
+def _tls(url: str, scheme: str, read: OptionReader) -> dict[str, Any]:
+    """uvicorn's TLS settings for ``https://`` (none for ``http://``, where TLS options are an error)."""
+    tls_given = [name for name in ("tls_ca", "tls_cert", "tls_key") if read.given(name)]
+    if tls_given and scheme != "https":
+        raise ValueError(
+            f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
+        )
+    if scheme != "https":
+        return {}
+    cert, key, ca = read.file("tls_cert"), read.file("tls_key"), read.file("tls_ca")
+    if cert is None or key is None:
+        raise ValueError(f"{url}: https:// needs the options tls_cert and tls_key (PEM files)")
+    tls: dict[str, Any] = {"ssl_certfile": cert, "ssl_keyfile": key}
+    if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
+        tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return tls
+
+
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> HttpBinding:
     """Start uvicorn with :func:`asgi_app` on ``url``'s host and port (port 0: any free port)."""
     uvicorn = _require("uvicorn")
@@ -114,19 +133,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
     settings = _server_options(options, prefix)
     app = build_app(server, settings)
     read = reader(options)
-    tls_given = [name for name in ("tls_ca", "tls_cert", "tls_key") if read.given(name)]
-    if tls_given and parts.scheme != "https":
-        raise ValueError(
-            f"TLS options ({', '.join(tls_given)}) were given for a plain http:// URL: use https://"
-        )
-    cert, key, ca = read.file("tls_cert"), read.file("tls_key"), read.file("tls_ca")
-    if parts.scheme == "https" and (cert is None or key is None):
-        raise ValueError(f"{url}: https:// needs the options tls_cert and tls_key (PEM files)")
-    tls: dict[str, Any] = {}
-    if parts.scheme == "https":
-        tls = {"ssl_certfile": cert, "ssl_keyfile": key}
-        if ca is not None:  # mutual TLS: only clients with a certificate signed by these CAs
-            tls.update(ssl_ca_certs=ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    tls = _tls(url, parts.scheme, read)
     parser = _parser(server, options)
     config = uvicorn.Config(
         app,
