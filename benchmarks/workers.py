@@ -34,7 +34,7 @@ def _serve(
     url = nats_url if transport == "nats" else f"{transport}://127.0.0.1:0"
     assert url is not None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "protobind_codegen.cli", "serve", "benchmarks.peers:Echo",
+        [sys.executable, "-m", "protobind", "serve", "benchmarks.peers:Echo",
          "--workers", str(workers), "--bind", url],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

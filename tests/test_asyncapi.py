@@ -80,7 +80,7 @@ def asyncapi_parser() -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "protobind_codegen.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "protobind", *args], capture_output=True, text=True, timeout=120
     )
 
 

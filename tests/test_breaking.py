@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protobind_codegen import cli
+from protobind import cli
 from protobind_codegen.breaking import LEVELS, RULES, Finding, breaking_changes
 from protobind_codegen.breaking_sides import Side
 

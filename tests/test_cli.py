@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+PROTOBIND = [sys.executable, "-m", "protobind"]
 
 OLD = """
 syntax = "proto3";
@@ -196,6 +196,79 @@ def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
     assert "stopping" in out
 
 
+# --- a runtime-only install ---------------------------------------------------------------------
+
+#: `protobind` in a process where protobind_codegen cannot be imported, as without [codegen]
+WITHOUT_CODEGEN = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['protobind_codegen'] = None; from protobind.cli import main; main()",
+]
+COMMANDS = ("generate", "serve", "call", "list", "describe", "gateway", "breaking", "openapi", "asyncapi")
+
+
+def test_runtime_commands_work_without_the_code_generator(tmp_path: Path) -> None:
+    """Without protobind_codegen: `--help` lists every command, each command's --help works,
+    `serve` serves and `list`/`call` talk to it by reflection; a code generator command (or
+    --proto, which compiles .proto files) says in one line to install protobind[codegen]."""
+    import os
+    import re
+    import signal
+
+    from .conftest import ROOT
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WITHOUT_CODEGEN, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: protobind "), shown.stderr
+    assert re.findall(r"^    (\S+)", shown.stdout, re.MULTILINE) == [*COMMANDS, "demo", "nats-server"]
+    for command in (*COMMANDS, "demo", "nats-server"):
+        helped = run(command, "--help")
+        assert helped.returncode == 0 and helped.stdout.startswith("usage: protobind "), helped.stderr
+    hint = "needs the code generator (protobind_codegen is not installed): pip install 'protobind[codegen]'\n"
+    for args, needs in (
+        (["generate", "x.proto", "--out", str(tmp_path)], ""),
+        (["openapi", "x.proto"], "reading .proto files "),
+        (["breaking", "old.proto", "new.proto"], ""),
+        (["call", "http://127.0.0.1:1", "a.B/C", "--proto", "x.proto"], "--proto "),
+        (
+            ["gateway", "--listen", "http://127.0.0.1:0", "--upstream", "grpc://x:1", "--proto", "x.proto"],
+            "--proto ",
+        ),
+    ):
+        refused = run(*args)
+        assert (refused.returncode, refused.stdout) == (1, ""), refused.stdout
+        assert refused.stderr == f"protobind {args[0]}: {needs}{hint}"
+    demo = run("demo")  # it needs every transport too: it asks for everything at once
+    assert demo.returncode == 1 and demo.stderr == (
+        "protobind demo: needs the code generator and every transport; not installed: protobind_codegen: "
+        "pip install 'protobind[all]'\n"
+    )
+    server = subprocess.Popen(
+        [*WITHOUT_CODEGEN, "serve", "tests.conformance:Conformance", "--bind", "http://127.0.0.1:0"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert " on http://127.0.0.1:" in line, server.stderr.read() if server.stderr else line
+        url = line.split(" on ")[-1].strip()
+        listed = run("list", url)
+        assert (listed.returncode, listed.stdout) == (0, "protobind.conformance.v1.ConformanceService\n")
+        called = run("call", url, "protobind.conformance.v1.ConformanceService/Unary", '{"text": "hi"}')
+        assert called.returncode == 0 and json.loads(called.stdout)["text"] == "hi", called.stderr
+        served = run("openapi", url)  # a running server's document needs no code generator either
+        assert served.returncode == 0 and json.loads(served.stdout)["openapi"] == "3.1.0", served.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0, err
+
+
 # --- protobind nats-server, demo, serve --path ------------------------------------------------------
 
 
@@ -278,7 +351,7 @@ def test_demo_in_a_bare_install_asks_for_all() -> None:
     what is missing and the extra that brings all of it, not `[codegen]` (then each transport)."""
     for hidden in (["grpc_tools", "jinja2", "mypy_protobuf", "grpc", "aiohttp", "nats"], ["nats"]):
         code = f"import sys; sys.modules.update(dict.fromkeys({hidden!r}))\n"  # None: not importable
-        code += "from protobind_codegen.cli import main; main(['demo'])"
+        code += "from protobind.cli import main; main(['demo'])"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and result.stdout == "", result.stdout
         assert result.stderr == (
@@ -326,7 +399,7 @@ def test_readme_steps_generate_serve_with_path_and_call(tmp_path: Path) -> None:
     """README: contract in proto/, `generate proto/ --out gen/`, the service in app.py, then serve."""
     import shutil
 
-    from protobind_codegen.dev_cmd import DEMO_PROTO
+    from protobind_codegen.protoc import DEMO_PROTO
 
     shutil.copytree(DEMO_PROTO, tmp_path / "proto")
     generated = _run("generate", "proto/", "--out", "gen/", cwd=tmp_path)

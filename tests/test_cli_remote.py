@@ -23,7 +23,7 @@ from protobind.mqtt import TEST_BROKER, broker_unreachable
 from .conftest import ROOT
 from .kafka_broker import kafka_url
 
-PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+PROTOBIND = [sys.executable, "-m", "protobind"]
 SERVICE = "protobind.conformance.v1.ConformanceService"
 
 

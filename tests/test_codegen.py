@@ -29,7 +29,7 @@ else:
 
 EDGE = ROOT / "tests" / "protos" / "edge"
 BAD = ROOT / "tests" / "protos_bad" / "broken.proto"
-PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+PROTOBIND = [sys.executable, "-m", "protobind"]
 
 
 @pytest.fixture(scope="module")

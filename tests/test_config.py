@@ -76,7 +76,7 @@ def test_max_oneway_from_the_file_reaches_the_server(tmp_path: Path, monkeypatch
         with pytest.raises(ConfigError, match=r"server\.max_oneway must be a whole number >= 1"):
             Config.load(path, env={})
     # `protobind serve` builds its Server with it
-    from protobind_codegen import cli
+    from protobind import cli
 
     path.write_text(TOML.replace("grace = 2.5", "grace = 2.5\nmax_oneway = 3"))
     seen: list[int] = []

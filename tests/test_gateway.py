@@ -38,7 +38,7 @@ IDL = ROOT / "idl"
 CONFORMANCE_PROTO = str(IDL / "protobind" / "conformance" / "v1" / "conformance.proto")
 GREETER_PROTO = ROOT / "examples" / "greeter" / "proto"
 
-PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+PROTOBIND = [sys.executable, "-m", "protobind"]
 
 #: (the transport callers use, the transport the service is served on)
 ROUTES = [("http", "nats"), ("nats", "grpc")]

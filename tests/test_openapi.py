@@ -184,7 +184,7 @@ def test_conflicting_routes_are_refused() -> None:
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "protobind_codegen.cli", "openapi", *args],
+        [sys.executable, "-m", "protobind", "openapi", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -19,7 +19,7 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 
 from .conftest import ROOT
 
-PROTOBIND = ["-m", "protobind_codegen.cli"]
+PROTOBIND = ["-m", "protobind"]
 # Enough fresh connections (gRPC, HTTP) or calls (NATS) that both workers answer unless one
 # takes none: the odds of all landing on one worker are 2 * 2**-40.
 ATTEMPTS = 40

@@ -35,6 +35,8 @@ from typing import Any, Generic, TypeVar
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
+from protobind.cli.codegen import FORMATS, LEVELS
+
 from .breaking_sides import LoadedSide, Side, load_sides
 
 __all__ = ["FORMATS", "LEVELS", "RULES", "Finding", "Rule", "breaking_changes", "compare", "render"]
@@ -42,9 +44,8 @@ __all__ = ["FORMATS", "LEVELS", "RULES", "Finding", "Rule", "breaking_changes", 
 FDP = descriptor_pb2.FieldDescriptorProto
 FeatureSet = descriptor_pb2.FeatureSet
 
-#: Levels from least to most strict; ``WIRE_JSON`` is the default.
-LEVELS = ("WIRE", "WIRE_JSON", "FILE")
-FORMATS = ("text", "json", "github")
+# LEVELS (least to most strict; WIRE_JSON is the default) and FORMATS are the command line's
+# choices, declared where `protobind breaking --help` finds them without this package.
 _F = "FILE"
 
 

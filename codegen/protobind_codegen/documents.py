@@ -1,81 +1,22 @@
-"""``protobind openapi`` and ``protobind asyncapi``: the documents that describe a contract's API.
+"""The OpenAPI and AsyncAPI documents of ``.proto`` files, for ``protobind openapi|asyncapi PATHS``.
 
-    protobind openapi PATHS... [-I DIR]... [-o FILE]     OpenAPI 3.1 of the HTTP binding
-    protobind asyncapi PATHS... [-I DIR]... [-o FILE]    AsyncAPI 3.0 of the NATS (or MQTT) binding
-    protobind openapi|asyncapi URL [-H KEY:VALUE]...     the document a running server serves
-
-Both compile the ``.proto`` files with source info, so proto comments become descriptions (the
-generated code carries the same comments to a server, so its documents say the same).
+The files are compiled with source info, so proto comments become descriptions (the generated
+code carries the same comments to a server, so its documents say the same). The commands, and
+the documents of a running server, are :mod:`protobind.cli.documents`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protobind.cli.documents import ASYNCAPI_SCHEMES
 from protobind.method import ServiceInfo
 
 if TYPE_CHECKING:
     from protobind.broker.asyncapi import Bindings
 
-#: The URL schemes of each broker binding ``protobind asyncapi`` describes.
-_SCHEMES = {"nats": ("nats", "tls"), "mqtt": ("mqtt", "mqtts"), "kafka": ("kafka",)}
-
-
-def add_parsers(commands: Any) -> None:
-    """Register the ``openapi`` and ``asyncapi`` commands on the CLI's sub-parsers."""
-    openapi = _common(
-        commands.add_parser(
-            "openapi", help="write the OpenAPI 3.1 document of the HTTP binding (Connect and REST routes)"
-        ),
-        "a base URL for the servers list",
-    )
-    openapi.set_defaults(run=run_openapi)
-    asyncapi = _common(
-        commands.add_parser(
-            "asyncapi",
-            help="write the AsyncAPI 3.0 document of the NATS, MQTT 5 or Kafka binding (subjects, topics "
-            "and messages)",
-        ),
-        "a nats://, mqtt:// or kafka:// URL for the servers list",
-    )
-    asyncapi.add_argument(
-        "--protocol",
-        choices=sorted(_SCHEMES),
-        help="the binding described (default: the --server URLs', else nats)",
-    )
-    asyncapi.add_argument("--prefix", default="", help="the binding's subject prefix (option prefix)")
-    asyncapi.add_argument(
-        "--queue-group",
-        default="",
-        metavar="GROUP",
-        help="the servers' queue group (default: each service's name)",
-    )
-    asyncapi.set_defaults(run=run_asyncapi)
-
-
-def _common(parser: argparse.ArgumentParser, server_help: str) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help=".proto files or directories, or a running server's URL"
-    )
-    parser.add_argument(
-        "-H",
-        "--header",
-        action="append",
-        default=[],
-        metavar="KEY:VALUE",
-        help="metadata sent when asking a server (a token, say)",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="when asking a server")
-    parser.add_argument("-I", "--include", action="append", default=[], metavar="DIR", help="import path")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--title", help="info.title (default: the service name, or 'protobind API')")
-    parser.add_argument("--api-version", default="1.0.0", metavar="VERSION", help="info.version")
-    parser.add_argument("--server", action="append", default=[], metavar="URL", help=server_help)
-    return parser
+__all__ = ["asyncapi_from_files", "openapi_from_files"]
 
 
 def _contract(args: argparse.Namespace) -> tuple[list[ServiceInfo], list[Any], str]:
@@ -92,90 +33,34 @@ def _contract(args: argparse.Namespace) -> tuple[list[ServiceInfo], list[Any], s
     return services, list(files), title
 
 
-def _write(args: argparse.Namespace, document: dict[str, Any]) -> int:
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(args.output)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
-    """With a URL instead of paths, the ``kind`` document (``openapi``: ``http://``,
-    ``asyncapi``: a broker URL) that server serves; ``None`` when ``args.paths`` are files."""
-    if len(args.paths) != 1 or "://" not in args.paths[0]:
-        return None
-    args.url = url = args.paths[0]  # the CLI names it in an error line
-    for flag, given in [
-        ("-I", args.include),
-        ("--title", args.title),
-        ("--server", args.server),
-        ("--prefix", getattr(args, "prefix", "")),
-        ("--queue-group", getattr(args, "queue_group", "")),
-        ("--protocol", getattr(args, "protocol", None)),
-    ]:
-        if given:
-            raise ValueError(f"{flag} is for .proto files: a running server's document is as it serves it")
-
-    import asyncio
-
-    from protobind.metadata import Metadata
-    from protobind.transport import transport_for_url
-
-    from .remote_cmd import _connect, _metadata
-
-    metadata = Metadata(_metadata(args.header))
-    scheme = url.partition(":")[0]
-    where = "an http:// or https://" if kind == "openapi" else "a nats://, tls://, mqtt:// or mqtts://"
-    if kind == "openapi" and transport_for_url(url).name != "http":  # only the HTTP binding serves it
-        raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
-
-    async def fetch() -> dict[str, Any]:
-        async with _connect(url) as channel:
-            await channel.open()
-            serve = getattr(channel.transport, kind, None)  # the broker transports' clients have it
-            if serve is None:
-                raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
-            document: dict[str, Any] = await serve(args.timeout, metadata)
-            return document
-
-    return asyncio.run(fetch())
-
-
-def run_openapi(args: argparse.Namespace) -> int:
+def openapi_from_files(args: argparse.Namespace) -> dict[str, Any]:
+    """The OpenAPI document of the ``.proto`` files ``protobind openapi`` was given."""
     from protobind.http.openapi import openapi_document
 
-    served = _served(args, "openapi")
-    if served is not None:
-        return _write(args, served)
     services, sources, title = _contract(args)
-    return _write(
-        args,
-        openapi_document(
-            services, title=title, version=args.api_version, servers=args.server, source_files=sources
-        ),
+    return openapi_document(
+        services, title=title, version=args.api_version, servers=args.server, source_files=sources
     )
 
 
-def run_asyncapi(args: argparse.Namespace) -> int:
+def asyncapi_from_files(args: argparse.Namespace) -> dict[str, Any]:
+    """The AsyncAPI document of the ``.proto`` files ``protobind asyncapi`` was given (NATS, or MQTT
+    5 or Kafka by ``--protocol`` or the ``--server`` URLs)."""
     from protobind.broker.asyncapi import asyncapi_document
 
-    served = _served(args, "asyncapi")
-    if served is not None:
-        return _write(args, served)
     services, sources, title = _contract(args)
     schemes = {url.partition("://")[0] for url in args.server}
-    known = [scheme for found in _SCHEMES.values() for scheme in found]
+    known = [scheme for found in ASYNCAPI_SCHEMES.values() for scheme in found]
     for url in args.server:
         if url.partition("://")[0] not in known:
             given = ", ".join(f"{scheme}://" for scheme in known[:-1]) + f" or {known[-1]}://"
             raise ValueError(f"--server {url!r}: give a {given} URL")
-    protocol = args.protocol or next((p for p, known in _SCHEMES.items() if schemes & set(known)), "nats")
+    protocol = args.protocol or next(
+        (p for p, known in ASYNCAPI_SCHEMES.items() if schemes & set(known)), "nats"
+    )
     for url in args.server:
-        if url.partition("://")[0] not in _SCHEMES[protocol]:
-            given = " or ".join(f"{scheme}://" for scheme in _SCHEMES[protocol])
+        if url.partition("://")[0] not in ASYNCAPI_SCHEMES[protocol]:
+            given = " or ".join(f"{scheme}://" for scheme in ASYNCAPI_SCHEMES[protocol])
             raise ValueError(f"--server {url!r}: give a {given} URL")
     bindings: Bindings | None = None
     if protocol == "mqtt":  # the subjects written as the topics an MQTT server uses
@@ -188,16 +73,13 @@ def run_asyncapi(args: argparse.Namespace) -> int:
 
         kafka = args.server[0] if args.server else "kafka://127.0.0.1:9092"
         bindings = KafkaBroker(settings_from(kafka, {"prefix": args.prefix})).asyncapi_bindings()
-    return _write(
-        args,
-        asyncapi_document(
-            services,
-            title=title,
-            version=args.api_version,
-            servers=args.server,
-            prefix=args.prefix,
-            queue_group=args.queue_group,
-            source_files=sources,
-            bindings=bindings,
-        ),
+    return asyncapi_document(
+        services,
+        title=title,
+        version=args.api_version,
+        servers=args.server,
+        prefix=args.prefix,
+        queue_group=args.queue_group,
+        source_files=sources,
+        bindings=bindings,
     )

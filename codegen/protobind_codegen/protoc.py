@@ -19,6 +19,8 @@ class ProtoError(Exception):
 
 #: Import root of the contracts shipped inside this package (``protobind/v1/options.proto``).
 IDL_ROOT = Path(__file__).parent / "idl"
+#: Import root of the contract of ``protobind demo`` (``greeter/v1/greeter.proto``).
+DEMO_PROTO = Path(__file__).parent / "demo_proto"
 
 
 def standard_includes() -> list[str]:

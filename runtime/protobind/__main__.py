@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-
-def main() -> None:
-    """Run the ``protobind`` command line (imported here, so ``import protobind`` never loads it)."""
-    from protobind_codegen.cli import main as cli_main
-
-    cli_main()
-
+from protobind.cli import main
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 
 The contract comes from the server's reflection (gRPC server reflection, the HTTP binding's
 reflection route, the NATS micro INFO reply) unless ``--proto`` names the files, which are then
-looked up in the ``-I`` directories first, as protoc and grpcurl do.
+looked up in the ``-I`` directories first, as protoc and grpcurl do (compiling them needs the
+code generator, ``protobind[codegen]``; reflection does not).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from google.protobuf import (
 )
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+
+from .base import needs_codegen
 
 __all__ = ["add_parsers", "describe_symbol"]
 
@@ -86,8 +89,9 @@ class Contract:
 
 
 def _local_contract(args: argparse.Namespace) -> Contract:
-    from .descriptors import build_pool
-    from .protoc import compile_protos, run_protoc
+    with needs_codegen("--proto"):
+        from protobind_codegen.descriptors import build_pool
+        from protobind_codegen.protoc import compile_protos, run_protoc
 
     includes = [str(Path(i).resolve()) for i in args.include]
     found: list[str] = []

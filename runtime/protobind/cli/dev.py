@@ -1,8 +1,9 @@
 """``protobind demo`` and ``protobind nats-server``: try protobind with nothing but the install.
 
-The demo's contract ships in this package (``demo_proto/greeter/v1/greeter.proto``, which
-``examples/greeter`` links to); its stubs are generated into a temporary directory each run, so
-the demo also shows that code generation works where protobind is installed.
+The demo's contract ships with the code generator (``protobind_codegen/demo_proto/greeter/v1/
+greeter.proto``, which ``examples/greeter`` links to); its stubs are generated into a temporary
+directory each run, so the demo also shows that code generation works where protobind is
+installed (the demo needs the code generator and every transport: ``protobind[all]``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_PROTO", "add_parsers"]
-
-#: Import root of the demo contract.
-DEMO_PROTO = Path(__file__).parent / "demo_proto"
+__all__ = ["add_parsers"]
 
 
 def add_parsers(commands: Any) -> None:
@@ -80,7 +77,7 @@ def _nats_server(args: argparse.Namespace) -> int:
 
 
 #: What the demo's code generation imports (the `codegen` extra); it also serves every transport.
-_CODEGEN_MODULES = ("grpc_tools", "jinja2", "mypy_protobuf")
+_CODEGEN_MODULES = ("protobind_codegen", "grpc_tools", "jinja2", "mypy_protobuf")
 _DEMO_TRANSPORTS = ("grpc", "http", "nats")
 
 
@@ -108,9 +105,10 @@ def _check_demo_installed() -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     _check_demo_installed()
-    with tempfile.TemporaryDirectory(prefix="protobind-demo-") as gen:
-        from .generate import generate
+    from protobind_codegen.generate import generate
+    from protobind_codegen.protoc import DEMO_PROTO
 
+    with tempfile.TemporaryDirectory(prefix="protobind-demo-") as gen:
         generate([str(DEMO_PROTO)], gen)
         sys.path.insert(0, gen)
         try:
