@@ -533,7 +533,7 @@ async def test_reflection_and_cli_over_amqp(served: tuple[Served, Conformance]) 
     assert SERVICE in reflected.services
     listed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "protobind_codegen.cli", "list", server.url],
+        [sys.executable, "-m", "protobind", "list", server.url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -545,7 +545,7 @@ async def test_reflection_and_cli_over_amqp(served: tuple[Served, Conformance]) 
         [
             sys.executable,
             "-m",
-            "protobind_codegen.cli",
+            "protobind",
             "call",
             server.url,
             f"{SERVICE}/Unary",
