@@ -27,7 +27,7 @@ from .conformance import Conformance
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
-PROTOBIND = [sys.executable, "-m", "protobind_codegen.cli"]
+PROTOBIND = [sys.executable, "-m", "protobind"]
 
 
 def _access(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

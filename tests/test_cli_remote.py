@@ -176,9 +176,9 @@ def test_describe_shows_method_options(urls: dict[str, str], transport: str) -> 
 
 
 def test_describe_shows_durable_delivery_and_http_rules() -> None:
+    from protobind.cli.remote import describe_symbol
     from protobind_codegen.descriptors import build_pool
     from protobind_codegen.protoc import compile_protos
-    from protobind_codegen.remote_cmd import describe_symbol
 
     protos = ROOT / "tests" / "protos"
     files, _ = compile_protos(

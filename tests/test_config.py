@@ -226,7 +226,7 @@ def test_protobind_serve_names_the_unknown_key(tmp_path: Path) -> None:
     path = tmp_path / "protobind.toml"
     path.write_text('[server]\nservices = ["tests.conformance:Conformance"]\nbnd = ["grpc://127.0.0.1:0"]\n')
     result = subprocess.run(
-        [sys.executable, "-m", "protobind_codegen.cli", "serve", "--config", str(path)],
+        [sys.executable, "-m", "protobind", "serve", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

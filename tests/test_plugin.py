@@ -195,8 +195,8 @@ def test_marker_and_option_without_common_transport_skip_with_reason(tmp_path: P
 def test_server_path_of_protobind_toml_is_importable(tmp_path: Path) -> None:
     """The generated package in gen/ imports in conftest.py and the tests with no pytest
     configuration and no PYTHONPATH, because protobind.toml says `path = ["gen"]`, as for serve."""
-    from protobind_codegen.dev_cmd import DEMO_PROTO
     from protobind_codegen.generate import generate
+    from protobind_codegen.protoc import DEMO_PROTO
 
     generate([str(DEMO_PROTO)], str(tmp_path / "gen"))
     (tmp_path / "protobind.toml").write_text('[server]\npath = ["gen", "src"]\n')

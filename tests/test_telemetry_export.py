@@ -193,7 +193,7 @@ def test_missing_opentelemetry_says_what_to_install(tmp_path: Path) -> None:
     config.write_text("[telemetry]\nenabled = true\n")
     serve = _without(
         ["opentelemetry"],
-        "from protobind_codegen.cli import main\n"
+        "from protobind.cli import main\n"
         "main(['serve', 'tests.conformance:Conformance', '--bind', 'inproc://x', "
         f"'--config', {str(config)!r}])",
     )
