@@ -3,7 +3,8 @@
 Connect calls are dispatched on ``scope["path"]`` with one dict lookup before any framework code
 runs: on a unary call the framework's routing, request and response objects cost about as much as
 the RPC itself. Unary calls come as POST (or GET, for methods without side effects), streams as
-enveloped messages in one POST body. Everything else (google.api.http REST routes,
+enveloped messages in one POST body; a gRPC or gRPC-Web request to the same path goes to
+:mod:`.grpc`, chosen by its content type. Everything else (google.api.http REST routes,
 ``/openapi.json``, the 404 for unknown paths, lifespan) goes to the ``fallback`` app that
 :mod:`.app` assembles behind it.
 """
