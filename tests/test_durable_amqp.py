@@ -350,7 +350,7 @@ async def test_describe_and_the_asyncapi_document_over_amqp(
     url = f"{rabbitmq_server}?prefix={prefix}"
     described = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "protobind_codegen.cli", "describe", url, SERVICE],
+        [sys.executable, "-m", "protobind", "describe", url, SERVICE],
         capture_output=True,
         text=True,
         cwd=ROOT,
