@@ -55,8 +55,8 @@ from ..broker.base import (
     StreamSpec,
     Unsupported,
 )
-from ..broker.memory_streams import matches
 from ..broker.wire import TIMEOUT
+from ..memory.stored import matches
 from .options import Settings
 
 __all__ = [
