@@ -34,7 +34,7 @@ import protobind.testing
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.server import invoke_unary
+from protobind.endpoints import invoke_unary
 from protobind.telemetry import SERVER_ERROR_CODES
 
 from .conformance import Conformance

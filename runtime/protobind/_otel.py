@@ -27,11 +27,11 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from . import __version__
 from .context import CallInfo, Context
+from .endpoints import INTERNAL_MESSAGE
 from .errors import Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind
-from .server import INTERNAL_MESSAGE
 from .telemetry import SERVER_ERROR_CODES
 from .transport import transport_for_url
 
@@ -432,7 +432,7 @@ class ServerTelemetry:
             )
         method = context.method_info
         if not isinstance(result, method.output_type) and not method.oneway:
-            # not a response of this method: the call answers INTERNAL (see server.invoke_unary);
+            # not a response of this method: the call answers INTERNAL (see endpoints.invoke_unary);
             # a one-way handler's result is ignored on every transport
             self._end(call, context, Code.INTERNAL, INTERNAL_MESSAGE)
             return result

@@ -60,7 +60,7 @@ class AccessLog:
         method = context.method_info
         if method.kind.server_streams:
             return _stream(result, context, start)
-        # a handler's wrong answer is INTERNAL to the caller (server.invoke_unary); a one-way
+        # a handler's wrong answer is INTERNAL to the caller (endpoints.invoke_unary); a one-way
         # handler's result is never looked at
         ok = method.oneway or isinstance(result, method.output_type)
         _log(context, Code.OK if ok else Code.INTERNAL, start)

@@ -16,7 +16,7 @@ reflection (their gRPC method names), the HTTP binding's ``/openapi.json``
 (:data:`OPENAPI_METHOD`) and ``/protobind/reflection`` (:data:`REFLECTION_METHOD`), NATS
 micro discovery (:data:`MICRO_METHOD`) and the AsyncAPI documents a broker binding answers
 (:data:`ASYNCAPI_METHOD`). Bindings reach it through
-:attr:`protobind.server.EndpointTable.authorize`.
+:attr:`protobind.endpoints.EndpointTable.authorize`.
 
 A durable request/response call also names the caller group its reply is stored for; a server
 with an authorizer stores it only for a group the call's credentials allow, granted like a

@@ -34,12 +34,13 @@ from google.protobuf.message import Message
 
 from .client import Channel, connect
 from .context import CallInfo, Context
+from .endpoints import Endpoint
 from .errors import Code, RpcError
 from .http.wire import PROTOCOL_HEADERS
 from .interceptors import ClientInterceptor, Handler, ServerInterceptor, chain_server
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
-from .server import Endpoint, Server
+from .server import Server
 from .telemetry import Telemetry, TelemetryOption
 
 __all__ = ["Gateway"]

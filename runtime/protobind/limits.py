@@ -3,7 +3,7 @@ for one, and how long a request may take to arrive.
 
 A binding reads a :class:`ServerLimits` from its options once, makes one :class:`ConcurrencyLimit`
 and one :class:`ReadTimer` per binding, and passes the limit to
-:func:`protobind.server.invoke_unary` / :func:`~protobind.server.invoke_stream`, which hold a slot
+:func:`protobind.endpoints.invoke_unary` / :func:`~protobind.endpoints.invoke_stream`, which hold a slot
 for the whole call. Exceeding a limit gives the same status on every transport (docs/security.md).
 """
 

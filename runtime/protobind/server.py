@@ -4,71 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from google.protobuf.message import Message
-
 from . import aio
-from .context import Context, DeadlineScope
+from .context import Context
+from .endpoints import Endpoint, EndpointTable
 from .errors import Code, RpcError
 from .interceptors import Handler, ServerInterceptor, chain_server
-from .limits import ConcurrencyLimit
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind, ServiceInfo
 from .telemetry import Telemetry, TelemetryOption
 from .transport import ServerBinding, check_options, query_options, transport_for_url
 from .urls import redact
 
-__all__ = [
-    "INTERNAL_MESSAGE",
-    "Endpoint",
-    "EndpointTable",
-    "Server",
-    "invoke_stream",
-    "invoke_unary",
-    "service_info",
-    "to_rpc_error",
-]
+__all__ = ["Server", "service_info"]
 
 logger = logging.getLogger("protobind.server")
-
-INTERNAL_MESSAGE = "internal error"
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One servable method: its description and its handler with the interceptors applied.
-
-    For a one-way method, ``handler`` acknowledges: it runs the interceptors, starts the user's
-    handler in the background and returns ``Empty`` (see :class:`BackgroundCalls`). ``direct``
-    is then the interceptors and the user's handler in one, for a transport that has nobody to
-    acknowledge (a broker message without a reply address): it runs that where it runs any
-    call, under its own concurrency limit, and logs the outcome.
-    """
-
-    method: MethodInfo[Any, Any]
-    handler: Handler
-    direct: Handler | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointTable:
-    """What a binding serves: a frozen view of a :class:`Server`'s services and endpoints, taken
-    when the server starts (registering a service after that is an error)."""
-
-    services: tuple[ServiceInfo, ...]
-    #: keyed by ``/{package}.{Service}/{Method}``
-    endpoints: Mapping[str, Endpoint]
-    #: the server's telemetry, for a binding that makes spans of its own (a broker consumer:
-    #: ``Telemetry.consumer_span``); the endpoints' handlers already carry the per-call interceptor
-    telemetry: Telemetry | None = None
-    #: The access check of the server's interceptors that have one (``protobind.auth``), for what
-    #: a binding serves besides the endpoints (health, reflection, OpenAPI, discovery):
-    #: ``authorize(metadata, method)`` gives ``None`` to allow, else the error to answer with.
-    authorize: Callable[[Metadata, str], RpcError | None] | None = None
 
 
 def service_info(service: object) -> ServiceInfo:
@@ -90,120 +43,6 @@ def _user_handler(service: object, method: MethodInfo[Any, Any]) -> Handler:
         return fn(request, context)
 
     return open_stream
-
-
-def to_rpc_error(exc: BaseException, context: Context | None = None) -> RpcError:
-    """The error a caller sees for ``exc``. Unexpected exceptions are logged and become INTERNAL
-    with a generic message: exception text never leaves the process."""
-    if isinstance(exc, RpcError):
-        return exc
-    if isinstance(exc, asyncio.CancelledError):
-        return RpcError(Code.CANCELLED, "call cancelled")
-    # the same line telemetry logs for a failed call (there with duration and trace id): with
-    # telemetry on, a handler's exception is logged there and reaches here as an RpcError
-    method = context.method if context is not None else "?"
-    transport = context.transport if context is not None else "?"
-    logger.error(
-        "call failed method=%s transport=%s code=INTERNAL",
-        method,
-        transport,
-        exc_info=exc,
-        extra={"rpc_method": method, "rpc_transport": transport, "rpc_code": "INTERNAL"},
-    )
-    return RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
-
-
-def _check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
-    if type(response) is not method.output_type:
-        if isinstance(response, method.output_type):
-            return response  # type: ignore[no-any-return]
-        logger.error(
-            "handler of %s returned %s, expected %s",
-            method.full_name,
-            type(response).__name__,
-            method.output_type.DESCRIPTOR.full_name,
-        )
-        raise RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
-    return response  # type: ignore[no-any-return]
-
-
-async def invoke_unary(
-    endpoint: Endpoint,
-    request: Any,
-    context: Context,
-    *,
-    enforce_deadline: bool = True,
-    limit: ConcurrencyLimit | None = None,
-) -> Message:
-    """Run a unary or client-streaming endpoint under the context's deadline.
-
-    Returns the response message or raises :class:`RpcError` (never anything else but
-    ``CancelledError`` when the transport itself cancels the task). A transport whose protocol
-    stack already cancels the handler at the deadline (gRPC does) passes
-    ``enforce_deadline=False`` to skip the timer this would cost on every call. With ``limit``,
-    the call holds one of its slots while the handler runs (waiting for one counts against the
-    deadline; a full queue is RESOURCE_EXHAUSTED).
-    """
-    try:
-        if context.deadline is None or not enforce_deadline:
-            response = await _limited(endpoint, request, context, limit)
-        else:
-            async with DeadlineScope(context.deadline):
-                response = await _limited(endpoint, request, context, limit)
-        return _check_response(endpoint.method, response)
-    except RpcError:
-        raise
-    except asyncio.CancelledError:
-        context.cancel()
-        raise
-    except Exception as exc:
-        raise to_rpc_error(exc, context) from None
-
-
-async def _limited(endpoint: Endpoint, request: Any, context: Context, limit: ConcurrencyLimit | None) -> Any:
-    if limit is None:
-        return await endpoint.handler(request, context)
-    await limit.acquire()
-    try:
-        return await endpoint.handler(request, context)
-    finally:
-        limit.release()
-
-
-async def invoke_stream(
-    endpoint: Endpoint,
-    request: Any,
-    context: Context,
-    *,
-    enforce_deadline: bool = True,
-    limit: ConcurrencyLimit | None = None,
-) -> AsyncIterator[Message]:
-    """Run a server- or bidi-streaming endpoint; yield its responses, raise :class:`RpcError`.
-
-    The deadline applies to the whole stream, in the task that iterates this generator
-    (``enforce_deadline`` and ``limit`` as for :func:`invoke_unary`; the slot is held until the
-    stream ends).
-    """
-    scope = DeadlineScope(context.deadline if enforce_deadline else None)
-    acquired = False
-    try:
-        async with scope:
-            if limit is not None:
-                await limit.acquire()
-                acquired = True
-            responses = await endpoint.handler(request, context)
-            async for response in responses:
-                yield _check_response(endpoint.method, response)
-    except RpcError:
-        raise
-    except (asyncio.CancelledError, GeneratorExit):
-        context.cancel()
-        raise
-    except Exception as exc:
-        raise to_rpc_error(exc, context) from None
-    finally:
-        if acquired and limit is not None:
-            limit.release()
 
 
 def _authorizer(

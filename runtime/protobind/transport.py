@@ -32,7 +32,7 @@ from .urls import redact
 
 if TYPE_CHECKING:
     from .context import CallInfo
-    from .server import EndpointTable
+    from .endpoints import EndpointTable
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -107,9 +107,9 @@ class Transport:
     """One wire protocol: how to serve endpoints on a URL and how to dial one.
 
     ``serve(endpoints, url, options)`` starts serving every endpoint of the frozen
-    :class:`~protobind.server.EndpointTable` at ``url``; for each call the binding decodes the
+    :class:`~protobind.endpoints.EndpointTable` at ``url``; for each call the binding decodes the
     request, builds a :class:`~protobind.Context` and runs the endpoint through
-    :func:`protobind.server.invoke_unary` / :func:`~protobind.server.invoke_stream`, then encodes
+    :func:`protobind.endpoints.invoke_unary` / :func:`~protobind.endpoints.invoke_stream`, then encodes
     the response or the error in its protocol's own form. ``dial(url, options)`` opens a
     :class:`ClientTransport`. ``options`` were already checked against ``server_options`` /
     ``client_options`` (see :func:`check_options`) and the libraries in ``server_requires`` /

@@ -45,11 +45,11 @@ from ..aio import loop_time
 from ..auth import CREDENTIAL_HEADERS, reply_group
 from ..codec import PROTO, Codec
 from ..context import CallInfo, Context, DeliveryInfo
+from ..endpoints import Endpoint, invoke_unary
 from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..method import DeliveryOptions, MethodInfo
 from ..options import OptionReader
-from ..server import Endpoint, invoke_unary
 from .base import (
     MSG_ID_HEADER,
     BrokerError,
@@ -333,7 +333,7 @@ class DurableServer:
     ) -> None:
         """Serve ``endpoints`` (durable methods); ``group_of(service)`` is the binding's group;
         with ``telemetry`` (a :class:`protobind.Telemetry`) each delivery is a consumer span;
-        ``authorize`` (:attr:`protobind.server.EndpointTable.authorize`) admits each call and the
+        ``authorize`` (:attr:`protobind.endpoints.EndpointTable.authorize`) admits each call and the
         reply group it names before its handler runs."""
         self.telemetry = telemetry
         self.authorize = authorize

@@ -26,8 +26,8 @@ from ..aio import Deadlines, Resume, uncancel
 from ..auth import ASYNCAPI_METHOD, MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
+from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
-from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding
 from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
 from .consumers import ConsumerPool, Delivery
@@ -59,7 +59,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
 
 __all__ = [
     "BrokerBinding",

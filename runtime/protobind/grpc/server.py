@@ -12,10 +12,10 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from ..context import Context
+from ..endpoints import Endpoint, invoke_stream, invoke_unary
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimer
 from ..method import MethodInfo, MethodKind
-from ..server import Endpoint, invoke_stream, invoke_unary
 from ..transport import ServeFunction, ServerBinding, listen_socket
 from ..wire import grpc_deadline
 from .options import Address, GrpcOptions, parse_address, server_options
@@ -23,7 +23,7 @@ from .services import Health, add_reflection
 from .wire import _TO_GRPC, DETAILS_KEY, WireMetadata, _deserializer, _wire
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
 
 __all__ = [
     "GrpcBinding",

@@ -19,11 +19,11 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from ..auth import OPENAPI_METHOD, REFLECTION_METHOD
+from ..endpoints import EndpointTable
 from ..limits import ConcurrencyLimit, ReadTimer
 from ..metadata import Metadata
 from ..reflection import HTTP_PATH
 from ..reflection import document as reflection_document
-from ..server import EndpointTable
 from ..wire import HTTP_STATUS, connect_error
 from .connect import ConnectApp, not_found
 from .cors import with_cors

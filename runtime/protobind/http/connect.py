@@ -22,11 +22,11 @@ from google.protobuf.message import Message
 
 from ..codec import JSON, PROTO, Codec, JsonCodec
 from ..context import Context
+from ..endpoints import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
 from ..metadata import Metadata
 from ..method import Idempotency, MethodKind
-from ..server import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
 from ..wire import HTTP_STATUS, b64decode_lenient
 from .wire import (
     ENVELOPE_HEADER_SIZE,

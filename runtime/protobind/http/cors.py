@@ -12,7 +12,7 @@ from .rule import collect_bindings
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
     from .options import ServerOptions
 
 __all__ = ["CORS_ALLOW_HEADERS", "CORS_EXPOSE_HEADERS", "cors_methods", "with_cors"]

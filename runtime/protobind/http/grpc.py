@@ -27,11 +27,11 @@ from starlette.types import Receive, Scope, Send
 
 from ..codec import Codec
 from ..context import Context
+from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimer
 from ..metadata import Metadata
 from ..method import MethodKind
-from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..wire import grpc_deadline, grpc_status_fields, parse_grpc_timeout
 from .connect import _BIDI_MESSAGE, _ClientGone, _peer, _Watch
 from .wire import (

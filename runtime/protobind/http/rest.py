@@ -30,12 +30,12 @@ from starlette.types import Receive, Scope, Send
 
 from ..codec import JsonCodec, parse_json
 from ..context import Context
+from ..endpoints import Endpoint, EndpointTable, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
 from ..metadata import Metadata
 from ..options import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE
 from ..schemas import enum_of, is_map, is_repeated, message_of
-from ..server import Endpoint, EndpointTable, invoke_unary, to_rpc_error
 from ..wire import HTTP_STATUS, TRAILER_PREFIX, b64decode_lenient, connect_error
 from .rule import (
     HttpBinding,

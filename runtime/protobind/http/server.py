@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..endpoints import EndpointTable
 from ..options import OptionReader
-from ..server import EndpointTable, Server
+from ..server import Server
 from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
 from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
 

@@ -14,10 +14,10 @@ from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
 
 from ..context import CallInfo, Context
+from ..endpoints import Endpoint, invoke_stream, invoke_unary
 from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..reflection import Reflected, descriptor_files
-from ..server import Endpoint, invoke_stream, invoke_unary
 from ..transport import ClientTransport, DialFunction
 from .server import BOUND, InprocBinding, name_of
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..context import CallInfo
+from ..endpoints import Endpoint
 from ..errors import Code, RpcError
-from ..server import Endpoint
 from ..transport import ServeFunction, ServerBinding
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
 
 __all__ = ["BOUND", "InprocBinding", "name_of", "serve"]
 

@@ -11,7 +11,7 @@ from .connection import open_broker
 from .options import client_url, settings_from
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
 
 __all__ = ["serve"]
 
