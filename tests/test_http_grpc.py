@@ -132,19 +132,38 @@ async def test_protobind_grpc_client_calls_the_http_port() -> None:
 
 
 async def test_grpclib_calls_the_http_port() -> None:
-    grpclib_client = pytest.importorskip("grpclib.client")
+    # grpclib is a dev dependency: imported, not importorskip'd, so a missing install fails here
+    from grpclib.client import Channel, StreamStreamMethod, UnaryStreamMethod, UnaryUnaryMethod
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
     async with serving() as (url, _):
         parts = urlsplit(url)
-        channel = grpclib_client.Channel(parts.hostname, parts.port)
+        channel = Channel(parts.hostname, parts.port)
         try:
-            unary = grpclib_client.UnaryUnaryMethod(channel, f"{SERVICE}/Unary", Request, Response)
+            unary = UnaryUnaryMethod(channel, f"{SERVICE}/Unary", Request, Response)
             assert (await unary(Request(text="lib"), timeout=5)).text == "lib"
-            bidi = grpclib_client.StreamStreamMethod(channel, f"{SERVICE}/BidiStream", Request, Response)
-            async with bidi.open(timeout=5) as stream:
-                await stream.send_message(Request(text="first"))
-                assert (await stream.recv_message()).text == "first"
-                await stream.send_message(Request(text="second"), end=True)
-                assert (await stream.recv_message()).text == "second"
+            stream = UnaryStreamMethod(channel, f"{SERVICE}/ServerStream", Request, Response)
+            replies = await stream(Request(text="s", behavior=Behavior(stream_count=3)), timeout=5)
+            assert [r.index for r in replies] == [0, 1, 2]
+            failing = Request(
+                text="x",
+                behavior=Behavior(
+                    error_code=int(Code.NOT_FOUND), error_message="gone", error_detail_reason="R"
+                ),
+            )
+            with pytest.raises(GRPCError) as caught:
+                await unary(failing, timeout=5)
+            assert (caught.value.status, caught.value.message) == (Status.NOT_FOUND, "gone")
+            # grpclib decodes grpc-status-details-bin into the detail messages themselves
+            assert [type(d) for d in caught.value.details or ()] == [error_details_pb2.ErrorInfo]
+            assert caught.value.details[0].reason == "R"
+            bidi = StreamStreamMethod(channel, f"{SERVICE}/BidiStream", Request, Response)
+            async with bidi.open(timeout=5) as call:
+                await call.send_message(Request(text="first"))
+                assert (await call.recv_message()).text == "first"
+                await call.send_message(Request(text="second"), end=True)
+                assert (await call.recv_message()).text == "second"
         finally:
             channel.close()
 
