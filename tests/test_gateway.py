@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -93,14 +94,20 @@ UNARY_PATH = "/protobind.conformance.v1.ConformanceService/Unary"
 
 @contextlib.asynccontextmanager
 async def http_gateway(
-    harnesses: dict[str, Callable[[], str]], services: list[protobind.ServiceInfo], upstream: str
+    harnesses: dict[str, Callable[[], str]],
+    services: list[protobind.ServiceInfo],
+    upstream: str,
+    **http_options: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A real conformance server on ``upstream``'s transport behind an HTTP gateway; the yielded
-    client talks to the gateway as any HTTP caller does (raw headers, no protobind)."""
+    """A real conformance server on ``upstream``'s transport behind an HTTP gateway (with
+    ``http_options`` on its HTTP side); the yielded client talks to the gateway as any HTTP caller
+    does (raw headers, no protobind)."""
     server = protobind.Server([Conformance()])
     (upstream_url,) = await server.start(harnesses[upstream]())
     try:
-        async with protobind.Gateway(services, upstream_url) as gateway:
+        async with protobind.Gateway(
+            services, upstream_url, transport_options={"http": http_options}
+        ) as gateway:
             (url,) = await gateway.start(harnesses["http"]())
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 yield http
@@ -163,24 +170,45 @@ async def test_nats_upstream_gone_is_unavailable_without_internals(
     assert_no_traceback(caplog)
 
 
-async def test_oversized_metadata_is_refused_without_listing_it(
+@pytest.mark.parametrize("upstream", ["grpc", "http"])
+async def test_oversized_headers_are_refused_before_forwarding(
+    upstream: str,
     harnesses: dict[str, Callable[[], str]],
     conformance_services: list[protobind.ServiceInfo],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """More metadata than the gRPC upstream's core takes (16 KiB): RESOURCE_EXHAUSTED (HTTP 429)
-    without core's list of every header and its size."""
+    """Headers over the gateway's max_header_size (16 KiB by default) are refused by its HTTP side
+    as any protobind HTTP server refuses them, 431 and RESOURCE_EXHAUSTED without listing them,
+    before anything goes upstream (it was 429 with grpc core's list of every header and its size)."""
     caplog.set_level(logging.WARNING, logger="protobind")
     headers = {f"x-header-{i}": "v" * 1000 for i in range(20)}
-    async with http_gateway(harnesses, conformance_services, "grpc") as http:
+    async with http_gateway(harnesses, conformance_services, upstream) as http:
         refused = await http.post(UNARY_PATH, json={"text": "x"}, headers=headers)
         after = await http.post(UNARY_PATH, json={"text": "after"})
+    assert refused.status_code == 431, refused.text
+    assert refused.json()["code"] == "resource_exhausted"
+    assert "x-header" not in refused.text and "vvvv" not in refused.text
+    assert "upstream call" not in caplog.text  # never forwarded
+    assert_no_traceback(caplog)
+    assert after.json()["text"] == "after"
+
+
+async def test_metadata_the_upstream_refuses_as_too_large_is_not_listed(
+    harnesses: dict[str, Callable[[], str]],
+    conformance_services: list[protobind.ServiceInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Headers the gateway takes (a larger max_header_size) but its gRPC upstream refuses:
+    RESOURCE_EXHAUSTED (HTTP 429) with a plain message; core's list of the headers goes to the log."""
+    caplog.set_level(logging.WARNING, logger="protobind")
+    headers = {f"x-header-{i}": "v" * 1000 for i in range(20)}
+    async with http_gateway(harnesses, conformance_services, "grpc", max_header_size=65536) as http:
+        refused = await http.post(UNARY_PATH, json={"text": "x"}, headers=headers)
     assert refused.status_code == 429, refused.text
     assert refused.json()["code"] == "resource_exhausted"
     assert "x-header" not in refused.text and "user-agent" not in refused.text
     assert "received metadata size exceeds" in caplog.text and "x-header-0" in caplog.text
     assert_no_traceback(caplog)
-    assert after.json()["text"] == "after"
 
 
 @pytest.mark.parametrize(

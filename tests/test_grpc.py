@@ -507,6 +507,20 @@ async def test_metadata_grpc_cannot_carry() -> None:
         assert "x-echo-b-bin-header" not in call.headers
 
 
+async def test_metadata_over_max_header_size_is_resource_exhausted() -> None:
+    """``max_header_size`` bounds the request metadata as on the HTTP port: over it (here well
+    within grpc core's defaults) RESOURCE_EXHAUSTED every time, under it served."""
+    filler = tuple((f"x-filler-{i}", "v" * 968) for i in range(6))
+    async with serving(max_header_size=4096) as (url, _), stock_channel(url) as channel:
+        unary = channel.unary_unary(UNARY)
+        for _ in range(3):  # core's soft limit would refuse only some of them
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(Request(text="x").SerializeToString(), metadata=filler)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        fits = await unary(Request(text="fits").SerializeToString(), metadata=filler[:2])
+        assert Response.FromString(fits).text == "fits"
+
+
 # --- health and reflection --------------------------------------------------------------------------
 
 

@@ -77,7 +77,8 @@ async def test_streams_beyond_max_concurrent_streams_are_refused() -> None:
 
 
 async def test_a_header_block_over_the_limit_closes_only_its_connection() -> None:
-    async with serving() as port, raw_h2(port) as bystander, raw_h2(port) as peer:
+    # zttp's own bound on the header list (SETTINGS_MAX_HEADER_LIST_SIZE), not max_header_size
+    async with serving(max_header_size=1024 * 1024) as port, raw_h2(port) as bystander, raw_h2(port) as peer:
         settings = await asyncio.wait_for(peer.settings(), 5)
         limit = settings[MAX_HEADER_LIST_SIZE]
         assert limit <= 256 * 1024
@@ -153,3 +154,23 @@ async def _until_closed(peer: RawH2) -> None:
             return
         for event in peer.conn.receive_data(data):
             peer._on(event)
+
+
+async def test_headers_over_max_header_size_are_refused_per_stream() -> None:
+    """Over HTTP/2 the stream is answered, the connection kept: a Connect call gets 431 and
+    ``resource_exhausted``, a gRPC call RESOURCE_EXHAUSTED; neither answer repeats the headers."""
+    filler = tuple((f"x-filler-{i}", "v" * 968) for i in range(12))
+    async with serving(max_header_size=10_000) as port, raw_h2(port) as peer:
+        grpc_stream = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=filler)
+        connect_stream = peer.open(
+            "", b'{"text":"x"}', headers=[*_connect_headers(f"{SERVICE}/Unary"), *filler]
+        )
+        fits = peer.open(f"{SERVICE}/Unary", _frame(Request(text="fits")), extra=filler[:8])
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until([grpc_stream, connect_stream, fits]), 5)
+        grpc_answer = peer.answers[grpc_stream].headers
+        assert grpc_answer["grpc-status"] == str(int(Code.RESOURCE_EXHAUSTED)), grpc_answer
+        assert "max_header_size" in grpc_answer["grpc-message"] and "x-filler" not in str(grpc_answer)
+        assert peer.answers[connect_stream].headers[":status"] == "431"
+        assert peer.answers[fits].status == "0"
+        assert peer.terminated is None

@@ -20,6 +20,7 @@ from .errors import Code, RpcError
 from .options import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING,
     OptionReader,
@@ -38,6 +39,7 @@ class ServerLimits:
     """The limit options of a server binding, parsed (see docs/security.md for their meaning)."""
 
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_pending: int = DEFAULT_MAX_PENDING
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -47,6 +49,7 @@ class ServerLimits:
         """The limits in ``reader``'s options, defaults for the ones not given."""
         return cls(
             max_message_size=reader.positive_int("max_message_size", DEFAULT_MAX_MESSAGE_SIZE),
+            max_header_size=reader.positive_int("max_header_size", DEFAULT_MAX_HEADER_SIZE),
             max_concurrency=reader.positive_int("max_concurrency", DEFAULT_MAX_CONCURRENCY),
             max_pending=reader.count("max_pending", DEFAULT_MAX_PENDING),
             body_timeout=reader.seconds("body_timeout", DEFAULT_BODY_TIMEOUT),

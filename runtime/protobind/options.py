@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING",
     "LIMIT_OPTIONS",
@@ -29,6 +30,9 @@ __all__ = [
 
 #: Largest message a side sends or accepts, in bytes (gRPC's usual limit).
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: Largest header block a server accepts, in bytes: every field's name and value plus 32 bytes each,
+#: as HTTP/2 counts a header list (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE) and gRPC core its metadata.
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 #: Calls whose handlers run at once on one server binding.
 DEFAULT_MAX_CONCURRENCY = 1024
 #: Calls allowed to wait for a handler slot; beyond that a call is refused with RESOURCE_EXHAUSTED.
@@ -37,7 +41,7 @@ DEFAULT_MAX_PENDING = 8192
 DEFAULT_BODY_TIMEOUT = 30.0
 
 #: The limits every server binding takes (docs/security.md has the table).
-LIMIT_OPTIONS = frozenset({"max_message_size", "max_concurrency", "max_pending"})
+LIMIT_OPTIONS = frozenset({"max_message_size", "max_header_size", "max_concurrency", "max_pending"})
 #: TLS on the client side of every transport: CA bundle, client certificate and key, the name
 #: to verify in the server's certificate.
 TLS_CLIENT_OPTIONS = frozenset({"tls_ca", "tls_cert", "tls_key", "tls_server_name"})

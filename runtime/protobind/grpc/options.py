@@ -121,6 +121,10 @@ class GrpcOptions:
         return [
             ("grpc.max_receive_message_length", limits.max_message_size),
             ("grpc.max_send_message_length", limits.max_message_size),
+            # one bound for the request metadata, not core's soft limit (calls refused at random
+            # between it and the hard limit): beyond it RESOURCE_EXHAUSTED, as on the HTTP port
+            ("grpc.max_metadata_size", limits.max_header_size),
+            ("grpc.absolute_max_metadata_size", limits.max_header_size),
             ("grpc.server.max_pending_requests", admitted),
             ("grpc.server.max_pending_requests_hard_limit", 2 * admitted),
             # With core's overload protection (on by default) a stream counts against this until

@@ -15,7 +15,9 @@ Options, in the URL's query string or as Python values (``Server(transport_optio
 
 server
     ``max_message_size`` (bytes, default 4 MiB; larger requests get 413 / ``resource_exhausted``),
-    ``max_concurrency``, ``max_pending``, ``body_timeout`` (408 when a request body is slower),
+    ``max_header_size`` (bytes of request headers, default 16 KiB; larger: 431 /
+    ``resource_exhausted``), ``max_concurrency``, ``max_pending``, ``body_timeout`` (408 when a
+    request body is slower),
     ``max_connections``, ``ignore_unknown_fields`` (accept JSON fields the schema does not know),
     ``cors_origins`` (comma-separated origins or ``*``; CORS is off without it),
     ``cors_allow_headers`` (default ``*``), ``cors_expose_headers``, ``cors_allow_credentials``,

@@ -27,6 +27,7 @@ from ..reflection import document as reflection_document
 from ..wire import HTTP_STATUS, connect_error
 from .connect import ConnectApp, not_found
 from .cors import with_cors
+from .header_limit import HeaderLimit
 from .options import ServerOptions
 
 __all__ = ["build_app"]
@@ -111,4 +112,5 @@ def build_app(server: EndpointTable, options: ServerOptions) -> ASGIApp:
     app: ASGIApp = ConnectApp(server, options, fallback, concurrency, timer)
     if options.cors_origins:
         app = with_cors(app, server, options)
-    return app
+    # in front of everything, CORS preflights included: oversized headers are refused with 431
+    return HeaderLimit(app, options.limits.max_header_size)

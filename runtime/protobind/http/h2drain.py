@@ -83,10 +83,13 @@ class DrainingH2Protocol(ZttpH2Protocol):
 
 
 class DrainingAutoProtocol(AutoZttpProtocol):
-    """uvicorn's HTTP/1.1-or-HTTP/2 switch, handing HTTP/2 connections to :class:`DrainingH2Protocol`."""
+    """uvicorn's HTTP/1.1-or-HTTP/2 switch, handing HTTP/2 connections to :class:`DrainingH2Protocol`
+    and HTTP/1.1 ones to :attr:`h1_class`."""
+
+    h1_class: type[asyncio.Protocol] = ZttpProtocol
 
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
-        protocol_class: type[asyncio.Protocol] = DrainingH2Protocol if http2 else ZttpProtocol
+        protocol_class: type[asyncio.Protocol] = DrainingH2Protocol if http2 else self.h1_class
         protocol = protocol_class(  # type: ignore[call-arg]
             config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
         )

@@ -16,6 +16,7 @@ from ..endpoints import EndpointTable
 from ..options import OptionReader
 from ..server import Server
 from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
+from .header_limit import h11_buffer, protocol_classes
 from .options import _KEEP_ALIVE, HTTP_PARSERS, HTTPTOOLS_METHODS, _prefix, _require, _server_options, reader
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
     read = reader(options)
     tls = _tls(url, parts.scheme, read)
     parser = _parser(server, options)
+    max_header_size = settings.limits.max_header_size
     config = uvicorn.Config(
         app,
         http=parser,
@@ -150,14 +152,21 @@ async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> 
         # uvicorn answers 503 (and closes) a request that arrives while this many connections are
         # open or requests in flight, the request's own connection included: hence the + 1
         limit_concurrency=read.positive_int("max_connections", settings.limits.admitted) + 1,
+        h11_max_incomplete_event_size=h11_buffer(max_header_size),
         **tls,
     )
     config.load()
+    # the HTTP/1.1 parsers answer 431 when they give up on the size of the headers (header_limit.py)
+    h1_class = protocol_classes(max_header_size)[parser]
     if parser == "zttp":
         from .h2drain import DrainingAutoProtocol
 
         # retires HTTP/2 connections before zttp's lifetime stream limit takes them for a flood
-        config.http_protocol_class = DrainingAutoProtocol
+        config.http_protocol_class = type(
+            "BoundedAutoProtocol", (DrainingAutoProtocol,), {"h1_class": h1_class}
+        )
+    else:
+        config.http_protocol_class = h1_class
     sock = listen_socket(host, port, reuse_port=read.flag("reuse_port", False))
     userver = uvicorn.Server(config)
     # Not uvicorn.Server.serve(): that would take over SIGINT/SIGTERM of the user's process.
