@@ -4,6 +4,7 @@ Importing this package loads no transport library; ``grpc``, ``nats`` and ``star
 imported when a URL of their scheme is first used, ``opentelemetry`` when telemetry is enabled.
 """
 
+from ._version import __version__
 from .client import Channel, RequestStream, connect, start, submit
 from .codec import JSON, PROTO, Codec, JsonCodec, ProtoCodec
 from .config import client, client_sync
@@ -16,8 +17,6 @@ from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo, check_gene
 from .server import Server
 from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
-
-__version__ = "0.1.0"
 
 __all__ = [
     "JSON",

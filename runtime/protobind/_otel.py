@@ -13,9 +13,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextvars import Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from google.protobuf.message import Message
@@ -25,23 +25,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from . import __version__
+from ._version import __version__
 from .context import CallInfo, Context
-from .endpoints import INTERNAL_MESSAGE
-from .errors import Code, RpcError
+from .errors import INTERNAL_MESSAGE, SERVER_ERROR_CODES, Code, RpcError
 from .interceptors import Handler, Invoker
 from .metadata import Metadata
 from .method import MethodInfo, MethodKind
-from .telemetry import SERVER_ERROR_CODES
-from .transport import transport_for_url
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from opentelemetry.util.types import AttributeValue
-
-    from .server import Server
-    from .telemetry import Telemetry
 
     Attributes = dict[str, AttributeValue]
 
@@ -157,10 +151,24 @@ class _Side:
             return [Observation(c.value, c.attributes) for c in self._in_flight.values()]
 
 
+class Settings(Protocol):
+    """What this module reads of a :class:`~protobind.Telemetry` (which it does not import: the
+    settings sit above their implementation)."""
+
+    tracing: bool
+    metrics: bool
+    message_sizes: bool
+    log_failures: bool
+    log_successes: bool
+    tracer_provider: Any
+    meter_provider: Any
+    propagator: TextMapPropagator | None
+
+
 class Instruments:
     """The tracer, the meters and the propagator one :class:`~protobind.Telemetry` records with."""
 
-    def __init__(self, settings: Telemetry) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tracing = settings.tracing
         tracer_provider = settings.tracer_provider if settings.tracing else trace.NoOpTracerProvider()
@@ -370,10 +378,10 @@ def peer_attributes(peer: str) -> Attributes | None:
 class ServerTelemetry:
     """The server interceptor: a SERVER span per call, child of the caller's trace context."""
 
-    def __init__(self, instruments: Instruments, server: Server) -> None:
+    def __init__(self, instruments: Instruments, urls: Callable[[], Sequence[str]]) -> None:
         self._instruments = instruments
         self._settings = instruments.settings
-        self._server = server
+        self._urls = urls
         self._routes: dict[tuple[str, str], _Route] = {}
 
     def _route(self, context: Context) -> _Route:
@@ -394,7 +402,11 @@ class ServerTelemetry:
         return route
 
     def _bound_url(self, transport: str) -> str | None:
-        for url in self._server.urls:
+        # imported when first needed: protobind.telemetry, which the call path (endpoints.py,
+        # below transport.py) names, names this module's types, so this module stays below it too
+        from .transport import transport_for_url
+
+        for url in self._urls():
             if transport_for_url(url).name == transport:
                 return url
         return None
@@ -517,6 +529,8 @@ class ClientTelemetry:
     """The client interceptor: a CLIENT span per call, whose context goes out in the metadata."""
 
     def __init__(self, instruments: Instruments, url: str) -> None:
+        from .transport import transport_for_url  # see ServerTelemetry._bound_url
+
         self._instruments = instruments
         self._attributes: Attributes = {"rpc.system.name": rpc_system(transport_for_url(url).name)}
         self._attributes.update(_address_attributes(url))

@@ -13,10 +13,8 @@ starts with the global tracer is exported only if the application set up the SDK
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .telemetry import Telemetry
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["providers"]
 
@@ -62,23 +60,26 @@ def _otlp(protocol: str, endpoint: str | None) -> tuple[Any, Any]:
     )
 
 
-def providers(settings: Telemetry) -> tuple[Any, Any]:
-    """A tracer provider and a meter provider exporting to ``settings.exporter``."""
+def providers(
+    exporter: Sequence[str], otlp_protocol: str, otlp_endpoint: str | None, service_name: str | None
+) -> tuple[Any, Any]:
+    """A tracer provider and a meter provider exporting to each of ``exporter`` (the settings of
+    :class:`~protobind.Telemetry` of the same names)."""
     tracer_provider_class, meter_provider_class, resource_class = _sdk()
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
     span_processors: list[Any] = []
     metric_readers: list[Any] = []
-    for name in settings.exporter:
+    for name in exporter:
         if name == "console":
             span_processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
             metric_readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         else:
-            span_exporter, metric_exporter = _otlp(settings.otlp_protocol, settings.otlp_endpoint)
+            span_exporter, metric_exporter = _otlp(otlp_protocol, otlp_endpoint)
             span_processors.append(BatchSpanProcessor(span_exporter))
             metric_readers.append(PeriodicExportingMetricReader(metric_exporter))
-    attributes = {"service.name": settings.service_name} if settings.service_name else {}
+    attributes = {"service.name": service_name} if service_name else {}
     resource = resource_class.create(attributes)  # also reads OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     tracer_provider = tracer_provider_class(resource=resource)
     for processor in span_processors:

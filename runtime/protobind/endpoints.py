@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import Message
 
 from .context import Context, DeadlineScope
-from .errors import Code, RpcError
+from .errors import INTERNAL_MESSAGE, Code, RpcError
 from .interceptors import Handler
 from .limits import ConcurrencyLimit
 from .metadata import Metadata
@@ -37,8 +37,6 @@ __all__ = [
 
 # the logger of the server side, whichever module logs
 logger = logging.getLogger("protobind.server")
-
-INTERNAL_MESSAGE = "internal error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from google.rpc import status_pb2
 
 __all__ = [
+    "INTERNAL_MESSAGE",
+    "SERVER_ERROR_CODES",
     "Code",
     "RpcError",
     "pack_details",
@@ -126,6 +128,25 @@ class RpcError(Exception):
     def from_status(cls, status: status_pb2.Status) -> RpcError:
         """Build an error from a ``google.rpc.Status``, unpacking details of known types."""
         return cls(Code.from_number(status.code), status.message, unpack_details(status.details))
+
+
+#: What a caller is told of an unexpected server-side failure: exception text never leaves the
+#: process.
+INTERNAL_MESSAGE = "internal error"
+
+#: Codes that mark a *server* span as failed (the OpenTelemetry gRPC conventions; protobind applies
+#: them on every transport). The other codes are the caller's doing; on a client span every code
+#: but OK is an error.
+SERVER_ERROR_CODES = frozenset(
+    {
+        Code.UNKNOWN,
+        Code.DEADLINE_EXCEEDED,
+        Code.UNIMPLEMENTED,
+        Code.INTERNAL,
+        Code.UNAVAILABLE,
+        Code.DATA_LOSS,
+    }
+)
 
 
 def pack_details(details: Iterable[Message]) -> list[any_pb2.Any]:

@@ -162,7 +162,7 @@ class Server:
 
             interceptors = (AccessLog(), *interceptors)
         if self.telemetry is not None:  # outermost, so it sees what the other interceptors do
-            interceptors = (self.telemetry.server_interceptor(self), *interceptors)
+            interceptors = (self.telemetry.server_interceptor(lambda: self.urls), *interceptors)
         self.services: list[ServiceInfo] = []
         self.endpoints: dict[str, Endpoint] = {}
         self._table: EndpointTable | None = None

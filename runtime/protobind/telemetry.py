@@ -15,17 +15,16 @@ only holds the settings, the implementation is in ``protobind._otel`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import Code
+from .errors import SERVER_ERROR_CODES
 
 if TYPE_CHECKING:
     from ._otel import ConsumerSpan, Instruments
     from .interceptors import ClientInterceptor, ServerInterceptor
     from .metadata import Metadata
     from .method import MethodInfo
-    from .server import Server
 
 __all__ = ["EXPORTERS", "OTLP_PROTOCOLS", "SERVER_ERROR_CODES", "Telemetry", "TelemetryOption"]
 
@@ -34,20 +33,6 @@ __all__ = ["EXPORTERS", "OTLP_PROTOCOLS", "SERVER_ERROR_CODES", "Telemetry", "Te
 EXPORTERS = ("console", "otlp")
 #: ``Telemetry(otlp_protocol=...)``: OTLP over gRPC (port 4317) or over HTTP (port 4318).
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
-
-#: Codes that mark a *server* span as failed (the OpenTelemetry gRPC conventions; protobind applies
-#: them on every transport). The other codes are the caller's doing; on a client span every code
-#: but OK is an error.
-SERVER_ERROR_CODES = frozenset(
-    {
-        Code.UNKNOWN,
-        Code.DEADLINE_EXCEEDED,
-        Code.UNIMPLEMENTED,
-        Code.INTERNAL,
-        Code.UNAVAILABLE,
-        Code.DATA_LOSS,
-    }
-)
 
 
 class Telemetry:
@@ -150,18 +135,21 @@ class Telemetry:
             if self.exporter:
                 from ._otel_export import providers
 
-                tracer_provider, meter_provider = providers(self)
+                tracer_provider, meter_provider = providers(
+                    self.exporter, self.otlp_protocol, self.otlp_endpoint, self.service_name
+                )
                 self.tracer_provider = self.tracer_provider or tracer_provider
                 self.meter_provider = self.meter_provider or meter_provider
             self._instruments = Instruments(self)
         return self._instruments
 
-    def server_interceptor(self, server: Server) -> ServerInterceptor:
-        """The interceptor ``Server`` installs first (outermost) when telemetry is on."""
+    def server_interceptor(self, urls: Callable[[], Sequence[str]]) -> ServerInterceptor:
+        """The interceptor ``Server`` installs first (outermost) when telemetry is on; ``urls``
+        gives the URLs the server is bound to (its ``server.address`` attributes)."""
         instruments = self.instruments()  # first: it says what to install when OpenTelemetry is missing
         from ._otel import ServerTelemetry
 
-        return ServerTelemetry(instruments, server)
+        return ServerTelemetry(instruments, urls)
 
     def client_interceptor(self, url: str) -> ClientInterceptor:
         """The interceptor a ``Channel`` to ``url`` installs first (outermost) when telemetry is on."""

@@ -38,7 +38,6 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Abstra
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from ..broker.asyncapi import AMQP_BINDING_VERSION, Bindings, host_of
 from ..broker.base import (
     NO_RESPONDERS_STATUS,
     BrokerError,
@@ -49,6 +48,7 @@ from ..broker.base import (
     NotConnected,
     PayloadTooLarge,
 )
+from ..broker.bindings import AMQP_BINDING_VERSION, Bindings, host_of
 from ..broker.wire import CONTENT_TYPE, headers_size
 from ..urls import redact_text
 from .stored import UNSAFE, Stored, bounded, durable_exchange, raw_channel, routing_pattern

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .. import __version__
+from .._version import __version__
 from ..broker.base import EngineSettings
 from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..codec import Codec
 
 if TYPE_CHECKING:
-    from .asyncapi import Bindings
+    from .bindings import Bindings
 
 __all__ = [
     "MSG_ID_HEADER",

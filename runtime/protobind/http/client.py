@@ -30,7 +30,7 @@ import aiohttp
 from google.protobuf.message import Message
 from yarl import URL
 
-from .. import __version__
+from .._version import __version__
 from ..codec import Codec, codec_named, response_codec
 from ..context import CallInfo, DeadlineScope
 from ..errors import Code, RpcError

@@ -36,7 +36,6 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from ..broker.asyncapi import Bindings, host_of
 from ..broker.base import (
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
@@ -55,6 +54,7 @@ from ..broker.base import (
     StreamSpec,
     Unsupported,
 )
+from ..broker.bindings import Bindings, host_of
 from ..broker.wire import TIMEOUT
 from ..memory.stored import matches
 from .options import Settings

@@ -33,7 +33,7 @@ from ..broker.base import (
 from .stored import PullHandle, StoredCopy, StoredStreams, matches
 
 if TYPE_CHECKING:
-    from ..broker.asyncapi import Bindings
+    from ..broker.bindings import Bindings
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "MemoryBroker", "MemoryMessage", "open_broker"]
 
@@ -202,7 +202,7 @@ class MemoryBroker(DurableBroker):
 
     def asyncapi_bindings(self) -> Bindings:
         """The document's channels are the subjects themselves, as on NATS."""
-        from ..broker.asyncapi import Bindings
+        from ..broker.bindings import Bindings
 
         return Bindings()
 

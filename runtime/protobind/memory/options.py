@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..broker.base import EngineSettings
 from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named

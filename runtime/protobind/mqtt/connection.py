@@ -43,7 +43,6 @@ from zmqtt import (
     ReconnectConfig,
 )
 
-from ..broker.asyncapi import MQTT_BINDING_VERSION, Bindings, host_of
 from ..broker.base import (
     BrokerError,
     BrokerMessage,
@@ -53,6 +52,7 @@ from ..broker.base import (
     Mailbox,
     NotConnected,
 )
+from ..broker.bindings import MQTT_BINDING_VERSION, Bindings, host_of
 from ..urls import redact_text
 from .durable import MqttStore
 from .options import MAX_WAITING_BYTES
@@ -300,6 +300,9 @@ class MqttBroker(MqttStore, DurableBroker):
     record readers open connections of their own (:mod:`.durable`)."""
 
     name = "mqtt"
+
+    def _open_another(self, client_id: str | None, persistent: bool) -> MqttBroker:
+        return MqttBroker(self.settings, client_id or new_client_id(), persistent)
 
     def __init__(self, settings: Settings, client_id: str, persistent: bool = False) -> None:
         """A clean session, or a persistent one (a durable consumer's: the broker keeps its

@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zmqtt import Message as MqttMessage
 from zmqtt import MQTTDisconnectedError, MQTTError, PublishProperties, QoS
@@ -59,9 +59,24 @@ if TYPE_CHECKING:
     from zmqtt import MQTTClient
     from zmqtt import Subscription as MqttSubscription
 
-    from .connection import MqttBroker
-
 __all__ = ["ATTEMPT", "EMPTY_BODY", "SEEN", "MqttStore", "record_topic"]
+
+
+class Connection(Protocol):
+    """What this module uses of another MQTT connection it opened (a
+    :class:`~protobind.mqtt.connection.MqttBroker`, whose module builds on this one)."""
+
+    client: MQTTClient
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def _subscribe(self, topic: str) -> MqttSubscription: ...
+
+    async def close(self) -> None: ...
+
 
 logger = logging.getLogger("protobind.mqtt")
 
@@ -166,7 +181,7 @@ class _Sessions:
     topic, messages handed out as they arrive (at most ``max_ack_pending`` out: the session's
     receive maximum)."""
 
-    def __init__(self, session: MqttBroker, spec: ConsumerSpec, retry_topic: str) -> None:
+    def __init__(self, session: Connection, spec: ConsumerSpec, retry_topic: str) -> None:
 
         self.session = session
         self.subject = spec.filter_subject
@@ -331,7 +346,7 @@ class _Records:
     """A reader of the records under a filter, on a connection of its own (zmqtt subscribes a
     filter once per connection): the retained ones at once, new ones as they are stored."""
 
-    def __init__(self, store: MqttStore, connection: MqttBroker, topic_filter: str) -> None:
+    def __init__(self, store: MqttStore, connection: Connection, topic_filter: str) -> None:
         self._store = store
         self._connection = connection
         self._filter = topic_filter
@@ -381,8 +396,8 @@ class MqttStore:
     settings: Any
     _max_payload: int
     _sessions: list[_Sessions] | None = None
-    _opened: list[MqttBroker] | None = None
-    _reader: MqttBroker | None = None
+    _opened: list[Connection] | None = None
+    _reader: Connection | None = None
     _reading: asyncio.Lock | None = None
     _sequences: itertools.count[int] | None = None
     #: sequence numbers of records handed out -> their topics (for :meth:`delete`)
@@ -394,10 +409,13 @@ class MqttStore:
             self._sequences = itertools.count(1)
         return next(self._sequences)
 
-    async def _connection(self, client_id: str | None = None, *, persistent: bool = False) -> MqttBroker:
-        from .connection import MqttBroker, new_client_id
+    def _open_another(self, client_id: str | None, persistent: bool) -> Connection:
+        """A new connection to the same broker (a new client id when ``None``): the connection
+        class mixing this in says how."""
+        raise NotImplementedError
 
-        connection = MqttBroker(self.settings, client_id or new_client_id(), persistent)
+    async def _connection(self, client_id: str | None = None, *, persistent: bool = False) -> Connection:
+        connection = self._open_another(client_id, persistent)
         try:
             await connection.connect()
         except ConnectionError as exc:

@@ -43,7 +43,7 @@ from ..wire import is_header_name
 from .jetstream import JetStream
 
 if TYPE_CHECKING:
-    from ..broker.asyncapi import Bindings
+    from ..broker.bindings import Bindings
     from .options import Settings
 
 __all__ = [
@@ -431,6 +431,7 @@ class NatsBroker(JetStream, DurableBroker):
     :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
 
     name = "nats"
+    client: Connection  # the whole connection, more than JetStream's view of it
 
     def __init__(self, client: Connection) -> None:
         self.client = client
@@ -497,7 +498,7 @@ class NatsBroker(JetStream, DurableBroker):
 
     def asyncapi_bindings(self) -> Bindings:
         """The document's channels are the subjects."""
-        from ..broker.asyncapi import Bindings
+        from ..broker.bindings import Bindings
 
         return Bindings()
 

@@ -14,7 +14,8 @@ import asyncio
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from nats import errors as nats_errors
 from nats.js import api
@@ -35,10 +36,32 @@ from ..broker.base import (
 )
 from ..broker.wire import headers_size
 
-if TYPE_CHECKING:
-    from .connection import Connection
-
 __all__ = ["JetStream"]
+
+
+class Connection(Protocol):
+    """What this module uses of the nats-py connection (:class:`.connection.Connection`, whose
+    module builds on this one): nats-py's own calls and the connection's quick ``send``."""
+
+    @property
+    def max_payload(self) -> int: ...
+
+    def new_inbox(self) -> str: ...
+
+    async def subscribe(
+        self, subject: str, queue: str = "", cb: Callable[[Any], Awaitable[None]] | None = None
+    ) -> Any: ...
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def send(
+        self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+    ) -> None: ...
+
+    def jetstream(self, **options: Any) -> Any: ...
+
 
 #: Seconds JetStream's API (stream and consumer management) gets to answer.
 _API_TIMEOUT = 5.0
