@@ -28,7 +28,7 @@ async def test_httptools_serves_connect_and_rest() -> None:
         # the parser uvicorn really runs (protobind's subclass answers 431 for oversized headers)
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        assert issubclass(server.bindings[0]._server.config.http_protocol_class, HttpToolsProtocol)  # type: ignore[attr-defined]
+        assert issubclass(server.bindings[0]._running.server.config.http_protocol_class, HttpToolsProtocol)  # type: ignore[attr-defined]
         async with protobind.connect(url) as channel:
             reply = await GreeterClient(channel).say_hello(HelloRequest(name="Ada"), timeout=10)
         async with httpx.AsyncClient(base_url=url) as http:
@@ -44,7 +44,7 @@ async def test_zttp_is_the_default_and_h11_can_be_chosen() -> None:
     await server.start("http://127.0.0.1:0")
     try:
         # HTTP/1.1 and HTTP/2 on one port (docs/protocols.md, "One port")
-        protocol = server.bindings[0]._server.config.http_protocol_class  # type: ignore[attr-defined]
+        protocol = server.bindings[0]._running.server.config.http_protocol_class  # type: ignore[attr-defined]
         from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 
         assert issubclass(protocol, AutoZttpProtocol)  # protobind's subclass retires HTTP/2 connections
@@ -54,7 +54,7 @@ async def test_zttp_is_the_default_and_h11_can_be_chosen() -> None:
     try:
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        assert issubclass(server.bindings[0]._server.config.http_protocol_class, H11Protocol)  # type: ignore[attr-defined]
+        assert issubclass(server.bindings[0]._running.server.config.http_protocol_class, H11Protocol)  # type: ignore[attr-defined]
     finally:
         await server.stop(grace=1.0)
 

@@ -24,7 +24,9 @@ server
     ``cors_max_age``, ``cors_allow_methods`` (default: GET, POST and the REST routes' methods),
     ``reflection`` (serve ``GET {prefix}/protobind/reflection``; default true),
     ``tls_cert`` / ``tls_key`` (PEM files, required for ``https://``), ``tls_ca``
-    (mutual TLS: require client certificates signed by these CAs).
+    (mutual TLS: require client certificates signed by these CAs), ``asgi_server`` (``uvicorn``,
+    the default, ``hypercorn`` or ``granian``), ``http_parser`` (uvicorn's: ``zttp``, ``h11``,
+    ``httptools``).
 client
     ``codec`` (``proto``, the default, or ``json``), ``max_connections`` (default 100),
     ``max_message_size`` (largest response message, default 4 MiB), ``tls_ca`` (PEM CA bundle to

@@ -34,6 +34,7 @@ SERVER_OPTIONS = frozenset(
         "tls_key",
         "tls_ca",
         "http_parser",
+        "asgi_server",
         "reuse_port",
     }
 )
@@ -50,6 +51,16 @@ _KEEP_ALIVE = 75
 #: these are the methods protobind trusts it with.
 HTTP_PARSERS = ("zttp", "h11", "httptools")
 HTTPTOOLS_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
+#: ASGI servers the binding can run its app on (option ``asgi_server``; docs/protocols.md has the
+#: measurements behind the default). uvicorn (with ``http_parser``) is part of ``protobind[http]``;
+#: hypercorn and granian come with ``protobind[http-servers]``. granian has no ASGI trailers, so it
+#: answers gRPC requests with the refusal an HTTP/1.1 connection gets (Connect, gRPC-Web and REST
+#: work).
+ASGI_SERVERS = ("uvicorn", "hypercorn", "granian")
+#: Largest request header block every server accepts (zttp's own HTTP/2 limit; the others are set to it).
+MAX_HEADER_BYTES = 64 * 1024
+#: HTTP/2 streams open at once on one connection (zttp's own; the others are set to it).
+MAX_CONCURRENT_STREAMS = 128
 
 
 def _require(module: str) -> ModuleType:
