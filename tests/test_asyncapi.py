@@ -130,7 +130,8 @@ def test_every_pattern_is_described(shop: dict[str, Any]) -> None:
     assert channels["shop_v1_Shop_Reserve_dead_letter"]["address"] == "shop.dead"
     assert operations["shop_v1_Shop_Reserve_dead_letter"]["action"] == "send"
     replies = channels["shop_v1_Shop_Reserve_reply_stream"]
-    assert replies["address"] == "$PROTOBIND.REPLY.shop_v1_Shop.*"  # the names protobind.broker.durable uses
+    # the names of protobind.broker.durable.names
+    assert replies["address"] == "$PROTOBIND.REPLY.shop_v1_Shop.*"
     assert reserve["address"] == "$PROTOBIND.DURABLE.shop.v1.Shop.Reserve"
     # durable one-way: the default dead letter, no reply subject of any kind
     assert channels["shop_v1_Shop_Record_dead_letter"]["address"] == "$PROTOBIND.DEAD.shop.v1.Shop.Record"

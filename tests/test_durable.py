@@ -25,15 +25,15 @@ import protobind
 from protobind import Code, RpcError
 from protobind.auth import BearerAuth, BearerToken, reply_group
 from protobind.broker.base import ConsumerSpec
-from protobind.broker.durable import (
-    FINAL,
+from protobind.broker.durable import FINAL
+from protobind.broker.durable.names import (
     dead_letter_stream,
     dead_letter_subject,
-    delivery_of,
     reply_group_of,
     reply_stream,
     reply_subject,
 )
+from protobind.broker.durable.settings import delivery_of
 from protobind.durable import DurableCalls
 from protobind.transport import transport_for_url
 

@@ -1262,7 +1262,7 @@ async def test_mailbox_wakes_one_consumer_per_message_and_passes_on_a_lost_wake_
 
 async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
     from protobind.broker.base import Mailbox
-    from protobind.broker.consumers import ConsumerPool, Delivery
+    from protobind.broker.consumers import ConsumerPool, Consumers
 
     class Inbound:
         def __init__(self) -> None:
@@ -1285,17 +1285,17 @@ async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
     seen: list[int] = []
     release = asyncio.Event()
 
-    async def handle(msg: Any, delivery: Delivery) -> None:
+    async def handle(msg: Any, consumers: Consumers) -> None:
         seen.append(msg.n)
         if msg.n == 0:  # the first handler waits: another consumer takes over
-            delivery.waiting()
+            consumers.waiting()
             await release.wait()
 
     async def shed(msg: Any) -> None:
         raise AssertionError("one-way messages are never shed")
 
     inbound = Inbound()
-    delivery = Delivery(inbound, handle, ConsumerPool(4), 0, shed)  # type: ignore[arg-type]
+    consumers = Consumers(inbound, handle, ConsumerPool(4), 0, shed)  # type: ignore[arg-type]
     for n in range(100):
         inbound.mailbox.put(Message(n))  # type: ignore[arg-type]
         if n % 7 == 0:
@@ -1307,5 +1307,5 @@ async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
     assert seen == list(range(100))  # all of them, in order, while the first handler still waits
     release.set()
     await asyncio.sleep(0.01)
-    for task in delivery.tasks:
+    for task in consumers.tasks:
         task.cancel()

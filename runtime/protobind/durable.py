@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
-from .broker.durable import DurableClient, DurableReply
+from .broker.durable.client import DurableClient, DurableReply
 from .context import CallInfo
 from .errors import Code, RpcError
 from .metadata import MetadataLike

@@ -33,8 +33,8 @@ from google.protobuf import descriptor_pb2
 
 from ..method import MethodInfo, MethodKind, ServiceInfo
 from ..schemas import SCHEMAS, Comments, Schemas, connect_error_schema
-from . import durable
 from .bindings import AMQP_BINDING_VERSION, MQTT_BINDING_VERSION, NATS_BINDING_VERSION, Bindings
+from .durable.names import dead_letter_subject, durable_call_subject, reply_subject
 from .wire import (
     CANCEL_SUBJECT,
     CONTENT_TYPE,
@@ -47,7 +47,7 @@ from .wire import (
     STATUS,
     TIMEOUT,
     asyncapi_subject,
-    call_subject,
+    method_subject,
 )
 
 __all__ = [
@@ -224,9 +224,11 @@ class _Writer:
 
     def method(self, method: MethodInfo[Any, Any]) -> None:
         base = _id(method.service, method.name)
-        # durable calls are stored under a subject of their own (protobind.broker.durable)
+        # durable calls are stored under a subject of their own (protobind.broker.durable.names)
         subject = (
-            durable.call_subject(self.prefix, method) if method.durable else call_subject(self.prefix, method)
+            durable_call_subject(self.prefix, method)
+            if method.durable
+            else method_subject(self.prefix, method)
         )
         request = self.message(method.input_type.DESCRIPTOR)
         error = {"$ref": _MESSAGES + _ERROR}
@@ -298,7 +300,7 @@ class _Writer:
         dead = base + "_dead_letter"
         self.channel(
             dead,
-            durable.dead_letter_subject(self.prefix, method, options),
+            dead_letter_subject(self.prefix, method, options),
             {"request": self.message(method.input_type.DESCRIPTOR, _ERROR_HEADERS)},
             f"Calls of {method.full_name} that failed their last delivery attempt (or failed with a code "
             "that no retry can fix), with the error in headers.",
@@ -310,7 +312,7 @@ class _Writer:
             reply = self.message(method.output_type.DESCRIPTOR, _REPLY_HEADERS)
             self.channel(
                 replies,
-                durable.reply_subject(self.prefix, self.group(method), "*"),
+                reply_subject(self.prefix, self.group(method), "*"),
                 {"reply": reply, "error": {"$ref": _MESSAGES + _ERROR}},
                 f"Stored replies of {method.full_name} for the callers' queue group, correlated by call "
                 f"id; kept {options.reply_ttl:g}s for a caller (or its successor) to claim.",

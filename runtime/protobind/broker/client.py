@@ -34,7 +34,7 @@ from .base import (
     EngineSettings,
     Inbox,
 )
-from .durable import DurableClient
+from .durable.client import DurableClient
 from .micro import INFO_SUBJECT, asyncapi_subjects, reflected
 from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
@@ -42,9 +42,9 @@ from .wire import (
     FRAME,
     PROBE_SUBJECT,
     TIMEOUT,
-    call_subject,
     codec_for,
     headers_size,
+    method_subject,
     publish_error,
     put_content_type,
     put_metadata,
@@ -214,7 +214,7 @@ class BrokerClient(ClientTransport):
             future.set_exception(RpcError(Code.UNAVAILABLE, gone))
 
     def _subject_of(self, method: MethodInfo[Any, Any]) -> str:
-        subject = self._subjects[method.path] = call_subject(self.settings.prefix, method)
+        subject = self._subjects[method.path] = method_subject(self.settings.prefix, method)
         return subject
 
     def _request_headers(self, call: CallInfo, codec: Codec, with_deadline: bool = True) -> dict[str, str]:

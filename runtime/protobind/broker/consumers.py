@@ -5,7 +5,7 @@ callback that awaits a slow handler holds up every message behind it, and one th
 per message pays for that task on every call, more than all the rest of the server's work on a
 small call. Here consumers take messages from the subscription's queue (:class:`Inbound`) and run
 the handler inline, as a broker's own delivery task runs a callback. A handler that has to wait
-says so first (:meth:`Delivery.waiting`), and if no other consumer is free one is started, so a
+says so first (:meth:`Consumers.waiting`), and if no other consumer is free one is started, so a
 slow call never holds up the others and consumers are created only when handlers actually wait.
 Consumers beyond a couple of idle ones end, so the pool follows the load.
 """
@@ -22,17 +22,17 @@ from .base import Inbound
 __all__ = [
     "MAX_IDLE",
     "ConsumerPool",
-    "Delivery",
+    "Consumers",
     "Handler",
     "Shed",
 ]
 
 logger = logging.getLogger("protobind.broker")
 
-#: ``handle(msg, delivery)``: serve one message; call ``delivery.waiting()`` before waiting. It
+#: ``handle(msg, consumers)``: serve one message; call ``consumers.waiting()`` before waiting. It
 #: returns ``False`` when the message was not handled after all (the server stopped first): the
 #: inbound is then not told it is done (:meth:`Inbound.done`), so a broker may deliver it again.
-Handler = Callable[[Any, "Delivery"], Awaitable[bool | None]]
+Handler = Callable[[Any, "Consumers"], Awaitable[bool | None]]
 Shed = Callable[[Any], Awaitable[None]]
 
 #: Idle consumers kept per subscription; more than this and an idle consumer ends.
@@ -48,7 +48,7 @@ class ConsumerPool:
         self.closing = False
 
 
-class Delivery:
+class Consumers:
     """The consumers of one subscription."""
 
     def __init__(

@@ -30,8 +30,8 @@ from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..transport import ServerBinding
 from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
-from .consumers import ConsumerPool, Delivery
-from .durable import DurableServer
+from .consumers import ConsumerPool, Consumers
+from .durable.server import DurableServer
 from .micro import EndpointStats, MicroService, answers, subjects
 from .refusals import RefusalLog
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
@@ -44,12 +44,12 @@ from .wire import (
     PROBE_SUBJECT,
     STATUS,
     asyncapi_subject,
-    call_subject,
     codec_for,
     error_body,
     error_headers,
     header,
     headers_size,
+    method_subject,
     put_content_type,
     put_metadata,
     put_response_metadata,
@@ -104,7 +104,7 @@ class BrokerBinding(ServerBinding):
         self._service_subs: list[Any] = []
         self._other_subs: list[Any] = []
         self._pool = ConsumerPool(settings.max_concurrency)
-        self._deliveries: list[Delivery] = []
+        self._consumers: list[Consumers] = []
         # reply subject (or a private key for one-way calls) -> the task running that call, for
         # the calls that are waiting inside their handler (the others cannot be cancelled anyway)
         self._calls: dict[str, asyncio.Task[Any]] = {}
@@ -143,7 +143,7 @@ class BrokerBinding(ServerBinding):
             for info in self.server.services:
                 stats = []
                 for method in info.methods:
-                    subject = call_subject(settings.prefix, method)
+                    subject = method_subject(settings.prefix, method)
                     route = _Route(self.server.endpoints[method.path], EndpointStats(method, subject))
                     self._routes[subject] = route
                     stats.append(route.stats)
@@ -172,10 +172,10 @@ class BrokerBinding(ServerBinding):
                 inbound = await broker.pull(
                     f"{settings.prefix}{info.name}.*",
                     self._queue_group(info.name),
-                    tuple(call_subject(settings.prefix, method) for method in info.methods),
+                    tuple(method_subject(settings.prefix, method) for method in info.methods),
                 )
-                delivery = Delivery(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
-                self._deliveries.append(delivery)
+                consumers = Consumers(inbound, self._on_call, self._pool, settings.max_pending, self._shed)
+                self._consumers.append(consumers)
                 self._service_subs.append(inbound)
             await self._start_durable()
             # callers on other connections may call as soon as start() returns
@@ -206,44 +206,46 @@ class BrokerBinding(ServerBinding):
 
     # --- dispatch ---
 
-    def _on_call(self, msg: BrokerMessage, delivery: Delivery | None = None) -> Awaitable[bool | None]:
+    def _on_call(self, msg: BrokerMessage, consumers: Consumers | None = None) -> Awaitable[bool | None]:
         """Serve one call message: the coroutine that does, which a consumer (see
         protobind.broker.consumers) awaits; it never raises. A plain function rather than a
         coroutine of its own: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:
-            return self._on_other_call(msg, route, delivery)
+            return self._on_other_call(msg, route, consumers)
         # _serve, written out on the path of every call
         if msg.reply:
-            return self._serve_unary(route, msg, delivery)
-        return self._serve_oneway(route, route.inline or route.endpoint, msg, delivery)
+            return self._serve_unary(route, msg, consumers)
+        return self._serve_oneway(route, route.inline or route.endpoint, msg, consumers)
 
-    def _serve(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> Awaitable[bool | None]:
+    def _serve(
+        self, route: _Route, msg: BrokerMessage, consumers: Consumers | None
+    ) -> Awaitable[bool | None]:
         if msg.reply:
-            return self._serve_unary(route, msg, delivery)
+            return self._serve_unary(route, msg, consumers)
         # Nobody to answer: a one-way method's handler runs as it is; any other method's endpoint
         # runs too (a publish without a reply address is a one-way use of it) and its response
         # is dropped.
-        return self._serve_oneway(route, route.inline or route.endpoint, msg, delivery)
+        return self._serve_oneway(route, route.inline or route.endpoint, msg, consumers)
 
-    async def _on_durable_call(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
+    async def _on_durable_call(self, route: _Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
         """A message on the subject of a ``(protobind.v1.durable)`` method.
 
         This is where durable delivery (the broker stores the call, the server acks it after the
         handler succeeded) takes over. Until a broker implements it, the call is served as a plain
         call: at most once, like any other.
         """
-        await self._serve(route, msg, delivery)
+        await self._serve(route, msg, consumers)
 
     async def _on_other_call(
-        self, msg: BrokerMessage, route: _Route | None, delivery: Delivery | None = None
+        self, msg: BrokerMessage, route: _Route | None, consumers: Consumers | None = None
     ) -> None:
         if route is None:
             await self._refuse(msg, RpcError(Code.UNIMPLEMENTED, f"method {msg.subject} is not served here"))
         elif self._closing:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
         elif route.durable:
-            await self._on_durable_call(route, msg, delivery)
+            await self._on_durable_call(route, msg, consumers)
         elif header(msg.headers, FRAME) != OPEN:
             await self._refuse(msg, _not_opened(route))
         elif self._running_streams < self.settings.max_concurrency:
@@ -295,7 +297,7 @@ class BrokerBinding(ServerBinding):
         # answer only for calls this replica holds: silence from every replica means the call's
         # server is gone (see BrokerClient's liveness probes)
         key = msg.data.decode("utf-8", "replace")
-        if msg.reply and (key in self._calls or any(d.holds(key) for d in self._deliveries)):
+        if msg.reply and (key in self._calls or any(c.holds(key) for c in self._consumers)):
             await self._send(msg.reply, b"", {FRAME: ALIVE})
 
     def _cancel_call(self, key: str, reason: RpcError) -> None:
@@ -364,7 +366,7 @@ class BrokerBinding(ServerBinding):
 
     # --- unary and one-way calls ---
 
-    async def _serve_unary(self, route: _Route, msg: BrokerMessage, delivery: Delivery | None) -> None:
+    async def _serve_unary(self, route: _Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
         """A call with a reply address (a one-way method's too: then its endpoint acknowledges);
         messages without one go to _serve_oneway."""
         started = time.perf_counter_ns()
@@ -414,8 +416,8 @@ class BrokerBinding(ServerBinding):
             else:
                 # the handler waits: let another consumer take the next message, and from now on
                 # the call can be cancelled (deadline, caller, stop)
-                if delivery is not None:
-                    delivery.waiting()
+                if consumers is not None:
+                    consumers.waiting()
                 key = reply
                 task = asyncio.current_task()
                 assert task is not None
@@ -463,7 +465,7 @@ class BrokerBinding(ServerBinding):
                 await self._reply_error(route, reply, error, codec, context)
 
     async def _serve_oneway(
-        self, route: _Route, inline: Endpoint, msg: BrokerMessage, delivery: Delivery | None
+        self, route: _Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
     ) -> bool:
         """A message without a reply address: ``inline``'s handler runs right here, in the
         consumer, and nothing goes back (its result is dropped); an error is logged. No deadline:
@@ -509,8 +511,8 @@ class BrokerBinding(ServerBinding):
             else:
                 # the handler waits: let another consumer take the next message; from now on the
                 # call can be cancelled (by stop)
-                if delivery is not None:
-                    delivery.waiting()
+                if consumers is not None:
+                    consumers.waiting()
                 key = f"one-way {next(self._tokens)}"
                 task = asyncio.current_task()
                 assert task is not None
@@ -703,18 +705,18 @@ class BrokerBinding(ServerBinding):
         self._service_subs.clear()
         refused = [msg for _, msg in self._waiting_streams]
         self._waiting_streams.clear()
-        for delivery in self._deliveries:
-            for msg in delivery.take_remaining():
+        for consumers in self._consumers:
+            for msg in consumers.take_remaining():
                 refused.append(msg)
                 if msg.reply:
                     # answered (refused) below; a one-way message is left to the broker, which
                     # delivers it again if it stores messages
-                    delivery.done(msg)
+                    consumers.done(msg)
         for msg in refused:
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
         busy = set(self._calls.values())
-        for delivery in self._deliveries:
-            for consumer in delivery.tasks:
+        for consumers in self._consumers:
+            for consumer in consumers.tasks:
                 if consumer not in busy:
                     consumer.cancel()  # idle: waiting for a message that will not come
         pending = {task for task in busy if not task.done()}

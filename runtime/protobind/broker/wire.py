@@ -44,7 +44,6 @@ __all__ = [
     "TIMEOUT",
     "WINDOW",
     "add_metadata_value",
-    "call_subject",
     "codec_for",
     "codec_of_content_type",
     "error_body",
@@ -52,6 +51,7 @@ __all__ = [
     "header",
     "headers_size",
     "is_reserved",
+    "method_subject",
     "publish_error",
     "put_content_type",
     "put_metadata",
@@ -322,7 +322,7 @@ def _decode_json_error(code: Code, body: bytes) -> RpcError:
     return RpcError(code, error.message, error.details)
 
 
-def call_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
+def method_subject(prefix: str, method: MethodInfo[Any, Any]) -> str:
     """The subject of ``method``'s calls: ``{prefix}{package}.{Service}.{Method}``."""
     return f"{prefix}{method.service}.{method.name}"
 
@@ -334,9 +334,6 @@ ASYNCAPI_SUBJECT = "$PROTOBIND.ASYNCAPI"
 
 def asyncapi_subject(prefix: str, service: str) -> str:
     return f"{prefix}{ASYNCAPI_SUBJECT}.{service}"
-
-
-# Durable delivery's subjects (the call itself goes to call_subject, where the broker stores it).
 
 
 def publish_error(exc: BrokerError) -> RpcError:

@@ -7,7 +7,7 @@ from typing import Any
 
 from .._version import __version__
 from ..broker.base import EngineSettings
-from ..broker.durable import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
+from ..broker.durable.settings import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 from ..codec import codec_named
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, OptionReader
 

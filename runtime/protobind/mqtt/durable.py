@@ -51,7 +51,7 @@ from ..broker.base import (
     StreamSpec,
     Unsupported,
 )
-from ..broker.durable import name_token
+from ..broker.durable.names import name_token
 from ..broker.wire import headers_size
 from .topics import subject_of, topic_of
 
