@@ -123,11 +123,11 @@ def _chromium(env: dict[str, str]) -> str:
     return found
 
 
-def _build(env: dict[str, str]) -> None:
+def _build(node_bin: Path, env: dict[str, str]) -> None:
     """npm ci when package-lock.json changed; generate the page's TypeScript and bundle it when its
     sources changed. Under a lock: the pytest-xdist workers share tests/browser."""
-    npm_cli = Path(env["PROTOBIND_NODE_BIN"]).parent / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
-    node = str(Path(env["PROTOBIND_NODE_BIN"]) / "node")
+    npm_cli = node_bin.parent / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+    node = str(node_bin / "node")
     modules = BROWSER / "node_modules"
     installed = modules / ".protobind-stamp"
     wanted = _digest([BROWSER / "package.json", BROWSER / "package-lock.json"])
@@ -169,14 +169,11 @@ def _build(env: dict[str, str]) -> None:
 @pytest.fixture(scope="session")
 def browser() -> Browser:
     node_bin = _node_bin()
-    env = {
-        **os.environ,
-        "PATH": f"{node_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PROTOBIND_NODE_BIN": str(node_bin),
-    }
+    # node first on the PATH: npm's and protoc-gen-es's scripts start with #!/usr/bin/env node
+    env = {**os.environ, "PATH": f"{node_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(BROWSER / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _build(env)
+        _build(node_bin, env)
         chromium = _chromium(env)
     return Browser(node=node_bin / "node", chromium=chromium, env=env)
 
