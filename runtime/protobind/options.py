@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,27 @@ class OptionReader:
         if path is not None and not Path(path).is_file():
             raise self.error(name, f"names no readable file: {path!r}")
         return path
+
+    def tls_context(
+        self, triggers: Iterable[str] = ("tls_ca", "tls_cert", "tls_key")
+    ) -> ssl.SSLContext | None:
+        """A broker client's TLS context: ``ssl_context`` (Python only) as given, else one made from
+        ``tls_ca`` (trusted instead of the system roots), ``tls_cert`` and ``tls_key`` (a client
+        certificate) when any of ``triggers`` is given; ``None`` otherwise (plaintext)."""
+        context = self.options.get("ssl_context")
+        if context is not None:
+            if not isinstance(context, ssl.SSLContext):
+                raise self.error("ssl_context", "must be an ssl.SSLContext")
+            return context
+        if not any(self.given(name) for name in triggers):
+            return None
+        context = ssl.create_default_context(cafile=self.file("tls_ca"))
+        cert, key = self.file("tls_cert"), self.file("tls_key")
+        if cert is None and key is not None:
+            raise self.error("tls_key", "needs tls_cert (the certificate of that key)")
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+        return context
 
     def pem(self, name: str) -> bytes | None:
         """PEM material: a path to read, or the PEM text itself (bytes, or a string starting with

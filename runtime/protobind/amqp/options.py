@@ -97,7 +97,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
     exchange = str(options.get("exchange", DEFAULT_EXCHANGE) or DEFAULT_EXCHANGE)
     codec_name = str(options.get("codec", "proto")).lower()
     codec_named(codec_name)  # unknown names fail here, with the list of known ones
-    tls = _ssl_context(options)
+    tls = reader.tls_context()
     if parts.scheme == "amqps" and tls is None:
         tls = ssl.create_default_context()
     max_concurrency = reader.positive_int("max_concurrency", DEFAULT_MAX_CONCURRENCY)
@@ -131,20 +131,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         prefetch=min(65535, reader.positive_int("prefetch", max_concurrency + max(max_pending, 1))),
         engine=engine,
     )
-
-
-def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
-    context = options.get("ssl_context")
-    if context is not None:
-        if not isinstance(context, ssl.SSLContext):
-            raise ValueError("amqp option ssl_context must be an ssl.SSLContext")
-        return context
-    if not any(key in options for key in ("tls_ca", "tls_cert", "tls_key")):
-        return None
-    context = ssl.create_default_context(cafile=options.get("tls_ca"))
-    if "tls_cert" in options:
-        context.load_cert_chain(str(options["tls_cert"]), options.get("tls_key"))
-    return context
 
 
 def client_url(url: str) -> str:

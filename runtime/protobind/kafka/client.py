@@ -8,7 +8,7 @@ from typing import Any
 from ..broker.client import BrokerClient
 from ..errors import Code, RpcError
 from ..transport import DialFunction
-from .connection import open_broker
+from .connection import AuthenticationFailed, open_broker
 from .options import settings_from
 
 __all__ = ["dial"]
@@ -19,6 +19,8 @@ async def dial(url: str, options: Mapping[str, Any]) -> BrokerClient:
     settings = settings_from(url, options)
     try:
         broker = await open_broker(settings)
+    except AuthenticationFailed as exc:
+        raise RpcError(Code.UNAUTHENTICATED, str(exc)) from None
     except ConnectionError as exc:
         raise RpcError(Code.UNAVAILABLE, str(exc)) from None
     client = BrokerClient(broker, settings.engine)

@@ -27,6 +27,7 @@ import collections
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.structs import OffsetAndMetadata
 
 from ..broker.base import (
@@ -57,6 +59,7 @@ from ..broker.base import (
 from ..broker.bindings import Bindings, host_of
 from ..broker.wire import TIMEOUT
 from ..memory.stored import matches
+from ..urls import redact_text
 from .options import Settings
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "KEY_METADATA",
     "REPLY",
     "SUBJECT",
+    "AuthenticationFailed",
     "KafkaBroker",
     "KafkaMessage",
     "open_broker",
@@ -121,6 +125,77 @@ class KafkaMessage:
         self.headers = headers
         self.tracker = tracker
         self.offset = offset
+
+
+class AuthenticationFailed(ConnectionError):
+    """Kafka refused the SASL credentials (or does not offer the mechanism)."""
+
+
+_NETWORK_ERRORS = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.KafkaTimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def _connect_error(settings: Settings, address: str, exc: BaseException) -> ConnectionError:
+    """The error of a failed connection attempt to ``address``: the cause, never the credentials."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionError(
+            f"TLS with Kafka at {address} failed: the server's certificate: {exc.verify_message}"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = redact_text(exc.reason or type(exc).__name__)
+        return ConnectionError(
+            f"TLS with Kafka at {address} failed ({reason}): does that listener speak TLS?"
+        )
+    if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
+        return AuthenticationFailed(f"Kafka at {address} does not offer SASL {settings.sasl_mechanism}")
+    if isinstance(exc, asyncio.TimeoutError) and settings.tls is not None:
+        return ConnectionError(
+            f"Kafka at {address} did not complete a connection within connect_timeout "
+            f"({settings.connect_timeout:g} s): does that listener speak TLS?"
+        )
+    if settings.sasl_mechanism is not None and not isinstance(exc, _NETWORK_ERRORS):
+        # a refusal comes as the broker's error code or, with SCRAM, as a final server message
+        # aiokafka cannot parse (KeyError, ValueError): either way the credentials were not taken
+        return AuthenticationFailed(
+            f"Kafka at {address} refused the credentials of user {settings.user!r} "
+            f"({settings.sasl_mechanism})"
+        )
+    return ConnectionError(f"cannot connect to Kafka at {address}: {type(exc).__name__}")
+
+
+async def _preflight(settings: Settings) -> None:
+    """With TLS or SASL: one connection, made and authenticated by aiokafka's own code, to the first
+    bootstrap server that takes one, so that a listener that does not speak TLS, a certificate
+    that fails verification or refused credentials is an error naming its cause, at once (inside
+    its clients aiokafka logs the cause and reports only that it could not bootstrap), and never
+    retried (no retry can cure it). Servers refusing the connection are left to the clients."""
+    for address in settings.bootstrap:
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "9092")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    client_id=settings.client_id,
+                    request_timeout_ms=int(settings.connect_timeout * 1000),
+                    **settings.security(),
+                ),
+                settings.connect_timeout,
+            )
+        except ssl.SSLError as exc:  # before ValueError: a failed verification is both
+            raise _connect_error(settings, address, exc) from None
+        except (ConnectionRefusedError, ValueError, kafka_errors.KafkaConnectionError) as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):
+                raise _connect_error(settings, address, exc.__cause__) from None
+            continue  # refused or unresolvable: the next server, then the clients, say so
+        except Exception as exc:
+            raise _connect_error(settings, address, exc) from None
+        conn.close()
+        return
 
 
 def _broker_error(exc: BaseException) -> BrokerError:
@@ -259,6 +334,7 @@ class _Reader:
         settings = self.broker.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
+            **settings.security(),
             client_id=settings.client_id,
             group_id=None,
             enable_auto_commit=False,
@@ -343,6 +419,7 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
             settings = self.broker.settings
             self.consumer = AIOKafkaConsumer(
                 bootstrap_servers=settings.bootstrap,
+                **settings.security(),
                 client_id=settings.client_id,
                 group_id=self.group_id,
                 enable_auto_commit=False,
@@ -707,8 +784,11 @@ class KafkaBroker(DurableBroker):
         """Start the producer, the admin client and the reader; create the control topic and
         this connection's inbox topic. Raises :class:`ConnectionError` when Kafka cannot be reached."""
         settings = self.settings
+        if settings.tls is not None or settings.sasl_mechanism is not None:
+            await _preflight(settings)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap,
+            **settings.security(),
             client_id=settings.client_id,
             acks="all",
             enable_idempotence=settings.idempotence,
@@ -718,6 +798,7 @@ class KafkaBroker(DurableBroker):
         )
         self.admin = AIOKafkaAdminClient(
             bootstrap_servers=settings.bootstrap,
+            **settings.security(),
             client_id=settings.client_id,
             request_timeout_ms=int(settings.connect_timeout * 1000),
         )
@@ -730,10 +811,9 @@ class KafkaBroker(DurableBroker):
                 self, [TopicPartition(settings.control_topic, 0), TopicPartition(self.inbox_topic, 0)]
             )
             await self._reader.start()
-        except (kafka_errors.KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (kafka_errors.KafkaError, *_NETWORK_ERRORS) as exc:
             await self.close()
-            where = ",".join(settings.bootstrap)
-            raise ConnectionError(f"cannot connect to Kafka at {where}: {type(exc).__name__}") from None
+            raise _connect_error(settings, settings.shown, exc) from None
 
     async def ensure_topic(self, topic: str, partitions: int | None = None) -> bool:
         """Create ``topic`` when it does not exist (an existing one is used as it is); True when

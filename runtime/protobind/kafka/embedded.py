@@ -65,10 +65,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_kafka_broker(port: int = 0, *, timeout: float = 10.0) -> tuple[str, StopBroker]:
+def start_kafka_broker(
+    port: int = 0, *, timeout: float = 10.0, advertised_port: int | None = None, authentication: bool = False
+) -> tuple[str, StopBroker]:
     """Start Tansu on 127.0.0.1 and wait until it accepts connections; returns the URL
     (``kafka://127.0.0.1:PORT``) and a :class:`StopBroker` for the process. ``port`` 0 picks a
-    free port."""
+    free port. ``advertised_port``: the port Tansu tells clients to use (a proxy in front of it);
+    ``authentication``: Tansu requires SASL (SCRAM) from every client."""
     attempts = 1 if port else 5
     for attempt in range(attempts):
         chosen = port or _free_port()
@@ -80,9 +83,10 @@ def start_kafka_broker(port: int = 0, *, timeout: float = 10.0) -> tuple[str, St
             "--listener-url",
             address,
             "--advertised-listener-url",
-            address,
+            address if advertised_port is None else f"tcp://127.0.0.1:{advertised_port}",
             "--storage-engine",
             "memory://tansu/",
+            *(["--authentication"] if authentication else []),
         ]
         log = open(Path(workdir) / "tansu.log", "wb")  # noqa: SIM115 (closed by stop())
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

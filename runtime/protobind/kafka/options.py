@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .._version import __version__
 from ..broker.base import EngineSettings
@@ -55,7 +56,17 @@ _CONNECTION_OPTIONS = {
     "client_id",
     "connect_timeout",
     "session_timeout",
+    "tls",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "ssl_context",
+    "sasl_mechanism",
+    "user",
+    "password",
 }
+#: The SASL mechanisms the ``sasl_mechanism`` option takes (those aiokafka speaks with a password).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SERVER_OPTIONS = frozenset(_SERVER_OPTIONS | _CONNECTION_OPTIONS | DURABLE_SERVER_OPTIONS)
 CLIENT_OPTIONS = frozenset(_CLIENT_OPTIONS | _CONNECTION_OPTIONS | DURABLE_CLIENT_OPTIONS)
 
@@ -80,6 +91,32 @@ class Settings:
     connect_timeout: float = 10.0
     rebalance_grace: float = 10.0
     session_timeout: float = 10.0
+    #: None: plaintext. ``tls=true`` or any TLS option means TLS or an error, never plaintext
+    tls: ssl.SSLContext | None = None
+    #: None: no SASL; else one of :data:`SASL_MECHANISMS`, with ``user`` and ``password``
+    sasl_mechanism: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> str:
+        """Where it connects, without credentials (for errors and logs)."""
+        return "kafka://" + ",".join(self.bootstrap)
+
+    def security(self) -> dict[str, Any]:
+        """aiokafka's keyword arguments for TLS and SASL (the same for every client it makes)."""
+        tls, sasl = self.tls is not None, self.sasl_mechanism is not None
+        protocol = {(False, False): "PLAINTEXT", (True, False): "SSL", (False, True): "SASL_PLAINTEXT"}
+        found: dict[str, Any] = {"security_protocol": protocol.get((tls, sasl), "SASL_SSL")}
+        if self.tls is not None:
+            found["ssl_context"] = self.tls
+        if self.sasl_mechanism is not None:
+            found.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.user,
+                sasl_plain_password=self.password,
+            )
+        return found
 
 
 def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
@@ -87,10 +124,16 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
     parts = urlsplit(url)
     if parts.scheme != "kafka":
         raise ValueError(f"not a Kafka URL: {url!r}")
-    hosts = [host.strip() for host in parts.netloc.split(",") if host.strip()]
-    if not hosts or "@" in parts.netloc:
-        raise ValueError("a Kafka URL is kafka://host:port[,host:port...]")
+    userinfo, _, netloc = parts.netloc.rpartition("@")
+    hosts = [host.strip() for host in netloc.split(",") if host.strip()]
+    if not hosts:
+        raise ValueError("a Kafka URL is kafka://[user:password@]host:port[,host:port...]")
     reader = OptionReader("kafka", options)
+    tls = _tls(reader)
+    user, _, password = userinfo.partition(":")
+    sasl_mechanism, user_name, secret = _sasl(
+        reader, unquote(user) or None, unquote(password) if ":" in userinfo else None, tls
+    )
     prefix = str(options.get("prefix", "") or "")
     if prefix and not prefix.endswith("."):
         prefix += "."
@@ -130,7 +173,57 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         connect_timeout=reader.seconds("connect_timeout", 10.0),
         rebalance_grace=reader.seconds("rebalance_grace", 10.0),
         session_timeout=reader.seconds("session_timeout", 10.0),
+        tls=tls,
+        sasl_mechanism=sasl_mechanism,
+        user=user_name,
+        password=secret,
     )
+
+
+def _tls(reader: OptionReader) -> ssl.SSLContext | None:
+    """The TLS context: ``tls=true``, or any TLS option, means TLS; ``tls=false`` with TLS
+    options is a contradiction, refused."""
+    wanted = reader.flag("tls", False) if reader.given("tls") else None
+    given = [name for name in ("tls_ca", "tls_cert", "tls_key", "ssl_context") if reader.given(name)]
+    if wanted is False and given:
+        raise reader.error("tls", f"is false but TLS options were given ({', '.join(given)})")
+    context = reader.tls_context()
+    if context is None and wanted:
+        context = ssl.create_default_context()  # the system's CAs
+    return context
+
+
+def _sasl(
+    reader: OptionReader, user: str | None, password: str | None, tls: ssl.SSLContext | None
+) -> tuple[str | None, str | None, str | None]:
+    """The SASL mechanism and credentials (the ``user``/``password`` options override the URL's);
+    a password is never part of an error."""
+    if reader.given("user"):
+        user = str(reader.options["user"])
+    if reader.given("password"):
+        password = str(reader.options["password"])
+    mechanism = (reader.text("sasl_mechanism") or "").upper() or None
+    if mechanism is None:
+        if user is not None or password is not None:
+            raise reader.error(
+                "sasl_mechanism",
+                f"is needed with credentials: one of {', '.join(SASL_MECHANISMS)} (what the cluster's "
+                "listener expects)",
+            )
+        return None, None, None
+    if mechanism not in SASL_MECHANISMS:
+        raise reader.error(
+            "sasl_mechanism", f"must be one of {', '.join(SASL_MECHANISMS)}, not {mechanism!r}"
+        )
+    if not user or password is None:
+        raise reader.error("sasl_mechanism", "needs a user and a password (kafka://user:password@host:port)")
+    if mechanism == "PLAIN" and tls is None:
+        raise reader.error(
+            "sasl_mechanism",
+            "PLAIN sends the password as it is: it needs TLS (tls=true or tls_ca=...), "
+            "or use SCRAM-SHA-256/512",
+        )
+    return mechanism, user, password
 
 
 def _non_negative(reader: OptionReader, name: str) -> float:

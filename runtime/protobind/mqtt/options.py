@@ -136,7 +136,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         user = str(options["user"])
     if "password" in options:
         password = str(options["password"])
-    tls = _ssl_context(options)
+    tls = reader.tls_context(("tls_ca", "tls_cert", "tls_key", "tls_server_name"))
     if tls is None and parts.scheme == "mqtts":
         tls = ssl.create_default_context()
     group = str(options.get("queue_group", ""))
@@ -177,20 +177,6 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         engine=engine,
         shown=f"{parts.scheme}://{netloc}",
     )
-
-
-def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
-    context = options.get("ssl_context")
-    if context is not None:
-        if not isinstance(context, ssl.SSLContext):
-            raise ValueError("mqtt option ssl_context must be an ssl.SSLContext")
-        return context
-    if not any(key in options for key in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")):
-        return None
-    context = ssl.create_default_context(cafile=options.get("tls_ca"))
-    if "tls_cert" in options:
-        context.load_cert_chain(str(options["tls_cert"]), options.get("tls_key"))
-    return context
 
 
 def client_url(url: str) -> str:
