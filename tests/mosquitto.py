@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from .support import free_port
+
 MOSQUITTO = os.environ.get("PROTOBIND_MOSQUITTO", "/usr/sbin/mosquitto")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Mosquitto:
@@ -32,7 +28,7 @@ class Mosquitto:
 
     def __init__(self, directory: Path, *, extra: str = "", persistence: bool = True) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.scheme = "mqtts" if "certfile" in extra else "mqtt"
         self.config = directory / "mosquitto.conf"
         lines = [

@@ -23,14 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from .support import free_port
+
 RABBITMQ = os.environ.get("PROTOBIND_RABBITMQ", "/usr/lib/rabbitmq/bin/rabbitmq-server")
 _BOOT = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def available() -> bool:
@@ -42,8 +38,8 @@ class RabbitMQ:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
         self.node = f"protobind-{secrets.token_hex(4)}@localhost"
         (directory / "mnesia").mkdir(parents=True, exist_ok=True)
         (directory / "log").mkdir(exist_ok=True)

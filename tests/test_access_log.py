@@ -24,6 +24,7 @@ from protobind.conformance.v1.conformance_protobind import (
 )
 
 from .conformance import Conformance
+from .support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
@@ -80,20 +81,12 @@ async def test_off_for_a_server_built_in_code(caplog: pytest.LogCaptureFixture) 
     assert _access(caplog) == []
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve_one_call(tmp_path: Path, *args: str, toml: str = "") -> tuple[str, str]:
     """`protobind serve` the conformance service on gRPC (with ``args`` and, if given, a
     protobind.toml), make one call, stop it; its stdout and stderr."""
     config = tmp_path / "protobind.toml"
     config.write_text(toml)
-    url = f"grpc://127.0.0.1:{_free_port()}"
+    url = f"grpc://127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [*PROTOBIND, "serve", "tests.conformance:Conformance", "--bind", url, "--config", str(config), *args],
         cwd=ROOT,

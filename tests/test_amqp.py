@@ -30,6 +30,7 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
+from .support import eventually
 
 aio_pika = pytest.importorskip("aio_pika")
 
@@ -92,14 +93,6 @@ async def raw(amqp: str) -> AsyncIterator[Any]:
         yield connection
     finally:
         await connection.close()
-
-
-async def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 class _RawCaller:
@@ -205,7 +198,7 @@ async def test_raw_publish_without_reply_to_runs_a_one_way_handler(
     await exchange.publish(
         aio_pika.Message(Request(text="fire").SerializeToString()), server.subject("Notify")
     )
-    await _eventually(lambda: "fire" in service.notified)
+    await eventually(lambda: "fire" in service.notified)
 
 
 # --- request/reply the RabbitMQ way -------------------------------------------------------------------
@@ -365,7 +358,7 @@ async def test_queue_groups_fan_out_and_replicas_share(amqp: str) -> None:
             first, second = groups[group]
             return first.notified + second.notified
 
-        await _eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
+        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
     finally:
         for served in servers:
             await served.server.stop(5.0)
@@ -494,7 +487,7 @@ async def test_the_broker_killed_with_calls_in_flight_never_hangs_a_call_a_stop_
 
         assert await asyncio.wait_for(recovered(), 120) == "after"
         node.stop(signal.SIGKILL)
-        await _eventually(lambda: not channel.transport.broker.is_connected)  # type: ignore[attr-defined]
+        await eventually(lambda: not channel.transport.broker.is_connected)  # type: ignore[attr-defined]
         started = time.monotonic()
         await asyncio.wait_for(server.stop(0), 60)
         await asyncio.wait_for(channel.close(), 60)

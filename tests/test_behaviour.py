@@ -12,6 +12,8 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
+from .support import eventually
+
 
 @pytest.fixture
 async def client(served):  # type: ignore[no-untyped-def]
@@ -83,11 +85,7 @@ async def test_deadline_exceeded_cancels_handler(client, served):  # type: ignor
         await client.unary(Request(text="slow", behavior=Behavior(sleep_ms=5000)), timeout=0.2)
     assert info.value.code is Code.DEADLINE_EXCEEDED
     assert info.value.message == "deadline exceeded"  # the same words on every transport
-    for _ in range(100):
-        if "slow" in service.cancelled:
-            break
-        await asyncio.sleep(0.02)
-    assert "slow" in service.cancelled
+    assert await eventually(lambda: "slow" in service.cancelled)
     # the server keeps serving
     assert (await client.unary(Request(text="after"))).text == "after"
 
@@ -100,11 +98,7 @@ async def test_client_cancel_cancels_handler(client, served):  # type: ignore[no
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(100):
-        if "cancel-me" in service.cancelled:
-            break
-        await asyncio.sleep(0.02)
-    assert "cancel-me" in service.cancelled
+    assert await eventually(lambda: "cancel-me" in service.cancelled)
 
 
 async def test_server_stream(client):  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .support import free_port
+
 PROTOBIND = [sys.executable, "-m", "protobind"]
 
 OLD = """
@@ -129,7 +131,7 @@ def test_an_unreachable_server_is_one_line_with_the_reason() -> None:
     """NATS down: no connection log lines before the error; HTTP: not aiohttp's `ssl:default [...]`."""
     from .conftest import ROOT
 
-    port = _free_port()
+    port = free_port()
     proto = ["--proto", "idl/protobind/conformance/v1/conformance.proto", "-I", "idl"]
     method = "protobind.conformance.v1.ConformanceService/Unary"
     for scheme in ("nats", "http"):
@@ -272,14 +274,6 @@ def test_runtime_commands_work_without_the_code_generator(tmp_path: Path) -> Non
 # --- protobind nats-server, demo, serve --path ------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _jetstream_ready(url: str) -> bool:
     import asyncio
 
@@ -304,7 +298,7 @@ def test_nats_server_runs_in_the_foreground_until_a_signal(tmp_path: Path) -> No
     import signal
 
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        port = _free_port()
+        port = free_port()
         store = tmp_path / f"js-{stop_signal.name}"
         server = subprocess.Popen(
             [*PROTOBIND, "nats-server", "--port", str(port), "--js", "--store-dir", str(store)],

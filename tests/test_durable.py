@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import nats
@@ -38,6 +38,7 @@ from protobind.durable import DurableCalls
 from protobind.transport import transport_for_url
 
 from .kafka_broker import kafka_url
+from .support import eventually
 
 SERVICE = "jobs.v1.Jobs"
 _names = itertools.count()
@@ -90,14 +91,6 @@ class Jobs(JobsService):
 
     def ids(self) -> Counter[str]:
         return Counter(jid for jid, _, _ in self.deliveries)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["memory", "nats", "mqtt", "amqp", "kafka"])

@@ -26,7 +26,8 @@ from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
 from .rabbitmq import RabbitMQ
-from .test_durable import Jobs, eventually
+from .support import eventually
+from .test_durable import Jobs
 from .test_durable_nats import Worker, handled
 
 SERVICE = "jobs.v1.Jobs"

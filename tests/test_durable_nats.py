@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,8 @@ from protobind.nats.embedded import StopServer, start_nats_server
 
 from .conftest import ROOT
 from .nats_server import NatsServers
-from .test_durable import Jobs, eventually
+from .support import eventually, free_port
+from .test_durable import Jobs
 
 SUBMIT = "$PROTOBIND.DURABLE.jobs.v1.Jobs.Submit"
 RAW = "raw."
@@ -212,16 +212,10 @@ async def test_durable_methods_need_jetstream(nats_server: str) -> None:
 # --- a three-node cluster losing a node --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def cluster(store_dir: str) -> Iterator[list[tuple[str, StopServer]]]:
     """Three nats-server nodes routed to each other, JetStream on each (R3 streams possible)."""
-    routes = [_free_port() for _ in range(3)]
+    routes = [free_port() for _ in range(3)]
     nodes: list[tuple[str, StopServer]] = []
     try:
         for i, port in enumerate(routes):

@@ -29,6 +29,7 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from protobind.grpc.wire import DETAILS_KEY, from_grpc_code, to_grpc_code
 
 from .conformance import Conformance
+from .support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -89,15 +90,6 @@ def target(url: str) -> str:
 async def stock_channel(url: str) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(target(url)) as channel:
         yield channel
-
-
-async def eventually(predicate: Any, timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
 
 
 # --- server basics --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
+from .support import eventually
 from .tls import self_signed
 
 pytest.importorskip("starlette")
@@ -681,11 +682,7 @@ async def test_client_stops_reading_server_stream_early(http_server: tuple[str, 
             if reply.index == 2:
                 break
         await stream.aclose()  # type: ignore[attr-defined]
-        for _ in range(100):
-            if "early" in service.cancelled:
-                break
-            await asyncio.sleep(0.02)
-        assert "early" in service.cancelled
+        assert await eventually(lambda: "early" in service.cancelled)
         assert (await client.unary(Request(text="next"))).text == "next"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from protobind.kafka.options import settings_from
 
 from .conformance import Conformance
 from .kafka_broker import kafka_url
+from .support import eventually
 
 _names = itertools.count()
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -55,14 +56,6 @@ async def servers() -> AsyncIterator[Servers]:
 @pytest.fixture
 def prefix() -> str:
     return f"tk{next(_names)}."
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def bootstrap(broker: str) -> str:

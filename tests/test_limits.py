@@ -18,6 +18,7 @@ from protobind.limits import ConcurrencyLimit
 from protobind.options import OptionReader
 
 from .conformance import Conformance
+from .support import eventually
 
 SOCKET_TRANSPORTS = ["grpc", "http"]
 
@@ -45,14 +46,6 @@ class Gate(Conformance):
         yield Response(index=1)
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 - the condition is the service's counter
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 async def _serve(transport: str, service: Gate, **options: Any) -> tuple[protobind.Server, str]:
     server = protobind.Server([service], transport_options={transport: options})
     (url,) = await server.start(f"{transport}://127.0.0.1:0")
@@ -75,7 +68,7 @@ async def test_no_queue_refuses_only_when_every_slot_is_taken(transport: str, ga
             # idle server: max_pending=0 must not refuse (NATS once did)
             assert (await client.unary(Request(text="idle"), timeout=10)).text == "idle"
             blocked = asyncio.ensure_future(client.unary(Request(text="block"), timeout=30))
-            await _until(lambda: gate.running == 1)
+            await eventually(lambda: gate.running == 1)
             with pytest.raises(RpcError) as refused:
                 await client.unary(Request(text="extra"), timeout=10)
             assert refused.value.code is Code.RESOURCE_EXHAUSTED
@@ -94,7 +87,7 @@ async def test_queue_holds_max_pending_calls_and_refuses_the_next(transport: str
         async with protobind.connect(url) as channel:
             client = ConformanceServiceClient(channel)
             first = asyncio.ensure_future(client.unary(Request(text="block"), timeout=30))
-            await _until(lambda: gate.running == 1)
+            await eventually(lambda: gate.running == 1)
             # two more while the slot is taken: one waits in the queue, the other is refused
             more = [
                 asyncio.ensure_future(client.unary(Request(text=f"more-{i}"), timeout=30)) for i in range(2)

@@ -34,6 +34,7 @@ from protobind.mqtt.options import settings_from
 from .conformance import Conformance
 from .mosquitto import Mosquitto
 from .processes import reap
+from .support import eventually
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -82,14 +83,6 @@ class Recorder(Conformance):
         return Response(text=self.name or request.text, transport=context.transport)
 
 
-async def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def test_import_protobind_loads_no_zmqtt() -> None:
     code = "import sys, protobind, protobind.mqtt; assert 'zmqtt' not in sys.modules, 'zmqtt imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -127,7 +120,7 @@ async def test_calls_share_one_inbox_with_correlation_data(fresh_url: Callable[[
                     *(client.unary(Request(text=str(i)), timeout=10) for i in range(100))
                 )
                 assert [r.text for r in replies] == [str(i) for i in range(100)]
-                await _eventually(lambda: len(seen) == 100)
+                await eventually(lambda: len(seen) == 100)
         finally:
             watcher.cancel()
             await server.stop(0)
@@ -197,7 +190,7 @@ async def test_replicas_share_and_groups_fan_out(fresh_url: Callable[[], str]) -
             first, second = groups[group]
             return first.notified + second.notified
 
-        await _eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=30)
+        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=30)
     finally:
         for server in servers:
             await server.stop(5.0)
@@ -503,7 +496,7 @@ async def test_a_backlog_of_10000_one_way_calls_is_handled(mosquitto: Mosquitto)
             client = ConformanceServiceClient(channel)
             for i in range(count):
                 await client.notify(Request(text=str(i)))
-        await _eventually(lambda: len(service.notified) >= count, timeout=60)
+        await eventually(lambda: len(service.notified) >= count, timeout=60)
     finally:
         await server.stop(5.0)
     assert sorted(service.notified, key=int) == [str(i) for i in range(count)]
@@ -553,7 +546,7 @@ async def test_a_flood_to_a_stuck_server_is_held_within_max_waiting_and_the_rest
                 for p in server.bindings[0].broker._pumps
                 if p._sub._filters[0].endswith("/ConformanceService/+")
             ]
-            await _eventually(lambda: len(inbound.mailbox.items) + inbound.dropped == 500, timeout=20)
+            await eventually(lambda: len(inbound.mailbox.items) + inbound.dropped == 500, timeout=20)
             assert len(inbound.mailbox.items) == 50 and inbound.dropped == 450
             assert "slow consumer: 256 messages" in caplog.text
             service.gate.set()

@@ -21,7 +21,8 @@ from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
 from .mosquitto import Mosquitto
-from .test_durable import Jobs, eventually
+from .support import eventually
+from .test_durable import Jobs
 from .test_durable_nats import Worker, handled
 
 SUBMIT_TOPIC = "_PROTOBIND/DURABLE/jobs/v1/Jobs/Submit"

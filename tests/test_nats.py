@@ -34,6 +34,7 @@ from protobind.conformance.v1.conformance_protobind import (
 
 from .conformance import Conformance
 from .nats_server import NatsServers
+from .support import eventually
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -116,14 +117,6 @@ async def _settle(nc: Any) -> None:
     await nc.flush()
 
 
-async def _eventually(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 # --- the embedded server and the module boundary -------------------------------------------------
 
 
@@ -201,7 +194,7 @@ async def test_queue_groups_fan_out_and_replicas_share(broker_url: str) -> None:
             first, second = groups[group]
             return first.notified + second.notified
 
-        await _eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
+        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
     finally:
         for served in servers:
             await served.server.stop(5.0)  # drains the handlers: nothing is still counting
@@ -329,7 +322,7 @@ async def test_a_unary_method_published_without_a_reply_address_runs_and_answers
     await raw.publish(server.subject("Unary"), slow)
     await raw.publish(server.subject("Unary"), Request(text="no-reply").SerializeToString())
     await raw.flush()
-    await _eventually(lambda: service.entered.count("no-reply-slow") == 2 and "no-reply" in service.entered)
+    await eventually(lambda: service.entered.count("no-reply-slow") == 2 and "no-reply" in service.entered)
     await asyncio.sleep(0.4)  # both slow handlers finished (and their responses were dropped)
     async with protobind.connect(server.url) as channel:
         reply = await ConformanceServiceClient(channel).unary(Request(text="after"), timeout=5)
@@ -592,7 +585,7 @@ async def test_one_way_publish_runs_the_handler(nats_server: str, raw: Any) -> N
     served = await _serve(nats_server, service)
     try:
         await raw.publish(served.subject("Unary"), Request().SerializeToString())
-        await _eventually(lambda: service.calls == 1)
+        await eventually(lambda: service.calls == 1)
     finally:
         await served.server.stop(1.0)
 
@@ -611,7 +604,7 @@ async def test_oneway_client_publishes_without_a_reply_subject(
     async with protobind.connect(server.url) as channel:
         assert await ConformanceServiceClient(channel).notify(Request(text="one-way")) is None
     await service.until(lambda: service.notified == ["one-way"])
-    await _eventually(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1)
     assert seen[0].reply == ""
     assert Request.FromString(seen[0].data).text == "one-way"
     await tap.unsubscribe()
@@ -1139,10 +1132,10 @@ async def test_oneway_calls_during_a_reconnection_wait_in_the_connection(nats_se
             await service.until(lambda: service.notified == ["before"])
             broker = channel.transport.broker  # type: ignore[attr-defined]
             stop_nats()
-            await _eventually(lambda: not broker.is_connected)
+            await eventually(lambda: not broker.is_connected)
             assert await client.notify(Request(text="during")) is None  # kept, not refused
             nats_servers.start(port)
-            await _eventually(lambda: broker.is_connected)
+            await eventually(lambda: broker.is_connected)
             for attempt in range(50):  # the server resubscribes on its own schedule
                 await client.notify(Request(text=f"after-{attempt}"))
                 await asyncio.sleep(0.1)
@@ -1161,7 +1154,7 @@ async def test_stop_drains_in_flight_calls_and_refuses_new_ones(broker_url: str)
         slow = asyncio.ensure_future(
             client.unary(Request(text="slow", behavior=Behavior(sleep_ms=300)), timeout=5)
         )
-        await _eventually(lambda: service.running == 1)
+        await eventually(lambda: service.running == 1)
         await served.server.stop(grace=2.0)
         assert (await slow).text == "slow"
         with pytest.raises(RpcError) as info:
@@ -1179,7 +1172,7 @@ async def test_stop_after_grace_fails_calls_with_unavailable(broker_url: str) ->
             Request(behavior=Behavior(stream_count=100, sleep_ms=100)), timeout=10
         )
         await anext(stream)
-        await _eventually(lambda: service.running == 1)
+        await eventually(lambda: service.running == 1)
         await served.server.stop(grace=0.1)
         with pytest.raises(RpcError) as info:
             await slow
@@ -1300,10 +1293,7 @@ async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
         inbound.mailbox.put(Message(n))  # type: ignore[arg-type]
         if n % 7 == 0:
             await asyncio.sleep(0)
-    for _ in range(200):
-        if len(seen) == 100:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(seen) == 100)
     assert seen == list(range(100))  # all of them, in order, while the first handler still waits
     release.set()
     await asyncio.sleep(0.01)

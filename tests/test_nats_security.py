@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 
 from .conformance import Conformance
 from .nats_server import NatsServers
+from .support import eventually
 from .tls import self_signed
 
 SERVICE = "protobind.conformance.v1.ConformanceService"
@@ -265,13 +266,6 @@ async def test_discovery_is_guarded_when_auth_is_configured(nats_servers: NatsSe
 # --- issue 17: forged statuses, log flooding, hopeless TLS ------------------------------------------
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-
-
 async def _drain(call: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in call]
 
@@ -346,7 +340,7 @@ async def test_forged_no_responders_cannot_end_streams(
             for i, queue in enumerate(queues):
                 await queue.put(Request(text=f"b{i}-1"))
             assert [(await anext(bidi)).text for bidi in bidis] == [f"b{i}-1" for i in range(10)]
-            await _until(lambda: len(server_inboxes) == 20)
+            await eventually(lambda: len(server_inboxes) == 20)
             assert len(client_inboxes) == 20 and len(server_inboxes) == 20
             await _forge_no_responders(forger, nats_server, client_inboxes + server_inboxes)
 
@@ -455,7 +449,7 @@ async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
                 await raw.publish(notify, b"\xff\xff\xff\xff")
                 await raw.publish(f"{prefix}{SERVICE}.Nope{i}", b"")
             await raw.flush()
-            await _until(lambda: binding.refusals.total >= 3 * n)
+            await eventually(lambda: binding.refusals.total >= 3 * n)
             assert binding.refusals.counts == {
                 "UNAUTHENTICATED": n,
                 "INVALID_ARGUMENT": n,
@@ -507,9 +501,9 @@ async def test_refusal_log_counts_per_interval_and_forgets_quiet_subjects(
             log.refused("a", "X", f"detail {i}")
         log.refused("a", "Y", "answered", answered=True)  # counted, not logged
         assert lines() == ["on a: X: detail 0"]
-        await _until(lambda: len(lines()) == 2)  # the interval's count, from the timer
+        await eventually(lambda: len(lines()) == 2)  # the interval's count, from the timer
         assert lines()[1].startswith("on a: X: detail 4 (4 like it in the last ")
-        await _until(lambda: not log._entries)  # quiet for an interval: forgotten
+        await eventually(lambda: not log._entries)  # quiet for an interval: forgotten
         log.refused("a", "X", "again")
         assert lines()[2] == "on a: X: again"  # logged at once again
         # two subjects tracked: the others share one entry per reason

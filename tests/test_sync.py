@@ -11,7 +11,7 @@ import contextvars
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +29,7 @@ from protobind.sync import LoopThread
 
 from .conformance import Conformance
 from .servers import TRANSPORTS
+from .support import eventually_blocking
 
 CROSS_THREAD_TRANSPORTS = TRANSPORTS
 
@@ -53,16 +54,6 @@ def client(channel: protobind.SyncChannel) -> ConformanceServiceSyncClient:
 @pytest.fixture
 def service(served_in_thread: tuple[str, Conformance]) -> Conformance:
     return served_in_thread[1]
-
-
-def eventually(condition: Callable[[], bool]) -> bool:
-    """Poll ``condition`` for up to 5 s (the server side of a cancellation is asynchronous)."""
-    done = threading.Event()
-    for _ in range(250):
-        if condition():
-            return True
-        done.wait(0.02)
-    return condition()
 
 
 def test_unary(client: ConformanceServiceSyncClient, transport: str) -> None:
@@ -105,7 +96,7 @@ def test_deadline_exceeded_cancels_handler(
     with pytest.raises(RpcError) as info:
         client.unary(Request(text="slow", behavior=Behavior(sleep_ms=5000)), timeout=0.2)
     assert info.value.code is Code.DEADLINE_EXCEEDED
-    assert eventually(lambda: "slow" in service.cancelled)
+    assert eventually_blocking(lambda: "slow" in service.cancelled)
     assert client.unary(Request(text="after")).text == "after"
 
 
@@ -113,7 +104,7 @@ def test_oneway_returns_none_before_the_handler_finishes(
     client: ConformanceServiceSyncClient, service: Conformance
 ) -> None:
     assert client.notify(Request(text="sleepy", behavior=Behavior(sleep_ms=5000))) is None
-    assert eventually(lambda: "sleepy" in service.entered)
+    assert eventually_blocking(lambda: "sleepy" in service.entered)
     assert "sleepy" not in service.notified  # still sleeping: the call did not wait for it
 
 
@@ -122,7 +113,7 @@ def test_keyboard_interrupt_cancels_call(client: ConformanceServiceSyncClient, s
     main = threading.get_ident()
 
     def interrupt() -> None:
-        if eventually(service.started.is_set):
+        if eventually_blocking(service.started.is_set):
             signal.pthread_kill(main, signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt)
@@ -132,7 +123,7 @@ def test_keyboard_interrupt_cancels_call(client: ConformanceServiceSyncClient, s
             client.unary(Request(text="interrupted", behavior=Behavior(sleep_ms=10_000)), timeout=30)
     finally:
         interrupter.join()
-    assert eventually(lambda: "interrupted" in service.cancelled)
+    assert eventually_blocking(lambda: "interrupted" in service.cancelled)
     assert client.unary(Request(text="after")).text == "after"
 
 
@@ -177,7 +168,7 @@ def test_closing_a_stream_early_cancels_handler(
     replies = client.server_stream(Request(text="early", behavior=Behavior(stream_count=1000, sleep_ms=100)))
     assert [next(replies).index, next(replies).index] == [0, 1]
     replies.close()  # what ``break`` out of a for loop does once the iterator is dropped
-    assert eventually(lambda: "early" in service.cancelled)
+    assert eventually_blocking(lambda: "early" in service.cancelled)
     assert client.unary(Request(text="after")).text == "after"
 
 
@@ -262,7 +253,7 @@ def test_close_stops_threads_and_loop(served_in_thread: tuple[str, Conformance],
     client = ConformanceServiceSyncClient(channel)
     assert client.unary(Request(text="x")).text == "x"
     assert client.client_stream(Request(text=str(i)) for i in range(3)).request_count == 3
-    assert eventually(lambda: len(_threads() - before) == 1)  # the loop thread; the reader has ended
+    assert eventually_blocking(lambda: len(_threads() - before) == 1)  # the loop thread; the reader has ended
     stream = client.server_stream(Request(behavior=Behavior(stream_count=1000, sleep_ms=50)))
     assert next(stream).index == 0
     channel.close()  # with a call in flight: it is cancelled

@@ -38,7 +38,7 @@ from protobind.endpoints import invoke_unary
 from protobind.telemetry import SERVER_ERROR_CODES
 
 from .conformance import Conformance
-from .test_grpc import eventually
+from .support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = "protobind.conformance.v1.ConformanceService"
