@@ -3,4 +3,7 @@ the conformance matrix: protobind.testing.conformance)."""
 
 from protobind.testing.conformance.service import Conformance
 
-__all__ = ["Conformance"]
+#: The conformance service's full name.
+SERVICE = "protobind.conformance.v1.ConformanceService"
+
+__all__ = ["SERVICE", "Conformance"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .support import ROOT
+
 GEN = ROOT / "tests" / ".gen"
 
 # Contracts compiled once per session into tests/.gen (git-ignored) and importable by the tests.
@@ -57,17 +58,6 @@ pytest_plugins = [
 @pytest.fixture(scope="session")
 def gen_dir() -> Path:
     return GEN
-
-
-def example_greeter() -> object:
-    """An instance of examples/greeter's Greeter implementation."""
-    path = str(ROOT / "examples" / "greeter")
-    sys.path.insert(0, path)
-    try:
-        from service import Greeter
-    finally:
-        sys.path.remove(path)
-    return Greeter()
 
 
 def _slow_tests() -> frozenset[str]:

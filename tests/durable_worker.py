@@ -4,6 +4,7 @@
 Each handled ``Submit`` call appends ``<message id> <attempt> <monotonic time>`` to LOG (one
 ``write`` per line, so a line is in the kernel's hands before the call is acknowledged, and a
 SIGKILL loses no line). Prints ``READY`` once serving; stops on SIGTERM.
+Tests start it with ``Worker`` and read its log with ``handled``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,45 @@ async def main(url: str, log: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(grace=1.0)
+
+
+class Worker:
+    """This module in a process of its own, started from a test."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.durable_worker", url, str(log)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != b"READY":
+            self.process.kill()
+            raise AssertionError(f"worker did not start: {line!r}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+def handled(log: Path) -> list[tuple[str, int, float]]:
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [(mid, int(attempt), float(at)) for mid, attempt, at in (line.split() for line in lines)]
 
 
 if __name__ == "__main__":

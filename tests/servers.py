@@ -4,15 +4,19 @@ The transports come from protobind's registry; each one's test harness (a nats-s
 free port for gRPC and HTTP) is started once per session. ``served`` starts a protobind Server with
 the conformance service bound to one transport and yields ``(url_for_clients, service)``; the
 behaviour suite in test_behaviour.py runs once per registered transport. ``served_in_thread`` does
-the same on an event loop in another thread, for tests written as blocking code.
+the same on an event loop in another thread, for tests written as blocking code. ``serve_asgi``
+serves any ASGI application with uvicorn.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import socket
 import unittest
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -75,3 +79,26 @@ def served_in_thread(
             host.submit(server.stop(grace=1.0)).result()
     finally:
         host.stop()
+
+
+async def serve_asgi(app: Any, **config: Any) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """Serve the ASGI ``app`` with uvicorn on a free port of 127.0.0.1 (``config``: more
+    ``uvicorn.Config`` arguments); its base URL and a coroutine function that stops it."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "lifespan": "off", **config}))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+        sock.close()
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop

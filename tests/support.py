@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+#: The repository's root.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: How long ``eventually`` waits by default: generous, for a loaded machine.
 TIMEOUT = 30.0
@@ -46,3 +51,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def example_greeter() -> object:
+    """An instance of examples/greeter's Greeter implementation."""
+    path = str(ROOT / "examples" / "greeter")
+    sys.path.insert(0, path)
+    try:
+        from service import Greeter
+    finally:
+        sys.path.remove(path)
+    return Greeter()

@@ -5,11 +5,7 @@ protobind.toml."""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,15 +16,11 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import (
     ConformanceServiceClient,
-    ConformanceServiceSyncClient,
 )
 
+from .conformance import SERVICE as CONFORMANCE
 from .conformance import Conformance
-from .support import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFORMANCE = "protobind.conformance.v1.ConformanceService"
-PROTOBIND = [sys.executable, "-m", "protobind"]
+from .processes import serve_one_call
 
 
 def _access(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -81,40 +73,13 @@ async def test_off_for_a_server_built_in_code(caplog: pytest.LogCaptureFixture) 
     assert _access(caplog) == []
 
 
-def _serve_one_call(tmp_path: Path, *args: str, toml: str = "") -> tuple[str, str]:
-    """`protobind serve` the conformance service on gRPC (with ``args`` and, if given, a
-    protobind.toml), make one call, stop it; its stdout and stderr."""
-    config = tmp_path / "protobind.toml"
-    config.write_text(toml)
-    url = f"grpc://127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [*PROTOBIND, "serve", "tests.conformance:Conformance", "--bind", url, "--config", str(config), *args],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        assert line.startswith("serving"), server.communicate(timeout=20)
-        with protobind.connect_sync(url) as channel:
-            assert ConformanceServiceSyncClient(channel).unary(Request(text="a"), timeout=10).text == "a"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=30)
-    assert server.returncode == 0, err
-    return line + out, err
-
-
 ACCESS_LINE = re.compile(
     rf" INFO protobind\.access: grpc {CONFORMANCE}/Unary OK \d+\.\d\dms ipv4:127\.0\.0\.1:\d+$", re.MULTILINE
 )
 
 
 def test_protobind_serve_logs_each_call_unless_turned_off(tmp_path: Path) -> None:
-    _, err = _serve_one_call(tmp_path)
+    _, err = serve_one_call(tmp_path)
     assert len(ACCESS_LINE.findall(err)) == 1, err
     for args, toml in [
         (["--no-access-log"], ""),
@@ -122,8 +87,8 @@ def test_protobind_serve_logs_each_call_unless_turned_off(tmp_path: Path) -> Non
         (["--log-level", "warning"], ""),
         ([], '[server]\nlog_level = "error"\n'),
     ]:
-        _, err = _serve_one_call(tmp_path, *args, toml=toml)
+        _, err = serve_one_call(tmp_path, *args, toml=toml)
         assert "protobind.access" not in err, (args, toml, err)
     # the command line wins over the file
-    _, err = _serve_one_call(tmp_path, "--access-log", toml="[server]\naccess_log = false\n")
+    _, err = serve_one_call(tmp_path, "--access-log", toml="[server]\naccess_log = false\n")
     assert len(ACCESS_LINE.findall(err)) == 1, err

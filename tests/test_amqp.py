@@ -29,12 +29,11 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .support import eventually
 
 aio_pika = pytest.importorskip("aio_pika")
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 _prefixes = itertools.count()
 
 

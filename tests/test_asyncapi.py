@@ -22,12 +22,11 @@ from protobind.broker.asyncapi import asyncapi_document
 from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
 from protobind.http.openapi import openapi_document
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
+from .support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EDGE = ROOT / "tests" / "protos" / "edge"
 PARSER_VERSION = "3.6.6"
-SERVICE = "protobind.conformance.v1.ConformanceService"
 
 VALIDATE_JS = """
 const fs = require('fs');

@@ -16,10 +16,9 @@ from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.metadata import Metadata
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .servers import TRANSPORTS
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 AUTH = BearerAuth(
     {
         "admin-token": ["*"],

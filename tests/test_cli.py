@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .processes import PROTOBIND
 from .support import free_port
-
-PROTOBIND = [sys.executable, "-m", "protobind"]
 
 OLD = """
 syntax = "proto3";
@@ -111,7 +110,7 @@ def test_version_and_python_m_protobind() -> None:
 def test_serve_on_a_taken_port_says_which_and_why() -> None:
     """One line naming the address and the system's reason, on gRPC as on HTTP; not grpc core's own
     log line (`E1207 ... add_port.cc:83] Failed to add port`) followed by a reason-less error."""
-    from .conftest import ROOT
+    from .support import ROOT
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -129,7 +128,7 @@ def test_serve_on_a_taken_port_says_which_and_why() -> None:
 
 def test_an_unreachable_server_is_one_line_with_the_reason() -> None:
     """NATS down: no connection log lines before the error; HTTP: not aiohttp's `ssl:default [...]`."""
-    from .conftest import ROOT
+    from .support import ROOT
 
     port = free_port()
     proto = ["--proto", "idl/protobind/conformance/v1/conformance.proto", "-I", "idl"]
@@ -155,7 +154,7 @@ def test_serve_and_call_over_each_network_transport(tmp_path: Path) -> None:
     import signal
     import socket
 
-    from .conftest import ROOT
+    from .support import ROOT
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -217,7 +216,7 @@ def test_runtime_commands_work_without_the_code_generator(tmp_path: Path) -> Non
     import re
     import signal
 
-    from .conftest import ROOT
+    from .support import ROOT
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import pytest
 
 from protobind.mqtt import TEST_BROKER, broker_unreachable
 
-from .conftest import ROOT
+from .conformance import SERVICE
 from .kafka_broker import kafka_url
-
-PROTOBIND = [sys.executable, "-m", "protobind"]
-SERVICE = "protobind.conformance.v1.ConformanceService"
+from .processes import PROTOBIND
+from .support import ROOT
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,8 @@ from protobind_codegen.generate import generate
 from protobind_codegen.protoc import IDL_ROOT, ProtoError
 from protobind_codegen.stubs import PYRIGHT_HEADER
 
-from .conftest import ROOT
+from .processes import PROTOBIND
+from .support import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +30,6 @@ else:
 
 EDGE = ROOT / "tests" / "protos" / "edge"
 BAD = ROOT / "tests" / "protos_bad" / "broken.proto"
-PROTOBIND = [sys.executable, "-m", "protobind"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from protobind.conformance.v1.conformance_protobind import (
     ConformanceServiceSyncClient,
 )
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 
 TOML = """
 [server]
@@ -119,9 +119,6 @@ def test_telemetry_table_and_env(tmp_path: Path) -> None:
         Config.load(path, env={})
     with pytest.raises(ConfigError, match="PROTOBIND_TELEMETRY"):
         Config.load(None, env={"PROTOBIND_TELEMETRY": "maybe"})
-
-
-SERVICE = "protobind.conformance.v1.ConformanceService"
 
 
 def test_service_url_lookup_order(tmp_path: Path) -> None:

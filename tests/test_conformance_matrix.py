@@ -21,7 +21,7 @@ from protobind.testing.conformance.cases import CASES, UNSUPPORTED, Case, Env, U
 from protobind.testing.conformance.matrix import Column, Verdict, format_matrix, run_matrix
 from protobind.testing.conformance.service import Conformance
 
-from .conftest import ROOT
+from .support import ROOT
 
 #: What docs/protocols.md says about each unsupported (case, transport) reason.
 DOCUMENTED = {

@@ -17,7 +17,7 @@ from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .conftest import ROOT
+from .support import ROOT
 
 
 def test_import_loads_no_transport_library() -> None:

@@ -25,10 +25,10 @@ import protobind
 from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
+from .durable_worker import Worker, handled
+from .jobs_service import Jobs
 from .rabbitmq import RabbitMQ
 from .support import eventually
-from .test_durable import Jobs
-from .test_durable_nats import Worker, handled
 
 SERVICE = "jobs.v1.Jobs"
 _names = itertools.count()
@@ -312,7 +312,7 @@ async def test_describe_and_the_asyncapi_document_over_amqp(
     import subprocess
     import sys
 
-    from .conftest import ROOT
+    from .support import ROOT
 
     _, channel, prefix = raw_peer
     # the AsyncAPI document, asked for by a raw AMQP request (reply_to + correlation_id)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -28,10 +25,10 @@ from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 from protobind.nats.embedded import StopServer, start_nats_server
 
-from .conftest import ROOT
+from .durable_worker import Worker, handled
+from .jobs_service import Jobs
 from .nats_server import NatsServers
 from .support import eventually, free_port
-from .test_durable import Jobs
 
 SUBMIT = "$PROTOBIND.DURABLE.jobs.v1.Jobs.Submit"
 RAW = "raw."
@@ -41,45 +38,6 @@ RAW = "raw."
 def store_dir() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="protobind-js-") as path:
         yield path
-
-
-class Worker:
-    """tests/durable_worker.py in a process of its own."""
-
-    def __init__(self, url: str, log: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.durable_worker", url, str(log)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if line.strip() != b"READY":
-            self.process.kill()
-            raise AssertionError(f"worker did not start: {line!r}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
-def handled(log: Path) -> list[tuple[str, int, float]]:
-    if not log.exists():
-        return []
-    lines = log.read_text().splitlines()
-    return [(mid, int(attempt), float(at)) for mid, attempt, at in (line.split() for line in lines)]
 
 
 def longest_pause(times: list[float]) -> float:

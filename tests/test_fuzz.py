@@ -25,10 +25,9 @@ import protobind
 from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .processes import reap
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 ROOT = str(Path(__file__).resolve().parent.parent)
 T = TypeVar("T")
 

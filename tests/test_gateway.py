@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,7 +25,8 @@ from protobind_codegen.descriptors import load_services
 
 from . import test_behaviour
 from .conformance import Conformance
-from .conftest import ROOT, example_greeter
+from .processes import PROTOBIND
+from .support import ROOT, example_greeter
 
 # The behaviour suite's tests (and its client fixture), collected again in this module, where the
 # fixtures below put a gateway between the client and the service.
@@ -39,7 +39,6 @@ IDL = ROOT / "idl"
 CONFORMANCE_PROTO = str(IDL / "protobind" / "conformance" / "v1" / "conformance.proto")
 GREETER_PROTO = ROOT / "examples" / "greeter" / "proto"
 
-PROTOBIND = [sys.executable, "-m", "protobind"]
 
 #: (the transport callers use, the transport the service is served on)
 ROUTES = [("http", "nats"), ("nats", "grpc")]

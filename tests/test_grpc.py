@@ -28,11 +28,9 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.grpc.wire import DETAILS_KEY, from_grpc_code, to_grpc_code
 
-from .conformance import Conformance
-from .support import eventually
+from .conformance import SERVICE, Conformance
+from .support import ROOT, eventually
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVICE = "protobind.conformance.v1.ConformanceService"
 UNARY = f"/{SERVICE}/Unary"
 
 

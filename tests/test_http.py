@@ -28,14 +28,13 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .support import eventually
+from .support import ROOT, eventually
 from .tls import self_signed
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("aiohttp")
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 JSON_HEADERS = {"content-type": "application/json"}
 

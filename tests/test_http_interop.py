@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +27,8 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .support import eventually
+from .servers import serve_asgi
+from .support import ROOT, eventually
 
 connectrpc = pytest.importorskip("connectrpc")
 uvicorn = pytest.importorskip("uvicorn")
@@ -37,8 +37,6 @@ from connectrpc.client import ResponseMetadata  # noqa: E402
 from connectrpc.code import Code as ConnectCode  # noqa: E402
 from connectrpc.compat import google_protobuf_json_codec  # noqa: E402
 from connectrpc.errors import ConnectError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -270,21 +268,11 @@ def _connect_service(stubs: ModuleType) -> Any:
 @pytest.fixture
 async def connectrpc_url(stubs: ModuleType) -> AsyncIterator[str]:
     app = stubs.ConformanceServiceASGIApplication(_connect_service(stubs))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
+    url, stop = await serve_asgi(app, log_level=None, log_config=None, access_log=False)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield url
     finally:
-        server.should_exit = True
-        await task
-        sock.close()
+        await stop()
 
 
 @pytest.fixture(params=["proto", "json"])

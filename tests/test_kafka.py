@@ -20,12 +20,11 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.kafka.options import settings_from
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .kafka_broker import kafka_url
 from .support import eventually
 
 _names = itertools.count()
-SERVICE = "protobind.conformance.v1.ConformanceService"
 
 
 class Servers:
@@ -234,7 +233,7 @@ async def test_a_plain_aiokafka_producer_makes_a_durable_call_and_a_consumer_rea
     headers. Submit is one-way and durable; NOT_FOUND cannot be fixed by a retry."""
     from jobs.v1.jobs_pb2 import Job
 
-    from .test_durable import Jobs
+    from .jobs_service import Jobs
 
     prefix = f"tk{next(_names)}."
     jobs = Jobs()

@@ -19,7 +19,7 @@ from protobind.http import asgi_app, merge_openapi, openapi_for
 from protobind.http.openapi import merge_documents
 
 from .conformance import Conformance
-from .test_rest import _serve_app
+from .servers import serve_asgi
 
 UNARY = "/protobind.conformance.v1.ConformanceService/Unary"
 
@@ -44,7 +44,7 @@ def _host_app() -> tuple[FastAPI, protobind.Server]:
 @pytest.fixture
 async def host_url() -> AsyncIterator[str]:
     app, _ = _host_app()
-    url, stop = await _serve_app(app)
+    url, stop = await serve_asgi(app, http="h11")
     try:
         yield url
     finally:

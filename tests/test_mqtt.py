@@ -31,13 +31,12 @@ from protobind.mqtt import TRANSPORT
 from protobind.mqtt.connection import open_broker, subject_of, topic_of
 from protobind.mqtt.options import settings_from
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .mosquitto import Mosquitto
 from .processes import reap
 from .support import eventually
 from .tls import self_signed
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 SERVICE_TOPIC = SERVICE.replace(".", "/")
 
 

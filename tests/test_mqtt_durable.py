@@ -20,10 +20,10 @@ import protobind
 from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
+from .durable_worker import Worker, handled
+from .jobs_service import Jobs
 from .mosquitto import Mosquitto
 from .support import eventually
-from .test_durable import Jobs
-from .test_durable_nats import Worker, handled
 
 SUBMIT_TOPIC = "_PROTOBIND/DURABLE/jobs/v1/Jobs/Submit"
 

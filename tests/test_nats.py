@@ -32,12 +32,11 @@ from protobind.conformance.v1.conformance_protobind import (
     ConformanceServiceClient,
 )
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .nats_server import NatsServers
 from .support import eventually
 from .tls import self_signed
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 _prefixes = itertools.count()
 
 

@@ -21,12 +21,10 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 from .nats_server import NatsServers
 from .support import eventually
 from .tls import self_signed
-
-SERVICE = "protobind.conformance.v1.ConformanceService"
 
 
 class Echo(Conformance):

@@ -16,7 +16,8 @@ from restcheck.v1 import restcheck_protobind as rc
 from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
 from protobind.http.openapi import openapi_document
 
-ROOT = Path(__file__).resolve().parent.parent
+from .support import ROOT
+
 REST_PROTOS = ROOT / "tests" / "protos" / "rest"
 LIBRARY_PROTO = REST_PROTOS / "library" / "v1" / "library.proto"
 

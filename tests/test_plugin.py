@@ -15,7 +15,7 @@ import pytest
 
 from protobind.testing import transport_names
 
-from .conftest import ROOT
+from .support import ROOT
 
 EXAMPLE = ROOT / "examples" / "greeter"
 CONTRACT = EXAMPLE / "tests" / "test_contract.py"

@@ -18,9 +18,8 @@ import protobind
 from protobind.reflection import reflect
 from protobind.testing import serving
 
+from .conformance import SERVICE
 from .details_service import UNKNOWN, Details
-
-SERVICE = "protobind.conformance.v1.ConformanceService"
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .conftest import example_greeter
-from .test_rest import Library
+from .library_service import Library
+from .support import example_greeter
 
 
 async def test_httptools_serves_connect_and_rest() -> None:

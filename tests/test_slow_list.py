@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from .conftest import ROOT, SLOW_TESTS
+from .conftest import SLOW_TESTS
+from .support import ROOT
 
 
 def test_every_listed_slow_test_exists() -> None:

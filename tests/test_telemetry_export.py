@@ -25,15 +25,15 @@ import protobind
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
+from .conformance import SERVICE as CONFORMANCE
 from .conformance import Conformance
-from .test_access_log import CONFORMANCE, _serve_one_call
-
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import serve_one_call
+from .support import ROOT
 
 
 def test_console_exporter_prints_the_spans_of_protobind_serve(tmp_path: Path) -> None:
     """`[telemetry] exporter = "console"` and nothing else: each span on stdout as it ends."""
-    out, _ = _serve_one_call(tmp_path, toml='[telemetry]\nexporter = "console"\nservice_name = "shop"\n')
+    out, _ = serve_one_call(tmp_path, toml='[telemetry]\nexporter = "console"\nservice_name = "shop"\n')
     decoder = json.JSONDecoder()
     spans = []
     text = out[out.index("{") :]

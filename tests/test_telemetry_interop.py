@@ -23,9 +23,8 @@ import protobind.testing
 from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conformance import Conformance
+from .conformance import SERVICE, Conformance
 
-SERVICE = "protobind.conformance.v1.ConformanceService"
 UNARY = f"/{SERVICE}/Unary"
 
 

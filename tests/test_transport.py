@@ -18,8 +18,8 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from protobind.transport import Transport, all_transports, register, transport_for_url, transport_named
 
 from .conformance import Conformance
-from .conftest import ROOT
 from .servers import TRANSPORTS
+from .support import ROOT
 
 
 def test_builtin_transports_come_from_entry_points() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from protobind_codegen.generate import generate
 
-from .conftest import ROOT
+from .support import ROOT
 
 EDGE = ROOT / "tests" / "protos" / "edge"
 PYRIGHT = Path(sys.executable).parent / "pyright"

@@ -17,7 +17,7 @@ import protobind
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conftest import ROOT
+from .support import ROOT
 
 PROTOBIND = ["-m", "protobind"]
 # Enough fresh connections (gRPC, HTTP) or calls (NATS) that both workers answer unless one
