@@ -1,4 +1,13 @@
-"""One behaviour suite, run through every transport (see servers.py for the list)."""
+"""The behaviour suite: protobind's own client against protobind's server on every registered
+transport (servers.py starts one per test), run again through a gateway by test_gateway.py.
+
+Split with the conformance matrix (test_conformance_matrix.py) by purpose, though many calls are
+alike: the matrix checks the runner users run (``python -m protobind.testing.conformance``: every
+client pairing, foreign clients included, the documented unsupported cells) in one slow test; this
+suite gives each behaviour on each transport a test of its own, which fails by name, sees the
+server's log, and is the suite test_gateway.py reruns through a gateway. One-way calls and
+``protobind.submit`` are in test_oneway_and_submit.py, the blocking client in test_sync.py.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The conformance matrix (python -m protobind.testing.conformance): every case against every
 transport and client pairing passes, the unsupported cells are the documented ones, and the runner
-reports a failure when a pairing misbehaves."""
+reports a failure when a pairing misbehaves. (protobind's own client and server, with pytest's
+fixtures, on every transport: test_behaviour.py.)"""
 
 from __future__ import annotations
 

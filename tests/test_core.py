@@ -1,10 +1,9 @@
-"""The core: codes, errors, metadata, codecs, interceptors, the lazy import rule."""
+"""The core without a network: codes, errors, metadata, codecs, interceptors, a Server and a channel
+over inproc://, the Slots of protobind.aio. What importing protobind gives is in test_public_api.py, the
+checks of docs against the code in test_docs.py."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -17,58 +16,6 @@ from protobind.conformance.v1.conformance_pb2 import Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .support import ROOT
-
-
-def test_import_loads_no_transport_library() -> None:
-    code = (
-        "import sys, protobind, protobind.conformance.v1.conformance_protobind\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('grpc', 'nats', 'starlette', 'uvicorn', 'pyqwest', 'aiohttp', 'httpx', 'jinja2', 'grpc_tools'))\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
-
-
-def test_public_names() -> None:
-    """``protobind.__all__`` is exactly the list in docs/architecture.md ("Public API")."""
-    doc = (ROOT / "docs" / "architecture.md").read_text()
-    section = doc.split("## Public API", 1)[1].split("\n\nTransport packages", 1)[0]
-    documented = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section.split(":", 1)[1]))
-    assert set(protobind.__all__) == documented
-    assert all(hasattr(protobind, name) for name in protobind.__all__)
-
-
-def test_architecture_doc_matches_the_tree() -> None:
-    """docs/architecture.md: its layer table names every core module, every file path it names
-    exists, the file names it says each transport package shares are there, and its line count of
-    the worked broker example is near the truth."""
-    doc = (ROOT / "docs" / "architecture.md").read_text()
-    package = ROOT / "runtime" / "protobind"
-    layers = doc.split("## Layers", 1)[1].split("```", 2)[1]
-    core = {p.name for p in package.glob("*.py")} - {"__init__.py"}
-    assert not {name for name in core if name not in layers}, "core modules missing from the layer table"
-    for path in set(re.findall(r"\b([a-z_]+/[a-z_]+\.py)\b", doc)):
-        assert (package / path).is_file() or (ROOT / path).is_file(), f"docs/architecture.md: no {path}"
-    transports = next(line for line in layers.splitlines() if line.lstrip().startswith("transports"))
-    packages = re.findall(r"\b([a-z]+)/\s", transports)
-    files = re.findall(r"`([a-z_]+\.py)`", doc.split("Each transport package", 1)[1].split(". ", 1)[0])
-    assert {"grpc", "http", "nats"} <= set(packages) and files
-    for directory in packages:
-        assert all((package / directory / f).is_file() for f in files), f"{directory}/ lacks one of {files}"
-    for example in ("memory/connection.py", "memory/stored.py"):
-        claimed = int(re.search(rf"`{example}`, about (\d+) lines", doc)[1])  # type: ignore[index]
-        actual = len((package / example).read_text().splitlines())
-        assert abs(claimed - actual) <= 0.15 * actual, (example, claimed, actual)
-
-
-def test_docs_call_nothing_built_unbuilt() -> None:
-    """A doc that says a shipped feature "is not built yet" sends users away from it."""
-    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
-        text = " ".join(doc.read_text().split())
-        for phrase in ("not built yet", "not yet built", "not implemented yet", "not yet implemented"):
-            assert phrase not in text, f"{doc.name} says {phrase!r}"
 
 
 def test_codes_match_grpc() -> None:
@@ -221,20 +168,6 @@ async def test_graceful_stop_inproc() -> None:
         with pytest.raises(RpcError) as info:
             await client.unary(Request())
         assert info.value.code is Code.UNAVAILABLE  # new calls are refused
-
-
-def test_missing_extra_gives_an_install_hint() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['nats'] = None  # as if protobind[nats] were not installed\n"
-        "import protobind\n"
-        "try:\n"
-        "    protobind.connect('nats://127.0.0.1:4222')\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "pip install 'protobind[nats]'" in out.stdout
 
 
 async def test_slots_are_first_come_first_served_and_survive_cancellation() -> None:

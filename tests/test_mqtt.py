@@ -413,7 +413,7 @@ async def test_mosquitto_pub_and_sub_call_a_service(fresh_url: Callable[[], str]
 
 
 async def test_durable_options_mqtt_cannot_honour_are_refused_at_start(fresh_url: Callable[[], str]) -> None:
-    """Durable methods run on MQTT (tests/test_durable.py, tests/test_mqtt_durable.py); the options
+    """Durable methods run on MQTT (tests/test_durable.py, tests/test_durable_mqtt.py); the options
     it cannot honour are refused with the reason, never accepted and ignored."""
     for option, reason in (
         ("ack_wait=5", "no acknowledgement timeout"),

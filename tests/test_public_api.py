@@ -1,13 +1,19 @@
-"""Every public module declares ``__all__`` and every public name has a docstring; ``protobind``'s
-``__all__`` is exactly the names the README and docs present as its API."""
+"""The public surface: every public module declares ``__all__`` and every public name has a
+docstring; ``protobind``'s ``__all__`` is exactly the names the docs present as its API; importing
+protobind loads no transport library, and a transport whose extra is missing says what to install."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import pkgutil
+import re
+import subprocess
+import sys
 
 import protobind
+
+from .support import ROOT
 
 # Generated protobuf modules and the committed conformance stubs are not hand-written API.
 _GENERATED = (".conformance", ".v1")
@@ -56,3 +62,37 @@ def test_all_names_exist() -> None:
     for name in _public_modules():
         module = importlib.import_module(name)
         assert [attr for attr in module.__all__ if not hasattr(module, attr)] == [], name
+
+
+def test_import_loads_no_transport_library() -> None:
+    code = (
+        "import sys, protobind, protobind.conformance.v1.conformance_protobind\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('grpc', 'nats', 'starlette', 'uvicorn', 'pyqwest', 'aiohttp', 'httpx', 'jinja2', 'grpc_tools'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names() -> None:
+    """``protobind.__all__`` is exactly the list in docs/architecture.md ("Public API")."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Public API", 1)[1].split("\n\nTransport packages", 1)[0]
+    documented = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section.split(":", 1)[1]))
+    assert set(protobind.__all__) == documented
+    assert all(hasattr(protobind, name) for name in protobind.__all__)
+
+
+def test_missing_extra_gives_an_install_hint() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['nats'] = None  # as if protobind[nats] were not installed\n"
+        "import protobind\n"
+        "try:\n"
+        "    protobind.connect('nats://127.0.0.1:4222')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'protobind[nats]'" in out.stdout

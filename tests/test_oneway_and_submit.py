@@ -1,4 +1,5 @@
-"""One-way calls and asynchronous request/response, through every transport (docs/messaging.md).
+"""One-way calls and ``protobind.submit`` (asynchronous request/response), through every transport
+(docs/messaging.md).
 
 Nothing here is timed: "the call returns at once" is shown by a handler that waits for an event
 only the test sets, after the call has returned; a caller that waited for the handler would never
