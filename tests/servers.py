@@ -2,10 +2,10 @@
 
 The transports come from protobind's registry; each one's test harness (a nats-server for NATS, a
 free port for gRPC and HTTP) is started once per session. ``served`` starts a protobind Server with
-the conformance service bound to one transport and yields ``(url_for_clients, service)``; the
-behaviour suite in test_behaviour.py runs once per registered transport. ``served_in_thread`` does
-the same on an event loop in another thread, for tests written as blocking code. ``serve_asgi``
-serves any ASGI application with uvicorn.
+the conformance service bound to one transport and yields ``(url_for_clients, service)``, and
+``client`` is a client of it; the behaviour suite in test_behaviour.py runs once per registered
+transport. ``served_in_thread`` does the same on an event loop in another thread, for tests written
+as blocking code. ``serve_asgi`` serves any ASGI application with uvicorn.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 
 import protobind
+from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.sync import LoopThread
 from protobind.testing import transport_names
 from protobind.transport import transport_named
@@ -62,6 +63,15 @@ async def served(
         yield url, service
     finally:
         await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def client(served: tuple[str, Conformance]) -> AsyncIterator[ConformanceServiceClient]:
+    """A client of ``served``'s conformance service (a module that overrides ``served``, such as
+    test_gateway.py, gets a client of its own server)."""
+    url, _ = served
+    async with protobind.connect(url) as channel:
+        yield ConformanceServiceClient(channel)
 
 
 @pytest.fixture

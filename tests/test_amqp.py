@@ -76,7 +76,7 @@ async def _serve(url: str, service: object, extra: str = "", prefix: str | None 
 
 
 @pytest.fixture
-async def served(amqp: str) -> AsyncIterator[tuple[Served, Conformance]]:
+async def amqp_served(amqp: str) -> AsyncIterator[tuple[Served, Conformance]]:
     service = Conformance()
     served = await _serve(amqp, service, "&heartbeat=0.3")
     try:
@@ -139,8 +139,10 @@ def test_import_protobind_loads_no_aio_pika() -> None:
 # --- raw aio-pika peers: the wire rules --------------------------------------------------------------
 
 
-async def test_raw_client_calls_with_json_and_binary(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_raw_client_calls_with_json_and_binary(
+    amqp_served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, _ = amqp_served
     caller = _RawCaller(raw, server.exchange)
     await caller.start()
     reply = await caller.call(
@@ -159,11 +161,11 @@ async def test_raw_client_calls_with_json_and_binary(served: tuple[Served, Confo
 
 
 async def test_the_asyncapi_document_names_the_exchange_the_broker_declares(
-    served: tuple[Served, Conformance], raw: Any
+    amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
     """The exchange in the document is the one the server's broker uses (option ``exchange``, here
     the harness's own, not the default ``protobind``): the amqp broker declares it."""
-    server, _ = served
+    server, _ = amqp_served
     assert server.exchange != "protobind"
     caller = _RawCaller(raw, server.exchange)
     await caller.start()
@@ -174,10 +176,12 @@ async def test_the_asyncapi_document_names_the_exchange_the_broker_declares(
     assert document["info"]["description"].count("RabbitMQ") >= 1
 
 
-async def test_raw_client_reads_errors_from_headers(served: tuple[Served, Conformance], raw: Any) -> None:
+async def test_raw_client_reads_errors_from_headers(
+    amqp_served: tuple[Served, Conformance], raw: Any
+) -> None:
     from google.rpc import status_pb2
 
-    server, _ = served
+    server, _ = amqp_served
     caller = _RawCaller(raw, server.exchange)
     await caller.start()
     behavior = Behavior(error_code=int(Code.NOT_FOUND), error_message="nope")
@@ -189,9 +193,9 @@ async def test_raw_client_reads_errors_from_headers(served: tuple[Served, Confor
 
 
 async def test_raw_publish_without_reply_to_runs_a_one_way_handler(
-    served: tuple[Served, Conformance], raw: Any
+    amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, service = served
+    server, service = amqp_served
     channel = await raw.channel()
     exchange = await channel.get_exchange(server.exchange, ensure=False)
     await exchange.publish(
@@ -237,9 +241,9 @@ async def test_many_calls_in_flight_on_one_connection(amqp: str) -> None:
 
 
 async def test_reply_queue_is_unguessable_and_only_its_connection_consumes_it(
-    served: tuple[Served, Conformance], raw: Any
+    amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, _ = served
+    server, _ = amqp_served
     async with protobind.connect(server.url) as channel:
         client = ConformanceServiceClient(channel)
         await client.unary(Request(), timeout=5)
@@ -255,11 +259,11 @@ async def test_reply_queue_is_unguessable_and_only_its_connection_consumes_it(
 
 
 async def test_another_client_cannot_inject_into_cancel_or_end_a_stream(
-    served: tuple[Served, Conformance], raw: Any
+    amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
     """An attacker that opened a stream of its own learns the server's inbox queue; frames it
     sends there, for any token, do not reach the victim's stream."""
-    server, _ = served
+    server, _ = amqp_served
     channel = await raw.channel()
     exchange = await channel.get_exchange(server.exchange, ensure=False)
     own = await channel.declare_queue("", exclusive=True)
@@ -367,11 +371,11 @@ async def test_queue_groups_fan_out_and_replicas_share(amqp: str) -> None:
 
 
 async def test_group_queue_is_named_and_bound_as_documented(
-    served: tuple[Served, Conformance], raw: Any
+    amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
     from protobind.amqp.connection import queue_name
 
-    server, _ = served
+    server, _ = amqp_served
     channel = await raw.channel()
     name = queue_name(SERVICE, f"{server.prefix}{SERVICE}.*", server.exchange)
     assert name == f"{SERVICE}@{server.prefix}{SERVICE}._@{server.exchange}"
@@ -415,11 +419,11 @@ async def test_cannot_connect_is_unavailable() -> None:
 
 
 async def test_connection_loss_fails_calls_in_flight_and_calls_recover(
-    served: tuple[Served, Conformance],
+    amqp_served: tuple[Served, Conformance],
 ) -> None:
     """The client's socket is cut with a call in flight: the call fails UNAVAILABLE (no hang), and
     once aio-pika has reconnected (same reply queue, declared again) calls work again."""
-    server, _ = served
+    server, _ = amqp_served
     async with protobind.connect(server.url + "&reconnect_wait=0.2") as channel:
         client = ConformanceServiceClient(channel)
         assert (await client.unary(Request(text="before"), timeout=5)).text == "before"
@@ -516,10 +520,10 @@ async def test_server_start_and_connect_against_a_dead_port_fail_within_a_bound(
 # --- discovery and the CLI -------------------------------------------------------------------------
 
 
-async def test_reflection_and_cli_over_amqp(served: tuple[Served, Conformance]) -> None:
+async def test_reflection_and_cli_over_amqp(amqp_served: tuple[Served, Conformance]) -> None:
     from protobind.reflection import reflect
 
-    server, _ = served
+    server, _ = amqp_served
     async with protobind.connect(server.url) as channel:
         reflected = await reflect(channel, timeout=5)
     assert SERVICE in reflected.services

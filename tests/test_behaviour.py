@@ -19,16 +19,8 @@ from google.rpc import error_details_pb2
 import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
-from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .support import eventually
-
-
-@pytest.fixture
-async def client(served):  # type: ignore[no-untyped-def]
-    url, _ = served
-    async with protobind.connect(url) as channel:
-        yield ConformanceServiceClient(channel)
 
 
 @pytest.fixture

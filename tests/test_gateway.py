@@ -28,12 +28,11 @@ from .conformance import Conformance
 from .processes import PROTOBIND
 from .support import ROOT, example_greeter
 
-# The behaviour suite's tests (and its client fixture), collected again in this module, where the
-# fixtures below put a gateway between the client and the service.
+# The behaviour suite's tests, collected again in this module, where the fixtures below put a
+# gateway between the client (servers.py's fixture, on this module's ``served``) and the service.
 globals().update(
     {name: getattr(test_behaviour, name) for name in dir(test_behaviour) if name.startswith("test_")}
 )
-client = test_behaviour.client
 
 IDL = ROOT / "idl"
 CONFORMANCE_PROTO = str(IDL / "protobind" / "conformance" / "v1" / "conformance.proto")

@@ -81,7 +81,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def served_any(broker_url: str) -> AsyncIterator[tuple[Served, Conformance]]:
+async def broker_served(broker_url: str) -> AsyncIterator[tuple[Served, Conformance]]:
     service = Conformance()
     served = await _serve(broker_url, service, "&heartbeat=0.2")
     try:
@@ -91,7 +91,7 @@ async def served_any(broker_url: str) -> AsyncIterator[tuple[Served, Conformance
 
 
 @pytest.fixture
-async def served(nats_server: str) -> AsyncIterator[tuple[Served, Conformance]]:
+async def nats_served(nats_server: str) -> AsyncIterator[tuple[Served, Conformance]]:
     service = Conformance()
     served = await _serve(nats_server, service, "&heartbeat=0.2")
     try:
@@ -310,12 +310,12 @@ async def test_without_nats_py_internals_publishes_go_through_nats_py(
 
 
 async def test_a_unary_method_published_without_a_reply_address_runs_and_answers_nobody(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
     """A plain publish (no reply address) to a request/response method runs its handler and
     drops the response; the server stays connected (it must not publish to an empty subject, which
     nats-server answers by closing the connection), and calls made at once do not collide."""
-    server, service = served
+    server, service = nats_served
     slow = Request(text="no-reply-slow", behavior=Behavior(sleep_ms=200)).SerializeToString()
     await raw.publish(server.subject("Unary"), slow)
     await raw.publish(server.subject("Unary"), slow)
@@ -329,10 +329,12 @@ async def test_a_unary_method_published_without_a_reply_address_runs_and_answers
     assert server.binding.broker.is_connected
 
 
-async def test_publishes_go_out_when_nats_py_flusher_task_is_gone(served: tuple[Served, Conformance]) -> None:
+async def test_publishes_go_out_when_nats_py_flusher_task_is_gone(
+    nats_served: tuple[Served, Conformance],
+) -> None:
     """Connection.buffer hands messages to nats-py's flusher task; when that task is gone (Python
     3.10 cancels it on Ctrl-C), nats-py writes inline and so must every publish."""
-    server, service = served
+    server, service = nats_served
     async with protobind.connect(server.url) as channel:
         client = ConformanceServiceClient(channel)
         assert (await client.unary(Request(text="before"), timeout=5)).text == "before"
@@ -394,8 +396,8 @@ async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str)
 # --- the client ------------------------------------------------------------------------------------
 
 
-async def test_unary_calls_share_one_reply_subscription(served: tuple[Served, Conformance]) -> None:
-    server, _ = served
+async def test_unary_calls_share_one_reply_subscription(nats_served: tuple[Served, Conformance]) -> None:
+    server, _ = nats_served
     async with protobind.connect(server.url) as channel:
         client = ConformanceServiceClient(channel)
         await client.unary(Request())
@@ -414,8 +416,8 @@ async def test_unary_calls_share_one_reply_subscription(served: tuple[Served, Co
         assert subscribes == 0
 
 
-async def test_connect_to_several_servers_and_json_codec(served: tuple[Served, Conformance]) -> None:
-    server, _ = served
+async def test_connect_to_several_servers_and_json_codec(nats_served: tuple[Served, Conformance]) -> None:
+    server, _ = nats_served
     host = server.nats_url.removeprefix("nats://")
     url = f"nats://{host},{host}?prefix={server.prefix}&codec=json"
     async with protobind.connect(url) as channel:
@@ -440,8 +442,8 @@ async def test_cannot_connect_is_unavailable(nats_servers: NatsServers) -> None:
 # --- raw nats-py peers: body, headers, errors ----------------------------------------------------
 
 
-async def test_raw_client_calls_with_json(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_raw_client_calls_with_json(nats_served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = nats_served
     msg = await raw.request(
         server.subject("Unary"),
         b'{"text": "hi", "number": "7"}',
@@ -457,15 +459,17 @@ async def test_raw_client_calls_with_json(served: tuple[Served, Conformance], ra
     assert body["transport"] == "nats"
 
 
-async def test_raw_client_calls_with_binary(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_raw_client_calls_with_binary(nats_served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = nats_served
     msg = await raw.request(server.subject("Unary"), Request(text="bin").SerializeToString(), timeout=5)
     assert msg.headers is None
     assert Response.FromString(msg.data).text == "bin"
 
 
-async def test_error_reply_headers_and_binary_status(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_error_reply_headers_and_binary_status(
+    nats_served: tuple[Served, Conformance], raw: Any
+) -> None:
+    server, _ = nats_served
     request = Request(
         behavior=Behavior(error_code=5, error_message="no\nsuch thing", error_detail_reason="GONE")
     )
@@ -480,8 +484,8 @@ async def test_error_reply_headers_and_binary_status(served: tuple[Served, Confo
     assert info.reason == "GONE"
 
 
-async def test_error_reply_as_json(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_error_reply_as_json(nats_served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = nats_served
     body = b'{"behavior": {"errorCode": 7, "errorMessage": "denied", "errorDetailReason": "R"}}'
     msg = await raw.request(
         server.subject("Unary"), body, headers={"Content-Type": "application/json"}, timeout=5
@@ -565,9 +569,9 @@ async def test_no_responders_is_unavailable_at_once(broker_url: str) -> None:
 
 
 async def test_deadline_from_a_raw_header_cancels_the_handler(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, service = served
+    server, service = nats_served
     request = Request(text="late", behavior=Behavior(sleep_ms=3000))
     msg = await raw.request(
         server.subject("Unary"),
@@ -590,9 +594,9 @@ async def test_one_way_publish_runs_the_handler(nats_server: str, raw: Any) -> N
 
 
 async def test_oneway_client_publishes_without_a_reply_subject(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, service = served
+    server, service = nats_served
     seen: list[Any] = []
 
     async def tap_message(msg: Any) -> None:
@@ -610,9 +614,9 @@ async def test_oneway_client_publishes_without_a_reply_subject(
 
 
 async def test_oneway_method_called_with_a_reply_is_acknowledged(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, service = served
+    server, service = nats_served
     msg = await raw.request(server.subject("Notify"), Request(text="gate").SerializeToString(), timeout=5)
     assert (msg.data, msg.headers) == (b"", None)  # Empty, no error, while the handler waits
     await service.until(lambda: "gate" in service.entered)
@@ -624,9 +628,9 @@ async def test_oneway_method_called_with_a_reply_is_acknowledged(
 
 
 async def test_bad_oneway_message_is_logged(
-    served: tuple[Served, Conformance], raw: Any, caplog: pytest.LogCaptureFixture
+    nats_served: tuple[Served, Conformance], raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, service = served
+    server, service = nats_served
     await raw.publish(server.subject("Notify"), b"\xff\xff\xff\xff")
     await raw.publish(server.subject("Notify"), Request(text="fine").SerializeToString())
     await service.until(lambda: service.notified == ["fine"])
@@ -640,9 +644,9 @@ async def test_bad_oneway_message_is_logged(
 
 
 async def test_bad_input_gets_clear_errors_and_service_keeps_serving(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, _ = served
+    server, _ = nats_served
 
     async def status(subject: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
         msg = await raw.request(subject, body, headers=headers, timeout=5)
@@ -670,16 +674,18 @@ async def test_bad_input_gets_clear_errors_and_service_keeps_serving(
 
 
 async def test_streaming_method_called_like_unary_is_refused(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, _ = served
+    server, _ = nats_served
     msg = await raw.request(server.subject("ServerStream"), Request().SerializeToString(), timeout=5)
     assert msg.headers["Protobind-Status"] == str(int(Code.INVALID_ARGUMENT))
     assert "Protobind-Frame: open" in msg.headers["Nats-Service-Error"]
 
 
-async def test_stream_to_an_unknown_method_is_unimplemented(served_any: tuple[Served, Conformance]) -> None:
-    server, _ = served_any
+async def test_stream_to_an_unknown_method_is_unimplemented(
+    broker_served: tuple[Served, Conformance],
+) -> None:
+    server, _ = broker_served
     method = protobind.MethodInfo(
         name="NoSuchStream",
         service=SERVICE,
@@ -921,8 +927,8 @@ async def test_unary_call_to_a_server_that_vanishes_fails_fast(nats_server: str,
         await process.wait()
 
 
-async def test_bidi_stream_error_mid_stream_and_trailers(served_any: tuple[Served, Conformance]) -> None:
-    server, _ = served_any
+async def test_bidi_stream_error_mid_stream_and_trailers(broker_served: tuple[Served, Conformance]) -> None:
+    server, _ = broker_served
     failing = Request(text="bad", behavior=Behavior(error_code=int(Code.ABORTED), error_message="stop"))
     call = protobind.CallInfo()
     seen = []
@@ -942,9 +948,9 @@ async def test_bidi_stream_error_mid_stream_and_trailers(served_any: tuple[Serve
 
 
 async def test_empty_stream_still_delivers_headers_and_trailers(
-    served_any: tuple[Served, Conformance],
+    broker_served: tuple[Served, Conformance],
 ) -> None:
-    server, _ = served_any
+    server, _ = broker_served
     call = protobind.CallInfo()
     async with protobind.connect(server.url) as channel:
         replies = [
@@ -958,9 +964,11 @@ async def test_empty_stream_still_delivers_headers_and_trailers(
     assert call.trailers["x-echo-z-trailer"] == "1"
 
 
-async def test_raw_peer_speaks_the_streaming_protocol(served: tuple[Served, Conformance], raw: Any) -> None:
+async def test_raw_peer_speaks_the_streaming_protocol(
+    nats_served: tuple[Served, Conformance], raw: Any
+) -> None:
     """A server stream driven by hand with nats-py, following docs/protocols.md."""
-    server, _ = served
+    server, _ = nats_served
     inbox = raw.new_inbox()
     frames: asyncio.Queue[Any] = asyncio.Queue()
     sub = await raw.subscribe(inbox, cb=frames.put)
@@ -996,9 +1004,9 @@ async def test_raw_peer_speaks_the_streaming_protocol(served: tuple[Served, Conf
 
 
 async def test_a_peer_that_ignores_the_window_is_stopped(
-    served: tuple[Served, Conformance], raw: Any
+    nats_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    server, _ = served
+    server, _ = nats_served
     inbox = raw.new_inbox()
     frames: asyncio.Queue[Any] = asyncio.Queue()
     sub = await raw.subscribe(inbox, cb=frames.put)
@@ -1037,8 +1045,8 @@ async def _gather_replies(raw: Any, subject: str, wait: float = 0.3) -> list[dic
     return replies
 
 
-async def test_micro_discovery(served: tuple[Served, Conformance], raw: Any) -> None:
-    server, _ = served
+async def test_micro_discovery(nats_served: tuple[Served, Conformance], raw: Any) -> None:
+    server, _ = nats_served
     async with protobind.connect(server.url) as channel:
         client = ConformanceServiceClient(channel)
         await client.unary(Request(), timeout=5)

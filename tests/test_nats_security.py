@@ -36,7 +36,7 @@ class Echo(Conformance):
 
 
 @pytest.fixture
-async def served(nats_server: str) -> AsyncIterator[tuple[str, str, Conformance]]:
+async def served_with_prefix(nats_server: str) -> AsyncIterator[tuple[str, str, Conformance]]:
     service = Conformance()
     server = protobind.Server([service])
     prefix = f"sec{time.monotonic_ns()}."
@@ -48,11 +48,11 @@ async def served(nats_server: str) -> AsyncIterator[tuple[str, str, Conformance]
 
 
 async def test_another_client_cannot_inject_into_cancel_or_end_a_stream(
-    served: tuple[str, str, Conformance], nats_server: str
+    served_with_prefix: tuple[str, str, Conformance], nats_server: str
 ) -> None:
     """An attacker that opened a stream of its own learns the server's stream inbox; it must not
     reach the victim's stream through it (guessing the address or forging frames)."""
-    url, prefix, _ = served
+    url, prefix, _ = served_with_prefix
     attacker = await nats.connect(nats_server)
     try:
         own_inbox = attacker.new_inbox()
@@ -200,9 +200,9 @@ async def test_tls_handshake_failures_are_bounded(
 
 @pytest.mark.parametrize("value", ["9" * 400, "2e308", "-1x", "1" * 11])
 async def test_absurd_timeouts_are_invalid_argument(
-    served: tuple[str, str, Conformance], nats_server: str, value: str
+    served_with_prefix: tuple[str, str, Conformance], nats_server: str, value: str
 ) -> None:
-    _, prefix, _ = served
+    _, prefix, _ = served_with_prefix
     raw = await nats.connect(nats_server)
     try:
         for method, headers in (("Unary", {}), ("ServerStream", {"Protobind-Frame": "open"})):
@@ -297,12 +297,12 @@ async def _forge_no_responders(forger: Any, nats_url: str, subjects: list[str]) 
 
 
 async def test_forged_no_responders_cannot_end_streams(
-    served: tuple[str, str, Conformance], nats_server: str
+    served_with_prefix: tuple[str, str, Conformance], nats_server: str
 ) -> None:
     """A client that sees the calls (subscribe rights on the service and inbox subjects) sends
     "no responders" to both inboxes of every stream once they are bound: 10 server streams and 10
     bidi streams all finish, every message delivered."""
-    url, prefix, _ = served
+    url, prefix, _ = served_with_prefix
     forger = await nats.connect(nats_server)
     client_inboxes: list[str] = []
     server_inboxes: list[str] = []

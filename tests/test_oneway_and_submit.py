@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,13 +29,6 @@ from .servers import TRANSPORTS
 #: Transports whose one-way call is a message nobody answers: errors before the handler are
 #: logged by the server instead of reaching the caller.
 UNANSWERED = {"nats", "memory", "amqp", "mqtt", "kafka"}
-
-
-@pytest.fixture
-async def client(served: tuple[str, Conformance]) -> AsyncIterator[ConformanceServiceClient]:
-    url, _ = served
-    async with protobind.connect(url) as channel:
-        yield ConformanceServiceClient(channel)
 
 
 async def test_oneway_returns_before_the_handler_finishes(

@@ -47,7 +47,7 @@ def channel(served_in_thread: tuple[str, Conformance]) -> Iterator[protobind.Syn
 
 
 @pytest.fixture
-def client(channel: protobind.SyncChannel) -> ConformanceServiceSyncClient:
+def sync_client(channel: protobind.SyncChannel) -> ConformanceServiceSyncClient:
     return ConformanceServiceSyncClient(channel)
 
 
@@ -56,27 +56,27 @@ def service(served_in_thread: tuple[str, Conformance]) -> Conformance:
     return served_in_thread[1]
 
 
-def test_unary(client: ConformanceServiceSyncClient, transport: str) -> None:
-    reply = client.unary(Request(text="hello", payload=b"\x00\x01", number=2**40), timeout=5.0)
+def test_unary(sync_client: ConformanceServiceSyncClient, transport: str) -> None:
+    reply = sync_client.unary(Request(text="hello", payload=b"\x00\x01", number=2**40), timeout=5.0)
     assert (reply.text, reply.payload, reply.number) == ("hello", b"\x00\x01", 2**40)
     assert reply.transport == transport
     assert reply.method == "protobind.conformance.v1.ConformanceService/Unary"
     assert 3.0 < reply.time_remaining <= 5.0
 
 
-def test_metadata_headers_trailers(client: ConformanceServiceSyncClient) -> None:
+def test_metadata_headers_trailers(sync_client: ConformanceServiceSyncClient) -> None:
     call = protobind.CallInfo()
-    reply = client.unary(Request(text="m"), metadata={"x-user": "ada", "x-echo-a": "1"}, call=call)
+    reply = sync_client.unary(Request(text="m"), metadata={"x-user": "ada", "x-echo-a": "1"}, call=call)
     assert reply.metadata["x-user"] == "ada"
     assert call.headers["x-echo-a-header"] == "1"
     assert call.trailers["x-echo-a-trailer"] == "1"
 
 
-def test_error_with_details(client: ConformanceServiceSyncClient) -> None:
+def test_error_with_details(sync_client: ConformanceServiceSyncClient) -> None:
     behavior = Behavior(error_code=int(Code.NOT_FOUND), error_message="nope", error_detail_reason="MISSING")
     call = protobind.CallInfo()
     with pytest.raises(RpcError) as info:
-        client.unary(Request(behavior=behavior), metadata={"x-echo-e": "v"}, call=call)
+        sync_client.unary(Request(behavior=behavior), metadata={"x-echo-e": "v"}, call=call)
     assert info.value.code is Code.NOT_FOUND
     assert info.value.message == "nope"
     (detail,) = info.value.details
@@ -85,30 +85,32 @@ def test_error_with_details(client: ConformanceServiceSyncClient) -> None:
     assert call.trailers["x-echo-e-trailer"] == "v"
 
 
-def test_wrong_request_type_is_refused(client: ConformanceServiceSyncClient) -> None:
+def test_wrong_request_type_is_refused(sync_client: ConformanceServiceSyncClient) -> None:
     with pytest.raises(TypeError, match=r"takes protobind\.conformance\.v1\.Request"):
-        client.unary(Behavior())  # type: ignore[arg-type]
+        sync_client.unary(Behavior())  # type: ignore[arg-type]
 
 
 def test_deadline_exceeded_cancels_handler(
-    client: ConformanceServiceSyncClient, service: Conformance
+    sync_client: ConformanceServiceSyncClient, service: Conformance
 ) -> None:
     with pytest.raises(RpcError) as info:
-        client.unary(Request(text="slow", behavior=Behavior(sleep_ms=5000)), timeout=0.2)
+        sync_client.unary(Request(text="slow", behavior=Behavior(sleep_ms=5000)), timeout=0.2)
     assert info.value.code is Code.DEADLINE_EXCEEDED
     assert eventually_blocking(lambda: "slow" in service.cancelled)
-    assert client.unary(Request(text="after")).text == "after"
+    assert sync_client.unary(Request(text="after")).text == "after"
 
 
 def test_oneway_returns_none_before_the_handler_finishes(
-    client: ConformanceServiceSyncClient, service: Conformance
+    sync_client: ConformanceServiceSyncClient, service: Conformance
 ) -> None:
-    assert client.notify(Request(text="sleepy", behavior=Behavior(sleep_ms=5000))) is None
+    assert sync_client.notify(Request(text="sleepy", behavior=Behavior(sleep_ms=5000))) is None
     assert eventually_blocking(lambda: "sleepy" in service.entered)
     assert "sleepy" not in service.notified  # still sleeping: the call did not wait for it
 
 
-def test_keyboard_interrupt_cancels_call(client: ConformanceServiceSyncClient, service: Conformance) -> None:
+def test_keyboard_interrupt_cancels_call(
+    sync_client: ConformanceServiceSyncClient, service: Conformance
+) -> None:
     """Ctrl-C while a call waits: the call is cancelled on the server, the interrupt reaches the caller."""
     main = threading.get_ident()
 
@@ -120,16 +122,16 @@ def test_keyboard_interrupt_cancels_call(client: ConformanceServiceSyncClient, s
     interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            client.unary(Request(text="interrupted", behavior=Behavior(sleep_ms=10_000)), timeout=30)
+            sync_client.unary(Request(text="interrupted", behavior=Behavior(sleep_ms=10_000)), timeout=30)
     finally:
         interrupter.join()
     assert eventually_blocking(lambda: "interrupted" in service.cancelled)
-    assert client.unary(Request(text="after")).text == "after"
+    assert sync_client.unary(Request(text="after")).text == "after"
 
 
-def test_server_stream(client: ConformanceServiceSyncClient) -> None:
+def test_server_stream(sync_client: ConformanceServiceSyncClient) -> None:
     call = protobind.CallInfo()
-    replies = client.server_stream(
+    replies = sync_client.server_stream(
         Request(text="s", behavior=Behavior(stream_count=5)), metadata={"x-echo-s": "v"}, call=call
     )
     assert isinstance(replies, Iterator)
@@ -138,7 +140,7 @@ def test_server_stream(client: ConformanceServiceSyncClient) -> None:
     assert call.trailers["x-echo-s-trailer"] == "v"
 
 
-def test_server_stream_error_mid_stream(client: ConformanceServiceSyncClient) -> None:
+def test_server_stream_error_mid_stream(sync_client: ConformanceServiceSyncClient) -> None:
     behavior = Behavior(
         stream_count=5,
         error_after=2,
@@ -148,32 +150,36 @@ def test_server_stream_error_mid_stream(client: ConformanceServiceSyncClient) ->
     )
     seen = []
     with pytest.raises(RpcError) as info:
-        for reply in client.server_stream(Request(behavior=behavior)):
+        for reply in sync_client.server_stream(Request(behavior=behavior)):
             seen.append(reply.index)
     assert seen == [0, 1]
     assert (info.value.code, info.value.message) == (Code.ABORTED, "mid")
     assert info.value.details[0].reason == "R"  # type: ignore[attr-defined]
 
 
-def test_server_stream_deadline(client: ConformanceServiceSyncClient) -> None:
+def test_server_stream_deadline(sync_client: ConformanceServiceSyncClient) -> None:
     with pytest.raises(RpcError) as info:
-        for _ in client.server_stream(Request(behavior=Behavior(stream_count=100, sleep_ms=50)), timeout=0.3):
+        for _ in sync_client.server_stream(
+            Request(behavior=Behavior(stream_count=100, sleep_ms=50)), timeout=0.3
+        ):
             pass
     assert info.value.code is Code.DEADLINE_EXCEEDED
 
 
 def test_closing_a_stream_early_cancels_handler(
-    client: ConformanceServiceSyncClient, service: Conformance
+    sync_client: ConformanceServiceSyncClient, service: Conformance
 ) -> None:
-    replies = client.server_stream(Request(text="early", behavior=Behavior(stream_count=1000, sleep_ms=100)))
+    replies = sync_client.server_stream(
+        Request(text="early", behavior=Behavior(stream_count=1000, sleep_ms=100))
+    )
     assert [next(replies).index, next(replies).index] == [0, 1]
     replies.close()  # what ``break`` out of a for loop does once the iterator is dropped
     assert eventually_blocking(lambda: "early" in service.cancelled)
-    assert client.unary(Request(text="after")).text == "after"
+    assert sync_client.unary(Request(text="after")).text == "after"
 
 
-def test_client_stream(client: ConformanceServiceSyncClient) -> None:
-    reply = client.client_stream([Request(text=str(i)) for i in range(4)])
+def test_client_stream(sync_client: ConformanceServiceSyncClient) -> None:
+    reply = sync_client.client_stream([Request(text=str(i)) for i in range(4)])
     assert (reply.request_count, reply.text) == (4, "0,1,2,3")
 
     def generated() -> Iterator[Request]:
@@ -181,15 +187,15 @@ def test_client_stream(client: ConformanceServiceSyncClient) -> None:
             yield Request(text=f"g{i}")
 
     call = protobind.CallInfo()
-    reply = client.client_stream(generated(), metadata={"x-echo-c": "v"}, call=call)
+    reply = sync_client.client_stream(generated(), metadata={"x-echo-c": "v"}, call=call)
     assert (reply.request_count, reply.text) == (3, "g0,g1,g2")
     assert call.trailers["x-echo-c-trailer"] == "v"
 
 
-def test_client_stream_errors(client: ConformanceServiceSyncClient, transport: str) -> None:
+def test_client_stream_errors(sync_client: ConformanceServiceSyncClient, transport: str) -> None:
     bad = Behavior(error_code=int(Code.FAILED_PRECONDITION), error_message="bad")
     with pytest.raises(RpcError) as info:
-        client.client_stream(iter([Request(text="a"), Request(text="b", behavior=bad)]))
+        sync_client.client_stream(iter([Request(text="a"), Request(text="b", behavior=bad)]))
     assert info.value.code is Code.FAILED_PRECONDITION
 
     def failing() -> Iterator[Request]:
@@ -197,13 +203,13 @@ def test_client_stream_errors(client: ConformanceServiceSyncClient, transport: s
         raise LookupError("the caller's own iterable failed")
 
     # The caller's exception ends the call; inproc runs the handler in the caller's task, so there
-    # the handler meets it first and the caller gets INTERNAL (as from an async client).
+    # the handler meets it first and the caller gets INTERNAL (as from an async sync_client).
     with pytest.raises(RpcError if transport == "inproc" else LookupError):
-        client.client_stream(failing(), timeout=5)
-    assert client.unary(Request(text="after")).text == "after"
+        sync_client.client_stream(failing(), timeout=5)
+    assert sync_client.unary(Request(text="after")).text == "after"
 
 
-def test_bidi_ping_pong(client: ConformanceServiceSyncClient, transport: str) -> None:
+def test_bidi_ping_pong(sync_client: ConformanceServiceSyncClient, transport: str) -> None:
     """Requests from a generator that blocks on a queue the response loop fills."""
     pending: queue.Queue[Request | None] = queue.Queue()
     pending.put(Request(text="0"))
@@ -213,28 +219,30 @@ def test_bidi_ping_pong(client: ConformanceServiceSyncClient, transport: str) ->
             yield item
 
     seen = []
-    for reply in client.bidi_stream(requests(), timeout=10):
+    for reply in sync_client.bidi_stream(requests(), timeout=10):
         seen.append(reply.text)
         pending.put(Request(text=str(len(seen))) if len(seen) < 4 else None)
     assert seen == ["0", "1", "2", "3"]
     bad = Behavior(error_code=int(Code.OUT_OF_RANGE), error_message="too far")
     with pytest.raises(RpcError) as info:
-        list(client.bidi_stream([Request(text="a"), Request(behavior=bad)]))
+        list(sync_client.bidi_stream([Request(text="a"), Request(behavior=bad)]))
     assert info.value.code is Code.OUT_OF_RANGE
 
 
-def test_many_threads(client: ConformanceServiceSyncClient) -> None:
-    """8 threads x 50 calls (unary, server and client streaming) through one channel at once."""
+def test_many_threads(sync_client: ConformanceServiceSyncClient) -> None:
+    """8 threads x 50 calls (unary, server and sync_client streaming) through one channel at once."""
 
     def calls(worker: int) -> list[str]:
-        texts = [client.unary(Request(text=f"{worker}-{i}"), timeout=30).text for i in range(48)]
+        texts = [sync_client.unary(Request(text=f"{worker}-{i}"), timeout=30).text for i in range(48)]
         texts += [
             r.text
-            for r in client.server_stream(
+            for r in sync_client.server_stream(
                 Request(text=f"{worker}-s", behavior=Behavior(stream_count=1)), timeout=30
             )
         ]
-        texts.append(client.client_stream((Request(text=f"{worker}-c") for _ in range(2)), timeout=30).text)
+        texts.append(
+            sync_client.client_stream((Request(text=f"{worker}-c") for _ in range(2)), timeout=30).text
+        )
         return texts
 
     with ThreadPoolExecutor(max_workers=8) as pool:
