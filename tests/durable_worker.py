@@ -4,7 +4,8 @@
 Each handled ``Submit`` call appends ``<message id> <attempt> <monotonic time>`` to LOG (one
 ``write`` per line, so a line is in the kernel's hands before the call is acknowledged, and a
 SIGKILL loses no line). Prints ``READY`` once serving; stops on SIGTERM.
-Tests start it with ``Worker`` and read its log with ``handled``.
+Tests start it with ``Worker`` and read its log with ``handled``; ``kill_a_worker_mid_run`` is the
+run every durable broker's suite makes with it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / ".gen"))
 
 from google.protobuf.empty_pb2 import Empty
 from jobs.v1.jobs_pb2 import Job
-from jobs.v1.jobs_protobind import JobsService
+from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsService
 
 import protobind
+from protobind.durable import DurableCalls
+
+from .support import eventually
 
 
 class Recording(JobsService):
@@ -86,6 +91,44 @@ def handled(log: Path) -> list[tuple[str, int, float]]:
         return []
     lines = log.read_text().splitlines()
     return [(mid, int(attempt), float(at)) for mid, attempt, at in (line.split() for line in lines)]
+
+
+@dataclass
+class KillRun:
+    """What ``kill_a_worker_mid_run`` saw."""
+
+    accepted: list[str]  #: the message ids of the calls the broker accepted
+    handled_before_kill: int
+    killed_at: float  #: time.monotonic() at the kill
+    lines: list[tuple[str, int, float]]  #: the log, once every accepted call was handled
+
+
+async def kill_a_worker_mid_run(url: str, log: Path, calls: int, kill_after: int, timeout: float) -> KillRun:
+    """Submit ``calls`` durable calls (producers of 100 calls each, at once) to a ``Worker`` on
+    ``url``; SIGKILL it once ``kill_after`` are handled (the calls in its hands unacknowledged) and
+    start another on the same URL; return once every accepted call is in ``log``."""
+    workers = [Worker(url, log)]
+    try:
+        accepted: list[str] = []
+        async with protobind.connect(url) as channel:
+            durable = DurableCalls(channel)
+
+            async def produce(start: int) -> None:
+                for i in range(start, start + 100):
+                    accepted.append(await durable.submit(JOBS_SUBMIT, Job(id=str(i), work=0.005)))
+
+            producers = asyncio.gather(*(produce(n * 100) for n in range(calls // 100)))
+            await eventually(lambda: len(handled(log)) >= kill_after, timeout=60)
+            workers[0].kill()
+            killed_at = time.monotonic()
+            before = len(handled(log))
+            workers.append(Worker(url, log))
+            await producers
+            await eventually(lambda: {mid for mid, _, _ in handled(log)} >= set(accepted), timeout=timeout)
+        return KillRun(accepted, before, killed_at, handled(log))
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import free_port
+from .support import free_port, require
 
 MOSQUITTO = os.environ.get("PROTOBIND_MOSQUITTO", "/usr/sbin/mosquitto")
 
@@ -85,10 +85,7 @@ class Mosquitto:
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[object]:
     """``make(extra="", persistence=True)`` starts a private broker; all are stopped afterwards."""
-    if not shutil.which(MOSQUITTO) and not Path(MOSQUITTO).exists():
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"CI needs {MOSQUITTO}")
-        pytest.skip(f"no mosquitto binary at {MOSQUITTO}")
+    require(bool(shutil.which(MOSQUITTO)) or Path(MOSQUITTO).exists(), f"mosquitto binary at {MOSQUITTO}")
     started: list[Mosquitto] = []
 
     def make(extra: str = "", persistence: bool = True) -> Mosquitto:
@@ -114,10 +111,7 @@ def mosquitto(mosquitto_factory: object) -> Mosquitto:
 def durable_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """A private broker for the durable suite: its persistent sessions and retained messages go
     with it (the machine's broker is left as it was)."""
-    if not shutil.which(MOSQUITTO) and not Path(MOSQUITTO).exists():
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"CI needs {MOSQUITTO}")
-        pytest.skip(f"no mosquitto binary at {MOSQUITTO}")
+    require(bool(shutil.which(MOSQUITTO)) or Path(MOSQUITTO).exists(), f"mosquitto binary at {MOSQUITTO}")
     broker = Mosquitto(tmp_path_factory.mktemp("durable-mosquitto"), persistence=False)
     broker.start()
     yield broker

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import free_port
+from .support import free_port, require
 
 RABBITMQ = os.environ.get("PROTOBIND_RABBITMQ", "/usr/lib/rabbitmq/bin/rabbitmq-server")
 _BOOT = 120.0
@@ -117,17 +117,10 @@ class _suppress:
         return kind is ProcessLookupError
 
 
-def _skip_without_rabbitmq() -> None:
-    if not available():
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"CI needs {RABBITMQ}")
-        pytest.skip(f"no rabbitmq-server at {RABBITMQ}")
-
-
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[str]:
     """One private node for the session (the durable suite's: its queues go with it)."""
-    _skip_without_rabbitmq()
+    require(available(), f"rabbitmq-server at {RABBITMQ}")
     directory = Path(tempfile.mkdtemp(prefix="protobind-rabbitmq-"))
     node = RabbitMQ(directory)
     try:
@@ -141,7 +134,7 @@ def rabbitmq_server() -> Iterator[str]:
 @pytest.fixture
 def rabbitmq_factory(tmp_path: Path) -> Iterator[object]:
     """``make()`` starts a private node for this test; all are stopped afterwards."""
-    _skip_without_rabbitmq()
+    require(available(), f"rabbitmq-server at {RABBITMQ}")
     started: list[RabbitMQ] = []
 
     def make() -> RabbitMQ:

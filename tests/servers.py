@@ -5,7 +5,9 @@ free port for gRPC and HTTP) is started once per session. ``served`` starts a pr
 the conformance service bound to one transport and yields ``(url_for_clients, service)``, and
 ``client`` is a client of it; the behaviour suite in test_behaviour.py runs once per registered
 transport. ``served_in_thread`` does the same on an event loop in another thread, for tests written
-as blocking code. ``serve_asgi`` serves any ASGI application with uvicorn.
+as blocking code. ``serving`` is the conformance service on one transport in a test's own
+server, with options. ``serve_asgi`` serves any ASGI application with uvicorn; ``check_groups_fan_out``
+is the queue-group check every broker's suite makes.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import pytest
 import pytest_asyncio
 
 import protobind
+import protobind.testing
+from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.sync import LoopThread
 from protobind.testing import transport_names
 from protobind.transport import transport_named
 
 from .conformance import Conformance
+from .support import eventually
 
 TRANSPORTS = transport_names()
 
@@ -74,6 +79,15 @@ async def client(served: tuple[str, Conformance]) -> AsyncIterator[ConformanceSe
         yield ConformanceServiceClient(channel)
 
 
+@contextlib.asynccontextmanager
+async def serving(transport: str, **options: Any) -> AsyncIterator[tuple[str, Conformance]]:
+    """The conformance service on ``transport`` (at its harness's address) with the transport
+    ``options``, in a server of the caller's own: (the URL clients use, the service)."""
+    service = Conformance()
+    async with protobind.testing.serving([service], transport, options=options) as url:
+        yield url, service
+
+
 @pytest.fixture
 def served_in_thread(
     transport: str, harnesses: dict[str, Callable[[], str]]
@@ -112,3 +126,33 @@ async def serve_asgi(app: Any, **config: Any) -> tuple[str, Callable[[], Awaitab
         sock.close()
 
     return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+async def check_groups_fan_out(url: str, count: int, timeout: float) -> None:
+    """Two queue groups of two replicas each, served on ``url`` (a broker URL with a query of its
+    own, such as a fresh prefix): ``count`` one-way calls made on ``url`` are handled once by every
+    group, and both replicas of each group take part."""
+    groups = {group: (Conformance(), Conformance()) for group in ("billing", "audit")}
+    servers = []
+    for group, replicas in groups.items():
+        for replica in replicas:
+            server = protobind.Server([replica])
+            await server.start(f"{url}&queue_group={group}")
+            servers.append(server)
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            for i in range(count):
+                await client.notify(Request(text=str(i)))
+
+        def handled(group: str) -> list[str]:
+            first, second = groups[group]
+            return first.notified + second.notified
+
+        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=timeout)
+    finally:
+        for server in servers:
+            await server.stop(5.0)  # drains the handlers: nothing is still counting
+    for group, (first, second) in groups.items():
+        assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
+        assert first.notified and second.notified, group  # the replicas shared the group's calls

@@ -11,12 +11,15 @@ the condition holds.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 #: The repository's root.
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,15 @@ def eventually_blocking(predicate: Callable[[], object], timeout: float = TIMEOU
             raise AssertionError(f"condition not reached in {timeout} s")
         pause.wait(0.01)
     return True
+
+
+def require(found: bool, what: str) -> None:
+    """Skip the test with ``no {what}`` when ``found`` is false, except under ``CI=true``, where a
+    missing broker fails the run instead (CONTRIBUTING.md)."""
+    if not found:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"CI needs {what}")
+        pytest.skip(f"no {what}")
 
 
 def free_port() -> int:

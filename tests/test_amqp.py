@@ -30,6 +30,7 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import SERVICE, Conformance
+from .servers import check_groups_fan_out
 from .support import eventually
 
 aio_pika = pytest.importorskip("aio_pika")
@@ -343,31 +344,7 @@ async def test_no_responders_is_unavailable_at_once(amqp: str) -> None:
 async def test_queue_groups_fan_out_and_replicas_share(amqp: str) -> None:
     """2 groups x 2 replicas x 300 one-way calls: every group handles every call once, and both
     replicas of a group take part (a group is one queue its replicas consume from)."""
-    count = 300
-    prefix = f"ta{next(_prefixes)}"
-    groups = {group: (Conformance(), Conformance()) for group in ("billing", "audit")}
-    servers = [
-        await _serve(amqp, replica, f"&queue_group={group}", prefix=prefix)
-        for group, replicas in groups.items()
-        for replica in replicas
-    ]
-    try:
-        async with protobind.connect(servers[0].url) as channel:
-            client = ConformanceServiceClient(channel)
-            for i in range(count):
-                await client.notify(Request(text=str(i)))
-
-        def handled(group: str) -> list[str]:
-            first, second = groups[group]
-            return first.notified + second.notified
-
-        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
-    finally:
-        for served in servers:
-            await served.server.stop(5.0)
-    for group, (first, second) in groups.items():
-        assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
-        assert first.notified and second.notified, group
+    await check_groups_fan_out(_with_prefix(amqp, f"ta{next(_prefixes)}"), count=300, timeout=60)
 
 
 async def test_group_queue_is_named_and_bound_as_documented(

@@ -25,7 +25,7 @@ import protobind
 from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
-from .durable_worker import Worker, handled
+from .durable_worker import kill_a_worker_mid_run
 from .jobs_service import Jobs
 from .rabbitmq import RabbitMQ
 from .support import eventually
@@ -41,37 +41,17 @@ def _url(base: str, prefix: str, **options: object) -> str:
 
 async def test_a_server_killed_mid_run_loses_none_of_1000_calls(rabbitmq_server: str, tmp_path: Path) -> None:
     url = _url(rabbitmq_server, f"kill{next(_names)}.", max_ack_pending=32)
-    log = tmp_path / "handled.log"
-    workers = [Worker(url, log)]
-    try:
-        accepted: list[str] = []
-        async with protobind.connect(url) as channel:
-            calls = DurableCalls(channel)
-
-            async def produce(start: int) -> None:
-                for i in range(start, start + 100):
-                    accepted.append(await calls.submit(JOBS_SUBMIT, Job(id=str(i), work=0.005)))
-
-            producers = asyncio.gather(*(produce(n * 100) for n in range(10)))
-            await eventually(lambda: len(handled(log)) >= 250, timeout=60)
-            workers[0].kill()  # SIGKILL: RabbitMQ requeues what its channel held unacknowledged
-            killed_at = time.monotonic()
-            workers.append(Worker(url, log))
-            await producers
-            assert len(accepted) == len(set(accepted)) == 1000
-            await eventually(lambda: {mid for mid, _, _ in handled(log)} >= set(accepted), timeout=120)
-        lines = handled(log)
-        ids = Counter(mid for mid, _, _ in lines)
-        assert set(ids) == set(accepted)
-        after = [at for _, _, at in lines if at > killed_at]
-        print(
-            f"\nSIGKILL mid-run (amqp): all 1000 handled, {sum(n - 1 for n in ids.values())} duplicate "
-            f"deliveries; first call handled {min(after) - killed_at:.2f} s after the kill; attempts "
-            f"{sorted(Counter(a for _, a, _ in lines).items())}"
-        )
-    finally:
-        for worker in workers:
-            worker.stop()
+    # SIGKILL: RabbitMQ requeues what its channel held unacknowledged
+    run = await kill_a_worker_mid_run(url, tmp_path / "handled.log", calls=1000, kill_after=250, timeout=120)
+    assert len(run.accepted) == len(set(run.accepted)) == 1000
+    ids = Counter(mid for mid, _, _ in run.lines)
+    assert set(ids) == set(run.accepted)
+    after = [at for _, _, at in run.lines if at > run.killed_at]
+    print(
+        f"\nSIGKILL mid-run (amqp): all 1000 handled, {sum(n - 1 for n in ids.values())} duplicate "
+        f"deliveries; first call handled {min(after) - run.killed_at:.2f} s after the kill; attempts "
+        f"{sorted(Counter(a for _, a, _ in run.lines).items())}"
+    )
 
 
 # --- raw aio-pika peers, by the wire rules of docs/protocols.md --------------------------------------

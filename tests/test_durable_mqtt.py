@@ -20,7 +20,7 @@ import protobind
 from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 
-from .durable_worker import Worker, handled
+from .durable_worker import kill_a_worker_mid_run
 from .jobs_service import Jobs
 from .mosquitto import Mosquitto
 from .support import eventually
@@ -48,35 +48,16 @@ async def test_a_call_no_server_session_keeps_is_refused_not_lost(mosquitto: Mos
 
 async def test_a_server_killed_mid_run_loses_none_of_300_calls(mosquitto: Mosquitto, tmp_path: Path) -> None:
     url = f"{mosquitto.url}?prefix=kill"
-    log = tmp_path / "handled.log"
-    workers = [Worker(url, log)]
-    try:
-        accepted: list[str] = []
-        async with protobind.connect(url) as channel:
-            calls = DurableCalls(channel)
-
-            async def produce(start: int) -> None:
-                for i in range(start, start + 100):
-                    accepted.append(await calls.submit(JOBS_SUBMIT, Job(id=str(i), work=0.005)))
-
-            producers = asyncio.gather(*(produce(n * 100) for n in range(3)))
-            await eventually(lambda: len(handled(log)) >= 60, timeout=60)
-            workers[0].kill()  # SIGKILL: the calls in its hands are not acknowledged
-            before = len(handled(log))
-            # the same session (same client id): the broker hands back what the dead one held
-            workers.append(Worker(url, log))
-            await producers
-            assert len(accepted) == len(set(accepted)) == 300
-            await eventually(lambda: {mid for mid, _, _ in handled(log)} >= set(accepted), timeout=60)
-        ids = Counter(mid for mid, _, _ in handled(log))
-        assert set(ids) == set(accepted)
-        print(
-            f"\nMQTT SIGKILL mid-run: 300 accepted, {before} handled before the kill, all handled; "
-            f"{sum(n - 1 for n in ids.values())} duplicate deliveries"
-        )
-    finally:
-        for worker in workers:
-            worker.stop()
+    # SIGKILL: the calls in its hands are not acknowledged; the next worker has the same session
+    # (same client id): the broker hands back what the dead one held
+    run = await kill_a_worker_mid_run(url, tmp_path / "handled.log", calls=300, kill_after=60, timeout=60)
+    assert len(run.accepted) == len(set(run.accepted)) == 300
+    ids = Counter(mid for mid, _, _ in run.lines)
+    assert set(ids) == set(run.accepted)
+    print(
+        f"\nMQTT SIGKILL mid-run: 300 accepted, {run.handled_before_kill} handled before the kill, all "
+        f"handled; {sum(n - 1 for n in ids.values())} duplicate deliveries"
+    )
 
 
 async def test_a_backlog_within_mosquittos_default_queue_limit_is_handled(

@@ -25,7 +25,7 @@ from protobind import Code, RpcError
 from protobind.durable import DurableCalls
 from protobind.nats.embedded import StopServer, start_nats_server
 
-from .durable_worker import Worker, handled
+from .durable_worker import kill_a_worker_mid_run
 from .jobs_service import Jobs
 from .nats_server import NatsServers
 from .support import eventually, free_port
@@ -51,41 +51,20 @@ async def test_a_server_killed_mid_run_loses_none_of_1000_calls(
     nats_url, _ = nats_servers.start(args=["-js", "-sd", store_dir])
     # ack_wait 1 s: the killed server's unacknowledged calls come back a second after it died
     url = f"{nats_url}?prefix=kill.&ack_wait=1&max_ack_pending=32"
-    log = tmp_path / "handled.log"
-    workers = [Worker(url, log)]
-    try:
-        accepted: list[str] = []
-        async with protobind.connect(url) as channel:
-            calls = DurableCalls(channel)
-
-            async def produce(start: int) -> None:
-                for i in range(start, start + 100):
-                    accepted.append(await calls.submit(JOBS_SUBMIT, Job(id=str(i), work=0.005)))
-
-            producers = asyncio.gather(*(produce(n * 100) for n in range(10)))
-            await eventually(lambda: len(handled(log)) >= 250, timeout=60)
-            workers[0].kill()  # SIGKILL: no goodbye, calls in its hands unacknowledged
-            killed_at = time.monotonic()
-            before = len(handled(log))
-            workers.append(Worker(url, log))
-            await producers
-            assert len(accepted) == len(set(accepted)) == 1000
-            await eventually(lambda: {mid for mid, _, _ in handled(log)} >= set(accepted), timeout=120)
-        lines = handled(log)
-        ids = Counter(mid for mid, _, _ in lines)
-        assert set(ids) == set(accepted)  # every accepted call handled, nothing else
-        duplicates = sum(n - 1 for n in ids.values())
-        after_kill = [at for _, _, at in lines if at > killed_at]
-        pause = (min(after_kill) - killed_at) if after_kill else 0.0
-        print(
-            f"\nSIGKILL mid-run: 1000 accepted, {before} handled before the kill, all 1000 handled; "
-            f"{duplicates} duplicate deliveries (handled before the kill, not yet acknowledged); "
-            f"first call handled {pause:.2f} s after the kill; "
-            f"redelivered attempts seen: {sorted(Counter(a for _, a, _ in lines).items())}"
-        )
-    finally:
-        for worker in workers:
-            worker.stop()
+    # SIGKILL: no goodbye, calls in its hands unacknowledged
+    run = await kill_a_worker_mid_run(url, tmp_path / "handled.log", calls=1000, kill_after=250, timeout=120)
+    assert len(run.accepted) == len(set(run.accepted)) == 1000
+    ids = Counter(mid for mid, _, _ in run.lines)
+    assert set(ids) == set(run.accepted)  # every accepted call handled, nothing else
+    duplicates = sum(n - 1 for n in ids.values())
+    after_kill = [at for _, _, at in run.lines if at > run.killed_at]
+    pause = (min(after_kill) - run.killed_at) if after_kill else 0.0
+    print(
+        f"\nSIGKILL mid-run: 1000 accepted, {run.handled_before_kill} handled before the kill, all 1000 "
+        f"handled; {duplicates} duplicate deliveries (handled before the kill, not yet acknowledged); "
+        f"first call handled {pause:.2f} s after the kill; "
+        f"redelivered attempts seen: {sorted(Counter(a for _, a, _ in run.lines).items())}"
+    )
 
 
 @pytest.fixture

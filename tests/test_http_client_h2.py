@@ -5,9 +5,7 @@ that speaks HTTP/1.1 only."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -16,18 +14,7 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-from .conformance import Conformance
-
-
-@contextlib.asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[str, Conformance]]:
-    service = Conformance()
-    server = protobind.Server([service], transport_options={"http": options})
-    (url,) = await server.start("http://127.0.0.1:0")
-    try:
-        yield url, service
-    finally:
-        await server.stop(grace=1.0)
+from .servers import serving
 
 
 class Requests:
@@ -49,7 +36,7 @@ class Requests:
 async def test_bidi_over_http_is_full_duplex() -> None:
     # each request goes out only after the answer to the one before was read: a client (or server)
     # that waited for the whole request stream would never see the first answer. Bound: 10 s.
-    async with serving() as (url, _), protobind.connect(url) as channel:
+    async with serving("http") as (url, _), protobind.connect(url) as channel:
         requests = Requests()
         responses = ConformanceServiceClient(channel).bidi_stream(requests, timeout=10)
         seen = []
@@ -63,7 +50,7 @@ async def test_bidi_over_http_is_full_duplex() -> None:
 
 
 async def test_bidi_carries_metadata_errors_and_large_messages() -> None:
-    async with serving() as (url, _), protobind.connect(url) as channel:
+    async with serving("http") as (url, _), protobind.connect(url) as channel:
         client = ConformanceServiceClient(channel)
         call = protobind.CallInfo()
         # 3 MiB each way: more than zttp's 64 KiB windows, so both sides wait for credit
@@ -81,7 +68,7 @@ async def test_bidi_carries_metadata_errors_and_large_messages() -> None:
 
 
 async def test_bidi_deadline_reaches_the_server_and_the_caller() -> None:
-    async with serving() as (url, service), protobind.connect(url) as channel:
+    async with serving("http") as (url, service), protobind.connect(url) as channel:
         slow = Request(text="slow", behavior=Behavior(sleep_ms=30_000))
         with pytest.raises(RpcError) as info:
             async for _ in ConformanceServiceClient(channel).bidi_stream([slow], timeout=0.5):
@@ -95,7 +82,10 @@ async def test_abandoned_bidi_is_reset_and_frees_the_servers_slot() -> None:
     # the stream (RST_STREAM CANCEL), the server ends the handler, and with max_concurrency=1 (no
     # queue) the next call gets the freed slot. Without the reset, the handler would wait for
     # requests forever and every later call would be refused with RESOURCE_EXHAUSTED.
-    async with serving(max_concurrency=1, max_pending=0) as (url, _), protobind.connect(url) as channel:
+    async with (
+        serving("http", max_concurrency=1, max_pending=0) as (url, _),
+        protobind.connect(url) as channel,
+    ):
         client = ConformanceServiceClient(channel)
         requests = Requests()
         first = asyncio.Event()
@@ -126,7 +116,7 @@ async def test_failing_request_stream_is_the_callers_error() -> None:
         yield Request(text="one")
         raise LookupError("the caller's own bug")
 
-    async with serving() as (url, _), protobind.connect(url) as channel:
+    async with serving("http") as (url, _), protobind.connect(url) as channel:
         with pytest.raises(LookupError):
             async for _ in ConformanceServiceClient(channel).bidi_stream(requests(), timeout=10):
                 pass
@@ -136,7 +126,7 @@ async def test_many_streams_move_to_fresh_connections() -> None:
     # 8 callers, 3,200 bidi calls in all, never idle: the server would retire a connection after
     # 3,072 streams with a GOAWAY, on which h2 drops the calls in flight; the client moves new calls
     # to a fresh connection after 1,000 streams, so no call fails. Bound: 120 s.
-    async with serving() as (url, _), protobind.connect(url) as channel:
+    async with serving("http") as (url, _), protobind.connect(url) as channel:
         client = ConformanceServiceClient(channel)
 
         async def worker(n: int) -> None:
@@ -148,7 +138,7 @@ async def test_many_streams_move_to_fresh_connections() -> None:
 
 
 async def test_every_stream_kind_over_http2_when_asked() -> None:
-    async with serving() as (url, _), protobind.connect(url, options={"http2": "streams"}) as channel:
+    async with serving("http") as (url, _), protobind.connect(url, options={"http2": "streams"}) as channel:
         client = ConformanceServiceClient(channel)
         answers = [a.index async for a in client.server_stream(Request(behavior=Behavior(stream_count=3)))]
         assert answers == [0, 1, 2]
@@ -156,7 +146,7 @@ async def test_every_stream_kind_over_http2_when_asked() -> None:
 
 
 async def test_bidi_against_an_http1_only_server_says_why() -> None:
-    async with serving(http_parser="h11") as (url, _), protobind.connect(url) as channel:
+    async with serving("http", http_parser="h11") as (url, _), protobind.connect(url) as channel:
         with pytest.raises(RpcError) as info:
             async for _ in ConformanceServiceClient(channel).bidi_stream([Request(text="x")], timeout=10):
                 pass
@@ -165,7 +155,7 @@ async def test_bidi_against_an_http1_only_server_says_why() -> None:
 
 
 async def test_http2_off_refuses_bidi_without_sending() -> None:
-    async with serving() as (url, _), protobind.connect(url, options={"http2": "off"}) as channel:
+    async with serving("http") as (url, _), protobind.connect(url, options={"http2": "off"}) as channel:
         with pytest.raises(RpcError) as info:
             async for _ in ConformanceServiceClient(channel).bidi_stream([Request(text="x")]):
                 pass

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,22 +19,11 @@ import protobind
 from protobind import Code
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 
-from .conformance import Conformance
 from .h2raw import raw_h2
+from .servers import serving
 from .support import eventually
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
-
-
-@contextlib.asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[str, Conformance]]:
-    service = Conformance()
-    server = protobind.Server([service], transport_options={"http": options})
-    (url,) = await server.start("http://127.0.0.1:0")
-    try:
-        yield url, service
-    finally:
-        await server.stop(grace=1.0)
 
 
 def _channel(url: str) -> grpc.aio.Channel:
@@ -56,7 +43,7 @@ def _call(channel: grpc.aio.Channel, kind: str, name: str) -> Any:
 
 
 async def test_grpcio_calls_every_kind_on_the_http_port() -> None:
-    async with serving() as (url, _), _channel(url) as channel:
+    async with serving("http") as (url, _), _channel(url) as channel:
         unary = await _call(channel, "unary_unary", "Unary")(Request(text="one"), timeout=5)
         assert (unary.text, unary.transport) == ("one", "http")
         stream = _call(channel, "unary_stream", "ServerStream")(
@@ -76,7 +63,7 @@ async def test_grpcio_calls_every_kind_on_the_http_port() -> None:
 async def test_bidi_is_full_duplex_over_http2() -> None:
     # each request is sent only after the answer to the one before was read: a server that waited
     # for the whole request stream would never answer the first
-    async with serving() as (url, _), _channel(url) as channel:
+    async with serving("http") as (url, _), _channel(url) as channel:
         call = _call(channel, "stream_stream", "BidiStream")(timeout=5)
         for i in range(5):
             await call.write(Request(text=f"m{i}"))
@@ -88,7 +75,7 @@ async def test_bidi_is_full_duplex_over_http2() -> None:
 
 
 async def test_error_details_and_trailers_reach_grpcio() -> None:
-    async with serving() as (url, _), _channel(url) as channel:
+    async with serving("http") as (url, _), _channel(url) as channel:
         request = Request(
             text="x",
             behavior=Behavior(
@@ -109,7 +96,7 @@ async def test_error_details_and_trailers_reach_grpcio() -> None:
 
 
 async def test_deadline_reaches_the_handler_and_cancels_it() -> None:
-    async with serving() as (url, service), _channel(url) as channel:
+    async with serving("http") as (url, service), _channel(url) as channel:
         request = Request(text="slow", behavior=Behavior(sleep_ms=5000))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _call(channel, "unary_unary", "Unary")(request, timeout=0.3)
@@ -122,7 +109,7 @@ async def test_deadline_reaches_the_handler_and_cancels_it() -> None:
 async def test_protobind_grpc_client_calls_the_http_port() -> None:
     from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
-    async with serving() as (url, _), protobind.connect(url.replace("http://", "grpc://")) as channel:
+    async with serving("http") as (url, _), protobind.connect(url.replace("http://", "grpc://")) as channel:
         client = ConformanceServiceClient(channel)
         replies = [r.text async for r in client.bidi_stream([Request(text="a"), Request(text="b")])]
     assert replies == ["a", "b"]
@@ -134,7 +121,7 @@ async def test_grpclib_calls_the_http_port() -> None:
     from grpclib.const import Status
     from grpclib.exceptions import GRPCError
 
-    async with serving() as (url, _):
+    async with serving("http") as (url, _):
         parts = urlsplit(url)
         channel = Channel(parts.hostname, parts.port)
         try:
@@ -174,7 +161,7 @@ def _frame(message: Request, flags: int = 0) -> bytes:
 
 
 async def test_grpc_over_http1_is_refused_with_a_clear_status() -> None:
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
             content=_frame(Request(text="x")),
@@ -186,7 +173,7 @@ async def test_grpc_over_http1_is_refused_with_a_clear_status() -> None:
 
 
 async def test_malformed_grpc_timeout_is_invalid_argument() -> None:
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url, http1=False, http2=True) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url, http1=False, http2=True) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
             content=_frame(Request(text="x")),
@@ -194,7 +181,7 @@ async def test_malformed_grpc_timeout_is_invalid_argument() -> None:
         )
         assert answer.http_version == "HTTP/2"
     # httpx does not show HTTP/2 trailers: a gRPC-Web request carries the same check in the body
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
             content=_frame(Request(text="x")),
@@ -227,7 +214,10 @@ def _web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 async def test_grpc_web_binary_unary_stream_and_error(http2: bool) -> None:
     headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "x-echo-k": "v"}
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url, http1=not http2, http2=http2) as http:
+    async with (
+        serving("http") as (url, _),
+        httpx.AsyncClient(base_url=url, http1=not http2, http2=http2) as http,
+    ):
         answer = await http.post(f"{SERVICE}/Unary", content=_frame(Request(text="web")), headers=headers)
         assert answer.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
         assert answer.headers["content-type"] == "application/grpc-web+proto"
@@ -261,7 +251,7 @@ async def test_grpc_web_text_is_base64_both_ways() -> None:
     headers = {"content-type": "application/grpc-web-text", "accept": "application/grpc-web-text"}
     # two base64 pieces, each padded, as a client that encodes per message sends them
     body = base64.b64encode(_frame(Request(text="t", behavior=Behavior(stream_count=2))))
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(f"{SERVICE}/ServerStream", content=body, headers=headers)
         assert answer.headers["content-type"] == "application/grpc-web-text"
         raw = b"".join(
@@ -288,7 +278,7 @@ def _pieces(text: bytes) -> list[bytes]:
 
 
 async def test_grpc_web_bidi_over_http1_is_refused() -> None:
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/BidiStream",
             content=_frame(Request(text="x")),
@@ -304,7 +294,7 @@ async def test_cors_lets_a_browser_grpc_web_client_call_and_read_the_status() ->
     # headers must be allowed by themselves, and its status headers exposed
     origin = {"origin": "https://app.example"}
     options = {"cors_origins": "https://app.example", "cors_allow_headers": "x-app"}
-    async with serving(**options) as (url, _), httpx.AsyncClient(base_url=url) as http:
+    async with serving("http", **options) as (url, _), httpx.AsyncClient(base_url=url) as http:
         preflight = await http.options(
             f"{SERVICE}/Unary",
             headers={
@@ -342,7 +332,7 @@ async def test_cors_lets_a_browser_grpc_web_client_call_and_read_the_status() ->
 
 
 async def test_connect_unary_over_http2() -> None:
-    async with serving() as (url, _), httpx.AsyncClient(base_url=url, http1=False, http2=True) as http:
+    async with serving("http") as (url, _), httpx.AsyncClient(base_url=url, http1=False, http2=True) as http:
         answer = await http.post(f"{SERVICE}/Unary", json={"text": "h2"})
     assert answer.http_version == "HTTP/2"
     assert answer.json()["text"] == "h2"
@@ -355,7 +345,11 @@ async def test_rapid_reset_flood_on_the_http_port_leaves_good_calls_working() ->
     # 2,000 streams opened and reset at once on one connection (HTTP/2 "rapid reset"), while a second
     # connection makes ordinary gRPC calls. zttp counts the resets and closes the flooding
     # connection; the good calls go on. Bound: each good call within 5 s.
-    async with serving() as (url, _), _channel(url) as channel, raw_h2(urlsplit(url).port or 0) as attacker:
+    async with (
+        serving("http") as (url, _),
+        _channel(url) as channel,
+        raw_h2(urlsplit(url).port or 0) as attacker,
+    ):
         unary = _call(channel, "unary_unary", "Unary")
         assert (await unary(Request(text="before"), timeout=5)).text == "before"
         closed = False
@@ -380,7 +374,7 @@ async def test_connect_bidi_is_full_duplex_over_http2() -> None:
     import h2.connection
     import h2.events
 
-    async with serving() as (url, _):
+    async with serving("http") as (url, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(url).port)
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
@@ -435,7 +429,7 @@ async def test_grpcio_soak_beyond_zttp_stream_limit_loses_no_call() -> None:
     # One grpc.aio channel: 64 unary calls at a time, 4,608 in all, while 8 bidi streams exchange
     # 150 messages each (every request sent after the answer before was read) and server streams
     # deliver 20 messages each, in order. Bound: 120 s for the whole soak.
-    async with serving() as (url, _), _channel(url) as channel:
+    async with serving("http") as (url, _), _channel(url) as channel:
         unary = _call(channel, "unary_unary", "Unary")
         server_stream = _call(channel, "unary_stream", "ServerStream")
         bidi = _call(channel, "stream_stream", "BidiStream")
@@ -476,7 +470,7 @@ async def test_grpcio_soak_beyond_zttp_stream_limit_loses_no_call() -> None:
 async def test_idle_http2_connection_is_retired_with_a_clean_goaway() -> None:
     # a client making one call at a time: after 2,048 streams the server ends the connection at an
     # idle moment with GOAWAY NO_ERROR naming the last stream it took, and every call was answered
-    async with serving() as (url, _), raw_h2(urlsplit(url).port or 0) as peer:
+    async with serving("http") as (url, _), raw_h2(urlsplit(url).port or 0) as peer:
         body = _frame(Request(text="x"))
         answered = 0
         last = 0

@@ -34,6 +34,7 @@ from protobind.mqtt.options import settings_from
 from .conformance import SERVICE, Conformance
 from .mosquitto import Mosquitto
 from .processes import reap
+from .servers import check_groups_fan_out
 from .support import eventually
 from .tls import self_signed
 
@@ -170,32 +171,7 @@ async def test_raw_request_is_answered_on_its_response_topic_with_its_correlatio
 async def test_replicas_share_and_groups_fan_out(fresh_url: Callable[[], str]) -> None:
     """2 groups x 2 replicas x 200 one-way calls: every group handles every call once (shared
     subscriptions ``$share/{group}/...``)."""
-    count = 200
-    url = fresh_url()
-    groups = {group: (Conformance(), Conformance()) for group in ("billing", "audit")}
-    servers = []
-    for group, replicas in groups.items():
-        for replica in replicas:
-            server = protobind.Server([replica])
-            await server.start(f"{url}&queue_group={group}")
-            servers.append(server)
-    try:
-        async with protobind.connect(url) as channel:
-            client = ConformanceServiceClient(channel)
-            for i in range(count):
-                await client.notify(Request(text=str(i)))
-
-        def handled(group: str) -> list[str]:
-            first, second = groups[group]
-            return first.notified + second.notified
-
-        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=30)
-    finally:
-        for server in servers:
-            await server.stop(5.0)
-    for group, (first, second) in groups.items():
-        assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
-        assert first.notified and second.notified, group
+    await check_groups_fan_out(fresh_url(), count=200, timeout=30)
 
 
 async def test_a_call_nobody_serves_ends_at_its_deadline(fresh_url: Callable[[], str]) -> None:

@@ -34,6 +34,8 @@ from protobind.conformance.v1.conformance_protobind import (
 
 from .conformance import SERVICE, Conformance
 from .nats_server import NatsServers
+from .processes import reap
+from .servers import check_groups_fan_out
 from .support import eventually
 from .tls import self_signed
 
@@ -175,31 +177,7 @@ async def test_two_replicas_share_the_calls(broker_url: str) -> None:
 
 async def test_queue_groups_fan_out_and_replicas_share(broker_url: str) -> None:
     """2 groups x 2 replicas x 1,000 one-way calls: every group handles every call once."""
-    count = 1000
-    prefix = _prefix()
-    groups = {group: (Conformance(), Conformance()) for group in ("billing", "audit")}
-    servers = [
-        await _serve(broker_url, replica, f"&queue_group={group}", prefix=prefix)
-        for group, replicas in groups.items()
-        for replica in replicas
-    ]
-    try:
-        async with protobind.connect(servers[0].url) as channel:
-            client = ConformanceServiceClient(channel)
-            for i in range(count):
-                await client.notify(Request(text=str(i)))
-
-        def handled(group: str) -> list[str]:
-            first, second = groups[group]
-            return first.notified + second.notified
-
-        await eventually(lambda: all(len(handled(group)) >= count for group in groups), timeout=60)
-    finally:
-        for served in servers:
-            await served.server.stop(5.0)  # drains the handlers: nothing is still counting
-    for group, (first, second) in groups.items():
-        assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
-        assert first.notified and second.notified, group  # the replicas shared the group's calls
+    await check_groups_fan_out(f"{broker_url}?prefix={_prefix()}", count=1000, timeout=60)
 
 
 async def test_a_slow_call_does_not_hold_up_others(broker_url: str) -> None:
@@ -869,9 +847,10 @@ _SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, gen_dir: Path) -> None:
-    prefix = _prefix()
-    url = f"{nats_server}?prefix={prefix}&heartbeat=0.2"
+@contextlib.asynccontextmanager
+async def _server_process(url: str, gen_dir: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A protobind server of the conformance service on ``url``, in a process of its own (a test
+    kills it), ready when entered and reaped when left."""
     script = _SERVER_SCRIPT.format(root=str(gen_dir.parent.parent), gen=str(gen_dir))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE
@@ -879,52 +858,45 @@ async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, g
     try:
         assert process.stdout is not None
         assert (await asyncio.wait_for(process.stdout.readline(), 10)).strip() == b"READY"
-        async with protobind.connect(url) as channel:
-            responses = ConformanceServiceClient(channel).server_stream(
-                Request(behavior=Behavior(stream_count=1000, sleep_ms=100)), timeout=60
-            )
-            assert (await anext(responses)).index == 0
-            process.kill()
-            started = time.monotonic()
-            with pytest.raises(RpcError) as info:
-                async for _ in responses:
-                    pass
-            assert info.value.code is Code.UNAVAILABLE
-            assert time.monotonic() - started < 3.0
+        yield process
     finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+        await reap(process)
+
+
+async def test_server_that_vanishes_is_noticed_by_the_client(nats_server: str, gen_dir: Path) -> None:
+    prefix = _prefix()
+    url = f"{nats_server}?prefix={prefix}&heartbeat=0.2"
+    async with _server_process(url, gen_dir) as process, protobind.connect(url) as channel:
+        responses = ConformanceServiceClient(channel).server_stream(
+            Request(behavior=Behavior(stream_count=1000, sleep_ms=100)), timeout=60
+        )
+        assert (await anext(responses)).index == 0
+        process.kill()
+        started = time.monotonic()
+        with pytest.raises(RpcError) as info:
+            async for _ in responses:
+                pass
+        assert info.value.code is Code.UNAVAILABLE
+        assert time.monotonic() - started < 3.0
 
 
 async def test_unary_call_to_a_server_that_vanishes_fails_fast(nats_server: str, gen_dir: Path) -> None:
     """Without liveness probes the caller would wait for its whole deadline (20 s here)."""
     prefix = _prefix()
     url = f"{nats_server}?prefix={prefix}&heartbeat=0.2"
-    script = _SERVER_SCRIPT.format(root=str(gen_dir.parent.parent), gen=str(gen_dir))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stdout is not None
-        assert (await asyncio.wait_for(process.stdout.readline(), 10)).strip() == b"READY"
-        async with protobind.connect(url) as channel:
-            client = ConformanceServiceClient(channel)
-            # a long call that is alive is not disturbed by the probes
-            reply = await client.unary(Request(text="slow", behavior=Behavior(sleep_ms=1500)), timeout=20)
-            assert reply.text == "slow"
-            call = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=15000)), timeout=20))
-            await asyncio.sleep(0.5)
-            process.kill()
-            started = time.monotonic()
-            with pytest.raises(RpcError) as info:
-                await call
-            assert info.value.code is Code.UNAVAILABLE
-            assert time.monotonic() - started < 10.0
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    async with _server_process(url, gen_dir) as process, protobind.connect(url) as channel:
+        client = ConformanceServiceClient(channel)
+        # a long call that is alive is not disturbed by the probes
+        reply = await client.unary(Request(text="slow", behavior=Behavior(sleep_ms=1500)), timeout=20)
+        assert reply.text == "slow"
+        call = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=15000)), timeout=20))
+        await asyncio.sleep(0.5)
+        process.kill()
+        started = time.monotonic()
+        with pytest.raises(RpcError) as info:
+            await call
+        assert info.value.code is Code.UNAVAILABLE
+        assert time.monotonic() - started < 10.0
 
 
 async def test_bidi_stream_error_mid_stream_and_trailers(broker_served: tuple[Served, Conformance]) -> None:
