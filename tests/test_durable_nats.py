@@ -23,7 +23,7 @@ from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsClient, JobsService
 import protobind
 from protobind import Code, RpcError
 from protobind.durable import DurableCalls
-from protobind.nats.embedded import StopServer, start_nats_server
+from protobind.nats.embedded import StopServer
 
 from .durable_worker import kill_a_worker_mid_run
 from .jobs_service import Jobs
@@ -150,23 +150,20 @@ async def test_durable_methods_need_jetstream(nats_server: str) -> None:
 
 
 @pytest.fixture
-def cluster(store_dir: str) -> Iterator[list[tuple[str, StopServer]]]:
-    """Three nats-server nodes routed to each other, JetStream on each (R3 streams possible)."""
+def cluster(store_dir: str, nats_servers: NatsServers) -> list[tuple[str, StopServer]]:
+    """Three nats-server nodes routed to each other, JetStream on each (R3 streams possible);
+    stopped when the test ends."""
     routes = [free_port() for _ in range(3)]
     nodes: list[tuple[str, StopServer]] = []
-    try:
-        for i, port in enumerate(routes):
-            others = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes if p != port)
-            config = f"""
-                server_name: n{i}
-                jetstream {{ store_dir: "{Path(store_dir) / f"n{i}"}" }}
-                cluster {{ name: protobind, listen: "127.0.0.1:{port}", routes: [{others}] }}
-            """
-            nodes.append(start_nats_server(config=config))
-        yield nodes
-    finally:
-        for _, stop in nodes:
-            stop()
+    for i, port in enumerate(routes):
+        others = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes if p != port)
+        config = f"""
+            server_name: n{i}
+            jetstream {{ store_dir: "{Path(store_dir) / f"n{i}"}" }}
+            cluster {{ name: protobind, listen: "127.0.0.1:{port}", routes: [{others}] }}
+        """
+        nodes.append(nats_servers.start(config=config))
+    return nodes
 
 
 async def _when_jetstream_ready(url: str) -> None:
