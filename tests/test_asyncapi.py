@@ -23,7 +23,7 @@ from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_I
 from protobind.http.openapi import openapi_document
 
 from .conformance import SERVICE, Conformance
-from .support import ROOT
+from .support import ROOT, example_greeter
 
 EDGE = ROOT / "tests" / "protos" / "edge"
 PARSER_VERSION = "3.6.6"
@@ -288,9 +288,6 @@ async def test_protobind_asyncapi_url_is_the_served_document_and_the_generated_o
     `protobind asyncapi` writes from the .proto files: the summaries and descriptions included."""
     from protobind.auth import BearerAuth
 
-    from .conftest import ROOT as root
-    from .conftest import example_greeter
-
     # "finder" may discover the services ($SRV.INFO) but not read their documents
     auth = BearerAuth({"admin": ["*"], "finder": ["protobind.Discovery/Micro"]})
     server = protobind.Server([example_greeter(), Conformance()], interceptors=[auth])
@@ -310,9 +307,9 @@ async def test_protobind_asyncapi_url_is_the_served_document_and_the_generated_o
         await server.stop(grace=1.0)
     served = json.loads(fetched.stdout)
     written = _cli(
-        "asyncapi", str(root / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
+        "asyncapi", str(ROOT / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
         str(ROOT / "idl" / "protobind" / "conformance" / "v1" / "conformance.proto"),
-        "-I", str(root / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
+        "-I", str(ROOT / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
         "--prefix", "docs", "--server", nats_server, "--api-version", protobind.__version__,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
@@ -328,9 +325,6 @@ async def test_generated_mqtt_document_is_the_served_one() -> None:
     (topics, shared subscriptions, the MQTT server bindings): the same, key for key."""
     from protobind.mqtt import TRANSPORT as MQTT
 
-    from .conftest import ROOT as root
-    from .conftest import example_greeter
-
     async with MQTT.test_harness() as fresh:
         url = fresh()
         server = protobind.Server([example_greeter(), Conformance()])
@@ -344,9 +338,9 @@ async def test_generated_mqtt_document_is_the_served_one() -> None:
     prefix = url.partition("prefix=")[2]
     broker = url.partition("?")[0]
     proto_args = [
-        str(root / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
+        str(ROOT / "examples" / "greeter" / "proto" / "greeter" / "v1" / "greeter.proto"),
         str(ROOT / "idl" / "protobind" / "conformance" / "v1" / "conformance.proto"),
-        "-I", str(root / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
+        "-I", str(ROOT / "examples" / "greeter" / "proto"), "-I", str(ROOT / "idl"),
         "--prefix", prefix, "--api-version", protobind.__version__,
     ]  # fmt: skip
     written = _cli("asyncapi", *proto_args, "--server", broker)
