@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("protobind.server")
 
-#: Transport name -> ``rpc.system.name`` where they differ; other transports (``grpc``, and ``nats``
-#: and ``inproc``, custom values as the conventions allow) report their own name.
-_RPC_SYSTEMS = {"http": "connectrpc"}
-#: URLs that name something in this process rather than a host: ``server.address`` is the name.
-_IN_PROCESS_SCHEMES = ("inproc", "memory")
-_DEFAULT_PORTS = {"http": 80, "https": 443, "nats": 4222, "tls": 4222}
 
 # Advisory histogram buckets: the conventions' HTTP duration buckets with a sub-millisecond end,
 # where most RPCs between services on one network land; sizes in powers of four.
@@ -221,13 +215,15 @@ class Instruments:
 class _Route:
     """What every call of one method (on one transport) shares: names and attribute sets."""
 
-    __slots__ = ("attributes", "by_outcome", "in_flight", "kind", "name", "streaming")
+    __slots__ = ("attributes", "by_outcome", "in_flight", "kind", "name", "network_peer", "streaming")
 
     def __init__(self, side: _Side, method: MethodInfo[Any, Any], attributes: Attributes) -> None:
         self.name = method.full_name
         self.kind = method.kind
         self.streaming = method.kind is not MethodKind.UNARY
         self.attributes = attributes
+        #: the calls' ``Context.peer`` is a network address (a server route: its transport says so)
+        self.network_peer = False
         self.by_outcome: dict[tuple[Code, str | None], Attributes] = {}
         system = attributes["rpc.system.name"]
         self.in_flight = side.in_flight({"rpc.system.name": system, "rpc.method": method.full_name})
@@ -335,15 +331,45 @@ class _Call:
         return elapsed
 
 
+# What a transport declares (protobind.transport.Transport) is read through the registry, imported
+# when first needed: protobind.telemetry, which the call path below transport.py names, names this
+# module's types, so this module stays below the registry too.
+
+
 def rpc_system(transport: str) -> str:
-    """``rpc.system.name`` of the calls of a transport (by its name, as ``Context.transport``)."""
-    return _RPC_SYSTEMS.get(transport, transport)
+    """``rpc.system.name`` of the calls of a transport (by its name, as ``Context.transport``):
+    what it declares, else its name (custom values, as the conventions allow)."""
+    from .transport import transport_named
+
+    try:
+        return transport_named(transport).rpc_system or transport
+    except ValueError:  # not registered
+        return transport
+
+
+def network_peer(transport: str) -> bool:
+    """Whether the ``Context.peer`` of a transport's calls is a network address."""
+    from .transport import transport_named
+
+    try:
+        return transport_named(transport).network_peer
+    except ValueError:
+        return False
 
 
 def server_address(url: str) -> tuple[str, int | None]:
-    """``server.address`` and ``server.port`` of a protobind URL (never its credentials)."""
+    """``server.address`` and ``server.port`` of a protobind URL (never its credentials); the port
+    is the one the URL's transport declares for its scheme when the URL names none."""
+    from .transport import transport_for_url
+
     parts = urlsplit(url)
-    if parts.scheme in _IN_PROCESS_SCHEMES:
+    try:
+        transport = transport_for_url(url)
+    except ValueError:  # not registered
+        in_process, default_port = False, None
+    else:
+        in_process, default_port = transport.in_process, transport.default_ports.get(parts.scheme)
+    if in_process:
         return parts.netloc + parts.path, None
     first = parts.netloc.rpartition("@")[2].split(",")[0]
     host = urlsplit("//" + first)
@@ -351,7 +377,7 @@ def server_address(url: str) -> tuple[str, int | None]:
         port = host.port
     except ValueError:
         port = None
-    return host.hostname or "", port if port is not None else _DEFAULT_PORTS.get(parts.scheme)
+    return host.hostname or "", port if port is not None else default_port
 
 
 def _address_attributes(url: str) -> Attributes:
@@ -395,6 +421,7 @@ class ServerTelemetry:
         }
         url = self._bound_url(context.transport)
         route = _Route(self._instruments.server, context.method_info, attributes)
+        route.network_peer = network_peer(context.transport)
         if url is None:
             return route  # not bound yet (a call racing start): no server.address, nothing cached
         attributes.update(_address_attributes(url))
@@ -402,8 +429,6 @@ class ServerTelemetry:
         return route
 
     def _bound_url(self, transport: str) -> str | None:
-        # imported when first needed: protobind.telemetry, which the call path (endpoints.py,
-        # below transport.py) names, names this module's types, so this module stays below it too
         from .transport import transport_for_url
 
         for url in self._urls():
@@ -416,7 +441,7 @@ class ServerTelemetry:
         route = self._route(context)
         parent = instruments.extract(context.metadata)
         attributes = route.attributes
-        if context.transport in ("grpc", "http"):
+        if route.network_peer:
             peer = peer_attributes(context.peer)
             if peer is not None:
                 attributes = {**attributes, **peer}
@@ -529,7 +554,7 @@ class ClientTelemetry:
     """The client interceptor: a CLIENT span per call, whose context goes out in the metadata."""
 
     def __init__(self, instruments: Instruments, url: str) -> None:
-        from .transport import transport_for_url  # see ServerTelemetry._bound_url
+        from .transport import transport_for_url
 
         self._instruments = instruments
         self._attributes: Attributes = {"rpc.system.name": rpc_system(transport_for_url(url).name)}

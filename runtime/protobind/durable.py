@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.message import Message
 
@@ -34,10 +34,20 @@ from .method import MethodInfo
 if TYPE_CHECKING:
     from .client import Channel
 
-__all__ = ["DurableCalls", "DurableReply"]
+__all__ = ["DurableCalls", "DurableReply", "DurableTransport"]
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
+
+
+@runtime_checkable
+class DurableTransport(Protocol):
+    """A client transport that stores calls for later (the broker transports): the optional
+    interface a :class:`~protobind.transport.ClientTransport` declares by having ``durable``."""
+
+    def durable(self) -> DurableClient:
+        """The durable calls of this connection (``UNIMPLEMENTED`` when its broker stores nothing)."""
+        ...
 
 
 class DurableCalls:
@@ -54,14 +64,13 @@ class DurableCalls:
 
     async def _client(self) -> DurableClient:
         await self.channel.open()
-        durable = getattr(self.channel.transport, "durable", None)
-        if durable is None:
+        transport = self.channel.transport
+        if not isinstance(transport, DurableTransport):
             raise RpcError(
                 Code.UNIMPLEMENTED,
                 f"durable calls need a broker transport (nats://, memory://), not {self.channel.url}",
             )
-        client: DurableClient = durable()
-        return client
+        return transport.durable()
 
     def _group(self, client: DurableClient) -> str:
         return self.group or client.settings.durable.reply_group

@@ -4,7 +4,8 @@ one default per limit, so ``max_message_size`` or ``tls_ca`` means the same on e
 A binding reads its options through an :class:`OptionReader`, whose errors name the transport and
 the option (``grpc option max_concurrency must be a positive integer, not 'lots'``). The names a
 transport accepts are checked before that, by :func:`protobind.transport.check_options`; names that
-were renamed are listed in :data:`RENAMED` so the error says what to write instead.
+were renamed are declared by their transport (``Transport.renamed_options``) so the error says what to
+write instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING",
     "LIMIT_OPTIONS",
-    "RENAMED",
     "TLS_CLIENT_OPTIONS",
     "OptionReader",
     "closest",
@@ -46,13 +46,6 @@ LIMIT_OPTIONS = frozenset({"max_message_size", "max_header_size", "max_concurren
 #: TLS on the client side of every transport: CA bundle, client certificate and key, the name
 #: to verify in the server's certificate.
 TLS_CLIENT_OPTIONS = frozenset({"tls_ca", "tls_cert", "tls_key", "tls_server_name"})
-
-#: Old option name -> new name, per transport (docs/configuration.md, "Changelog").
-RENAMED: Mapping[str, Mapping[str, str]] = {
-    "grpc": {"cert": "tls_cert", "key": "tls_key", "ca": "tls_ca", "server_name": "tls_server_name"},
-    "http": {"max_body_size": "max_message_size"},
-    "nats": {"tls_hostname": "tls_server_name"},
-}
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

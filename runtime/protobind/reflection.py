@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
@@ -158,8 +158,10 @@ class Reflected:
         return info
 
 
+@runtime_checkable
 class Reflective(Protocol):
-    """A client transport that can ask its server what it serves (``protobind.reflection``)."""
+    """A client transport that can ask its server what it serves (``protobind.reflection``): the
+    optional interface a :class:`~protobind.transport.ClientTransport` declares by having ``reflect``."""
 
     async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
         """The services the server offers and their descriptors; :class:`RpcError` on failure.
@@ -174,13 +176,11 @@ async def reflect(
     goes with the question, e.g. ``{"authorization": "Bearer ..."}`` for a server with
     ``BearerAuth`` (the channel's interceptors do not run: reflection is not a method call)."""
     await channel.open()
-    transport: Any = channel.transport
-    fetch = getattr(transport, "reflect", None)
-    if fetch is None:
+    transport = channel.transport
+    if not isinstance(transport, Reflective):
         scheme = channel.url.partition(":")[0]
         raise RpcError(Code.UNIMPLEMENTED, f"the {scheme}:// transport has no reflection client")
-    reflected: Reflected = await fetch(timeout, Metadata(metadata or ()))
-    return reflected
+    return await transport.reflect(timeout, Metadata(metadata or ()))
 
 
 def document(services: Sequence[ServiceInfo]) -> dict[str, Any]:

@@ -126,6 +126,17 @@ class Transport:
     client_options: frozenset[str] = field(default_factory=frozenset)
     server_requires: tuple[str, ...] = ()
     client_requires: tuple[str, ...] = ()
+    #: ``rpc.system.name`` of its calls in telemetry (OpenTelemetry's RPC conventions); empty: ``name``
+    rpc_system: str = ""
+    #: The port a URL of each scheme means when it names none (``server.port`` in telemetry).
+    default_ports: Mapping[str, int] = field(default_factory=dict)
+    #: Its URLs name something in this process rather than a host (``server.address`` is the name).
+    in_process: bool = False
+    #: ``Context.peer`` is the caller's network address (``network.peer.*`` in telemetry).
+    network_peer: bool = False
+    #: Option name -> the name that replaced it: an unknown option that was renamed gets
+    #: "OLD is now NEW" (docs/configuration.md keeps the list).
+    renamed_options: Mapping[str, str] = field(default_factory=dict)
     #: What the transport does not do by design, capability name -> why (shared test suites skip
     #: their cases for it with that reason). Names in use: ``durable.dedupe`` (a call stored twice
     #: under one call id is delivered once), ``durable.redelivery_count`` (a call handed over by a
@@ -277,10 +288,10 @@ def check_options(transport: Transport, options: Mapping[str, Any], *, server: b
     known = transport.server_options if server else transport.client_options
     unknown = sorted(set(options) - known)
     if unknown:
-        from .options import RENAMED, closest
+        from .options import closest
 
         side = "server" if server else "client"
-        renamed = RENAMED.get(transport.name, {})
+        renamed = transport.renamed_options
         hints = [
             f"{old} is now {renamed[old]}"
             if renamed.get(old) in known

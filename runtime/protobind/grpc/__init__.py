@@ -33,4 +33,6 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("grpc", "grpc_status", "grpc_health", "grpc_reflection"),
     client_requires=("grpc", "grpc_status"),
+    network_peer=True,
+    renamed_options={"cert": "tls_cert", "key": "tls_key", "ca": "tls_ca", "server_name": "tls_server_name"},
 )

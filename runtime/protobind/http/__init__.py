@@ -111,4 +111,8 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("starlette", "uvicorn"),
     client_requires=("aiohttp",),
+    rpc_system="connectrpc",
+    default_ports={"http": 80, "https": 443},
+    network_peer=True,
+    renamed_options={"max_body_size": "max_message_size"},
 )

@@ -19,4 +19,5 @@ TRANSPORT = Transport(
     serve=lazy_serve("protobind.inproc.server"),
     dial=lazy_dial("protobind.inproc.client"),
     test_harness=named_harness("inproc://test-{}"),
+    in_process=True,
 )

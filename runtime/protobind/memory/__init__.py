@@ -33,4 +33,5 @@ TRANSPORT = Transport(
     test_harness=named_harness("memory://test-{}"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,
+    in_process=True,
 )

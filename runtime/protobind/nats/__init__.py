@@ -74,4 +74,6 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("nats",),
     client_requires=("nats",),
+    default_ports={"nats": 4222, "tls": 4222},
+    renamed_options={"tls_hostname": "tls_server_name"},
 )

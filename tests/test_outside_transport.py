@@ -1,0 +1,234 @@
+"""A transport from another package declares everything the core needs to know of its protocol,
+and the core uses what it declares: the telemetry system name, default port and peer form
+(``Transport`` fields), renamed options, and the optional client capabilities ``reflect``
+(:class:`protobind.reflection.Reflective`) and ``durable``
+(:class:`protobind.durable.DurableTransport`). It is registered as an entry point would register it.
+
+The transport is defined here: an in-process one (its binding is a table of served endpoints by
+host name) whose durable calls go through a real ``memory://`` broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
+from importlib import metadata
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
+from jobs.v1.jobs_pb2 import Job, JobResult
+from jobs.v1.jobs_protobind import JOBS_SUBMIT, JobsService
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import protobind
+import protobind.transport
+from protobind import Code, Context, RpcError
+from protobind.broker.durable import DurableClient
+from protobind.conformance.v1.conformance_pb2 import Request
+from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
+from protobind.context import CallInfo
+from protobind.durable import DurableCalls, DurableTransport
+from protobind.endpoints import EndpointTable, invoke_unary
+from protobind.metadata import Metadata
+from protobind.reflection import Reflected, Reflective, descriptor_files, reflect
+from protobind.transport import ENTRY_POINT_GROUP, ClientTransport, Transport, loopback_harness
+
+from .conformance import Conformance
+
+#: The served endpoint tables of this process, by host name.
+_BOUND: dict[str, EndpointTable] = {}
+#: What every call's ``Context.peer`` says: a network address, as the transport declares.
+PEER = "192.0.2.7:5555"
+
+
+class _Binding:
+    def __init__(self, url: str, host: str) -> None:
+        self._url = url
+        self.host = host
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def stop(self, grace: float | None) -> None:
+        _BOUND.pop(self.host, None)
+
+
+async def _serve(endpoints: EndpointTable, url: str, options: Mapping[str, Any]) -> _Binding:
+    host = urlsplit(url).hostname or ""
+    _BOUND[host] = endpoints
+    return _Binding(url, host)
+
+
+class OutsideClient(ClientTransport):
+    """Runs each call in the caller's task; reflection from the served table; durable calls on the
+    ``memory://`` broker of the same name."""
+
+    def __init__(self, host: str, memory: Any) -> None:
+        self.host = host
+        self.memory = memory
+        self.asked: list[str] = []
+
+    async def unary(self, request: Message, call: CallInfo) -> Message:
+        assert call.method is not None
+        endpoint = _BOUND[self.host].endpoints[call.method.path]
+        context = Context(endpoint.method, "outside", metadata=call.metadata.copy(), peer=PEER)
+        return await invoke_unary(endpoint, request, context)
+
+    async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
+        raise RpcError(Code.UNIMPLEMENTED, "no streams here")
+        yield Empty()  # pragma: no cover (makes this an async generator)
+
+    async def close(self) -> None:
+        await self.memory.close()
+
+    async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
+        self.asked.append("reflect")
+        services = _BOUND[self.host].services
+        files = [FileDescriptorProto.FromString(f.serialized_pb) for f in descriptor_files(services)]
+        return Reflected.from_files([s.name for s in services], files)
+
+    def durable(self) -> DurableClient:
+        self.asked.append("durable")
+        client: DurableClient = self.memory.durable()
+        return client
+
+
+async def _dial(url: str, options: Mapping[str, Any]) -> OutsideClient:
+    host = urlsplit(url).hostname or ""
+    memory = await protobind.transport.transport_named("memory").dial(f"memory://{host}", {})
+    return OutsideClient(host, memory)
+
+
+OUTSIDE = Transport(
+    name="outside",
+    schemes=("outside",),
+    extra="",
+    serve=_serve,
+    dial=_dial,
+    test_harness=loopback_harness("outside"),
+    server_options=frozenset({"new_name"}),
+    rpc_system="outside-rpc",
+    default_ports={"outside": 7070},
+    network_peer=True,
+    renamed_options={"old_name": "new_name"},
+)
+
+
+@pytest.fixture
+def outside(monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
+    """OUTSIDE among the ``protobind.transports`` entry points, the registry loaded afresh (and
+    restored afterwards)."""
+    real = metadata.entry_points
+
+    def entry_points(**params: Any) -> Any:
+        found = real(**params)
+        if params.get("group") != ENTRY_POINT_GROUP:
+            return found
+        return [*found, metadata.EntryPoint("outside", f"{__name__}:OUTSIDE", ENTRY_POINT_GROUP)]
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    monkeypatch.setattr(protobind.transport, "_registry", None)
+    yield OUTSIDE
+
+
+def test_it_is_registered_like_any_entry_point(outside: Transport) -> None:
+    assert protobind.transport.transport_for_url("outside://svc") is outside
+    assert "outside" in [t.name for t in protobind.transport.all_transports()]
+
+
+async def test_telemetry_reports_what_it_declares(outside: Transport) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider()
+    telemetry = protobind.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        async with protobind.Server([Conformance()], telemetry=telemetry) as server:
+            await server.start("outside://svc")  # no port: the declared default
+            async with protobind.connect("outside://svc", telemetry=telemetry) as channel:
+                reply = await ConformanceServiceClient(channel).unary(Request(text="hi"))
+        assert reply.text == "hi"
+        spans = {span.kind: span for span in exporter.get_finished_spans()}
+        server_span, client_span = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
+        for span in (server_span, client_span):
+            assert span.attributes is not None
+            assert span.attributes["rpc.system.name"] == "outside-rpc"
+            assert (span.attributes["server.address"], span.attributes["server.port"]) == ("svc", 7070)
+        assert server_span.attributes is not None
+        assert server_span.attributes["network.peer.address"] == "192.0.2.7"
+        assert server_span.attributes["network.peer.port"] == 5555
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+async def test_a_renamed_option_is_named_with_its_new_name(outside: Transport) -> None:
+    server = protobind.Server([Conformance()], transport_options={"outside": {"old_name": "1"}})
+    with pytest.raises(
+        ValueError, match=r"unknown outside server option\(s\) old_name \(old_name is now new_name\)"
+    ):
+        await server.start("outside://renamed")
+    await server.stop()
+
+
+async def test_reflection_uses_its_reflect(outside: Transport) -> None:
+    async with (
+        protobind.testing.serving([Conformance()], "outside", url="outside://reflected"),
+        protobind.connect("outside://reflected") as channel,
+    ):
+        await channel.open()
+        assert isinstance(channel.transport, Reflective)
+        reflected = await reflect(channel)
+        assert isinstance(channel.transport, OutsideClient)
+        assert channel.transport.asked == ["reflect"]
+    assert list(reflected.services) == ["protobind.conformance.v1.ConformanceService"]
+
+
+class Jobs(JobsService):
+    def __init__(self) -> None:
+        self.submitted: asyncio.Queue[str] = asyncio.Queue()
+
+    async def submit(self, request: Job, context: Context) -> Empty:
+        await self.submitted.put(request.id)
+        return Empty()
+
+    async def run(self, request: Job, context: Context) -> JobResult:
+        return JobResult(id=request.id)
+
+    async def ping(self, request: Job, context: Context) -> JobResult:
+        return JobResult(id=request.id)
+
+
+async def test_durable_calls_use_its_durable_client(outside: Transport) -> None:
+    jobs = Jobs()
+    async with (
+        protobind.testing.serving([jobs], "memory", url="memory://stored"),
+        protobind.connect("outside://stored") as channel,
+    ):
+        await channel.open()
+        assert isinstance(channel.transport, DurableTransport)
+        await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="d1"))
+        assert await asyncio.wait_for(jobs.submitted.get(), 30) == "d1"
+        assert isinstance(channel.transport, OutsideClient)
+        assert channel.transport.asked == ["durable"]
+
+
+async def test_a_client_without_the_capabilities_is_refused_clearly() -> None:
+    async with (
+        protobind.testing.serving([Conformance()], "grpc") as url,
+        protobind.connect(url) as channel,
+    ):
+        await channel.open()
+        assert not isinstance(channel.transport, DurableTransport)
+        with pytest.raises(RpcError) as refused:
+            await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="d2"))
+    assert refused.value.code is Code.UNIMPLEMENTED
