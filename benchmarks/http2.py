@@ -2,7 +2,9 @@
 
 Each server runs in its own process (``python -m benchmarks.http2 serve KIND``); the client runs
 here. Servers: protobind's HTTP binding under uvicorn with zttp (the default), h11 and httptools,
-the same ASGI app under hypercorn, and protobind's grpc:// binding (grpcio). Clients: stock
+on hypercorn and granian (option ``asgi_server``; granian serves no gRPC), and protobind's
+grpc:// binding (grpcio). ``python -m benchmarks.run`` has the same comparisons as pairs, with
+medians of rounds (``--only grpc-on-http,connect-h2,asgi-...``). Clients: stock
 ``grpc.aio`` (gRPC unary, 64 calls in flight), grpclib (the same), protobind's own http:// client
 (Connect, binary proto, HTTP/1.1) and a bidi soak (16 grpcio streams at once, 200 messages each,
 every request sent after the previous answer was read; order and count checked).
@@ -25,37 +27,17 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from protobind.testing.conformance.service import Conformance
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
-SERVERS = ("zttp", "h11", "httptools", "hypercorn", "grpc")
+SERVERS = ("zttp", "h11", "httptools", "hypercorn", "granian", "grpc")
 
 
 async def _serve(kind: str) -> None:
     service = Conformance()
-    if kind == "hypercorn":
-        from hypercorn.asyncio import serve
-        from hypercorn.config import Config
-
-        from protobind.http import asgi_app
-
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = None
-        shutdown = asyncio.Event()
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        # hypercorn binds inside serve(): find the port from its sockets
-        config_sockets = config.create_sockets()
-        port = config_sockets.insecure_sockets[0].getsockname()[1]
-        config.bind = [f"fd://{config_sockets.insecure_sockets[0].fileno()}"]
-        ready.set_result(f"http://127.0.0.1:{port}")
-        task = asyncio.ensure_future(serve(asgi_app([service]), config, shutdown_trigger=shutdown.wait))  # type: ignore[arg-type]
-        print(f"READY {await ready}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        shutdown.set()
-        await task
-        return
     server = protobind.Server([service])
     if kind == "grpc":
         (url,) = await server.start("grpc://127.0.0.1:0")
         url = url.replace("grpc://", "http://")
+    elif kind in ("hypercorn", "granian"):
+        (url,) = await server.start(f"http://127.0.0.1:0?asgi_server={kind}")
     else:
         (url,) = await server.start(f"http://127.0.0.1:0?http_parser={kind}")
     print(f"READY {url}", flush=True)

@@ -309,7 +309,7 @@ async def _protobind_http_server(host: str, nats_url: str | None) -> tuple[str, 
     return await serve_protobind(f"http://{host}:0")
 
 
-async def _connectrpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+async def _connectrpc_server(host: str, nats_url: str | None, http: str = "h11") -> tuple[str, Stop]:
     import asyncio
 
     import uvicorn
@@ -321,10 +321,11 @@ async def _connectrpc_server(host: str, nats_url: str | None) -> tuple[str, Stop
             return Response(payload=request.payload)
 
     port = _free_port(host)
-    # http="h11", protobind's default parser: uvicorn's "auto" would take httptools where installed
+    # http="h11" by default (uvicorn's "auto" would take httptools where installed); "zttp" for the
+    # HTTP/2 pair, with HTTP/2 on as protobind's server has it
     config = uvicorn.Config(
-        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off", http="h11",
-        log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
+        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off", http=http,
+        http2=http == "zttp", log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
     )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
@@ -501,6 +502,135 @@ for _parser in ("h11", "httptools"):
         CLIENTS[_kind] = _protobind_http_client("proto")
         if _kind != "protobind-http-h11":
             PAIRS.append((f"http-server-{_parser}{_loop}", _kind, "protobind-http-h11"))
+
+
+# --- HTTP/2 on the http:// port (issue 21): gRPC, Connect over HTTP/2, and each ASGI server --------
+# Kinds are named http-SERVER-CLIENT: protobind's http:// server on uvicorn (with zttp, the
+# default), hypercorn or granian (option asgi_server), called by protobind's own client (h1: Connect
+# over HTTP/1.1, binary proto), by one plain HTTP/2 client posting Connect unary calls (h2: httpx,
+# h2c with prior knowledge, every call on one connection) or by a stock grpc.aio channel (grpcio).
+# The gRPC pairs put the same grpc.aio client against protobind's grpc:// server (grpcio) and a
+# grpclib server; the Connect-over-HTTP/2 pair puts the same httpx client against connectrpc's ASGI
+# app under the same uvicorn and zttp settings.
+
+ASGI_SERVERS = ("uvicorn", "hypercorn", "granian")
+
+
+def _on_asgi_server(asgi_server: str) -> ServerFactory:
+    async def serve(host: str, nats_url: str | None) -> tuple[str, Stop]:
+        return await serve_protobind(f"http://{host}:0?asgi_server={asgi_server}")
+
+    return serve
+
+
+async def _grpcio_client(url: str) -> tuple[Call, Close]:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(url.split("://", 1)[1])
+    unary = channel.unary_unary(
+        UNARY_PATH, request_serializer=Request.SerializeToString, response_deserializer=Response.FromString
+    )
+
+    async def call(payload: bytes) -> Any:
+        return await unary(Request(payload=payload), timeout=30)
+
+    return call, channel.close
+
+
+async def _connect_h2_client(url: str) -> tuple[Call, Close]:
+    from urllib.parse import urlsplit
+
+    from protobind.http.h2client import H2Connection
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    headers = [("content-type", "application/proto"), ("connect-protocol-version", "1")]
+    connections: list[H2Connection] = []
+
+    async def connection() -> H2Connection:
+        # a connection carries STREAMS_PER_CONNECTION calls, then new calls go on a fresh one
+        if not connections or not connections[-1].usable:
+            if connections and connections[-1].idle:
+                await connections.pop().close()
+            connections.append(await H2Connection.open(host, port, None, None, url))
+        return connections[-1]
+
+    async def call(payload: bytes) -> Any:
+        stream = (await connection()).start(UNARY_PATH, headers)
+        try:
+            await stream.send(Request(payload=payload).SerializeToString(), end=True)
+            status, _ = await stream.response()
+            body = await stream.read_all(1 << 24)
+        finally:
+            stream.done()
+        if status != 200:
+            raise RuntimeError(f"HTTP/2 {status}: {body[:200]!r}")
+        return Response.FromString(body)
+
+    async def close() -> None:
+        for each in connections:
+            await each.close()
+
+    return call, close
+
+
+async def _grpclib_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+
+    class Echo:
+        async def unary(self, stream: Any) -> None:
+            request = await stream.recv_message()
+            await stream.send_message(Response(payload=request.payload))
+
+        def __mapping__(self) -> dict[str, Handler]:
+            return {UNARY_PATH: Handler(self.unary, Cardinality.UNARY_UNARY, Request, Response)}
+
+    server = Server([Echo()])
+    await server.start(host, 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return f"http://{host}:{port}", stop
+
+
+async def _protobind_grpc_on_grpc(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await serve_protobind(f"grpc://{host}:0")
+
+
+async def _connectrpc_zttp(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await _connectrpc_server(host, nats_url, http="zttp")
+
+
+_H2_CLIENTS: dict[str, ClientFactory] = {
+    "h1": _protobind_http_client("proto"),
+    "h2": _connect_h2_client,
+    "grpcio": _grpcio_client,
+}
+for _server in ASGI_SERVERS:
+    for _client, _factory in _H2_CLIENTS.items():
+        if _server == "granian" and _client == "grpcio":
+            continue  # no ASGI trailers: granian refuses gRPC
+        SERVERS[f"http-{_server}-{_client}"] = _on_asgi_server(_server)
+        CLIENTS[f"http-{_server}-{_client}"] = _factory
+SERVERS["grpc-grpcio"] = _protobind_grpc_on_grpc
+CLIENTS["grpc-grpcio"] = _grpcio_client
+SERVERS["grpclib-grpcio"] = _grpclib_server
+CLIENTS["grpclib-grpcio"] = _grpcio_client
+SERVERS["connectrpc-uvicorn-h2"] = _connectrpc_zttp
+CLIENTS["connectrpc-uvicorn-h2"] = _connect_h2_client
+PAIRS.append(("grpc-on-http", "http-uvicorn-grpcio", "grpc-grpcio"))
+PAIRS.append(("grpc-on-http-grpclib", "http-uvicorn-grpcio", "grpclib-grpcio"))
+PAIRS.append(("connect-h2", "http-uvicorn-h2", "connectrpc-uvicorn-h2"))
+for _server in ("hypercorn", "granian"):
+    for _client in _H2_CLIENTS:
+        if f"http-{_server}-{_client}" in SERVERS:
+            PAIRS.append(
+                (f"asgi-{_server}-{_client}", f"http-{_server}-{_client}", f"http-uvicorn-{_client}")
+            )
 
 
 # --- MQTT 5: protobind's mqtt:// binding vs raw zmqtt request/response vs FastStream ---------------

@@ -72,20 +72,51 @@ async def _started(task: asyncio.Task[None]) -> None:
 
 
 class _Tracked:
-    """The app, with the tasks of the requests it is running, to cancel when the grace is over."""
+    """granian's app: the tasks of the requests it is running (to cancel when the grace is over),
+    and the rest of an HTTP/1.1 request body read after the app answered early.
 
-    def __init__(self, app: Any) -> None:
+    The app answers some requests before their body is complete (too large, or a client stream
+    failed); hyper then closes the connection with the rest of the body unread, and the kernel's
+    reset for that data can destroy the answer before the client reads it (measured: gRPC-Web
+    clients got a failed request instead of the status). So the body is read to its end, and
+    dropped, before the request is done: at most ``limit`` more bytes (``max_message_size``) within
+    ``seconds`` (``body_timeout``).
+    """
+
+    def __init__(self, app: Any, limit: int, seconds: float) -> None:
         self.app = app
+        self.limit = limit
+        self.seconds = seconds
         self.tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
+        ended = scope["type"] != "http" or scope.get("http_version") != "1.1"
+
+        async def watched() -> Any:
+            nonlocal ended
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                ended = True
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, watched, send)
+            if not ended:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._drain(watched), self.seconds)
         finally:
             self.tasks.discard(task)
+
+    async def _drain(self, receive: Any) -> None:
+        left = self.limit
+        while left > 0:
+            message = await receive()
+            left -= len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -215,7 +246,7 @@ async def start_granian(app: Any, sock: socket.socket, tls: Tls | None, limits: 
         tls_settings = {"ssl_cert": Path(tls.cert), "ssl_key": Path(tls.key)}
         if tls.ca is not None:
             tls_settings.update(ssl_ca=Path(tls.ca), ssl_client_verify=True)
-    tracked = _Tracked(app)
+    tracked = _Tracked(app, limits.max_message_size, limits.body_timeout)
     try:
         server = _OnSocket(
             tracked,

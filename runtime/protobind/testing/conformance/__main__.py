@@ -26,13 +26,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cases", help="comma-separated case names or prefixes (e.g. types.,stream.bidi)")
     parser.add_argument("--json", metavar="FILE", help="also write every cell as JSON to FILE")
+    parser.add_argument(
+        "--asgi-servers",
+        action="store_true",
+        help="also run the HTTP binding on hypercorn and granian (option asgi_server)",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and columns, run nothing")
     parser.add_argument(
         "--verbose", action="store_true", help="show protobind's logs (the cases provoke errors)"
     )
     args = parser.parse_args(argv)
 
-    selected, left_out = columns()
+    selected, left_out = columns(asgi_servers=args.asgi_servers)
     if args.transports:
         wanted = set(args.transports.split(","))
         unknown = wanted - {c.transport for c in selected}

@@ -4,10 +4,11 @@ transport) and report the matrix.
 Columns: protobind's own client on every registered transport (and with JSON where the transport
 offers it), then clients nobody here wrote: stock ``grpc.aio`` against the gRPC binding (and the HTTP
 port), gRPC-Web (binary, over HTTP/1.1 and HTTP/2) and ``connectrpc`` (binary and JSON) against the
-HTTP binding, plain ``nats-py`` (binary and JSON)
-against the NATS binding, plain ``aio-pika`` (binary and JSON) against the RabbitMQ binding. Each
-transport gets one server (with its test harness: a private nats-server for NATS) shared by its
-columns.
+HTTP binding (and, on request, the HTTP binding on hypercorn and granian), plain ``nats-py``
+(binary and JSON) against the NATS binding, plain ``aio-pika`` (binary and JSON) against the
+RabbitMQ binding. Each transport gets one server (with its test harness: a private nats-server for
+NATS) shared by its columns; a column with server options (another ASGI server) gets a server of
+its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import enum
 import importlib.util
 import itertools
 import traceback
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,7 @@ from .service import Conformance
 
 __all__ = [
     "COLUMNS_BY_PEER",
+    "COLUMNS_BY_SERVER",
     "LIMITS",
     "Cell",
     "Column",
@@ -114,6 +117,8 @@ class Column:
     wire: str = ""
     #: client options (protobind's ``connect(url, options=...)``)
     options: Mapping[str, str] = field(default_factory=dict)
+    #: server options (the server's URL query): columns with the same ones share a server
+    server_options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +258,54 @@ COLUMNS_BY_PEER: tuple[Column, ...] = (
 )
 
 
-def columns() -> tuple[list[Column], list[str]]:
-    """Every column that can run here, and a note for each one left out (library not installed)."""
+#: The HTTP binding on the ASGI servers besides uvicorn (option ``asgi_server``, docs/protocols.md,
+#: "ASGI servers"): left out of the default run (``columns(asgi_servers=True)``, the runner's
+#: ``--asgi-servers``). granian has no gRPC (no ASGI trailers), so its columns are Connect and
+#: gRPC-Web.
+COLUMNS_BY_SERVER: tuple[Column, ...] = (
+    Column(
+        "http@hypercorn",
+        "http",
+        "protobind",
+        summary="protobind client, http2=streams -> protobind HTTP server on hypercorn",
+        requires=("hypercorn",),
+        wire="http+h2",
+        options={"http2": "streams"},
+        server_options={"asgi_server": "hypercorn"},
+    ),
+    Column(
+        "grpcio@hypercorn",
+        "http",
+        "grpcio",
+        summary="stock grpc.aio client -> protobind HTTP server on hypercorn (gRPC over HTTP/2)",
+        requires=("grpc", "hypercorn"),
+        wire="http2",
+        server_options={"asgi_server": "hypercorn"},
+    ),
+    Column(
+        "http@granian",
+        "http",
+        "protobind",
+        summary="protobind client, http2=streams -> protobind HTTP server on granian",
+        requires=("granian",),
+        wire="http+h2",
+        options={"http2": "streams"},
+        server_options={"asgi_server": "granian"},
+    ),
+    Column(
+        "grpc-web@granian",
+        "http",
+        "grpc-web",
+        summary="gRPC-Web (binary) over HTTP/1.1 on plain httpx -> protobind HTTP server on granian",
+        requires=("httpx", "granian"),
+        server_options={"asgi_server": "granian"},
+    ),
+)
+
+
+def columns(asgi_servers: bool = False) -> tuple[list[Column], list[str]]:
+    """Every column that can run here (with ``asgi_servers``, :data:`COLUMNS_BY_SERVER` too), and a
+    note for each one left out (library not installed)."""
     found: list[Column] = []
     for name in transport_names():
         wire = "http+h2" if name == "http" else ""
@@ -268,7 +319,7 @@ def columns() -> tuple[list[Column], list[str]]:
             streams = {"http2": "streams"}
             found.append(Column("http@h2", name, "protobind", summary=summary, wire=wire, options=streams))
     left_out = []
-    for column in COLUMNS_BY_PEER:
+    for column in COLUMNS_BY_PEER + (COLUMNS_BY_SERVER if asgi_servers else ()):
         missing = [m for m in column.requires if importlib.util.find_spec(m) is None]
         if column.transport not in transport_names() or missing:
             left_out.append(f"{column.name}: not installed ({', '.join(missing) or column.transport})")
@@ -506,16 +557,21 @@ async def run_matrix(
     unique = itertools.count()
     cells: list[Cell] = []
     async with contextlib.AsyncExitStack() as stack:
-        servers: dict[str, tuple[str, Conformance]] = {}
-        for transport in dict.fromkeys(c.transport for c in selected):
-            fresh = await stack.enter_async_context(transport_named(transport).test_harness())
+        harnesses: dict[str, Callable[[], str]] = {}
+        servers: dict[tuple[str, str], tuple[str, Conformance]] = {}
+        for key in dict.fromkeys(_server_key(c) for c in selected):
+            transport, query = key
+            if transport not in harnesses:
+                harness = transport_named(transport).test_harness()
+                harnesses[transport] = await stack.enter_async_context(harness)
             service = service_factory()
             server = Server([service])
-            (url,) = await server.start(fresh())
+            fresh = harnesses[transport]()
+            (url,) = await server.start(f"{fresh}{'&' if '?' in fresh else '?'}{query}" if query else fresh)
             stack.push_async_callback(server.stop, 1.0)
-            servers[transport] = (url, service)
+            servers[key] = (url, service)
         for column in selected:
-            url, service = servers[column.transport]
+            url, service = servers[_server_key(column)]
             async with _client(column, url) as client:
                 for case in cases:
                     marker = f"{case.name} {column.name} {next(unique)}"
@@ -536,6 +592,11 @@ async def run_matrix(
                     if on_cell is not None:
                         on_cell(found)
     return cells
+
+
+def _server_key(column: Column) -> tuple[str, str]:
+    """The server a column calls: its transport and server options (as a URL query)."""
+    return column.transport, urllib.parse.urlencode(sorted(column.server_options.items()))
 
 
 def format_matrix(cells: Iterable[Cell], selected: Sequence[Column], left_out: Sequence[str] = ()) -> str:
