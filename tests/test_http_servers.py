@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from .conformance import Conformance
 from .h2raw import raw_h2
 from .test_http_h2_limits import _connect_headers, _frame
+from .tls import self_signed
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 SERVERS = ("uvicorn", "hypercorn", "granian")
@@ -33,11 +36,13 @@ GRPC_SERVERS = ("uvicorn", "hypercorn")
 
 
 @contextlib.asynccontextmanager
-async def serving(asgi_server: str, **options: Any) -> AsyncIterator[tuple[str, protobind.Server]]:
+async def serving(
+    asgi_server: str, scheme: str = "http", **options: Any
+) -> AsyncIterator[tuple[str, protobind.Server]]:
     server = protobind.Server(
         [Conformance()], transport_options={"http": {"asgi_server": asgi_server, **options}}
     )
-    (url,) = await server.start("http://127.0.0.1:0")
+    (url,) = await server.start(f"{scheme}://127.0.0.1:0")
     try:
         yield url, server
     finally:
@@ -218,6 +223,32 @@ async def test_oversized_headers_are_refused_and_the_server_goes_on(asgi_server:
             assert (
                 peer.terminated is not None or answer.reset is not None or answer.headers[":status"] == "431"
             )
+
+
+@pytest.mark.parametrize("asgi_server", SERVERS)
+async def test_https_with_http2_by_alpn(asgi_server: str, tmp_path: Path) -> None:
+    cert_path, key_path = self_signed(tmp_path)
+    cert, key, pem = str(cert_path), str(key_path), cert_path.read_bytes()
+    async with serving(asgi_server, "https", tls_cert=cert, tls_key=key) as (url, _):
+        assert url.startswith("https://127.0.0.1:")
+        async with protobind.connect(url, options={"tls_ca": cert}) as channel:  # HTTP/1.1
+            assert (
+                await ConformanceServiceClient(channel).unary(Request(text="tls"), timeout=5)
+            ).text == "tls"
+        async with httpx.AsyncClient(
+            base_url=url, verify=ssl.create_default_context(cafile=cert), http2=True
+        ) as h2:
+            answer = await h2.post(f"{SERVICE}/Unary", json={"text": "h2"})
+        assert (answer.http_version, answer.json()["text"]) == ("HTTP/2", "h2")  # ALPN chose h2
+        if asgi_server in GRPC_SERVERS:
+            credentials = grpc.ssl_channel_credentials(pem)
+            async with grpc.aio.secure_channel(urlsplit(url).netloc, credentials) as secure:
+                unary = secure.unary_unary(
+                    f"{SERVICE}/Unary",
+                    request_serializer=Request.SerializeToString,
+                    response_deserializer=Response.FromString,
+                )
+                assert (await unary(Request(text="g"), timeout=5)).text == "g"
 
 
 @pytest.mark.parametrize("asgi_server", ("hypercorn", "granian"))
