@@ -7,7 +7,8 @@ grpc:// binding (grpcio). ``python -m benchmarks.run`` has the same comparisons 
 medians of rounds (``--only grpc-on-http,connect-h2,asgi-...``). Clients: stock
 ``grpc.aio`` (gRPC unary, 64 calls in flight), grpclib (the same), protobind's own http:// client
 (Connect, binary proto, HTTP/1.1) and a bidi soak (16 grpcio streams at once, 200 messages each,
-every request sent after the previous answer was read; order and count checked).
+every request sent after the previous answer was read; order and count checked), and the same
+soak over Connect with protobind's client (HTTP/2 streams), which granian serves too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import protobind
@@ -144,6 +145,31 @@ async def _bidi_soak(url: str, streams: int = 16, messages: int = 200) -> str:
         return f"ok, {streams * messages / (time.monotonic() - started):,.0f} msg/s"
 
 
+async def _connect_bidi_soak(url: str, streams: int = 16, messages: int = 200) -> str:
+    """The bidi soak over Connect (protobind's client, HTTP/2 streams): every server can run it."""
+    async with protobind.connect(url, options={"http2": "streams"}) as channel:
+        client = ConformanceServiceClient(channel)
+
+        async def one(n: int) -> None:
+            queue: asyncio.Queue[Request | None] = asyncio.Queue()
+
+            async def requests() -> AsyncIterator[Request]:
+                while (request := await queue.get()) is not None:
+                    yield request
+
+            replies = client.bidi_stream(requests(), timeout=60)
+            for i in range(messages):
+                await queue.put(Request(text=f"{n}:{i}"))
+                response = await anext(replies)
+                assert response.text == f"{n}:{i}", (n, i, response)
+            await queue.put(None)
+            assert [r async for r in replies] == []
+
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(streams))), 60)
+        return f"ok, {streams * messages / (time.monotonic() - started):,.0f} msg/s"
+
+
 async def _measure(seconds: float, servers: list[str]) -> None:
     rows = []
     for kind in servers:
@@ -162,13 +188,22 @@ async def _measure(seconds: float, servers: list[str]) -> None:
                     row["bidi soak"] = f"FAILED {type(exc).__name__}: {str(exc)[:80]}"
             if kind != "grpc":
                 row["connect"] = f"{await _connect(url, seconds):,.0f}"
+            if kind in ("zttp", "hypercorn", "granian"):
+                try:
+                    row["connect bidi soak"] = await _connect_bidi_soak(url)
+                except Exception as exc:
+                    row["connect bidi soak"] = f"FAILED {type(exc).__name__}: {str(exc)[:80]}"
             rows.append(row)
             print(row, flush=True)
     print()
-    print("| server | grpcio calls/s | grpclib calls/s | Connect (HTTP/1.1) calls/s | bidi soak |")
-    print("|---|---|---|---|---|")
+    print(
+        "| server | grpcio calls/s | grpclib calls/s | Connect (HTTP/1.1) calls/s | gRPC bidi soak "
+        "| Connect bidi soak |"
+    )
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        cells = [row.get(k, "-") for k in ("grpcio", "grpclib", "connect", "bidi soak")]
+        keys = ("grpcio", "grpclib", "connect", "bidi soak", "connect bidi soak")
+        cells = [row.get(k, "-") for k in keys]
         print(f"| {row['server']} | " + " | ".join(cells) + " |")
 
 
