@@ -1177,11 +1177,11 @@ async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
 
 def test_error_details_of_unknown_types_stay_any() -> None:
     from protobind.broker.wire import error_body, read_error
-    from protobind.codec import JSON
+    from protobind.codec import JSON, PROTO
 
     unknown = any_pb2.Any(type_url="type.googleapis.com/some.Unknown", value=b"\x08\x01")
     error = RpcError(Code.ABORTED, "m", [unknown])
-    for codec in (JSON, protobind.PROTO):
+    for codec in (JSON, PROTO):
         headers = {"Protobind-Status": "10"}
         if codec is JSON:
             headers["Content-Type"] = "application/json"
