@@ -29,10 +29,15 @@ __all__ = [
 # --- client ---------------------------------------------------------------------------------------
 
 
-async def dial(url: str, options: Mapping[str, Any]) -> GrpcTransport:
-    """Open a grpc.aio channel to ``url`` (``grpc://`` or ``grpcs://``)."""
+async def dial(url: str, options: Mapping[str, Any]) -> ClientTransport:
+    """Open a grpc.aio channel to ``url`` (``grpc://`` or ``grpcs://``), or a native-engine client
+    with ``engine=native``."""
     address = parse_address(url, need_port=False)
     config = client_options(address, options)
+    if config.engine == "native":
+        from .native_client import dial_native
+
+        return await dial_native(address, config)
     target = address.target()
     if address.tls:
         credentials = grpc.ssl_channel_credentials(

@@ -6,6 +6,7 @@ and can be read (and documented) without the call path around them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +38,15 @@ SERVER_OPTIONS = frozenset(
         "reflection",
         "reuse_port",
         "channel_args",
+        "engine",
     }
 )
-CLIENT_OPTIONS = frozenset({"max_message_size", *TLS_CLIENT_OPTIONS, "channel_args"})
+CLIENT_OPTIONS = frozenset({"max_message_size", *TLS_CLIENT_OPTIONS, "channel_args", "engine"})
+
+#: The engines behind grpc://: grpcio (gRPC core, the default) and protobind's own HTTP/2 engine.
+ENGINES = ("grpcio", "native")
+#: The engine used where the option ``engine`` is not given.
+ENGINE_VARIABLE = "PROTOBIND_GRPC_ENGINE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,8 @@ class GrpcOptions:
     #: SETTINGS_MAX_CONCURRENT_STREAMS of each connection; None: ``limits.admitted``
     max_concurrent_streams: int | None = None
     channel_args: tuple[tuple[str, Any], ...] = ()
+    #: "grpcio" or "native" (option ``engine``)
+    engine: str = "grpcio"
 
     def client_channel_args(self) -> list[tuple[str, Any]]:
         """The grpcio channel arguments of a client with these options."""
@@ -157,7 +166,9 @@ def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
             else None
         ),
         channel_args=_channel_args(reader),
+        engine=_engine(reader),
     )
+    _check_engine(parsed)
     if address.tls and (parsed.tls_cert is None or parsed.tls_key is None):
         raise ValueError("a grpcs:// server needs the options `tls_cert` and `tls_key` (PEM files)")
     return parsed
@@ -176,7 +187,9 @@ def client_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
         tls_ca=reader.pem("tls_ca"),
         tls_server_name=reader.text("tls_server_name"),
         channel_args=_channel_args(reader),
+        engine=_engine(reader),
     )
+    _check_engine(parsed)
     if (parsed.tls_cert is None) != (parsed.tls_key is None):
         raise ValueError("a client certificate needs both `tls_cert` and `tls_key`")
     return parsed
@@ -202,3 +215,25 @@ def _channel_args(reader: OptionReader) -> tuple[tuple[str, Any], ...]:
         if not isinstance(item, (int, str)) or isinstance(item, bool):
             raise reader.error("channel_args", f"value of {key} must be an integer or a string")
     return pairs
+
+
+def _engine(reader: OptionReader) -> str:
+    """The option ``engine``, else the environment variable PROTOBIND_GRPC_ENGINE, else grpcio."""
+    given = reader.text("engine")
+    source = "engine"
+    if given is None:
+        given, source = os.environ.get(ENGINE_VARIABLE) or "grpcio", ENGINE_VARIABLE
+    engine = given.strip().lower()
+    if engine not in ENGINES:
+        raise ValueError(f"grpc option {source}={given!r}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+def _check_engine(options: GrpcOptions) -> None:
+    """The native engine refuses what only grpcio honours, rather than ignore it."""
+    if options.engine == "native" and options.channel_args:
+        names = ", ".join(key for key, _ in options.channel_args)
+        raise ValueError(
+            f"channel_args ({names}) are gRPC core settings, which engine=native does not have: "
+            "use engine=grpcio for them"
+        )

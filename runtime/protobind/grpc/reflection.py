@@ -34,7 +34,7 @@ async def fetch(channel: Any, timeout: float | None, metadata: Any = ()) -> Refl
         )
         call = stream(timeout=timeout, metadata=metadata or None)
         try:
-            return await _ask(call, reflection_pb2)
+            return await ask(call, reflection_pb2)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and service == REFLECTION_V1:
                 continue
@@ -46,11 +46,14 @@ async def fetch(channel: Any, timeout: float | None, metadata: Any = ()) -> Refl
     raise AssertionError("unreachable")
 
 
-async def _ask(call: Any, pb: Any) -> Reflected:
+async def ask(call: Any, pb: Any) -> Reflected:
+    """The services and files behind a reflection stream ``call`` (``write``, ``read``, giving
+    grpcio's EOF or ``None`` at the end, and ``done_writing``)."""
+
     async def request(**kwargs: Any) -> Any:
         await call.write(pb.ServerReflectionRequest(**kwargs))
         response = await call.read()
-        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+        if response is None or response is grpc.aio.EOF:  # type: ignore[attr-defined]
             raise RpcError(Code.UNAVAILABLE, "the reflection stream ended early")
         if response.HasField("error_response"):
             error = response.error_response

@@ -63,10 +63,14 @@ class GrpcBinding(ServerBinding):
         self._timer.close()
 
 
-async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> GrpcBinding:
+async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> ServerBinding:
     """Start a grpc.aio server for ``server``'s endpoints at ``url``."""
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
+    if config.engine == "native":
+        from .native_server import serve_native
+
+        return await serve_native(server, address, config)
     grpc_server = grpc.aio.server(options=config.server_channel_args())
     try:
         return await _start(grpc_server, server, address, config)

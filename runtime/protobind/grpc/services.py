@@ -6,19 +6,24 @@ by default (options ``health`` and ``reflection`` turn them off).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
+from ..context import Context
+from ..errors import Code, RpcError
 from ..metadata import Metadata
-from ..method import ServiceInfo
+from ..method import MethodInfo, MethodKind, ServiceInfo
+from ..server import Endpoint
 from ..reflection import descriptor_files
 from .wire import to_grpc_code
 
 if TYPE_CHECKING:
-    from ..errors import RpcError
+    from ..server import EndpointTable
+    from .options import GrpcOptions
 
 __all__ = [
     "GenericOnly",
@@ -122,16 +127,9 @@ def add_reflection(
     default one), and a private pool cannot be changed by unrelated code in the process.
     """
     import grpc
-    from grpc_health.v1 import health_pb2
-    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    services = list(services)
-    pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_files(services, [health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR]):
-        pool.AddSerializedFile(file.serialized_pb)
-    pool.Add(_v1_file(reflection_pb2.DESCRIPTOR))
-    names = [s.name for s in services] + list(extra_names) + [REFLECTION_V1, REFLECTION_V1ALPHA]
-    servicer = reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
+    servicer = reflection_servicer(services, extra_names)
     guarded = GenericOnly(server, authorize)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, guarded)
     v1 = grpc.stream_stream_rpc_method_handler(
@@ -160,3 +158,117 @@ def _v1_file(v1alpha: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
             method.input_type = new + method.input_type[len(old) :]
             method.output_type = new + method.output_type[len(old) :]
     return file
+
+
+def reflection_servicer(services: Iterable[ServiceInfo], extra_names: Iterable[str]) -> Any:
+    """grpcio-reflection's asyncio servicer for ``services`` (see :func:`add_reflection`); its
+    ``ServerReflectionInfo(requests, context)`` uses no grpcio call object, so both engines run it."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    services = list(services)
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_files(services, [health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR]):
+        pool.AddSerializedFile(file.serialized_pb)
+    pool.Add(_v1_file(reflection_pb2.DESCRIPTOR))
+    names = [s.name for s in services] + list(extra_names) + [REFLECTION_V1, REFLECTION_V1ALPHA]
+    return reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
+
+
+# --- the same services for the native engine (native_server.py) ------------------------------------
+
+HEALTH = "grpc.health.v1.Health"
+
+
+class NativeHealth:
+    """``grpc.health.v1.Health`` for the native engine: Check and Watch, with the statuses
+    :class:`Health` reports (SERVING while the binding runs, NOT_SERVING once it stops)."""
+
+    def __init__(self, service_names: Iterable[str]) -> None:
+        from grpc_health.v1 import health_pb2
+
+        self._pb = health_pb2
+        self._names = list(service_names)
+        self._status: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+    def _set(self, status: int) -> None:
+        for name in self._names:
+            self._status[name] = status
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def serving(self) -> None:
+        """Report every service SERVING."""
+        self._set(self._pb.HealthCheckResponse.SERVING)
+
+    async def shutting_down(self) -> None:
+        """Report every service NOT_SERVING (the server is stopping)."""
+        self._set(self._pb.HealthCheckResponse.NOT_SERVING)
+
+    async def check(self, request: Any, context: Context) -> Any:
+        status = self._status.get(request.service)
+        if status is None:
+            raise RpcError(Code.NOT_FOUND, "unknown service")
+        return self._pb.HealthCheckResponse(status=status)
+
+    async def watch(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        return self._watch(request.service)
+
+    async def _watch(self, service: str) -> AsyncIterator[Any]:
+        unknown = self._pb.HealthCheckResponse.SERVICE_UNKNOWN
+        last = None
+        while True:
+            status = self._status.get(service, unknown)
+            if status != last:
+                last = status
+                yield self._pb.HealthCheckResponse(status=status)
+            await self._changed.wait()
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        from grpc_health.v1 import health_pb2
+
+        request, response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        check = _method("Check", HEALTH, request, response, MethodKind.UNARY)
+        watch = _method("Watch", HEALTH, request, response, MethodKind.SERVER_STREAMING)
+        return {check.path: Endpoint(check, self.check), watch.path: Endpoint(watch, self.watch)}
+
+
+def _method(name: str, service: str, request: Any, response: Any, kind: MethodKind) -> MethodInfo[Any, Any]:
+    return MethodInfo(name=name, service=service, input_type=request, output_type=response, kind=kind)
+
+
+def native_side_services(
+    table: EndpointTable, config: GrpcOptions
+) -> tuple[dict[str, Endpoint], Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """Health and reflection as endpoints of the native engine (each call authorized by the
+    server's ``authorize`` there), with what to run once the binding serves and when it stops."""
+    endpoints: dict[str, Endpoint] = {}
+    health = None
+    extra_names = []
+    if config.health:
+        health = NativeHealth(["", *(s.name for s in table.services)])
+        endpoints.update(health.endpoints())
+        extra_names.append(HEALTH)
+    if config.reflection:
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        servicer = reflection_servicer(table.services, extra_names)
+
+        async def info(requests: Any, context: Context) -> Any:
+            return servicer.ServerReflectionInfo(requests, None)
+
+        request, response = reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+        for service in (REFLECTION_V1, REFLECTION_V1ALPHA):
+            method = _method("ServerReflectionInfo", service, request, response, MethodKind.BIDI_STREAMING)
+            endpoints[method.path] = Endpoint(method, info)
+
+    async def start() -> None:
+        if health is not None:
+            await health.serving()
+
+    async def stop() -> None:
+        if health is not None:
+            await health.shutting_down()
+
+    return endpoints, start, stop
