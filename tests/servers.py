@@ -35,6 +35,8 @@ from .conformance import Conformance
 from .support import eventually
 
 TRANSPORTS = transport_names()
+#: grpc:// on its native engine (option engine=native), for the suites that run on it as well
+GRPC_NATIVE = "grpc-native"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -49,6 +51,8 @@ async def harnesses() -> AsyncIterator[dict[str, Callable[[], str]]]:
                 found[name] = await stack.enter_async_context(transport_named(name).test_harness())
             except unittest.SkipTest as exc:  # its broker is not running here: skip its tests only
                 found[name] = functools.partial(pytest.skip, str(exc))
+        if "grpc" in found:
+            found[GRPC_NATIVE] = lambda: "grpc://127.0.0.1:0?engine=native"
         yield found
 
 
@@ -64,6 +68,8 @@ async def served(
     service = Conformance()
     server = protobind.Server([service])
     (url,) = await server.start(harnesses[transport]())
+    if transport == GRPC_NATIVE:
+        url += "?engine=native"  # the client on the same engine
     try:
         yield url, service
     finally:
@@ -156,3 +162,15 @@ async def check_groups_fan_out(url: str, count: int, timeout: float) -> None:
     for group, (first, second) in groups.items():
         assert sorted(handled(group), key=int) == [str(i) for i in range(count)], group
         assert first.notified and second.notified, group  # the replicas shared the group's calls
+
+
+#: The engines behind grpc:// (option ``engine``): the gRPC suites run on each
+GRPC_ENGINES = ("grpcio", "native")
+
+
+@pytest.fixture(params=GRPC_ENGINES)
+def grpc_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test once per gRPC engine: PROTOBIND_GRPC_ENGINE chooses it for every grpc:// server
+    and client the test makes without the option ``engine`` (stock grpcio peers are unaffected)."""
+    monkeypatch.setenv("PROTOBIND_GRPC_ENGINE", str(request.param))
+    yield str(request.param)

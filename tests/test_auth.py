@@ -74,6 +74,7 @@ def test_authorize_reads_scheme_and_header() -> None:
         BearerAuth([])
 
 
+@pytest.mark.usefixtures("grpc_engine")
 async def test_grpc_health_and_reflection_are_guarded() -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

@@ -20,13 +20,20 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 
+from .servers import GRPC_NATIVE, TRANSPORTS
 from .support import eventually
 
 
 @pytest.fixture
 def handler_transport(transport: str) -> str:
     """The transport the handler sees (test_gateway.py runs this suite through a gateway)."""
-    return transport
+    return "grpc" if transport == GRPC_NATIVE else transport
+
+
+@pytest.fixture(params=[*TRANSPORTS, GRPC_NATIVE])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every transport, and grpc:// on its native engine too."""
+    return str(request.param)
 
 
 async def test_unary_roundtrip(client, handler_transport):  # type: ignore[no-untyped-def]

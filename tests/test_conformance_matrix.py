@@ -172,3 +172,21 @@ def test_exit_status_is_1_on_a_failure(
     out = capsys.readouterr().out
     assert "broken.case on inproc: deliberately broken" in out
     assert "1 cells: 0 passed, 1 failed" in out
+
+
+def test_grpc_columns_pass_on_the_native_engine() -> None:
+    """The gRPC columns (protobind's client and stock grpcio against the grpc:// server) with the
+    native engine on both protobind sides (PROTOBIND_GRPC_ENGINE, docs/configuration.md)."""
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "protobind.testing.conformance", "--transports", "grpc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PROTOBIND_GRPC_ENGINE": "native"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed," in result.stdout
+    assert "grpcio: stock grpc.aio client" in result.stdout

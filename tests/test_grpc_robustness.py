@@ -20,6 +20,9 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from .conformance import Conformance
 from .h2raw import raw_h2
 
+#: every test here runs on both engines behind grpc:// (tests/servers.py)
+pytestmark = pytest.mark.usefixtures("grpc_engine")
+
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 INVALID_ARGUMENT = str(int(Code.INVALID_ARGUMENT))
 
@@ -177,9 +180,9 @@ async def test_compressed_flag_without_grpc_encoding_is_internal() -> None:
 # What grpcio 1.85's core does not let protobind see (docs/protocols.md, "Malformed messages"):
 # it drops a partial frame left at the end of a request stream without a word to the application,
 # and for a flag byte other than 0 or 1 its deframer fails the stream but hands the application an
-# empty message, which cannot be told from a real empty request. Strict: a grpcio that reports
-# either turns these into failures, to be answered here.
-@pytest.mark.xfail(strict=True, reason="grpcio 1.85 hides these from the application")
+# empty message, which cannot be told from a real empty request. Strict on grpcio: a grpcio that
+# reports either turns these into failures, to be answered here. The native engine answers both
+# (issue 17 item 7).
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -188,7 +191,13 @@ async def test_compressed_flag_without_grpc_encoding_is_internal() -> None:
     ],
     ids=["two-trailing-bytes", "flag-0x80"],
 )
-async def test_framing_grpc_core_hides(body: bytes, code: Code) -> None:
+async def test_framing_grpc_core_hides(
+    body: bytes, code: Code, grpc_engine: str, request: pytest.FixtureRequest
+) -> None:
+    if grpc_engine == "grpcio":
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="grpcio 1.85 hides these from the application")
+        )
     async with serving() as (port, _), raw_h2(port) as peer:
         stream = peer.open(f"{SERVICE}/Unary", body)
         await peer.flush()

@@ -87,6 +87,7 @@ print(type(detail).DESCRIPTOR.full_name, detail.retry_delay.seconds)
     assert result.stdout.split() == ["google.rpc.RetryInfo", "3"]
 
 
+@pytest.mark.usefixtures("grpc_engine")
 async def test_reflection_can_be_turned_off(harnesses: dict[str, Callable[[], str]]) -> None:
     for transport in ("grpc", "http", "nats"):
         options = {"reflection": "false"}
@@ -124,6 +125,7 @@ async def _grpc_reflection(url: str, service: str, *requests: dict[str, str]) ->
 
 
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])
+@pytest.mark.usefixtures("grpc_engine")
 async def test_grpc_reflection_v1_and_v1alpha(version: str, harnesses: dict[str, Callable[[], str]]) -> None:
     async with serving([Details()], "grpc", url=harnesses["grpc"]()) as url:
         listed, detail_file, own_file = await _grpc_reflection(
@@ -154,6 +156,7 @@ async def test_grpc_reflection_v1_and_v1alpha(version: str, harnesses: dict[str,
     assert [s.name for s in reflection_file.service] == ["ServerReflection"]
 
 
+@pytest.mark.usefixtures("grpc_engine")
 async def test_grpcio_reflection_database_reads_the_server(harnesses: dict[str, Callable[[], str]]) -> None:
     """grpcio-reflection's own client (v1alpha), as a stock tool would use it."""
     import asyncio
@@ -175,6 +178,7 @@ async def test_grpcio_reflection_database_reads_the_server(harnesses: dict[str, 
     assert detail_file == "google/rpc/error_details.proto"
 
 
+@pytest.mark.usefixtures("grpc_engine")
 async def test_reflection_is_guarded_by_bearer_auth(harnesses: dict[str, Callable[[], str]]) -> None:
     from protobind.auth import BearerAuth
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import hpack
 
@@ -174,7 +174,7 @@ class HeaderBlock:
     def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The fields of ``block`` and whether they fit the limit (name + value + 32 per field)."""
         try:
-            fields: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)
+            fields = cast("list[tuple[bytes, bytes]]", self._decoder.decode(block, raw=True))
         except Exception as exc:
             raise H2Error(COMPRESSION_ERROR, "undecodable header block") from exc
         size = 0
@@ -477,7 +477,7 @@ class Connection(asyncio.Protocol):
         limit = self.peer_max_frame
         if len(data) <= limit:
             return _HEAD.pack((len(data) << 8) | DATA, END_STREAM if end else 0, stream_id) + data
-        parts = []
+        parts: list[bytes | memoryview] = []
         view = memoryview(data)
         for offset in range(0, len(data), limit):
             chunk = view[offset : offset + limit]
@@ -505,8 +505,11 @@ class Connection(asyncio.Protocol):
         with ``end``, END_STREAM on the data. What the windows do not allow yet is queued on the
         stream and goes out as WINDOW_UPDATEs arrive. Returns whether everything went out."""
         size = len(data)
-        if not stream.pending and stream.pending_trailers is None and size <= self.send_window and (
-            size <= stream.send_window
+        if (
+            not stream.pending
+            and stream.pending_trailers is None
+            and size <= self.send_window
+            and (size <= stream.send_window)
         ):
             self.send_window -= size
             stream.send_window -= size

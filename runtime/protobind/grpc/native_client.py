@@ -38,6 +38,18 @@ __all__ = ["NativeTransport", "dial_native"]
 _DETAILS = GRPC_DETAILS_KEY.encode()
 
 
+class TransportFailure(Exception):
+    """The cause of an error this engine made itself (the connection, the peer's HTTP/2), not one
+    the server's application sent: a gateway logs its words instead of passing them on, as it does
+    grpc core's."""
+
+
+def _failure(code: Code, message: str) -> RpcError:
+    error = RpcError(code, message)
+    error.__cause__ = TransportFailure(message)
+    return error
+
+
 class _Retry(Exception):
     """The server did not process the stream: it may be sent again."""
 
@@ -121,7 +133,7 @@ class _ClientConnection(h2.Connection):
         self._release_slots()
 
     def lost(self, exc: Exception | None) -> None:
-        error = RpcError(Code.UNAVAILABLE, "the connection to the server was lost")
+        error = _failure(Code.UNAVAILABLE, "the connection to the server was lost")
         if not self.ready.done():
             self.ready.set_exception(error)
         for call in list(self.streams.values()):
@@ -137,7 +149,7 @@ class _ClientConnection(h2.Connection):
             if stream_id > last_stream_id:
                 call.retry = True
                 self.forget(stream_id)
-                self._end(call, RpcError(Code.UNAVAILABLE, "the server is going away"))
+                self._end(call, _failure(Code.UNAVAILABLE, "the server is going away"))
         self._release_slots()
         if not self.streams and self.transport is not None:
             self.transport.close()
@@ -158,7 +170,9 @@ class _ClientConnection(h2.Connection):
         self.streams[stream_id] = call
         if deadline is not None:
             call.slot = self.deadlines.add(deadline, call)
-        self.send(call, self.header_frames(stream_id, block, not data and end), data, None, end and bool(data))
+        self.send(
+            call, self.header_frames(stream_id, block, not data and end), data, None, end and bool(data)
+        )
         return call
 
     def _release_slots(self) -> None:
@@ -199,7 +213,8 @@ class _ClientConnection(h2.Connection):
             return
         if not fits:
             self.cancel(
-                call, RpcError(Code.RESOURCE_EXHAUSTED, f"response headers larger than {self.header_limit} bytes")
+                call,
+                _failure(Code.RESOURCE_EXHAUSTED, f"response headers larger than {self.header_limit} bytes"),
             )
             return
         if call.headers is None:
@@ -209,7 +224,7 @@ class _ClientConnection(h2.Connection):
                 return
         if not end:
             self.reset_stream(stream_id, h2.PROTOCOL_ERROR)
-            self._end(call, RpcError(Code.INTERNAL, "the server sent a second header block without ending"))
+            self._end(call, _failure(Code.INTERNAL, "the server sent a second header block without ending"))
             return
         call.trailers = fields
         self.forget(stream_id)
@@ -226,7 +241,7 @@ class _ClientConnection(h2.Connection):
             return
         if end:  # a response must end with trailers
             self.forget(stream_id)
-            self._end(call, RpcError(Code.INTERNAL, "the server ended the response without a status"))
+            self._end(call, _failure(Code.INTERNAL, "the server ended the response without a status"))
             return
         call.wake()
 
@@ -237,13 +252,13 @@ class _ClientConnection(h2.Connection):
         self.forget(stream_id)
         if code == h2.REFUSED_STREAM:
             call.retry = True
-            error = RpcError(Code.UNAVAILABLE, "the server refused the stream")
+            error = _failure(Code.UNAVAILABLE, "the server refused the stream")
         elif code == h2.CANCEL:
-            error = RpcError(Code.CANCELLED, "the server cancelled the call")
+            error = _failure(Code.CANCELLED, "the server cancelled the call")
         elif code == h2.NO_ERROR and call.trailers is not None:
             error = None
         else:
-            error = RpcError(Code.INTERNAL, f"the server reset the stream (HTTP/2 error {code})")
+            error = _failure(Code.INTERNAL, f"the server reset the stream (HTTP/2 error {code})")
         self._end(call, error)
 
 
@@ -279,8 +294,9 @@ def _status(call: _ClientCall) -> tuple[RpcError | None, Metadata, Metadata]:
         headers = Metadata()
     if code is None:
         if http_status != b"200":
-            return RpcError(_HTTP_CODES.get(http_status, Code.UNKNOWN), f"HTTP status {http_status.decode()}"), headers, trailers
-        return RpcError(Code.INTERNAL, "the server sent no grpc-status"), headers, trailers
+            code_of = _HTTP_CODES.get(http_status, Code.UNKNOWN)
+            return _failure(code_of, f"HTTP status {http_status.decode()}"), headers, trailers
+        return _failure(Code.INTERNAL, "the server sent no grpc-status"), headers, trailers
     if code == 0:
         return None, headers, trailers
     if code == Code.DEADLINE_EXCEEDED and "Deadline Exceeded" in message:
@@ -345,7 +361,7 @@ class NativeTransport(ClientTransport):
         if connection is not None and connection.usable:
             return connection
         if self._closed:
-            raise RpcError(Code.UNAVAILABLE, "the channel is closed")
+            raise _failure(Code.UNAVAILABLE, "the channel is closed")
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         connecting = self._connecting
@@ -370,10 +386,12 @@ class NativeTransport(ClientTransport):
             )
             await asyncio.wait_for(asyncio.shield(connection.ready), 20)
         except ssl.SSLError as exc:
-            raise RpcError(Code.UNAVAILABLE, f"TLS handshake with {address.target()} failed: {exc.reason}") from None
+            message = f"TLS handshake with {address.target()} failed: {exc.reason}"
+            raise RpcError(Code.UNAVAILABLE, message) from TransportFailure(message)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = network_reason(exc) if isinstance(exc, OSError) else "timed out"
-            raise RpcError(Code.UNAVAILABLE, f"cannot connect to {address.target()}: {reason}") from None
+            message = f"cannot connect to {address.target()}: {reason}"
+            raise RpcError(Code.UNAVAILABLE, message) from TransportFailure(message)
         self._connection = connection
         return connection
 
@@ -405,7 +423,9 @@ class NativeTransport(ClientTransport):
             if call.deadline is not None and call.deadline <= time.monotonic():
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
             try:
-                stream = await connection.open(self._block(connection, method, call), data, True, call.deadline)
+                stream = await connection.open(
+                    self._block(connection, method, call), data, True, call.deadline
+                )
             except _Retry:
                 continue
             try:
@@ -417,7 +437,7 @@ class NativeTransport(ClientTransport):
             if stream.retry and attempt == 0:
                 continue
             return self._unary_result(stream, method, call)
-        raise RpcError(Code.UNAVAILABLE, "the server refused the call twice")
+        raise _failure(Code.UNAVAILABLE, "the server refused the call twice")
 
     def _unary_result(self, stream: _ClientCall, method: MethodInfo[Any, Any], call: CallInfo) -> Message:
         error, headers, trailers = _status(stream)
@@ -447,14 +467,14 @@ class NativeTransport(ClientTransport):
             try:
                 stream = await connection.open(block, b"", False, call.deadline)
             except _Retry:
-                raise RpcError(Code.UNAVAILABLE, "the server is going away") from None
+                raise _failure(Code.UNAVAILABLE, "the server is going away") from None
             writer = asyncio.ensure_future(self._write(connection, stream, requests))
         else:
             data = self._request(await anext(requests))
             try:
                 stream = await connection.open(block, data, True, call.deadline)
             except _Retry:
-                raise RpcError(Code.UNAVAILABLE, "the server is going away") from None
+                raise _failure(Code.UNAVAILABLE, "the server is going away") from None
         try:
             first = True
             while True:
@@ -468,7 +488,9 @@ class NativeTransport(ClientTransport):
                         message = method.output_type.FromString(data)
                     except Exception:
                         name = method.output_type.DESCRIPTOR.full_name
-                        raise RpcError(Code.INTERNAL, f"the server sent a response that is not a valid {name}") from None
+                        raise RpcError(
+                            Code.INTERNAL, f"the server sent a response that is not a valid {name}"
+                        ) from None
                     yield message
                     continue
                 if stream.done:
@@ -486,12 +508,17 @@ class NativeTransport(ClientTransport):
             if not stream.done or stream.id in connection.streams:
                 connection.cancel(stream, RpcError(Code.CANCELLED, "call cancelled"))
 
-    async def _write(self, connection: _ClientConnection, stream: _ClientCall, requests: AsyncIterator[Message]) -> None:
+    async def _write(
+        self, connection: _ClientConnection, stream: _ClientCall, requests: AsyncIterator[Message]
+    ) -> None:
         try:
             async for request in requests:
                 if stream.done or stream.id not in connection.streams:
                     return
-                if not connection.send(stream, b"", self._request(request), None, False) or connection._paused:
+                if (
+                    not connection.send(stream, b"", self._request(request), None, False)
+                    or connection._paused
+                ):
                     await connection.drained(stream)
             if not stream.done and stream.id in connection.streams:
                 connection.send(stream, b"", b"", None, True)
@@ -543,7 +570,13 @@ class NativeTransport(ClientTransport):
 class _Exchange:
     """A bidi call driven one request and one response at a time (for the reflection client)."""
 
-    def __init__(self, transport: NativeTransport, method: MethodInfo[Any, Any], timeout: float | None, metadata: Metadata) -> None:
+    def __init__(
+        self,
+        transport: NativeTransport,
+        method: MethodInfo[Any, Any],
+        timeout: float | None,
+        metadata: Metadata,
+    ) -> None:
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
         info = CallInfo()
         info.prepare(method, timeout, metadata)

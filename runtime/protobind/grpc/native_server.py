@@ -52,7 +52,9 @@ class _Route:
 
     __slots__ = ("authorize", "decode", "encode", "endpoint", "kind", "method", "single")
 
-    def __init__(self, endpoint: Endpoint, authorize: Callable[[Metadata, str], RpcError | None] | None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, authorize: Callable[[Metadata, str], RpcError | None] | None
+    ) -> None:
         method = endpoint.method
         self.endpoint = endpoint
         self.method: MethodInfo[Any, Any] = method
@@ -80,7 +82,9 @@ class _Call(h2.StreamBase):
         "waiter",
     )
 
-    def __init__(self, stream_id: int, send_window: int, route: _Route, fields: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, stream_id: int, send_window: int, route: _Route, fields: list[tuple[bytes, bytes]]
+    ) -> None:
         super().__init__(stream_id, send_window)
         self.route = route
         self.fields = fields
@@ -213,7 +217,9 @@ class _ServerConnection(h2.Connection):
             return
         if not fits:
             self._trailers_only(
-                stream_id, end, RpcError(Code.RESOURCE_EXHAUSTED, f"request headers larger than {self.header_limit} bytes")
+                stream_id,
+                end,
+                RpcError(Code.RESOURCE_EXHAUSTED, f"request headers larger than {self.header_limit} bytes"),
             )
             return
         path = b""
@@ -228,7 +234,9 @@ class _ServerConnection(h2.Connection):
                 post = value == b"POST"
         if not grpc_type or not post:
             head = h2.encode_indexed_name(h2.STATUS, b"415" if not grpc_type else b"405")
-            block = head + status_block(RpcError(Code.INTERNAL, "not a gRPC request (POST application/grpc)"), None)
+            block = head + status_block(
+                RpcError(Code.INTERNAL, "not a gRPC request (POST application/grpc)"), None
+            )
             self.write(self.header_frames(stream_id, block, True))
             if not end:
                 self.write(h2.rst_stream(stream_id, h2.NO_ERROR))
@@ -315,7 +323,9 @@ class _ServerConnection(h2.Connection):
 
     # --- answers without a handler ----------------------------------------------------------------
 
-    def _trailers_only(self, stream_id: int, end: bool, error: RpcError, trailers: Metadata | None = None) -> None:
+    def _trailers_only(
+        self, stream_id: int, end: bool, error: RpcError, trailers: Metadata | None = None
+    ) -> None:
         self.write(self.header_frames(stream_id, _RESPONSE_HEAD + status_block(error, trailers), True))
         if not end:
             # the answer is complete: the rest of the request is not wanted (RFC 9113 section 8.1)
@@ -367,20 +377,22 @@ class _ServerConnection(h2.Connection):
         try:
             deframer = Deframer(self.server.limits.max_message_size, self._gzip(call.fields))
             messages = deframer.feed(body)
-        except RpcError as error:
-            return self._refuse(call, error)
+        except RpcError as refused:
+            return self._refuse(call, refused)
         if len(messages) > 1:
-            error = RpcError(
+            many = RpcError(
                 Code.UNIMPLEMENTED,
                 f"{route.method.full_name} takes exactly one request message; the request stream held more",
             )
-            return self._refuse(call, error)
+            return self._refuse(call, many)
         if deframer.partial or not messages:
             return self._refuse(call, incomplete)
         try:
             request = route.decode(messages[0])
         except Exception:
-            return self._refuse(call, RpcError(Code.INVALID_ARGUMENT, f"request is not a valid binary {name}"))
+            return self._refuse(
+                call, RpcError(Code.INVALID_ARGUMENT, f"request is not a valid binary {name}")
+            )
         self._start(call, request)
 
     def _gzip(self, fields: list[tuple[bytes, bytes]]) -> bool:
@@ -390,7 +402,9 @@ class _ServerConnection(h2.Connection):
                 if encoding == b"gzip":
                     return True
                 if encoding != b"identity":
-                    raise RpcError(Code.UNIMPLEMENTED, f"unsupported grpc-encoding {encoding[:40]!r}: use gzip")
+                    raise RpcError(
+                        Code.UNIMPLEMENTED, f"unsupported grpc-encoding {encoding[:40]!r}: use gzip"
+                    )
         return False
 
     def _context(self, call: _Call) -> Context:
@@ -418,9 +432,7 @@ class _ServerConnection(h2.Connection):
 
     def _start(self, call: _Call, request: Any) -> None:
         route = call.route
-        if route.single and route.kind is MethodKind.UNARY:
-            coro = self._unary(call, request)
-        elif route.kind is MethodKind.CLIENT_STREAMING:
+        if (route.single and route.kind is MethodKind.UNARY) or route.kind is MethodKind.CLIENT_STREAMING:
             coro = self._unary(call, request)
         else:
             coro = self._streaming(call, request)
@@ -429,11 +441,22 @@ class _ServerConnection(h2.Connection):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def _authorized(self, call: _Call, context: Context) -> None:
+    async def _authorized(self, call: _Call, context: Context) -> None:
         authorize = call.route.authorize
         if authorize is not None:
             error = authorize(context.metadata, call.route.method.full_name)
             if error is not None:
+                if not call.route.single:
+                    # Refused before the handler took a request: first let the request's first
+                    # message (or its end) arrive, up to a second. grpcio's client reports a
+                    # request write that meets an ended call as INTERNAL over the status it got.
+                    until = self.loop.time() + 1.0
+                    while not call.inbox and not call.closed_remote and call.id in self.streams:
+                        left = until - self.loop.time()
+                        if left <= 0:
+                            break
+                        call.waiter = self.loop.create_future()
+                        await asyncio.wait([call.waiter], timeout=left)
                 raise error
 
     async def _unary(self, call: _Call, request: Any) -> None:
@@ -441,7 +464,7 @@ class _ServerConnection(h2.Connection):
         try:
             context = self._context(call)
             if call.route.authorize is not None:
-                self._authorized(call, context)
+                await self._authorized(call, context)
             response = await invoke_unary(call.route.endpoint, request, context, limit=self.server.limit)
             data = call.route.encode(response)
             if len(data) > self.server.limits.max_message_size:
@@ -483,7 +506,7 @@ class _ServerConnection(h2.Connection):
         try:
             context = self._context(call)
             if route.authorize is not None:
-                self._authorized(call, context)
+                await self._authorized(call, context)
             stream = cast(
                 "AsyncGenerator[Message, None]",
                 invoke_stream(route.endpoint, request, context, limit=self.server.limit),
@@ -528,13 +551,13 @@ class _ServerConnection(h2.Connection):
         if context is not None:
             trailers = context.response_metadata()[1]
         if not call.headers_sent:
-            if error is not None:
-                # trailers-only: the status in the one HEADERS frame, with the handler's headers
-                headers = context.response_metadata()[0] if context is not None else None
-                block = _RESPONSE_HEAD + (metadata_fields(headers, strict=False) if headers else b"")
-                done = self.send(call, b"", b"", block + status_block(error, trailers), True)
+            headers = context.response_metadata()[0] if context is not None else None
+            if error is not None and not headers:
+                # trailers-only: the status in the one HEADERS frame
+                done = self.send(call, b"", b"", _RESPONSE_HEAD + status_block(error, trailers), True)
             else:
-                done = self.send(call, self._head_frames(call, context), b"", status_block(None, trailers), True)
+                head = self._head_frames(call, context)
+                done = self.send(call, head, b"", status_block(error, trailers), True)
         else:
             done = self.send(call, b"", b"", status_block(error, trailers), True)
         if not done:
@@ -594,7 +617,9 @@ class _ServerConnection(h2.Connection):
 class NativeBinding(ServerBinding):
     """The native engine serving one :class:`~protobind.Server` at one address."""
 
-    def __init__(self, server: _Server, listener: asyncio.Server, url: str, on_stop: Callable[[], Any]) -> None:
+    def __init__(
+        self, server: _Server, listener: asyncio.Server, url: str, on_stop: Callable[[], Any]
+    ) -> None:
         self._server = server
         self._listener = listener
         self._url = url
@@ -657,7 +682,9 @@ async def serve_native(table: EndpointTable, address: Address, config: GrpcOptio
     loop = asyncio.get_running_loop()
     sock = listen_socket(address.host, address.port or 0, reuse_port=config.reuse_port)
     context = _tls_context(config) if address.tls else None
-    listener = await loop.create_server(lambda: _ServerConnection(server), sock=sock, ssl=context, backlog=1024)
+    listener = await loop.create_server(
+        lambda: _ServerConnection(server), sock=sock, ssl=context, backlog=1024
+    )
     port = sock.getsockname()[1]
     await on_start()
-    return NativeBinding(server, listener, f"{address.scheme}://{address.target(port)}?engine=native", on_stop)
+    return NativeBinding(server, listener, f"{address.scheme}://{address.target(port)}", on_stop)

@@ -17,8 +17,8 @@ from ..context import Context
 from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind, ServiceInfo
-from ..server import Endpoint
 from ..reflection import descriptor_files
+from ..server import Endpoint
 from .wire import to_grpc_code
 
 if TYPE_CHECKING:
