@@ -126,6 +126,62 @@ CLIENTS["grpc-aio"] = _raw_grpc_client
 PAIRS.append(("grpc", "protobind-grpc", "grpc-aio"))
 
 
+# --- gRPC on the native engine (engine=native) vs grpclib (pure Python, on h2) and raw grpc.aio ------
+
+
+async def _protobind_grpc_native_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    bound, stop = await serve_protobind(f"grpc://{host}:0?engine=native")
+    return f"{bound}?engine=native", stop
+
+
+async def _grpclib_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+
+    class Echo:
+        async def unary(self, stream: Any) -> None:
+            request = await stream.recv_message()
+            await stream.send_message(Response(payload=request.payload))
+
+        def __mapping__(self) -> dict[str, Any]:
+            return {UNARY_PATH: Handler(self.unary, Cardinality.UNARY_UNARY, Request, Response)}
+
+    server = Server([Echo()])
+    await server.start(host, 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return f"grpc://{host}:{port}", stop
+
+
+async def _grpclib_client(url: str) -> tuple[Call, Close]:
+    from grpclib.client import Channel, UnaryUnaryMethod
+
+    host, _, port = url.removeprefix("grpc://").partition("?")[0].rpartition(":")
+    channel = Channel(host, int(port))
+    unary = UnaryUnaryMethod(channel, UNARY_PATH, Request, Response)
+
+    async def call(payload: bytes) -> Any:
+        return await unary(Request(payload=payload), timeout=30)
+
+    async def close() -> None:
+        channel.close()
+
+    return call, close
+
+
+SERVERS["protobind-grpc-native"] = _protobind_grpc_native_server
+CLIENTS["protobind-grpc-native"] = protobind_client
+SERVERS["grpclib"] = _grpclib_server
+CLIENTS["grpclib"] = _grpclib_client
+PAIRS.append(("grpc-native", "protobind-grpc-native", "grpclib"))
+PAIRS.append(("grpc-native-aio", "protobind-grpc-native", "grpc-aio"))
+PAIRS.append(("grpc-grpclib", "protobind-grpc", "grpclib"))
+
+
 # --- NATS: protobind's nats:// binding vs raw nats-py request/reply ------------------------------
 
 

@@ -11,7 +11,10 @@ Options (URL query string or ``options``), see docs/protocols.md and docs/securi
 ``max_message_size`` (bytes, default 4 MiB), ``tls_cert`` / ``tls_key`` / ``tls_ca`` (PEM paths or
 PEM bytes), ``tls_server_name`` (client); server only: ``max_concurrency``, ``max_pending``,
 ``body_timeout``, ``max_concurrent_streams``, ``health`` / ``reflection`` (default true);
-``channel_args`` (extra grpc core channel arguments, Python or config file only).
+``channel_args`` (extra grpc core channel arguments, Python or config file only); ``engine``
+(``grpcio``, the default, or ``native``: protobind's own HTTP/2 engine, ``native_server.py`` and
+``native_client.py`` on ``h2.py``; the environment variable PROTOBIND_GRPC_ENGINE chooses where the
+option is not given).
 """
 
 from __future__ import annotations

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..context import Context
+from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind
-from ..server import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding, listen_socket
 from ..wire import grpc_deadline, parse_grpc_timeout
 from . import h2
@@ -35,7 +35,7 @@ from .messages import Deframer, envelope, metadata_fields, request_metadata, sta
 from .options import Address, GrpcOptions
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
 
 __all__ = ["NativeBinding", "serve_native"]
 
@@ -123,6 +123,7 @@ class _Server:
 
 class _ServerConnection(h2.Connection):
     def __init__(self, server: _Server) -> None:
+        self.header_limit = server.limits.max_header_size
         super().__init__()
         self.server = server
         self._preface = False
@@ -219,7 +220,10 @@ class _ServerConnection(h2.Connection):
             self._trailers_only(
                 stream_id,
                 end,
-                RpcError(Code.RESOURCE_EXHAUSTED, f"request headers larger than {self.header_limit} bytes"),
+                RpcError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"request headers larger than {self.header_limit} bytes (option max_header_size)",
+                ),
             )
             return
         path = b""

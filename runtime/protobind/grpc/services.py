@@ -14,15 +14,15 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
 from ..context import Context
+from ..endpoints import Endpoint
 from ..errors import Code, RpcError
 from ..metadata import Metadata
 from ..method import MethodInfo, MethodKind, ServiceInfo
 from ..reflection import descriptor_files
-from ..server import Endpoint
 from .wire import to_grpc_code
 
 if TYPE_CHECKING:
-    from ..server import EndpointTable
+    from ..endpoints import EndpointTable
     from .options import GrpcOptions
 
 __all__ = [
