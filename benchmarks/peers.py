@@ -134,34 +134,13 @@ async def _protobind_grpc_native_server(host: str, nats_url: str | None) -> tupl
     return f"{bound}?engine=native", stop
 
 
-async def _grpclib_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
-    from grpclib.const import Cardinality, Handler
-    from grpclib.server import Server
-
-    class Echo:
-        async def unary(self, stream: Any) -> None:
-            request = await stream.recv_message()
-            await stream.send_message(Response(payload=request.payload))
-
-        def __mapping__(self) -> dict[str, Any]:
-            return {UNARY_PATH: Handler(self.unary, Cardinality.UNARY_UNARY, Request, Response)}
-
-    server = Server([Echo()])
-    await server.start(host, 0)
-    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    return f"grpc://{host}:{port}", stop
-
-
 async def _grpclib_client(url: str) -> tuple[Call, Close]:
+    from urllib.parse import urlsplit
+
     from grpclib.client import Channel, UnaryUnaryMethod
 
-    host, _, port = url.removeprefix("grpc://").partition("?")[0].rpartition(":")
-    channel = Channel(host, int(port))
+    parts = urlsplit(url)
+    channel = Channel(parts.hostname or "127.0.0.1", parts.port or 80)
     unary = UnaryUnaryMethod(channel, UNARY_PATH, Request, Response)
 
     async def call(payload: bytes) -> Any:
@@ -173,13 +152,7 @@ async def _grpclib_client(url: str) -> tuple[Call, Close]:
     return call, close
 
 
-SERVERS["protobind-grpc-native"] = _protobind_grpc_native_server
-CLIENTS["protobind-grpc-native"] = protobind_client
-SERVERS["grpclib"] = _grpclib_server
-CLIENTS["grpclib"] = _grpclib_client
-PAIRS.append(("grpc-native", "protobind-grpc-native", "grpclib"))
-PAIRS.append(("grpc-native-aio", "protobind-grpc-native", "grpc-aio"))
-PAIRS.append(("grpc-grpclib", "protobind-grpc", "grpclib"))
+# registered with the HTTP/2 pairs below, which define the grpclib server
 
 
 # --- NATS: protobind's nats:// binding vs raw nats-py request/reply ------------------------------
@@ -1169,3 +1142,12 @@ ONEWAY_CLIENTS["protobind-amqp-oneway"] = _protobind_amqp_oneway_client
 SERVERS["aio-pika-publish"] = _raw_amqp_oneway_server
 ONEWAY_CLIENTS["aio-pika-publish"] = _raw_amqp_oneway_client
 PAIRS.append(("amqp-oneway", "protobind-amqp-oneway", "aio-pika-publish"))
+
+# the native gRPC engine's pairs (above): grpclib's client against grpclib's server
+SERVERS["protobind-grpc-native"] = _protobind_grpc_native_server
+CLIENTS["protobind-grpc-native"] = protobind_client
+SERVERS["grpclib"] = _grpclib_server
+CLIENTS["grpclib"] = _grpclib_client
+PAIRS.append(("grpc-native", "protobind-grpc-native", "grpclib"))
+PAIRS.append(("grpc-native-aio", "protobind-grpc-native", "grpc-aio"))
+PAIRS.append(("grpc-grpclib", "protobind-grpc", "grpclib"))
