@@ -262,6 +262,7 @@ class Connection(asyncio.Protocol):
         """The connection ended (either side)."""
 
     def write(self, data: bytes) -> None:
+        """Send ``data`` (frames) unless the connection is closed."""
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -312,9 +313,11 @@ class Connection(asyncio.Protocol):
             self.recv_unacked = 0
 
     def max_frame_in(self) -> int:
+        """The largest frame this side accepts (SETTINGS_MAX_FRAME_SIZE, left at its default)."""
         return DEFAULT_MAX_FRAME
 
     def last_stream_id(self) -> int:
+        """The last stream the peer opened that this side processed (for GOAWAY)."""
         return 0
 
     def _data(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -437,12 +440,15 @@ class Connection(asyncio.Protocol):
     # --- hooks ----------------------------------------------------------------------------------
 
     def on_headers(self, stream_id: int, fields: list[tuple[bytes, bytes]], fits: bool, end: bool) -> None:
+        """A whole header block of ``stream_id`` (``fits``: within the size limit; ``end``: END_STREAM)."""
         raise NotImplementedError
 
     def on_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        """DATA of ``stream_id``, padding removed (``end``: END_STREAM)."""
         raise NotImplementedError
 
     def on_reset(self, stream_id: int, code: int) -> None:
+        """The peer reset ``stream_id`` with error ``code``."""
         raise NotImplementedError
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
@@ -457,6 +463,7 @@ class Connection(asyncio.Protocol):
         self.forget(stream_id)
 
     def forget(self, stream_id: int) -> None:
+        """Drop the stream's state, its queued output included (it is closed on this side)."""
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             blocked = self._blocked.pop(stream_id, None)

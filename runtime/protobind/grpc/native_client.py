@@ -33,7 +33,7 @@ from . import h2
 from .messages import Deframer, encode_timeout, envelope, metadata_fields
 from .options import Address, GrpcOptions
 
-__all__ = ["NativeTransport", "dial_native"]
+__all__ = ["NativeTransport", "TransportFailure", "dial_native"]
 
 _DETAILS = GRPC_DETAILS_KEY.encode()
 
