@@ -20,6 +20,8 @@ import httpx
 import pytest
 
 import protobind
+import protobind.http.asgi_servers
+import protobind.http.server
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
@@ -249,6 +251,29 @@ async def test_https_with_http2_by_alpn(asgi_server: str, tmp_path: Path) -> Non
                     response_deserializer=Response.FromString,
                 )
                 assert (await unary(Request(text="g"), timeout=5)).text == "g"
+
+
+@pytest.mark.parametrize("asgi_server", SERVERS)
+async def test_idle_keep_alive_connections_are_closed(
+    asgi_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the keep-alive idle time (75 s) is shortened here, for each server where it is set
+    monkeypatch.setattr(protobind.http.server, "_KEEP_ALIVE", 0.5)
+    monkeypatch.setattr(protobind.http.asgi_servers, "_KEEP_ALIVE", 0.5)
+    async with serving(asgi_server) as (url, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(url).port or 0)
+        try:
+            writer.write(
+                f"POST {SERVICE}/Unary HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                "content-length: 2\r\n\r\n{}".encode()
+            )
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
+            # the server closes the idle connection: read() returns at its end (bounded, not timed)
+            await asyncio.wait_for(reader.read(), 20)
+            assert reader.at_eof()
+        finally:
+            writer.close()
 
 
 @pytest.mark.parametrize("asgi_server", ("hypercorn", "granian"))

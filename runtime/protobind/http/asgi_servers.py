@@ -257,7 +257,12 @@ async def start_granian(app: Any, sock: socket.socket, tls: Tls | None, limits: 
             # requests granian hands to the app at once: the app's own limiter answers beyond
             backpressure=limits.admitted,
             # what hyper buffers of a request head (the app refuses beyond max_header_size)
-            http1_settings=HTTP1Settings(max_buffer_size=h11_buffer(limits.max_header_size)),
+            http1_settings=HTTP1Settings(
+                max_buffer_size=h11_buffer(limits.max_header_size),
+                # hyper times the wait for a request head from the end of the previous request,
+                # so this is also the idle time of a keep-alive connection (milliseconds)
+                header_read_timeout=int(_KEEP_ALIVE * 1000),
+            ),
             http2_settings=HTTP2Settings(
                 max_concurrent_streams=MAX_CONCURRENT_STREAMS, max_headers_size=_h2_header_list(limits)
             ),
