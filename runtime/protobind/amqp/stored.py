@@ -60,6 +60,7 @@ from ..broker.base import (
     StoreAck,
     StreamSpec,
 )
+from ..broker.subjects import matches, tokens
 from ..broker.wire import CONTENT_TYPE, headers_size
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ __all__ = [
     "connected",
     "durable_exchange",
     "kept_queue",
-    "matches",
     "raw_channel",
     "routing_pattern",
     "unclaimed_exchange",
@@ -155,17 +155,6 @@ def kept_queue(subject: str) -> str:
     """The queue that keeps the messages of ``subject`` in a stream with a time to live: the
     subject, ``$`` and other characters queue names may not hold turned into ``_``."""
     return UNSAFE.sub("_", subject)
-
-
-def matches(pattern: str, subject: str) -> bool:
-    """Whether the subject filter ``pattern`` (``*`` one token, ``>`` the rest) takes ``subject``."""
-    want, have = pattern.split("."), subject.split(".")
-    for index, token in enumerate(want):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(want) == len(have)
 
 
 def _error(exc: BaseException, what: str) -> BrokerError:
@@ -709,7 +698,7 @@ class _Claim:
         self.owner = owner
         self.channel = channel
         self.queue = queue
-        self.filter = filter_subject
+        self.filter = tokens(filter_subject)
         self.arrived: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
         self.slots = asyncio.Semaphore(CLAIM_WINDOW)
         self.copies: set[asyncio.Task[None]] = set()
@@ -751,7 +740,7 @@ class _Claim:
         properties = message.header.properties
         table = _table(properties)
         subject = _text(table.get(STORED_ON) or message.delivery.routing_key or "")  # type: ignore[union-attr]
-        if not matches(self.filter, subject):
+        if not matches(self.filter, tokens(subject)):
             self.held += 1
             return
         copied = _copy_table(table)

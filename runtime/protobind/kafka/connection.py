@@ -57,8 +57,8 @@ from ..broker.base import (
     Unsupported,
 )
 from ..broker.bindings import Bindings, host_of
+from ..broker.subjects import matches, tokens
 from ..broker.wire import TIMEOUT
-from ..memory.stored import matches
 from ..urls import redact_text
 from .options import Settings
 
@@ -270,7 +270,7 @@ class _Sub:
     def __init__(self, broker: KafkaBroker, subject: str, queue: str, callback: Callback | None) -> None:
         self.broker = broker
         self.subject = subject
-        self.pattern = tuple(subject.split("."))
+        self.pattern = tokens(subject)
         self.queue = queue
         self.mailbox = Mailbox()
         self.group: _Group | None = None
@@ -957,7 +957,7 @@ class KafkaBroker(DurableBroker):
             self._control.append(sub)
             return sub
         if "*" in subject or ">" in subject:
-            subjects = tuple(s for s in subjects if matches(sub.pattern, tuple(s.split("."))))
+            subjects = tuple(s for s in subjects if matches(sub.pattern, tokens(s)))
             if not subjects:
                 raise Unsupported(f"Kafka cannot subscribe to {subject}: name the subjects it covers")
         else:
@@ -1015,10 +1015,10 @@ class KafkaBroker(DurableBroker):
                 except Exception:
                     logger.exception("Kafka inbox callback failed")
         elif subject:
-            tokens = tuple(subject.split("."))
+            split = tokens(subject)
             message = KafkaMessage(subject, reply, data, headers)
             for sub in self._control:
-                if matches(sub.pattern, tokens):
+                if matches(sub.pattern, split):
                     sub.mailbox.put(message)
 
     async def inbox(self, callback: InboxCallback) -> _Inbox:

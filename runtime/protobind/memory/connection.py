@@ -30,7 +30,8 @@ from ..broker.base import (
     StoreAck,
     StreamSpec,
 )
-from .stored import PullHandle, StoredCopy, StoredStreams, matches
+from ..broker.subjects import matches, tokens
+from .stored import PullHandle, StoredCopy, StoredStreams
 
 if TYPE_CHECKING:
     from ..broker.bindings import Bindings
@@ -55,7 +56,7 @@ class _Subscriber:
 
     def __init__(self, hub: _Hub, subject: str, queue: str, callback: Callback | None) -> None:
         self.hub = hub
-        self.pattern = tuple(subject.split("."))
+        self.pattern = tokens(subject)
         self.group = queue
         self.mailbox = Mailbox()
         self.loop = asyncio.get_running_loop()
@@ -110,11 +111,11 @@ class _Hub:
             else:
                 sub.loop.call_soon_threadsafe(sub.mailbox.put, message)
 
-        tokens = tuple(message.subject.split("."))
+        split = tokens(message.subject)
         groups: dict[str, list[_Subscriber]] = {}
         delivered = 0
         for sub in list(self.subscribers):
-            if sub.active and matches(sub.pattern, tokens):
+            if sub.active and matches(sub.pattern, split):
                 if sub.group:
                     groups.setdefault(sub.group, []).append(sub)
                 else:

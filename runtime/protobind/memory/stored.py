@@ -28,32 +28,9 @@ from ..broker.base import (
     StoredMessage,
     StreamSpec,
 )
+from ..broker.subjects import matches, overlap, tokens
 
-__all__ = ["PullHandle", "StoredCopy", "StoredStreams", "matches"]
-
-
-def _tokens(subject: str) -> tuple[str, ...]:
-    return tuple(subject.split("."))
-
-
-def matches(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
-    """Whether ``subject`` (no wildcards) is one of ``pattern``'s subjects."""
-    for i, token in enumerate(pattern):
-        if token == ">":
-            return len(subject) > i
-        if i >= len(subject) or (token != "*" and token != subject[i]):
-            return False
-    return len(pattern) == len(subject)
-
-
-def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Whether some subject matches both patterns."""
-    for x, y in zip(a, b, strict=False):
-        if x == ">" or y == ">":
-            return True
-        if x != "*" and y != "*" and x != y:
-            return False
-    return len(a) == len(b)
+__all__ = ["PullHandle", "StoredCopy", "StoredStreams"]
 
 
 @dataclass(slots=True)
@@ -130,7 +107,7 @@ class _Consumer:
 
     def _deliver(self, sequence: int, now: float, out: list[StoredMessage]) -> None:
         record = self.stream.get(sequence, now)
-        if record is None or not matches(self.pattern, _tokens(record.subject)):
+        if record is None or not matches(self.pattern, tokens(record.subject)):
             self.deliveries.pop(sequence, None)
             return
         attempt = self.deliveries[sequence] = self.deliveries.get(sequence, 0) + 1
@@ -166,7 +143,7 @@ class _Consumer:
 class _Stream:
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
-        self.patterns = [_tokens(s) for s in spec.subjects]
+        self.patterns = [tokens(s) for s in spec.subjects]
         self.records: dict[int, _Record] = {}
         self.last_sequence = 0
         self.ids: dict[str, tuple[int, float]] = {}
@@ -212,16 +189,16 @@ class _Stream:
         return StoreAck(self.spec.name, sequence)
 
     def _interested(self, subject: str) -> bool:
-        tokens = _tokens(subject)
-        return any(matches(c.pattern, tokens) for c in self.consumers.values())
+        split = tokens(subject)
+        return any(matches(c.pattern, split) for c in self.consumers.values())
 
     def acked(self, sequence: int) -> None:
         if self.spec.retention == "limits":
             return
         record = self.records.get(sequence)
         if record is not None:
-            tokens = _tokens(record.subject)
-            if all(c.done_with(sequence) for c in self.consumers.values() if matches(c.pattern, tokens)):
+            split = tokens(record.subject)
+            if all(c.done_with(sequence) for c in self.consumers.values() if matches(c.pattern, split)):
                 del self.records[sequence]
 
     def wake(self) -> None:
@@ -290,9 +267,9 @@ class StoredStreams:
 
     def ensure(self, spec: StreamSpec) -> str:
         """The stream storing ``spec.subjects``: an overlapping one, or ``spec`` created."""
-        wanted = [_tokens(s) for s in spec.subjects]
+        wanted = [tokens(s) for s in spec.subjects]
         for stream in self.streams.values():
-            if any(_overlap(p, w) for p in stream.patterns for w in wanted):
+            if any(overlap(p, w) for p in stream.patterns for w in wanted):
                 return stream.spec.name
         if spec.name in self.streams:
             raise BrokerError(f"stream {spec.name} exists and does not store {', '.join(spec.subjects)}")
@@ -303,9 +280,9 @@ class StoredStreams:
         self, subject: str, data: bytes, headers: dict[str, str] | None, msg_id: str, ttl: float | None
     ) -> StoreAck:
         """Store a message in the stream that stores ``subject``."""
-        tokens = _tokens(subject)
+        split = tokens(subject)
         for stream in self.streams.values():
-            if stream.stores(tokens):
+            if stream.stores(split):
                 if ttl and not stream.spec.allow_ttl:
                     raise NotStored(f"stream {stream.spec.name} does not allow per-message TTL")
                 stored = {**(headers or {}), MSG_ID_HEADER: msg_id}
@@ -324,7 +301,7 @@ class StoredStreams:
         stream = self.stream(spec.stream)
         consumer = stream.consumers.get(spec.name)
         if consumer is None:
-            consumer = stream.consumers[spec.name] = _Consumer(stream, spec, _tokens(spec.filter_subject))
+            consumer = stream.consumers[spec.name] = _Consumer(stream, spec, tokens(spec.filter_subject))
         return PullHandle(consumer, check)
 
     def last(self, name: str, subject: str) -> StoredCopy | None:
