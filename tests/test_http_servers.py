@@ -109,6 +109,25 @@ async def test_grpc_on_servers_with_trailers(asgi_server: str) -> None:
         assert await call.code() is grpc.StatusCode.OK
 
 
+@pytest.mark.parametrize("asgi_server", GRPC_SERVERS)
+async def test_one_grpc_channel_outlives_a_thousand_calls(asgi_server: str) -> None:
+    # hypercorn's default ends a connection after 1,000 requests in a way that fails the calls in
+    # flight; the binding lifts that limit (asgi_servers.py)
+    async with serving(asgi_server) as (url, _), grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:
+        unary = channel.unary_unary(
+            f"{SERVICE}/Unary",
+            request_serializer=Request.SerializeToString,
+            response_deserializer=Response.FromString,
+        )
+        calls = iter(range(1500))
+
+        async def worker() -> None:
+            for i in calls:
+                assert (await unary(Request(text=str(i)), timeout=30)).text == str(i)
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(32))), 120)
+
+
 async def test_granian_refuses_grpc_and_serves_grpc_web() -> None:
     async with serving("granian") as (url, _):
         async with grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:

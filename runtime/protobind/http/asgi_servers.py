@@ -160,6 +160,11 @@ async def start_hypercorn(app: Any, sock: socket.socket, tls: Tls | None, limits
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
     config.keep_alive_timeout = _KEEP_ALIVE
+    # hypercorn ends a connection after this many requests (1,000 by default) by closing its HTTP/2
+    # state at once: the client's next frames are then a protocol error, and every call in flight
+    # on the connection fails (a grpc.aio channel failed after about 1,000 calls, GOAWAY
+    # PROTOCOL_ERROR). No lifetime limit, as with granian.
+    config.keep_alive_max_requests = 2**62
     config.h11_max_incomplete_size = h11_buffer(limits.max_header_size)
     config.h2_max_header_list_size = _h2_header_list(limits)
     config.h2_max_concurrent_streams = MAX_CONCURRENT_STREAMS
