@@ -2,9 +2,9 @@
 connection that client and server share (settings, flow control, PING, GOAWAY).
 
 Only what gRPC uses is here: no server push, no priorities (PRIORITY frames and the priority fields
-of HEADERS are read past), no HTTP/1.1 upgrade. Header blocks are decoded with the ``hpack``
-package's decoder (the peer may use the dynamic table); they are encoded here without the dynamic
-table (static-table names where gRPC's headers have one, every other field a literal "without
+of HEADERS are read past), no HTTP/1.1 upgrade. Header blocks are decoded here with the peer's
+dynamic table (the ``hpack`` package gives the static table and Huffman decoding); they are encoded
+without the dynamic table (static-table names where gRPC's headers have one, every other field a literal "without
 indexing"), which needs no state shared with the peer's decoder, so the blocks that repeat on every
 call are built once and reused.
 """
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
-import hpack
+from hpack.exceptions import HPACKError
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
 
 __all__ = [
     "PREFACE",
@@ -158,29 +161,126 @@ STATUS_200 = b"\x88"
 CONTENT_TYPE = 31
 USER_AGENT = 58
 
+_STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
+_STATIC_SIZE = len(_STATIC)
+
 
 class HeaderBlock:
-    """The decoding half of a connection's HPACK context, with the size limit this side declared."""
+    """The decoding half of a connection's HPACK context (RFC 7541), with the size limit this side
+    declared. The ``hpack`` package supplies the static table and Huffman decoding; the rest is
+    here, since most of a call's header fields are indexed or short literals and the package's
+    general decoder costs several times more per field."""
 
-    __slots__ = ("_decoder", "limit")
+    __slots__ = ("_huffman", "_size", "_table", "limit", "max_table_size")
 
     def __init__(self, limit: int) -> None:
-        self._decoder = hpack.Decoder()
-        # the limit is checked on the decoded list (below) so that the decoder's dynamic table stays
-        # in step with the peer's encoder even for a block that is refused
-        self._decoder.max_header_list_size = 2**31
         self.limit = limit
+        #: SETTINGS_HEADER_TABLE_SIZE this side declares (the default: it sends none)
+        self.max_table_size = 4096
+        self._table: deque[tuple[bytes, bytes]] = deque()  # newest first (index 62)
+        self._size = 0
+        self._huffman: dict[bytes, bytes] = {}
 
     def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The fields of ``block`` and whether they fit the limit (name + value + 32 per field)."""
+        """The fields of ``block`` and whether they fit the limit (name + value + 32 per field).
+        The whole block is always decoded, so the dynamic table stays in step with the peer's."""
         try:
-            fields = cast("list[tuple[bytes, bytes]]", self._decoder.decode(block, raw=True))
-        except Exception as exc:
-            raise H2Error(COMPRESSION_ERROR, "undecodable header block") from exc
+            fields = self._decode(block)
+        except (IndexError, ValueError, HPACKError) as exc:
+            raise H2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
         size = 0
         for name, value in fields:
             size += len(name) + len(value) + 32
         return fields, size <= self.limit
+
+    def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        fields: list[tuple[bytes, bytes]] = []
+        position = 0
+        end = len(data)
+        while position < end:
+            first = data[position]
+            if first & 0x80:  # indexed field
+                index, position = _read_int(data, position, 0x7F)
+                fields.append(self._entry(index))
+                continue
+            if first & 0x40:  # literal with incremental indexing
+                index, position = _read_int(data, position, 0x3F)
+                indexed = True
+            elif first & 0x20:  # dynamic table size update
+                size, position = _read_int(data, position, 0x1F)
+                if size > self.max_table_size:
+                    raise ValueError("table size update above the declared maximum")
+                self._evict(size)
+                continue
+            else:  # literal without indexing (0x00) or never indexed (0x10)
+                index, position = _read_int(data, position, 0x0F)
+                indexed = False
+            if index:
+                name = self._entry(index)[0]
+            else:
+                name, position = self._read_string(data, position)
+            value, position = self._read_string(data, position)
+            fields.append((name, value))
+            if indexed:
+                self._add(name, value)
+        return fields
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if index == 0:
+            raise ValueError("index 0")
+        if index <= _STATIC_SIZE:
+            return _STATIC[index - 1]
+        return self._table[index - _STATIC_SIZE - 1]
+
+    def _read_string(self, data: bytes, position: int) -> tuple[bytes, int]:
+        huffman = data[position] & 0x80
+        length, position = _read_int(data, position, 0x7F)
+        end = position + length
+        if end > len(data):
+            raise ValueError("string past the end of the block")
+        text = data[position:end]
+        if huffman:
+            decoded = self._huffman.get(text)
+            if decoded is None:
+                decoded = decode_huffman(text)
+                if len(self._huffman) >= 1024:
+                    self._huffman.clear()
+                self._huffman[text] = decoded
+            text = decoded
+        return text, end
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 32
+        if size > self.max_table_size:
+            self._table.clear()
+            self._size = 0
+            return
+        self._table.appendleft((name, value))
+        self._size += size
+        self._evict(self.max_table_size)
+
+    def _evict(self, limit: int) -> None:
+        while self._size > limit:
+            name, value = self._table.pop()
+            self._size -= len(name) + len(value) + 32
+
+
+def _read_int(data: bytes, position: int, mask: int) -> tuple[int, int]:
+    """An HPACK integer whose prefix is ``mask``'s bits of ``data[position]``."""
+    value = data[position] & mask
+    position += 1
+    if value < mask:
+        return value, position
+    shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+        if shift > 28:
+            raise ValueError("integer too large")
 
 
 # --- the connection -------------------------------------------------------------------------------
@@ -594,5 +694,3 @@ def _unpad(payload: bytes) -> bytes:
         raise H2Error(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1 : len(payload) - pad]
 
-
-Decode = Callable[[bytes], Any]
