@@ -4,9 +4,9 @@ connection that client and server share (settings, flow control, PING, GOAWAY).
 Only what gRPC uses is here: no server push, no priorities (PRIORITY frames and the priority fields
 of HEADERS are read past), no HTTP/1.1 upgrade. Header blocks are decoded here with the peer's
 dynamic table (the ``hpack`` package gives the static table and Huffman decoding); they are encoded
-without the dynamic table (static-table names where gRPC's headers have one, every other field a literal "without
-indexing"), which needs no state shared with the peer's decoder, so the blocks that repeat on every
-call are built once and reused.
+without the dynamic table (static-table names where gRPC's headers have one, every other field
+a literal "without indexing"), which needs no state shared with the peer's decoder, so the blocks
+that repeat on every call are built once and reused.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from hpack.exceptions import HPACKError
@@ -693,4 +693,3 @@ def _unpad(payload: bytes) -> bytes:
     if pad >= len(payload):
         raise H2Error(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1 : len(payload) - pad]
-
