@@ -793,6 +793,7 @@ class KafkaBroker(DurableBroker):
             acks="all",
             enable_idempotence=settings.idempotence,
             linger_ms=int(settings.linger * 1000),
+            max_batch_size=settings.batch_size,
             max_request_size=settings.max_payload + 1024,
             request_timeout_ms=int(settings.connect_timeout * 1000) + 30000,
         )

@@ -30,6 +30,9 @@ __all__ = [
 DEFAULT_TOPIC = "{prefix}{service}.{method}"
 #: Kafka's own default limit on a record batch (``message.max.bytes``), rounded down.
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: The producer's batch size per partition (aiokafka and Kafka's Java client take 16 KiB): a few
+#: 16 KiB records fit one batch, so concurrent senders rarely wait for a batch to be drained.
+DEFAULT_BATCH_SIZE = 128 * 1024
 
 _SERVER_OPTIONS = {
     "queue_group",
@@ -53,6 +56,7 @@ _CONNECTION_OPTIONS = {
     "max_payload",
     "fetch_wait",
     "linger",
+    "batch_size",
     "client_id",
     "connect_timeout",
     "session_timeout",
@@ -87,6 +91,8 @@ class Settings:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     fetch_wait: float = 0.05
     linger: float = 0.0
+    #: bytes of records per partition the producer puts in one batch (at most ``max_payload``)
+    batch_size: int = DEFAULT_BATCH_SIZE
     client_id: str = "protobind"
     connect_timeout: float = 10.0
     rebalance_grace: float = 10.0
@@ -169,6 +175,7 @@ def settings_from(url: str, options: Mapping[str, Any]) -> Settings:
         max_payload=reader.positive_int("max_payload", DEFAULT_MAX_PAYLOAD),
         fetch_wait=reader.seconds("fetch_wait", 0.05),
         linger=_non_negative(reader, "linger"),
+        batch_size=_batch_size(reader),
         client_id=reader.text("client_id") or "protobind",
         connect_timeout=reader.seconds("connect_timeout", 10.0),
         rebalance_grace=reader.seconds("rebalance_grace", 10.0),
@@ -224,6 +231,14 @@ def _sasl(
             "or use SCRAM-SHA-256/512",
         )
     return mechanism, user, password
+
+
+def _batch_size(reader: OptionReader) -> int:
+    size = reader.positive_int("batch_size", DEFAULT_BATCH_SIZE)
+    max_payload = reader.positive_int("max_payload", DEFAULT_MAX_PAYLOAD)
+    if reader.given("batch_size") and size > max_payload:
+        raise reader.error("batch_size", f"must not exceed max_payload ({max_payload}), not {size}")
+    return min(size, max_payload)
 
 
 def _non_negative(reader: OptionReader, name: str) -> float:
