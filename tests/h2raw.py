@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+from google.protobuf.message import Message
 
 
 def grpc_headers(path: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
@@ -24,6 +26,23 @@ def grpc_headers(path: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tup
         ("te", "trailers"),
         *extra,
     ]
+
+
+def connect_headers(path: str) -> list[tuple[str, str]]:
+    """The request headers of a Connect unary call with a JSON body."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/json"),
+    ]
+
+
+def grpc_frame(message: Message, flags: int = 0) -> bytes:
+    """``message`` as one gRPC length-prefixed message."""
+    data = message.SerializeToString()
+    return struct.pack(">BI", flags, len(data)) + data
 
 
 @dataclass

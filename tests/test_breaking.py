@@ -16,7 +16,8 @@ from protobind import cli
 from protobind_codegen.breaking import LEVELS, RULES, Finding, breaking_changes
 from protobind_codegen.breaking_sides import Side
 
-from .conftest import GEN, ROOT
+from .conftest import GEN
+from .support import ROOT
 
 # Our own copy of the declarations in idl/protobind/v1/options.proto (numbers are the contract).
 OPTIONS = """syntax = "proto3";

@@ -41,9 +41,9 @@ import protobind
 from protobind import Code
 
 from .conformance import Conformance
+from .support import ROOT
 from .tls import self_signed
 
-ROOT = Path(__file__).resolve().parent.parent
 BROWSER = ROOT / "tests" / "browser"
 # The contracts of the page's generated TypeScript (from idl/ and googleapis-common-protos).
 PROTOS = [

@@ -19,7 +19,7 @@ import protobind
 from protobind import Code
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 
-from .h2raw import raw_h2
+from .h2raw import grpc_frame, raw_h2
 from .servers import serving
 from .support import eventually
 
@@ -155,16 +155,11 @@ async def test_grpclib_calls_the_http_port() -> None:
 # --- gRPC needs HTTP/2; bad input -------------------------------------------------------------------
 
 
-def _frame(message: Request, flags: int = 0) -> bytes:
-    data = message.SerializeToString()
-    return struct.pack(">BI", flags, len(data)) + data
-
-
 async def test_grpc_over_http1_is_refused_with_a_clear_status() -> None:
     async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
-            content=_frame(Request(text="x")),
+            content=grpc_frame(Request(text="x")),
             headers={"content-type": "application/grpc", "te": "trailers"},
         )
     assert answer.status_code == 200
@@ -176,7 +171,7 @@ async def test_malformed_grpc_timeout_is_invalid_argument() -> None:
     async with serving("http") as (url, _), httpx.AsyncClient(base_url=url, http1=False, http2=True) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
-            content=_frame(Request(text="x")),
+            content=grpc_frame(Request(text="x")),
             headers={"content-type": "application/grpc", "te": "trailers", "grpc-timeout": "soon"},
         )
         assert answer.http_version == "HTTP/2"
@@ -184,7 +179,7 @@ async def test_malformed_grpc_timeout_is_invalid_argument() -> None:
     async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/Unary",
-            content=_frame(Request(text="x")),
+            content=grpc_frame(Request(text="x")),
             headers={"content-type": "application/grpc-web+proto", "grpc-timeout": "99999999999S"},
         )
     _, trailers = _web_frames(answer.content)
@@ -218,7 +213,7 @@ async def test_grpc_web_binary_unary_stream_and_error(http2: bool) -> None:
         serving("http") as (url, _),
         httpx.AsyncClient(base_url=url, http1=not http2, http2=http2) as http,
     ):
-        answer = await http.post(f"{SERVICE}/Unary", content=_frame(Request(text="web")), headers=headers)
+        answer = await http.post(f"{SERVICE}/Unary", content=grpc_frame(Request(text="web")), headers=headers)
         assert answer.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
         assert answer.headers["content-type"] == "application/grpc-web+proto"
         assert answer.headers["x-echo-k-header"] == "v"
@@ -229,7 +224,7 @@ async def test_grpc_web_binary_unary_stream_and_error(http2: bool) -> None:
         stream = Request(
             text="s", behavior=Behavior(stream_count=3, error_after=2, error_code=int(Code.ABORTED))
         )
-        answer = await http.post(f"{SERVICE}/ServerStream", content=_frame(stream), headers=headers)
+        answer = await http.post(f"{SERVICE}/ServerStream", content=grpc_frame(stream), headers=headers)
         messages, trailers = _web_frames(answer.content)
         assert [Response.FromString(m).index for m in messages] == [0, 1]
         assert trailers["grpc-status"] == str(int(Code.ABORTED))
@@ -239,7 +234,7 @@ async def test_grpc_web_binary_unary_stream_and_error(http2: bool) -> None:
                 error_code=int(Code.PERMISSION_DENIED), error_message="no", error_detail_reason="R"
             )
         )
-        answer = await http.post(f"{SERVICE}/Unary", content=_frame(failing), headers=headers)
+        answer = await http.post(f"{SERVICE}/Unary", content=grpc_frame(failing), headers=headers)
         messages, trailers = _web_frames(answer.content)
         assert messages == [] and trailers["grpc-status"] == str(int(Code.PERMISSION_DENIED))
         assert trailers["grpc-message"] == "no"
@@ -250,7 +245,7 @@ async def test_grpc_web_binary_unary_stream_and_error(http2: bool) -> None:
 async def test_grpc_web_text_is_base64_both_ways() -> None:
     headers = {"content-type": "application/grpc-web-text", "accept": "application/grpc-web-text"}
     # two base64 pieces, each padded, as a client that encodes per message sends them
-    body = base64.b64encode(_frame(Request(text="t", behavior=Behavior(stream_count=2))))
+    body = base64.b64encode(grpc_frame(Request(text="t", behavior=Behavior(stream_count=2))))
     async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(f"{SERVICE}/ServerStream", content=body, headers=headers)
         assert answer.headers["content-type"] == "application/grpc-web-text"
@@ -281,7 +276,7 @@ async def test_grpc_web_bidi_over_http1_is_refused() -> None:
     async with serving("http") as (url, _), httpx.AsyncClient(base_url=url) as http:
         answer = await http.post(
             f"{SERVICE}/BidiStream",
-            content=_frame(Request(text="x")),
+            content=grpc_frame(Request(text="x")),
             headers={"content-type": "application/grpc-web+proto"},
         )
     _, trailers = _web_frames(answer.content)
@@ -318,7 +313,7 @@ async def test_cors_lets_a_browser_grpc_web_client_call_and_read_the_status() ->
         assert refused.status_code == 400
         answer = await http.post(
             f"{SERVICE}/Unary",
-            content=_frame(Request(text="cors")),
+            content=grpc_frame(Request(text="cors")),
             headers={**origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
         )
     assert answer.headers["access-control-allow-origin"] == "https://app.example"
@@ -408,7 +403,7 @@ async def test_connect_bidi_is_full_duplex_over_http2() -> None:
 
         try:
             for i in range(3):
-                conn.send_data(stream, _frame(Request(text=f"c{i}")))
+                conn.send_data(stream, grpc_frame(Request(text=f"c{i}")))
                 writer.write(conn.data_to_send())
                 flags, data = await read_envelope()
                 assert flags == 0 and Response.FromString(data).text == f"c{i}"
@@ -471,7 +466,7 @@ async def test_idle_http2_connection_is_retired_with_a_clean_goaway() -> None:
     # a client making one call at a time: after 2,048 streams the server ends the connection at an
     # idle moment with GOAWAY NO_ERROR naming the last stream it took, and every call was answered
     async with serving("http") as (url, _), raw_h2(urlsplit(url).port or 0) as peer:
-        body = _frame(Request(text="x"))
+        body = grpc_frame(Request(text="x"))
         answered = 0
         last = 0
         for _ in range(4200):

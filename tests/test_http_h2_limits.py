@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from protobind import Code
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 
 from .conformance import Conformance
-from .h2raw import RawH2, raw_h2
+from .h2raw import RawH2, connect_headers, grpc_frame, raw_h2
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 MAX_CONCURRENT_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
@@ -39,15 +38,10 @@ async def serving(**options: Any) -> AsyncIterator[int]:
         await server.stop(grace=1.0)
 
 
-def _frame(message: Request) -> bytes:
-    data = message.SerializeToString()
-    return struct.pack(">BI", 0, len(data)) + data
-
-
 async def _works(port: int) -> None:
     """A fresh connection gets an ordinary call answered."""
     async with raw_h2(port) as peer:
-        stream = peer.open(f"{SERVICE}/Unary", _frame(Request(text="ok")))
+        stream = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="ok")))
         await peer.flush()
         await asyncio.wait_for(peer.read_until([stream]), 5)
         assert peer.answers[stream].status == "0"
@@ -61,7 +55,7 @@ async def test_streams_beyond_max_concurrent_streams_are_refused() -> None:
         # a client that ignores the limit: h2 itself would refuse to open the extra streams
         peer.conn.remote_settings[MAX_CONCURRENT_STREAMS] = limit + 100
         peer.conn.remote_settings.acknowledge()
-        slow = _frame(Request(text="slow", behavior=Behavior(sleep_ms=1500)))
+        slow = grpc_frame(Request(text="slow", behavior=Behavior(sleep_ms=1500)))
         streams = [peer.open(f"{SERVICE}/Unary", slow) for _ in range(limit + 10)]
         await peer.flush()
         await asyncio.wait_for(peer.read_until(streams), 20)
@@ -70,7 +64,7 @@ async def test_streams_beyond_max_concurrent_streams_are_refused() -> None:
         assert (len(answered), len(refused)) == (limit, 10)
         assert peer.terminated is None
         # the connection goes on serving once streams are free again
-        again = peer.open(f"{SERVICE}/Unary", _frame(Request(text="again")))
+        again = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="again")))
         await peer.flush()
         await asyncio.wait_for(peer.read_until([again]), 5)
         assert peer.answers[again].status == "0"
@@ -83,12 +77,12 @@ async def test_a_header_block_over_the_limit_closes_only_its_connection() -> Non
         limit = settings[MAX_HEADER_LIST_SIZE]
         assert limit <= 256 * 1024
         # just under the limit is served
-        fits = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=(("x-big", "a" * (limit // 2)),))
+        fits = peer.open(f"{SERVICE}/Unary", grpc_frame(Request()), extra=(("x-big", "a" * (limit // 2)),))
         await peer.flush()
         await asyncio.wait_for(peer.read_until([fits]), 5)
         assert peer.answers[fits].status == "0"
         # over it: the connection is closed with GOAWAY (a 431 or a reset would do as well)
-        over = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=(("x-big", "a" * (limit + 1024)),))
+        over = peer.open(f"{SERVICE}/Unary", grpc_frame(Request()), extra=(("x-big", "a" * (limit + 1024)),))
         await peer.flush()
         with contextlib.suppress(ConnectionError):
             await asyncio.wait_for(peer.read_until([over]), 5)
@@ -98,21 +92,11 @@ async def test_a_header_block_over_the_limit_closes_only_its_connection() -> Non
         ), answer
         assert answer.status != "0"
         # the other connection, and new ones, are served
-        stream = bystander.open(f"{SERVICE}/Unary", _frame(Request(text="still")))
+        stream = bystander.open(f"{SERVICE}/Unary", grpc_frame(Request(text="still")))
         await bystander.flush()
         await asyncio.wait_for(bystander.read_until([stream]), 5)
         assert bystander.answers[stream].status == "0"
         await _works(port)
-
-
-def _connect_headers(path: str) -> list[tuple[str, str]]:
-    return [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", "127.0.0.1"),
-        ("content-type", "application/json"),
-    ]
 
 
 async def test_body_timeout_over_http2() -> None:
@@ -120,9 +104,9 @@ async def test_body_timeout_over_http2() -> None:
     # Connect call 408; the connection's other streams are served meanwhile
     async with serving(body_timeout=0.3) as port, raw_h2(port) as peer:
         grpc_stream = peer.open(f"{SERVICE}/Unary", b"", end=False)
-        connect_stream = peer.open("", b"", end=False, headers=_connect_headers(f"{SERVICE}/Unary"))
+        connect_stream = peer.open("", b"", end=False, headers=connect_headers(f"{SERVICE}/Unary"))
         server_stream = peer.open(f"{SERVICE}/ServerStream", b"\x00\x00", end=False)
-        good = peer.open(f"{SERVICE}/Unary", _frame(Request(text="good")))
+        good = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="good")))
         await peer.flush()
         await asyncio.wait_for(peer.read_until([good]), 5)
         assert peer.answers[good].status == "0"
@@ -139,7 +123,7 @@ async def test_idle_http2_connection_is_closed(monkeypatch: pytest.MonkeyPatch) 
     # the keep-alive timeout (75 s by default) applies to HTTP/2 connections too; shortened here
     monkeypatch.setattr(protobind.http.server, "_KEEP_ALIVE", 0.3)
     async with serving() as port, raw_h2(port) as peer:
-        stream = peer.open(f"{SERVICE}/Unary", _frame(Request(text="once")))
+        stream = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="once")))
         await peer.flush()
         await asyncio.wait_for(peer.read_until([stream]), 5)
         await asyncio.wait_for(_until_closed(peer), 10)
@@ -161,11 +145,11 @@ async def test_headers_over_max_header_size_are_refused_per_stream() -> None:
     ``resource_exhausted``, a gRPC call RESOURCE_EXHAUSTED; neither answer repeats the headers."""
     filler = tuple((f"x-filler-{i}", "v" * 968) for i in range(12))
     async with serving(max_header_size=10_000) as port, raw_h2(port) as peer:
-        grpc_stream = peer.open(f"{SERVICE}/Unary", _frame(Request()), extra=filler)
+        grpc_stream = peer.open(f"{SERVICE}/Unary", grpc_frame(Request()), extra=filler)
         connect_stream = peer.open(
-            "", b'{"text":"x"}', headers=[*_connect_headers(f"{SERVICE}/Unary"), *filler]
+            "", b'{"text":"x"}', headers=[*connect_headers(f"{SERVICE}/Unary"), *filler]
         )
-        fits = peer.open(f"{SERVICE}/Unary", _frame(Request(text="fits")), extra=filler[:8])
+        fits = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="fits")), extra=filler[:8])
         await peer.flush()
         await asyncio.wait_for(peer.read_until([grpc_stream, connect_stream, fits]), 5)
         grpc_answer = peer.answers[grpc_stream].headers

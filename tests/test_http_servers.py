@@ -27,8 +27,7 @@ from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .conformance import Conformance
-from .h2raw import raw_h2
-from .test_http_h2_limits import _connect_headers, _frame
+from .h2raw import connect_headers, grpc_frame, raw_h2
 from .tls import self_signed
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
@@ -143,7 +142,7 @@ async def test_granian_refuses_grpc_and_serves_grpc_web() -> None:
         async with httpx.AsyncClient(base_url=url) as client:
             answer = await client.post(
                 f"{SERVICE}/Unary",
-                content=_frame(Request(text="web")),
+                content=grpc_frame(Request(text="web")),
                 headers={"content-type": "application/grpc-web+proto"},
             )
         body = answer.content
@@ -214,7 +213,7 @@ async def test_app_limits_apply_on_every_server(asgi_server: str) -> None:
         finally:
             writer.close()
         async with raw_h2(port) as peer:
-            stalled = peer.open("", b"", end=False, headers=_connect_headers(f"{SERVICE}/Unary"))
+            stalled = peer.open("", b"", end=False, headers=connect_headers(f"{SERVICE}/Unary"))
             await peer.flush()
             await asyncio.wait_for(peer.read_until([stalled]), 10)
             assert peer.answers[stalled].headers[":status"] == "408"
@@ -235,7 +234,7 @@ async def test_oversized_headers_are_refused_and_the_server_goes_on(asgi_server:
         port = urlsplit(url).port or 0
         async with raw_h2(port) as peer:
             over = peer.open(
-                "", b"{}", headers=[*_connect_headers(f"{SERVICE}/Unary"), ("x-big", "a" * 100_000)]
+                "", b"{}", headers=[*connect_headers(f"{SERVICE}/Unary"), ("x-big", "a" * 100_000)]
             )
             await peer.flush()
             with contextlib.suppress(ConnectionError):

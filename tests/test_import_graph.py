@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .conftest import ROOT
+from .support import ROOT
 
 PACKAGE = ROOT / "runtime" / "protobind"
 

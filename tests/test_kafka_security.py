@@ -30,6 +30,7 @@ from protobind.kafka.options import settings_from
 
 from .conformance import Conformance
 from .kafka_broker import kafka_url
+from .support import free_port
 from .tls import self_signed
 
 SECRET = "s3cret-Pa55"
@@ -187,19 +188,11 @@ async def tls_relay(cert: Path, key: Path, port: int, target: int) -> AsyncItera
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def relayed_broker() -> Iterator[tuple[str, int]]:
     """A private Tansu advertising a relay port (``(broker URL, relay port)``): clients bootstrap
     through the relay and stay on it."""
-    relay_port = _free_port()
+    relay_port = free_port()
     url, stop = start_kafka_broker(advertised_port=relay_port)
     try:
         yield url, relay_port

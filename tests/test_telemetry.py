@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,11 +36,10 @@ from protobind.conformance.v1.conformance_protobind import ConformanceServiceCli
 from protobind.endpoints import invoke_unary
 from protobind.telemetry import SERVER_ERROR_CODES
 
+from .conformance import SERVICE as CONFORMANCE
 from .conformance import Conformance
-from .support import eventually
+from .support import ROOT, eventually
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFORMANCE = "protobind.conformance.v1.ConformanceService"
 Harnesses = dict[str, Callable[[], str]]
 #: rpc.system of each transport: its own name, but for HTTP (the Connect protocol)
 SYSTEMS: dict[str, str] = collections.defaultdict(lambda: "", {"http": "connectrpc"})
