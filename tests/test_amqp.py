@@ -95,6 +95,17 @@ async def raw(amqp: str) -> AsyncIterator[Any]:
         await connection.close()
 
 
+async def _answered_again(client: ConformanceServiceClient, pause: float) -> str:
+    """Call Unary until the broker is back (UNAVAILABLE and DEADLINE_EXCEEDED mean not yet); its text."""
+    while True:
+        try:
+            return (await client.unary(Request(text="after"), timeout=2)).text
+        except RpcError as exc:
+            if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                raise
+            await asyncio.sleep(pause)
+
+
 class _RawCaller:
     """What docs/protocols.md (RabbitMQ) tells any AMQP client to do for a unary call."""
 
@@ -414,16 +425,7 @@ async def test_connection_loss_fails_calls_in_flight_and_calls_recover(
             await asyncio.wait_for(pending, 10)
         assert info.value.code is Code.UNAVAILABLE
 
-        async def recovered() -> str:
-            while True:
-                try:
-                    return (await client.unary(Request(text="after"), timeout=2)).text
-                except RpcError as exc:
-                    if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
-                        raise
-                    await asyncio.sleep(0.1)
-
-        assert await asyncio.wait_for(recovered(), 20) == "after"
+        assert await asyncio.wait_for(_answered_again(client, 0.1), 20) == "after"
 
 
 @pytest.mark.slow
@@ -456,16 +458,7 @@ async def test_the_broker_killed_with_calls_in_flight_never_hangs_a_call_a_stop_
 
         node.start()
 
-        async def recovered() -> str:
-            while True:
-                try:
-                    return (await client.unary(Request(text="after"), timeout=2)).text
-                except RpcError as exc:
-                    if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
-                        raise
-                    await asyncio.sleep(0.2)
-
-        assert await asyncio.wait_for(recovered(), 120) == "after"
+        assert await asyncio.wait_for(_answered_again(client, 0.2), 120) == "after"
         node.stop(signal.SIGKILL)
         await eventually(lambda: not channel.transport.broker.is_connected)  # type: ignore[attr-defined]
         started = time.monotonic()
