@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import Message
 
+from ..aio import Deadlines
 from ..context import Context
 from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
@@ -73,11 +75,13 @@ class _Call(h2.StreamBase):
         "closed_remote",
         "context",
         "deframer",
+        "expired",
         "failure",
         "fields",
         "headers_sent",
         "inbox",
         "route",
+        "slot",
         "task",
         "waiter",
     )
@@ -97,6 +101,8 @@ class _Call(h2.StreamBase):
         self.inbox: deque[bytes] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.failure: RpcError | None = None
+        self.expired = False
+        self.slot = 0
 
     def wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -119,6 +125,15 @@ class _Server:
         self.connections: set[_ServerConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.deadlines: Deadlines[_Call] = Deadlines(_expire)
+
+
+def _expire(call: _Call) -> None:
+    """The call's deadline passed: its handler is cancelled and the call answered DEADLINE_EXCEEDED."""
+    call.slot = 0
+    if call.task is not None and not call.task.done():
+        call.expired = True
+        call.task.cancel()
 
 
 class _ServerConnection(h2.Connection):
@@ -318,6 +333,9 @@ class _ServerConnection(h2.Connection):
             self.abort(h2.ENHANCE_YOUR_CALM, "too many streams reset", self._last_id)
 
     def _cancel(self, call: _Call) -> None:
+        if call.slot:
+            self.server.deadlines.discard(call.slot, call)
+            call.slot = 0
         if call.task is not None and not call.task.done():
             call.task.cancel()
         call.wake()
@@ -372,12 +390,8 @@ class _ServerConnection(h2.Connection):
         route = call.route
         body = call.body
         call.body = b""
-        name = route.method.input_type.DESCRIPTOR.full_name
-        incomplete = RpcError(
-            Code.INVALID_ARGUMENT, f"the request stream ended without a complete {name} message"
-        )
         if len(body) < 5:
-            return self._refuse(call, incomplete)
+            return self._refuse(call, self._incomplete(route))
         try:
             deframer = Deframer(self.server.limits.max_message_size, self._gzip(call.fields))
             messages = deframer.feed(body)
@@ -390,14 +404,20 @@ class _ServerConnection(h2.Connection):
             )
             return self._refuse(call, many)
         if deframer.partial or not messages:
-            return self._refuse(call, incomplete)
+            return self._refuse(call, self._incomplete(route))
         try:
             request = route.decode(messages[0])
         except Exception:
+            name = route.method.input_type.DESCRIPTOR.full_name
             return self._refuse(
                 call, RpcError(Code.INVALID_ARGUMENT, f"request is not a valid binary {name}")
             )
         self._start(call, request)
+
+    @staticmethod
+    def _incomplete(route: _Route) -> RpcError:
+        name = route.method.input_type.DESCRIPTOR.full_name
+        return RpcError(Code.INVALID_ARGUMENT, f"the request stream ended without a complete {name} message")
 
     def _gzip(self, fields: list[tuple[bytes, bytes]]) -> bool:
         for name, value in fields:
@@ -432,6 +452,12 @@ class _ServerConnection(h2.Connection):
             peer=self._peer,
         )
         call.context = context
+        if deadline is not None:
+            # one coalesced timer for the calls ending in the same millisecond (aio.Deadlines),
+            # not a loop timer per call as DeadlineScope would take
+            if deadline <= time.monotonic():
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            call.slot = self.server.deadlines.add(deadline, call)
         return context
 
     def _start(self, call: _Call, request: Any) -> None:
@@ -469,7 +495,9 @@ class _ServerConnection(h2.Connection):
             context = self._context(call)
             if call.route.authorize is not None:
                 await self._authorized(call, context)
-            response = await invoke_unary(call.route.endpoint, request, context, limit=self.server.limit)
+            response = await invoke_unary(
+                call.route.endpoint, request, context, enforce_deadline=False, limit=self.server.limit
+            )
             data = call.route.encode(response)
             if len(data) > self.server.limits.max_message_size:
                 raise RpcError(
@@ -513,7 +541,9 @@ class _ServerConnection(h2.Connection):
                 await self._authorized(call, context)
             stream = cast(
                 "AsyncGenerator[Message, None]",
-                invoke_stream(route.endpoint, request, context, limit=self.server.limit),
+                invoke_stream(
+                    route.endpoint, request, context, enforce_deadline=False, limit=self.server.limit
+                ),
             )
             async with contextlib.aclosing(stream) as responses:
                 async for response in responses:
@@ -572,12 +602,17 @@ class _ServerConnection(h2.Connection):
     async def _cancelled(self, call: _Call, context: Context | None) -> None:
         if context is not None:
             context.cancel()
-        if call.id in self.streams:
+        if call.expired and call.id in self.streams:
+            await self._finish(call, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"), context)
+        elif call.id in self.streams:
             # cancelled by the server itself (a stop past its grace period), the stream still open
             await self._finish(call, RpcError(Code.UNAVAILABLE, "server is shutting down"), context)
 
     def _close(self, call: _Call) -> None:
         """The response is out: the stream is done on this side."""
+        if call.slot:
+            self.server.deadlines.discard(call.slot, call)
+            call.slot = 0
         if call.id not in self.streams:
             return
         self.forget(call.id)
