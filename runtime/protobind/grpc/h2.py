@@ -171,7 +171,7 @@ class HeaderBlock:
     here, since most of a call's header fields are indexed or short literals and the package's
     general decoder costs several times more per field."""
 
-    __slots__ = ("_huffman", "_size", "_table", "limit", "max_table_size")
+    __slots__ = ("_blocks", "_huffman", "_size", "_stateful", "_table", "limit", "max_table_size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -180,14 +180,25 @@ class HeaderBlock:
         self._table: deque[tuple[bytes, bytes]] = deque()  # newest first (index 62)
         self._size = 0
         self._huffman: dict[bytes, bytes] = {}
+        # Blocks that neither read nor change the dynamic table mean the same every time: the
+        # response headers and the trailers of most calls are such blocks, sent again and again.
+        self._blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._stateful = False
 
     def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The fields of ``block`` and whether they fit the limit (name + value + 32 per field).
         The whole block is always decoded, so the dynamic table stays in step with the peer's."""
-        try:
-            fields = self._decode(block)
-        except (IndexError, ValueError, HPACKError) as exc:
-            raise H2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+        fields = self._blocks.get(block)
+        if fields is None:
+            self._stateful = False
+            try:
+                fields = self._decode(block)
+            except (IndexError, ValueError, HPACKError) as exc:
+                raise H2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+            if not self._stateful and len(block) <= 1024:
+                if len(self._blocks) >= 256:
+                    self._blocks.clear()
+                self._blocks[block] = fields
         size = 0
         for name, value in fields:
             size += len(name) + len(value) + 32
@@ -205,8 +216,9 @@ class HeaderBlock:
                 continue
             if first & 0x40:  # literal with incremental indexing
                 index, position = _read_int(data, position, 0x3F)
-                indexed = True
+                indexed = self._stateful = True
             elif first & 0x20:  # dynamic table size update
+                self._stateful = True
                 size, position = _read_int(data, position, 0x1F)
                 if size > self.max_table_size:
                     raise ValueError("table size update above the declared maximum")
@@ -230,6 +242,7 @@ class HeaderBlock:
             raise ValueError("index 0")
         if index <= _STATIC_SIZE:
             return _STATIC[index - 1]
+        self._stateful = True
         return self._table[index - _STATIC_SIZE - 1]
 
     def _read_string(self, data: bytes, position: int) -> tuple[bytes, int]:
