@@ -39,13 +39,12 @@ GRPC_SERVERS = ("uvicorn", "hypercorn")
 @contextlib.asynccontextmanager
 async def serving(
     asgi_server: str, scheme: str = "http", **options: Any
-) -> AsyncIterator[tuple[str, protobind.Server]]:
-    server = protobind.Server(
-        [Conformance()], transport_options={"http": {"asgi_server": asgi_server, **options}}
-    )
+) -> AsyncIterator[tuple[str, Conformance]]:
+    service = Conformance()
+    server = protobind.Server([service], transport_options={"http": {"asgi_server": asgi_server, **options}})
     (url,) = await server.start(f"{scheme}://127.0.0.1:0")
     try:
-        yield url, server
+        yield url, service
     finally:
         await server.stop(grace=1.0)
 
@@ -153,12 +152,13 @@ async def test_granian_refuses_grpc_and_serves_grpc_web() -> None:
 
 @pytest.mark.parametrize("asgi_server", SERVERS)
 async def test_stop_lets_in_flight_calls_finish_then_refuses(asgi_server: str) -> None:
-    server = protobind.Server([Conformance()], transport_options={"http": {"asgi_server": asgi_server}})
+    service = Conformance()
+    server = protobind.Server([service], transport_options={"http": {"asgi_server": asgi_server}})
     (url,) = await server.start("http://127.0.0.1:0")
     async with protobind.connect(url) as channel:
         client = ConformanceServiceClient(channel)
         call = asyncio.ensure_future(client.unary(Request(text="slow", behavior=Behavior(sleep_ms=300))))
-        await asyncio.sleep(0.1)
+        await service.until(lambda: "slow" in service.entered)
         await server.stop(grace=5.0)
         assert (await call).text == "slow"
     async with protobind.connect(url) as channel:  # a new connection finds nobody listening
@@ -169,12 +169,14 @@ async def test_stop_lets_in_flight_calls_finish_then_refuses(asgi_server: str) -
 
 @pytest.mark.parametrize("asgi_server", ("hypercorn", "granian"))
 async def test_stop_ends_calls_that_outlast_the_grace(asgi_server: str) -> None:
-    server = protobind.Server([Conformance()], transport_options={"http": {"asgi_server": asgi_server}})
+    service = Conformance()
+    server = protobind.Server([service], transport_options={"http": {"asgi_server": asgi_server}})
     (url,) = await server.start("http://127.0.0.1:0")
     async with protobind.connect(url) as channel:
         client = ConformanceServiceClient(channel)
-        call = asyncio.ensure_future(client.unary(Request(behavior=Behavior(sleep_ms=60_000)), timeout=30))
-        await asyncio.sleep(0.2)
+        long = Request(text="long", behavior=Behavior(sleep_ms=60_000))
+        call = asyncio.ensure_future(client.unary(long, timeout=30))
+        await service.until(lambda: "long" in service.entered)
         await asyncio.wait_for(server.stop(grace=0.2), 10)  # returns though the call would run on
         with pytest.raises(RpcError):
             await asyncio.wait_for(call, 10)
@@ -184,21 +186,17 @@ async def test_stop_ends_calls_that_outlast_the_grace(asgi_server: str) -> None:
 async def test_app_limits_apply_on_every_server(asgi_server: str) -> None:
     async with serving(
         asgi_server, max_message_size=1000, body_timeout=0.3, max_concurrency=1, max_pending=0
-    ) as (
-        url,
-        _,
-    ):
+    ) as (url, service):
         port = urlsplit(url).port or 0
         async with httpx.AsyncClient(base_url=url) as client:
             big = await client.post(f"{SERVICE}/Unary", json={"text": "x" * 2000})
             assert (big.status_code, big.json()["code"]) == (413, "resource_exhausted")
             # one call holds the only slot: the next is refused at once
-            held = asyncio.ensure_future(
-                client.post(f"{SERVICE}/Unary", json={"behavior": {"sleepMs": 500}}, timeout=10)
-            )
-            await asyncio.sleep(0.2)
+            held = asyncio.ensure_future(client.post(f"{SERVICE}/Unary", json={"text": "gate"}, timeout=10))
+            await service.until(lambda: "gate" in service.entered)
             busy = await client.post(f"{SERVICE}/Unary", json={})
             assert (busy.status_code, busy.json()["code"]) == (429, "resource_exhausted")
+            service.gate.set()
             assert (await held).status_code == 200
         # a body that never completes: 408 over HTTP/1.1, and over HTTP/2 on its own stream
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
