@@ -155,6 +155,39 @@ async def test_a_store_no_queue_takes_is_refused(rabbitmq_server: str) -> None:
             await broker.store("no.stream.here", b"x", None, "m1", timeout=5)
 
 
+async def test_a_store_retried_while_its_confirm_is_late_is_stored_once(rabbitmq_server: str) -> None:
+    """An attempt that stops waiting for RabbitMQ's confirm does not take its publish back: the
+    durable client's next attempt, with the same message id, must wait for that confirm instead
+    of storing a second copy (a loaded broker stored 2 or 3 copies of some calls of a backlog)."""
+    from protobind.broker.base import NotStored
+
+    prefix = f"late{next(_names)}."
+    url = _url(rabbitmq_server, prefix)
+    subject = f"{prefix}$PROTOBIND.DURABLE.{SERVICE}.Submit"
+    async with protobind.connect(url) as channel:
+        await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="first"))  # declares the stream
+        broker: Any = channel.transport.broker  # type: ignore[attr-defined]
+        late = 0
+        for i in range(20):
+            data = Job(id=f"late{i}").SerializeToString()
+            try:
+                await broker.store(subject, data, None, f"late-{i}", timeout=1e-6)
+            except NotStored:  # gave up before the confirm came: the retry below is the client's
+                late += 1
+            await broker.store(subject, data, None, f"late-{i}", timeout=10)
+        assert late > 0
+        await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="last"))
+    jobs = Jobs()
+    server = protobind.Server([jobs])
+    await server.start(url)
+    try:
+        await eventually(lambda: "last" in jobs.ids(), timeout=60)
+        await asyncio.sleep(0.5)  # a second copy, stored before "last", would be handled by now
+    finally:
+        await server.stop(0)
+    assert jobs.ids() == Counter({"first": 1, "last": 1} | {f"late{i}": 1 for i in range(20)})
+
+
 # --- faults on a private node ------------------------------------------------------------------------
 
 

@@ -477,6 +477,8 @@ class AmqpBroker(Stored):
             await asyncio.wait_for(self.connection.close(), 5.0)
         except Exception as exc:
             logger.debug("closing the RabbitMQ connection: %s", _reason(exc))
+        for storing in list(self._storing.values()):  # confirms that can no longer come
+            storing.cancel()
 
 
 class AmqpBindings(Bindings):

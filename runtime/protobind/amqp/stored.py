@@ -26,8 +26,9 @@ table, docs/protocols.md the wire rules for other clients):
   an unacknowledged message when its channel closes, and its ``consumer_timeout`` (broker-wide)
   closes a channel that held one too long, so there is no ack wait to extend.
 - De-duplication: RabbitMQ has none. A connection does not store a message id again that it
-  stored on the same subject within the stream's duplicate window (best effort: another
-  connection, or a store whose confirm was lost, may store a second copy).
+  stored on the same subject within the stream's duplicate window, nor while its first store
+  of that id waits for a late confirm (best effort: another connection, or a store whose
+  connection was lost before the confirm, may store a second copy).
 
 Like :mod:`.connection`, this module touches aio-pika and aiormq.
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import re
 import time
@@ -355,6 +357,7 @@ class Stored:
     _admin_channel: AbstractChannel | None = None
     _streams: dict[str, StreamSpec]
     _recent: collections.OrderedDict[tuple[str, str], float]
+    _storing: dict[tuple[str, str], asyncio.Future[Any]]
     _retry_queues: set[str]
     _kept: dict[int, str]
     _sequences: itertools.count[int]
@@ -369,6 +372,7 @@ class Stored:
     def _init_stored(self) -> None:
         self._streams = {}
         self._recent = collections.OrderedDict()
+        self._storing = {}
         self._retry_queues = set()
         self._kept = {}
         self._sequences = itertools.count(1)
@@ -471,10 +475,17 @@ class Stored:
             return StoreAck("", 0, duplicate=True)
         if not connected(self.connection):
             raise NotConnected("storing a message: the connection to RabbitMQ is lost")
+        # A store whose confirm is late is not abandoned: an attempt that gives up waiting leaves it
+        # running, and a new attempt with the same message id waits for that confirm instead of
+        # publishing a second copy (the durable client retries with the same id).
+        key = (subject, msg_id)
+        storing = self._storing.get(key)
+        if storing is None:
+            storing = asyncio.ensure_future(self._store(subject, payload, table, content_type, msg_id, ttl))
+            self._storing[key] = storing
+            storing.add_done_callback(functools.partial(self._stored, key))
         try:
-            result = await asyncio.wait_for(
-                self._store(subject, payload, table, content_type, msg_id, ttl), timeout
-            )
+            result = await asyncio.wait_for(asyncio.shield(storing), timeout)
         except asyncio.TimeoutError:
             raise NotStored(f"no confirmation of the store within {timeout:.3g} s") from None
         except _FAILURES as exc:
@@ -483,8 +494,16 @@ class Stored:
             raise NoStream(f"no queue stores {subject}")
         if isinstance(result, spec.Basic.Nack):
             raise NotStored("RabbitMQ refused to store the message")
-        self._remember(subject, msg_id)
         return StoreAck("", self.next_sequence())
+
+    def _stored(self, key: tuple[str, str], storing: asyncio.Future[Any]) -> None:
+        """A store ended, awaited or not: confirmed, its id is remembered; failed, it is forgotten
+        so that the next attempt publishes again."""
+        del self._storing[key]
+        if storing.cancelled() or storing.exception() is not None:
+            return
+        if isinstance(storing.result(), spec.Basic.Ack):
+            self._remember(*key)
 
     async def _store(
         self,
