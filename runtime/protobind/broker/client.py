@@ -87,6 +87,14 @@ def _decode_response(codec: Codec, data: bytes, message_type: type[Message]) -> 
         raise RpcError(Code.INTERNAL, f"invalid response: {exc.message}") from None
 
 
+def _end_of_stream(state: StreamState, msg: BrokerMessage, call: CallInfo) -> None:
+    """The server's end frame ``msg``: the call's trailers; raises the call's error, if any."""
+    call.trailers = read_metadata(msg.headers)
+    error = read_error(msg.headers or {}, msg.data) or state.end_count(msg.headers)
+    if error is not None:
+        raise error
+
+
 def _expire(future: asyncio.Future[BrokerMessage]) -> None:
     if not future.done():
         future.set_exception(RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
@@ -344,19 +352,16 @@ class BrokerClient(ClientTransport):
         broker = self.broker
         if method.oneway:
             # One message without a reply address, done once handed to the broker connection (as
-            # a plain publish is; closing the channel writes what is still buffered). Nothing
-            # comes back, not even "no responders": delivery is at most once. The broker's own
-            # publish checks the size and the connection (a NATS connection that is being
-            # re-established keeps the message for after reconnection, as nats-py does); headers
-            # are counted here, since the broker may count only the body.
+            # a plain publish is). Nothing comes back, not even "no responders": at most once. The
+            # broker checks the size and the connection (a reconnecting NATS connection keeps the
+            # message for after reconnection); headers are counted here, since it may count the body only.
             if headers is not None and size > broker.max_payload:
                 raise too_large(size, broker.max_payload)
             try:
                 await broker.publish(subject, data, "", headers)
             except BrokerError as exc:
                 raise publish_error(exc) from None
-            # one-way methods answer google.protobuf.Empty (the generator enforces it), which has
-            # no fields: one shared instance instead of a new one per call
+            # one-way methods answer google.protobuf.Empty (the generator enforces it): one instance
             return _EMPTY if method.output_type is Empty else method.output_type()
         if size > broker.max_payload:
             raise too_large(size, broker.max_payload)
@@ -385,17 +390,21 @@ class BrokerClient(ClientTransport):
         except BrokerError as exc:
             raise publish_error(exc) from None
         finally:
-            del self._unary[token]
-            del self._since[token]
-            if self._probes:
-                self._probes.pop(token, None)
-                self._alive.discard(token)
-            if slot:
-                self._deadlines.discard(slot, future)
+            self._forget(token, slot, future)
         out = msg.headers
         if out is None:
             return _decode_response(codec, msg.data, method.output_type)
         return self._unary_result(msg, out, call, subject)
+
+    def _forget(self, token: str, slot: int, future: asyncio.Future[BrokerMessage]) -> None:
+        """The unary call ``token`` ended: no reply, probe or deadline (``slot``) is awaited."""
+        del self._unary[token]
+        del self._since[token]
+        if self._probes:
+            self._probes.pop(token, None)
+            self._alive.discard(token)
+        if slot:
+            self._deadlines.discard(slot, future)
 
     def _unary_result(
         self, msg: BrokerMessage, headers: dict[str, str], call: CallInfo, subject: str
@@ -425,23 +434,12 @@ class BrokerClient(ClientTransport):
             settings.window,
             settings.heartbeat,
         )
-        headers = {FRAME: OPEN, **state.announce(), **self._request_headers(call, codec)}
-        body = b""
-        if not method.kind.client_streams:
-            body = codec.encode(await anext(requests))
-        size = len(body) + headers_size(headers)
-        if size > broker.max_payload:
-            raise too_large(size, broker.max_payload)
-        if not broker.is_connected:
-            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
+        headers, body = await self._open_frame(state, requests, call, codec)
         loop = asyncio.get_running_loop()
         timer = None
         if call.deadline is not None:
-            timer = loop.call_at(
-                loop_time(loop, call.deadline),
-                state.fail,
-                RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"),
-            )
+            expired = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            timer = loop.call_at(loop_time(loop, call.deadline), state.fail, expired)
         self._streams[token] = state
         self._heartbeats.add(state)
         sender: asyncio.Task[None] | None = None
@@ -458,14 +456,12 @@ class BrokerClient(ClientTransport):
                 frame, msg = await state.receive()
                 if frame is None:
                     yield _decode_response(codec, msg.data, output_type)
-                elif frame == HEADERS:
+                    continue
+                if frame == HEADERS:
                     call.headers = read_metadata(msg.headers)
                 elif frame == END:
                     finished = True
-                    call.trailers = read_metadata(msg.headers)
-                    error = read_error(msg.headers or {}, msg.data) or state.end_count(msg.headers)
-                    if error is not None:
-                        raise error
+                    _end_of_stream(state, msg, call)
                     return
         finally:
             if timer is not None:
@@ -477,6 +473,24 @@ class BrokerClient(ClientTransport):
             if not finished and not state.gone and state.peer is not None:
                 # the caller stopped early or the call failed here: let the server stop the handler
                 self._spawn(_send_cancel(state))
+
+    async def _open_frame(
+        self, state: StreamState, requests: AsyncIterator[Message], call: CallInfo, codec: Codec
+    ) -> tuple[dict[str, str], bytes]:
+        """The headers and body of the message opening a stream call (with its first request,
+        unless the client streams); raises when it cannot be sent."""
+        assert call.method is not None
+        broker = self.broker
+        headers = {FRAME: OPEN, **state.announce(), **self._request_headers(call, codec)}
+        body = b""
+        if not call.method.kind.client_streams:
+            body = codec.encode(await anext(requests))
+        size = len(body) + headers_size(headers)
+        if size > broker.max_payload:
+            raise too_large(size, broker.max_payload)
+        if not broker.is_connected:
+            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
+        return headers, body
 
     async def _send_requests(
         self, state: StreamState, requests: AsyncIterator[Message], codec: Codec

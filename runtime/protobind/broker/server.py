@@ -376,34 +376,19 @@ class BrokerBinding(ServerBinding):
         error: RpcError | None = None
         key: str | None = None
         slot = 0
+        broker = self.broker
         try:
             headers = msg.headers
             deadline = None
-            peer = self.broker.peer_of(reply)
+            peer = broker.peer_of(reply)
             if headers is None:
-                context = Context(route.method, self.broker.name, peer=peer)
+                context = Context(route.method, broker.name, peer=peer)
             else:
                 codec, timeout_ms, metadata = read_request_headers(headers)
                 if timeout_ms is not None:
-                    if timeout_ms <= 0:
-                        raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                    deadline = time.monotonic() + timeout_ms / 1000
-                context = Context(
-                    route.method,
-                    self.broker.name,
-                    metadata=metadata,
-                    deadline=deadline,
-                    peer=peer,
-                )
-            if len(msg.data) > self.settings.max_message_size:
-                raise _too_big(len(msg.data), self.settings.max_message_size)
-            if codec is PROTO:
-                try:
-                    request = route.input_type.FromString(msg.data)
-                except Exception:
-                    request = PROTO.decode(msg.data, route.input_type)  # raises the caller's error
-            else:
-                request = codec.decode(msg.data, route.input_type)
+                    deadline = _deadline(timeout_ms)
+                context = Context(route.method, broker.name, metadata=metadata, deadline=deadline, peer=peer)
+            request = _request(codec, msg.data, route.input_type, self.settings.max_message_size)
             # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
             call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
             # First step inline, in a copy of the context as a task of its own would have: most
@@ -414,55 +399,35 @@ class BrokerBinding(ServerBinding):
             except StopIteration as done:
                 response = done.value
             else:
-                # the handler waits: let another consumer take the next message, and from now on
-                # the call can be cancelled (deadline, caller, stop)
-                if consumers is not None:
-                    consumers.waiting()
+                # the handler waits: from now on the call can be cancelled (deadline, caller, stop)
                 key = reply
-                task = asyncio.current_task()
-                assert task is not None
-                self._calls[key] = task
-                if deadline is not None:
-                    slot = self._deadlines.add(deadline, key)
+                slot = self._hold(key, consumers, deadline)
                 response = await Resume(call, isolated, waiting)
             body = response.SerializeToString() if codec is PROTO else codec.encode(response)
             out = _response_headers(context, codec)
-            broker = self.broker
             size = len(body) if out is None else len(body) + headers_size(out)
-            if size <= broker.max_payload:
-                try:
-                    await broker.publish(reply, body, headers=out)
-                except BrokerError as exc:
-                    logger.debug("reply to %s dropped: %r", reply, exc)
-            else:
-                error = too_large(size, broker.max_payload)
+            if size > broker.max_payload:
+                raise too_large(size, broker.max_payload)
+            try:
+                await broker.publish(reply, body, headers=out)
+            except BrokerError as exc:  # dropped: the caller times out or notices the lost connection
+                logger.debug("reply to %s dropped: %r", reply, exc)
         except RpcError as exc:
             error = exc
         except Exception as exc:  # a last resort: invoke_unary raises RpcError
             error = to_rpc_error(exc, context)
         except asyncio.CancelledError:
-            reason = None if key is None else self._cancelled.pop(key, None)
-            if reason is None:
+            error = self._cancel_reason(key)
+            if error is None:
                 raise  # not a cancellation of this call: the consumer itself is being cancelled
-            # the cancellation was for this call only: the consumer goes on to the next message
-            uncancel()
-            error = reason
-            if reason is _CANCELLED_BY_CLIENT:
+            if error is _CANCELLED_BY_CLIENT:
                 reply = ""  # nobody waits for a reply
         finally:
             if key is not None:
-                del self._calls[key]
-                self._cancelled.pop(key, None)
-                if slot:
-                    self._deadlines.discard(slot, key)
-        stats = route.stats
-        stats.num_requests += 1
-        stats.processing_time += time.perf_counter_ns() - started
-        if error is not None:
-            stats.num_errors += 1
-            stats.last_error = f"{error.code.name}: {error.message}"
-            if reply:
-                await self._reply_error(route, reply, error, codec, context)
+                self._release(key, slot)
+        _record(route.stats, started, error)
+        if error is not None and reply:
+            await self._reply_error(route, reply, error, codec, context)
 
     async def _serve_oneway(
         self, route: _Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
@@ -484,15 +449,7 @@ class BrokerBinding(ServerBinding):
             else:
                 codec, _, metadata = read_request_headers(headers)
                 context = Context(route.method, self.broker.name, metadata=metadata)
-            if len(data) > self.settings.max_message_size:
-                raise _too_big(len(data), self.settings.max_message_size)
-            if codec is PROTO:
-                try:
-                    request = route.input_type.FromString(data)
-                except Exception:
-                    request = PROTO.decode(data, route.input_type)  # raises the caller's error
-            else:
-                request = codec.decode(data, route.input_type)
+            request = _request(codec, data, route.input_type, self.settings.max_message_size)
             telemetry = self.server.telemetry
             call: Coroutine[Any, Any, Any]
             if telemetry is not None:
@@ -509,39 +466,27 @@ class BrokerBinding(ServerBinding):
             except StopIteration:
                 pass
             else:
-                # the handler waits: let another consumer take the next message; from now on the
-                # call can be cancelled (by stop)
-                if consumers is not None:
-                    consumers.waiting()
+                # the handler waits: from now on the call can be cancelled (by stop)
                 key = f"one-way {next(self._tokens)}"
-                task = asyncio.current_task()
-                assert task is not None
-                self._calls[key] = task
+                self._hold(key, consumers, None)
                 await Resume(call, isolated, waiting)
         except RpcError as exc:
             error = exc
         except Exception as exc:
             error = to_rpc_error(exc, context)
         except asyncio.CancelledError:
-            reason = self._cancelled.pop(key, None) if key else None
-            if reason is None:
+            error = self._cancel_reason(key or None)
+            if error is None:
                 raise  # not a cancellation of this call: the consumer itself is being cancelled
-            uncancel()
-            error = reason
         finally:
             if key:
-                del self._calls[key]
-                self._cancelled.pop(key, None)
-        stats = route.stats
-        stats.num_requests += 1
-        stats.processing_time += time.perf_counter_ns() - started
-        if error is not None:
-            stats.num_errors += 1
-            stats.last_error = f"{error.code.name}: {error.message}"
-            # a message without a reply address has nobody to tell: the log (and the count) is all
-            self._refused(msg.subject, error)
-            return error is not _STOPPED
-        return True
+                self._release(key, 0)
+        _record(route.stats, started, error)
+        if error is None:
+            return True
+        # a message without a reply address has nobody to tell: the log (and the count) is all
+        self._refused(msg.subject, error)
+        return error is not _STOPPED
 
     async def _consumed(
         self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
@@ -552,6 +497,33 @@ class BrokerBinding(ServerBinding):
             subject, metadata, system=self.broker.name, consumer_group=group, method=route.method
         ):
             return await inline.handler(request, context)
+
+    def _hold(self, key: str, consumers: Consumers | None, deadline: float | None) -> int:
+        """A call's handler waits: let another consumer take the next message, and register the
+        call under ``key`` so that a deadline (``deadline``), its caller or stop can cancel it.
+        Returns the deadline's slot (0: none)."""
+        if consumers is not None:
+            consumers.waiting()
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls[key] = task
+        return 0 if deadline is None else self._deadlines.add(deadline, key)
+
+    def _release(self, key: str, slot: int) -> None:
+        """The call held under ``key`` ended: forget it (and its deadline's ``slot``)."""
+        del self._calls[key]
+        self._cancelled.pop(key, None)
+        if slot:
+            self._deadlines.discard(slot, key)
+
+    def _cancel_reason(self, key: str | None) -> RpcError | None:
+        """Why this binding cancelled the call held under ``key``, and the cancellation withdrawn
+        so the consumer goes on to the next message; ``None`` when the cancellation was not this
+        binding's (the consumer itself is being cancelled)."""
+        reason = None if key is None else self._cancelled.pop(key, None)
+        if reason is not None:
+            uncancel()
+        return reason
 
     async def _reply_error(
         self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
@@ -572,28 +544,10 @@ class BrokerBinding(ServerBinding):
 
     async def _serve_stream(self, route: _Route, msg: BrokerMessage, key: str) -> None:
         started = time.perf_counter_ns()
-        settings = self.settings
         broker = self.broker
-        assert self._inbox is not None
         # unguessable: the address is all another connection would need to speak into this stream
         token = secrets.token_hex(16)
-        state = StreamState(
-            self._inbox.address(token),
-            broker.publish,
-            lambda: broker.max_payload,
-            settings.window,
-            settings.heartbeat,
-        )
-        state.learn_peer(msg.headers, msg.reply)
-        task = asyncio.current_task()
-        assert task is not None
-
-        def cancel_handler() -> None:
-            task.cancel()
-
-        state.on_cancel = cancel_handler
-        self._streams[token] = state
-        self._heartbeats.add(state)
+        state = self._open_stream(token, msg)
         codec: Codec = PROTO
         context: Context | None = None
         error: RpcError | None = None
@@ -612,17 +566,8 @@ class BrokerBinding(ServerBinding):
             except RpcError as exc:
                 error = exc
             except asyncio.CancelledError:
-                stopped = self._cancelled.pop(key, None)
-                if state.gone:
-                    error = state.error if isinstance(state.error, RpcError) else None
-                elif stopped is not None:
-                    uncancel()
-                    error = stopped
-                elif context is not None and context.cancelled():
-                    # the deadline struck while we waited for flow-control credit
-                    uncancel()
-                    error = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                else:
+                ends, error = self._stream_cancelled(key, state, context)
+                if not ends:
                     raise
             _record(route.stats, started, error)
             if not state.gone and msg.reply:
@@ -633,6 +578,48 @@ class BrokerBinding(ServerBinding):
             self._heartbeats.discard(state)
             self._streams.pop(token, None)
             self._stream_done(key)
+
+    def _open_stream(self, token: str, msg: BrokerMessage) -> StreamState:
+        """The server's side of the stream ``msg`` opens, at this binding's inbox under ``token``;
+        cancelled, it cancels the task serving it."""
+        broker = self.broker
+        assert self._inbox is not None
+        state = StreamState(
+            self._inbox.address(token),
+            broker.publish,
+            lambda: broker.max_payload,
+            self.settings.window,
+            self.settings.heartbeat,
+        )
+        state.learn_peer(msg.headers, msg.reply)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def cancel_handler() -> None:
+            task.cancel()
+
+        state.on_cancel = cancel_handler
+        self._streams[token] = state
+        self._heartbeats.add(state)
+        return state
+
+    def _stream_cancelled(
+        self, key: str, state: StreamState, context: Context | None
+    ) -> tuple[bool, RpcError | None]:
+        """Whether the cancellation of the stream call ``key`` is one the call ends on (its peer
+        gone, this binding's stop or cancel notice, its deadline), and with what error (``None``:
+        nobody to tell); ``(False, None)``: the serving task itself is being cancelled."""
+        stopped = self._cancelled.pop(key, None)
+        if state.gone:
+            return True, state.error if isinstance(state.error, RpcError) else None
+        if stopped is not None:
+            uncancel()
+            return True, stopped
+        if context is not None and context.cancelled():
+            # the deadline struck while the call waited for flow-control credit
+            uncancel()
+            return True, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+        return False, None
 
     async def _run_stream(
         self, route: _Route, msg: BrokerMessage, state: StreamState, codec: Codec, context: Context
@@ -746,6 +733,25 @@ def _not_opened(route: _Route) -> RpcError:
 
 def _too_big(size: int, limit: int) -> RpcError:
     return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
+
+
+def _deadline(timeout_ms: int) -> float:
+    """The deadline (monotonic time) of a call given ``timeout_ms`` milliseconds."""
+    if timeout_ms <= 0:
+        raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+    return time.monotonic() + timeout_ms / 1000
+
+
+def _request(codec: Codec, data: bytes, message_type: type[Message], limit: int) -> Any:
+    """The request in ``data``, at most ``limit`` bytes; the caller's error when it is not one."""
+    if len(data) > limit:
+        raise _too_big(len(data), limit)
+    if codec is PROTO:
+        try:
+            return message_type.FromString(data)
+        except Exception:
+            return PROTO.decode(data, message_type)  # raises the caller's error
+    return codec.decode(data, message_type)
 
 
 def _coroutine(awaitable: Any) -> Coroutine[Any, Any, Any]:

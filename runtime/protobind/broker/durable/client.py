@@ -171,16 +171,10 @@ class DurableClient:
             call_id = os.urandom(16).hex()
         elif not is_token(call_id):
             raise ValueError(f"a call id is letters, digits, '-' and '_' only, got {call_id!r}")
-        headers: dict[str, str] = {}
-        put_content_type(headers, self._codec)
-        metadata = call.outgoing_metadata
-        if metadata is not None:
-            try:
-                put_metadata(headers, metadata)
-            except RpcError as exc:
-                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
+        reply_to = None
         if not method.oneway:
-            headers[REPLY_TO] = reply_subject(settings.prefix, group or settings.durable.reply_group, call_id)
+            reply_to = reply_subject(settings.prefix, group or settings.durable.reply_group, call_id)
+        headers = self._headers(call, reply_to)
         data = self._codec.encode(request)
         size = len(data) + headers_size(headers) + 64  # + the message id header
         if size > self.broker.max_payload:
@@ -214,6 +208,21 @@ class DurableClient:
                 raise _unavailable(f"{method.full_name} call not stored", error) from None
             await asyncio.sleep(min(pause, give_up - now))
             pause = min(pause * 2, _MAX_PAUSE)
+
+    def _headers(self, call: CallInfo, reply_to: str | None) -> dict[str, str]:
+        """The headers of a stored call: content type, the caller's metadata, where its reply
+        goes (``reply_to``; ``None``: nowhere, a one-way method)."""
+        headers: dict[str, str] = {}
+        put_content_type(headers, self._codec)
+        metadata = call.outgoing_metadata
+        if metadata is not None:
+            try:
+                put_metadata(headers, metadata)
+            except RpcError as exc:
+                raise RpcError(Code.INVALID_ARGUMENT, exc.message) from None
+        if reply_to is not None:
+            headers[REPLY_TO] = reply_to
+        return headers
 
     async def unary(self, request: Message, call: CallInfo) -> Message:
         """A durable call made through a generated client: a one-way method returns once the call
