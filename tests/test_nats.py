@@ -1025,7 +1025,7 @@ async def test_micro_discovery(nats_served: tuple[Served, Conformance], raw: Any
         with pytest.raises(RpcError):
             await client.unary(Request(behavior=Behavior(error_code=5, error_message="x")), timeout=5)
     name = "protobind_conformance_v1_ConformanceService"
-    (micro,) = server.binding._micro
+    (micro,) = server.binding._discovery.services
     ours = micro.id
 
     for subject in ("$SRV.PING", f"$SRV.PING.{name}", f"$SRV.PING.{name}.{ours}"):

@@ -12,7 +12,6 @@ import collections
 import contextlib
 import contextvars
 import itertools
-import json
 import logging
 import secrets
 import time
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any, cast
 from google.protobuf.message import Message
 
 from ..aio import Deadlines, Resume, uncancel
-from ..auth import ASYNCAPI_METHOD, MICRO_METHOD
 from ..codec import PROTO, Codec
 from ..context import Context
 from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
@@ -31,16 +29,15 @@ from ..errors import Code, RpcError
 from ..transport import ServerBinding
 from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
 from .consumers import ConsumerPool, Consumers
+from .discovery import Discovery
 from .durable.server import DurableServer
-from .micro import EndpointStats, MicroService, answers, subjects
+from .micro import EndpointStats, MicroService, subjects
 from .refusals import RefusalLog
 from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
 from .wire import (
     CANCEL_SUBJECT,
-    CONTENT_TYPE,
     COUNT,
     FRAME,
-    JSON_CONTENT_TYPE,
     PROBE_SUBJECT,
     STATUS,
     asyncapi_subject,
@@ -53,7 +50,6 @@ from .wire import (
     put_content_type,
     put_metadata,
     put_response_metadata,
-    read_metadata,
     read_request_headers,
     too_large,
 )
@@ -100,7 +96,7 @@ class BrokerBinding(ServerBinding):
         self.broker = broker
         self.settings = settings
         self._routes: dict[str, _Route] = {}
-        self._micro: list[MicroService] = []
+        self._discovery: Discovery | None = None
         self._service_subs: list[Any] = []
         self._other_subs: list[Any] = []
         self._pool = ConsumerPool(settings.max_concurrency)
@@ -118,7 +114,6 @@ class BrokerBinding(ServerBinding):
         self._deadlines: Deadlines[str] = Deadlines(self._expire_call)
         # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
         self._cancelled: dict[str, RpcError] = {}
-        self._asyncapi: dict[str, bytes] = {}  # discovery subject -> the service's document
         self._durable: DurableServer | None = None
         #: messages refused, or one-way messages whose call failed: counted (``refusals.total``,
         #: ``refusals.counts`` by code name) and logged at a bounded rate (docs/security.md)
@@ -157,16 +152,20 @@ class BrokerBinding(ServerBinding):
                         asyncapi_subject=asyncapi_subject(settings.prefix, info.name),
                     )
                 )
-            self._micro = services
+            discovery = self._discovery = Discovery(
+                services, broker, settings, self._url, self.server.authorize, self._send, self._refuse
+            )
             self._inbox = await broker.inbox(self._on_stream_frame)
             self._other_subs.append(await broker.subscribe(settings.prefix + CANCEL_SUBJECT, self._on_cancel))
             self._other_subs.append(await broker.subscribe(settings.prefix + PROBE_SUBJECT, self._on_probe))
             for subject in subjects(services):
-                self._other_subs.append(await broker.subscribe(subject, self._on_discovery))
+                self._other_subs.append(await broker.subscribe(subject, discovery.on_micro))
             for service in services:
                 # one replica of each group answers
                 self._other_subs.append(
-                    await broker.subscribe(service.asyncapi_subject, self._on_asyncapi, service.queue_group)
+                    await broker.subscribe(
+                        service.asyncapi_subject, self._discovery.on_asyncapi, service.queue_group
+                    )
                 )
             for info in self.server.services:
                 inbound = await broker.pull(
@@ -310,46 +309,6 @@ class BrokerBinding(ServerBinding):
         state = self._streams.get(token)
         if state is not None:
             state.feed(msg)
-
-    async def _refused_discovery(self, msg: BrokerMessage, method: str) -> bool:
-        """Answer ``msg`` with the authorizer's refusal, if any (discovery and AsyncAPI are guarded
-        like the services when auth is configured: docs/security.md)."""
-        authorize = self.server.authorize
-        denied = None if authorize is None else authorize(read_metadata(msg.headers), method)
-        if denied is not None:
-            await self._send(msg.reply, error_body(denied, PROTO), error_headers(denied, PROTO))
-        return denied is not None
-
-    async def _on_discovery(self, msg: BrokerMessage) -> None:
-        if not msg.reply or await self._refused_discovery(msg, MICRO_METHOD):
-            return
-        for body in answers(self._micro, msg.subject):
-            await self._send(msg.reply, body, None)
-
-    async def _on_asyncapi(self, msg: BrokerMessage) -> None:
-        if not msg.reply or await self._refused_discovery(msg, ASYNCAPI_METHOD):
-            return
-        document = self._asyncapi.get(msg.subject)
-        if document is None:
-            from .asyncapi import asyncapi_document
-
-            (service,) = [s.info for s in self._micro if s.asyncapi_subject == msg.subject]
-            document = self._asyncapi[msg.subject] = json.dumps(
-                asyncapi_document(
-                    [service],
-                    title=service.name,
-                    version=self.settings.version,
-                    servers=[self._url],  # only a URL of the broker's own schemes, only its host
-                    prefix=self.settings.prefix,
-                    queue_group=self.settings.queue_group,
-                    bindings=self.broker.asyncapi_bindings(),
-                ),
-                separators=(",", ":"),
-            ).encode()
-        if len(document) > self.broker.max_payload:
-            await self._refuse(msg, too_large(len(document), self.broker.max_payload))
-        else:
-            await self._send(msg.reply, document, {CONTENT_TYPE: JSON_CONTENT_TYPE})
 
     async def _on_disconnect(self) -> None:
         # frames may be lost while disconnected: streams cannot go on reliably, end them now
