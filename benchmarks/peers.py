@@ -334,27 +334,25 @@ def connectrpc_stubs() -> Any:
     return module
 
 
-async def _protobind_http_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
-    return await serve_protobind(f"http://{host}:0")
+#: uvicorn's HTTP protocol for the ASGI peers: protobind's default (zttp, HTTP/1.1 and HTTP/2 on one
+#: port), so both servers of a pair run on the same parser; ``PROTOBIND_BENCH_PEER_HTTP=h11`` (or
+#: httptools) for the figures of earlier runs, which served the peers with h11.
+PEER_HTTP = "zttp"
 
 
-async def _connectrpc_server(host: str, nats_url: str | None, http: str = "h11") -> tuple[str, Stop]:
+async def serve_asgi_peer(app: Any, host: str, http: str | None = None) -> tuple[str, Stop]:
+    """``app`` under uvicorn with the settings protobind's HTTP binding gives its own server
+    (``http``: the parser, if not :data:`PEER_HTTP`)."""
     import asyncio
+    import os
 
     import uvicorn
 
-    stubs = connectrpc_stubs()
-
-    class Service(stubs.ConformanceService):  # type: ignore[misc, name-defined]
-        async def unary(self, request: Request, ctx: Any) -> Response:
-            return Response(payload=request.payload)
-
     port = _free_port(host)
-    # http="h11" by default (uvicorn's "auto" would take httptools where installed); "zttp" for the
-    # HTTP/2 pair, with HTTP/2 on as protobind's server has it
+    http = http or os.environ.get("PROTOBIND_BENCH_PEER_HTTP", PEER_HTTP)
     config = uvicorn.Config(
-        stubs.ConformanceServiceASGIApplication(Service()), host=host, port=port, lifespan="off", http=http,
-        http2=http == "zttp", log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
+        app, host=host, port=port, lifespan="off", http=http, http2=http == "zttp",
+        log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
     )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
@@ -368,6 +366,20 @@ async def _connectrpc_server(host: str, nats_url: str | None, http: str = "h11")
         await task
 
     return f"http://{host}:{port}", stop
+
+
+async def _protobind_http_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    return await serve_protobind(f"http://{host}:0")
+
+
+async def _connectrpc_server(host: str, nats_url: str | None, http: str | None = None) -> tuple[str, Stop]:
+    stubs = connectrpc_stubs()
+
+    class Service(stubs.ConformanceService):  # type: ignore[misc, name-defined]
+        async def unary(self, request: Request, ctx: Any) -> Response:
+            return Response(payload=request.payload)
+
+    return await serve_asgi_peer(stubs.ConformanceServiceASGIApplication(Service()), host, http)
 
 
 def _protobind_http_client(codec: str) -> ClientFactory:
@@ -418,9 +430,6 @@ for _codec in ("json", "proto"):
 
 
 async def _fastapi_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
-    import asyncio
-
-    import uvicorn
     from fastapi import FastAPI
     from pydantic import Base64Bytes, BaseModel
 
@@ -436,23 +445,7 @@ async def _fastapi_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
     unary.__annotations__ = {"request": Payload, "return": Payload}
     app.post(UNARY_PATH)(unary)
 
-    port = _free_port(host)
-    config = uvicorn.Config(
-        app, host=host, port=port, lifespan="off", http="h11",
-        log_config=None, access_log=False, server_header=False, timeout_keep_alive=75,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-
-    async def stop() -> None:
-        server.should_exit = True
-        await task
-
-    return f"http://{host}:{port}", stop
+    return await serve_asgi_peer(app, host)
 
 
 async def _json_post_client(url: str) -> tuple[Call, Close]:
