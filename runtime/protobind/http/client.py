@@ -39,6 +39,7 @@ from ..method import MethodInfo, MethodKind
 from ..options import DEFAULT_MAX_MESSAGE_SIZE, TLS_CLIENT_OPTIONS
 from ..reflection import HTTP_PATH, Reflected, from_document
 from ..transport import ClientTransport, DialFunction, network_reason
+from .h1client import ConnectFailed, H1Pool
 from .options import DEFAULT_CLIENT_CONNECTIONS, _prefix, _require, reader
 from .wire import (
     ENVELOPE_HEADER_SIZE,
@@ -85,6 +86,13 @@ def _unavailable(base: str, exc: BaseException) -> RpcError:
     return RpcError(Code.UNAVAILABLE, f"HTTP request to {base} failed: {reason}")
 
 
+def _unreachable(base: str, exc: OSError) -> RpcError:
+    """The error of a call that found no connection to the server (``raise ... from exc``)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {exc.verify_message or exc}")
+    return RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {network_reason(exc)}")
+
+
 def _invalid_response(method: MethodInfo[Any, Any], what: str) -> RpcError:
     return RpcError(Code.INTERNAL, f"invalid response from {method.full_name}: {what}")
 
@@ -124,6 +132,26 @@ class HttpTransport(ClientTransport):
         # aiohttp takes the name to verify (and send as SNI) per request
         self._request_options: dict[str, Any] = {"server_hostname": server_name} if server_name else {}
         self._urls: dict[str, URL] = {}
+        # unary calls: protobind's own keep-alive pool (h1client.py); aiohttp makes the rest
+        self._pool = H1Pool(
+            self._host,
+            self._port,
+            ssl_context=(ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None,
+            server_name=server_name,
+            limit=max_connections,
+            max_message_size=max_message_size,
+        )
+        self._targets: dict[str, bytes] = {}
+        default_port = 443 if parts.scheme == "https" else 80
+        authority = self._host if ":" not in self._host else f"[{self._host}]"
+        if self._port != default_port:
+            authority += f":{self._port}"
+        self._unary_head = [
+            (b"host", authority.encode("ascii") if authority.isascii() else authority.encode("idna")),
+            (b"user-agent", _USER_AGENT.encode()),
+            (b"content-type", self._unary_type.encode()),
+            (b"connect-protocol-version", b"1"),
+        ]
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
@@ -223,24 +251,52 @@ class HttpTransport(ClientTransport):
         async with DeadlineScope(call.deadline):
             return await self._unary(method, body, call)
 
+    def _unary_headers(self, call: CallInfo, size: int) -> list[tuple[bytes, bytes]]:
+        headers = [*self._unary_head, (b"content-length", b"%d" % size)]
+        metadata = call.outgoing_metadata
+        if metadata is not None:
+            for key, value in metadata.items():
+                if key not in PROTOCOL_HEADERS:  # the binding owns these
+                    name, text = request_header(key, value)
+                    headers.append((name.encode("latin-1"), text.encode("latin-1")))
+        if call.deadline is not None:
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+            headers.append((b"connect-timeout-ms", b"%d" % min(math.ceil(remaining * 1000), 9_999_999_999)))
+        return headers
+
+    def _target(self, method: MethodInfo[Any, Any]) -> bytes:
+        target = self._targets.get(method.path)
+        if target is None:
+            target = self._targets[method.path] = self._url(method).raw_path_qs.encode("ascii")
+        return target
+
     async def _unary(self, method: MethodInfo[Any, Any], body: bytes, call: CallInfo) -> Message:
-        headers = self._headers(call, self._unary_type)
+        headers = self._unary_headers(call, len(body))
         try:
-            async with self._session.post(
-                self._url(method), data=body, headers=headers, **self._request_options
-            ) as response:
-                status = response.status
-                length = response.content_length
-                if length is not None and length > self._limit:
-                    raise RpcError(Code.RESOURCE_EXHAUSTED, f"response is larger than {self._limit} bytes")
-                data = await response.read()
-                pairs = response.headers.items()
-                content_type = response.headers.get("content-type", "")
-        except aiohttp.ClientError as exc:
-            raise _unavailable(self._base, exc) from exc
+            status, raw_headers, data = await self._pool.request(self._target(method), headers, body)
+        except ConnectFailed as exc:
+            raise _unreachable(self._base, exc.os_error) from exc.os_error
         except OSError as exc:
             raise _unavailable(self._base, exc) from exc
+        content_type = ""
+        encoding = None
+        pairs = []
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name == "content-type":
+                content_type = value
+            elif name == "content-encoding":
+                encoding = value.strip().lower()
+            pairs.append((name, value))
         call.headers, call.trailers = split_response_headers(pairs)
+        if encoding is not None and encoding != "identity":
+            # not asked for (no Accept-Encoding goes out), but a server may compress all the same
+            if encoding != "gzip":
+                raise _invalid_response(method, f"unsupported content encoding {encoding!r}")
+            data = gunzip(data, self._limit)
         if status != 200:
             raise error_from_body(status, data)
         if content_type_codec(content_type, UNARY_CONTENT_TYPES) != self._codec.name:
@@ -446,10 +502,12 @@ class HttpTransport(ClientTransport):
         try:
             await asyncio.get_running_loop().create_future()
         finally:
+            await self._pool.close()
             await self._session.close()
 
     async def close(self) -> None:
         self._closer.cancel()
+        await self._pool.close()
         await self._session.close()
         for connection in [*self._h2_old, *([self._h2] if self._h2 is not None else [])]:
             await connection.close()
