@@ -120,9 +120,10 @@ def protocol_classes(limit: int) -> dict[str, type[Any]]:
 
 def _zttp_class(limit: int) -> type[Any]:
     import zttp
-    from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
-    class BoundedZttp(ZttpProtocol):
+    from .h1server import CoalescingH1Protocol
+
+    class BoundedZttp(CoalescingH1Protocol):
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
             try:
