@@ -25,7 +25,7 @@ from ..context import Context
 from ..endpoints import Endpoint, EndpointTable, invoke_stream, invoke_unary, to_rpc_error
 from ..errors import Code, RpcError
 from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
-from ..metadata import Metadata
+from ..metadata import Metadata, MetadataValue
 from ..method import Idempotency, MethodKind
 from ..wire import HTTP_STATUS, b64decode_lenient
 from .wire import (
@@ -79,27 +79,66 @@ class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
+class _Watches:
+    """Starts the watcher task of the calls still running ``_WATCH_DELAY`` after they were armed
+    (up to twice that: one periodic check for every call of an app, while any is armed, instead
+    of a loop timer per call)."""
+
+    __slots__ = ("_armed", "_handle")
+
+    def __init__(self) -> None:
+        self._armed: dict[_Watch, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, watch: _Watch) -> None:
+        loop = asyncio.get_running_loop()
+        self._armed[watch] = loop.time() + _WATCH_DELAY
+        if self._handle is None:
+            self._handle = loop.call_later(_WATCH_DELAY, self._check)
+
+    def disarm(self, watch: _Watch) -> None:
+        self._armed.pop(watch, None)
+
+    def _check(self) -> None:
+        self._handle = None
+        armed = self._armed
+        if not armed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for watch, due in list(armed.items()):
+            if due <= now:
+                del armed[watch]
+                watch._start()
+        if armed:
+            self._handle = loop.call_later(_WATCH_DELAY, self._check)
+
+
 class _Watch:
     """Cancels the running call when its client disconnects.
 
     ``arm()`` is called once the request body has been read completely (from then on, ASGI's
     ``receive()`` only reports the disconnect); the actual watcher task starts ``_WATCH_DELAY``
-    later.
+    later (by ``watches``, when given, else by a timer of its own).
     """
 
-    __slots__ = ("_context", "_receive", "_task", "_timer", "_watcher", "gone")
+    __slots__ = ("_context", "_receive", "_task", "_timer", "_watcher", "_watches", "gone")
 
-    def __init__(self, receive: Receive, context: Context) -> None:
+    def __init__(self, receive: Receive, context: Context, watches: _Watches | None = None) -> None:
         self._receive = receive
         self._context = context
         self._task = asyncio.current_task()
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._watches = watches
         self.gone = False
 
     def arm(self) -> None:
         if self._timer is None and self._watcher is None:
-            self._timer = asyncio.get_running_loop().call_later(_WATCH_DELAY, self._start)
+            if self._watches is not None:
+                self._watches.arm(self)
+            else:
+                self._timer = asyncio.get_running_loop().call_later(_WATCH_DELAY, self._start)
 
     def _start(self) -> None:
         self._timer = None
@@ -117,6 +156,8 @@ class _Watch:
             self._task.cancel()
 
     def stop(self) -> None:
+        if self._watches is not None:
+            self._watches.disarm(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -187,9 +228,10 @@ async def _send_error(
 
 
 class _Head:
-    """What one pass over the request headers finds: protocol headers and the call metadata."""
+    """What one pass over the request headers finds: protocol headers and the call metadata (the
+    :class:`Metadata` is made when the handler or an interceptor first reads it)."""
 
-    __slots__ = ("content_length", "content_type", "encoding", "metadata", "timeout_ms", "version")
+    __slots__ = ("_other", "content_length", "content_type", "encoding", "timeout_ms", "version")
 
     def __init__(self, raw_headers: list[tuple[bytes, bytes]], streaming_encoding: bool) -> None:
         self.content_type = ""
@@ -197,7 +239,8 @@ class _Head:
         self.timeout_ms: bytes | None = None
         self.content_length: int | None = None
         self.version: bytes | None = None
-        metadata = self.metadata = Metadata()
+        other: list[tuple[str, bytes]] = []
+        self._other = other
         encoding_header = "connect-content-encoding" if streaming_encoding else "content-encoding"
         for raw_name, raw_value in raw_headers:
             name = raw_name.decode("latin-1")
@@ -213,7 +256,11 @@ class _Head:
                 elif name == "connect-protocol-version":
                     self.version = raw_value
                 continue
-            metadata.add(name, metadata_value(name, raw_value.decode("latin-1")))
+            other.append((name, raw_value))
+
+    def metadata(self) -> list[tuple[str, MetadataValue]]:
+        """The call metadata: every request header that is not the protocol's."""
+        return [(name, metadata_value(name, value.decode("latin-1"))) for name, value in self._other]
 
     def check_version(self) -> None:
         """Connect-Protocol-Version may be left out, but when sent it must be 1."""
@@ -282,6 +329,7 @@ class ConnectApp:
         self._timer = timer
         self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
         self._fallback = fallback
+        self._watches = _Watches()
         from .grpc import GrpcHandler, grpc_protocol
 
         # gRPC and gRPC-Web on the same port, chosen by content type (http/grpc.py)
@@ -473,11 +521,11 @@ class ConnectApp:
                 context = Context(
                     endpoint.method,
                     "http",
-                    metadata=head.metadata,
-                    deadline=_deadline(head.timeout_ms),
+                    metadata_source=head.metadata,
+                    deadline=None if head.timeout_ms is None else _deadline(head.timeout_ms),
                     peer=_peer(scope),
                 )
-                watch = _Watch(receive, context)
+                watch = _Watch(receive, context, self._watches)
                 watch.arm()
                 response = await invoke_unary(endpoint, request, context, limit=self._concurrency)
                 watch.stop()
@@ -489,10 +537,13 @@ class ConnectApp:
                 return
             headers = [
                 (b"content-type", b"application/proto" if codec_name == "proto" else b"application/json"),
-                (b"content-length", str(len(data)).encode()),
+                (b"content-length", b"%d" % len(data)),
             ]
-            _add_metadata(headers, context.response_headers, "")
-            _add_metadata(headers, context.response_trailers, "trailer-")
+            # Context's own fields, read here so that a call without response metadata (most)
+            # does not make two empty Metadata objects to find out
+            if context._headers is not None or context._trailers is not None:
+                _add_metadata(headers, context.response_headers, "")
+                _add_metadata(headers, context.response_trailers, "trailer-")
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": data})
         except asyncio.CancelledError:
@@ -559,10 +610,11 @@ class ConnectApp:
         if bidi and scope.get("http_version") != "2":
             raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
         gzipped = head.check_encoding()
+        deadline = _deadline(head.timeout_ms)
         context = reply.context = Context(
-            method, "http", metadata=head.metadata, deadline=_deadline(head.timeout_ms), peer=_peer(scope)
+            method, "http", metadata_source=head.metadata, deadline=deadline, peer=_peer(scope)
         )
-        watch = reply.watch = _Watch(receive, context)
+        watch = reply.watch = _Watch(receive, context, self._watches)
         send = reply.send
         if method.kind is MethodKind.SERVER_STREAMING or bidi:
             if bidi:  # over HTTP/2: full duplex, requests read as they arrive
