@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
 import struct
@@ -686,6 +687,95 @@ async def test_client_stops_reading_server_stream_early(http_server: tuple[str, 
         await stream.aclose()  # type: ignore[attr-defined]
         assert await eventually(lambda: "early" in service.cancelled)
         assert (await client.unary(Request(text="next"))).text == "next"
+
+
+async def _raw_http_server(answers: list[bytes]) -> tuple[Any, str, list[bytes]]:
+    """A bare HTTP/1.1 server on 127.0.0.1 answering its n-th request with ``answers[n]`` (raw
+    bytes, closing the connection when the answer says ``connection: close``): how to stop it,
+    its URL, and the requests it read."""
+    seen: list[bytes] = []
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                seen.append(head + await reader.readexactly(length))
+                answer = answers[len(seen) - 1]
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)
+
+    return stop, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+
+
+async def test_client_unary_reads_chunked_and_close_delimited_responses() -> None:
+    """Connect servers other than protobind's may send a unary answer chunked, or end it by
+    closing the connection; the client's own HTTP/1.1 pool (http/h1client.py) reads both, and
+    opens a new connection after a `connection: close`."""
+    body = Response(text="ok").SerializeToString()
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\ntransfer-encoding: chunked\r\n"
+        b"x-extra: one\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    closing = b"HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\nconnection: close\r\n\r\n" + body
+    stop, url, seen = await _raw_http_server([chunked, closing, chunked])
+    try:
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            call = protobind.CallInfo()
+            assert (await client.unary(Request(text="a"), call=call)).text == "ok"
+            assert call.headers["x-extra"] == "one"
+            assert (await client.unary(Request(text="b"), timeout=5)).text == "ok"
+            assert (await client.unary(Request(text="c"))).text == "ok"
+        assert len(seen) == 3
+        assert b"connect-timeout-ms: " in seen[1] and b"connect-protocol-version: 1" in seen[1]
+    finally:
+        await stop()
+
+
+async def test_client_unary_refuses_an_announced_oversized_response() -> None:
+    big = b"HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\ncontent-length: 5000\r\n\r\n" + b"\0" * 5000
+    stop, url, _ = await _raw_http_server([big])
+    try:
+        async with protobind.connect(url, options={"max_message_size": 1000}) as channel:
+            with pytest.raises(RpcError) as info:
+                await ConformanceServiceClient(channel).unary(Request(), timeout=5)
+        assert info.value.code is Code.RESOURCE_EXHAUSTED
+    finally:
+        await stop()
+
+
+async def test_client_unary_calls_wait_for_one_of_max_connections() -> None:
+    recorder = _PeerRecorder()
+    server = protobind.Server([Conformance()], interceptors=[recorder])
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        async with protobind.connect(url, options={"max_connections": 2}) as channel:
+            client = ConformanceServiceClient(channel)
+            slow = Request(text="slow", behavior=Behavior(sleep_ms=50))
+            replies = await asyncio.gather(*(client.unary(slow, timeout=10) for _ in range(8)))
+        assert [r.text for r in replies] == ["slow"] * 8
+        assert len(set(recorder.peers)) == 2
+    finally:
+        await server.stop(0)
 
 
 async def test_client_unreachable_server_is_unavailable() -> None:

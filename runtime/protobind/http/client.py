@@ -1,6 +1,11 @@
-"""The client half of the HTTP binding: Connect calls over a keep-alive aiohttp connection pool.
+"""The client half of the HTTP binding: Connect calls over keep-alive HTTP/1.1 connections.
 
-Why aiohttp, measured on this project's 2-core machine (shared with other work, so each figure was
+Unary calls go through protobind's own pool (:mod:`.h1client`: one write, zttp's parser), streams
+through aiohttp's, bidi streams over HTTP/2 (:mod:`.h2client`). aiohttp's per-request machinery
+cost about 450k instructions per unary call here, more than the rest of the call on both sides
+together; the pool of :mod:`.h1client` does the same call in 172k (benchmarks/README.md).
+
+Why aiohttp for streams, measured on this project's 2-core machine (shared with other work, so each figure was
 repeated) with 64 concurrent 100-byte POSTs for 3 s against one raw ASGI app under uvicorn:
 
 - uvicorn on h11 (its default here): aiohttp 6,800-7,000 calls/s, with the single-process server
