@@ -1,16 +1,25 @@
 """The native gRPC engine's HPACK decoder (protobind/grpc/h2.py) against the ``hpack`` package's
 encoder: every representation a peer may use (indexed, literal with and without indexing, never
 indexed, Huffman or not, dynamic table size updates and evictions) decodes to what was encoded,
-block after block on one connection's table."""
+block after block on one connection's table; the native server's reset budget ("rapid reset");
+the option ``engine``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 
 import hpack
 import pytest
 
+import protobind
+from protobind.conformance.v1.conformance_pb2 import Request
+from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.grpc import h2
+
+from .conformance import Conformance
+from .h2raw import raw_h2
 
 
 def _blocks(seed: int) -> list[list[tuple[bytes, bytes]]]:
@@ -61,3 +70,54 @@ def test_undecodable_blocks_are_a_compression_error(block: bytes) -> None:
     with pytest.raises(h2.H2Error) as info:
         h2.HeaderBlock(limit=1 << 20).decode(block)
     assert info.value.code == h2.COMPRESSION_ERROR
+
+
+async def test_a_connection_that_keeps_resetting_streams_is_closed(caplog: pytest.LogCaptureFixture) -> None:
+    """The native server counts the streams a connection resets before they were answered; past
+    its budget (about 2,000 in a burst, "rapid reset") it sends GOAWAY ENHANCE_YOUR_CALM and
+    closes the connection, while calls on other connections go on."""
+    server = protobind.Server([Conformance()])
+    (url,) = await server.start("grpc://127.0.0.1:0?engine=native")
+    path = "/protobind.conformance.v1.ConformanceService/ClientStream"
+    try:
+        async with (
+            protobind.connect(f"{url}?engine=native") as channel,
+            raw_h2(int(url.rsplit(":", 1)[1])) as attacker,
+        ):
+            ended = False
+            # a client-streaming call starts its handler at once: each reset cancels a running call
+            for _ in range(50):
+                try:
+                    for _ in range(100):
+                        attacker.reset(attacker.open(path, None, end=False))
+                    await attacker.flush()
+                    data = b""
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        data = await asyncio.wait_for(attacker.reader.read(65536), 0.05)
+                    for event in attacker.conn.receive_data(data):
+                        attacker._on(event)
+                except ConnectionError:
+                    ended = True
+                    break
+                if attacker.terminated is not None:
+                    ended = True
+                    break
+            assert ended
+            assert attacker.terminated in (None, h2.ENHANCE_YOUR_CALM)  # None: the close came first
+            assert "reset too many streams" in caplog.text
+            reply = await ConformanceServiceClient(channel).unary(Request(text="after"), timeout=5)
+            assert reply.text == "after"
+    finally:
+        await server.stop(0)
+
+
+async def test_engine_option_is_checked_and_native_refuses_channel_args() -> None:
+    server = protobind.Server([Conformance()])
+    with pytest.raises(ValueError, match="expected one of grpcio, native"):
+        await server.start("grpc://127.0.0.1:0?engine=grpclib")
+    args = {"engine": "native", "channel_args": [("grpc.keepalive_time_ms", 1000)]}
+    with pytest.raises(ValueError, match=r"channel_args \(grpc.keepalive_time_ms\).*use engine=grpcio"):
+        await protobind.Server([Conformance()], transport_options={"grpc": args}).start("grpc://127.0.0.1:0")
+    with pytest.raises(ValueError, match="use engine=grpcio"):
+        await protobind.connect("grpc://127.0.0.1:1", options=args).open()
+    assert server.bindings == []
