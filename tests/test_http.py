@@ -751,6 +751,56 @@ async def test_client_unary_reads_chunked_and_close_delimited_responses() -> Non
         await stop()
 
 
+async def test_client_unary_does_not_reuse_a_connection_answered_413() -> None:
+    """A server may answer 413 before reading the body and close the connection a moment later
+    (hypercorn does): the client's HTTP/1.1 pool must not send its next call on it (it did,
+    and that call failed UNAVAILABLE with a broken pipe)."""
+    reply = Response(text="ok").SerializeToString()
+    refused = b'{"code":"resource_exhausted","message":"too large"}'
+    connections: list[asyncio.Task[Any]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.append(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                if length > 1000:  # refused unread, then the connection closed a moment later
+                    writer.write(
+                        b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(refused), refused)
+                    )
+                    await asyncio.sleep(0.3)
+                    break
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(reply), reply)
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with protobind.connect(url) as channel:
+            client = ConformanceServiceClient(channel)
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(text="x" * 5000), timeout=5)
+            assert info.value.code is Code.RESOURCE_EXHAUSTED
+            assert (await client.unary(Request(text="small"), timeout=5)).text == "ok"
+        assert len(connections) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+        await asyncio.wait_for(asyncio.gather(*connections), 10)
+
+
 async def test_client_unary_refuses_an_announced_oversized_response() -> None:
     big = b"HTTP/1.1 200 OK\r\ncontent-type: application/proto\r\ncontent-length: 5000\r\n\r\n" + b"\0" * 5000
     stop, url, _ = await _raw_http_server([big])

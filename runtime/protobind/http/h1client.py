@@ -150,7 +150,15 @@ class _Connection(asyncio.Protocol):
         body = self._body
         data = body[0] if len(body) == 1 else b"".join(body)
         self._body = []
-        if self._parser.should_close():
+        transport = self.transport
+        if (
+            self._parser.should_close()
+            or self._status == 413
+            or (transport is not None and transport.get_write_buffer_size())
+        ):
+            # an answer that may have come before the server read the whole request (a 413, or
+            # any answer while the request is still being sent): servers may close such a
+            # connection at once (hypercorn does), so it carries no other call
             self.close()
         else:
             self._parser.start_next_cycle()
