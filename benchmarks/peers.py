@@ -189,11 +189,43 @@ async def _raw_nats_client(url: str) -> tuple[Call, Close]:
     return call, nc.drain
 
 
+async def _faststream_nats_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
+    """FastStream's NATS RPC: a queue-group subscriber returning the response bytes (FastStream
+    answers on the request's reply subject)."""
+    from faststream.nats import NatsBroker
+
+    assert nats_url is not None
+    broker = NatsBroker(nats_url, logger=None)
+
+    @broker.subscriber(NATS_SUBJECT, queue="faststream")
+    async def handle(body: bytes) -> bytes:
+        return Response(payload=Request.FromString(body).payload).SerializeToString()
+
+    await broker.start()
+    return nats_url, broker.stop
+
+
+async def _faststream_nats_client(url: str) -> tuple[Call, Close]:
+    from faststream.nats import NatsBroker
+
+    broker = NatsBroker(url, logger=None)
+    await broker.connect()
+
+    async def call(payload: bytes) -> Any:
+        answer = await broker.request(Request(payload=payload).SerializeToString(), NATS_SUBJECT, timeout=30)
+        return Response.FromString(answer.body)
+
+    return call, broker.stop
+
+
 SERVERS["protobind-nats"] = _protobind_nats_server
 CLIENTS["protobind-nats"] = protobind_client
 SERVERS["nats-py"] = _raw_nats_server
 CLIENTS["nats-py"] = _raw_nats_client
+SERVERS["faststream-nats"] = _faststream_nats_server
+CLIENTS["faststream-nats"] = _faststream_nats_client
 PAIRS.append(("nats", "protobind-nats", "nats-py"))
+PAIRS.append(("nats-faststream", "protobind-nats", "faststream-nats"))
 
 
 # --- one-way over NATS: protobind's one-way method vs raw nats-py publish / queue subscribe ---------
