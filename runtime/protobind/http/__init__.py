@@ -42,9 +42,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..transport import Transport, lazy_dial, lazy_serve, loopback_harness
+from ..transport import Transport, check_options, lazy_dial, lazy_serve, loopback_harness
 from ..wire import HTTP_STATUS
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from .options import CLIENT_OPTIONS, SERVER_OPTIONS, _prefix
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -62,9 +62,11 @@ def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> A
     ``cors_origins``, ...) plus ``prefix``, a path the Connect routes live under.
     """
     TRANSPORT.check_installed(server=True)
+    prefix = _prefix(str(options.pop("prefix", "")))
+    check_options(TRANSPORT, options, server=True)
     from .server import asgi_app as build
 
-    return build(server_or_services, **options)
+    return build(server_or_services, prefix, options)
 
 
 def openapi_for(

@@ -28,6 +28,7 @@ from ..limits import ConcurrencyLimit, ReadTimeout, ReadTimer
 from ..metadata import Metadata, MetadataValue
 from ..method import Idempotency, MethodKind
 from ..wire import HTTP_STATUS, b64decode_lenient
+from .watch import BIDI_MESSAGE, ClientGone, Watch, Watches, peer
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -54,16 +55,6 @@ __all__ = ["ConnectApp", "not_found"]
 
 logger = logging.getLogger("protobind.http")
 
-# A call that ends within this time never needs to learn that its client went away, so the task
-# that watches for a disconnect is only started for calls that run longer (most unary calls end
-# well before, and then cost a timer instead of a task).
-_WATCH_DELAY = 0.01
-
-_BIDI_MESSAGE = (
-    "{method} is a bidirectional stream, which needs full-duplex HTTP/2 and this request came over "
-    "HTTP/1.1: call it over HTTP/2 (h2c with prior knowledge, or TLS ALPN), grpc:// or nats://"
-)
-
 
 class _ProtocolError(Exception):
     """A request refused before it reaches a handler, with its own HTTP status."""
@@ -75,97 +66,6 @@ class _ProtocolError(Exception):
         self.headers = headers
 
 
-class _ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
-
-
-class _Watches:
-    """Starts the watcher task of the calls still running ``_WATCH_DELAY`` after they were armed
-    (up to twice that: one periodic check for every call of an app, while any is armed, instead
-    of a loop timer per call)."""
-
-    __slots__ = ("_armed", "_handle")
-
-    def __init__(self) -> None:
-        self._armed: dict[_Watch, float] = {}
-        self._handle: asyncio.TimerHandle | None = None
-
-    def arm(self, watch: _Watch) -> None:
-        loop = asyncio.get_running_loop()
-        self._armed[watch] = loop.time() + _WATCH_DELAY
-        if self._handle is None:
-            self._handle = loop.call_later(_WATCH_DELAY, self._check)
-
-    def disarm(self, watch: _Watch) -> None:
-        self._armed.pop(watch, None)
-
-    def _check(self) -> None:
-        self._handle = None
-        armed = self._armed
-        if not armed:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for watch, due in list(armed.items()):
-            if due <= now:
-                del armed[watch]
-                watch._start()
-        if armed:
-            self._handle = loop.call_later(_WATCH_DELAY, self._check)
-
-
-class _Watch:
-    """Cancels the running call when its client disconnects.
-
-    ``arm()`` is called once the request body has been read completely (from then on, ASGI's
-    ``receive()`` only reports the disconnect); the actual watcher task starts ``_WATCH_DELAY``
-    later (by ``watches``, when given, else by a timer of its own).
-    """
-
-    __slots__ = ("_context", "_receive", "_task", "_timer", "_watcher", "_watches", "gone")
-
-    def __init__(self, receive: Receive, context: Context, watches: _Watches | None = None) -> None:
-        self._receive = receive
-        self._context = context
-        self._task = asyncio.current_task()
-        self._timer: asyncio.TimerHandle | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._watches = watches
-        self.gone = False
-
-    def arm(self) -> None:
-        if self._timer is None and self._watcher is None:
-            if self._watches is not None:
-                self._watches.arm(self)
-            else:
-                self._timer = asyncio.get_running_loop().call_later(_WATCH_DELAY, self._start)
-
-    def _start(self) -> None:
-        self._timer = None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self.client_went_away()
-
-    def client_went_away(self) -> None:
-        self.gone = True
-        self._context.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-    def stop(self) -> None:
-        if self._watches is not None:
-            self._watches.disarm(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
-
-
 def _deadline(timeout_ms: bytes | None) -> float | None:
     if timeout_ms is None:
         return None
@@ -174,14 +74,6 @@ def _deadline(timeout_ms: bytes | None) -> float | None:
             Code.INVALID_ARGUMENT, "Connect-Timeout-Ms must be a positive integer of at most 10 digits"
         )
     return time.monotonic() + int(timeout_ms) / 1000
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    if not client:
-        return ""
-    host = client[0]
-    return f"[{host}]:{client[1]}" if ":" in host else f"{host}:{client[1]}"
 
 
 def _add_metadata(headers: list[tuple[bytes, bytes]], metadata: Metadata, prefix: str) -> None:
@@ -289,7 +181,7 @@ class _StreamReply:
         self.started = False
         self.unread = False  # the answer comes before the request body was read to its end
         self.context: Context | None = None
-        self.watch: _Watch | None = None
+        self.watch: Watch | None = None
 
     async def start(self) -> None:
         self.started = True
@@ -329,7 +221,7 @@ class ConnectApp:
         self._timer = timer
         self._json: Codec = JsonCodec(ignore_unknown_fields=True) if options.ignore_unknown_fields else JSON
         self._fallback = fallback
-        self._watches = _Watches()
+        self._watches = Watches()
         from .grpc import GrpcHandler, grpc_protocol
 
         # gRPC and gRPC-Web on the same port, chosen by content type (http/grpc.py)
@@ -415,7 +307,7 @@ class ConnectApp:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    raise _ClientGone
+                    raise ClientGone
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
@@ -425,7 +317,7 @@ class ConnectApp:
                     break
             body = b"".join(chunks)
         elif message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         if len(body) > limit:
             raise _too_large(limit)
         return body
@@ -446,7 +338,7 @@ class ConnectApp:
         except RpcError as exc:
             await _send_error(send, exc)
             return
-        except _ClientGone:
+        except ClientGone:
             return  # nobody to answer
         await self._unary(endpoint, self._codec(codec_name), codec_name, body, head, scope, receive, send)
 
@@ -514,7 +406,7 @@ class ConnectApp:
         send: Send,
     ) -> None:
         context: Context | None = None
-        watch: _Watch | None = None
+        watch: Watch | None = None
         try:
             try:
                 request = codec.decode(body, endpoint.method.input_type)
@@ -523,9 +415,9 @@ class ConnectApp:
                     "http",
                     metadata_source=head.metadata,
                     deadline=None if head.timeout_ms is None else _deadline(head.timeout_ms),
-                    peer=_peer(scope),
+                    peer=peer(scope),
                 )
-                watch = _Watch(receive, context, self._watches)
+                watch = Watch(receive, context, self._watches)
                 watch.arm()
                 response = await invoke_unary(endpoint, request, context, limit=self._concurrency)
                 watch.stop()
@@ -566,7 +458,7 @@ class ConnectApp:
                 # even a caller that does not speak Connect streaming should learn why
                 raise _ProtocolError(
                     HTTP_STATUS[Code.UNIMPLEMENTED],
-                    RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name)),
+                    RpcError(Code.UNIMPLEMENTED, BIDI_MESSAGE.format(method=method.full_name)),
                 )
             raise _unsupported_media_type(head.content_type, endpoint)
         reply = _StreamReply(send, codec_name)
@@ -579,7 +471,7 @@ class ConnectApp:
                 reply.unread = isinstance(exc, ReadTimeout)
             except _ProtocolError as exc:
                 error = exc.error
-            except _ClientGone:
+            except ClientGone:
                 return
             except Exception as exc:
                 error = to_rpc_error(exc, reply.context)
@@ -608,13 +500,13 @@ class ConnectApp:
         method = endpoint.method
         bidi = method.kind is MethodKind.BIDI_STREAMING
         if bidi and scope.get("http_version") != "2":
-            raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
+            raise RpcError(Code.UNIMPLEMENTED, BIDI_MESSAGE.format(method=method.full_name))
         gzipped = head.check_encoding()
         deadline = _deadline(head.timeout_ms)
         context = reply.context = Context(
-            method, "http", metadata_source=head.metadata, deadline=deadline, peer=_peer(scope)
+            method, "http", metadata_source=head.metadata, deadline=deadline, peer=peer(scope)
         )
-        watch = reply.watch = _Watch(receive, context, self._watches)
+        watch = reply.watch = Watch(receive, context, self._watches)
         send = reply.send
         if method.kind is MethodKind.SERVER_STREAMING or bidi:
             if bidi:  # over HTTP/2: full duplex, requests read as they arrive
@@ -658,7 +550,7 @@ class ConnectApp:
         return message
 
     async def _messages(
-        self, receive: Receive, codec: Codec, gzipped: bool, endpoint: Endpoint, watch: _Watch
+        self, receive: Receive, codec: Codec, gzipped: bool, endpoint: Endpoint, watch: Watch
     ) -> AsyncIterator[Message]:
         """The request messages of a client stream, decoded as they arrive."""
         buffer = bytearray()

@@ -33,7 +33,7 @@ from ..limits import ConcurrencyLimit, ReadTimer
 from ..metadata import Metadata
 from ..method import MethodKind
 from ..wire import grpc_deadline, grpc_status_fields, parse_grpc_timeout
-from .connect import _BIDI_MESSAGE, _ClientGone, _peer, _Watch
+from .watch import BIDI_MESSAGE, ClientGone, Watch, peer
 from .wire import (
     ENVELOPE_HEADER_SIZE,
     FLAG_COMPRESSED,
@@ -149,7 +149,7 @@ class _Reader:
         input_type: type[Message],
         limit: int,
         gzipped: bool,
-        watch: _Watch,
+        watch: Watch,
     ) -> None:
         self._receive = receive
         self._text = bytearray() if protocol.text else None
@@ -165,7 +165,7 @@ class _Reader:
         """Read one more chunk of the body into the buffer."""
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         chunk: bytes = message.get("body", b"")
         self.more = message.get("more_body", False)
         if self._text is not None:
@@ -221,7 +221,7 @@ class _Reader:
                 return
             try:
                 await self._fill()
-            except _ClientGone:
+            except ClientGone:
                 self._watch.client_went_away()
                 raise RpcError(Code.CANCELLED, "the client went away") from None
 
@@ -325,21 +325,21 @@ class GrpcHandler:
         trailers = http2 and "http.response.trailers" in scope.get("extensions", {})
         output = _Output(send, protocol, trailers)
         context: Context | None = None
-        watch: _Watch | None = None
+        watch: Watch | None = None
         error: RpcError | None = None
         try:
             try:
                 if not protocol.web and not trailers:
                     raise RpcError(Code.UNIMPLEMENTED, _NEEDS_HTTP2)
                 if method.kind is MethodKind.BIDI_STREAMING and not http2:
-                    raise RpcError(Code.UNIMPLEMENTED, _BIDI_MESSAGE.format(method=method.full_name))
+                    raise RpcError(Code.UNIMPLEMENTED, BIDI_MESSAGE.format(method=method.full_name))
                 head = _Head(scope["headers"])
                 context = Context(
-                    method, "http", metadata=head.metadata, deadline=head.deadline(), peer=_peer(scope)
+                    method, "http", metadata=head.metadata, deadline=head.deadline(), peer=peer(scope)
                 )
                 output.bind(context)
                 codec = self._codecs[protocol.codec]
-                watch = _Watch(receive, context)
+                watch = Watch(receive, context)
                 gzipped = head.gzipped()
                 reader = _Reader(receive, protocol, codec, method.input_type, self._limit, gzipped, watch)
                 if method.kind is MethodKind.UNARY or method.kind is MethodKind.SERVER_STREAMING:
@@ -359,7 +359,7 @@ class GrpcHandler:
                             await output.message(codec.encode(response))
             except RpcError as exc:
                 error = exc
-            except _ClientGone:
+            except ClientGone:
                 return
             except Exception as exc:
                 error = to_rpc_error(exc, context)

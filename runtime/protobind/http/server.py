@@ -18,7 +18,7 @@ from ..endpoints import EndpointTable
 from ..limits import ServerLimits
 from ..options import OptionReader
 from ..server import Server
-from ..transport import ServeFunction, ServerBinding, check_options, listen_socket
+from ..transport import ServeFunction, ServerBinding, listen_socket
 from .asgi_servers import Running, Tls
 from .header_limit import h11_buffer, protocol_classes
 from .options import (
@@ -46,19 +46,14 @@ __all__ = [
 # --- server ---------------------------------------------------------------------------------------
 
 
-def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> ASGIApp:
-    """The ASGI app serving ``server_or_services`` (a :class:`protobind.Server` or the service
-    implementations), for mounting in another ASGI application.
-
-    Takes the server options of this module (``max_message_size``, ``ignore_unknown_fields``,
-    ``cors_origins``, ...) plus ``prefix``, a path the Connect routes live under.
-    """
-    from . import TRANSPORT
+def asgi_app(
+    server_or_services: Server | Iterable[object], prefix: str, options: Mapping[str, Any]
+) -> ASGIApp:
+    """The ASGI app of :func:`protobind.http.asgi_app`, which took ``prefix`` (the path the Connect
+    routes live under) out of ``options`` and checked the rest (this transport's server options)."""
     from .app import build_app
 
     server = server_or_services if isinstance(server_or_services, Server) else Server(server_or_services)
-    prefix = _prefix(str(options.pop("prefix", "")))
-    check_options(TRANSPORT, options, server=True)
     return build_app(server.table(), _server_options(options, prefix))
 
 
