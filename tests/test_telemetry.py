@@ -644,13 +644,14 @@ def test_consumer_span_without_a_producer_context_starts_a_trace(otel: Otel) -> 
 
 
 def test_server_address_never_carries_credentials() -> None:
+    from protobind import transport as registry
     from protobind._otel import peer_attributes, server_address
 
-    assert server_address("nats://user:secret@10.0.0.1:4223,10.0.0.2:4224") == ("10.0.0.1", 4223)
-    assert server_address("grpc://[::1]:50051") == ("::1", 50051)
-    assert server_address("http://example.com/api") == ("example.com", 80)
-    assert server_address("inproc://svc") == ("svc", None)
-    assert server_address("memory://Orders") == ("Orders", None)
+    assert server_address("nats://user:secret@10.0.0.1:4223,10.0.0.2:4224", registry) == ("10.0.0.1", 4223)
+    assert server_address("grpc://[::1]:50051", registry) == ("::1", 50051)
+    assert server_address("http://example.com/api", registry) == ("example.com", 80)
+    assert server_address("inproc://svc", registry) == ("svc", None)
+    assert server_address("memory://Orders", registry) == ("Orders", None)
     assert peer_attributes("ipv6:[::1]:5000") == {"network.peer.address": "::1", "network.peer.port": 5000}
     assert peer_attributes("127.0.0.1:80") == {"network.peer.address": "127.0.0.1", "network.peer.port": 80}
     assert peer_attributes("unix:/tmp/s") == {"network.peer.address": "/tmp/s"}

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -331,40 +331,53 @@ class _Call:
         return elapsed
 
 
-# What a transport declares (protobind.transport.Transport) is read through the registry, imported
-# when first needed: protobind.telemetry, which the call path below transport.py names, names this
-# module's types, so this module stays below the registry too.
+class Declared(Protocol):
+    """What this module reads of a transport's declaration (a :class:`protobind.transport.Transport`:
+    the registry sits above this module, so the caller hands its lookups in, see :class:`Registry`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rpc_system(self) -> str: ...
+    @property
+    def default_ports(self) -> Mapping[str, int]: ...
+    @property
+    def in_process(self) -> bool: ...
+    @property
+    def network_peer(self) -> bool: ...
 
 
-def rpc_system(transport: str) -> str:
+class Registry(Protocol):
+    """The transport registry's two lookups (the module :mod:`protobind.transport` is one; ``Server``
+    and ``Channel`` pass it)."""
+
+    def transport_named(self, name: str) -> Declared: ...
+    def transport_for_url(self, url: str) -> Declared: ...
+
+
+def rpc_system(transport: str, registry: Registry) -> str:
     """``rpc.system.name`` of the calls of a transport (by its name, as ``Context.transport``):
     what it declares, else its name (custom values, as the conventions allow)."""
-    from .transport import transport_named
-
     try:
-        return transport_named(transport).rpc_system or transport
+        return registry.transport_named(transport).rpc_system or transport
     except ValueError:  # not registered
         return transport
 
 
-def network_peer(transport: str) -> bool:
+def network_peer(transport: str, registry: Registry) -> bool:
     """Whether the ``Context.peer`` of a transport's calls is a network address."""
-    from .transport import transport_named
-
     try:
-        return transport_named(transport).network_peer
+        return registry.transport_named(transport).network_peer
     except ValueError:
         return False
 
 
-def server_address(url: str) -> tuple[str, int | None]:
+def server_address(url: str, registry: Registry) -> tuple[str, int | None]:
     """``server.address`` and ``server.port`` of a protobind URL (never its credentials); the port
     is the one the URL's transport declares for its scheme when the URL names none."""
-    from .transport import transport_for_url
-
     parts = urlsplit(url)
     try:
-        transport = transport_for_url(url)
+        transport = registry.transport_for_url(url)
     except ValueError:  # not registered
         in_process, default_port = False, None
     else:
@@ -380,8 +393,8 @@ def server_address(url: str) -> tuple[str, int | None]:
     return host.hostname or "", port if port is not None else default_port
 
 
-def _address_attributes(url: str) -> Attributes:
-    address, port = server_address(url)
+def _address_attributes(url: str, registry: Registry) -> Attributes:
+    address, port = server_address(url, registry)
     attributes: Attributes = {"server.address": address}
     if port is not None:
         attributes["server.port"] = port
@@ -404,10 +417,13 @@ def peer_attributes(peer: str) -> Attributes | None:
 class ServerTelemetry:
     """The server interceptor: a SERVER span per call, child of the caller's trace context."""
 
-    def __init__(self, instruments: Instruments, urls: Callable[[], Sequence[str]]) -> None:
+    def __init__(
+        self, instruments: Instruments, urls: Callable[[], Sequence[str]], registry: Registry
+    ) -> None:
         self._instruments = instruments
         self._settings = instruments.settings
         self._urls = urls
+        self._registry = registry
         self._routes: dict[tuple[str, str], _Route] = {}
 
     def _route(self, context: Context) -> _Route:
@@ -416,23 +432,21 @@ class ServerTelemetry:
         if route is not None:
             return route
         attributes: Attributes = {
-            "rpc.system.name": rpc_system(context.transport),
+            "rpc.system.name": rpc_system(context.transport, self._registry),
             "rpc.method": context.method,
         }
         url = self._bound_url(context.transport)
         route = _Route(self._instruments.server, context.method_info, attributes)
-        route.network_peer = network_peer(context.transport)
+        route.network_peer = network_peer(context.transport, self._registry)
         if url is None:
             return route  # not bound yet (a call racing start): no server.address, nothing cached
-        attributes.update(_address_attributes(url))
+        attributes.update(_address_attributes(url, self._registry))
         self._routes[key] = route
         return route
 
     def _bound_url(self, transport: str) -> str | None:
-        from .transport import transport_for_url
-
         for url in self._urls():
-            if transport_for_url(url).name == transport:
+            if self._registry.transport_for_url(url).name == transport:
                 return url
         return None
 
@@ -553,12 +567,11 @@ def _log_call(span: Span, context: Context, code: Code, elapsed: float, exc: Bas
 class ClientTelemetry:
     """The client interceptor: a CLIENT span per call, whose context goes out in the metadata."""
 
-    def __init__(self, instruments: Instruments, url: str) -> None:
-        from .transport import transport_for_url
-
+    def __init__(self, instruments: Instruments, url: str, registry: Registry) -> None:
         self._instruments = instruments
-        self._attributes: Attributes = {"rpc.system.name": rpc_system(transport_for_url(url).name)}
-        self._attributes.update(_address_attributes(url))
+        name = registry.transport_for_url(url).name
+        self._attributes: Attributes = {"rpc.system.name": rpc_system(name, registry)}
+        self._attributes.update(_address_attributes(url, registry))
         self._routes: dict[str, _Route] = {}
 
     def _route(self, method: MethodInfo[Any, Any]) -> _Route:

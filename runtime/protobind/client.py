@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from google.protobuf.message import Message
 
+from . import transport as registry
 from .context import CallInfo
 from .errors import Code, RpcError
 from .interceptors import ClientInterceptor, Invoker, chain_client
@@ -67,7 +68,7 @@ class Channel:
         # telemetry reads no response metadata: only the user's interceptors make collecting it worth it
         self._interceptors_read_metadata = bool(interceptors)
         if self.telemetry is not None:  # outermost: its span is the parent of what goes on the wire
-            interceptors = (self.telemetry.client_interceptor(url), *interceptors)
+            interceptors = (self.telemetry.client_interceptor(url, registry), *interceptors)
         self.interceptors = tuple(interceptors)
         self._spec = transport_for_url(url)
         self._spec.check_installed(server=False)

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import aio
+from . import transport as registry
 from .context import Context
 from .endpoints import Endpoint, EndpointTable
 from .errors import Code, RpcError
@@ -162,7 +163,7 @@ class Server:
 
             interceptors = (AccessLog(), *interceptors)
         if self.telemetry is not None:  # outermost, so it sees what the other interceptors do
-            interceptors = (self.telemetry.server_interceptor(lambda: self.urls), *interceptors)
+            interceptors = (self.telemetry.server_interceptor(lambda: self.urls, registry), *interceptors)
         self.services: list[ServiceInfo] = []
         self.endpoints: dict[str, Endpoint] = {}
         self._table: EndpointTable | None = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import SERVER_ERROR_CODES
 
 if TYPE_CHECKING:
-    from ._otel import ConsumerSpan, Instruments
+    from ._otel import ConsumerSpan, Instruments, Registry
     from .interceptors import ClientInterceptor, ServerInterceptor
     from .metadata import Metadata
     from .method import MethodInfo
@@ -143,20 +143,22 @@ class Telemetry:
             self._instruments = Instruments(self)
         return self._instruments
 
-    def server_interceptor(self, urls: Callable[[], Sequence[str]]) -> ServerInterceptor:
+    def server_interceptor(self, urls: Callable[[], Sequence[str]], registry: Registry) -> ServerInterceptor:
         """The interceptor ``Server`` installs first (outermost) when telemetry is on; ``urls``
-        gives the URLs the server is bound to (its ``server.address`` attributes)."""
+        gives the URLs the server is bound to (its ``server.address`` attributes), ``registry``
+        what their transports declare (the module :mod:`protobind.transport`, which sits above this one)."""
         instruments = self.instruments()  # first: it says what to install when OpenTelemetry is missing
         from ._otel import ServerTelemetry
 
-        return ServerTelemetry(instruments, urls)
+        return ServerTelemetry(instruments, urls, registry)
 
-    def client_interceptor(self, url: str) -> ClientInterceptor:
-        """The interceptor a ``Channel`` to ``url`` installs first (outermost) when telemetry is on."""
+    def client_interceptor(self, url: str, registry: Registry) -> ClientInterceptor:
+        """The interceptor a ``Channel`` to ``url`` installs first (outermost) when telemetry is on;
+        ``registry`` as for :meth:`server_interceptor`."""
         instruments = self.instruments()
         from ._otel import ClientTelemetry
 
-        return ClientTelemetry(instruments, url)
+        return ClientTelemetry(instruments, url, registry)
 
     def consumer_span(
         self,
