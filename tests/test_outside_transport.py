@@ -1,8 +1,9 @@
 """A transport from another package declares everything the core needs to know of its protocol,
 and the core uses what it declares: the telemetry system name, default port and peer form
 (``Transport`` fields), renamed options, and the optional client capabilities ``reflect``
-(:class:`protobind.reflection.Reflective`) and ``durable``
-(:class:`protobind.durable.DurableTransport`). It is registered as an entry point would register it.
+(:class:`protobind.reflection.Reflective`), ``durable`` (:class:`protobind.durable.DurableTransport`)
+and ``asyncapi`` (:class:`protobind.reflection.ServesAsyncAPI`, which ``protobind asyncapi URL``
+reads). It is registered as an entry point would register it.
 
 The transport is defined here: an in-process one (its binding is a table of served endpoints by
 host name) whose durable calls go through a real ``memory://`` broker.
@@ -11,6 +12,8 @@ host name) whose durable calls go through a real ``memory://`` broker.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from importlib import metadata
 from typing import Any
@@ -29,6 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import protobind
+import protobind.cli
 import protobind.transport
 from protobind import Code, Context, RpcError
 from protobind.broker.durable import DurableClient
@@ -95,6 +99,10 @@ class OutsideClient(ClientTransport):
         services = _BOUND[self.host].services
         files = [FileDescriptorProto.FromString(f.serialized_pb) for f in descriptor_files(services)]
         return Reflected.from_files([s.name for s in services], files)
+
+    async def asyncapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        self.asked.append("asyncapi")
+        return {"asyncapi": "3.0.0", "info": {"title": f"outside {self.host}", "version": "1"}}
 
     def durable(self) -> DurableClient:
         self.asked.append("durable")
@@ -191,6 +199,19 @@ async def test_reflection_uses_its_reflect(outside: Transport) -> None:
         assert isinstance(channel.transport, OutsideClient)
         assert channel.transport.asked == ["reflect"]
     assert list(reflected.services) == ["protobind.conformance.v1.ConformanceService"]
+
+
+def test_the_cli_reads_its_asyncapi_document(outside: Transport, capsys: pytest.CaptureFixture[str]) -> None:
+    protobind_logger = logging.getLogger("protobind")
+    level = protobind_logger.level  # the CLI quiets protobind's warnings: not for the next tests
+    try:
+        with pytest.raises(SystemExit) as exited:
+            protobind.cli.main(["asyncapi", "outside://documented"])
+    finally:
+        protobind_logger.setLevel(level)
+    assert exited.value.code == 0, capsys.readouterr().err
+    document = json.loads(capsys.readouterr().out)
+    assert document == {"asyncapi": "3.0.0", "info": {"title": "outside documented", "version": "1"}}
 
 
 class Jobs(JobsService):

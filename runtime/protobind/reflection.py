@@ -37,6 +37,8 @@ __all__ = [
     "NATS_METADATA_KEY",
     "Reflected",
     "Reflective",
+    "ServesAsyncAPI",
+    "ServesOpenAPI",
     "decode_descriptor_set",
     "descriptor_files",
     "document",
@@ -166,6 +168,28 @@ class Reflective(Protocol):
     async def reflect(self, timeout: float | None, metadata: Metadata) -> Reflected:
         """The services the server offers and their descriptors; :class:`RpcError` on failure.
         ``metadata`` goes with the question (a token, when the server requires one)."""
+        ...
+
+
+@runtime_checkable
+class ServesOpenAPI(Protocol):
+    """A client transport that can fetch the OpenAPI document its server serves (``protobind
+    openapi URL``): the optional interface a :class:`~protobind.transport.ClientTransport` declares
+    by having ``openapi``."""
+
+    async def openapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The server's OpenAPI document; :class:`RpcError` on failure."""
+        ...
+
+
+@runtime_checkable
+class ServesAsyncAPI(Protocol):
+    """A client transport that can fetch the AsyncAPI document of what its server serves
+    (``protobind asyncapi URL``): the optional interface a
+    :class:`~protobind.transport.ClientTransport` declares by having ``asyncapi``."""
+
+    async def asyncapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The AsyncAPI document of the services the server offers; :class:`RpcError` on failure."""
         ...
 
 

@@ -129,6 +129,7 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
     import asyncio
 
     from protobind.metadata import Metadata
+    from protobind.reflection import ServesAsyncAPI, ServesOpenAPI
     from protobind.transport import transport_for_url
 
     from .remote import _connect, _metadata
@@ -142,10 +143,11 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
     async def fetch() -> dict[str, Any]:
         async with _connect(url) as channel:
             await channel.open()
-            serve = getattr(channel.transport, kind, None)  # the broker transports' clients have it
-            if serve is None:
-                raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
-            document: dict[str, Any] = await serve(args.timeout, metadata)
-            return document
+            transport = channel.transport  # the optional interfaces of protobind.reflection
+            if kind == "openapi" and isinstance(transport, ServesOpenAPI):
+                return await transport.openapi(args.timeout, metadata)
+            if kind == "asyncapi" and isinstance(transport, ServesAsyncAPI):
+                return await transport.asyncapi(args.timeout, metadata)
+            raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
 
     return asyncio.run(fetch())
