@@ -85,10 +85,12 @@ async def test_a_connection_that_keeps_resetting_streams_is_closed(caplog: pytes
             raw_h2(int(url.rsplit(":", 1)[1])) as attacker,
         ):
             ended = False
-            # a client-streaming call starts its handler at once: each reset cancels a running call
-            for _ in range(50):
+            # a client-streaming call starts its handler at once: each reset cancels a running call;
+            # bursts of 500, so that a loaded machine (the budget halves every second) still sends
+            # them faster than the budget drains (at most 30,000 resets)
+            for _ in range(60):
                 try:
-                    for _ in range(100):
+                    for _ in range(500):
                         attacker.reset(attacker.open(path, None, end=False))
                     await attacker.flush()
                     data = b""
