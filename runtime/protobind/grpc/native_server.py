@@ -720,10 +720,14 @@ async def serve_native(table: EndpointTable, address: Address, config: GrpcOptio
     server = _Server(table, config, extra)
     loop = asyncio.get_running_loop()
     sock = listen_socket(address.host, address.port or 0, reuse_port=config.reuse_port)
-    context = _tls_context(config) if address.tls else None
-    listener = await loop.create_server(
-        lambda: _ServerConnection(server), sock=sock, ssl=context, backlog=1024
-    )
+    try:
+        context = _tls_context(config) if address.tls else None
+        listener = await loop.create_server(
+            lambda: _ServerConnection(server), sock=sock, ssl=context, backlog=1024
+        )
+    except BaseException:
+        sock.close()  # a bad certificate or key: the socket is not left open
+        raise
     port = sock.getsockname()[1]
     await on_start()
     return NativeBinding(server, listener, f"{address.scheme}://{address.target(port)}", on_stop)
