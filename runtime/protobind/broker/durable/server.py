@@ -120,6 +120,9 @@ class DurableServer:
         #: calls sent to the dead letter: counted, and logged at a bounded rate (a sender of bad
         #: calls must not turn the log into a line per call)
         self.dead_letters = RefusalLog(logger, "durable calls of %s go to the dead letter: %s %s")
+        #: acknowledgements the broker did not take (its connection lost): the broker delivers
+        #: those calls again; counted and logged at a bounded rate, not a line per call
+        self.unsettled = RefusalLog(logger, "durable calls of %s: %s not sent: %s")
         #: set whenever a handler ends: workers waiting for a free slot look again
         self.slot_free = asyncio.Event()
 
@@ -173,6 +176,7 @@ class DurableServer:
         for worker in self._workers:
             await worker.close()
         self.dead_letters.close()
+        self.unsettled.close()
 
 
 class _Worker:
@@ -368,7 +372,7 @@ class _Worker:
             await step
         except BrokerError as exc:
             # the broker delivers the call again: at least once, never lost
-            logger.warning("%s of a %s call not sent: %s", what, self.method.full_name, exc)
+            self.server.unsettled.refused(self.method.full_name, what, str(exc))
 
     async def _retry(self, message: StoredMessage, attempt: int) -> None:
         backoff = self.delivery.backoff
