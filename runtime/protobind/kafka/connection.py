@@ -1043,12 +1043,16 @@ class KafkaBroker(DurableBroker):
         self._closed = True
         for sub in self._control:
             await sub.unsubscribe()
+        # every step bounded: a consumer leaving its group waits for the coordinator's answer, and a
+        # broker that stops answering must not hold a closing connection forever
+        bound = self.settings.connect_timeout
         for group in list(self._groups.values()):
-            await group.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(group.stop(), bound)
         indexes = [index.reader for index in self._indexes.values() if index.reader is not None]
         for reader in [*self._fanout, *indexes, *([self._reader] if self._reader else [])]:
-            await reader.stop()
-        bound = self.settings.connect_timeout
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.stop(), bound)
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.producer.stop(), bound)  # sends what is still buffered
