@@ -41,7 +41,9 @@ def _oneway_kinds() -> set[str]:
     return set(peers.ONEWAY_CLIENTS)
 
 
-def _count(kind: str, side: str, calls: int, payload: int, workdir: str, nats_url: str | None) -> int:
+def _count(
+    kind: str, side: str, calls: int, payload: int, workdir: str, nats_url: str | None, concurrency: int
+) -> int:
     out = os.path.join(workdir, f"{kind}-{side}-{calls}.out")
     serve = [sys.executable, "-m", "benchmarks.serve", kind, "127.0.0.1"] + ([nats_url] if nats_url else [])
     if side == "server":
@@ -57,6 +59,18 @@ def _count(kind: str, side: str, calls: int, payload: int, workdir: str, nats_ur
         if kind in _oneway_kinds():
             # one-way pairs: a burst of `calls` messages from 64 senders, as in their throughput run
             drive += ["--sequential", "1", "--warmup", "50", "--messages", str(calls), "--concurrency", "64"]
+        elif concurrency > 1:
+            # `calls` calls kept `concurrency` in flight, as in the throughput run
+            drive += [
+                "--sequential",
+                "1",
+                "--warmup",
+                "50",
+                "--calls",
+                str(calls),
+                "--concurrency",
+                str(concurrency),
+            ]
         else:
             drive += ["--sequential", str(calls), "--warmup", "50", "--duration", "0", "--concurrency", "1"]
         if side == "client":
@@ -85,6 +99,12 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=100)
     parser.add_argument("--low", type=int, default=200)
     parser.add_argument("--high", type=int, default=1200)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="calls in flight (request/reply kinds; default 1: sequential calls)",
+    )
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     per_call: dict[str, float] = {}
@@ -94,15 +114,18 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as workdir:
             for kind in kinds:
-                low = _count(kind, args.side, args.low, args.payload, workdir, nats_url)
-                high = _count(kind, args.side, args.high, args.payload, workdir, nats_url)
+                low = _count(kind, args.side, args.low, args.payload, workdir, nats_url, args.concurrency)
+                high = _count(kind, args.side, args.high, args.payload, workdir, nats_url, args.concurrency)
                 per_call[kind] = (high - low) / (args.high - args.low)
     finally:
         if stop_nats is not None:
             stop_nats()
     first = per_call[kinds[0]]
     calls = args.high - args.low
-    print(f"{args.side}, payload {args.payload} B, instructions per call (callgrind, {calls} calls)")
+    print(
+        f"{args.side}, payload {args.payload} B, instructions per call (callgrind, {calls} calls, "
+        f"{args.concurrency} in flight)"
+    )
     for kind, count in per_call.items():
         print(f"  {kind:28} {count / 1000:10.1f} k   ratio {count / first:.3f}")
 

@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import peers
 
+#: Messages per one-way throughput run unless ``--messages`` or peers.ONEWAY_MESSAGES says otherwise.
+ONEWAY_MESSAGES = 300_000
+
 
 def _report(latencies: list[float], done: int, elapsed: float, calls: int) -> dict[str, float]:
     latencies.sort()
@@ -34,8 +37,11 @@ async def oneway(args: argparse.Namespace) -> dict[str, float]:
     send, close = await peers.ONEWAY_CLIENTS[args.kind](args.url)
     done, stop_watching = await peers.oneway_watcher(args.url)
     payload = b"x" * args.payload
+    messages = args.messages or peers.ONEWAY_MESSAGES.get(args.kind, ONEWAY_MESSAGES)
 
-    async def burst(count: int, concurrency: int) -> list[float]:
+    async def burst(count: int, concurrency: int) -> tuple[list[float], int, float | None]:
+        """Send ``count`` messages; their send latencies, how many the server handled and, when
+        that is fewer (the broker dropped some), the wall-clock time of the last one handled."""
         left = count
         latencies: list[float] = []
 
@@ -48,19 +54,24 @@ async def oneway(args: argparse.Namespace) -> dict[str, float]:
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(sender() for _ in range(concurrency)))
-        await asyncio.wait_for(done.get(), 120)
-        return latencies
+        report = await asyncio.wait_for(done.get(), 120)
+        if not report:
+            return latencies, count, None
+        partial = json.loads(report)
+        return latencies, int(partial["handled"]), float(partial["last"])
 
     try:
         await burst(args.warmup, 1)
-        latencies = await burst(args.sequential, 1)
-        started = time.perf_counter()
-        await burst(args.messages, args.concurrency)
-        elapsed = time.perf_counter() - started
+        latencies, _, _ = await burst(args.sequential, 1)
+        started, wall = time.perf_counter(), time.time()
+        _, handled, last = await burst(messages, args.concurrency)
+        elapsed = time.perf_counter() - started if last is None else last - wall
     finally:
         await close()
         await stop_watching()
-    return _report(latencies, args.messages, elapsed, args.warmup + args.sequential + args.messages)
+    result = _report(latencies, handled, elapsed, args.warmup + args.sequential + messages)
+    result["lost"] = messages - handled
+    return result
 
 
 async def main(args: argparse.Namespace) -> dict[str, float]:
@@ -86,9 +97,16 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
 
         done = 0
         deadline = time.perf_counter() + args.duration
+        left = args.calls
 
         async def worker(call: peers.Call) -> None:
-            nonlocal done
+            nonlocal done, left
+            if args.calls:  # a fixed number of calls (callgrind, strace): no clock
+                while left > 0:
+                    left -= 1
+                    await call(payload)
+                    done += 1
+                return
             while time.perf_counter() < deadline:
                 await call(payload)
                 done += 1
@@ -154,8 +172,13 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--calls", type=int, default=0, help="throughput run: this many calls instead of --duration"
+    )
     parser.add_argument("--channels", type=int, default=1, help="connections the calls are spread over")
-    parser.add_argument("--messages", type=int, default=300000, help="one-way pairs: messages per run")
+    parser.add_argument(
+        "--messages", type=int, default=0, help="one-way pairs: messages per run (0: the pair's default)"
+    )
     arguments = parser.parse_args()
     if arguments.kind in peers.SYNC_CLIENTS:
         print(json.dumps(main_sync(arguments)), flush=True)

@@ -12,6 +12,7 @@ Transports add their peers here; ``PAIRS`` says which two are compared.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -818,17 +819,57 @@ async def _mqtt_connect(url: str) -> tuple[Any, str]:
     return client, prefix
 
 
+#: MQTT one-way runs: messages per run unless ``--messages`` says otherwise (see ONEWAY_MESSAGES).
+MQTT_ONEWAY_MESSAGES = 50_000
+#: Seconds without a message after which an MQTT one-way server reports a burst it did not get all of.
+MQTT_QUIET = 2.0
+#: Messages per one-way run by kind, where it differs from ``--messages``' default.
+ONEWAY_MESSAGES = {"protobind-mqtt-oneway": MQTT_ONEWAY_MESSAGES, "zmqtt-publish": MQTT_ONEWAY_MESSAGES}
+
+
 class _MqttCounter(_Counter):
+    """:class:`_Counter` for QoS 0, where Mosquitto may drop messages under load (its queue for a
+    subscriber is bounded): a burst that stopped arriving short of its count is reported after
+    ``MQTT_QUIET`` seconds of silence, with how many messages were handled and when the last one
+    was (JSON; a complete burst's report is empty). The reports go at QoS 1."""
+
     def __init__(self, client: Any, prefix: str) -> None:
+        import zmqtt
+
         super().__init__(None)
         self.client = client
         self.topic = f"{prefix}/bench/oneway/done"
+        self.last = 0.0
+        self._quiet: Any = None
+        self._qos = zmqtt.QoS.AT_LEAST_ONCE
+
+    def start(self) -> None:
+        import asyncio
+
+        self._quiet = asyncio.get_running_loop().create_task(self._watch_quiet())
+
+    async def _watch_quiet(self) -> None:
+        import asyncio
+        import json
+
+        while True:
+            await asyncio.sleep(MQTT_QUIET / 4)
+            if self.handled and time.time() - self.last > MQTT_QUIET:
+                report = json.dumps({"handled": self.handled, "last": self.last}).encode()
+                self.handled = 0
+                await self.client.publish(self.topic, report, qos=self._qos)
+
+    async def stop(self) -> None:
+        if self._quiet is not None:
+            self._quiet.cancel()
+        await self.client.disconnect()
 
     async def count(self, request: Request) -> None:
         self.handled += 1
+        self.last = time.time()
         if self.handled == request.number:
             self.handled = 0
-            await self.client.publish(self.topic, b"")
+            await self.client.publish(self.topic, b"", qos=self._qos)
 
 
 async def _protobind_mqtt_oneway_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
@@ -836,6 +877,7 @@ async def _protobind_mqtt_oneway_server(host: str, nats_url: str | None) -> tupl
 
     url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
     counter = _MqttCounter(*await _mqtt_connect(url))
+    counter.start()
 
     class Sink(ConformanceService):
         async def notify(self, request: Request, context: protobind.Context) -> Empty:
@@ -847,7 +889,7 @@ async def _protobind_mqtt_oneway_server(host: str, nats_url: str | None) -> tupl
 
     async def stop() -> None:
         await server.stop(grace=1.0)
-        await counter.client.disconnect()
+        await counter.stop()
 
     return bound, stop
 
@@ -859,6 +901,7 @@ async def _raw_mqtt_oneway_server(host: str, nats_url: str | None) -> tuple[str,
     url = f"{os.environ.get('PROTOBIND_BENCH_MQTT', MQTT_URL)}?prefix={_mqtt_prefix()}"
     client, prefix = await _mqtt_connect(url)
     counter = _MqttCounter(client, prefix)
+    counter.start()
     sub = client.subscribe(f"$share/raw/{prefix}/{MQTT_NOTIFY_TOPIC}", receive_buffer_size=0)
     await sub.start()
 
@@ -870,7 +913,7 @@ async def _raw_mqtt_oneway_server(host: str, nats_url: str | None) -> tuple[str,
 
     async def stop() -> None:
         task.cancel()
-        await client.disconnect()
+        await counter.stop()
 
     return url, stop
 
@@ -886,19 +929,24 @@ async def _raw_mqtt_oneway_client(url: str) -> tuple[Callable[[bytes, int], Awai
 
 
 async def oneway_watcher(url: str) -> tuple[Any, Close]:
-    """The driver's side of a one-way run: a queue that gets an item each time the server at
-    ``url`` reports that it handled the last message, and how to stop watching."""
+    """The driver's side of a one-way run: a queue that gets the body of each report of the server
+    at ``url`` (empty: it handled the last message of the burst; else JSON, see _MqttCounter), and
+    how to stop watching."""
     import asyncio
 
-    done: asyncio.Queue[object] = asyncio.Queue()
+    done: asyncio.Queue[bytes] = asyncio.Queue()
     if url.startswith(("mqtt://", "mqtts://")):
+        import zmqtt
+
         client, prefix = await _mqtt_connect(url)
-        sub = client.subscribe(f"{prefix}/bench/oneway/done", receive_buffer_size=0)
+        sub = client.subscribe(
+            f"{prefix}/bench/oneway/done", qos=zmqtt.QoS.AT_LEAST_ONCE, receive_buffer_size=0
+        )
         await sub.start()
 
         async def watch() -> None:
             async for message in sub:
-                done.put_nowait(message)
+                done.put_nowait(bytes(message.payload))
 
         task = asyncio.get_running_loop().create_task(watch())
 
@@ -911,8 +959,8 @@ async def oneway_watcher(url: str) -> tuple[Any, Close]:
 
     watcher = await nats.connect(done_url(url))
 
-    async def report(msg: object) -> None:
-        done.put_nowait(msg)
+    async def report(msg: Any) -> None:
+        done.put_nowait(msg.data)
 
     await watcher.subscribe(ONEWAY_DONE, cb=report)
     await watcher.flush()

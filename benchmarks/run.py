@@ -148,7 +148,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of each throughput run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sequential", type=int, default=1000, help="calls in the latency run")
-    parser.add_argument("--messages", type=int, default=300000, help="messages per one-way throughput run")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=0,
+        help="messages per one-way throughput run (default 300,000; mqtt-oneway 50,000)",
+    )
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = parser.parse_args()
     if args.final:
@@ -169,38 +174,61 @@ def main() -> None:
     try:
         for payload in [int(p) for p in args.payloads.split(",")]:
             for label, ours, raw in pairs:
-                kinds = [ours] + ([raw] if raw else [])
-                samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-                for round_no in range(args.rounds):
-                    order = kinds if round_no % 2 == 0 else kinds[::-1]
-                    for kind in order:
-                        samples[kind].append(measure(kind, args, payload, nats_url))
-                        time.sleep(0.2)
-                entry: dict[str, Any] = {"pair": label, "payload": payload, "peers": {}}
-                for kind in kinds:
-                    entry["peers"][kind] = {
-                        metric: summarize([s[metric] for s in samples[kind]])
-                        for metric in METRICS
-                        if all(metric in s for s in samples[kind])
-                    }
-                if raw:
-                    a, b = entry["peers"][ours], entry["peers"][raw]
-                    entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
-                    entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
-                    entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
-                    # the rounds measure both sides back to back: the ratio within each round
-                    # cancels the load that moves both, so its median is the steadier figure
-                    pairs_of_rounds = zip(samples[ours], samples[raw], strict=True)
-                    rounds = [x["calls_per_s"] / y["calls_per_s"] for x, y in pairs_of_rounds]
-                    entry["round_throughput_ratio"] = summarize(rounds)
-                    if "server_cpu_us" in a and "server_cpu_us" in b:
-                        cpu_a, cpu_b = a["server_cpu_us"]["median"], b["server_cpu_us"]["median"]
-                        entry["server_cpu_ratio"] = cpu_a / cpu_b
+                try:
+                    entry = run_pair(label, ours, raw, args, payload, nats_url)
+                except Exception as exc:  # a pair that fails is recorded, and the run goes on
+                    entry = {"pair": label, "payload": payload, "error": _failure(exc)}
                 results["pairs"].append(entry)
                 _print_entry(entry)
+                # after every pair: a run stopped later keeps what it measured so far
+                write_results(args.json, results, quiet=True)
     finally:
         stop_nats()
     write_results(args.json, results)
+
+
+def run_pair(
+    label: str, ours: str, raw: str | None, args: argparse.Namespace, payload: int, nats_url: str | None
+) -> dict[str, Any]:
+    """Measure one pair at one payload size over ``args.rounds`` rounds: its entry in the results."""
+    kinds = [ours] + ([raw] if raw else [])
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for round_no in range(args.rounds):
+        order = kinds if round_no % 2 == 0 else kinds[::-1]
+        for kind in order:
+            samples[kind].append(measure(kind, args, payload, nats_url))
+            time.sleep(0.2)
+    entry: dict[str, Any] = {"pair": label, "payload": payload, "peers": {}}
+    for kind in kinds:
+        entry["peers"][kind] = {
+            metric: summarize([s[metric] for s in samples[kind]])
+            for metric in METRICS
+            if all(metric in s for s in samples[kind])
+        }
+    if raw:
+        a, b = entry["peers"][ours], entry["peers"][raw]
+        entry["throughput_ratio"] = a["calls_per_s"]["median"] / b["calls_per_s"]["median"]
+        entry["p50_ratio"] = a["p50_us"]["median"] / b["p50_us"]["median"]
+        entry["p50_difference_us"] = a["p50_us"]["median"] - b["p50_us"]["median"]
+        # the rounds measure both sides back to back: the ratio within each round
+        # cancels the load that moves both, so its median is the steadier figure
+        pairs_of_rounds = zip(samples[ours], samples[raw], strict=True)
+        rounds = [x["calls_per_s"] / y["calls_per_s"] for x, y in pairs_of_rounds]
+        entry["round_throughput_ratio"] = summarize(rounds)
+        if "server_cpu_us" in a and "server_cpu_us" in b:
+            cpu_a, cpu_b = a["server_cpu_us"]["median"], b["server_cpu_us"]["median"]
+            entry["server_cpu_ratio"] = cpu_a / cpu_b
+    lost = {kind: sum(s.get("lost", 0) for s in samples[kind]) for kind in kinds}
+    if any(lost.values()):
+        # one-way runs over a broker that may drop messages (MQTT QoS 0): see drive.oneway
+        entry["lost_messages"] = lost
+    return entry
+
+
+def _failure(exc: BaseException) -> str:
+    """What a failed pair's entry says: the exception's type and the last lines of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: " + " | ".join(text[-5:])[:1000]
 
 
 def nats_server(needed: bool) -> tuple[str | None, Callable[[], None]]:
@@ -213,10 +241,11 @@ def nats_server(needed: bool) -> tuple[str | None, Callable[[], None]]:
     return start_nats_server()
 
 
-def write_results(path: str, results: dict[str, Any]) -> None:
+def write_results(path: str, results: dict[str, Any], quiet: bool = False) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {path}")
+    if not quiet:
+        print(f"\nwritten to {path}")
 
 
 def fmt(s: dict[str, float], unit: str = "") -> str:
@@ -225,6 +254,10 @@ def fmt(s: dict[str, float], unit: str = "") -> str:
 
 def _print_entry(entry: dict[str, Any]) -> None:
     print(f"\n## {entry['pair']}  payload {entry['payload']} B")
+    if "error" in entry:
+        print(f"FAILED (the run goes on): {entry['error']}")
+        sys.stdout.flush()
+        return
     print(f"{'peer':<22} {'calls/s (64 in flight)':<28} {'p50 µs':<22} {'p99 µs':<22} server CPU µs/call")
     for kind, m in entry["peers"].items():
         cpu = fmt(m["server_cpu_us"]) if "server_cpu_us" in m else "-"
@@ -242,6 +275,9 @@ def _print_entry(entry: dict[str, Any]) -> None:
         print(
             f"throughput ratio within each round: median {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
         )
+    if "lost_messages" in entry:
+        lost = ", ".join(f"{kind} {count:,}" for kind, count in entry["lost_messages"].items())
+        print(f"messages the broker dropped (all rounds; throughput counts the handled ones): {lost}")
     sys.stdout.flush()
 
 

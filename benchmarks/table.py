@@ -42,6 +42,10 @@ def render(results: dict[str, Any]) -> str:
     )
     lines.append("|---|---:|---:|---|---:|---:|---:|---:|")
     for entry in results["pairs"]:
+        if "error" in entry:  # a pair that failed: the run went on without it
+            error = entry["error"].replace("|", "/")
+            lines.append(f"| {entry['pair']} | {entry['payload']:,} B | failed: {error} | | | | | |")
+            continue
         names = list(entry["peers"])
         ours = entry["peers"][names[0]]
         if len(names) < 2:
