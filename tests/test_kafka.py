@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,14 +15,18 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from jobs.v1.jobs_pb2 import Job
+from jobs.v1.jobs_protobind import JobsClient
 
 import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
+from protobind.kafka.embedded import start_kafka_broker
 from protobind.kafka.options import settings_from
 
 from .conformance import SERVICE, Conformance
+from .jobs_service import Jobs
 from .kafka_broker import kafka_url
 from .support import eventually
 
@@ -282,3 +288,41 @@ async def test_a_plain_aiokafka_producer_makes_a_durable_call_and_a_consumer_rea
     assert headers["Protobind-Attempts"] == "1"
     assert headers["x-tenant"] == "acme"
     assert jobs.deliveries[0][2] in ("raw-ok", "raw-bad")  # the call id is the record's Nats-Msg-Id
+
+
+async def _ends_cleanly(closing: Any) -> None:
+    """``closing`` returns and raises nothing; the wait is a guard against a hang, far above the
+    few ``connect_timeout`` the steps of a close are bounded by."""
+    task = asyncio.ensure_future(closing)
+    await asyncio.wait({task}, timeout=120)
+    assert task.done(), "still closing after 120 s"
+    assert not task.cancelled(), "closing ended in a CancelledError nobody asked for"
+    assert task.exception() is None, repr(task.exception())
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+async def test_a_server_and_a_client_close_when_their_broker_is_killed_or_stops_answering(fault: str) -> None:
+    """A private Tansu killed, or stopped (its sockets open, nothing answered), under a server with
+    consumer groups (plain and durable methods) and a client: stop() and close() return, raise
+    nothing, and leave no task running. aiokafka's consumer stop lets out a CancelledError of its
+    fetch tasks when a fetch failed (the close then stopped there, producer and admin client left
+    open, the metadata task of each consumer left running), and half of the control-topic
+    subscriptions were skipped by close (their delivery tasks left waiting forever)."""
+    url, stop_broker = start_kafka_broker()
+    try:
+        served = kafka_url(url, "kc.", connect_timeout=2)
+        server = protobind.Server([Conformance(), Jobs()])
+        await server.start(served)
+        channel = protobind.connect(served)
+        await ConformanceServiceClient(channel).unary(Request(text="before"))
+        assert (await JobsClient(channel).run(Job(id="before"))).id == "before"
+        os.kill(stop_broker.process.pid, getattr(signal, fault))
+        await _ends_cleanly(server.stop(0))
+        await _ends_cleanly(channel.close())
+        for _ in range(3):  # cancelled tasks end at their next turn
+            await asyncio.sleep(0)
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        assert not left, [task.get_coro() for task in left]
+    finally:
+        os.kill(stop_broker.process.pid, signal.SIGCONT)
+        stop_broker()

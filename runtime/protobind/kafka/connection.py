@@ -96,6 +96,8 @@ _INBOX_TOPIC = "protobind.inbox."
 _MAX_IN_FLIGHT = 1024
 #: Seconds between two commits of a group's finished offsets (a stop or a rebalance commits at once).
 _COMMIT_INTERVAL = 0.1
+#: Seconds a cancelled task is given to end (its ``finally`` blocks) before closing goes on.
+_UNWIND = 1.0
 _LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -206,6 +208,71 @@ def _broker_error(exc: BaseException) -> BrokerError:
     if isinstance(exc, (kafka_errors.KafkaConnectionError, kafka_errors.ProducerClosed, OSError)):
         return NotConnected(f"Kafka connection: {type(exc).__name__}")
     return BrokerError(f"Kafka refused the record: {type(exc).__name__}")
+
+
+async def _within(bound: float, operation: Awaitable[object], what: str) -> bool:
+    """Run ``operation``, one step of closing a connection, for at most ``bound`` seconds; True
+    when it ended well. It never raises (the connection is going away whatever it says) and a step
+    cut off is logged.
+
+    aiokafka's own stops can wait on a broker that stopped answering (a producer flushing its
+    buffer, a consumer leaving its group), and can let out a ``CancelledError`` of their own tasks
+    (a consumer's fetcher awaits the fetch tasks it cancelled): run as a task and awaited with
+    :func:`asyncio.wait`, neither holds nor cancels the caller, whose own cancellation still
+    cancels the step."""
+    task = asyncio.ensure_future(operation)
+    try:
+        await asyncio.wait({task}, timeout=bound)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done():
+        logger.warning("closing the Kafka connection: %s did not end within %g s: cut off", what, bound)
+        task.cancel()
+        await asyncio.wait({task}, timeout=_UNWIND)
+    elif task.cancelled():
+        logger.debug("closing the Kafka connection: %s ended cancelled", what)
+    elif task.exception() is not None:
+        logger.debug("closing the Kafka connection: %s failed: %r", what, task.exception())
+    else:
+        return True
+    return False
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer, bound: float, what: str) -> None:
+    """Stop an aiokafka consumer within ``bound`` seconds. Its stop leaves off before closing its
+    client when the fetcher's cancelled fetch tasks raise (a fetch that failed, waiting to retry:
+    a broker gone or overloaded), which would leave the client's metadata task running and its
+    sockets open: then the client is closed here."""
+    if await _within(bound, consumer.stop(), what):
+        return
+    client = getattr(consumer, "_client", None)  # aiokafka's own attribute, no public close of it
+    if client is not None:
+        await _within(_UNWIND, client.close(), f"{what}: its client")
+
+
+async def _stop_producer(producer: AIOKafkaProducer, bound: float) -> None:
+    """Flush and stop an aiokafka producer within ``bound`` seconds. Cut off (a broker that does
+    not take the buffered records), its stop leaves its sender task and client running: both are
+    ended here, and what was still buffered fails (those calls were never acknowledged)."""
+    if await _within(bound, producer.stop(), "the producer's flush and stop"):
+        return
+    sender = getattr(producer, "_sender", None)  # aiokafka's own attribute, no public stop of it
+    if sender is not None:
+        await _within(_UNWIND, sender.close(), "the producer's sender")
+    await _within(_UNWIND, producer.client.close(), "the producer's client")
+
+
+async def _end_task(task: asyncio.Task[None] | None, what: str) -> None:
+    """Cancel one of this module's background tasks and wait (bounded) until it has ended. The
+    loops also check a stop flag: Python 3.11's ``asyncio.wait_for`` drops a cancellation that
+    arrives as its operation completes, and such a loop would otherwise go on, and this wait with it."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=_UNWIND)
+    if not task.done():
+        logger.warning("Kafka: %s did not end within %g s of being cancelled", what, _UNWIND)
 
 
 def _read_headers(raw: Iterable[tuple[str, bytes | None]]) -> tuple[dict[str, str] | None, str, str, str]:
@@ -326,6 +393,7 @@ class _Reader:
         self.partitions = partitions
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.subs: list[_Sub] = []
         #: replies read from the topic's start and kept by call id (see _ReplyIndex)
         self.index = index
@@ -357,7 +425,7 @@ class _Reader:
         consumer = self.consumer
         assert consumer is not None
         dispatch = self.broker._dispatch
-        while True:
+        while not self._stopping:
             try:
                 batches = await consumer.getmany(timeout_ms=1000)
             except kafka_errors.KafkaError as exc:
@@ -374,13 +442,11 @@ class _Reader:
                 self.index.progress.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        self._stopping = True
+        await _end_task(self._task, "a Kafka reader's fetch loop")
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.consumer.stop(), self.broker.settings.connect_timeout)
+            what = f"the reader of {', '.join(sorted({tp.topic for tp in self.partitions}))}"
+            await _stop_consumer(self.consumer, self.broker.settings.connect_timeout, what)
 
 
 class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -401,6 +467,7 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         self._task: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._subscribed: tuple[str, ...] = ()
+        self._stopping = False
 
     async def add(self, topic: str, sub: _Sub) -> None:
         self.subs[topic] = sub
@@ -450,7 +517,7 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _run(self) -> None:
         consumer = self.consumer
         assert consumer is not None
-        while True:
+        while not self._stopping:
             if self.in_flight >= _MAX_IN_FLIGHT:
                 self._room.clear()
                 await self._room.wait()
@@ -501,6 +568,8 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         finished = self._finished
         while True:
             await finished.wait()
+            if self._stopping:
+                return
             finished.clear()
             await self.commit()
             await asyncio.sleep(_COMMIT_INTERVAL)
@@ -583,16 +652,19 @@ class _Group(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assigned.set()
 
     async def stop(self) -> None:
-        for task in (self._task, self._committer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        """Stop fetching and committing, commit what is finished, leave the group; every step
+        bounded (a broker that stopped answering holds none of them)."""
+        self._stopping = True
+        # wakes the loops, should a cancellation below be lost (see _end_task)
+        self._finished.set()
+        self._room.set()
+        await _end_task(self._task, f"the fetch loop of consumer group {self.group_id}")
+        await _end_task(self._committer, f"the committer of consumer group {self.group_id}")
         if self.consumer is not None:
             await self.commit()
-            with contextlib.suppress(Exception):
-                # leaves the group: the others take the partitions
-                await asyncio.wait_for(self.consumer.stop(), self.broker.settings.connect_timeout)
+            # leaves the group: the others take the partitions
+            what = f"consumer group {self.group_id}"
+            await _stop_consumer(self.consumer, self.broker.settings.connect_timeout, what)
 
 
 class _ReplyIndex:
@@ -767,6 +839,7 @@ class KafkaBroker(DurableBroker):
         self._reader: _Reader | None = None
         self._groups: dict[str, _Group] = {}
         self._fanout: list[_Reader] = []
+        self._stopping_readers: set[asyncio.Task[None]] = set()  # of subscriptions ended
         self._control: list[_Sub] = []
         self._inboxes: dict[str, InboxCallback] = {}
         self.inbox_topic = _INBOX_TOPIC + secrets.token_hex(12)
@@ -996,7 +1069,9 @@ class KafkaBroker(DurableBroker):
         if sub.reader is not None:
             reader = sub.reader
             self._fanout.remove(reader)
-            asyncio.get_running_loop().create_task(reader.stop())
+            stopping = asyncio.get_running_loop().create_task(reader.stop())
+            self._stopping_readers.add(stopping)  # kept: a task nobody holds can be collected
+            stopping.add_done_callback(self._stopping_readers.discard)
 
     async def _dispatch(self, record: Any, reader: _Reader) -> None:
         headers, subject, reply, correlation = _read_headers(record.headers)
@@ -1038,30 +1113,34 @@ class KafkaBroker(DurableBroker):
             raise _broker_error(exc) from None
 
     async def close(self) -> None:
+        """Stop every consumer, flush and stop the producer, delete the inbox topic. Each step is
+        bounded by ``connect_timeout`` and the consumers stop side by side: a consumer leaving its
+        group and a producer flushing wait for the broker, and one that stopped answering must not
+        hold a closing connection (nor a test's teardown) forever."""
         if self._closed:
             return
         self._closed = True
-        for sub in self._control:
+        delivering = []
+        for sub in list(self._control):  # unsubscribe() takes each out of the list
             await sub.unsubscribe()
-        # every step bounded: a consumer leaving its group waits for the coordinator's answer, and a
-        # broker that stops answering must not hold a closing connection forever
+            delivering.append(sub._task)
         bound = self.settings.connect_timeout
-        for group in list(self._groups.values()):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(group.stop(), bound)
         indexes = [index.reader for index in self._indexes.values() if index.reader is not None]
-        for reader in [*self._fanout, *indexes, *([self._reader] if self._reader else [])]:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(reader.stop(), bound)
+        readers = [*self._fanout, *indexes, *([self._reader] if self._reader else [])]
+        await asyncio.gather(
+            *(group.stop() for group in list(self._groups.values())),
+            *(reader.stop() for reader in readers),
+            *(_end_task(task, "a Kafka subscription's delivery") for task in delivering),
+            *list(self._stopping_readers),
+            return_exceptions=True,
+        )
         if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.producer.stop(), bound)  # sends what is still buffered
+            await _stop_producer(self.producer, bound)  # sends what is still buffered
         if self.admin is not None:
             if self.inbox_topic in self._created:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.admin.delete_topics([self.inbox_topic]), bound)
-            with contextlib.suppress(Exception):
-                await self.admin.close()
+                what = f"deleting inbox topic {self.inbox_topic}"
+                await _within(bound, self.admin.delete_topics([self.inbox_topic]), what)
+            await _within(bound, self.admin.close(), "the admin client's close")
 
     # --- durable calls (DurableBroker) ---
 

@@ -258,7 +258,7 @@ class _Worker:
     async def _keep_alive(self) -> None:
         # a handler still running is not a lost call: restart its ack_wait well before it ends
         interval = max(self.consumer.ack_wait / 3, 0.01)
-        while True:
+        while not self._stopping:  # the flag too: see _pull
             await asyncio.sleep(interval)
             for message in [*self.running.values(), *self.held]:
                 try:
