@@ -902,3 +902,106 @@ def test_grpc_module_is_not_imported_by_protobind() -> None:
     code = "import sys, protobind; protobind.connect('inproc://x'); print('grpc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- what users of the default (native) engine meet: compression, keepalive, big messages ---------
+
+
+async def test_stock_client_sending_gzip_requests(stock: ModuleType) -> None:
+    """grpcio's client with gzip compression (per channel and per call, all four kinds)."""
+    async with (
+        serving() as (url, _),
+        grpc.aio.insecure_channel(target(url), compression=grpc.Compression.Gzip) as channel,
+    ):
+        stub = stock.ConformanceServiceStub(channel)
+        text = "z" * 100_000  # compressible: really sent compressed
+        reply = await stub.Unary(Request(text=text), timeout=10)
+        assert reply.text == text
+        reply = await stub.Unary(Request(text="call"), compression=grpc.Compression.Gzip, timeout=10)
+        assert reply.text == "call"
+        replies = [r async for r in stub.ServerStream(Request(text=text, behavior=Behavior(stream_count=2)))]
+        assert [r.text for r in replies] == [text, text]
+        reply = await stub.ClientStream(iter([Request(text=text), Request(text="b")]), timeout=10)
+        assert (reply.text, reply.request_count) == (f"{text},b", 2)
+
+
+async def test_protobind_client_against_a_stock_server_that_compresses(stock: ModuleType) -> None:
+    """A grpcio server set to gzip its responses: protobind's client reads them (whichever engine;
+    the native one says it accepts gzip and inflates what comes compressed)."""
+    server = grpc.aio.server(compression=grpc.Compression.Gzip)
+    stock.add_ConformanceServiceServicer_to_server(_stock_servicer(stock), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with connected(f"grpc://127.0.0.1:{port}") as client:
+            text = "y" * 100_000
+            assert (await client.unary(Request(text=text), timeout=10)).text == text
+            replies = [
+                r async for r in client.server_stream(Request(text=text, behavior=Behavior(stream_count=3)))
+            ]
+            assert [r.text for r in replies] == [text] * 3
+    finally:
+        await server.stop(None)
+
+
+async def test_stock_client_with_keepalive_pings_keeps_calling(stock: ModuleType) -> None:
+    """A grpcio client that pings every 100 ms, also without calls in flight: the server answers
+    the pings and the connection stays usable (no GOAWAY too_many_pings)."""
+    options = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with serving() as (url, _), grpc.aio.insecure_channel(target(url), options=options) as channel:
+        stub = stock.ConformanceServiceStub(channel)
+        for i in range(5):
+            assert (await stub.Unary(Request(text=str(i)), timeout=10)).text == str(i)
+            await asyncio.sleep(0.3)  # a few pings go and come back between calls
+        assert channel.get_state() is grpc.ChannelConnectivity.READY
+
+
+async def test_messages_near_the_limit_both_ways(stock: ModuleType) -> None:
+    """Messages of 3 MiB each way, many at once on one connection (flow control: each is many
+    windows' worth of DATA), from protobind's client and from a stock one."""
+    text = "m" * (3 * 1024 * 1024)
+    async with serving() as (url, _), connected(url) as client, stock_channel(url) as channel:
+        replies = await asyncio.gather(*(client.unary(Request(text=text), timeout=60) for _ in range(8)))
+        assert all(r.text == text for r in replies)
+        stub = stock.ConformanceServiceStub(channel)
+        stock_replies = await asyncio.gather(*(stub.Unary(Request(text=text), timeout=60) for _ in range(4)))
+        assert all(r.text == text for r in stock_replies)
+        streamed = [r async for r in client.bidi_stream(_texts(text, 4), timeout=60)]
+        assert [r.text for r in streamed] == [text] * 4
+
+
+async def _texts(text: str, count: int) -> AsyncIterator[Request]:
+    for _ in range(count):
+        yield Request(text=text)
+
+
+async def test_deadline_bounds_a_connection_that_never_answers() -> None:
+    """A peer that accepts the TCP connection and says nothing (not a gRPC server, or one too
+    busy): the call ends at its deadline with DEADLINE_EXCEEDED, not after a connect timeout of
+    the client's own."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with connected(f"grpc://127.0.0.1:{port}") as client:
+            with pytest.raises(RpcError) as info:
+                await asyncio.wait_for(client.unary(Request(text="x"), timeout=0.5), 15)
+            assert info.value.code is Code.DEADLINE_EXCEEDED
+            with pytest.raises(RpcError) as info:
+                stream = client.server_stream(Request(text="x"), timeout=0.5)
+                await asyncio.wait_for(anext(stream), 15)
+            assert info.value.code is Code.DEADLINE_EXCEEDED
+    finally:
+        for writer in accepted:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()

@@ -100,11 +100,16 @@ class _ClientConnection(h2.Connection):
         self.limit = limit
         self._next_id = 1
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        # a call that gave up waiting (its deadline) leaves nobody to read a failed handshake
+        self.ready.add_done_callback(_retrieved)
         self._slots: deque[asyncio.Future[None]] = deque()
         self.deadlines: Deadlines[_ClientCall] = Deadlines(self._expire)
         self.prefix = h2.METHOD_POST + scheme + h2.encode_indexed_name(h2.AUTHORITY, authority)
-        self.suffix = h2.encode_indexed_name(h2.CONTENT_TYPE, b"application/grpc") + h2.encode_literal(
-            b"te", b"trailers"
+        self.suffix = (
+            h2.encode_indexed_name(h2.CONTENT_TYPE, b"application/grpc")
+            + h2.encode_literal(b"te", b"trailers")
+            # responses may come gzipped (grpc core's servers compress when set to)
+            + h2.encode_literal(b"grpc-accept-encoding", b"identity,gzip")
         )
         self.user_agent = h2.encode_indexed_name(h2.USER_AGENT, b"protobind-native")
 
@@ -161,7 +166,13 @@ class _ClientConnection(h2.Connection):
         while len(self.streams) >= self.peer_max_streams and self.usable:
             slot = self.loop.create_future()
             self._slots.append(slot)
-            await slot
+            if deadline is None:
+                await slot
+                continue
+            try:
+                await asyncio.wait_for(slot, max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded") from None
         if not self.usable:
             raise _Retry
         stream_id = self._next_id
@@ -219,6 +230,17 @@ class _ClientConnection(h2.Connection):
             return
         if call.headers is None:
             call.headers = fields
+            for name, value in fields:
+                if name == b"grpc-encoding":
+                    encoding = value.strip().lower()
+                    if encoding == b"gzip":
+                        call.deframer.gzip = True
+                    elif encoding != b"identity":
+                        message = (
+                            f"the server compressed its response with {encoding[:40]!r}: only gzip is read"
+                        )
+                        self.cancel(call, _failure(Code.INTERNAL, message))
+                        return
             if not end:
                 call.wake()
                 return
@@ -356,7 +378,8 @@ class NativeTransport(ClientTransport):
         self._heads: dict[str, bytes] = {}
         self._closed = False
 
-    async def _connected(self) -> _ClientConnection:
+    async def _connected(self, deadline: float | None = None) -> _ClientConnection:
+        """The connection, opened first if need be (waiting at most until ``deadline``)."""
         connection = self._connection
         if connection is not None and connection.usable:
             return connection
@@ -364,9 +387,19 @@ class NativeTransport(ClientTransport):
             raise _failure(Code.UNAVAILABLE, "the channel is closed")
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(_retrieved)
         connecting = self._connecting
         try:
-            return await asyncio.shield(connecting)
+            if deadline is None:
+                return await asyncio.shield(connecting)
+            # the connection goes on being opened for the calls after this one
+            return await asyncio.wait_for(asyncio.shield(connecting), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded") from None
+        except asyncio.CancelledError:
+            if connecting.cancelled() and self._closed:  # by close(), not the caller's own
+                raise _failure(Code.UNAVAILABLE, "the channel is closed") from None
+            raise
         finally:
             if connecting.done() and self._connecting is connecting:
                 self._connecting = None
@@ -377,14 +410,21 @@ class NativeTransport(ClientTransport):
         scheme = h2.SCHEME_HTTPS if address.tls else h2.SCHEME_HTTP
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(
+            transport, connection = await loop.create_connection(
                 lambda: _ClientConnection(authority, scheme, self._limit),
                 address.host,
                 address.port or (443 if address.tls else 80),
                 ssl=self._ssl,
                 server_hostname=(self._config.tls_server_name or address.host) if self._ssl else None,
             )
-            await asyncio.wait_for(asyncio.shield(connection.ready), 20)
+            try:
+                # the server's SETTINGS: a peer that accepted but says nothing is not a gRPC server
+                await asyncio.wait_for(asyncio.shield(connection.ready), 20)
+                if self._closed:
+                    raise _failure(Code.UNAVAILABLE, "the channel is closed")
+            except BaseException:
+                transport.close()
+                raise
         except ssl.SSLError as exc:
             message = f"TLS handshake with {address.target()} failed: {exc.reason}"
             raise RpcError(Code.UNAVAILABLE, message) from TransportFailure(message)
@@ -419,7 +459,7 @@ class NativeTransport(ClientTransport):
         assert method is not None
         data = self._request(request)
         for attempt in (0, 1):
-            connection = await self._connected()
+            connection = await self._connected(call.deadline)
             if call.deadline is not None and call.deadline <= time.monotonic():
                 raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
             try:
@@ -460,7 +500,7 @@ class NativeTransport(ClientTransport):
     async def stream(self, requests: AsyncIterator[Message], call: CallInfo) -> AsyncIterator[Message]:
         method = call.method
         assert method is not None
-        connection = await self._connected()
+        connection = await self._connected(call.deadline)
         block = self._block(connection, method, call)
         writer: asyncio.Task[None] | None = None
         if method.kind.client_streams:
@@ -560,6 +600,8 @@ class NativeTransport(ClientTransport):
 
     async def close(self) -> None:
         self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()  # a connection still being opened is closed too
         connection = self._connection
         if connection is not None and connection.transport is not None:
             for call in list(connection.streams.values()):
@@ -601,6 +643,12 @@ class _Exchange:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._responses.aclose()  # type: ignore[attr-defined]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as read: the caller that waited for it may have gone."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _raise_request_failure(writer: asyncio.Task[None] | None) -> None:
