@@ -35,7 +35,7 @@ async def _serve(kind: str) -> None:
     service = Conformance()
     server = protobind.Server([service])
     if kind == "grpc":
-        (url,) = await server.start("grpc://127.0.0.1:0")
+        (url,) = await server.start("grpc://127.0.0.1:0?engine=grpcio")
         url = url.replace("grpc://", "http://")
     elif kind in ("hypercorn", "granian"):
         (url,) = await server.start(f"http://127.0.0.1:0?asgi_server={kind}")

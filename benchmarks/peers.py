@@ -82,7 +82,10 @@ PAIRS.append(("inproc", "protobind-inproc", None))
 
 
 async def _protobind_grpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
-    return await serve_protobind(f"grpc://{host}:0")
+    # the grpcio engine on both protobind sides, as this pair has always measured (the default
+    # engine, native, has pairs of its own below)
+    bound, stop = await serve_protobind(f"grpc://{host}:0?engine=grpcio")
+    return f"{bound}?engine=grpcio", stop
 
 
 async def _raw_grpc_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
@@ -653,7 +656,7 @@ async def _grpclib_server(host: str, nats_url: str | None) -> tuple[str, Stop]:
 
 
 async def _protobind_grpc_on_grpc(host: str, nats_url: str | None) -> tuple[str, Stop]:
-    return await serve_protobind(f"grpc://{host}:0")
+    return await serve_protobind(f"grpc://{host}:0?engine=grpcio")  # the grpcio server these pairs name
 
 
 async def _connectrpc_zttp(host: str, nats_url: str | None) -> tuple[str, Stop]:

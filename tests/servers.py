@@ -35,8 +35,9 @@ from .conformance import Conformance
 from .support import eventually
 
 TRANSPORTS = transport_names()
-#: grpc:// on its native engine (option engine=native), for the suites that run on it as well
-GRPC_NATIVE = "grpc-native"
+#: grpc:// on its grpcio engine (option engine=grpcio; the native engine is the default), for the
+#: suites that run on it as well
+GRPC_GRPCIO = "grpc-grpcio"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -52,7 +53,7 @@ async def harnesses() -> AsyncIterator[dict[str, Callable[[], str]]]:
             except unittest.SkipTest as exc:  # its broker is not running here: skip its tests only
                 found[name] = functools.partial(pytest.skip, str(exc))
         if "grpc" in found:
-            found[GRPC_NATIVE] = lambda: "grpc://127.0.0.1:0?engine=native"
+            found[GRPC_GRPCIO] = lambda: "grpc://127.0.0.1:0?engine=grpcio"
         yield found
 
 
@@ -68,8 +69,8 @@ async def served(
     service = Conformance()
     server = protobind.Server([service])
     (url,) = await server.start(harnesses[transport]())
-    if transport == GRPC_NATIVE:
-        url += "?engine=native"  # the client on the same engine
+    if transport == GRPC_GRPCIO:
+        url += "?engine=grpcio"  # the client on the same engine
     try:
         yield url, service
     finally:
@@ -165,7 +166,7 @@ async def check_groups_fan_out(url: str, count: int, timeout: float) -> None:
 
 
 #: The engines behind grpc:// (option ``engine``): the gRPC suites run on each
-GRPC_ENGINES = ("grpcio", "native")
+GRPC_ENGINES = ("native", "grpcio")
 
 
 @pytest.fixture(params=GRPC_ENGINES)

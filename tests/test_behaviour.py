@@ -20,19 +20,19 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 
-from .servers import GRPC_NATIVE, TRANSPORTS
+from .servers import GRPC_GRPCIO, TRANSPORTS
 from .support import eventually
 
 
 @pytest.fixture
 def handler_transport(transport: str) -> str:
     """The transport the handler sees (test_gateway.py runs this suite through a gateway)."""
-    return "grpc" if transport == GRPC_NATIVE else transport
+    return "grpc" if transport == GRPC_GRPCIO else transport
 
 
-@pytest.fixture(params=[*TRANSPORTS, GRPC_NATIVE])
+@pytest.fixture(params=[*TRANSPORTS, GRPC_GRPCIO])
 def transport(request: pytest.FixtureRequest) -> str:
-    """Every transport, and grpc:// on its native engine too."""
+    """Every transport, and grpc:// on its grpcio engine too."""
     return str(request.param)
 
 

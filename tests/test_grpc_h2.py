@@ -115,11 +115,64 @@ async def test_a_connection_that_keeps_resetting_streams_is_closed(caplog: pytes
 
 async def test_engine_option_is_checked_and_native_refuses_channel_args() -> None:
     server = protobind.Server([Conformance()])
-    with pytest.raises(ValueError, match="expected one of grpcio, native"):
+    with pytest.raises(ValueError, match="expected one of native, grpcio"):
         await server.start("grpc://127.0.0.1:0?engine=grpclib")
     args = {"engine": "native", "channel_args": [("grpc.keepalive_time_ms", 1000)]}
-    with pytest.raises(ValueError, match=r"channel_args \(grpc.keepalive_time_ms\).*use engine=grpcio"):
+    refused = r"channel_args .*needs the grpcio engine, but engine=native was chosen: use engine=grpcio"
+    with pytest.raises(ValueError, match=refused):
         await protobind.Server([Conformance()], transport_options={"grpc": args}).start("grpc://127.0.0.1:0")
-    with pytest.raises(ValueError, match="use engine=grpcio"):
+    with pytest.raises(ValueError, match=refused):
         await protobind.connect("grpc://127.0.0.1:1", options=args).open()
     assert server.bindings == []
+
+
+def test_the_engine_is_native_unless_grpcio_is_chosen_or_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Native by default; grpcio by the option ``engine``, by PROTOBIND_GRPC_ENGINE, or by an option
+    only grpcio has (channel_args) given without a choice of engine. A choice of native with such
+    an option is refused, naming the option, whichever way native was chosen."""
+    from protobind.grpc.options import client_options, parse_address, server_options
+
+    monkeypatch.delenv("PROTOBIND_GRPC_ENGINE", raising=False)
+    address = parse_address("grpc://127.0.0.1:0", need_port=True)
+    core = {"channel_args": [("grpc.keepalive_time_ms", 1000)]}
+    for parse in (server_options, client_options):
+        assert parse(address, {}).engine == "native"
+        assert parse(address, {"engine": "grpcio"}).engine == "grpcio"
+        assert parse(address, core).engine == "grpcio"
+        assert parse(address, {"channel_args": []}).engine == "native"  # nothing given
+    monkeypatch.setenv("PROTOBIND_GRPC_ENGINE", "grpcio")
+    assert server_options(address, {}).engine == "grpcio"
+    assert server_options(address, {"engine": "native"}).engine == "native"  # the option wins
+    monkeypatch.setenv("PROTOBIND_GRPC_ENGINE", "native")
+    with pytest.raises(ValueError, match=r"channel_args .*PROTOBIND_GRPC_ENGINE=native was chosen"):
+        client_options(address, core)
+    assert client_options(address, {**core, "engine": "grpcio"}).engine == "grpcio"
+
+
+async def test_default_server_and_client_are_native_and_channel_args_select_grpcio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a plain grpc:// URL starts, and what a config with grpc core channel arguments starts
+    (it kept working as it did when grpcio was the default)."""
+    from protobind.grpc.native_client import NativeTransport
+    from protobind.grpc.native_server import NativeBinding
+    from protobind.grpc.server import GrpcBinding
+
+    monkeypatch.delenv("PROTOBIND_GRPC_ENGINE", raising=False)
+    plain = protobind.Server([Conformance()])
+    core = protobind.Server(
+        [Conformance()], transport_options={"grpc": {"channel_args": [("grpc.keepalive_time_ms", 60_000)]}}
+    )
+    (plain_url,) = await plain.start("grpc://127.0.0.1:0")
+    (core_url,) = await core.start("grpc://127.0.0.1:0")
+    try:
+        assert isinstance(plain.bindings[0], NativeBinding)
+        assert isinstance(core.bindings[0], GrpcBinding)
+        for url in (plain_url, core_url):
+            async with protobind.connect(url) as channel:
+                assert isinstance(channel._transport, NativeTransport)
+                reply = await ConformanceServiceClient(channel).unary(Request(text="hi"), timeout=5)
+                assert reply.text == "hi"
+    finally:
+        await plain.stop(0)
+        await core.stop(0)

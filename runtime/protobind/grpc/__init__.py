@@ -1,20 +1,20 @@
-"""``grpc://host:port`` and ``grpcs://host:port``: standard gRPC over grpcio's asyncio API.
+"""``grpc://host:port`` and ``grpcs://host:port``: standard gRPC, on one of two engines.
 
-Server side, every endpoint of the :class:`~protobind.Server` becomes a grpcio method handler in
-one generic handler per service, with the message classes' own ``FromString`` /
-``SerializeToString`` as (de)serializers, so no protoc ``_pb2_grpc`` module is needed and
-grpcio's C core does the framing. Client side, each method path gets one cached grpcio
-multicallable per channel. Errors travel as gRPC status plus a ``google.rpc.Status`` in
-``grpc-status-details-bin``, which is what ``grpcio-status`` and other gRPC stacks read.
+The default engine is protobind's own (``native_server.py`` and ``native_client.py`` on the HTTP/2
+of ``h2.py`` and the gRPC framing of ``messages.py``). The other is grpcio's asyncio API
+(``server.py`` and ``client.py``): every endpoint becomes a grpcio method handler, grpcio's C core
+does the framing; it is what brings grpc core's channel arguments. Errors travel as gRPC status
+plus a ``google.rpc.Status`` in ``grpc-status-details-bin`` on both, which is what
+``grpcio-status`` and other gRPC stacks read.
 
 Options (URL query string or ``options``), see docs/protocols.md and docs/security.md:
 ``max_message_size`` (bytes, default 4 MiB), ``tls_cert`` / ``tls_key`` / ``tls_ca`` (PEM paths or
 PEM bytes), ``tls_server_name`` (client); server only: ``max_concurrency``, ``max_pending``,
 ``body_timeout``, ``max_concurrent_streams``, ``health`` / ``reflection`` (default true);
-``channel_args`` (extra grpc core channel arguments, Python or config file only); ``engine``
-(``grpcio``, the default, or ``native``: protobind's own HTTP/2 engine, ``native_server.py`` and
-``native_client.py`` on ``h2.py``; the environment variable PROTOBIND_GRPC_ENGINE chooses where the
-option is not given).
+``engine`` (``native``, the default, or ``grpcio``; the environment variable PROTOBIND_GRPC_ENGINE
+chooses where the option is not given); ``channel_args`` (extra grpc core channel arguments, Python
+or config file only: grpcio only, so given without a choice of engine it selects grpcio, see
+``options.GRPCIO_ONLY_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ TRANSPORT = Transport(
     test_harness=loopback_harness("grpc"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,
-    server_requires=("grpc", "grpc_status", "grpc_health", "grpc_reflection"),
-    client_requires=("grpc", "grpc_status"),
+    server_requires=("grpc", "grpc_status", "grpc_health", "grpc_reflection", "hpack"),
+    client_requires=("grpc", "grpc_status", "hpack"),
     network_peer=True,
     renamed_options={"cert": "tls_cert", "key": "tls_key", "ca": "tls_ca", "server_name": "tls_server_name"},
 )

@@ -1,4 +1,5 @@
-"""The gRPC client transport: one cached grpc.aio multicallable per method."""
+"""The gRPC client transport: the engine's choice, and the grpcio engine's client (one cached
+grpc.aio multicallable per method)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ __all__ = [
 
 
 async def dial(url: str, options: Mapping[str, Any]) -> ClientTransport:
-    """Open a grpc.aio channel to ``url`` (``grpc://`` or ``grpcs://``), or a native-engine client
-    with ``engine=native``."""
+    """A client of ``url`` (``grpc://`` or ``grpcs://``): the native engine's, or a grpc.aio channel
+    with ``engine=grpcio`` (options.py decides)."""
     address = parse_address(url, need_port=False)
     config = client_options(address, options)
     if config.engine == "native":

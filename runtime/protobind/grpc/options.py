@@ -43,10 +43,16 @@ SERVER_OPTIONS = frozenset(
 )
 CLIENT_OPTIONS = frozenset({"max_message_size", *TLS_CLIENT_OPTIONS, "channel_args", "engine"})
 
-#: The engines behind grpc://: grpcio (gRPC core, the default) and protobind's own HTTP/2 engine.
-ENGINES = ("grpcio", "native")
+#: The engines behind grpc://: protobind's own HTTP/2 engine (the default) and grpcio (gRPC core).
+ENGINES = ("native", "grpcio")
 #: The engine used where the option ``engine`` is not given.
 ENGINE_VARIABLE = "PROTOBIND_GRPC_ENGINE"
+#: The options only the grpcio engine has, and what each one is. Given without a choice of engine
+#: (neither the option ``engine`` nor PROTOBIND_GRPC_ENGINE), one of them selects grpcio; with
+#: ``engine=native`` it is an error that names it. docs/configuration.md lists the same table.
+GRPCIO_ONLY_OPTIONS: Mapping[str, str] = {
+    "channel_args": "gRPC core channel arguments",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +111,8 @@ class GrpcOptions:
     #: SETTINGS_MAX_CONCURRENT_STREAMS of each connection; None: ``limits.admitted``
     max_concurrent_streams: int | None = None
     channel_args: tuple[tuple[str, Any], ...] = ()
-    #: "grpcio" or "native" (option ``engine``)
-    engine: str = "grpcio"
+    #: "native" or "grpcio" (option ``engine``, see :func:`_engine`)
+    engine: str = "native"
 
     def client_channel_args(self) -> list[tuple[str, Any]]:
         """The grpcio channel arguments of a client with these options."""
@@ -168,7 +174,6 @@ def server_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
         channel_args=_channel_args(reader),
         engine=_engine(reader),
     )
-    _check_engine(parsed)
     if address.tls and (parsed.tls_cert is None or parsed.tls_key is None):
         raise ValueError("a grpcs:// server needs the options `tls_cert` and `tls_key` (PEM files)")
     return parsed
@@ -189,7 +194,6 @@ def client_options(address: Address, options: Mapping[str, Any]) -> GrpcOptions:
         channel_args=_channel_args(reader),
         engine=_engine(reader),
     )
-    _check_engine(parsed)
     if (parsed.tls_cert is None) != (parsed.tls_key is None):
         raise ValueError("a client certificate needs both `tls_cert` and `tls_key`")
     return parsed
@@ -218,22 +222,24 @@ def _channel_args(reader: OptionReader) -> tuple[tuple[str, Any], ...]:
 
 
 def _engine(reader: OptionReader) -> str:
-    """The option ``engine``, else the environment variable PROTOBIND_GRPC_ENGINE, else grpcio."""
+    """The engine: the option ``engine``, else the environment variable PROTOBIND_GRPC_ENGINE, else
+    grpcio when an option only grpcio has is given (:data:`GRPCIO_ONLY_OPTIONS`), else native. An
+    engine chosen as native with such an option is an error that names it."""
+    grpcio_only = [name for name in GRPCIO_ONLY_OPTIONS if reader.options.get(name) not in (None, (), [])]
     given = reader.text("engine")
     source = "engine"
     if given is None:
-        given, source = os.environ.get(ENGINE_VARIABLE) or "grpcio", ENGINE_VARIABLE
+        given, source = os.environ.get(ENGINE_VARIABLE) or "", ENGINE_VARIABLE
+    if not given:
+        return "grpcio" if grpcio_only else "native"
     engine = given.strip().lower()
     if engine not in ENGINES:
         raise ValueError(f"grpc option {source}={given!r}: expected one of {', '.join(ENGINES)}")
-    return engine
-
-
-def _check_engine(options: GrpcOptions) -> None:
-    """The native engine refuses what only grpcio honours, rather than ignore it."""
-    if options.engine == "native" and options.channel_args:
-        names = ", ".join(key for key, _ in options.channel_args)
+    if engine == "native" and grpcio_only:
+        name = grpcio_only[0]
+        chosen = "engine=native" if source == "engine" else f"{ENGINE_VARIABLE}=native"
         raise ValueError(
-            f"channel_args ({names}) are gRPC core settings, which engine=native does not have: "
-            "use engine=grpcio for them"
+            f"grpc option {name} ({GRPCIO_ONLY_OPTIONS[name]}) needs the grpcio engine, but {chosen} "
+            "was chosen: use engine=grpcio (or leave the engine unset) for it"
         )
+    return engine

@@ -1,4 +1,5 @@
-"""The gRPC server binding: every endpoint as a grpc.aio generic method handler."""
+"""The gRPC server binding: the engine's choice, and the grpcio engine's server (every endpoint as a
+grpc.aio generic method handler)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class GrpcBinding(ServerBinding):
 
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> ServerBinding:
-    """Start a grpc.aio server for ``server``'s endpoints at ``url``."""
+    """Serve ``server``'s endpoints at ``url`` on the native engine, or on a grpc.aio server with
+    ``engine=grpcio`` (options.py decides)."""
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
     if config.engine == "native":

@@ -314,6 +314,15 @@ def columns(asgi_servers: bool = False) -> tuple[list[Column], list[str]]:
         if name in JSON_TRANSPORTS:
             summary = f"protobind client (codec=json) -> protobind {name} server"
             found.append(Column(f"{name}+json", name, "protobind", json=True, summary=summary, wire=wire))
+        if name == "grpc":
+            # the default engine is protobind's own; this column keeps grpcio's covered (both sides)
+            summary = "protobind client, engine=grpcio -> protobind grpc server, engine=grpcio"
+            grpcio = {"engine": "grpcio"}
+            found.append(
+                Column(
+                    "grpc@grpcio", name, "protobind", summary=summary, options=grpcio, server_options=grpcio
+                )
+            )
         if name == "http":
             summary = "protobind client, http2=streams (Connect streams over HTTP/2) -> protobind http server"
             streams = {"http2": "streams"}
