@@ -907,17 +907,21 @@ def test_grpc_module_is_not_imported_by_protobind() -> None:
 # --- what users of the default (native) engine meet: compression, keepalive, big messages ---------
 
 
-async def test_stock_client_sending_gzip_requests(stock: ModuleType) -> None:
-    """grpcio's client with gzip compression (per channel and per call, all four kinds)."""
+COMPRESSIONS = [grpc.Compression.Gzip, grpc.Compression.Deflate]
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS, ids=["gzip", "deflate"])
+async def test_stock_client_sending_compressed_requests(stock: ModuleType, compression: Any) -> None:
+    """grpcio's client compressing its requests (per channel and per call, three kinds)."""
     async with (
         serving() as (url, _),
-        grpc.aio.insecure_channel(target(url), compression=grpc.Compression.Gzip) as channel,
+        grpc.aio.insecure_channel(target(url), compression=compression) as channel,
     ):
         stub = stock.ConformanceServiceStub(channel)
         text = "z" * 100_000  # compressible: really sent compressed
         reply = await stub.Unary(Request(text=text), timeout=10)
         assert reply.text == text
-        reply = await stub.Unary(Request(text="call"), compression=grpc.Compression.Gzip, timeout=10)
+        reply = await stub.Unary(Request(text="call"), compression=compression, timeout=10)
         assert reply.text == "call"
         replies = [r async for r in stub.ServerStream(Request(text=text, behavior=Behavior(stream_count=2)))]
         assert [r.text for r in replies] == [text, text]
@@ -925,10 +929,13 @@ async def test_stock_client_sending_gzip_requests(stock: ModuleType) -> None:
         assert (reply.text, reply.request_count) == (f"{text},b", 2)
 
 
-async def test_protobind_client_against_a_stock_server_that_compresses(stock: ModuleType) -> None:
-    """A grpcio server set to gzip its responses: protobind's client reads them (whichever engine;
-    the native one says it accepts gzip and inflates what comes compressed)."""
-    server = grpc.aio.server(compression=grpc.Compression.Gzip)
+@pytest.mark.parametrize("compression", COMPRESSIONS, ids=["gzip", "deflate"])
+async def test_protobind_client_against_a_stock_server_that_compresses(
+    stock: ModuleType, compression: Any
+) -> None:
+    """A grpcio server set to compress its responses: protobind's client reads them (whichever
+    engine; the native one says it accepts gzip and deflate and inflates what comes compressed)."""
+    server = grpc.aio.server(compression=compression)
     stock.add_ConformanceServiceServicer_to_server(_stock_servicer(stock), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

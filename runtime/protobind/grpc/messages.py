@@ -18,9 +18,12 @@ from . import h2
 from .wire import _wire_pair
 
 __all__ = [
+    "ACCEPT_ENCODING",
+    "ENCODINGS",
     "PREFIX",
     "Deframer",
     "envelope",
+    "message_encoding",
     "metadata_fields",
     "request_metadata",
     "status_block",
@@ -28,6 +31,11 @@ __all__ = [
 
 PREFIX = struct.Struct(">BI")
 COMPRESSED = 0x01
+#: the ``grpc-encoding`` values this engine reads (it sends nothing compressed): grpcio's clients and
+#: servers compress with either when set to
+ENCODINGS = (b"gzip", b"deflate")
+#: ``grpc-accept-encoding``: what a peer may compress with
+ACCEPT_ENCODING = b"identity,deflate,gzip"
 
 #: request headers that are gRPC's or HTTP's own, never call metadata
 RESERVED = frozenset(
@@ -52,12 +60,13 @@ def envelope(data: bytes) -> bytes:
 class Deframer:
     """Cuts the length-prefixed messages out of a stream's DATA as it arrives."""
 
-    __slots__ = ("_buffer", "gzip", "limit")
+    __slots__ = ("_buffer", "encoding", "limit")
 
-    def __init__(self, limit: int, gzip: bool) -> None:
+    def __init__(self, limit: int, encoding: bytes = b"") -> None:
         self._buffer = b""
         self.limit = limit
-        self.gzip = gzip
+        #: the call's ``grpc-encoding`` (one of :data:`ENCODINGS`), empty for none
+        self.encoding = encoding
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages ``data`` completes (raises :class:`RpcError` for a frame gRPC refuses)."""
@@ -83,16 +92,48 @@ class Deframer:
     def _inflate(self, flags: int, message: bytes) -> bytes:
         if flags != COMPRESSED:
             raise RpcError(Code.INTERNAL, f"a message has the flags byte {flags:#04x} (only 0 and 1 exist)")
-        if not self.gzip:
+        if not self.encoding:
             raise RpcError(Code.INTERNAL, "a compressed message arrived on a call without grpc-encoding")
-        from ..http.wire import gunzip
+        if self.encoding == b"gzip":
+            from ..http.wire import gunzip
 
-        return gunzip(message, self.limit)
+            return gunzip(message, self.limit)
+        return _inflate_zlib(message, self.limit)
 
     @property
     def partial(self) -> bool:
         """Whether bytes of an incomplete message are left."""
         return bool(self._buffer)
+
+
+def message_encoding(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """The ``grpc-encoding`` of a header block: ``b""`` for none or identity, else one of
+    :data:`ENCODINGS`; any other is :class:`RpcError` ``UNIMPLEMENTED``."""
+    for name, value in fields:
+        if name == b"grpc-encoding":
+            encoding = value.strip().lower()
+            if encoding in ENCODINGS:
+                return encoding
+            if encoding != b"identity":
+                accepted = ", ".join(e.decode() for e in ENCODINGS)
+                raise RpcError(
+                    Code.UNIMPLEMENTED, f"unsupported grpc-encoding {encoding[:40]!r}: use {accepted}"
+                )
+    return b""
+
+
+def _inflate_zlib(data: bytes, limit: int) -> bytes:
+    """gRPC's ``deflate``: the zlib format (RFC 1950), refused past ``limit`` bytes inflated."""
+    import zlib
+
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise RpcError(Code.INTERNAL, "a message is not valid deflate data") from exc
+    if len(out) > limit:
+        raise RpcError(Code.RESOURCE_EXHAUSTED, f"decompressed message is larger than {limit} bytes")
+    return out
 
 
 def request_metadata(fields: list[tuple[bytes, bytes]]) -> Metadata:

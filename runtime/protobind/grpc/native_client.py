@@ -30,7 +30,7 @@ from ..reflection import Reflected
 from ..transport import ClientTransport, network_reason
 from ..wire import GRPC_DETAILS_KEY, b64decode_lenient
 from . import h2
-from .messages import Deframer, encode_timeout, envelope, metadata_fields
+from .messages import ACCEPT_ENCODING, Deframer, encode_timeout, envelope, message_encoding, metadata_fields
 from .options import Address, GrpcOptions
 
 __all__ = ["NativeTransport", "TransportFailure", "dial_native"]
@@ -75,7 +75,7 @@ class _ClientCall(h2.StreamBase):
         self.connection = connection
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.deframer = Deframer(limit, False)
+        self.deframer = Deframer(limit)
         self.inbox: deque[bytes] = deque()
         self.error: RpcError | None = None
         self.retry = False
@@ -108,8 +108,8 @@ class _ClientConnection(h2.Connection):
         self.suffix = (
             h2.encode_indexed_name(h2.CONTENT_TYPE, b"application/grpc")
             + h2.encode_literal(b"te", b"trailers")
-            # responses may come gzipped (grpc core's servers compress when set to)
-            + h2.encode_literal(b"grpc-accept-encoding", b"identity,gzip")
+            # responses may come compressed (grpc core's servers compress when set to)
+            + h2.encode_literal(b"grpc-accept-encoding", ACCEPT_ENCODING)
         )
         self.user_agent = h2.encode_indexed_name(h2.USER_AGENT, b"protobind-native")
 
@@ -230,17 +230,11 @@ class _ClientConnection(h2.Connection):
             return
         if call.headers is None:
             call.headers = fields
-            for name, value in fields:
-                if name == b"grpc-encoding":
-                    encoding = value.strip().lower()
-                    if encoding == b"gzip":
-                        call.deframer.gzip = True
-                    elif encoding != b"identity":
-                        message = (
-                            f"the server compressed its response with {encoding[:40]!r}: only gzip is read"
-                        )
-                        self.cancel(call, _failure(Code.INTERNAL, message))
-                        return
+            try:
+                call.deframer.encoding = message_encoding(fields)
+            except RpcError as error:  # an encoding this client did not offer
+                self.cancel(call, _failure(Code.INTERNAL, f"the server's response: {error.message}"))
+                return
             if not end:
                 call.wake()
                 return

@@ -33,7 +33,7 @@ from ..method import MethodInfo, MethodKind
 from ..transport import ServerBinding, listen_socket
 from ..wire import grpc_deadline, parse_grpc_timeout
 from . import h2
-from .messages import Deframer, envelope, metadata_fields, request_metadata, status_block
+from .messages import Deframer, envelope, message_encoding, metadata_fields, request_metadata, status_block
 from .options import Address, GrpcOptions
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ class _ServerConnection(h2.Connection):
         else:
             call.closed_remote = end
             try:
-                call.deframer = Deframer(self.server.limits.max_message_size, self._gzip(fields))
+                call.deframer = Deframer(self.server.limits.max_message_size, message_encoding(fields))
             except RpcError as error:
                 self._refuse(call, error)
                 return
@@ -393,7 +393,7 @@ class _ServerConnection(h2.Connection):
         if len(body) < 5:
             return self._refuse(call, self._incomplete(route))
         try:
-            deframer = Deframer(self.server.limits.max_message_size, self._gzip(call.fields))
+            deframer = Deframer(self.server.limits.max_message_size, message_encoding(call.fields))
             messages = deframer.feed(body)
         except RpcError as refused:
             return self._refuse(call, refused)
@@ -418,18 +418,6 @@ class _ServerConnection(h2.Connection):
     def _incomplete(route: _Route) -> RpcError:
         name = route.method.input_type.DESCRIPTOR.full_name
         return RpcError(Code.INVALID_ARGUMENT, f"the request stream ended without a complete {name} message")
-
-    def _gzip(self, fields: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in fields:
-            if name == b"grpc-encoding":
-                encoding = value.strip().lower()
-                if encoding == b"gzip":
-                    return True
-                if encoding != b"identity":
-                    raise RpcError(
-                        Code.UNIMPLEMENTED, f"unsupported grpc-encoding {encoding[:40]!r}: use gzip"
-                    )
-        return False
 
     def _context(self, call: _Call) -> Context:
         timeout = None
