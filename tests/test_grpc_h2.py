@@ -20,6 +20,7 @@ from protobind.grpc import h2
 
 from .conformance import Conformance
 from .h2raw import raw_h2
+from .support import ROOT
 
 
 def _blocks(seed: int) -> list[list[tuple[bytes, bytes]]]:
@@ -176,3 +177,19 @@ async def test_default_server_and_client_are_native_and_channel_args_select_grpc
     finally:
         await plain.stop(0)
         await core.stop(0)
+
+
+def test_the_grpcio_only_options_are_documented_as_such() -> None:
+    """docs/protocols.md's option table marks every option of GRPCIO_ONLY_OPTIONS (the one table
+    the engine choice reads) as the grpcio engine's, and no other."""
+    from protobind.grpc.options import CLIENT_OPTIONS, GRPCIO_ONLY_OPTIONS, SERVER_OPTIONS
+
+    text = (ROOT / "docs" / "protocols.md").read_text()
+    section = text[text.index("## gRPC (`grpc://`") : text.index("<!-- section: http")]
+    marked = {
+        line.split("|")[1].strip().strip("`")
+        for line in section.splitlines()
+        if line.startswith("| `") and "grpcio engine only" in line
+    }
+    assert marked == set(GRPCIO_ONLY_OPTIONS)
+    assert set(GRPCIO_ONLY_OPTIONS) <= SERVER_OPTIONS & CLIENT_OPTIONS
