@@ -47,6 +47,7 @@ _generate()
 sys.path.insert(0, str(GEN))
 
 pytest_plugins = [
+    "tests.hang_report",
     "tests.servers",
     "tests.nats_server",
     "tests.mosquitto",
