@@ -27,6 +27,8 @@ from .support import ROOT, example_greeter
 
 EDGE = ROOT / "tests" / "protos" / "edge"
 PARSER_VERSION = "3.6.6"
+# above the suite's 300 s (pyproject.toml): the first test to use the parser installs it (300 s at most)
+pytestmark = pytest.mark.timeout(600)
 
 VALIDATE_JS = """
 const fs = require('fs');

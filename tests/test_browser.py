@@ -55,6 +55,8 @@ PROTOS = [
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SETUP_TIMEOUT = 900.0  # seconds: the first run downloads the npm packages and maybe Chromium
 PAGE_TIMEOUT_MS = 60_000
+# above the suite's 300 s (pyproject.toml): the first test also waits for the set-up
+pytestmark = pytest.mark.timeout(SETUP_TIMEOUT + 300)
 
 
 @dataclass(frozen=True)
