@@ -598,7 +598,7 @@ async def _grpcio_client(url: str) -> tuple[Call, Close]:
 async def _connect_h2_client(url: str) -> tuple[Call, Close]:
     from urllib.parse import urlsplit
 
-    from protobind.http.h2client import H2Connection
+    from protobind.http._h2client import H2Connection
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from protobind import aio
+from protobind import _aio as aio
 
 from . import peers
 

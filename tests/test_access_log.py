@@ -1,4 +1,4 @@
-"""The access log (protobind.access_log): one line per call on every transport, off for a Server
+"""The access log (protobind._access_log): one line per call on every transport, off for a Server
 built in code unless asked, on for `protobind serve` unless turned off on the command line or in
 protobind.toml."""
 

@@ -361,7 +361,7 @@ async def test_queue_groups_fan_out_and_replicas_share(amqp: str) -> None:
 async def test_group_queue_is_named_and_bound_as_documented(
     amqp_served: tuple[Served, Conformance], raw: Any
 ) -> None:
-    from protobind.amqp.connection import queue_name
+    from protobind.amqp._connection import queue_name
 
     server, _ = amqp_served
     channel = await raw.channel()

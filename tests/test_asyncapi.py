@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0 document (protobind.broker.asyncapi): `protobind asyncapi` and the NATS
+"""The AsyncAPI 3.0 document (protobind.broker._asyncapi): `protobind asyncapi` and the NATS
 binding's discovery subject, checked by the AsyncAPI project's own parser (@asyncapi/parser from
 the npm registry, installed once into a cache directory; the test is skipped only without npm)."""
 
@@ -18,7 +18,7 @@ import nats
 import pytest
 
 import protobind
-from protobind.broker.asyncapi import asyncapi_document
+from protobind.broker._asyncapi import asyncapi_document
 from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
 from protobind.http.openapi import openapi_document
 
@@ -131,7 +131,7 @@ def test_every_pattern_is_described(shop: dict[str, Any]) -> None:
     assert channels["shop_v1_Shop_Reserve_dead_letter"]["address"] == "shop.dead"
     assert operations["shop_v1_Shop_Reserve_dead_letter"]["action"] == "send"
     replies = channels["shop_v1_Shop_Reserve_reply_stream"]
-    # the names of protobind.broker.durable.names
+    # the names of protobind.broker.durable._names
     assert replies["address"] == "$PROTOBIND.REPLY.shop_v1_Shop.*"
     assert reserve["address"] == "$PROTOBIND.DURABLE.shop.v1.Shop.Reserve"
     # durable one-way: the default dead letter, no reply subject of any kind

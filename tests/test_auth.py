@@ -11,10 +11,10 @@ import pytest
 
 import protobind
 from protobind import Code, RpcError
+from protobind._metadata import Metadata
 from protobind.auth import OPENAPI_METHOD, BearerAuth, BearerToken
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.metadata import Metadata
 
 from .conformance import SERVICE, Conformance
 from .servers import TRANSPORTS

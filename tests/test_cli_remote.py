@@ -174,7 +174,7 @@ def test_describe_shows_method_options(urls: dict[str, str], transport: str) -> 
 
 
 def test_describe_shows_durable_delivery_and_http_rules() -> None:
-    from protobind.cli.remote import describe_symbol
+    from protobind.cli._remote import describe_symbol
     from protobind_codegen.descriptors import build_pool
     from protobind_codegen.protoc import compile_protos
 

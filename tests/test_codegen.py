@@ -518,7 +518,7 @@ def test_an_rpc_named_like_its_message_gets_a_hint(tmp_path: Path) -> None:
 def test_embedded_comments_are_ruff_stable_at_every_length(tmp_path: Path) -> None:
     """The comments constant is laid out as ruff format leaves it, whatever its length (one line,
     one piece in parentheses, pieces too long to be joined), and reads back."""
-    from protobind.schemas import decode_comments, encode_comments
+    from protobind._schemas import decode_comments, encode_comments
 
     for n in (1, 60, 80, 85, 90, 99, 100, 104, 105, 106, 199, 200, 204, 205, 301, 2000):
         comments = encode_comments({"a.B": "x" * n})
@@ -550,8 +550,8 @@ def test_embedded_comments_are_ruff_stable_at_every_length(tmp_path: Path) -> No
 def test_generated_services_carry_the_comments_their_documents_read() -> None:
     """The service, its methods and the messages they use; not the well-known types' (their
     schemas are fixed), so a module that uses Timestamp does not carry its page of comments."""
+    from protobind._schemas import decode_comments
     from protobind.conformance.v1.conformance_protobind import CONFORMANCE_SERVICE_INFO
-    from protobind.schemas import decode_comments
 
     comments = decode_comments(CONFORMANCE_SERVICE_INFO.comments)
     service = "protobind.conformance.v1.ConformanceService"

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from protobind._context import Context
 from protobind.conformance.v1.conformance_pb2 import Request, Response
-from protobind.context import Context
 from protobind.testing import transport_names
 from protobind.testing.conformance import __main__ as runner
-from protobind.testing.conformance.cases import CASES, UNSUPPORTED, Case, Env, Unsupported
-from protobind.testing.conformance.matrix import COLUMNS_BY_SERVER, Column, Verdict, format_matrix, run_matrix
+from protobind.testing.conformance._cases import CASES, UNSUPPORTED, Case, Env, Unsupported
+from protobind.testing.conformance._matrix import (
+    COLUMNS_BY_SERVER,
+    Column,
+    Verdict,
+    format_matrix,
+    run_matrix,
+)
 from protobind.testing.conformance.service import Conformance
 
 from .support import ROOT

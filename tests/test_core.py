@@ -1,5 +1,5 @@
 """The core without a network: codes, errors, metadata, codecs, interceptors, a Server and a channel
-over inproc://, the Slots of protobind.aio. What importing protobind gives is in test_public_api.py, the
+over inproc://, the Slots of protobind._aio. What importing protobind gives is in test_public_api.py, the
 checks of docs against the code in test_docs.py."""
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ async def test_graceful_stop_inproc() -> None:
 async def test_slots_are_first_come_first_served_and_survive_cancellation() -> None:
     import asyncio
 
-    from protobind.aio import Slots
+    from protobind._aio import Slots
 
     slots = Slots(1)
     await slots.acquire()

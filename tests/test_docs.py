@@ -25,7 +25,7 @@ def test_architecture_doc_matches_the_tree() -> None:
     assert {"grpc", "http", "nats"} <= set(packages) and files
     for directory in packages:
         assert all((package / directory / f).is_file() for f in files), f"{directory}/ lacks one of {files}"
-    for example in ("memory/connection.py", "memory/stored.py"):
+    for example in ("memory/_connection.py", "memory/_stored.py"):
         claimed = int(re.search(rf"`{example}`, about (\d+) lines", doc)[1])  # type: ignore[index]
         actual = len((package / example).read_text().splitlines())
         assert abs(claimed - actual) <= 0.15 * actual, (example, claimed, actual)
@@ -33,7 +33,7 @@ def test_architecture_doc_matches_the_tree() -> None:
 
 def test_architecture_names_every_module() -> None:
     """Every module under runtime/protobind appears in docs/architecture.md: a top-level module by
-    its file name in the layer diagram, a package's module by its path (``broker/durable/names.py``),
+    its file name in the layer diagram, a package's module by its path (``broker/durable/_names.py``),
     a package by its directory (``broker/durable/``)."""
     doc = (ROOT / "docs" / "architecture.md").read_text()
     layers = doc.split("## Layers", 1)[1].split("```", 2)[1]

@@ -25,14 +25,14 @@ from protobind import Code, RpcError
 from protobind.auth import BearerAuth, BearerToken, reply_group
 from protobind.broker.base import ConsumerSpec
 from protobind.broker.durable import FINAL
-from protobind.broker.durable.names import (
+from protobind.broker.durable._names import (
     dead_letter_stream,
     dead_letter_subject,
     reply_group_of,
     reply_stream,
     reply_subject,
 )
-from protobind.broker.durable.settings import delivery_of
+from protobind.broker.durable._settings import delivery_of
 from protobind.durable import DurableCalls
 from protobind.transport import transport_for_url
 
@@ -748,7 +748,7 @@ async def test_acks_the_broker_does_not_take_are_logged_at_a_bounded_rate(
     counted and logged at a bounded rate: 20 calls made 20 WARNING lines before (seen with a
     RabbitMQ node killed under 200 calls in flight: 200 lines)."""
     from protobind.broker.base import BrokerError
-    from protobind.memory.stored import StoredCopy
+    from protobind.memory._stored import StoredCopy
 
     async def lost(self: StoredCopy) -> None:
         raise BrokerError("the connection is lost")

@@ -276,7 +276,7 @@ async def test_calls_stored_before_any_server_are_claimed_by_the_method_they_are
     """Submit and Run calls stored while no server ran wait in the stream's queue; each method's
     consumer claims its own (pipelined copies) and leaves the other's. A claim window of 3 makes
     the other method's calls fill it, so the rest is read one by one: every call still handled once."""
-    from protobind.amqp import stored
+    from protobind.amqp import _stored as stored
 
     monkeypatch.setattr(stored, "CLAIM_WINDOW", 3)
     url = _url(rabbitmq_server, f"claim{next(_names)}.")

@@ -381,7 +381,7 @@ async def test_gateway_serves_grpc_web_for_a_nats_only_service(
         CONFORMANCE_SERVICE_SERVER_STREAM,
         CONFORMANCE_SERVICE_UNARY,
     )
-    from protobind.testing.conformance.peers import GrpcWebPeer
+    from protobind.testing.conformance._peers import GrpcWebPeer
 
     async def requests(*items: Request) -> AsyncIterator[Request]:
         for item in items:

@@ -26,7 +26,7 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.grpc.wire import DETAILS_KEY, from_grpc_code, to_grpc_code
+from protobind.grpc._wire import DETAILS_KEY, from_grpc_code, to_grpc_code
 
 from .conformance import SERVICE, Conformance
 from .support import ROOT, eventually

@@ -1,4 +1,4 @@
-"""The native gRPC engine's HPACK decoder (protobind/grpc/h2.py) against the ``hpack`` package's
+"""The native gRPC engine's HPACK decoder (protobind/grpc/_h2.py) against the ``hpack`` package's
 encoder: every representation a peer may use (indexed, literal with and without indexing, never
 indexed, Huffman or not, dynamic table size updates and evictions) decodes to what was encoded,
 block after block on one connection's table; the native server's reset budget ("rapid reset");
@@ -16,7 +16,7 @@ import pytest
 import protobind
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.grpc import h2
+from protobind.grpc import _h2 as h2
 
 from .conformance import Conformance
 from .h2raw import raw_h2
@@ -131,7 +131,7 @@ def test_the_engine_is_native_unless_grpcio_is_chosen_or_needed(monkeypatch: pyt
     """Native by default; grpcio by the option ``engine``, by PROTOBIND_GRPC_ENGINE, or by an option
     only grpcio has (channel_args) given without a choice of engine. A choice of native with such
     an option is refused, naming the option, whichever way native was chosen."""
-    from protobind.grpc.options import client_options, parse_address, server_options
+    from protobind.grpc._options import client_options, parse_address, server_options
 
     monkeypatch.delenv("PROTOBIND_GRPC_ENGINE", raising=False)
     address = parse_address("grpc://127.0.0.1:0", need_port=True)
@@ -155,9 +155,9 @@ async def test_default_server_and_client_are_native_and_channel_args_select_grpc
 ) -> None:
     """What a plain grpc:// URL starts, and what a config with grpc core channel arguments starts
     (it kept working as it did when grpcio was the default)."""
-    from protobind.grpc.native_client import NativeTransport
-    from protobind.grpc.native_server import NativeBinding
-    from protobind.grpc.server import GrpcBinding
+    from protobind.grpc._native_client import NativeTransport
+    from protobind.grpc._native_server import NativeBinding
+    from protobind.grpc._server import GrpcBinding
 
     monkeypatch.delenv("PROTOBIND_GRPC_ENGINE", raising=False)
     plain = protobind.Server([Conformance()])
@@ -182,7 +182,7 @@ async def test_default_server_and_client_are_native_and_channel_args_select_grpc
 def test_the_grpcio_only_options_are_documented_as_such() -> None:
     """docs/protocols.md's option table marks every option of GRPCIO_ONLY_OPTIONS (the one table
     the engine choice reads) as the grpcio engine's, and no other."""
-    from protobind.grpc.options import CLIENT_OPTIONS, GRPCIO_ONLY_OPTIONS, SERVER_OPTIONS
+    from protobind.grpc._options import CLIENT_OPTIONS, GRPCIO_ONLY_OPTIONS, SERVER_OPTIONS
 
     text = (ROOT / "docs" / "protocols.md").read_text()
     section = text[text.index("## gRPC (`grpc://`") : text.index("<!-- section: http")]

@@ -596,7 +596,7 @@ async def test_rest_routes_and_openapi_hooks(monkeypatch: pytest.MonkeyPatch) ->
     def openapi_document(services: list[protobind.ServiceInfo]) -> dict[str, Any]:
         return {"openapi": "3.1.0", "services": [s.name for s in services]}
 
-    monkeypatch.setitem(sys.modules, "protobind.http.rest", types.SimpleNamespace(rest_routes=rest_routes))
+    monkeypatch.setitem(sys.modules, "protobind.http._rest", types.SimpleNamespace(rest_routes=rest_routes))
     monkeypatch.setitem(
         sys.modules, "protobind.http.openapi", types.SimpleNamespace(openapi_document=openapi_document)
     )
@@ -636,7 +636,7 @@ async def test_client_reuses_keep_alive_connections() -> None:
             replies = [r async for r in client.server_stream(Request(behavior=Behavior(stream_count=2)))]
             assert len(replies) == 2
             assert (await client.client_stream([Request(text="a")])).text == "a"
-        # unary calls go through the client's own pool (http/h1client.py), streams through aiohttp's:
+        # unary calls go through the client's own pool (http/_h1client.py), streams through aiohttp's:
         # one kept-alive connection each
         assert len(set(recorder.peers[:20])) == 1
         assert len(set(recorder.peers[20:])) == 1
@@ -728,7 +728,7 @@ async def _raw_http_server(answers: list[bytes]) -> tuple[Any, str, list[bytes]]
 
 async def test_client_unary_reads_chunked_and_close_delimited_responses() -> None:
     """Connect servers other than protobind's may send a unary answer chunked, or end it by
-    closing the connection; the client's own HTTP/1.1 pool (http/h1client.py) reads both, and
+    closing the connection; the client's own HTTP/1.1 pool (http/_h1client.py) reads both, and
     opens a new connection after a `connection: close`."""
     body = Response(text="ok").SerializeToString()
     chunked = (
@@ -868,7 +868,7 @@ async def test_stop_lets_in_flight_calls_finish() -> None:
 
 
 def test_error_from_non_connect_responses() -> None:
-    from protobind.http.wire import error_from_body
+    from protobind.http._wire import error_from_body
 
     assert error_from_body(503, b"<html>busy</html>").code is Code.UNAVAILABLE
     assert error_from_body(404, b"").code is Code.UNIMPLEMENTED

@@ -1,4 +1,4 @@
-"""protobind's own http:// client over HTTP/2 (http/h2client.py): bidi streams full duplex, flow
+"""protobind's own http:// client over HTTP/2 (http/_h2client.py): bidi streams full duplex, flow
 control, cancellation (RST_STREAM), deadlines, connection rotation, and a clear error from a server
 that speaks HTTP/1.1 only."""
 

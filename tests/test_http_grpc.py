@@ -420,7 +420,7 @@ async def test_connect_bidi_is_full_duplex_over_http2() -> None:
 
 async def test_grpcio_soak_beyond_zttp_stream_limit_loses_no_call() -> None:
     # zttp closes an HTTP/2 connection after 4,096 streams as a "flood" (GOAWAY ENHANCE_YOUR_CALM),
-    # failing the calls in flight; protobind retires connections before that (http/h2drain.py).
+    # failing the calls in flight; protobind retires connections before that (http/_h2drain.py).
     # One grpc.aio channel: 64 unary calls at a time, 4,608 in all, while 8 bidi streams exchange
     # 150 messages each (every request sent after the answer before was read) and server streams
     # deliver 20 messages each, in order. Bound: 120 s for the whole soak.

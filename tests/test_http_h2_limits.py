@@ -16,7 +16,7 @@ import h2.settings
 import pytest
 
 import protobind
-import protobind.http.server
+import protobind.http._server
 from protobind import Code
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 
@@ -121,7 +121,7 @@ async def test_body_timeout_over_http2() -> None:
 
 async def test_idle_http2_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     # the keep-alive timeout (75 s by default) applies to HTTP/2 connections too; shortened here
-    monkeypatch.setattr(protobind.http.server, "_KEEP_ALIVE", 0.3)
+    monkeypatch.setattr(protobind.http._server, "_KEEP_ALIVE", 0.3)
     async with serving() as port, raw_h2(port) as peer:
         stream = peer.open(f"{SERVICE}/Unary", grpc_frame(Request(text="once")))
         await peer.flush()

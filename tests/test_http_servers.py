@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 import protobind
-import protobind.http.asgi_servers
-import protobind.http.server
+import protobind.http._asgi_servers
+import protobind.http._server
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
@@ -274,8 +274,8 @@ async def test_idle_keep_alive_connections_are_closed(
     asgi_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the keep-alive idle time (75 s) is shortened here, for each server where it is set
-    monkeypatch.setattr(protobind.http.server, "_KEEP_ALIVE", 0.5)
-    monkeypatch.setattr(protobind.http.asgi_servers, "_KEEP_ALIVE", 0.5)
+    monkeypatch.setattr(protobind.http._server, "_KEEP_ALIVE", 0.5)
+    monkeypatch.setattr(protobind.http._asgi_servers, "_KEEP_ALIVE", 0.5)
     async with serving(asgi_server) as (url, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(url).port or 0)
         try:

@@ -31,9 +31,9 @@ from jsonkinds.v1 import kinds_pb2
 from library.v1 import library_pb2
 
 from protobind import _jsonfast
+from protobind._errors import RpcError
 from protobind.codec import JSON, JsonCodec, parse_json
 from protobind.conformance.v1 import conformance_pb2
-from protobind.errors import RpcError
 
 _T = FieldDescriptor
 TYPES: list[type[Message]] = [

@@ -22,8 +22,8 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
+from protobind.kafka._options import settings_from
 from protobind.kafka.embedded import start_kafka_broker
-from protobind.kafka.options import settings_from
 
 from .conformance import SERVICE, Conformance
 from .jobs_service import Jobs

@@ -24,9 +24,9 @@ import protobind
 from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.kafka.connection import AuthenticationFailed
+from protobind.kafka._connection import AuthenticationFailed
+from protobind.kafka._options import settings_from
 from protobind.kafka.embedded import start_kafka_broker
-from protobind.kafka.options import settings_from
 
 from .conformance import Conformance
 from .kafka_broker import kafka_url

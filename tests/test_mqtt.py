@@ -28,8 +28,8 @@ from protobind import Code, RpcError
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 from protobind.mqtt import TRANSPORT
-from protobind.mqtt.connection import open_broker, subject_of, topic_of
-from protobind.mqtt.options import settings_from
+from protobind.mqtt._connection import open_broker, subject_of, topic_of
+from protobind.mqtt._options import settings_from
 
 from .conformance import SERVICE, Conformance
 from .mosquitto import Mosquitto

@@ -246,7 +246,7 @@ async def test_max_pending_zero_means_no_queue_not_no_calls(broker_url: str) -> 
 async def test_without_nats_py_internals_calls_are_still_bounded(
     nats_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from protobind.nats import connection
+    from protobind.nats import _connection as connection
 
     monkeypatch.setattr(connection.Connection, "pulled", lambda self, sub, mailbox: False)
     service = Recorder(delay=0.2)
@@ -265,7 +265,7 @@ async def test_without_nats_py_internals_publishes_go_through_nats_py(
 ) -> None:
     """Connection.buffer writes into nats-py's pending buffer itself; where it cannot (another
     nats-py, a full buffer), every publish takes nats-py's own path and calls still work."""
-    from protobind.nats import connection
+    from protobind.nats import _connection as connection
 
     taken: list[str] = []
 
@@ -329,8 +329,8 @@ async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str)
     """The server's subscriptions skip nats-py's general delivery path (Connection.pulled); they
     keep its slow-consumer rules: a message that would reach the pending-bytes or message-count
     limit is dropped, and room made by taking messages is used again. Headers and fields arrive intact."""
-    from protobind.nats.connection import open_broker
-    from protobind.nats.options import settings_from
+    from protobind.nats._connection import open_broker
+    from protobind.nats._options import settings_from
 
     broker = await open_broker(settings_from(nats_server, {}), "slow-consumer-test")
     sender = await nats.connect(nats_server)
@@ -1176,7 +1176,7 @@ async def test_tls(nats_servers: NatsServers, tmp_path: Path) -> None:
 
 
 def test_error_details_of_unknown_types_stay_any() -> None:
-    from protobind.broker.wire import error_body, read_error
+    from protobind.broker._wire import error_body, read_error
     from protobind.codec import JSON, PROTO
 
     unknown = any_pb2.Any(type_url="type.googleapis.com/some.Unknown", value=b"\x08\x01")
@@ -1233,8 +1233,8 @@ async def test_mailbox_wakes_one_consumer_per_message_and_passes_on_a_lost_wake_
 
 
 async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
+    from protobind.broker._consumers import ConsumerPool, Consumers
     from protobind.broker.base import Mailbox
-    from protobind.broker.consumers import ConsumerPool, Consumers
 
     class Inbound:
         def __init__(self) -> None:

@@ -396,7 +396,7 @@ class _Msg:
 async def test_forged_no_responders_cannot_replace_an_answer_already_received() -> None:
     """Before the server's peer is known (no accept yet), "no responders" ends the call only if
     nothing came from a server: after an error reply, a status that follows changes nothing."""
-    from protobind.broker.stream import END, StreamState
+    from protobind.broker._stream import END, StreamState
 
     async def publish(*args: Any, **kwargs: Any) -> None:
         pass
@@ -426,7 +426,7 @@ async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from protobind.auth import BearerAuth
-    from protobind.broker.refusals import MAX_KEYS
+    from protobind.broker._refusals import MAX_KEYS
 
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
@@ -486,7 +486,7 @@ async def test_refused_messages_are_logged_at_a_bounded_rate_and_counted(
 async def test_refusal_log_counts_per_interval_and_forgets_quiet_subjects(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from protobind.broker.refusals import OTHER_SUBJECTS, RefusalLog
+    from protobind.broker._refusals import OTHER_SUBJECTS, RefusalLog
 
     name = "protobind.test.refusals"
     log = RefusalLog(logging.getLogger(name), "on %s: %s: %s", interval=0.05, max_keys=2)

@@ -35,13 +35,13 @@ import protobind
 import protobind.cli
 import protobind.transport
 from protobind import Code, Context, RpcError
+from protobind._context import CallInfo
+from protobind._metadata import Metadata
 from protobind.broker.durable import DurableClient
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
-from protobind.context import CallInfo
 from protobind.durable import DurableCalls, DurableTransport
 from protobind.endpoints import EndpointTable, invoke_unary
-from protobind.metadata import Metadata
 from protobind.reflection import Reflected, Reflective, descriptor_files, reflect
 from protobind.transport import ENTRY_POINT_GROUP, ClientTransport, Transport, loopback_harness
 

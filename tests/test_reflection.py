@@ -76,7 +76,7 @@ def test_details_decode_in_a_process_that_never_imported_their_module() -> None:
     code = """
 import sys
 from google.protobuf import any_pb2
-from protobind.errors import unpack_details
+from protobind._errors import unpack_details
 assert "google.rpc.error_details_pb2" not in sys.modules
 packed = any_pb2.Any(type_url="type.googleapis.com/google.rpc.RetryInfo", value=bytes.fromhex("0a020803"))
 (detail,) = unpack_details([packed])

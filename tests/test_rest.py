@@ -16,7 +16,7 @@ from restcheck.v1 import restcheck_pb2
 from restcheck.v1 import restcheck_protobind as rc
 
 import protobind
-from protobind.http.rule import collect_bindings, parse_template
+from protobind.http._rule import collect_bindings, parse_template
 
 from .library_service import Library
 from .servers import serve_asgi
@@ -39,7 +39,7 @@ async def _start_routes_only(service: Library, **options: Any) -> tuple[str, Any
     """Serve only ``rest_routes(...)`` in a bare Starlette app (options the binding may not pass)."""
     from starlette.applications import Starlette
 
-    from protobind.http.rest import rest_routes
+    from protobind.http._rest import rest_routes
 
     server = protobind.Server([service])
     app = Starlette(routes=rest_routes(server, **options))
@@ -290,9 +290,9 @@ async def test_unknown_path_and_streaming_method_are_not_routed(
 
 
 async def test_streaming_methods_are_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    from protobind.http.rest import rest_routes
+    from protobind.http._rest import rest_routes
 
-    with caplog.at_level(logging.WARNING, logger="protobind.http.rest"):
+    with caplog.at_level(logging.WARNING, logger="protobind.http._rest"):
         routes = rest_routes(protobind.Server([Library()]), ignore_unknown_fields=False)
     assert routes
     assert any("library.v1.Library/WatchBooks" in r.getMessage() for r in caplog.records)
@@ -399,7 +399,7 @@ def test_importing_protobind_loads_no_http_library() -> None:
     import sys
 
     code = (
-        "import sys, protobind, protobind.http.openapi, protobind.http.rule; "
+        "import sys, protobind, protobind.http.openapi, protobind.http._rule; "
         "assert 'starlette' not in sys.modules and 'uvicorn' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -441,7 +441,7 @@ class _BadBody(rc.BadBodyService):
 
 
 def _routes(*services: object) -> list[Any]:
-    from protobind.http.rest import rest_routes
+    from protobind.http._rest import rest_routes
 
     return rest_routes(protobind.Server(services), ignore_unknown_fields=False)
 

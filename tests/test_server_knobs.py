@@ -11,7 +11,7 @@ from greeter.v1.greeter_pb2 import HelloRequest
 from greeter.v1.greeter_protobind import GreeterClient
 
 import protobind
-from protobind import aio
+from protobind import _aio as aio
 from protobind.config import Config, ConfigError
 from protobind.conformance.v1.conformance_pb2 import Request
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient

@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
-from protobind.cli.codegen import FORMATS, LEVELS
+from protobind.cli._codegen import FORMATS, LEVELS
 
 from .breaking_sides import LoadedSide, Side, load_sides
 

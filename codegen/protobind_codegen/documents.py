@@ -2,7 +2,7 @@
 
 The files are compiled with source info, so proto comments become descriptions (the generated
 code carries the same comments to a server, so its documents say the same). The commands, and
-the documents of a running server, are :mod:`protobind.cli.documents`.
+the documents of a running server, are :mod:`protobind.cli._documents`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from protobind.cli.documents import ASYNCAPI_SCHEMES
+from protobind.cli._documents import ASYNCAPI_SCHEMES
 from protobind.method import ServiceInfo
 
 if TYPE_CHECKING:
-    from protobind.broker.asyncapi import Bindings
+    from protobind.broker._asyncapi import Bindings
 
 __all__ = ["asyncapi_from_files", "openapi_from_files"]
 
@@ -46,7 +46,7 @@ def openapi_from_files(args: argparse.Namespace) -> dict[str, Any]:
 def asyncapi_from_files(args: argparse.Namespace) -> dict[str, Any]:
     """The AsyncAPI document of the ``.proto`` files ``protobind asyncapi`` was given (NATS, or MQTT
     5 or Kafka by ``--protocol`` or the ``--server`` URLs)."""
-    from protobind.broker.asyncapi import asyncapi_document
+    from protobind.broker._asyncapi import asyncapi_document
 
     services, sources, title = _contract(args)
     schemes = {url.partition("://")[0] for url in args.server}
@@ -64,12 +64,12 @@ def asyncapi_from_files(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--server {url!r}: give a {given} URL")
     bindings: Bindings | None = None
     if protocol == "mqtt":  # the subjects written as the topics an MQTT server uses
-        from protobind.mqtt.connection import MqttBindings
+        from protobind.mqtt._connection import MqttBindings
 
         bindings = MqttBindings()
     elif protocol == "kafka":  # topics and Kafka bindings (needs aiokafka, connects nowhere)
-        from protobind.kafka.connection import KafkaBroker
-        from protobind.kafka.options import settings_from
+        from protobind.kafka._connection import KafkaBroker
+        from protobind.kafka._options import settings_from
 
         kafka = args.server[0] if args.server else "kafka://127.0.0.1:9092"
         bindings = KafkaBroker(settings_from(kafka, {"prefix": args.prefix})).asyncapi_bindings()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2, duration_pb2
 
+from protobind._schemas import WELL_KNOWN, Comments, encode_comments
 from protobind.method import GENERATED_CODE_API, MethodKind, python_name
-from protobind.schemas import WELL_KNOWN, Comments, encode_comments
 from protobind.v1 import options_pb2
 
 from .protoc import ProtoError
@@ -110,7 +110,7 @@ class ServiceModel:
     descriptor_constant: str
     doc: str
     methods: tuple[MethodModel, ...]
-    #: the proto comments the served documents use (``protobind.schemas.encode_comments``), or ""
+    #: the proto comments the served documents use (``protobind._schemas.encode_comments``), or ""
     comments: str = ""
 
     @property

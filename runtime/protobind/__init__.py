@@ -9,17 +9,17 @@ code also calls ``check_generated_api``, which is kept here for it and is not pa
 
 from typing import TYPE_CHECKING, Any
 
+from ._client import Channel, RequestStream, connect, start, submit
+from ._context import CallInfo, Context, DeliveryInfo
+from ._errors import Code, RpcError
+from ._gateway import Gateway
+from ._interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
+from ._metadata import Metadata, MetadataLike
+from ._server import Server
 from ._version import __version__
-from .client import Channel, RequestStream, connect, start, submit
 from .config import client, client_sync
-from .context import CallInfo, Context, DeliveryInfo
-from .errors import Code, RpcError
-from .gateway import Gateway
-from .interceptors import ClientInterceptor, Handler, Invoker, ServerInterceptor
-from .metadata import Metadata, MetadataLike
 from .method import Idempotency, MethodInfo, MethodKind, ServiceInfo
 from .method import check_generated_api as check_generated_api
-from .server import Server
 from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
 

@@ -25,11 +25,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
+from ._context import CallInfo, Context
+from ._errors import INTERNAL_MESSAGE, SERVER_ERROR_CODES, Code, RpcError
+from ._interceptors import Handler, Invoker
+from ._metadata import Metadata
 from ._version import __version__
-from .context import CallInfo, Context
-from .errors import INTERNAL_MESSAGE, SERVER_ERROR_CODES, Code, RpcError
-from .interceptors import Handler, Invoker
-from .metadata import Metadata
 from .method import MethodInfo, MethodKind
 
 if TYPE_CHECKING:

@@ -43,10 +43,10 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .context import CallInfo, Context
-from .errors import Code, RpcError
-from .interceptors import Handler, Invoker
-from .metadata import Metadata
+from ._context import CallInfo, Context
+from ._errors import Code, RpcError
+from ._interceptors import Handler, Invoker
+from ._metadata import Metadata
 
 __all__ = [
     "ASYNCAPI_METHOD",

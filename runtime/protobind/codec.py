@@ -31,7 +31,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from . import _jsonfast
-from .errors import Code, RpcError
+from ._errors import Code, RpcError
 
 M = TypeVar("M", bound=Message)
 

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from .aio import LOOPS
-from .client import Channel, connect
-from .interceptors import ClientInterceptor
+from ._aio import LOOPS
+from ._client import Channel, connect
+from ._interceptors import ClientInterceptor
 from .method import ServiceInfo, python_name
 from .sync import SyncChannel, connect_sync
 from .telemetry import Telemetry
@@ -198,7 +198,7 @@ class Config:
 
     def connect(self, name: str, **kwargs: Any) -> Channel:
         """``protobind.connect()`` to client ``name``'s URL, with the configured telemetry."""
-        from .client import connect
+        from ._client import connect
 
         kwargs.setdefault("telemetry", self.telemetry)
         return connect(self.client_url(name), **kwargs)

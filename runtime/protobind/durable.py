@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.message import Message
 
-from .broker.durable.client import DurableClient, DurableReply
-from .context import CallInfo
-from .errors import Code, RpcError
-from .metadata import MetadataLike
+from ._context import CallInfo
+from ._errors import Code, RpcError
+from ._metadata import MetadataLike
+from .broker.durable._client import DurableClient, DurableReply
 from .method import MethodInfo
 
 if TYPE_CHECKING:
-    from .client import Channel
+    from ._client import Channel
 
 __all__ = ["DurableCalls", "DurableReply", "DurableTransport"]
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from .context import Context, DeadlineScope
-from .errors import INTERNAL_MESSAGE, Code, RpcError
-from .interceptors import Handler
+from ._context import Context, DeadlineScope
+from ._errors import INTERNAL_MESSAGE, Code, RpcError
+from ._interceptors import Handler
+from ._metadata import Metadata
 from .limits import ConcurrencyLimit
-from .metadata import Metadata
 from .method import MethodInfo, ServiceInfo
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import Code, RpcError
+from ._errors import Code, RpcError
 from .options import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,

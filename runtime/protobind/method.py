@@ -176,7 +176,7 @@ class ServiceInfo:
     """A service: its full name (``greeter.v1.Greeter``) and its methods in declaration order.
 
     ``comments`` are the proto comments of the service, its methods and the messages they use,
-    which the generator embeds (:func:`protobind.schemas.encode_comments`) so the OpenAPI and
+    which the generator embeds (:func:`protobind._schemas.encode_comments`) so the OpenAPI and
     AsyncAPI documents a server serves carry the same descriptions as ``protobind openapi``.
     """
 

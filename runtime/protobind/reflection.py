@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
 
-from .errors import Code, RpcError
-from .metadata import Metadata, MetadataLike
+from ._errors import Code, RpcError
+from ._metadata import Metadata, MetadataLike
 from .method import MethodInfo, ServiceInfo
 
 if TYPE_CHECKING:
-    from .client import Channel
+    from ._client import Channel
 
 __all__ = [
     "HTTP_PATH",

@@ -36,11 +36,11 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from .client import Channel
-from .context import CallInfo
-from .errors import Code, RpcError
-from .interceptors import ClientInterceptor
-from .metadata import MetadataLike
+from ._client import Channel
+from ._context import CallInfo
+from ._errors import Code, RpcError
+from ._interceptors import ClientInterceptor
+from ._metadata import MetadataLike
 from .method import MethodInfo
 from .telemetry import Telemetry, TelemetryOption
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import SERVER_ERROR_CODES
+from ._errors import SERVER_ERROR_CODES
 
 if TYPE_CHECKING:
+    from ._interceptors import ClientInterceptor, ServerInterceptor
+    from ._metadata import Metadata
     from ._otel import ConsumerSpan, Instruments, Registry
-    from .interceptors import ClientInterceptor, ServerInterceptor
-    from .metadata import Metadata
     from .method import MethodInfo
 
 __all__ = ["EXPORTERS", "OTLP_PROTOCOLS", "SERVER_ERROR_CODES", "Telemetry", "TelemetryOption"]

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from .urls import redact
 
 if TYPE_CHECKING:
-    from .context import CallInfo
+    from ._context import CallInfo
     from .endpoints import EndpointTable
 
 __all__ = [

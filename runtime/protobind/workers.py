@@ -51,7 +51,7 @@ class ServeSpec:
     telemetry: Telemetry | None = None
     max_oneway: int = 1024
     access_log: bool = False
-    log_level: str | None = None  # set up logging in the worker (protobind.access_log.setup_logging)
+    log_level: str | None = None  # set up logging in the worker (protobind._access_log.setup_logging)
 
 
 def _reserve(url: str) -> tuple[str, socket.socket | None]:
@@ -74,8 +74,8 @@ def _reserve(url: str) -> tuple[str, socket.socket | None]:
 def _worker(spec: ServeSpec, conn: Connection) -> None:
     """A worker process: serve ``spec`` until SIGTERM; report the bound URLs or the failure."""
     sys.path[:0] = spec.sys_path
+    from ._server import Server
     from .config import load_service
-    from .server import Server
 
     options = {name: dict(values) for name, values in spec.transport_options.items()}
     for transport in set(_PORT_SCHEMES.values()):
@@ -89,7 +89,7 @@ def _worker(spec: ServeSpec, conn: Connection) -> None:
             access_log=spec.access_log,
         )
         if spec.log_level is not None:
-            from .access_log import setup_logging
+            from ._access_log import setup_logging
 
             setup_logging(spec.log_level)
         server.run(*spec.urls, loop=spec.loop, grace=spec.grace, on_start=lambda urls: conn.send(urls))

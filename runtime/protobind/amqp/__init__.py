@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from ..transport import Transport, lazy_dial, lazy_serve
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TEST_BROKER_ENV", "TRANSPORT"]
 
@@ -86,8 +86,8 @@ TRANSPORT = Transport(
     name="amqp",
     schemes=("amqp", "amqps"),
     extra="amqp",
-    serve=lazy_serve("protobind.amqp.server"),
-    dial=lazy_dial("protobind.amqp.client"),
+    serve=lazy_serve("protobind.amqp._server"),
+    dial=lazy_dial("protobind.amqp._client"),
     test_harness=_harness,
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

@@ -4,7 +4,7 @@ A broker moves messages (a subject, an optional reply address, headers, a body) 
 connections: publish, subscribe (optionally in a queue group, where each message goes to one
 member), and a private reply inbox. That is all the engine in :mod:`protobind.broker` needs for
 unary calls, the three streaming kinds, cancellation, deadlines and discovery. NATS implements
-it in :mod:`protobind.nats.connection`; :mod:`protobind.memory.connection` implements it in-process.
+it in :mod:`protobind.nats._connection`; :mod:`protobind.memory._connection` implements it in-process.
 
 Correlation is the inbox's business, not the engine's: the engine asks an :class:`Inbox` for the
 reply address of a token and is handed ``(token, message)`` for every reply. NATS builds the
@@ -22,7 +22,7 @@ Durable calls (``(protobind.v1.durable)``) need a broker that stores messages: a
 :class:`DurableBroker` adds streams (stored subjects), publishing with a store acknowledgement and
 a message id for de-duplication, and pull consumers whose messages are acknowledged one by one
 (ack, nak with a delay, in-progress, term). NATS JetStream implements it in
-:mod:`protobind.nats.jetstream`, the in-memory broker in :mod:`protobind.memory.stored`; the engine
+:mod:`protobind.nats._jetstream`, the in-memory broker in :mod:`protobind.memory._stored`; the engine
 that runs durable calls on it is :mod:`protobind.broker.durable`.
 """
 
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..codec import Codec
 
 if TYPE_CHECKING:
-    from .bindings import Bindings
+    from ._bindings import Bindings
 
 __all__ = [
     "MSG_ID_HEADER",

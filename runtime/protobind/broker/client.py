@@ -1,7 +1,7 @@
 """The client side of the broker engine: calls as messages on a :class:`Broker`.
 
 Every unary reply arrives on one private inbox and is matched to its call by token; streams use
-per-call tokens on the same inbox (see :mod:`protobind.broker.stream`).
+per-call tokens on the same inbox (see :mod:`protobind.broker._stream`).
 """
 
 from __future__ import annotations
@@ -17,27 +17,17 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
-from ..aio import Deadlines, loop_time
+from .._aio import Deadlines, loop_time
+from .._context import CallInfo
+from .._errors import Code, RpcError
+from .._metadata import Metadata
 from ..codec import PROTO, Codec, response_codec
-from ..context import CallInfo
-from ..errors import Code, RpcError
-from ..metadata import Metadata
 from ..method import MethodInfo
 from ..reflection import Reflected
 from ..transport import ClientTransport
-from .base import (
-    NO_RESPONDERS_STATUS,
-    Broker,
-    BrokerError,
-    BrokerMessage,
-    DurableBroker,
-    EngineSettings,
-    Inbox,
-)
-from .durable.client import DurableClient
-from .micro import INFO_SUBJECT, asyncapi_subjects, reflected
-from .stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
-from .wire import (
+from ._micro import INFO_SUBJECT, asyncapi_subjects, reflected
+from ._stream import CANCEL, END, HEADERS, OPEN, Heartbeats, StreamState
+from ._wire import (
     CANCEL_SUBJECT,
     FRAME,
     PROBE_SUBJECT,
@@ -53,6 +43,16 @@ from .wire import (
     read_response_headers,
     too_large,
 )
+from .base import (
+    NO_RESPONDERS_STATUS,
+    Broker,
+    BrokerError,
+    BrokerMessage,
+    DurableBroker,
+    EngineSettings,
+    Inbox,
+)
+from .durable._client import DurableClient
 
 __all__ = [
     "BrokerClient",
@@ -262,7 +262,7 @@ class BrokerClient(ClientTransport):
     async def asyncapi(self, timeout: float | None, metadata: Metadata) -> dict[str, Any]:
         """The AsyncAPI document of the services under this client's prefix: each service's own
         (asked on the subject its ``$SRV.INFO`` names), merged into one."""
-        from .asyncapi import merge_documents
+        from ._asyncapi import merge_documents
 
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout

@@ -2,7 +2,7 @@
 
 A service subscribes once to ``{prefix}{package}.{Service}.*`` in a queue group. A unary call is a
 message with a reply address, answered by one reply; a streaming call opens a stream (see
-:mod:`protobind.broker.stream`). docs/protocols.md ("NATS request-reply") is the wire description.
+:mod:`protobind.broker._stream`). docs/protocols.md ("NATS request-reply") is the wire description.
 """
 
 from __future__ import annotations
@@ -21,20 +21,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import Message
 
-from ..aio import Deadlines, Resume, uncancel
+from .._aio import Deadlines, Resume, uncancel
+from .._context import Context
+from .._errors import Code, RpcError
 from ..codec import PROTO, Codec
-from ..context import Context
 from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
-from ..errors import Code, RpcError
 from ..transport import ServerBinding
-from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
-from .consumers import ConsumerPool, Consumers
-from .discovery import Discovery
-from .durable.server import DurableServer
-from .micro import EndpointStats, MicroService, subjects
-from .refusals import RefusalLog
-from .stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
-from .wire import (
+from ._consumers import ConsumerPool, Consumers
+from ._discovery import Discovery
+from ._micro import EndpointStats, MicroService, subjects
+from ._refusals import RefusalLog
+from ._stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
+from ._wire import (
     CANCEL_SUBJECT,
     COUNT,
     FRAME,
@@ -53,6 +51,8 @@ from .wire import (
     read_request_headers,
     too_large,
 )
+from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
+from .durable._server import DurableServer
 
 if TYPE_CHECKING:
     from ..endpoints import EndpointTable
@@ -207,7 +207,7 @@ class BrokerBinding(ServerBinding):
 
     def _on_call(self, msg: BrokerMessage, consumers: Consumers | None = None) -> Awaitable[bool | None]:
         """Serve one call message: the coroutine that does, which a consumer (see
-        protobind.broker.consumers) awaits; it never raises. A plain function rather than a
+        protobind.broker._consumers) awaits; it never raises. A plain function rather than a
         coroutine of its own: this is the path every small call takes."""
         route = self._routes.get(msg.subject)
         if route is None or route.streaming or route.durable or self._closing:

@@ -14,7 +14,11 @@ def build_parser() -> argparse.ArgumentParser:
     :mod:`protobind_codegen` only when they run)."""
     import protobind
 
-    from . import codegen, dev, documents, remote, serve
+    from . import _codegen as codegen
+    from . import _dev as dev
+    from . import _documents as documents
+    from . import _remote as remote
+    from . import _serve as serve
 
     parser = argparse.ArgumentParser(prog="protobind", description=__doc__)
     parser.add_argument("--version", action="version", version=f"protobind {protobind.__version__}")
@@ -33,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``protobind`` command with ``argv`` (default: ``sys.argv``); exits with its code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from protobind._errors import RpcError
     from protobind.config import ConfigError
-    from protobind.errors import RpcError
     from protobind.urls import redact
 
-    from .base import UsageError, codegen_errors
+    from ._base import UsageError, codegen_errors
 
     try:
         code = args.run(args)

@@ -20,7 +20,7 @@ or config file only: grpcio only, so given without a choice of engine it selects
 from __future__ import annotations
 
 from ..transport import Transport, lazy_dial, lazy_serve, loopback_harness
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TRANSPORT"]
 
@@ -29,8 +29,8 @@ TRANSPORT = Transport(
     name="grpc",
     schemes=("grpc", "grpcs"),
     extra="grpc",
-    serve=lazy_serve("protobind.grpc.server"),
-    dial=lazy_dial("protobind.grpc.client"),
+    serve=lazy_serve("protobind.grpc._server"),
+    dial=lazy_dial("protobind.grpc._client"),
     test_harness=loopback_harness("grpc"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

@@ -42,14 +42,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._wire import HTTP_STATUS
 from ..transport import Transport, check_options, lazy_dial, lazy_serve, loopback_harness
-from ..wire import HTTP_STATUS
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS, _prefix
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS, _prefix
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from ..server import Server
+    from .._server import Server
 
 __all__ = ["HTTP_STATUS", "TRANSPORT", "asgi_app", "merge_openapi", "openapi_for"]
 
@@ -64,7 +64,7 @@ def asgi_app(server_or_services: Server | Iterable[object], **options: Any) -> A
     TRANSPORT.check_installed(server=True)
     prefix = _prefix(str(options.pop("prefix", "")))
     check_options(TRANSPORT, options, server=True)
-    from .server import asgi_app as build
+    from ._server import asgi_app as build
 
     return build(server_or_services, prefix, options)
 
@@ -75,7 +75,7 @@ def openapi_for(
     """The OpenAPI document of the routes :func:`asgi_app` serves, as mounted at ``prefix`` in a
     host application: each path starts with ``prefix``. ``options`` (``title``, ``version``,
     ``servers``) go to :func:`protobind.http.openapi.openapi_document`."""
-    from ..server import Server
+    from .._server import Server
     from .openapi import openapi_for as document_for
 
     server = server_or_services if isinstance(server_or_services, Server) else Server(server_or_services)
@@ -106,8 +106,8 @@ TRANSPORT = Transport(
     name="http",
     schemes=("http", "https"),
     extra="http",
-    serve=lazy_serve("protobind.http.server"),
-    dial=lazy_dial("protobind.http.client"),
+    serve=lazy_serve("protobind.http._server"),
+    dial=lazy_dial("protobind.http._client"),
     test_harness=loopback_harness("http"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

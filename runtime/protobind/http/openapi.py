@@ -22,8 +22,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from ..method import Idempotency, MethodInfo, MethodKind, ServiceInfo
-from ..schemas import (
+from .._schemas import (
     SCHEMAS,
     WELL_KNOWN,
     Comments,
@@ -34,7 +33,8 @@ from ..schemas import (
     message_of,
     scalar_schema,
 )
-from .rule import DOUBLE_STAR, LITERAL, HttpBinding, collect_bindings
+from ..method import Idempotency, MethodInfo, MethodKind, ServiceInfo
+from ._rule import DOUBLE_STAR, LITERAL, HttpBinding, collect_bindings
 
 __all__ = ["openapi_document"]
 

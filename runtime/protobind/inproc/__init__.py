@@ -16,8 +16,8 @@ TRANSPORT = Transport(
     name="inproc",
     schemes=("inproc",),
     extra="",
-    serve=lazy_serve("protobind.inproc.server"),
-    dial=lazy_dial("protobind.inproc.client"),
+    serve=lazy_serve("protobind.inproc._server"),
+    dial=lazy_dial("protobind.inproc._client"),
     test_harness=named_harness("inproc://test-{}"),
     in_process=True,
 )

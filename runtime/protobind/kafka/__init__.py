@@ -15,7 +15,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 
 from ..transport import Transport, lazy_dial, lazy_serve
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TRANSPORT"]
 
@@ -39,8 +39,8 @@ TRANSPORT = Transport(
     name="kafka",
     schemes=("kafka",),
     extra="kafka",
-    serve=lazy_serve("protobind.kafka.server"),
-    dial=lazy_dial("protobind.kafka.client"),
+    serve=lazy_serve("protobind.kafka._server"),
+    dial=lazy_dial("protobind.kafka._client"),
     test_harness=_harness,
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

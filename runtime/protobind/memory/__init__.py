@@ -20,7 +20,7 @@ durable options of docs/messaging.md.
 from __future__ import annotations
 
 from ..transport import Transport, lazy_dial, lazy_serve, named_harness
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TRANSPORT"]
 
@@ -28,8 +28,8 @@ TRANSPORT = Transport(
     name="memory",
     schemes=("memory",),
     extra="",
-    serve=lazy_serve("protobind.memory.server"),
-    dial=lazy_dial("protobind.memory.client"),
+    serve=lazy_serve("protobind.memory._server"),
+    dial=lazy_dial("protobind.memory._client"),
     test_harness=named_harness("memory://test-{}"),
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from ..transport import Transport, lazy_dial, lazy_serve
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TRANSPORT"]
 
@@ -89,8 +89,8 @@ TRANSPORT = Transport(
     name="mqtt",
     schemes=("mqtt", "mqtts"),
     extra="mqtt",
-    serve=lazy_serve("protobind.mqtt.server"),
-    dial=lazy_dial("protobind.mqtt.client"),
+    serve=lazy_serve("protobind.mqtt._server"),
+    dial=lazy_dial("protobind.mqtt._client"),
     test_harness=_harness,
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

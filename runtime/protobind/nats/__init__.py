@@ -44,7 +44,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 
 from ..transport import Transport, lazy_dial, lazy_serve
-from .options import CLIENT_OPTIONS, SERVER_OPTIONS
+from ._options import CLIENT_OPTIONS, SERVER_OPTIONS
 
 __all__ = ["TRANSPORT"]
 
@@ -67,8 +67,8 @@ TRANSPORT = Transport(
     name="nats",
     schemes=("nats", "tls"),
     extra="nats",
-    serve=lazy_serve("protobind.nats.server"),
-    dial=lazy_dial("protobind.nats.client"),
+    serve=lazy_serve("protobind.nats._server"),
+    dial=lazy_dial("protobind.nats._client"),
     test_harness=_harness,
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,

@@ -20,8 +20,8 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..interceptors import ServerInterceptor
-from ..server import Server
+from .._interceptors import ServerInterceptor
+from .._server import Server
 from ..telemetry import TelemetryOption
 from ..transport import all_transports, transport_named
 

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ..client import Channel
-    from ..interceptors import ServerInterceptor
+    from .._client import Channel
+    from .._interceptors import ServerInterceptor
 
 pytest_asyncio: Any
 try:
@@ -288,7 +288,7 @@ async def protobind_url(
 @_async_fixture
 async def protobind_channel(protobind_url: str) -> AsyncIterator[Channel]:
     """A :class:`protobind.Channel` connected to ``protobind_url``; generated clients take it."""
-    from ..client import connect
+    from .._client import connect
 
     async with connect(protobind_url) as channel:
         yield channel

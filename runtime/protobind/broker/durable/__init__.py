@@ -11,15 +11,15 @@ for the caller's group. One concept per module:
 - :mod:`.client`: :class:`DurableClient` (submit, wait for the reply) and :class:`DurableReply`
 
 docs/messaging.md ("Durable delivery", "Durable request/response") is the user's description;
-NATS JetStream (:mod:`protobind.nats.jetstream`), RabbitMQ streams, MQTT retained messages, Kafka
+NATS JetStream (:mod:`protobind.nats._jetstream`), RabbitMQ streams, MQTT retained messages, Kafka
 and the in-memory broker implement the interface.
 """
 
 from __future__ import annotations
 
-from .client import DurableClient, DurableReply
-from .server import FINAL, DurableServer
-from .settings import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
+from ._client import DurableClient, DurableReply
+from ._server import FINAL, DurableServer
+from ._settings import DURABLE_CLIENT_OPTIONS, DURABLE_SERVER_OPTIONS, durable_settings
 
 __all__ = [
     "DURABLE_CLIENT_OPTIONS",

@@ -8,8 +8,8 @@ every client/server pairing (``python -m protobind.testing.conformance``; docs/c
 - :mod:`.matrix`: the columns, the runner and the report.
 """
 
-from .cases import CASES, UNSUPPORTED, Case
-from .matrix import Cell, Column, Verdict, columns, format_matrix, run_matrix
+from ._cases import CASES, UNSUPPORTED, Case
+from ._matrix import Cell, Column, Verdict, columns, format_matrix, run_matrix
 from .service import Conformance
 
 __all__ = [

@@ -9,8 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .cases import CASES
-from .matrix import as_json, columns, format_matrix, run_matrix
+from ._cases import CASES
+from ._matrix import as_json, columns, format_matrix, run_matrix
 
 
 def main(argv: Sequence[str] | None = None) -> int:

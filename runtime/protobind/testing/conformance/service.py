@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from google.protobuf.empty_pb2 import Empty
 from google.rpc import error_details_pb2
 
+from ..._context import Context
+from ..._errors import Code, RpcError
 from ...conformance.v1.conformance_pb2 import Request, Response
 from ...conformance.v1.conformance_protobind import ConformanceService
-from ...context import Context
-from ...errors import Code, RpcError
 
 __all__ = ["Conformance"]
 

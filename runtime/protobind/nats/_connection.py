@@ -1,0 +1,523 @@
+"""nats-py's client, with quicker paths for the two things every protobind call does.
+
+nats-py builds and parses NATS headers in Python one character at a time, and wraps every
+publish in checks that protobind's own subjects do not need; on a small call that costs more than
+the rest of protobind's per-call work. :class:`Connection` keeps nats-py's behaviour and its
+connection management, and only:
+
+- parses header blocks of the plain form (``NATS/1.0`` then ``Name: value`` lines) in one pass;
+  anything else (an inline status such as no-responders' ``NATS/1.0 503``) goes to nats-py;
+- offers :meth:`Connection.send`, a publish that writes the protocol line and header block in one
+  go. It appends to nats-py's pending buffer exactly as ``publish`` does, and falls back to
+  ``publish`` whenever the connection is not plainly connected (reconnect buffering and its limits
+  stay nats-py's) or when this nats-py lacks the internals it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from nats import errors as nats_errors
+from nats.aio.client import Client
+
+from .._wire import is_header_name
+from ..broker._refusals import RefusalLog
+from ..broker.base import (
+    BrokerError,
+    BrokerMessage,
+    Callback,
+    DurableBroker,
+    InboxCallback,
+    Mailbox,
+    NotConnected,
+    PayloadTooLarge,
+)
+from ..transport import network_reason
+from ..urls import redact, redact_text
+from ._jetstream import JetStream
+
+if TYPE_CHECKING:
+    from ..broker._bindings import Bindings
+    from ._options import Settings
+
+__all__ = [
+    "AuthenticationFailed",
+    "Connection",
+    "NatsBroker",
+    "connect",
+    "encode_headers",
+    "open_broker",
+]
+
+logger = logging.getLogger("protobind.nats")
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block for ``headers`` (names checked, line breaks in values made spaces)."""
+    lines = ["NATS/1.0\r\n"]
+    for name, value in headers.items():
+        if not is_header_name(name):
+            raise nats_errors.BadHeaderError(name)
+        if "\r" in value or "\n" in value:
+            value = value.replace("\r", " ").replace("\n", " ")
+        lines.append(f"{name}: {value.strip()}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode()
+
+
+class Connection(Client):
+    """See the module docstring."""
+
+    def __init__(self, require_tls: bool = False) -> None:
+        super().__init__()
+        self._require_tls = require_tls
+        self._fast = all(
+            hasattr(self, name)
+            for name in (
+                "_flush_queue",
+                "_flusher_task",
+                "_max_payload",
+                "_max_pending_size",
+                "_pending",
+                "_pending_data_size",
+                "_status",
+                "stats",
+            )
+        )
+        # sid -> (nats-py subscription, the mailbox protobind's consumers take its messages from)
+        # (see pulled()); their messages skip nats-py's general delivery path
+        self._pulled: dict[int, tuple[Any, Mailbox]] = {}
+
+    async def settle(self) -> None:
+        """Return once the server has processed everything sent so far (subscriptions included).
+
+        nats-py's ``flush()`` writes its PING straight to the socket, possibly ahead of commands
+        still in its pending buffer, so one flush does not prove that a SUB sent just before has
+        arrived; by the time its PONG is back the buffer has been written, and a second PING
+        follows the SUB.
+        """
+        await self.flush()
+        await self.flush()
+
+    async def send(
+        self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish ``payload``: through :meth:`buffer`, else as nats-py's ``publish`` does (it waits
+        for room in its buffer, keeps the message while reconnecting, raises when the body is above
+        ``max_payload`` or the connection is closed). Headers count toward ``max_payload`` on the
+        server but not in nats-py's check: a caller with headers checks the total first."""
+        if not self.buffer(subject, payload, reply, headers):
+            await self.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
+
+    def buffer(
+        self, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Publish ``payload`` without awaiting anything, as nats-py's ``publish`` does when its
+        buffer has room: append the command to the pending buffer and wake the flusher task.
+        ``False`` when that is not possible now (not connected, the buffer full, a body above
+        ``max_payload``, no subject, no flusher task, or a nats-py without these internals); the
+        caller then awaits :meth:`send`, which does what nats-py does in those cases.
+        """
+        if (
+            not self._fast
+            or self._status != Client.CONNECTED
+            or len(payload) > self._max_payload
+            or not subject
+        ):
+            return False  # nats-py's publish buffers while reconnecting, raises when too large or closed
+        flusher = self._flusher_task
+        if flusher is None or flusher.done():
+            return False  # nats-py's publish writes inline when its flusher task is gone
+        # one join: "a + payload + b" would copy a large payload twice
+        if headers:
+            block = encode_headers(headers)
+            line = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
+            command = b"".join((line, block, payload, b"\r\n"))
+        else:
+            command = b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+        size = self._pending_data_size + len(command)
+        if 0 < self._max_pending_size < size:
+            return False  # nats-py's publish flushes first, and waits for that
+        self._pending.append(command)
+        self._pending_data_size = size
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        flush_queue = self._flush_queue
+        if flush_queue is not None and flush_queue.empty():
+            # what nats-py's _flush_pending does to wake its flusher (which resolves the future)
+            flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+        return True
+
+    def pulled(self, sub: Any, mailbox: Mailbox | None) -> bool:
+        """Deliver ``sub``'s messages into ``mailbox`` on the short path of :meth:`_process_msg`
+        (``None``: no more, protobind unsubscribed). ``False`` when this nats-py lacks what that
+        path reads; the caller then uses a callback subscription."""
+        if mailbox is None:
+            self._pulled.pop(getattr(sub, "_id", None), None)  # type: ignore[arg-type]
+            return True
+        names = ("_id", "_received", "_pending_size", "_pending_bytes_limit", "_pending_msgs_limit")
+        if not (all(hasattr(sub, name) for name in names) and hasattr(self, "_error_cb")):
+            return False
+        self._pulled[sub._id] = (sub, mailbox)
+        # what nats-py queued before (nothing, unless a message came in between)
+        queued = getattr(sub, "_pending_queue", None)
+        while isinstance(queued, asyncio.Queue) and not queued.empty():
+            mailbox.put(queued.get_nowait())
+            queued.task_done()
+        return True
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        """nats-py's parser hands every message here. For a plain subscription protobind consumes
+        itself (no callback, no JetStream, no request future, no message limit), only what
+        nats-py does for such a message: count it, build it, queue it within the slow-consumer
+        limits; with a message object that has only the four fields the engine reads."""
+        pulled = self._pulled.get(sid)
+        if pulled is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        sub, mailbox = pulled
+        size = len(data)
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += size
+        sub._received += 1
+        # Received's fields set here, without an __init__ call: this runs for every message
+        msg = _new(Received)
+        msg.subject = subject.decode()
+        msg.reply = reply.decode()
+        msg.data = data
+        msg.headers = await self._process_headers(headers) if headers else None
+        # nats-py's own limits: a message that would overflow them is dropped and reported
+        pending = sub._pending_size + size
+        limit = sub._pending_bytes_limit
+        if not 0 < limit <= pending and not 0 < sub._pending_msgs_limit <= len(mailbox.items):
+            sub._pending_size = pending
+            mailbox.put(msg)
+            return
+        error = nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)
+        await self._error_cb(error)
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends
+        # CONNECT (credentials included) in plaintext. A tls:// URL or a TLS option means TLS or
+        # nothing: a server that offers TLS is asked for it, one that does not is refused.
+        if initial_connection and self._require_tls and not info.get("tls_required"):
+            if not info.get("tls_available"):
+                raise TlsRefused(
+                    "TLS was required (tls:// or a TLS option) but the server does not offer TLS; "
+                    "nothing was sent"
+                )
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
+
+    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
+        if not headers:
+            return None
+        if headers[8:10] != b"\r\n":
+            return await super()._process_headers(headers)
+        try:
+            text = headers[10:].decode()
+        except UnicodeDecodeError:
+            return await super()._process_headers(headers)
+        out: dict[str, str] = {}
+        for line in text.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if sep:
+                name = name.strip()
+                # the names nats-py's parser drops: empty, with blanks, not ASCII
+                if name and name.isascii() and " " not in name and "\t" not in name:
+                    out[name] = value.strip()
+        return out or None
+
+
+class AuthenticationFailed(ConnectionError):
+    """The NATS server refused the credentials (or demanded some that were not given)."""
+
+
+class TlsRefused(nats_errors.Error):
+    """TLS was required and the server does not offer it."""
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """Whether trying the same server again cannot help: its certificate failed verification (an
+    unknown CA, the wrong host name, expired), or TLS was required and it does not offer TLS."""
+    return isinstance(exc, (ssl.SSLCertVerificationError, TlsRefused))
+
+
+async def connect(settings: Settings, **callbacks: Any) -> Connection:
+    """Connect to one of ``settings.servers``, or raise :class:`ConnectionError` naming the cause.
+
+    Bounded in time whatever goes wrong (a TLS handshake that never completes, a server that
+    never answers), and never in plaintext when TLS was asked for. Error texts and log lines
+    name the servers without their credentials.
+    """
+    # the causes of the first connection's failure; bounded, since nats-py reports every later
+    # failure (reconnections, slow-consumer drops) here too for the connection's whole life
+    seen: collections.deque[BaseException] = collections.deque(maxlen=16)
+    shown = ", ".join(redact(server) for server in settings.servers)
+    # nats-py reports here each failed (re)connect attempt, and each message a slow consumer drops
+    failures = RefusalLog(logger, "NATS connection to %s: %s: %s")
+    # servers that failed in a way no retry cures: once every server has, the attempt stops
+    unverified: set[str] = set()
+    hopeless: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    connected = False
+
+    async def error_cb(exc: Exception) -> None:
+        # nats-py reports every failed (re)connect attempt here; its default handler logs tracebacks.
+        # Until the first connection is made, the error raised below names the cause: a warning per
+        # failed try would print the same reason again before it.
+        seen.append(exc)
+        failures.refused(shown, type(exc).__name__, _reason(exc), answered=not connected)
+        if _hopeless(exc) and not hopeless.done():
+            unverified.add(str(getattr(getattr(client, "_current_server", None), "uri", "")))
+            if len(unverified) >= len(settings.servers):
+                hopeless.set_result(exc)
+
+    client = Connection(require_tls=settings.require_tls)
+    # nats-py retries its first connection as often as later reconnections; when it cannot reach
+    # any server now, fail after one more try (the caller sees UNAVAILABLE) rather than hang
+    first = {**settings.connect, "max_reconnect_attempts": 1}
+    timeout = float(first.get("connect_timeout", 2.0))
+    # each server may be tried twice, each try bounded by connect_timeout per step (TCP, TLS,
+    # INFO, PONG); past this budget the attempt is abandoned whatever nats-py is waiting for
+    budget = 4 * timeout * 2 * max(1, len(settings.servers)) + 1.0
+    attempt = asyncio.ensure_future(client.connect(settings.servers, error_cb=error_cb, **first, **callbacks))
+    try:
+        await asyncio.wait((attempt, hopeless), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not attempt.done():
+            # out of time, or no server can be verified: nats-py would try again (and its cleanup
+            # can wait forever for a TLS peer's goodbye), so the attempt is abandoned here
+            attempt.cancel()
+            await asyncio.wait((attempt,), timeout=1.0)
+        hopeless.cancel()
+    try:
+        if not attempt.done() or attempt.cancelled():
+            raise asyncio.TimeoutError()
+        attempt.result()
+    except (OSError, asyncio.TimeoutError, nats_errors.Error, ValueError) as exc:
+        await _abandon(client)
+        causes = [*seen, exc]
+        reason = next((_reason(c) for c in causes if _is_auth(c)), None)
+        if reason is not None:
+            raise AuthenticationFailed(f"NATS at {shown} refused the credentials: {reason}") from None
+        # the most telling cause: a refusal says more than the timeout of a later retry
+        specific = [
+            c for c in causes if not isinstance(c, (nats_errors.NoServersError, asyncio.TimeoutError))
+        ]
+        cause = specific[0] if specific else exc
+        raise ConnectionError(f"cannot connect to NATS at {shown}: {_reason(cause)}") from None
+    connected = True
+    # nats-py reads its options at each reconnection: from now on, the configured persistence
+    client.options["max_reconnect_attempts"] = settings.connect["max_reconnect_attempts"]
+    return client
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):  # asyncio's TimeoutError too, from Python 3.11
+        return redact_text(network_reason(exc))
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).removeprefix("nats: ").strip("'\" ") or type(exc).__name__
+    return redact_text(text)
+
+
+def _is_auth(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, nats_errors.AuthorizationError)
+        or "authorization violation" in text
+        or ("authentication" in text)
+    )
+
+
+async def _abandon(client: Connection) -> None:
+    """Give up a connection attempt without waiting on a peer that may never answer: nats-py's
+    own close waits for the socket's orderly shutdown, which a stuck TLS peer never completes."""
+    transport = getattr(client, "_transport", None)
+    for name in ("_io_writer", "_bare_io_writer"):
+        writer = getattr(transport, name, None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 1.0)
+
+
+def _broker_error(exc: BaseException) -> BrokerError:
+    if isinstance(exc, nats_errors.MaxPayloadError):
+        return PayloadTooLarge("the message exceeds the server's max_payload")
+    if isinstance(exc, (nats_errors.ConnectionClosedError, nats_errors.OutboundBufferLimitError)):
+        return NotConnected(str(exc))
+    return BrokerError(type(exc).__name__)
+
+
+class Received:
+    """A message of a subscription protobind consumes itself (see :meth:`Connection.pulled`),
+    made with ``object.__new__`` and its four fields set."""
+
+    __slots__ = ("data", "headers", "reply", "subject")
+    subject: str
+    reply: str
+    data: bytes
+    headers: dict[str, str] | None
+
+
+_new = object.__new__
+#: nats-py's ``is_connected``: connected, or draining
+_CONNECTED = frozenset((Client.CONNECTED, Client.DRAINING_SUBS, Client.DRAINING_PUBS))
+
+
+class _Inbound:
+    """A queue-group subscription whose messages protobind's consumers take themselves.
+
+    The connection puts them in the mailbox itself (:meth:`Connection.pulled`) and keeps nats-py's
+    pending-bytes count of the subscription, as nats-py's own delivery does. With a nats-py that
+    lacks what that reads, a callback subscription fills the mailbox instead (one hop more).
+    """
+
+    def __init__(self, sub: Any, mailbox: Mailbox, connection: Connection | None) -> None:
+        self._sub = sub
+        self.mailbox = mailbox
+        self._connection = connection  # None: a callback subscription fills the mailbox
+
+    def taken(self, message: BrokerMessage) -> None:
+        if self._connection is not None:
+            # nats-py's slow-consumer limit counts the bytes waiting
+            self._sub._pending_size -= len(message.data)
+
+    def done(self, message: BrokerMessage) -> None:
+        """NATS core keeps no record of consumption."""
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats_errors.Error as exc:
+            raise _broker_error(exc) from None
+        finally:
+            if self._connection is not None:
+                self._connection.pulled(self._sub, None)
+
+
+class _Subscription:
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats_errors.Error as exc:
+            raise _broker_error(exc) from None
+
+
+class _Inbox:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def address(self, token: str) -> str:
+        return self.prefix + token
+
+
+class NatsBroker(JetStream, DurableBroker):
+    """:class:`protobind.broker.base.DurableBroker` on one nats-py connection; with
+    :mod:`.jetstream` (streams and consumers), the only code that touches nats-py."""
+
+    name = "nats"
+    client: Connection  # the whole connection, more than JetStream's view of it
+
+    def __init__(self, client: Connection) -> None:
+        self.client = client
+        self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    # both asked on every call: read straight from nats-py's state where it has it
+    @property
+    def max_payload(self) -> int:
+        client = self.client
+        return int(client._max_payload if client._fast else client.max_payload)
+
+    @property
+    def is_connected(self) -> bool:
+        client = self.client
+        return client._status in _CONNECTED if client._fast else bool(client.is_connected)
+
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._disconnect_callbacks.append(callback)
+
+    async def disconnected(self) -> None:
+        """Called by the connection when it is lost: runs the disconnect callbacks."""
+        for callback in self._disconnect_callbacks:
+            await callback()
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        client = self.client
+        try:
+            if not client.buffer(subject, payload, reply, headers):
+                await client.send(subject, payload, reply, headers)  # waits as nats-py does
+        except (nats_errors.Error, OSError) as exc:
+            raise _broker_error(exc) from None
+
+    async def subscribe(self, subject: str, callback: Callback, queue: str = "") -> _Subscription:
+        return _Subscription(await self.client.subscribe(subject, queue=queue, cb=callback))
+
+    async def pull(self, subject: str, queue: str = "", subjects: tuple[str, ...] = ()) -> _Inbound:
+        mailbox = Mailbox()
+        # no callback: the connection puts the messages in the mailbox (Connection.pulled)
+        sub = await self.client.subscribe(subject, queue=queue)
+        if self.client.pulled(sub, mailbox):
+            return _Inbound(sub, mailbox, self.client)
+        await sub.unsubscribe()
+
+        async def put(msg: BrokerMessage) -> None:
+            mailbox.put(msg)
+
+        return _Inbound(await self.client.subscribe(subject, queue=queue, cb=put), mailbox, None)
+
+    async def inbox(self, callback: InboxCallback) -> _Inbox:
+        # nats-py's inbox prefix is random (a NUID), so addresses are not guessable
+        inbox = _Inbox(self.client.new_inbox() + ".")
+        start = len(inbox.prefix)
+
+        async def on_reply(msg: BrokerMessage) -> None:
+            await callback(msg.subject[start:], msg)
+
+        await self.client.subscribe(inbox.prefix + "*", cb=on_reply)
+        return inbox
+
+    def peer_of(self, reply: str) -> str:
+        return reply.rpartition(".")[0]
+
+    def asyncapi_bindings(self) -> Bindings:
+        """The document's channels are the subjects."""
+        from ..broker._bindings import Bindings
+
+        return Bindings()
+
+    async def settle(self) -> None:
+        await self.client.settle()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def open_broker(settings: Settings, name: str) -> NatsBroker:
+    """Connect to NATS with ``settings``; the connection's disconnects reach the broker's callbacks."""
+    holder: list[NatsBroker] = []
+
+    async def disconnected_cb() -> None:
+        if holder:
+            await holder[0].disconnected()
+
+    client = await connect(settings, name=settings.connect.get("name", name), disconnected_cb=disconnected_cb)
+    broker = NatsBroker(client)
+    holder.append(broker)
+    return broker
