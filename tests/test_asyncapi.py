@@ -364,7 +364,8 @@ def test_asyncapi_url_mistakes_are_one_line() -> None:
     for args, message in [
         (
             ["grpc://127.0.0.1:1"],
-            "a grpc:// server serves no asyncapi document: give a nats://, tls://, mqtt:// or mqtts:// URL",
+            "a grpc:// server serves no asyncapi document: "
+            "give a nats://, tls://, amqp://, amqps://, kafka://, mqtt:// or mqtts:// URL",
         ),
         (["nats://127.0.0.1:1", "--prefix", "x"], "--prefix is for .proto files"),
         (["mqtt://127.0.0.1:1", "--protocol", "mqtt"], "--protocol is for .proto files"),

@@ -594,7 +594,7 @@ async def test_consumer_span_links_the_producer_and_counts_attempts(otel: Otel) 
         with (
             contextlib.suppress(RpcError),
             otel.telemetry.consumer_span(
-                destination, metadata, attempt=attempt, consumer_group="orders", method=method
+                destination, metadata, system="nats", attempt=attempt, consumer_group="orders", method=method
             ) as consumer,
         ):
             assert trace.get_current_span() is consumer.span
@@ -633,7 +633,7 @@ async def test_consumer_span_links_the_producer_and_counts_attempts(otel: Otel) 
 
 
 def test_consumer_span_without_a_producer_context_starts_a_trace(otel: Otel) -> None:
-    with otel.telemetry.consumer_span("jobs", protobind.Metadata(), attempt=1) as consumer:
+    with otel.telemetry.consumer_span("jobs", protobind.Metadata(), system="nats", attempt=1) as consumer:
         pass
     assert consumer.span.get_span_context().is_valid
     (span,) = otel.spans(SpanKind.CONSUMER)

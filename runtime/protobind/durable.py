@@ -13,7 +13,8 @@ async with protobind.connect("nats://127.0.0.1:4222") as channel:
         print(reply.call_id, reply.error or reply.response)
 ```
 
-Works on the broker transports (``nats://`` with JetStream, ``memory://``) for methods marked
+Works on the transports that declare durable calls (``Transport.durable_calls``: the brokers, NATS
+with JetStream) for methods marked
 ``(protobind.v1.durable)``; docs/messaging.md ("Durable request/response") has the details.
 """
 
@@ -30,6 +31,8 @@ from ._errors import Code, RpcError
 from ._metadata import MetadataLike
 from .broker.durable._client import DurableClient, DurableReply
 from .method import MethodInfo
+from .transport import all_transports
+from .urls import redact
 
 if TYPE_CHECKING:
     from ._client import Channel
@@ -50,6 +53,11 @@ class DurableTransport(Protocol):
         ...
 
 
+def _durable_schemes() -> str:
+    """The URL schemes of the registered transports that declare durable calls (one per transport)."""
+    return ", ".join(f"{t.schemes[0]}://" for t in all_transports() if t.durable_calls) or "none registered"
+
+
 class DurableCalls:
     """Durable calls of one caller group over a channel.
 
@@ -68,7 +76,8 @@ class DurableCalls:
         if not isinstance(transport, DurableTransport):
             raise RpcError(
                 Code.UNIMPLEMENTED,
-                f"durable calls need a broker transport (nats://, memory://), not {self.channel.url}",
+                f"durable calls need a transport that stores them ({_durable_schemes()}), not "
+                f"{redact(self.channel.url)}",
             )
         return transport.durable()
 

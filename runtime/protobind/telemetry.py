@@ -165,8 +165,8 @@ class Telemetry:
         destination: str,
         metadata: Metadata,
         *,
+        system: str,
         attempt: int = 1,
-        system: str = "nats",
         consumer_group: str | None = None,
         method: MethodInfo[Any, Any] | None = None,
     ) -> ConsumerSpan:
@@ -177,7 +177,8 @@ class Telemetry:
         producer's span, records the delivery ``attempt`` (1 = first delivery; more is a
         redelivery, also counted in a metric), and replaces the trace context in ``metadata`` with
         its own, so the server span of the handler that then runs is its child. Call
-        ``span.dead_letter()`` when the message is given up on.
+        ``span.dead_letter()`` when the message is given up on. ``system`` is the broker's
+        ``messaging.system`` as it declares it (the engine passes ``Broker.name``).
         """
         instruments = self.instruments()
         from ._otel import ConsumerSpan

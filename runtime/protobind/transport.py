@@ -142,6 +142,13 @@ class Transport:
     #: under one call id is delivered once), ``durable.redelivery_count`` (a call handed over by a
     #: stopped server counts the interrupted delivery in ``Context.delivery.attempt``).
     lacks: Mapping[str, str] = field(default_factory=dict)
+    #: Its clients implement :class:`protobind.durable.DurableTransport` (durable calls): the error
+    #: for a transport without them names the transports with.
+    durable_calls: bool = False
+    #: The documents its servers serve at their URL, ``"openapi"`` and/or ``"asyncapi"``: its clients
+    #: implement :class:`protobind.reflection.ServesOpenAPI` / ``ServesAsyncAPI``, and
+    #: ``protobind openapi|asyncapi URL`` takes its URLs.
+    documents: frozenset[str] = field(default_factory=frozenset)
 
     def check_installed(self, *, server: bool) -> None:
         """Fail with the pip command to run when a library this side needs is not installed

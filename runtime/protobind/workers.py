@@ -2,8 +2,9 @@
 
 Each worker is a fresh Python process (``multiprocessing``'s spawn: nothing of the parent's state
 is inherited) that imports the services by ``MODULE:ATTR`` and runs its own :class:`Server`. They
-share the work the way each transport shares it between replicas: gRPC and HTTP listen on one port
-with ``SO_REUSEPORT`` (the kernel spreads new connections over the workers), NATS subscribes every
+share the work the way each transport shares it between replicas: the transports whose servers take
+the ``reuse_port`` option (gRPC and HTTP) listen on one port with ``SO_REUSEPORT`` (the kernel
+spreads new connections over the workers), NATS subscribes every
 worker in the same queue group (the server spreads calls). A port 0 is resolved once, in the
 parent, by a socket that holds the port (bound, never listening) while the workers run.
 
@@ -29,11 +30,13 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
+    from .transport import Transport
 
 __all__ = ["ServeSpec", "serve_workers"]
 
-# Transports whose listening port the workers share through SO_REUSEPORT.
-_PORT_SCHEMES = {"grpc": "grpc", "grpcs": "grpc", "http": "http", "https": "http"}
+#: The server option by which a transport declares that processes can share its listening port
+#: (SO_REUSEPORT): the workers share the port of those transports.
+_SHARED_PORT_OPTION = "reuse_port"
 # Time a worker gets beyond the grace period before it is killed.
 _KILL_AFTER = 5.0
 
@@ -54,10 +57,18 @@ class ServeSpec:
     log_level: str | None = None  # set up logging in the worker (protobind._access_log.setup_logging)
 
 
+def _shared_port_transports() -> list[Transport]:
+    """The registered transports whose servers take the shared-port option."""
+    from .transport import all_transports
+
+    return [t for t in all_transports() if _SHARED_PORT_OPTION in t.server_options]
+
+
 def _reserve(url: str) -> tuple[str, socket.socket | None]:
     """``url`` with a real port, and the socket holding that port when it was 0."""
     parts = urlsplit(url)
-    if parts.scheme not in _PORT_SCHEMES or parts.port not in (None, 0):
+    shared = {scheme for transport in _shared_port_transports() for scheme in transport.schemes}
+    if parts.scheme not in shared or parts.port not in (None, 0):
         return url, None
     host = parts.hostname or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -78,8 +89,8 @@ def _worker(spec: ServeSpec, conn: Connection) -> None:
     from .config import load_service
 
     options = {name: dict(values) for name, values in spec.transport_options.items()}
-    for transport in set(_PORT_SCHEMES.values()):
-        options.setdefault(transport, {})["reuse_port"] = True
+    for transport in _shared_port_transports():
+        options.setdefault(transport.name, {})[_SHARED_PORT_OPTION] = True
     try:
         server = Server(
             [load_service(s) for s in spec.services],

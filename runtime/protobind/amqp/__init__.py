@@ -93,4 +93,6 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("aio_pika",),
     client_requires=("aio_pika",),
+    durable_calls=True,
+    documents=frozenset({"asyncapi"}),
 )

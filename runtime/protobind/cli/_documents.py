@@ -16,13 +16,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._base import needs_codegen
 
+if TYPE_CHECKING:
+    from protobind.transport import Transport
+
 __all__ = ["ASYNCAPI_SCHEMES", "add_parsers"]
 
-#: The URL schemes of each broker binding ``protobind asyncapi`` describes.
+#: The URL schemes of each broker binding ``protobind asyncapi`` builds from ``.proto`` files: what
+#: protobind_codegen's document builder writes bindings for (a running server's document comes from
+#: its transport, ``Transport.documents``).
 ASYNCAPI_SCHEMES = {"nats": ("nats", "tls"), "mqtt": ("mqtt", "mqtts"), "kafka": ("kafka",)}
 
 
@@ -130,15 +135,15 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
 
     from protobind._metadata import Metadata
     from protobind.reflection import ServesAsyncAPI, ServesOpenAPI
-    from protobind.transport import transport_for_url
+    from protobind.transport import all_transports, transport_for_url
 
     from ._remote import _connect, _metadata
 
     metadata = Metadata(_metadata(args.header))
     scheme = url.partition(":")[0]
-    where = "an http:// or https://" if kind == "openapi" else "a nats://, tls://, mqtt:// or mqtts://"
-    if kind == "openapi" and transport_for_url(url).name != "http":  # only the HTTP binding serves it
-        raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
+    refused = f"a {scheme}:// server serves no {kind} document: {_where(kind, all_transports())}"
+    if kind not in transport_for_url(url).documents:
+        raise ValueError(refused)
 
     async def fetch() -> dict[str, Any]:
         async with _connect(url) as channel:
@@ -148,6 +153,16 @@ def _served(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
                 return await transport.openapi(args.timeout, metadata)
             if kind == "asyncapi" and isinstance(transport, ServesAsyncAPI):
                 return await transport.asyncapi(args.timeout, metadata)
-            raise ValueError(f"a {scheme}:// server serves no {kind} document: give {where} URL")
+            raise ValueError(refused)
 
     return asyncio.run(fetch())
+
+
+def _where(kind: str, transports: list[Transport]) -> str:
+    """Which URLs serve the ``kind`` document: those of the transports that declare it
+    (``Transport.documents``), the in-process ones left out (they serve no other process)."""
+    schemes = [f"{s}://" for t in transports if kind in t.documents and not t.in_process for s in t.schemes]
+    if not schemes:
+        return "no registered transport serves one"
+    listed = ", ".join(schemes[:-1]) + " or " + schemes[-1] if len(schemes) > 1 else schemes[0]
+    return f"give {'an' if listed[0] in 'aeiouh' else 'a'} {listed} URL"

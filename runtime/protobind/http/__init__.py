@@ -117,4 +117,5 @@ TRANSPORT = Transport(
     default_ports={"http": 80, "https": 443},
     network_peer=True,
     renamed_options={"max_body_size": "max_message_size"},
+    documents=frozenset({"openapi"}),
 )

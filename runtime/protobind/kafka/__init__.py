@@ -52,4 +52,6 @@ TRANSPORT = Transport(
         "durable.redelivery_count": "Kafka counts no deliveries: a call handed over after a stop or a "
         "rebalance starts again at its stored attempt number (docs/brokers.md, Kafka)",
     },
+    durable_calls=True,
+    documents=frozenset({"asyncapi"}),
 )

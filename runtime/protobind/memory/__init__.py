@@ -34,4 +34,6 @@ TRANSPORT = Transport(
     server_options=SERVER_OPTIONS,
     client_options=CLIENT_OPTIONS,
     in_process=True,
+    durable_calls=True,
+    documents=frozenset({"asyncapi"}),
 )

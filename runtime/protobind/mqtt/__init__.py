@@ -96,4 +96,6 @@ TRANSPORT = Transport(
     client_options=CLIENT_OPTIONS,
     server_requires=("zmqtt",),
     client_requires=("zmqtt",),
+    durable_calls=True,
+    documents=frozenset({"asyncapi"}),
 )

@@ -76,4 +76,6 @@ TRANSPORT = Transport(
     client_requires=("nats",),
     default_ports={"nats": 4222, "tls": 4222},
     renamed_options={"tls_hostname": "tls_server_name"},
+    durable_calls=True,
+    documents=frozenset({"asyncapi"}),
 )
