@@ -1,8 +1,8 @@
 """``grpc://host:port`` and ``grpcs://host:port``: standard gRPC, on one of two engines.
 
-The default engine is protobind's own (``native_server.py`` and ``native_client.py`` on the HTTP/2
-of ``h2.py`` and the gRPC framing of ``messages.py``). The other is grpcio's asyncio API
-(``server.py`` and ``client.py``): every endpoint becomes a grpcio method handler, grpcio's C core
+The default engine is protobind's own (``_native_server.py`` and ``_native_client.py`` on the
+HTTP/2 of ``_h2.py`` and the gRPC framing of ``_messages.py``). The other is grpcio's asyncio API
+(``_server.py`` and ``_client.py``): every endpoint becomes a grpcio method handler, grpcio's C core
 does the framing; it is what brings grpc core's channel arguments. Errors travel as gRPC status
 plus a ``google.rpc.Status`` in ``grpc-status-details-bin`` on both, which is what
 ``grpcio-status`` and other gRPC stacks read.
@@ -14,7 +14,7 @@ PEM bytes), ``tls_server_name`` (client); server only: ``max_concurrency``, ``ma
 ``engine`` (``native``, the default, or ``grpcio``; the environment variable PROTOBIND_GRPC_ENGINE
 chooses where the option is not given); ``channel_args`` (extra grpc core channel arguments, Python
 or config file only: grpcio only, so given without a choice of engine it selects grpcio, see
-``options.GRPCIO_ONLY_OPTIONS``).
+``_options.GRPCIO_ONLY_OPTIONS``).
 """
 
 from __future__ import annotations

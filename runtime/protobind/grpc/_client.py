@@ -32,7 +32,7 @@ __all__ = [
 
 async def dial(url: str, options: Mapping[str, Any]) -> ClientTransport:
     """A client of ``url`` (``grpc://`` or ``grpcs://``): the native engine's, or a grpc.aio channel
-    with ``engine=grpcio`` (options.py decides)."""
+    with ``engine=grpcio`` (_options.py decides)."""
     address = parse_address(url, need_port=False)
     config = client_options(address, options)
     if config.engine == "native":

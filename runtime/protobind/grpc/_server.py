@@ -66,7 +66,7 @@ class GrpcBinding(ServerBinding):
 
 async def serve(server: EndpointTable, url: str, options: Mapping[str, Any]) -> ServerBinding:
     """Serve ``server``'s endpoints at ``url`` on the native engine, or on a grpc.aio server with
-    ``engine=grpcio`` (options.py decides)."""
+    ``engine=grpcio`` (_options.py decides)."""
     address = parse_address(url, need_port=True)
     config = server_options(address, options)
     if config.engine == "native":

@@ -175,7 +175,7 @@ def reflection_servicer(services: Iterable[ServiceInfo], extra_names: Iterable[s
     return reflection.aio.ReflectionServicer(names, pool=pool)  # type: ignore[attr-defined]
 
 
-# --- the same services for the native engine (native_server.py) ------------------------------------
+# --- the same services for the native engine (_native_server.py) -----------------------------------
 
 HEALTH = "grpc.health.v1.Health"
 
