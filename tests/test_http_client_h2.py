@@ -11,7 +11,7 @@ import pytest
 
 import protobind
 from protobind import Code, RpcError
-from protobind.conformance.v1.conformance_pb2 import Behavior, Request
+from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 from protobind.conformance.v1.conformance_protobind import ConformanceServiceClient
 
 from .servers import serving
@@ -163,3 +163,51 @@ async def test_http2_off_refuses_bidi_without_sending() -> None:
     with pytest.raises(ValueError, match="http2"):
         async with protobind.connect("http://127.0.0.1:1", options={"http2": "maybe"}):
             pass
+
+
+async def test_streams_in_flight_finish_after_a_goaway(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server retires a busy connection with GOAWAY NO_ERROR naming the largest stream id (here
+    # at its second stream instead of its 3,072nd): every stream it took may finish. The client
+    # that ran on the `h2` package took any GOAWAY as the end of the connection and failed both
+    # calls in flight; now they finish, and the next call goes on a fresh connection.
+    from protobind.http import _h2drain as h2drain
+
+    monkeypatch.setattr(h2drain, "FORCE_DRAIN_AFTER", 2)
+    async with serving("http") as (url, _), protobind.connect(url) as channel:
+        client = ConformanceServiceClient(channel)
+        requests = Requests()
+        responses = client.bidi_stream(requests, timeout=10)
+        requests.queue.put_nowait(Request(text="a"))
+        assert (await asyncio.wait_for(anext(responses), 10)).text == "a"
+        # the connection's second stream: the server sends its GOAWAY on taking it
+        assert [a.text async for a in client.bidi_stream([Request(text="b")], timeout=10)] == ["b"]
+        requests.queue.put_nowait(Request(text="c"))
+        assert (await asyncio.wait_for(anext(responses), 10)).text == "c"
+        requests.queue.put_nowait(None)
+        assert [a async for a in responses] == []
+        assert [a.text async for a in client.bidi_stream([Request(text="d")], timeout=10)] == ["d"]
+
+
+async def test_a_request_body_can_go_with_its_headers() -> None:
+    # start(..., body, end=True): HEADERS and DATA in one write, as far as the server's window
+    # allows (zttp's is 64 KiB); the rest of a larger body follows as the window opens
+    from urllib.parse import urlsplit
+
+    from protobind.http._h2client import H2Connection
+
+    async with serving("http") as (url, _):
+        parts = urlsplit(url)
+        connection = await H2Connection.open(parts.hostname or "", parts.port or 0, None, None, url)
+        try:
+            headers = [("content-type", "application/proto"), ("connect-protocol-version", "1")]
+            for size in (10, 200_000):
+                body = Request(text="one", payload=b"p" * size).SerializeToString()
+                path = f"{urlsplit(url).path}/protobind.conformance.v1.ConformanceService/Unary"
+                stream = connection.start(path, headers, body, True)
+                status, _ = await asyncio.wait_for(stream.response(), 10)
+                answer = Response.FromString(await asyncio.wait_for(stream.read_all(1 << 24), 10))
+                stream.done()
+                assert (status, answer.text, len(answer.payload)) == (200, "one", size)
+            assert connection.idle
+        finally:
+            await connection.close()

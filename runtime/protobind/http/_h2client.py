@@ -1,51 +1,64 @@
-"""A small HTTP/2 client (the ``h2`` state machine over asyncio streams) for the calls aiohttp cannot
-make: full-duplex bidi streams, where requests keep going out while responses come in.
+"""A small HTTP/2 client for the calls the HTTP/1.1 pool cannot make: full-duplex bidi streams,
+where requests keep going out while responses come in.
 
-One :class:`H2Connection` multiplexes many streams. Flow control both ways: outgoing DATA waits for
-the peer's window; incoming DATA is acknowledged (its window reopened) only as the caller reads it,
-so a slow reader holds the server back instead of buffering without end. A stream the caller gives
-up on (an error, a deadline, a cancelled task) is reset with ``RST_STREAM`` ``CANCEL``.
+It runs on the HTTP/2 connection code of the native gRPC engine (:mod:`protobind.grpc._h2`: frames,
+flow control, header blocks), so protobind has one implementation of HTTP/2 framing, not two. One
+:class:`H2Connection` multiplexes many streams. Flow control both ways: outgoing DATA waits for the
+peer's window; each stream's incoming window is reopened only as the caller reads its DATA, so a
+slow reader holds the server back instead of buffering without end. A stream the caller gives up on
+(an error, a deadline, a cancelled task) is reset with ``RST_STREAM`` ``CANCEL``. A request whose
+body is known when the stream starts (:meth:`H2Connection.start` with ``body``) leaves in one write,
+HEADERS and DATA together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections import deque
-from typing import Any
-
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 
 from .._errors import Code, RpcError
+from ..grpc import _h2 as h2
 from ..transport import network_reason
 
 __all__ = ["H2Connection", "H2Stream"]
 
 #: streams one connection carries before the client moves new calls to a fresh connection: well
 #: below the 2,048 after which protobind's server retires a connection (http/_h2drain.py), so the
-#: client, whose ``h2`` state machine drops every stream on a GOAWAY, never receives that GOAWAY
+#: connection is retired by the client, between calls, before the server has to do it
 STREAMS_PER_CONNECTION = 1000
-# the window granted to each stream and to the connection: a few large messages in flight
-_WINDOW = 4 * 1024 * 1024
+#: the size of the response header list this client takes (SETTINGS_MAX_HEADER_LIST_SIZE)
+HEADER_LIMIT = 256 * 1024
+#: seconds :meth:`H2Connection.close` lets the socket flush what is queued before dropping it
+_CLOSE_WAIT = 10.0
 
 
-class H2Stream:
+class H2Stream(h2.StreamBase):
     """One request/response exchange on an :class:`H2Connection`."""
 
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_connection",
+        "_ended",
+        "_error",
+        "_sent_end",
+        "_waiter",
+        "closed",
+        "headers",
+        "stream_id",
+        "trailers",
+    )
+
     def __init__(self, connection: H2Connection, stream_id: int) -> None:
+        super().__init__(stream_id, connection.peer_initial_window)
         self._connection = connection
         self.stream_id = stream_id
-        self.headers: asyncio.Future[list[tuple[str, str]]] = asyncio.get_running_loop().create_future()
+        self.headers: asyncio.Future[list[tuple[str, str]]] = connection.loop.create_future()
         self.trailers: list[tuple[str, str]] = []
         self._chunks: deque[bytes] = deque()
         self._buffered = b""
-        self._arrived = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._ended = False
         self._error: RpcError | None = None
         self.closed = False  # ended or reset, both ways
@@ -55,7 +68,25 @@ class H2Stream:
 
     async def send(self, data: bytes, end: bool = False) -> None:
         """Send ``data`` as DATA frames, waiting for flow-control credit; ``end`` half-closes."""
-        await self._connection._send(self, data, end)
+        connection = self._connection
+        if connection.failure is not None:
+            raise connection.failure
+        if self._error is not None:
+            raise self._error
+        if self.closed:
+            return  # the server ended the exchange: what is left to send has no reader
+        self._sent_end = self._sent_end or end
+        if not connection.send(self, b"", data, None, end):
+            await connection.drained(self)
+            if connection.failure is not None:
+                raise connection.failure
+            if self._error is not None:
+                raise self._error
+        elif connection._paused:
+            await connection.writable()
+        if end and self._ended:
+            self.closed = True
+            connection.forget(self.stream_id)
 
     def cancel(self, error: RpcError) -> None:
         """Give up on the stream: ``RST_STREAM`` ``CANCEL`` unless it already ended both ways, and
@@ -66,15 +97,24 @@ class H2Stream:
 
     def done(self) -> None:
         """The caller is finished with the stream (reset if it is still open either way)."""
-        self._connection._stream_done(self)
+        if not self.closed:
+            self._connection._reset(self)
+        else:
+            self._connection.forget(self.stream_id)
 
     # --- receiving --------------------------------------------------------------------------------
 
     async def response(self) -> tuple[int, list[tuple[str, str]]]:
         """The response's status and headers (without pseudo-headers), once they arrived."""
         headers = await self.headers
-        status = next((int(v) for k, v in headers if k == ":status"), 0)
-        return status, [(k, v) for k, v in headers if not k.startswith(":")]
+        status = 0
+        rest = []
+        for name, value in headers:
+            if name == ":status":
+                status = int(value) if value.isdigit() else 0
+            elif not name.startswith(":"):
+                rest.append((name, value))
+        return status, rest
 
     async def readexactly(self, size: int) -> bytes:
         """``size`` bytes of the response body; fewer (possibly none) only at its end."""
@@ -88,9 +128,13 @@ class H2Stream:
                 raise self._error
             if self._ended:
                 break
-            self._arrived.clear()
-            await self._arrived.wait()
-        data, self._buffered = self._buffered[:size], self._buffered[size:]
+            waiter = self._waiter = self._connection.loop.create_future()
+            await waiter
+        data = self._buffered
+        if len(data) <= size:
+            self._buffered = b""
+            return data
+        data, self._buffered = data[:size], data[size:]
         return data
 
     async def read_all(self, limit: int) -> bytes:
@@ -102,6 +146,11 @@ class H2Stream:
 
     # --- events from the connection ---------------------------------------------------------------
 
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _on_headers(self, headers: list[tuple[str, str]]) -> None:
         if not self.headers.done():
             self.headers.set_result(headers)
@@ -110,13 +159,13 @@ class H2Stream:
 
     def _on_data(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._arrived.set()
+        self._wake()
 
     def _on_end(self) -> None:
         self._ended = True
         if self._sent_end:
             self.closed = True
-        self._arrived.set()
+        self._wake()
         if not self.headers.done():
             self._fail(RpcError(Code.INTERNAL, "the HTTP/2 stream ended without a response"))
 
@@ -127,156 +176,109 @@ class H2Stream:
         if not self.headers.done():
             self.headers.set_exception(error)
             self.headers.exception()  # retrieved: nobody may be waiting for the headers any more
-        self._arrived.set()
+        self._wake()
 
 
-class H2Connection:
+class H2Connection(h2.Connection):
     """One HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN ``h2``) to one server."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str, scheme: str
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    header_limit = HEADER_LIMIT
+
+    def __init__(self, authority: str, scheme: str) -> None:
+        super().__init__()
         self.authority = authority
         self.scheme = scheme
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        self._conn = h2.connection.H2Connection(config)
-        self._conn.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
-            },
-        )
-        self._conn.initiate_connection()
-        self._conn.increment_flow_control_window(_WINDOW)
-        self._streams: dict[int, H2Stream] = {}
-        self._credit = asyncio.Event()  # set whenever the peer grants send window
         self.opened = 0
         self.failure: RpcError | None = None
         self._settled = False  # the server's SETTINGS arrived: it speaks HTTP/2
-        self._flush()
-        self._task = asyncio.get_running_loop().create_task(
-            self._read_loop(), name=f"protobind h2 {authority}"
+        self._broken = False  # this side ended the connection for a protocol error of the server's
+        self._next_id = 1
+        self._ended: asyncio.Future[None] = self.loop.create_future()
+        host = authority.encode("ascii" if authority.isascii() else "idna")
+        self._prefix = (
+            h2.METHOD_POST
+            + (h2.SCHEME_HTTPS if scheme == "https" else h2.SCHEME_HTTP)
+            + h2.encode_indexed_name(h2.AUTHORITY, host)
         )
+        self._paths: dict[str, bytes] = {}
+        self._fields: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     async def open(
         cls, host: str, port: int, ssl_context: ssl.SSLContext | None, server_name: str | None, base: str
     ) -> H2Connection:
         """Connect to ``host:port`` and start HTTP/2 (ALPN ``h2`` with TLS, else prior knowledge)."""
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        scheme = "https" if ssl_context else "http"
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl_context, server_hostname=(server_name or host) if ssl_context else None
+            transport, connection = await loop.create_connection(
+                lambda: cls(authority, scheme),
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=(server_name or host) if ssl_context else None,
             )
         except ssl.SSLCertVerificationError as exc:
             raise RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {exc.verify_message}") from exc
         except OSError as exc:
             raise RpcError(Code.UNAVAILABLE, f"cannot connect to {base}: {network_reason(exc)}") from exc
         if ssl_context is not None:
-            tls = writer.get_extra_info("ssl_object")
+            tls = transport.get_extra_info("ssl_object")
             if tls is None or tls.selected_alpn_protocol() != "h2":
-                writer.close()
+                transport.close()
                 raise RpcError(Code.UNAVAILABLE, f"{base} does not offer HTTP/2 (TLS ALPN h2)")
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return cls(reader, writer, authority, "https" if ssl_context else "http")
+        return connection
 
-    @property
-    def usable(self) -> bool:
-        """Whether a new stream may go on this connection."""
-        return self.failure is None and self.opened < STREAMS_PER_CONNECTION
+    # --- asyncio.Protocol -------------------------------------------------------------------------
 
-    @property
-    def idle(self) -> bool:
-        """Whether no stream is open on this connection."""
-        return not self._streams
-
-    def start(self, path: str, headers: list[tuple[str, str]]) -> H2Stream:
-        """Open a stream and send the request headers; the body follows with :meth:`H2Stream.send`."""
-        if self.failure is not None:
-            raise self.failure
-        stream_id = self._conn.get_next_available_stream_id()
-        stream = self._streams[stream_id] = H2Stream(self, stream_id)
-        self.opened += 1
-        pseudo = [
-            (":method", "POST"),
-            (":scheme", self.scheme),
-            (":path", path),
-            (":authority", self.authority),
-        ]
-        self._conn.send_headers(stream_id, pseudo + headers)
-        self._flush()
-        return stream
-
-    async def _send(self, stream: H2Stream, data: bytes, end: bool) -> None:
-        view = memoryview(data)
-        while True:
-            if self.failure is not None:
-                raise self.failure
-            if stream._error is not None:
-                raise stream._error
-            if stream.closed:
-                return  # the server ended the exchange: what is left to send has no reader
-            size = min(len(view), self._conn.local_flow_control_window(stream.stream_id))
-            size = min(size, self._conn.max_outbound_frame_size)
-            if size > 0 or not view:
-                last = size == len(view)
-                stream._sent_end = stream._sent_end or (end and last)
-                self._conn.send_data(stream.stream_id, bytes(view[:size]), end_stream=end and last)
-                self._flush()
-                view = view[size:]
-                if last:
-                    if end and stream._ended:
-                        stream.closed = True
-                    await self._writer.drain()
-                    return
-                continue
-            self._credit.clear()
-            await self._credit.wait()
-
-    def _reset(self, stream: H2Stream) -> None:
-        stream.closed = True
-        self._streams.pop(stream.stream_id, None)
-        if self.failure is None:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
-                self._flush()
-
-    def _acknowledge(self, stream: H2Stream, size: int) -> None:
-        if self.failure is None and size:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.acknowledge_received_data(size, stream.stream_id)
-                self._flush()
-
-    def _flush(self) -> None:
-        data = self._conn.data_to_send()
-        if data and not self._writer.is_closing():
-            self._writer.write(data)
-
-    async def _read_loop(self) -> None:
-        error = RpcError(Code.UNAVAILABLE, f"the HTTP/2 connection to {self.authority} was closed")
-        try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    if not self._settled:
-                        error = self._not_http2()
-                    break
-                for event in self._conn.receive_data(data):
-                    if self._on(event):
-                        return
-                self._flush()
-        except h2.exceptions.ProtocolError:
-            error = RpcError(Code.UNAVAILABLE, f"{self.authority} broke the HTTP/2 protocol")
-            if not self._settled:
-                error = self._not_http2()
-        except OSError as exc:
-            error = RpcError(
-                Code.UNAVAILABLE, f"HTTP/2 connection to {self.authority}: {network_reason(exc)}"
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.write(
+            h2.PREFACE
+            + h2.settings_frame(
+                [
+                    (h2.SETTINGS_ENABLE_PUSH, 0),
+                    (h2.SETTINGS_INITIAL_WINDOW_SIZE, h2.STREAM_WINDOW),
+                    (h2.SETTINGS_MAX_HEADER_LIST_SIZE, self.header_limit),
+                ]
             )
-        finally:
-            self._close(error)
+            + h2.window_update(0, h2.CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if not self._settled:
+            # a server speaking HTTP/2 starts with SETTINGS; anything else (an HTTP/1.1 answer to
+            # the preface, say) means it does not
+            head = self._buffer + data
+            if len(head) < 9:
+                self._buffer = head
+                return
+            if head[3] != h2.SETTINGS or head[4] & h2.ACK:
+                self._end(self._not_http2())
+                return
+            self._buffer = b""
+            data = head
+            self._settled = True
+        super().data_received(data)
+
+    def abort(self, code: int, message: str, last_stream_id: int = 0) -> None:
+        self._broken = True
+        super().abort(code, message, last_stream_id)
+
+    def lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError):
+            reason = network_reason(exc)
+            error = RpcError(Code.UNAVAILABLE, f"HTTP/2 connection to {self.authority}: {reason}")
+        elif not self._settled:
+            error = self._not_http2()
+        elif self._broken:
+            error = RpcError(Code.UNAVAILABLE, f"{self.authority} broke the HTTP/2 protocol")
+        else:
+            error = RpcError(Code.UNAVAILABLE, f"the HTTP/2 connection to {self.authority} was closed")
+        self._fail_all(error)
+        if not self._ended.done():
+            self._ended.set_result(None)
 
     def _not_http2(self) -> RpcError:
         return RpcError(
@@ -285,71 +287,183 @@ class H2Connection:
             "a protobind server does with its default http_parser=zttp",
         )
 
-    def _on(self, event: h2.events.Event) -> bool:
-        """Handle one event; True when the connection is over."""
-        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream._on_headers([(_text(k), _text(v)) for k, v in event.headers or ()])
-        elif isinstance(event, h2.events.DataReceived):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream._on_data(event.data or b"")
-                # padding counts against the window but never reaches the reader
-                padding = event.flow_controlled_length - len(event.data or b"")
-                if padding:
-                    self._conn.acknowledge_received_data(padding, event.stream_id)
-            else:  # a stream already given up: keep the connection's window open
-                self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream._on_end()
-                if stream.closed:
-                    self._streams.pop(event.stream_id, None)
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self._streams.pop(event.stream_id, None)
-            if stream is not None:
-                stream._fail(
-                    RpcError(Code.UNAVAILABLE, f"the server reset the HTTP/2 stream ({event.error_code!s})")
-                )
-        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._settled = self._settled or isinstance(event, h2.events.RemoteSettingsChanged)
-            self._credit.set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # h2 takes any GOAWAY as the end of the connection: the streams in flight cannot finish
-            self._close(RpcError(Code.UNAVAILABLE, f"{self.authority} closed the HTTP/2 connection (GOAWAY)"))
-            return True
-        return False
+    # --- state ------------------------------------------------------------------------------------
 
-    def _close(self, error: RpcError) -> None:
+    @property
+    def usable(self) -> bool:
+        """Whether a new stream may go on this connection."""
+        return (
+            self.failure is None
+            and self.goaway_received is None
+            and self.opened < STREAMS_PER_CONNECTION
+            and len(self.streams) < self.peer_max_streams
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Whether no stream is open on this connection."""
+        return not self.streams
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    def start(
+        self, path: str, headers: list[tuple[str, str]], body: bytes | None = None, end: bool = False
+    ) -> H2Stream:
+        """Open a stream and send the request headers. The body follows with :meth:`H2Stream.send`,
+        or goes with them, in the same write: ``body`` (``end``: it is the whole request), as far as
+        the peer's flow-control window allows; the rest follows as the window opens."""
+        if self.failure is not None:
+            raise self.failure
+        if self.goaway_received is not None:
+            raise RpcError(Code.UNAVAILABLE, f"{self.authority} closed the HTTP/2 connection (GOAWAY)")
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = self.streams[stream_id] = H2Stream(self, stream_id)
+        self.opened += 1
+        block = self._prefix + self._path(path) + b"".join(self._field(n, v) for n, v in headers)
+        only_headers = end and not body
+        head = self.header_frames(stream_id, block, only_headers)
+        if only_headers:
+            stream._sent_end = True
+            self.write(head)
+        elif body is None:
+            self.write(head)
+        else:
+            stream._sent_end = end
+            self.send(stream, head, body, None, end)
+        return stream
+
+    def _path(self, path: str) -> bytes:
+        encoded = self._paths.get(path)
+        if encoded is None:
+            if len(self._paths) >= 256:
+                self._paths.clear()
+            encoded = self._paths[path] = h2.encode_indexed_name(h2.PATH, path.encode("ascii"))
+        return encoded
+
+    def _field(self, name: str, value: str) -> bytes:
+        """A request header as a header block field (literal, without indexing)."""
+        key = (name, value)
+        encoded = self._fields.get(key)
+        if encoded is None:
+            lower = name.lower()
+            raw = value.encode("utf-8")
+            if lower == "content-type":
+                encoded = h2.encode_indexed_name(h2.CONTENT_TYPE, raw)
+            elif lower == "user-agent":
+                encoded = h2.encode_indexed_name(h2.USER_AGENT, raw)
+            else:
+                encoded = h2.encode_literal(lower.encode("ascii"), raw)
+            if lower == "connect-timeout-ms":
+                return encoded  # differs on every call
+            if len(self._fields) >= 256:
+                self._fields.clear()
+            self._fields[key] = encoded
+        return encoded
+
+    def _reset(self, stream: H2Stream) -> None:
+        stream.closed = True
+        if stream.stream_id in self.streams and self.failure is None:
+            self.reset_stream(stream.stream_id, h2.CANCEL)
+        else:
+            self.forget(stream.stream_id)
+
+    def _acknowledge(self, stream: H2Stream, size: int) -> None:
+        if self.failure is None and size and stream.stream_id in self.streams:
+            self.ack_data(stream, size)
+
+    def forget(self, stream_id: int) -> None:
+        super().forget(stream_id)
+        if self.goaway_received is not None and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def on_headers(self, stream_id: int, fields: list[tuple[bytes, bytes]], fits: bool, end: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not fits:
+            self.reset_stream(stream_id, h2.CANCEL)
+            stream._fail(
+                RpcError(Code.RESOURCE_EXHAUSTED, f"response headers larger than {self.header_limit} bytes")
+            )
+            return
+        headers = [(_text(name), _text(value)) for name, value in fields]
+        first = headers[0] if headers else ("", "")
+        if not end and not stream.headers.done() and first[0] == ":status" and first[1].startswith("1"):
+            return  # an informational response (1xx): the real one follows
+        stream._on_headers(headers)
+        if end:
+            self._stream_ended(stream)
+
+    def on_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # a stream already given up (the connection's window reopens by itself)
+        if data:
+            stream._on_data(data)
+        if end:
+            self._stream_ended(stream)
+
+    def _data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        super()._data(stream_id, flags, payload)
+        if flags & h2.PADDED:
+            # padding counts against the stream's window but never reaches the reader
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                self.ack_data(stream, payload[0] + 1)
+
+    def _stream_ended(self, stream: H2Stream) -> None:
+        stream._on_end()
+        if stream.closed:
+            self.forget(stream.stream_id)
+
+    def on_reset(self, stream_id: int, code: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        self.forget(stream_id)
+        stream._fail(RpcError(Code.UNAVAILABLE, f"the server reset the HTTP/2 stream (error {code})"))
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        # the streams the server did not take fail; those it took may finish
+        error = RpcError(Code.UNAVAILABLE, f"{self.authority} closed the HTTP/2 connection (GOAWAY)")
+        for stream_id, stream in list(self.streams.items()):
+            if stream_id > last_stream_id:
+                super().forget(stream_id)
+                stream._fail(error)
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def _fail_all(self, error: RpcError) -> None:
         if self.failure is None:
             self.failure = error
-        for stream in list(self._streams.values()):
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
             stream._fail(error)
-        self._streams.clear()
-        self._credit.set()
-        self._writer.close()
 
-    def _stream_done(self, stream: H2Stream) -> None:
-        """The caller is done with ``stream``: reset it if it is still open either way."""
-        if stream.stream_id in self._streams and not stream.closed:
-            self._reset(stream)
-        self._streams.pop(stream.stream_id, None)
+    def _end(self, error: RpcError) -> None:
+        self._fail_all(error)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     async def close(self) -> None:
         """Say goodbye (GOAWAY) and close the socket; open streams fail."""
         if self.failure is None:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._conn.close_connection()
-                self._flush()
-        self._close(RpcError(Code.CANCELLED, "the client was closed"))
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await self._task
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+            self.write(h2.goaway(0, h2.NO_ERROR))
+        self._end(RpcError(Code.CANCELLED, "the client was closed"))
+        if self.transport is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ended), _CLOSE_WAIT)
+            except asyncio.TimeoutError:
+                self.transport.abort()  # a server that reads nothing more: drop what is unsent
 
 
-def _text(value: Any) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
