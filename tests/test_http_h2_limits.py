@@ -158,3 +158,33 @@ async def test_headers_over_max_header_size_are_refused_per_stream() -> None:
         assert peer.answers[connect_stream].headers[":status"] == "431"
         assert peer.answers[fits].status == "0"
         assert peer.terminated is None
+
+
+async def test_responses_of_one_loop_step_leave_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn's HTTP/2 protocol writes each response in three pieces (HEADERS, DATA, END_STREAM),
+    # each a send system call; the server holds the writes of an event-loop step and sends them
+    # together (_h2drain.StepWrites). Counted on the server's socket transport (the real one,
+    # whose writes still happen): at most one write per response, where there were three.
+    from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+
+    transport_class: Any = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+    real_write = transport_class.write
+    writes: list[int] = []
+
+    def counted(self: Any, data: bytes) -> None:
+        if isinstance(self.get_protocol(), ZttpH2Protocol):
+            writes.append(len(data))
+        real_write(self, data)
+
+    monkeypatch.setattr(transport_class, "write", counted)
+    async with serving() as port, raw_h2(port) as peer:
+        await asyncio.wait_for(peer.settings(), 5)
+        await asyncio.sleep(0.2)  # the server's SETTINGS and its acknowledgement of ours are out
+        before = len(writes)
+        body = b'{"text": "one write"}'
+        headers = connect_headers(f"{SERVICE}/Unary")
+        streams = [peer.open("", body, headers=headers) for _ in range(8)]
+        await peer.flush()
+        await asyncio.wait_for(peer.read_until(streams), 10)
+        assert all(peer.answers[s].headers.get(":status") == "200" for s in streams)
+        assert 1 <= len(writes) - before <= len(streams)

@@ -16,51 +16,33 @@ from typing import Any
 
 from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
-__all__ = ["CoalescingH1Protocol"]
+__all__ = ["CoalescingH1Protocol", "TransportProxy"]
 
 
-class _HeldHead(asyncio.Transport):
-    """The connection's transport as the protocol and its request cycles see it: the write that
-    starts a response is held until the next write or the next loop step."""
+class TransportProxy(asyncio.Transport):
+    """A connection's transport seen through a subclass that holds some writes back: everything
+    else goes to the real transport, and what is held goes out before the transport closes or
+    changes hands (:meth:`flush`)."""
 
-    __slots__ = ("_held", "_loop", "_protocol", "_started", "_transport")
+    __slots__ = ("_held", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, protocol: CoalescingH1Protocol) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._protocol = protocol
-        self._loop = asyncio.get_running_loop()
-        self._held: bytes | None = None
-        self._started: object = None  # the request cycle whose head was written last
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + bytes(data))
-            return
-        cycle = self._protocol.cycle
-        if cycle is not None and cycle.response_started and cycle is not self._started:
-            # the response's head: the first write once the response started (an interim
-            # 100 Continue goes out before that)
-            self._started = cycle
-            self._held = bytes(data)
-            self._loop.call_soon(self.flush)
-            return
-        self._transport.write(data)
+        self._held: list[bytes] = []
 
     def flush(self) -> None:
+        """Write what is held, in one write."""
         held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held)
+        if held:
+            self._held = []
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
-    # the rest of asyncio.Transport, as the connection's own transport does it
     def close(self) -> None:
         self.flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._held = None
+        self._held = []
         self._transport.abort()
 
     def is_closing(self) -> bool:
@@ -86,7 +68,7 @@ class _HeldHead(asyncio.Transport):
         return self._transport.get_protocol()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + len(self._held or b"")
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._transport.set_write_buffer_limits(high, low)
@@ -97,6 +79,35 @@ class _HeldHead(asyncio.Transport):
     def write_eof(self) -> None:
         self.flush()
         self._transport.write_eof()
+
+
+class _HeldHead(TransportProxy):
+    """The connection's transport as the protocol and its request cycles see it: the write that
+    starts a response is held until the next write or the next loop step."""
+
+    __slots__ = ("_loop", "_protocol", "_started")
+
+    def __init__(self, transport: asyncio.Transport, protocol: CoalescingH1Protocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._started: object = None  # the request cycle whose head was written last
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held:
+            self._held = []
+            self._transport.write(held[0] + bytes(data))
+            return
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle.response_started and cycle is not self._started:
+            # the response's head: the first write once the response started (an interim
+            # 100 Continue goes out before that)
+            self._started = cycle
+            self._held = [bytes(data)]
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
 
 
 class CoalescingH1Protocol(ZttpProtocol):

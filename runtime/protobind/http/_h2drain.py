@@ -1,4 +1,5 @@
-"""uvicorn's zttp protocol, with HTTP/2 connections retired before zttp's stream limit.
+"""uvicorn's zttp protocol, with HTTP/2 connections retired before zttp's stream limit and the
+writes of each event-loop step sent together (:class:`StepWrites`).
 
 zttp 0.0.35 lets one HTTP/2 connection carry 4,096 streams in its whole life: the next one is
 taken for a flood and the connection is closed with ``GOAWAY`` ``ENHANCE_YOUR_CALM``, failing every
@@ -26,7 +27,9 @@ from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
-__all__ = ["DrainingAutoProtocol"]
+from ._h1server import TransportProxy
+
+__all__ = ["DrainingAutoProtocol", "StepWrites"]
 
 #: zttp's lifetime stream limit per connection (the flood rule it cannot be told to relax).
 ZTTP_STREAM_LIMIT = 4096
@@ -41,14 +44,38 @@ _NO_ERROR = 0
 _MAX_STREAM_ID = 2**31 - 1
 
 
+class StepWrites(TransportProxy):
+    """A connection's transport whose writes wait for the end of the event-loop step and then
+    leave together. uvicorn's HTTP/2 protocol writes each response in three pieces (HEADERS,
+    DATA, then END_STREAM), each a ``send`` system call of its own; held to the end of the step,
+    they go out in one, together with those of every other stream that answered in that step."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+
 class DrainingH2Protocol(ZttpH2Protocol):
-    """:class:`ZttpH2Protocol` counting the streams of its connection and retiring it in time."""
+    """:class:`ZttpH2Protocol` counting the streams of its connection and retiring it in time,
+    writing through :class:`StepWrites`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.streams_opened = 0
         self.draining = False
         self.lingering = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(StepWrites(transport))
 
     def handle_request(self, event: zttp.Request) -> None:
         self.streams_opened += 1
