@@ -115,7 +115,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 #: underneath): ``--final`` runs these at 100 B and 16 KiB.
 FINAL = (
     "grpc,grpc-grpclib,grpc-native,grpc-native-aio,grpc-on-http,grpc-on-http-grpclib,"
-    "nats,nats-faststream,nats-oneway,http-proto,http-json,fastapi-json,connect-h2,"
+    "nats,nats-faststream,nats-oneway,http-proto,http-json,fastapi-json,fastapi-json-aiohttp,connect-h2,"
     "amqp,amqp-faststream,amqp-oneway,mqtt,mqtt-faststream,mqtt-oneway"
 )
 
