@@ -77,6 +77,13 @@ class DrainingH2Protocol(ZttpH2Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(StepWrites(transport))
 
+    def resume_reading_if_idle(self) -> None:
+        # uvicorn's version looks at the body buffer of every open stream, on every receive and at
+        # the end of every stream (64 streams in flight: 128 looks per call), to resume reading
+        # that is almost never paused
+        if self.flow.read_paused:
+            super().resume_reading_if_idle()
+
     def handle_request(self, event: zttp.Request) -> None:
         self.streams_opened += 1
         super().handle_request(event)
