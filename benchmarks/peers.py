@@ -600,11 +600,12 @@ for _parser in ("h11", "httptools"):
 # --- HTTP/2 on the http:// port (issue 21): gRPC, Connect over HTTP/2, and each ASGI server --------
 # Kinds are named http-SERVER-CLIENT: protobind's http:// server on uvicorn (with zttp, the
 # default), hypercorn or granian (option asgi_server), called by protobind's own client (h1: Connect
-# over HTTP/1.1, binary proto), by one plain HTTP/2 client posting Connect unary calls (h2: httpx,
-# h2c with prior knowledge, every call on one connection) or by a stock grpc.aio channel (grpcio).
-# The gRPC pairs put the same grpc.aio client against protobind's grpc:// server (grpcio) and a
-# grpclib server; the Connect-over-HTTP/2 pair puts the same httpx client against connectrpc's ASGI
-# app under the same uvicorn and zttp settings.
+# over HTTP/1.1, binary proto), by one plain HTTP/2 client posting Connect unary calls (h2:
+# protobind's http/_h2client.py, h2c with prior knowledge, 1,000 calls per connection, each call's
+# HEADERS and DATA in one write) or by a stock grpc.aio channel (grpcio). The gRPC pairs put the
+# same grpc.aio client against protobind's grpc:// server (grpcio) and a grpclib server; the
+# Connect-over-HTTP/2 pair puts the same h2 client against connectrpc's ASGI app under the same
+# uvicorn and zttp settings.
 
 ASGI_SERVERS = ("uvicorn", "hypercorn", "granian")
 
