@@ -151,7 +151,8 @@ def _received(message: DeliveredMessage, subject: str, reply_token: str | None) 
 
 
 class _Consumer:
-    """One basic.consume of this connection, started again after a reconnection."""
+    """One basic.consume on the connection's consuming channel, started again whenever it is not
+    consuming (see :meth:`AmqpBroker._resume_consumers`)."""
 
     def __init__(self, broker: AmqpBroker, queue: AbstractRobustQueue, callback: Any, no_ack: bool) -> None:
         self.broker = broker
@@ -161,8 +162,18 @@ class _Consumer:
         self.tag = f"protobind.{secrets.token_hex(8)}"
         self.active = True
 
+    def consuming(self) -> bool:
+        """Whether the consuming channel is open with this consumer on it."""
+        try:
+            channel = raw_channel(self.broker.consuming)
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return False
+        return not channel.is_closed and self.tag in channel.consumers
+
     async def start(self) -> None:
         channel = raw_channel(self.broker.consuming)
+        # RabbitMQ cancels a consumer whose queue was deleted: look at the consumers again then
+        channel.on_consumer_cancel_callbacks.add(self.broker.on_consumer_cancel)
         await channel.basic_consume(self.queue.name, self.callback, no_ack=self.no_ack, consumer_tag=self.tag)
 
     async def stop(self) -> None:
@@ -236,6 +247,10 @@ class AmqpBroker(Stored):
         self._confirmed: AbstractRobustChannel
         self._frame_limit = 131072
         self._init_stored()
+        #: one look at the consumers at a time (a consumer must not be started twice)
+        self._resuming = asyncio.Lock()
+        self._keeper: asyncio.Task[None] | None = None
+        self._failing: set[str] = set()  # consumers whose last restart failed (logged once)
 
     async def open(self) -> None:
         """Open the channels and declare the exchange."""
@@ -250,6 +265,9 @@ class AmqpBroker(Stored):
         self._frame_limit = int(frame_max) - _HEADER_SLACK
         connection.close_callbacks.add(self._on_close)
         connection.reconnect_callbacks.add(self._on_reconnect)
+        # aio-pika reopens a channel RabbitMQ closed (an error on it) without its raw consumers
+        self.consuming.reopen_callbacks.add(self._on_reopen)
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_consuming())
 
     # --- connection state -----------------------------------------------------------------------
 
@@ -280,13 +298,64 @@ class AmqpBroker(Stored):
 
     async def _on_reconnect(self, *_: Any) -> None:
         # aio-pika has declared the queues and bindings again; consumers are this module's own
-        for consumer in list(self.consumers):
-            if consumer.active:
-                try:
-                    await consumer.start()
-                except Exception as exc:
-                    logger.warning("consumer of %s not restored: %s", consumer.queue.name, _reason(exc))
+        await self._resume_consumers()
         logger.info("RabbitMQ connection to %s restored", self.settings.shown)
+
+    def _on_reopen(self, *_: Any) -> None:
+        self._consumers_changed.set()
+
+    def on_consumer_cancel(self, *_: Any) -> None:
+        """RabbitMQ cancelled a consumer of the consuming channel: look at the consumers again."""
+        self._consumers_changed.set()
+
+    async def _keep_consuming(self) -> None:
+        """Every consumer consuming again as soon as it can: after a reconnection, a channel closed
+        by RabbitMQ, a consumer RabbitMQ cancelled, or a restart that failed (aio-pika does not try
+        again). Looks whenever told something changed and every ``reconnect_wait`` seconds; what is
+        consuming costs nothing to look at."""
+        changed = self._consumers_changed
+        interval = max(self.settings.reconnect_wait, 0.05)
+        while not self._closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), interval)
+            changed.clear()
+            if self.is_connected:
+                try:
+                    await self._resume_consumers()
+                except asyncio.CancelledError:
+                    # a request of aiormq cancelled under us (not this task): looked at again later
+                    task = asyncio.current_task()
+                    if self._closed or (task is not None and task.cancelling()):
+                        raise
+                except Exception as exc:  # never let the keeper die: it is what brings consumers back
+                    logger.warning("restarting consumers failed: %s", _reason(exc))
+
+    async def _resume_consumers(self) -> None:
+        """Start again each consumer (durable or not) that is not consuming; a failure is logged
+        once and tried again at the next look."""
+        async with self._resuming:
+            failed = await self.resume_durable()
+            lost = [
+                consumer for consumer in list(self.consumers) if consumer.active and not consumer.consuming()
+            ]
+            if lost and self.consuming.is_closed:
+                try:  # a channel aio-pika gave up restoring (a restore that failed is not tried again)
+                    await bounded(self.connection, self.consuming.reopen())
+                except (aiormq.exceptions.AMQPError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                    failed.append(f"the consuming channel ({_reason(exc)})")
+                    lost = []
+            for consumer in lost:
+                if not consumer.active or consumer.consuming():
+                    continue
+                try:
+                    await bounded(self.connection, consumer.start())
+                    logger.info("consuming %s again", consumer.queue.name)
+                except (aiormq.exceptions.AMQPError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                    failed.append(f"{consumer.queue.name} ({_reason(exc)})")
+            new = set(failed) - self._failing
+            if new:
+                logger.warning("not consuming again yet, will retry: %s", "; ".join(sorted(new)))
+            self._failing = set(failed)
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -374,9 +443,10 @@ class AmqpBroker(Stored):
 
     async def _consume(self, queue: AbstractRobustQueue, callback: Any, no_ack: bool) -> _Consumer:
         consumer = _Consumer(self, queue, callback, no_ack)
-        self.consumers.add(consumer)
         try:
-            await consumer.start()
+            async with self._resuming:
+                self.consumers.add(consumer)
+                await consumer.start()
         except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
             self.consumers.discard(consumer)
             raise _broker_error(exc) from None
@@ -470,6 +540,10 @@ class AmqpBroker(Stored):
         if self._closed:
             return
         self._closed = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
         if self._acks:
             self._send_acks()
             await asyncio.sleep(0)

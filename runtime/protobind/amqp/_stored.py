@@ -40,7 +40,9 @@ import collections
 import contextlib
 import functools
 import itertools
+import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -105,6 +107,8 @@ CLAIM_WINDOW = 1000
 ANSWER_WAIT = 10.0
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("protobind.amqp")
 
 
 def connected(connection: AbstractRobustConnection) -> bool:
@@ -266,26 +270,65 @@ class _Message:
 
 
 class _Consumer:
-    """A consumer's queue, consumed on a channel of its own whose prefetch is ``max_ack_pending``;
-    deliveries wait in a buffer that :meth:`fetch` empties."""
+    """A consumer's queue, consumed on an AMQP channel of its own whose prefetch is
+    ``max_ack_pending``; deliveries wait in a buffer that :meth:`fetch` empties.
 
-    def __init__(self, owner: Stored, queue: str, ack_wait: float, *, keyed: bool = False) -> None:
+    The consumer is this module's, not aio-pika's robust one: aio-pika's restore of a consumer
+    after a reconnection can be cancelled halfway (its ``basic.consume`` then closes the channel)
+    and is not tried again, which left a server taking no calls after a broker restart.
+    :meth:`resume` consumes again whenever :meth:`consuming` is false: the broker calls it after
+    each reconnection and whenever a channel closed or RabbitMQ cancelled a consumer, and again
+    every ``reconnect_wait`` seconds while it fails (see ``AmqpBroker``)."""
+
+    def __init__(
+        self, owner: Stored, queue: str, ack_wait: float, prefetch: int, *, keyed: bool = False
+    ) -> None:
         self._owner = owner
         #: a consumer of a stream that keeps each subject: a message whose subject's queue is gone
         #: (read by subject and deleted) is dropped
         self._keyed = keyed
         self.queue = queue
         self.ack_wait = ack_wait
-        self._channel: AbstractRobustChannel | None = None
-        self._tag = ""
-        self._amqp_queue: Any = None
+        self.prefetch = prefetch
+        #: the aiormq channel consuming the queue (``None`` before the first consume and once closed)
+        self._channel: Any = None
+        self._tag = f"protobind.{secrets.token_hex(8)}"
+        self._closed = False
         self._buffer: list[_Message] = []
         self._arrived = asyncio.Event()
 
-    async def start(self, channel: AbstractRobustChannel, amqp_queue: Any) -> None:
-        self._channel = channel
-        self._amqp_queue = amqp_queue
-        self._tag = await amqp_queue.consume(self._on_message, no_ack=False)
+    def consuming(self) -> bool:
+        """Whether RabbitMQ is delivering the queue to this consumer now (as far as it told us)."""
+        channel = self._channel
+        return channel is not None and not channel.is_closed and self._tag in channel.consumers
+
+    async def resume(self) -> bool:
+        """Consume the queue unless already consuming (or closed): on the consumer's channel if it
+        is still open (RabbitMQ cancelled the consumer), else on a new one. Whether it consumed."""
+        if self._closed or self.consuming():
+            return False
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            # a channel that failed halfway is not kept: aiormq closes it (a refused or cancelled
+            # request closes its channel), and the next attempt opens another
+            channel = await self._owner.open_raw_channel()
+            await channel.basic_qos(prefetch_count=self.prefetch)
+            channel.on_consumer_cancel_callbacks.add(self._cancelled)
+            channel.closing.add_done_callback(self._lost)
+            self._channel = channel
+        await channel.basic_consume(self.queue, self._deliver, no_ack=False, consumer_tag=self._tag)
+        return True
+
+    def _cancelled(self, frame: Any) -> None:
+        if getattr(frame, "consumer_tag", None) == self._tag:
+            self._owner.consumer_lost()
+
+    def _lost(self, _: asyncio.Future[Any]) -> None:
+        if not self._closed:
+            self._owner.consumer_lost()
+
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        await self._on_message(aio_pika.IncomingMessage(message, no_ack=False))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         table = _table(message)
@@ -330,12 +373,14 @@ class _Consumer:
         return taken
 
     async def close(self) -> None:
+        self._closed = True
+        self._owner.forget_consumer(self)
         channel, self._channel = self._channel, None
         if channel is None:
             return
         connection = self._owner.connection
         with contextlib.suppress(*_FAILURES):
-            await bounded(connection, self._amqp_queue.cancel(self._tag))
+            await bounded(connection, channel.basic_cancel(self._tag))
         taken, self._buffer = self._buffer, []
         for message in taken:
             with contextlib.suppress(BrokerError):
@@ -361,6 +406,8 @@ class Stored:
     _retry_queues: set[str]
     _kept: dict[int, str]
     _sequences: itertools.count[int]
+    _durable_consumers: set[_Consumer]
+    _consumers_changed: asyncio.Event
 
     def next_sequence(self) -> int:
         """The next local sequence number (a stored message's id when the caller gave none)."""
@@ -376,6 +423,9 @@ class Stored:
         self._retry_queues = set()
         self._kept = {}
         self._sequences = itertools.count(1)
+        self._durable_consumers = set()
+        #: set when a consumer (durable or not) may have stopped consuming; see ``AmqpBroker``
+        self._consumers_changed = asyncio.Event()
 
     async def _admin(self) -> AbstractChannel:
         """A channel for declarations (opened again after RabbitMQ closed it over an error)."""
@@ -574,10 +624,13 @@ class Stored:
                 await self._bounded(channel.close())
 
     async def consumer(self, spec: ConsumerSpec) -> _Consumer:
-        """The consumer's queue, made and bound when missing, then consumed."""
+        """The consumer's queue, made and bound when missing, then consumed (and consumed again
+        after each reconnection, see :class:`_Consumer`)."""
         stream = self._streams.get(spec.stream)
         name = f"{spec.stream}.{spec.name}"
-        consumer = _Consumer(self, name, spec.ack_wait, keyed=stream is not None and stream.allow_ttl)
+        consumer = _Consumer(
+            self, name, spec.ack_wait, spec.max_ack_pending, keyed=stream is not None and stream.allow_ttl
+        )
         try:
             await self._exchanges()
             arguments: dict[str, Any] = {}
@@ -588,16 +641,38 @@ class Stored:
                 queue.bind(durable_exchange(self.exchange), routing_pattern(spec.filter_subject))
             )
             await self._claim(spec.stream, name, spec.filter_subject)
-            channel = await self._bounded(self.connection.channel(publisher_confirms=False))
-            await self._bounded(channel.set_qos(prefetch_count=spec.max_ack_pending))
-            # declared (passively) through the robust channel: restored, and consumed again, after a
-            # reconnection
-            amqp_queue = await self._bounded(channel.declare_queue(name, passive=True))
-            await self._bounded(consumer.start(channel, amqp_queue))
+            await self._bounded(consumer.resume())
         except _FAILURES as exc:
             await consumer.close()
             raise _error(exc, f"consumer {spec.name}") from None
+        self._durable_consumers.add(consumer)
         return consumer
+
+    async def open_raw_channel(self) -> Any:
+        """A new aiormq channel on the connection as it is now (no aio-pika restore: gone with it)."""
+        transport = self.connection.transport
+        if transport is None or not connected(self.connection):
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ is lost")
+        return await transport.connection.channel(publisher_confirms=False)
+
+    def consumer_lost(self) -> None:
+        """A consumer's channel closed or RabbitMQ cancelled a consumer: look at them all again."""
+        self._consumers_changed.set()
+
+    def forget_consumer(self, consumer: _Consumer) -> None:
+        self._durable_consumers.discard(consumer)
+
+    async def resume_durable(self) -> list[str]:
+        """Consume again with every durable consumer that is not consuming (see
+        :class:`_Consumer`); the queues of those that could not, each with the reason."""
+        failed = []
+        for consumer in list(self._durable_consumers):
+            try:
+                if await self._bounded(consumer.resume()):
+                    logger.info("consuming %s again", consumer.queue)
+            except _FAILURES as exc:
+                failed.append(f"{consumer.queue} ({_error(exc, 'consuming')})")
+        return failed
 
     async def _claim(self, stream: str, queue: str, filter_subject: str) -> None:
         """Move the unclaimed messages of ``stream`` that ``filter_subject`` matches to ``queue``
