@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 from jobs.v1.jobs_pb2 import Job, JobResult
 from jobs.v1.jobs_protobind import JOBS_RUN, JOBS_SUBMIT, JobsClient
@@ -192,13 +193,6 @@ async def test_a_store_retried_while_its_confirm_is_late_is_stored_once(rabbitmq
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: under load, aio-pika's restore of a durable consumer's channel after "
-    "the node restarts can be cancelled ('Closing channel ... because RPC call Basic.Consume "
-    "cancelled'), and that consumer then takes no new call; failed in 2 of 5 full-suite runs on "
-    "2026-12-07, passes alone",
-)
 async def test_the_broker_killed_and_restarted_mid_run_loses_no_accepted_call(rabbitmq_factory: Any) -> None:
     node: RabbitMQ = rabbitmq_factory()
     url = _url(node.url, "restart.", reconnect_wait=0.5)
@@ -224,6 +218,65 @@ async def test_the_broker_killed_and_restarted_mid_run_loses_no_accepted_call(ra
     finally:
         await server.stop(0)
     assert "while-down" not in jobs.ids()
+
+
+def _cut(broker: Any) -> None:
+    """Cut the socket under a broker's AMQP connection, as a network failure would."""
+    writer = broker.connection.transport.connection._writer_task.get_coro().cr_frame.f_locals["writer"]
+    writer.transport.abort()
+
+
+async def _pinged(client: JobsClient) -> Code:
+    """Call the plain (not durable) Ping until a server answers; the code it answered with."""
+    while True:
+        try:
+            await client.ping(Job(id="ping"), timeout=2)
+            return Code.OK
+        except RpcError as exc:
+            if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                return exc.code
+            await asyncio.sleep(0.1)
+
+
+async def test_consumers_consume_again_when_the_consume_restoring_one_is_cancelled(
+    rabbitmq_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defect a broker restart under load met: after a reconnection, the ``basic.consume``
+    restoring the server's durable consumer is cancelled (as a timeout cancels it). The server
+    still handles durable calls stored afterwards, and its plain consumers answer a plain call
+    (aio-pika gave up the reconnection's callbacks then, so neither came back before)."""
+    url = _url(rabbitmq_server, f"restore{next(_names)}.", reconnect_wait=0.2)
+    jobs = Jobs()
+    server = protobind.Server([jobs])
+    await server.start(url)
+    armed = False
+    cancelled: list[str] = []
+    basic_consume = aiormq.Channel.basic_consume
+
+    async def cancelled_once(channel: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        queue = kwargs.get("queue", args[0] if args else "")
+        if armed and queue.endswith("_Submit"):
+            armed = False
+            cancelled.append(queue)
+            raise asyncio.CancelledError
+        return await basic_consume(channel, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_consume", cancelled_once)
+    try:
+        async with protobind.connect(url) as channel:
+            client = JobsClient(channel)
+            await client.submit(Job(id="before"))
+            await eventually(lambda: "before" in jobs.ids())
+            armed = True
+            _cut(server.bindings[0].broker)  # type: ignore[attr-defined]
+            await eventually(lambda: cancelled, timeout=30)
+            await client.submit(Job(id="after"), timeout=30)
+            await eventually(lambda: "after" in jobs.ids(), timeout=30)
+            assert await asyncio.wait_for(_pinged(client), 30) is Code.UNIMPLEMENTED
+    finally:
+        await server.stop(0)
+    assert jobs.ids() == Counter({"before": 1, "after": 1})
 
 
 async def test_a_slow_consumer_holds_at_most_max_ack_pending(rabbitmq_server: str) -> None:

@@ -324,8 +324,8 @@ class AmqpBroker(Stored):
                     await self._resume_consumers()
                 except asyncio.CancelledError:
                     # a request of aiormq cancelled under us (not this task): looked at again later
-                    task = asyncio.current_task()
-                    if self._closed or (task is not None and task.cancelling()):
+                    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+                    if self._closed or cancelling is None or cancelling():
                         raise
                 except Exception as exc:  # never let the keeper die: it is what brings consumers back
                     logger.warning("restarting consumers failed: %s", _reason(exc))

@@ -273,9 +273,9 @@ class _Consumer:
     """A consumer's queue, consumed on an AMQP channel of its own whose prefetch is
     ``max_ack_pending``; deliveries wait in a buffer that :meth:`fetch` empties.
 
-    The consumer is this module's, not aio-pika's robust one: aio-pika's restore of a consumer
-    after a reconnection can be cancelled halfway (its ``basic.consume`` then closes the channel)
-    and is not tried again, which left a server taking no calls after a broker restart.
+    The consumer is this module's, not aio-pika's robust one: aio-pika's restore of consumers
+    after a reconnection can be cancelled halfway, and then does not finish the reconnection's
+    work, which left a server taking no calls after a broker restart.
     :meth:`resume` consumes again whenever :meth:`consuming` is false: the broker calls it after
     each reconnection and whenever a channel closed or RabbitMQ cancelled a consumer, and again
     every ``reconnect_wait`` seconds while it fails (see ``AmqpBroker``)."""
