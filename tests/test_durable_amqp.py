@@ -276,7 +276,8 @@ async def test_consumers_consume_again_when_the_consume_restoring_one_is_cancell
             assert await asyncio.wait_for(_pinged(client), 30) is Code.UNIMPLEMENTED
     finally:
         await server.stop(0)
-    assert jobs.ids() == Counter({"before": 1, "after": 1})
+    # "before" may be handled twice: its acknowledgement may not have reached RabbitMQ before the cut
+    assert set(jobs.ids()) == {"before", "after"}
 
 
 async def test_a_slow_consumer_holds_at_most_max_ack_pending(rabbitmq_server: str) -> None:
