@@ -267,11 +267,16 @@ async def test_max_concurrency_bounds_the_durable_calls_of_a_server(
     durable_url: str, serving: Serving
 ) -> None:
     jobs = await serving.start(_with(durable_url, max_concurrency=3))
+    jobs.release.clear()  # handlers hold their slot until released: the bound, not timing, decides
     async with protobind.connect(durable_url) as channel:
         calls = DurableCalls(channel)
         for i in range(8):  # two durable methods, one budget
-            await calls.submit(JOBS_SUBMIT, Job(id=f"s{i}", work=0.05))
-            await calls.submit(JOBS_RUN, Job(id=f"r{i}", work=0.05))
+            await calls.submit(JOBS_SUBMIT, Job(id=f"s{i}"))
+            await calls.submit(JOBS_RUN, Job(id=f"r{i}"))
+    await eventually(lambda: jobs.running >= 3)
+    await asyncio.sleep(0.3)  # room for a fourth handler to start, were the bound not kept
+    assert jobs.running == 3
+    jobs.release.set()
     await eventually(lambda: len(jobs.deliveries) == 16 and jobs.running == 0)
     assert jobs.most_running == 3
 
