@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,9 +35,10 @@ def available() -> bool:
 
 
 class RabbitMQ:
-    """One private node; ``url`` is where to reach it."""
+    """One private node; ``url`` is where to reach it. ``consumer_timeout`` (seconds): RabbitMQ
+    closes a channel that holds a delivery unacknowledged longer, looking every tenth of it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, consumer_timeout: float | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.dist_port = free_port()
@@ -47,6 +49,14 @@ class RabbitMQ:
         (directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
         )
+        advanced = "[].\n"
+        if consumer_timeout is not None:
+            milliseconds = max(1, int(consumer_timeout * 1000))
+            tick = max(1, milliseconds // 10)
+            advanced = (
+                f"[{{rabbit, [{{consumer_timeout, {milliseconds}}}, {{channel_tick_interval, {tick}}}]}}].\n"
+            )
+        (directory / "advanced.config").write_text(advanced)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,6 +76,7 @@ class RabbitMQ:
             "RABBITMQ_LOG_BASE": str(directory / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "plugins"),
             "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
             "RABBITMQ_FEATURE_FLAGS_FILE": str(directory / "feature_flags"),
             "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
         }
@@ -133,12 +144,13 @@ def rabbitmq_server() -> Iterator[str]:
 
 @pytest.fixture
 def rabbitmq_factory(tmp_path: Path) -> Iterator[object]:
-    """``make()`` starts a private node for this test; all are stopped afterwards."""
+    """``make(**options)`` starts a private node for this test (options: those of
+    :class:`RabbitMQ`); all are stopped afterwards."""
     require(available(), f"rabbitmq-server at {RABBITMQ}")
     started: list[RabbitMQ] = []
 
-    def make() -> RabbitMQ:
-        node = RabbitMQ(tmp_path / f"rabbitmq{len(started)}")
+    def make(**options: Any) -> RabbitMQ:
+        node = RabbitMQ(tmp_path / f"rabbitmq{len(started)}", **options)
         node.start()
         started.append(node)
         return node

@@ -280,6 +280,44 @@ async def test_consumers_consume_again_when_the_consume_restoring_one_is_cancell
     assert set(jobs.ids()) == {"before", "after"}
 
 
+@pytest.mark.slow
+async def test_a_consumer_whose_channel_rabbitmq_closed_consumes_again_though_its_first_consume_fails(
+    rabbitmq_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ closes the channel of a durable consumer that held a call past its
+    ``consumer_timeout`` (here 1 s), with the connection up; the first ``basic.consume`` that would
+    restore the consumer times out. The server consumes again all the same, and handles the held
+    call and one stored afterwards (aio-pika's restore of that channel was not tried again)."""
+    node: RabbitMQ = rabbitmq_factory(consumer_timeout=1.0)
+    url = _url(node.url, "closed.", reconnect_wait=0.2)
+    jobs = Jobs()
+    jobs.release.clear()
+    server = protobind.Server([jobs])
+    await server.start(url)
+    failed: list[str] = []
+    basic_consume = aiormq.Channel.basic_consume
+
+    async def fails_once(channel: Any, *args: Any, **kwargs: Any) -> Any:
+        queue = kwargs.get("queue", args[0] if args else "")
+        if not failed and queue.endswith("_Submit"):
+            failed.append(queue)
+            raise asyncio.TimeoutError
+        return await basic_consume(channel, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_consume", fails_once)
+    try:
+        async with protobind.connect(url) as channel:
+            client = JobsClient(channel)
+            await client.submit(Job(id="held"))
+            await eventually(lambda: failed, timeout=60)  # the channel closed, its consume failed
+            jobs.release.set()
+            await client.submit(Job(id="after"), timeout=30)
+            await eventually(lambda: "after" in jobs.ids(), timeout=30)
+    finally:
+        await server.stop(0)
+    assert set(jobs.ids()) == {"held", "after"}
+
+
 async def test_a_slow_consumer_holds_at_most_max_ack_pending(rabbitmq_server: str) -> None:
     url = _url(rabbitmq_server, f"slow{next(_names)}.", max_ack_pending=4)
     jobs = Jobs()
