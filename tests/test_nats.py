@@ -371,6 +371,86 @@ async def test_pulled_messages_keep_nats_py_slow_consumer_rule(nats_server: str)
         await broker.close()
 
 
+async def test_header_blocks_are_read_as_nats_py_reads_them() -> None:
+    """Connection reads header blocks itself (parse_headers, with a shorter path for a call that
+    carries only its deadline); every block gives what nats-py's own parser gives, and
+    encode_headers' short path writes what its general path writes."""
+    from nats.aio.client import Client
+
+    from protobind.nats._connection import encode_headers, parse_headers
+
+    blocks = [
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: 29999\r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: 1\r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms:  42 \r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: 4 2\r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: \r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: 12\r\nX-Other: a b\r\n\r\n",
+        b"NATS/1.0\r\nProtobind-Timeout-Ms: 12\r\n",
+        b"NATS/1.0\r\nprotobind-timeout-ms: 12\r\n\r\n",
+        b"NATS/1.0\r\nA: 1\r\nB:2\r\n\r\n",
+    ]
+    nats_py = Client()
+    for block in blocks:
+        assert parse_headers(block) == await nats_py._process_headers(block), block
+    for value in ("1", "29999", "4294967295"):
+        general = b"NATS/1.0\r\nProtobind-Timeout-Ms: " + value.encode() + b"\r\n\r\n"
+        assert encode_headers({"Protobind-Timeout-Ms": value}) == general
+        assert parse_headers(general) == {"Protobind-Timeout-Ms": value}
+    assert encode_headers({"Protobind-Timeout-Ms": " 7\n"}) == b"NATS/1.0\r\nProtobind-Timeout-Ms: 7\r\n\r\n"
+
+
+async def test_a_direct_inbox_runs_its_callback_in_order_even_when_it_waits(nats_server: str) -> None:
+    """Inbox messages run their callback as the connection reads them (Connection.direct); a
+    callback that waits is finished in a task while later messages wait their turn, so the order
+    is nats-py's, and a callback's exception goes to the connection's error callback."""
+    from protobind.nats._connection import open_broker
+    from protobind.nats._options import settings_from
+
+    broker = await open_broker(settings_from(nats_server, {}), "direct-inbox-test")
+    sender = await nats.connect(nats_server)
+    seen: list[tuple[str, bytes, str]] = []
+    release = asyncio.Event()
+    errors: list[BaseException] = []
+    broker.client._error_cb = _collect(errors)
+
+    async def callback(token: str, msg: Any) -> None:
+        if msg.data == b"wait":
+            await release.wait()
+        if msg.data == b"fail":
+            raise ValueError("callback failed")
+        seen.append((token, msg.data, msg.reply))
+
+    try:
+        inbox = await broker.inbox(callback)
+        await broker.settle()
+        assert len(broker.client._direct) == 1
+        for data in (b"first", b"wait", b"after-1", b"fail", b"after-2"):
+            await sender.publish(inbox.address("t-" + data.decode()), data, reply="r")
+        await sender.flush()
+        await broker.settle()
+        assert seen == [("t-first", b"first", "r")]
+        release.set()
+        await eventually(lambda: len(seen) == 4)
+        assert [data for _, data, _ in seen] == [b"first", b"wait", b"after-1", b"after-2"]
+        await eventually(lambda: len(errors) == 1)
+        assert str(errors[0]) == "callback failed"
+        # and the inline path again once the backlog is done
+        await sender.publish(inbox.address("t-last"), b"last")
+        await sender.flush()
+        await eventually(lambda: len(seen) == 5)
+    finally:
+        await sender.drain()
+        await broker.close()
+
+
+def _collect(errors: list[BaseException]) -> Any:
+    async def error_cb(exc: BaseException) -> None:
+        errors.append(exc)
+
+    return error_cb
+
+
 # --- the client ------------------------------------------------------------------------------------
 
 

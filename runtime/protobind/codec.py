@@ -346,6 +346,8 @@ def response_codec(codec: Codec) -> Codec:
     """The codec a client decodes responses with: JSON ignores fields it does not know, so a server
     whose contract gained a response field does not break older clients (binary protobuf keeps
     unknown fields anyway). Servers stay strict about requests."""
+    if codec is PROTO:
+        return codec  # the common case, without an isinstance check through Codec's protocol class
     if isinstance(codec, JsonCodec) and not codec.ignore_unknown_fields:
         return _LENIENT_JSON
     return codec

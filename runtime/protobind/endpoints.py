@@ -30,6 +30,7 @@ __all__ = [
     "INTERNAL_MESSAGE",
     "Endpoint",
     "EndpointTable",
+    "check_response",
     "invoke_stream",
     "invoke_unary",
     "to_rpc_error",
@@ -93,7 +94,8 @@ def to_rpc_error(exc: BaseException, context: Context | None = None) -> RpcError
     return RpcError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
-def _check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
+def check_response(method: MethodInfo[Any, Any], response: Any) -> Message:
+    """``response`` if it is of ``method``'s response type; else logged, and INTERNAL raised."""
     if type(response) is not method.output_type:
         if isinstance(response, method.output_type):
             return response  # type: ignore[no-any-return]
@@ -130,7 +132,7 @@ async def invoke_unary(
         else:
             async with DeadlineScope(context.deadline):
                 response = await _limited(endpoint, request, context, limit)
-        return _check_response(endpoint.method, response)
+        return check_response(endpoint.method, response)
     except RpcError:
         raise
     except asyncio.CancelledError:
@@ -173,7 +175,7 @@ async def invoke_stream(
                 acquired = True
             responses = await endpoint.handler(request, context)
             async for response in responses:
-                yield _check_response(endpoint.method, response)
+                yield check_response(endpoint.method, response)
     except RpcError:
         raise
     except (asyncio.CancelledError, GeneratorExit):

@@ -186,6 +186,11 @@ def add_metadata_value(metadata: Metadata, key: str, value: str) -> None:
 
 def read_request_headers(headers: Mapping[str, str]) -> tuple[Codec, int | None, Metadata | None]:
     """Parse a call's headers: (codec, timeout in ms or None, metadata or None when there is none)."""
+    if len(headers) == 1:
+        # most calls: only the deadline, in the spelling protobind sends
+        value = headers.get(TIMEOUT)
+        if value is not None and 0 < len(value) <= 10 and value.isdigit() and value.isascii():
+            return PROTO, int(value), None
     codec: Codec = PROTO
     timeout_ms: int | None = None
     metadata: Metadata | None = None

@@ -25,7 +25,7 @@ from .._aio import Deadlines, Resume, uncancel
 from .._context import Context
 from .._errors import Code, RpcError
 from ..codec import PROTO, Codec
-from ..endpoints import Endpoint, invoke_stream, invoke_unary, to_rpc_error
+from ..endpoints import Endpoint, check_response, invoke_stream, invoke_unary, to_rpc_error
 from ..transport import ServerBinding
 from ._consumers import ConsumerPool, Consumers
 from ._discovery import Discovery
@@ -65,7 +65,7 @@ logger = logging.getLogger("protobind.broker")
 
 
 class _Route:
-    __slots__ = ("durable", "endpoint", "inline", "input_type", "method", "stats", "streaming")
+    __slots__ = ("durable", "endpoint", "inline", "input_type", "method", "output_type", "stats", "streaming")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
         self.endpoint = endpoint
@@ -74,6 +74,7 @@ class _Route:
         self.inline = None if endpoint.direct is None else Endpoint(endpoint.method, endpoint.direct)
         self.method = endpoint.method
         self.input_type: type[Message] = endpoint.method.input_type
+        self.output_type: type[Message] = endpoint.method.output_type
         self.stats = stats
         self.streaming = endpoint.method.kind.client_streams or endpoint.method.kind.server_streams
         self.durable = endpoint.method.durable
@@ -348,11 +349,14 @@ class BrokerBinding(ServerBinding):
                     deadline = _deadline(timeout_ms)
                 context = Context(route.method, broker.name, metadata=metadata, deadline=deadline, peer=peer)
             request = _request(codec, msg.data, route.input_type, self.settings.max_message_size)
-            # The deadline is enforced by self._deadlines, far cheaper than a loop timer per call.
-            call = invoke_unary(route.endpoint, request, context, enforce_deadline=False)
+            # What invoke_unary does without a deadline timer or a concurrency limit, written out:
+            # the deadline is enforced by self._deadlines (far cheaper than a loop timer per call),
+            # the consumer pool is the limit, and the excepts below map errors as it does.
             # First step inline, in a copy of the context as a task of its own would have: most
             # handlers finish without waiting, and then nothing else is needed.
             isolated = contextvars.copy_context()
+            handled = isolated.run(route.endpoint.handler, request, context)
+            call = handled if type(handled) is CoroutineType else _coroutine(handled)
             try:
                 waiting = isolated.run(call.send, None)
             except StopIteration as done:
@@ -362,6 +366,8 @@ class BrokerBinding(ServerBinding):
                 key = reply
                 slot = self._hold(key, consumers, deadline)
                 response = await Resume(call, isolated, waiting)
+            if type(response) is not route.output_type:
+                response = check_response(route.method, response)
             body = response.SerializeToString() if codec is PROTO else codec.encode(response)
             out = _response_headers(context, codec)
             size = len(body) if out is None else len(body) + headers_size(out)
@@ -373,9 +379,11 @@ class BrokerBinding(ServerBinding):
                 logger.debug("reply to %s dropped: %r", reply, exc)
         except RpcError as exc:
             error = exc
-        except Exception as exc:  # a last resort: invoke_unary raises RpcError
+        except Exception as exc:  # the handler's own exception: logged, INTERNAL for the caller
             error = to_rpc_error(exc, context)
         except asyncio.CancelledError:
+            if context is not None:
+                context.cancel()
             error = self._cancel_reason(key)
             if error is None:
                 raise  # not a cancellation of this call: the consumer itself is being cancelled

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
+from .._aio import Resume
 from .._wire import is_header_name
 from ..broker._refusals import RefusalLog
+from ..broker._wire import TIMEOUT
 from ..broker.base import (
     BrokerError,
     BrokerMessage,
@@ -58,17 +61,61 @@ __all__ = [
 logger = logging.getLogger("protobind.nats")
 
 
+#: Header names already checked by :func:`encode_headers` (a bounded set: names are few).
+_CHECKED_NAMES: set[str] = set()
+#: The header block of a call that carries only its deadline, up to its value (see encode_headers).
+_TIMEOUT_BLOCK = f"NATS/1.0\r\n{TIMEOUT}: ".encode()
+_TIMEOUT_VALUE_AT = len(_TIMEOUT_BLOCK)
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """The NATS header block for ``headers`` (names checked, line breaks in values made spaces)."""
+    if len(headers) == 1:
+        # the block of most calls: just the deadline, a number of milliseconds
+        value = headers.get(TIMEOUT)
+        if value is not None and value.isdigit() and value.isascii():
+            return b"%s%s\r\n\r\n" % (_TIMEOUT_BLOCK, value.encode())
     lines = ["NATS/1.0\r\n"]
     for name, value in headers.items():
-        if not is_header_name(name):
-            raise nats_errors.BadHeaderError(name)
+        if name not in _CHECKED_NAMES:
+            if not is_header_name(name):
+                raise nats_errors.BadHeaderError(name)
+            if len(_CHECKED_NAMES) < 1024:
+                _CHECKED_NAMES.add(name)
         if "\r" in value or "\n" in value:
             value = value.replace("\r", " ").replace("\n", " ")
         lines.append(f"{name}: {value.strip()}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode()
+
+
+class _NotPlain(Exception):
+    """A header block :func:`parse_headers` leaves to nats-py (an inline status, not UTF-8)."""
+
+
+def parse_headers(block: bytes) -> dict[str, str] | None:
+    """The headers of a block of the plain form (``NATS/1.0`` then ``Name: value`` lines), as
+    nats-py's parser reads them; raises :class:`_NotPlain` for any other block."""
+    if block.startswith(_TIMEOUT_BLOCK):
+        # the block of most calls: just the deadline (as encode_headers writes it)
+        digits = block[_TIMEOUT_VALUE_AT:-4]
+        if digits.isdigit() and block.endswith(b"\r\n\r\n"):
+            return {TIMEOUT: digits.decode()}
+    if block[8:10] != b"\r\n":
+        raise _NotPlain
+    try:
+        text = block[10:].decode()
+    except UnicodeDecodeError:
+        raise _NotPlain from None
+    out: dict[str, str] = {}
+    for line in text.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            name = name.strip()
+            # the names nats-py's parser drops: empty, with blanks, not ASCII
+            if name and name.isascii() and " " not in name and "\t" not in name:
+                out[name] = value.strip()
+    return out or None
 
 
 class Connection(Client):
@@ -93,6 +140,9 @@ class Connection(Client):
         # sid -> (nats-py subscription, the mailbox protobind's consumers take its messages from)
         # (see pulled()); their messages skip nats-py's general delivery path
         self._pulled: dict[int, tuple[Any, Mailbox]] = {}
+        # sid -> an inbox whose callback runs as its messages arrive (see direct())
+        self._direct: dict[int, _Direct] = {}
+        self._reports: set[asyncio.Future[Any]] = set()  # error callbacks under way (see _report)
 
     async def settle(self) -> None:
         """Return once the server has processed everything sent so far (subscriptions included).
@@ -173,27 +223,63 @@ class Connection(Client):
             queued.task_done()
         return True
 
+    def direct(self, sub: Any, callback: InboxCallback, start: int) -> bool:
+        """Run ``callback(subject[start:], msg)`` for each of ``sub``'s messages as the connection
+        reads it, in order (see :class:`_Direct`), instead of through nats-py's queue and
+        delivery task. ``False`` when this nats-py lacks what that path reads; the caller then
+        uses a callback subscription."""
+        if not (hasattr(sub, "_id") and hasattr(sub, "_received") and hasattr(self, "_error_cb")):
+            return False
+        inbox = self._direct[sub._id] = _Direct(sub, callback, start, self._report)
+        # what nats-py queued before (nothing, unless a message came in between)
+        queued = getattr(sub, "_pending_queue", None)
+        while isinstance(queued, asyncio.Queue) and not queued.empty():
+            inbox.deliver(queued.get_nowait())
+            queued.task_done()
+        return True
+
+    def _report(self, exc: Exception) -> None:
+        """What nats-py does with an exception of a subscription's callback: to the error callback."""
+        error_cb = self._error_cb
+        if error_cb is not None:
+            task = asyncio.ensure_future(error_cb(exc))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
+
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """nats-py's parser hands every message here. For a plain subscription protobind consumes
         itself (no callback, no JetStream, no request future, no message limit), only what
         nats-py does for such a message: count it, build it, queue it within the slow-consumer
-        limits; with a message object that has only the four fields the engine reads."""
+        limits (or, for a direct inbox, run its callback); with a message object that has only
+        the four fields the engine reads."""
         pulled = self._pulled.get(sid)
-        if pulled is None:
+        inbox = None if pulled is not None else self._direct.get(sid)
+        if pulled is None and inbox is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        sub, mailbox = pulled
         size = len(data)
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += size
-        sub._received += 1
         # Received's fields set here, without an __init__ call: this runs for every message
         msg = _new(Received)
         msg.subject = subject.decode()
         msg.reply = reply.decode()
         msg.data = data
-        msg.headers = await self._process_headers(headers) if headers else None
+        if headers:
+            try:
+                msg.headers = parse_headers(headers)
+            except _NotPlain:
+                msg.headers = await super()._process_headers(headers)
+        else:
+            msg.headers = None
+        if inbox is not None:
+            inbox.sub._received += 1
+            inbox.deliver(msg)
+            return
+        assert pulled is not None
+        sub, mailbox = pulled
+        sub._received += 1
         # nats-py's own limits: a message that would overflow them is dropped and reported
         pending = sub._pending_size + size
         limit = sub._pending_bytes_limit
@@ -220,21 +306,10 @@ class Connection(Client):
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         if not headers:
             return None
-        if headers[8:10] != b"\r\n":
-            return await super()._process_headers(headers)
         try:
-            text = headers[10:].decode()
-        except UnicodeDecodeError:
+            return parse_headers(headers)
+        except _NotPlain:
             return await super()._process_headers(headers)
-        out: dict[str, str] = {}
-        for line in text.split("\r\n"):
-            name, sep, value = line.partition(":")
-            if sep:
-                name = name.strip()
-                # the names nats-py's parser drops: empty, with blanks, not ASCII
-                if name and name.isascii() and " " not in name and "\t" not in name:
-                    out[name] = value.strip()
-        return out or None
 
 
 class AuthenticationFailed(ConnectionError):
@@ -372,6 +447,73 @@ class Received:
 
 
 _new = object.__new__
+
+
+class _Direct:
+    """An inbox subscription whose callback runs in the connection's reader as each message
+    arrives: no message object of nats-py's, no queue, no hop to a delivery task. As with nats-py,
+    messages are handled one at a time, in order, in a context of the subscription's own, and
+    a callback's exception goes to the connection's error callback. A callback that waits is
+    finished in a task, and messages arriving meanwhile wait for it (the engine's inbox callbacks
+    never wait: they resolve a future or feed a stream)."""
+
+    __slots__ = ("_backlog", "_callback", "_context", "_report", "_start", "_task", "sub")
+
+    def __init__(
+        self, sub: Any, callback: InboxCallback, start: int, report: Callable[[Exception], None]
+    ) -> None:
+        self.sub = sub
+        self._callback = callback
+        self._start = start
+        self._report = report
+        self._context = contextvars.copy_context()
+        self._backlog: collections.deque[Any] | None = None  # while a callback waits
+        self._task: asyncio.Task[None] | None = None  # the task finishing it
+
+    def deliver(self, msg: Any) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            backlog.append(msg)
+            return
+        coro = self._callback(msg.subject[self._start :], msg)
+        try:
+            waiting = self._context.run(coro.send, None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._report(exc)
+            return
+        self._backlog = collections.deque()
+        self._task = asyncio.get_running_loop().create_task(self._finish(coro, waiting))
+
+    async def _finish(self, coro: Any, waiting: Any) -> None:
+        """Await the callback that waits, then handle the messages that came meanwhile."""
+        backlog = self._backlog
+        assert backlog is not None
+        try:
+            while True:
+                try:
+                    await Resume(coro, self._context, waiting)
+                except Exception as exc:
+                    self._report(exc)
+                while True:
+                    if not backlog:
+                        return
+                    msg = backlog.popleft()
+                    coro = self._callback(msg.subject[self._start :], msg)
+                    try:
+                        waiting = self._context.run(coro.send, None)
+                    except StopIteration:
+                        continue
+                    except Exception as exc:
+                        self._report(exc)
+                        continue
+                    break
+        finally:
+            self._backlog = None
+            self._task = None
+
+
 #: nats-py's ``is_connected``: connected, or draining
 _CONNECTED = frozenset((Client.CONNECTED, Client.DRAINING_SUBS, Client.DRAINING_PUBS))
 
@@ -486,6 +628,11 @@ class NatsBroker(JetStream, DurableBroker):
         # nats-py's inbox prefix is random (a NUID), so addresses are not guessable
         inbox = _Inbox(self.client.new_inbox() + ".")
         start = len(inbox.prefix)
+        # no callback: the connection runs ours as each message arrives (Connection.direct)
+        sub = await self.client.subscribe(inbox.prefix + "*")
+        if self.client.direct(sub, callback, start):
+            return inbox
+        await sub.unsubscribe()
 
         async def on_reply(msg: BrokerMessage) -> None:
             await callback(msg.subject[start:], msg)
