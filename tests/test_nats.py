@@ -10,6 +10,8 @@ import contextlib
 import datetime
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -31,6 +33,9 @@ from protobind.conformance.v1.conformance_protobind import (
     ConformanceService,
     ConformanceServiceClient,
 )
+from protobind.nats._connection import CLOSE_WAIT, open_broker
+from protobind.nats._options import settings_from
+from protobind.nats.embedded import start_nats_server
 
 from .conformance import SERVICE, Conformance
 from .nats_server import NatsServers
@@ -1358,3 +1363,30 @@ async def test_consumers_take_every_message_in_order_from_the_mailbox() -> None:
     await asyncio.sleep(0.01)
     for task in consumers.tasks:
         task.cancel()
+
+
+async def test_closing_a_connection_the_server_stopped_reading_drops_the_socket() -> None:
+    """A private nats-server stopped (SIGSTOP: its socket open, nothing read) under megabytes that
+    nats-py still buffers: close() gives the server CLOSE_WAIT seconds, then drops the socket and
+    returns (nats-py's own close waited for the buffer to drain, forever)."""
+    url, stop = start_nats_server()
+    try:
+        broker = await open_broker(settings_from(url, {}), "stalled")
+        os.kill(stop.process.pid, signal.SIGSTOP)
+        # more than the sockets hold; a publish slows down once nats-py's buffer is full: 5 s at most
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + 5
+        for _ in range(200):
+            if loop.time() > stop_at:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(broker.publish("stalled.subject", b"x" * 500_000), 1.0)
+        closing = asyncio.ensure_future(broker.close())
+        # a guard against the hang, far above the close's own bound (2 x CLOSE_WAIT)
+        await asyncio.wait({closing}, timeout=12 * CLOSE_WAIT)
+        assert closing.done(), "close() still waiting on a server that reads nothing"
+        assert closing.exception() is None
+        assert not broker.client.is_connected
+    finally:
+        os.kill(stop.process.pid, signal.SIGCONT)
+        stop()

@@ -60,6 +60,9 @@ __all__ = [
 
 logger = logging.getLogger("protobind.nats")
 
+#: Seconds a close waits for the server to take what nats-py still buffers before dropping the socket.
+CLOSE_WAIT = 5.0
+
 
 #: Header names already checked by :func:`encode_headers` (a bounded set: names are few).
 _CHECKED_NAMES: set[str] = set()
@@ -653,7 +656,26 @@ class NatsBroker(JetStream, DurableBroker):
         await self.client.settle()
 
     async def close(self) -> None:
-        await self.client.close()
+        """Close the connection: nats-py writes what it still buffers and waits for the socket to
+        close, which a server that stopped reading (stopped, overloaded) would hold forever; after
+        :data:`CLOSE_WAIT` seconds the socket is dropped (what was unsent is lost) and the close ends."""
+        closing = asyncio.ensure_future(self.client.close())
+        try:
+            await asyncio.wait({closing}, timeout=CLOSE_WAIT)
+            if not closing.done():
+                logger.warning("closing NATS: nothing read for %g s: the socket is dropped", CLOSE_WAIT)
+                writer = getattr(getattr(self.client, "_transport", None), "_io_writer", None)
+                if writer is not None:
+                    writer.transport.abort()  # nats-py's own stream: it offers no abort of its own
+                await asyncio.wait({closing}, timeout=CLOSE_WAIT)
+                if not closing.done():
+                    closing.cancel()
+                    return
+        except asyncio.CancelledError:
+            closing.cancel()
+            raise
+        if not closing.cancelled() and closing.exception() is not None:
+            logger.debug("closing the NATS connection: %r", closing.exception())
 
 
 async def open_broker(settings: Settings, name: str) -> NatsBroker:
