@@ -185,7 +185,13 @@ InboxCallback = Callable[[str, BrokerMessage], Awaitable[None]]
 
 
 class Broker(Protocol):
-    """One connection to a message broker."""
+    """One connection to a message broker.
+
+    A broker may also have ``buffer(subject, payload, reply="", headers=None) -> bool``: publish
+    at once, without awaiting, when the connection can take the message now (``True``), else
+    ``False`` and nothing sent, and the engine awaits :meth:`publish` (NATS has it: a publish
+    that only appends to the connection's send buffer then costs no coroutine).
+    """
 
     #: reported as :attr:`protobind.Context.transport` for calls served over this broker
     name: str

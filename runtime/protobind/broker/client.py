@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
@@ -146,6 +146,10 @@ class BrokerClient(ClientTransport):
     def __init__(self, broker: Broker, settings: EngineSettings) -> None:
         self.settings = settings
         self.broker = broker
+        # a publish without a coroutine when the connection can take the message now (see Broker)
+        self._buffer: Callable[[str, bytes, str, dict[str, str] | None], bool] | None = getattr(
+            broker, "buffer", None
+        )
         self._inbox: Inbox | None = None
         self._unary: dict[str, asyncio.Future[BrokerMessage]] = {}
         # liveness of long unary calls: when each pending call started
@@ -406,7 +410,9 @@ class BrokerClient(ClientTransport):
             if headers is not None and size > broker.max_payload:
                 raise too_large(size, broker.max_payload)
             try:
-                await broker.publish(subject, data, "", headers)
+                buffer = self._buffer
+                if buffer is None or not buffer(subject, data, "", headers):
+                    await broker.publish(subject, data, "", headers)
             except BrokerError as exc:
                 raise publish_error(exc) from None
             # one-way methods answer google.protobuf.Empty (the generator enforces it): one instance
@@ -428,7 +434,9 @@ class BrokerClient(ClientTransport):
         if call.deadline is not None:
             slot = self._deadlines.add(call.deadline, future)
         try:
-            await broker.publish(subject, data, reply, headers)
+            buffer = self._buffer
+            if buffer is None or not buffer(subject, data, reply, headers):
+                await broker.publish(subject, data, reply, headers)
             msg = await future
         except asyncio.CancelledError:
             # cancelling this task also cancelled the future it awaited

@@ -15,7 +15,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -95,6 +95,10 @@ class BrokerBinding(ServerBinding):
         self.server = server
         self._url = url
         self.broker = broker
+        # a publish without a coroutine when the connection can take the message now (see Broker)
+        self._buffer: Callable[[str, bytes, str, dict[str, str] | None], bool] | None = getattr(
+            broker, "buffer", None
+        )
         self.settings = settings
         self._routes: dict[str, _Route] = {}
         self._discovery: Discovery | None = None
@@ -374,7 +378,9 @@ class BrokerBinding(ServerBinding):
             if size > broker.max_payload:
                 raise too_large(size, broker.max_payload)
             try:
-                await broker.publish(reply, body, headers=out)
+                buffer = self._buffer
+                if buffer is None or not buffer(reply, body, "", out):
+                    await broker.publish(reply, body, headers=out)
             except BrokerError as exc:  # dropped: the caller times out or notices the lost connection
                 logger.debug("reply to %s dropped: %r", reply, exc)
         except RpcError as exc:

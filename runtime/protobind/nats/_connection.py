@@ -601,6 +601,16 @@ class NatsBroker(JetStream, DurableBroker):
         for callback in self._disconnect_callbacks:
             await callback()
 
+    def buffer(
+        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+    ) -> bool:
+        """Publish without awaiting when the connection can take the message now (see
+        :meth:`Connection.buffer`); ``False``: nothing sent, await :meth:`publish`."""
+        try:
+            return self.client.buffer(subject, payload, reply, headers)
+        except (nats_errors.Error, OSError) as exc:
+            raise _broker_error(exc) from None
+
     async def publish(
         self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
