@@ -220,6 +220,31 @@ async def test_the_broker_killed_and_restarted_mid_run_loses_no_accepted_call(ra
     assert "while-down" not in jobs.ids()
 
 
+async def test_a_consume_cancelled_before_rabbitmq_answered_does_not_pass_for_a_consumer(
+    rabbitmq_server: str,
+) -> None:
+    """aiormq records a consumer before it asks RabbitMQ: a ``basic.consume`` cancelled before
+    its request went out leaves the channel open with a consumer RabbitMQ never heard of, which
+    protobind would take for one that is consuming (and never consume again)."""
+    from protobind.amqp._stored import consume
+
+    async def ignore(message: Any) -> None:
+        pass
+
+    connection = await aiormq.connect(rabbitmq_server)
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        declared = await channel.queue_declare(exclusive=True, auto_delete=True)
+        pending = asyncio.ensure_future(consume(channel, declared.queue, ignore, "tag-1", no_ack=True))
+        await asyncio.sleep(0)  # the request is made, not yet sent
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert channel.is_closed or "tag-1" not in channel.consumers
+    finally:
+        await connection.close()
+
+
 def _cut(broker: Any) -> None:
     """Cut the socket under a broker's AMQP connection, as a network failure would."""
     writer = broker.connection.transport.connection._writer_task.get_coro().cr_frame.f_locals["writer"]

@@ -51,7 +51,7 @@ from ..broker.base import (
     PayloadTooLarge,
 )
 from ..urls import redact_text
-from ._stored import UNSAFE, Stored, bounded, durable_exchange, raw_channel, routing_pattern
+from ._stored import UNSAFE, Stored, bounded, consume, durable_exchange, raw_channel, routing_pattern
 
 if TYPE_CHECKING:
     from ._options import Settings
@@ -174,7 +174,7 @@ class _Consumer:
         channel = raw_channel(self.broker.consuming)
         # RabbitMQ cancels a consumer whose queue was deleted: look at the consumers again then
         channel.on_consumer_cancel_callbacks.add(self.broker.on_consumer_cancel)
-        await channel.basic_consume(self.queue.name, self.callback, no_ack=self.no_ack, consumer_tag=self.tag)
+        await consume(channel, self.queue.name, self.callback, self.tag, no_ack=self.no_ack)
 
     async def stop(self) -> None:
         self.active = False

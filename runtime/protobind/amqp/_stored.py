@@ -81,6 +81,7 @@ __all__ = [
     "Stored",
     "bounded",
     "connected",
+    "consume",
     "durable_exchange",
     "kept_queue",
     "raw_channel",
@@ -316,7 +317,7 @@ class _Consumer:
             channel.on_consumer_cancel_callbacks.add(self._cancelled)
             channel.closing.add_done_callback(self._lost)
             self._channel = channel
-        await channel.basic_consume(self.queue, self._deliver, no_ack=False, consumer_tag=self._tag)
+        await consume(channel, self.queue, self._deliver, self._tag, no_ack=False)
         return True
 
     def _cancelled(self, frame: Any) -> None:
@@ -855,6 +856,17 @@ class _Claim:
                 self.failure = exc
         finally:
             self.slots.release()
+
+
+async def consume(channel: Any, queue: str, callback: Any, tag: str, *, no_ack: bool) -> None:
+    """``basic.consume`` on the aiormq ``channel``. aiormq records the consumer before it asks
+    RabbitMQ; a request that failed or was cancelled before RabbitMQ answered leaves that record on
+    a channel that may stay open, which would pass for a consumer that is consuming: it goes."""
+    try:
+        await channel.basic_consume(queue, callback, no_ack=no_ack, consumer_tag=tag)
+    except BaseException:
+        channel.consumers.pop(tag, None)
+        raise
 
 
 def raw_channel(channel: AbstractRobustChannel) -> Any:
