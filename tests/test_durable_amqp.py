@@ -414,7 +414,7 @@ async def test_calls_stored_before_any_server_are_claimed_by_the_method_they_are
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # waits up to 300 s for the backlog, after storing it
+@pytest.mark.timeout(900)  # stores 10,000 calls, then waits up to 300 s for them: 90 s in a full run
 async def test_a_backlog_of_10000_calls_is_handled_once_a_server_starts(rabbitmq_server: str) -> None:
     # a store's budget sized for a loaded machine: 500 stores in flight on a shared broker
     url = _url(rabbitmq_server, f"backlog{next(_names)}.", max_ack_pending=256, store_timeout=60)
