@@ -373,7 +373,9 @@ class BrokerBinding(ServerBinding):
             if type(response) is not route.output_type:
                 response = check_response(route.method, response)
             body = response.SerializeToString() if codec is PROTO else codec.encode(response)
-            out = _response_headers(context, codec)
+            out = None
+            if codec is not PROTO or context.response_metadata() != _NO_METADATA:
+                out = _response_headers(context, codec)
             size = len(body) if out is None else len(body) + headers_size(out)
             if size > broker.max_payload:
                 raise too_large(size, broker.max_payload)
@@ -398,9 +400,15 @@ class BrokerBinding(ServerBinding):
         finally:
             if key is not None:
                 self._release(key, slot)
-        _record(route.stats, started, error)
-        if error is not None and reply:
-            await self._reply_error(route, reply, error, codec, context)
+        # _record, written out
+        stats = route.stats
+        stats.num_requests += 1
+        stats.processing_time += time.perf_counter_ns() - started
+        if error is not None:
+            stats.num_errors += 1
+            stats.last_error = f"{error.code.name}: {error.message}"
+            if reply:
+                await self._reply_error(route, reply, error, codec, context)
 
     async def _serve_oneway(
         self, route: _Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
@@ -737,6 +745,8 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 
 _CANCELLED_BY_CLIENT = RpcError(Code.CANCELLED, "cancelled by the client")
+#: Context.response_metadata() of a handler that set no response headers or trailers.
+_NO_METADATA = (None, None)
 _STOPPED = RpcError(Code.UNAVAILABLE, "the server stopped before the call finished")
 
 
