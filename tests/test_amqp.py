@@ -307,7 +307,7 @@ async def test_another_client_cannot_inject_into_cancel_or_end_a_stream(
         call = client.bidi_stream(requests(), timeout=20)
         await sent.put(Request(text="LEGIT-1"))
         replies = [(await anext(call)).text]
-        victims = [s for s in server.server.bindings[0]._streams if s != token]
+        victims = [s for s in server.server.bindings[0]._streaming._streams if s != token]
         guesses = [*victims, token, *(f"{n:032x}" for n in range(20))]
         default = channel.default_exchange
         for guess in guesses:

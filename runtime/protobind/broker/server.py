@@ -8,16 +8,13 @@ message with a reply address, answered by one reply; a streaming call opens a st
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
-import itertools
 import logging
-import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
@@ -25,33 +22,31 @@ from .._aio import Deadlines, Resume, uncancel
 from .._context import Context
 from .._errors import Code, RpcError
 from ..codec import PROTO, Codec
-from ..endpoints import Endpoint, check_response, invoke_stream, invoke_unary, to_rpc_error
+from ..endpoints import Endpoint, check_response, to_rpc_error
 from ..transport import ServerBinding
+from ._calls import CallRegistry, Route, record, too_big
 from ._consumers import ConsumerPool, Consumers
 from ._discovery import Discovery
 from ._micro import EndpointStats, MicroService, subjects
 from ._refusals import RefusalLog
-from ._stream import ACCEPT, ALIVE, END, HEADERS, OPEN, Heartbeats, StreamState
+from ._stream import ALIVE
+from ._stream_server import StreamCalls
 from ._wire import (
     CANCEL_SUBJECT,
-    COUNT,
     FRAME,
     PROBE_SUBJECT,
-    STATUS,
     asyncapi_subject,
     codec_for,
     error_body,
     error_headers,
-    header,
     headers_size,
     method_subject,
     put_content_type,
-    put_metadata,
     put_response_metadata,
     read_request_headers,
     too_large,
 )
-from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings, Inbox
+from .base import Broker, BrokerError, BrokerMessage, DurableBroker, EngineSettings
 from .durable._server import DurableServer
 
 if TYPE_CHECKING:
@@ -62,30 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("protobind.broker")
-
-
-class _Route:
-    __slots__ = ("durable", "endpoint", "inline", "input_type", "method", "output_type", "stats", "streaming")
-
-    def __init__(self, endpoint: Endpoint, stats: EndpointStats) -> None:
-        self.endpoint = endpoint
-        # a one-way method's message without a reply address: its handler runs right in the
-        # consumer, like any call, instead of being acknowledged and run in the background
-        self.inline = None if endpoint.direct is None else Endpoint(endpoint.method, endpoint.direct)
-        self.method = endpoint.method
-        self.input_type: type[Message] = endpoint.method.input_type
-        self.output_type: type[Message] = endpoint.method.output_type
-        self.stats = stats
-        self.streaming = endpoint.method.kind.client_streams or endpoint.method.kind.server_streams
-        self.durable = endpoint.method.durable
-
-
-def _record(stats: EndpointStats, started: int, error: RpcError | None) -> None:
-    stats.num_requests += 1
-    stats.processing_time += time.perf_counter_ns() - started
-    if error is not None:
-        stats.num_errors += 1
-        stats.last_error = f"{error.code.name}: {error.message}"
 
 
 class BrokerBinding(ServerBinding):
@@ -100,25 +71,21 @@ class BrokerBinding(ServerBinding):
             broker, "buffer", None
         )
         self.settings = settings
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, Route] = {}
         self._discovery: Discovery | None = None
         self._service_subs: list[Any] = []
         self._other_subs: list[Any] = []
         self._pool = ConsumerPool(settings.max_concurrency)
         self._consumers: list[Consumers] = []
-        # reply subject (or a private key for one-way calls) -> the task running that call, for
-        # the calls that are waiting inside their handler (the others cannot be cancelled anyway)
-        self._calls: dict[str, asyncio.Task[Any]] = {}
-        self._streams: dict[str, StreamState] = {}
-        self._waiting_streams: collections.deque[tuple[_Route, BrokerMessage]] = collections.deque()
-        self._running_streams = 0
+        # the calls that can be cancelled: unary and one-way ones waiting inside their handler (the
+        # others cannot be cancelled anyway), streaming ones; shared with the streaming half
+        self._registry = registry = CallRegistry()
+        # the registry's tables under names of their own: the unary path reads them on every call
+        self._calls = registry.calls
+        self._cancelled = registry.cancelled
+        self._streaming = StreamCalls(broker, settings, registry, self._refuse)
         self._closing = False
-        self._heartbeats = Heartbeats(settings.heartbeat)
-        self._inbox: Inbox | None = None
-        self._tokens = itertools.count(1)
         self._deadlines: Deadlines[str] = Deadlines(self._expire_call)
-        # calls this binding cancelled, and why: their CancelledError ends the call, not the consumer
-        self._cancelled: dict[str, RpcError] = {}
         self._durable: DurableServer | None = None
         #: messages refused, or one-way messages whose call failed: counted (``refusals.total``,
         #: ``refusals.counts`` by code name) and logged at a bounded rate (docs/security.md)
@@ -144,7 +111,7 @@ class BrokerBinding(ServerBinding):
                 stats = []
                 for method in info.methods:
                     subject = method_subject(settings.prefix, method)
-                    route = _Route(self.server.endpoints[method.path], EndpointStats(method, subject))
+                    route = Route(self.server.endpoints[method.path], EndpointStats(method, subject))
                     self._routes[subject] = route
                     stats.append(route.stats)
                 services.append(
@@ -160,7 +127,7 @@ class BrokerBinding(ServerBinding):
             discovery = self._discovery = Discovery(
                 services, broker, settings, self._url, self.server.authorize, self._send, self._refuse
             )
-            self._inbox = await broker.inbox(self._on_stream_frame)
+            await self._streaming.open_inbox()
             self._other_subs.append(await broker.subscribe(settings.prefix + CANCEL_SUBJECT, self._on_cancel))
             self._other_subs.append(await broker.subscribe(settings.prefix + PROBE_SUBJECT, self._on_probe))
             for subject in subjects(services):
@@ -222,9 +189,7 @@ class BrokerBinding(ServerBinding):
             return self._serve_unary(route, msg, consumers)
         return self._serve_oneway(route, route.inline or route.endpoint, msg, consumers)
 
-    def _serve(
-        self, route: _Route, msg: BrokerMessage, consumers: Consumers | None
-    ) -> Awaitable[bool | None]:
+    def _serve(self, route: Route, msg: BrokerMessage, consumers: Consumers | None) -> Awaitable[bool | None]:
         if msg.reply:
             return self._serve_unary(route, msg, consumers)
         # Nobody to answer: a one-way method's handler runs as it is; any other method's endpoint
@@ -232,7 +197,7 @@ class BrokerBinding(ServerBinding):
         # is dropped.
         return self._serve_oneway(route, route.inline or route.endpoint, msg, consumers)
 
-    async def _on_durable_call(self, route: _Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
+    async def _on_durable_call(self, route: Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
         """A message on the subject of a ``(protobind.v1.durable)`` method.
 
         This is where durable delivery (the broker stores the call, the server acks it after the
@@ -242,7 +207,7 @@ class BrokerBinding(ServerBinding):
         await self._serve(route, msg, consumers)
 
     async def _on_other_call(
-        self, msg: BrokerMessage, route: _Route | None, consumers: Consumers | None = None
+        self, msg: BrokerMessage, route: Route | None, consumers: Consumers | None = None
     ) -> None:
         if route is None:
             await self._refuse(msg, RpcError(Code.UNIMPLEMENTED, f"method {msg.subject} is not served here"))
@@ -250,29 +215,11 @@ class BrokerBinding(ServerBinding):
             await self._refuse(msg, RpcError(Code.UNAVAILABLE, "the server is shutting down"))
         elif route.durable:
             await self._on_durable_call(route, msg, consumers)
-        elif header(msg.headers, FRAME) != OPEN:
-            await self._refuse(msg, _not_opened(route))
-        elif self._running_streams < self.settings.max_concurrency:
-            self._start_stream(route, msg)
-        elif len(self._waiting_streams) < self.settings.max_pending:
-            self._waiting_streams.append((route, msg))
         else:
-            await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
+            await self._streaming.admit(route, msg)
 
     async def _shed(self, msg: BrokerMessage) -> None:
         await self._refuse(msg, RpcError(Code.RESOURCE_EXHAUSTED, "the server is overloaded"))
-
-    def _start_stream(self, route: _Route, msg: BrokerMessage) -> None:
-        self._running_streams += 1
-        key = msg.reply or f"one-way {next(self._tokens)}"
-        self._calls[key] = asyncio.get_running_loop().create_task(self._serve_stream(route, msg, key))
-
-    def _stream_done(self, key: str) -> None:
-        self._running_streams -= 1
-        self._calls.pop(key, None)
-        self._cancelled.pop(key, None)
-        if self._waiting_streams and not self._closing:
-            self._start_stream(*self._waiting_streams.popleft())
 
     async def _refuse(self, msg: BrokerMessage, error: RpcError) -> None:
         if msg.reply:
@@ -305,20 +252,10 @@ class BrokerBinding(ServerBinding):
             await self._send(msg.reply, b"", {FRAME: ALIVE})
 
     def _cancel_call(self, key: str, reason: RpcError) -> None:
-        task = self._calls.get(key)
-        if task is not None and not task.done() and key not in self._cancelled:
-            self._cancelled[key] = reason
-            task.cancel()
-
-    async def _on_stream_frame(self, token: str, msg: BrokerMessage) -> None:
-        state = self._streams.get(token)
-        if state is not None:
-            state.feed(msg)
+        self._registry.cancel(key, reason)
 
     async def _on_disconnect(self) -> None:
-        # frames may be lost while disconnected: streams cannot go on reliably, end them now
-        for state in list(self._streams.values()):
-            state.peer_gone(RpcError(Code.UNAVAILABLE, "the server lost its broker connection"))
+        self._streaming.connection_lost()
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
         """Publish a reply; a reply that cannot be sent is dropped (the caller times out or
@@ -330,7 +267,7 @@ class BrokerBinding(ServerBinding):
 
     # --- unary and one-way calls ---
 
-    async def _serve_unary(self, route: _Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
+    async def _serve_unary(self, route: Route, msg: BrokerMessage, consumers: Consumers | None) -> None:
         """A call with a reply address (a one-way method's too: then its endpoint acknowledges);
         messages without one go to _serve_oneway."""
         started = time.perf_counter_ns()
@@ -400,7 +337,7 @@ class BrokerBinding(ServerBinding):
         finally:
             if key is not None:
                 self._release(key, slot)
-        # _record, written out
+        # record() (broker/_calls.py), written out
         stats = route.stats
         stats.num_requests += 1
         stats.processing_time += time.perf_counter_ns() - started
@@ -411,7 +348,7 @@ class BrokerBinding(ServerBinding):
                 await self._reply_error(route, reply, error, codec, context)
 
     async def _serve_oneway(
-        self, route: _Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
+        self, route: Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
     ) -> bool:
         """A message without a reply address: ``inline``'s handler runs right here, in the
         consumer, and nothing goes back (its result is dropped); an error is logged. No deadline:
@@ -448,7 +385,7 @@ class BrokerBinding(ServerBinding):
                 pass
             else:
                 # the handler waits: from now on the call can be cancelled (by stop)
-                key = f"one-way {next(self._tokens)}"
+                key = self._registry.one_way_key()
                 self._hold(key, consumers, None)
                 await Resume(call, isolated, waiting)
         except RpcError as exc:
@@ -462,7 +399,7 @@ class BrokerBinding(ServerBinding):
         finally:
             if key:
                 self._release(key, 0)
-        _record(route.stats, started, error)
+        record(route.stats, started, error)
         if error is None:
             return True
         # a message without a reply address has nobody to tell: the log (and the count) is all
@@ -470,7 +407,7 @@ class BrokerBinding(ServerBinding):
         return error is not _STOPPED
 
     async def _consumed(
-        self, telemetry: Any, route: _Route, subject: str, context: Context, inline: Endpoint, request: Any
+        self, telemetry: Any, route: Route, subject: str, context: Context, inline: Endpoint, request: Any
     ) -> Any:
         metadata = context.metadata
         group = self._queue_group(route.method.service)
@@ -507,7 +444,7 @@ class BrokerBinding(ServerBinding):
         return reason
 
     async def _reply_error(
-        self, route: _Route, reply: str, error: RpcError, codec: Codec, context: Context | None
+        self, route: Route, reply: str, error: RpcError, codec: Codec, context: Context | None
     ) -> None:
         out = error_headers(error, codec)
         if context is not None:
@@ -521,141 +458,6 @@ class BrokerBinding(ServerBinding):
     def _expire_call(self, key: str) -> None:
         self._cancel_call(key, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded"))
 
-    # --- streaming calls ---
-
-    async def _serve_stream(self, route: _Route, msg: BrokerMessage, key: str) -> None:
-        started = time.perf_counter_ns()
-        broker = self.broker
-        # unguessable: the address is all another connection would need to speak into this stream
-        token = secrets.token_hex(16)
-        state = self._open_stream(token, msg)
-        codec: Codec = PROTO
-        context: Context | None = None
-        error: RpcError | None = None
-        try:
-            try:
-                codec, timeout_ms, metadata = read_request_headers(msg.headers or {})
-                context = Context(
-                    route.method,
-                    broker.name,
-                    metadata=metadata,
-                    deadline=None if timeout_ms is None else time.monotonic() + timeout_ms / 1000,
-                    peer=broker.peer_of(msg.reply),
-                )
-                await state.control(ACCEPT, state.announce())
-                await self._run_stream(route, msg, state, codec, context)
-            except RpcError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                ends, error = self._stream_cancelled(key, state, context)
-                if not ends:
-                    raise
-            _record(route.stats, started, error)
-            if not state.gone and msg.reply:
-                await self._end_stream(state, codec, context, error)
-        except RpcError as exc:
-            logger.debug("stream %s ended without its end frame: %s", key, exc)
-        finally:
-            self._heartbeats.discard(state)
-            self._streams.pop(token, None)
-            self._stream_done(key)
-
-    def _open_stream(self, token: str, msg: BrokerMessage) -> StreamState:
-        """The server's side of the stream ``msg`` opens, at this binding's inbox under ``token``;
-        cancelled, it cancels the task serving it."""
-        broker = self.broker
-        assert self._inbox is not None
-        state = StreamState(
-            self._inbox.address(token),
-            broker.publish,
-            lambda: broker.max_payload,
-            self.settings.window,
-            self.settings.heartbeat,
-        )
-        state.learn_peer(msg.headers, msg.reply)
-        task = asyncio.current_task()
-        assert task is not None
-
-        def cancel_handler() -> None:
-            task.cancel()
-
-        state.on_cancel = cancel_handler
-        self._streams[token] = state
-        self._heartbeats.add(state)
-        return state
-
-    def _stream_cancelled(
-        self, key: str, state: StreamState, context: Context | None
-    ) -> tuple[bool, RpcError | None]:
-        """Whether the cancellation of the stream call ``key`` is one the call ends on (its peer
-        gone, this binding's stop or cancel notice, its deadline), and with what error (``None``:
-        nobody to tell); ``(False, None)``: the serving task itself is being cancelled."""
-        stopped = self._cancelled.pop(key, None)
-        if state.gone:
-            return True, state.error if isinstance(state.error, RpcError) else None
-        if stopped is not None:
-            uncancel()
-            return True, stopped
-        if context is not None and context.cancelled():
-            # the deadline struck while the call waited for flow-control credit
-            uncancel()
-            return True, RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-        return False, None
-
-    async def _run_stream(
-        self, route: _Route, msg: BrokerMessage, state: StreamState, codec: Codec, context: Context
-    ) -> None:
-        method = route.method
-        request: Any
-        if method.kind.client_streams:
-            request = _incoming(state, codec, method.input_type, self.settings.max_message_size)
-        else:
-            if len(msg.data) > self.settings.max_message_size:
-                raise _too_big(len(msg.data), self.settings.max_message_size)
-            request = codec.decode(msg.data, method.input_type)
-        if method.kind.server_streams:
-            responses = cast(AsyncGenerator[Message, None], invoke_stream(route.endpoint, request, context))
-            try:
-                async for response in responses:
-                    if not state.headers_sent:
-                        await _send_headers(state, context)
-                    await state.send_data(codec.encode(response))
-            finally:
-                await responses.aclose()
-        else:
-            response = await invoke_unary(route.endpoint, request, context)
-            await _send_headers(state, context)
-            await state.send_data(codec.encode(response))
-
-    async def _end_stream(
-        self, state: StreamState, codec: Codec, context: Context | None, error: RpcError | None
-    ) -> None:
-        headers: dict[str, str] = {COUNT: str(state.sent)}
-        body = b""
-        if error is not None:
-            headers.update(error_headers(error, codec))
-            body = error_body(error, codec)
-        else:
-            headers[STATUS] = "0"
-        if context is not None:
-            try:
-                if not state.headers_sent:
-                    # headers that never went out with a message still reach the caller
-                    await _send_headers(state, context)
-                put_metadata(headers, context.response_trailers)
-            except RpcError as exc:
-                if exc.code is Code.UNAVAILABLE:
-                    raise
-                logger.error("%s set response metadata that NATS cannot carry: %s", context.method, exc)
-        try:
-            await state.control(END, headers, body)
-        except RpcError as exc:
-            if exc.code is not Code.RESOURCE_EXHAUSTED:
-                raise
-            # trailers too large for one message: the caller still learns how the call ended
-            too_large = RpcError(Code.RESOURCE_EXHAUSTED, "the stream's trailers exceed max_payload")
-            await state.control(END, {COUNT: str(state.sent), **error_headers(too_large, codec)})
-
     # --- stopping ---
 
     async def stop(self, grace: float | None) -> None:
@@ -663,6 +465,7 @@ class BrokerBinding(ServerBinding):
             return
         self._closing = True
         self._pool.closing = True
+        refused = self._streaming.stop_admitting()
         broker = self.broker
         durable = None
         if self._durable is not None:
@@ -671,8 +474,6 @@ class BrokerBinding(ServerBinding):
             with contextlib.suppress(BrokerError):
                 await sub.unsubscribe()
         self._service_subs.clear()
-        refused = [msg for _, msg in self._waiting_streams]
-        self._waiting_streams.clear()
         for consumers in self._consumers:
             for msg in consumers.take_remaining():
                 refused.append(msg)
@@ -694,7 +495,7 @@ class BrokerBinding(ServerBinding):
             self._cancel_call(key, _STOPPED)
         if pending:
             await asyncio.wait(pending, timeout=1.0)
-        self._heartbeats.close()
+        self._streaming.close()
         if durable is not None:
             await durable
         self.refusals.close()
@@ -702,18 +503,6 @@ class BrokerBinding(ServerBinding):
             await broker.close()
         except Exception as exc:  # closing a broken connection must not fail stop()
             logger.debug("closing the broker connection: %r", exc)
-
-
-def _not_opened(route: _Route) -> RpcError:
-    return RpcError(
-        Code.INVALID_ARGUMENT,
-        f"{route.method.full_name} is a {route.method.kind.value.replace('_', ' ')} method: "
-        "start it with a Protobind-Frame: open message (see docs/protocols.md)",
-    )
-
-
-def _too_big(size: int, limit: int) -> RpcError:
-    return RpcError(Code.RESOURCE_EXHAUSTED, f"request of {size} bytes exceeds max_message_size ({limit})")
 
 
 def _deadline(timeout_ms: int) -> float:
@@ -726,7 +515,7 @@ def _deadline(timeout_ms: int) -> float:
 def _request(codec: Codec, data: bytes, message_type: type[Message], limit: int) -> Any:
     """The request in ``data``, at most ``limit`` bytes; the caller's error when it is not one."""
     if len(data) > limit:
-        raise _too_big(len(data), limit)
+        raise too_big(len(data), limit)
     if codec is PROTO:
         try:
             return message_type.FromString(data)
@@ -762,30 +551,3 @@ def _response_headers(context: Context, codec: Codec) -> dict[str, str] | None:
             headers = {}
         put_response_metadata(headers, context)
     return headers
-
-
-async def _send_headers(state: StreamState, context: Context) -> None:
-    """The response headers frame, once per stream, if the handler set any headers."""
-    state.headers_sent = True
-    response_headers = context.response_headers
-    if response_headers:
-        frame: dict[str, str] = {}
-        put_metadata(frame, response_headers)
-        await state.control(HEADERS, frame)
-
-
-async def _incoming(
-    state: StreamState, codec: Codec, message_type: type[Message], limit: int
-) -> AsyncIterator[Any]:
-    """The requests of a client or bidi stream, as the handler reads them."""
-    while True:
-        frame, msg = await state.receive()
-        if frame is None:
-            if len(msg.data) > limit:
-                raise _too_big(len(msg.data), limit)
-            yield codec.decode(msg.data, message_type)
-        elif frame == END:
-            error = state.end_count(msg.headers)
-            if error is not None:
-                raise error
-            return
