@@ -48,7 +48,8 @@ class Context:
     - ``set_header()`` / ``set_trailer()``: response metadata, sent before / after the response.
     - ``deadline`` / ``time_remaining()``: when the caller gives up (``None``: never).
     - ``method``: ``package.Service/Method``; ``method_info`` the full :class:`MethodInfo`.
-    - ``transport``: ``"grpc" | "http" | "nats" | "inproc"``; ``peer``: the caller's address.
+    - ``transport``: the name of the transport serving the call (``"grpc"``, ``"http"``, ...; on a
+      broker, the broker's own name, ``Broker.name``); ``peer``: the caller's address.
     - ``cancelled()``: true once the caller went away or the deadline passed. The handler's task is
       also cancelled then, so a handler blocked in ``await`` sees ``asyncio.CancelledError``.
     - ``delivery``: for a durable call delivered by a broker, its message id and attempt number
