@@ -186,35 +186,43 @@ def outside(monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
     yield OUTSIDE
 
 
+@pytest.fixture
+def traced() -> Iterator[tuple[protobind.Telemetry, InMemorySpanExporter]]:
+    """Telemetry on SDK providers of its own, and the exporter its spans end up in."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meter_provider = MeterProvider()
+    try:
+        yield protobind.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider), exporter
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
 def test_it_is_registered_like_any_entry_point(outside: Transport) -> None:
     assert protobind.transport.transport_for_url("outside://svc") is outside
     assert "outside" in [t.name for t in protobind.transport.all_transports()]
 
 
-async def test_telemetry_reports_what_it_declares(outside: Transport) -> None:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    meter_provider = MeterProvider()
-    telemetry = protobind.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    try:
-        async with protobind.Server([Conformance()], telemetry=telemetry) as server:
-            await server.start("outside://svc")  # no port: the declared default
-            async with protobind.connect("outside://svc", telemetry=telemetry) as channel:
-                reply = await ConformanceServiceClient(channel).unary(Request(text="hi"))
-        assert reply.text == "hi"
-        spans = {span.kind: span for span in exporter.get_finished_spans()}
-        server_span, client_span = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
-        for span in (server_span, client_span):
-            assert span.attributes is not None
-            assert span.attributes["rpc.system.name"] == "outside-rpc"
-            assert (span.attributes["server.address"], span.attributes["server.port"]) == ("svc", 7070)
-        assert server_span.attributes is not None
-        assert server_span.attributes["network.peer.address"] == "192.0.2.7"
-        assert server_span.attributes["network.peer.port"] == 5555
-    finally:
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+async def test_telemetry_reports_what_it_declares(
+    outside: Transport, traced: tuple[protobind.Telemetry, InMemorySpanExporter]
+) -> None:
+    telemetry, exporter = traced
+    async with protobind.Server([Conformance()], telemetry=telemetry) as server:
+        await server.start("outside://svc")  # no port: the declared default
+        async with protobind.connect("outside://svc", telemetry=telemetry) as channel:
+            reply = await ConformanceServiceClient(channel).unary(Request(text="hi"))
+    assert reply.text == "hi"
+    spans = {span.kind: span for span in exporter.get_finished_spans()}
+    server_span, client_span = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
+    for span in (server_span, client_span):
+        assert span.attributes is not None
+        assert span.attributes["rpc.system.name"] == "outside-rpc"
+        assert (span.attributes["server.address"], span.attributes["server.port"]) == ("svc", 7070)
+    assert server_span.attributes is not None
+    assert server_span.attributes["network.peer.address"] == "192.0.2.7"
+    assert server_span.attributes["network.peer.port"] == 5555
 
 
 async def test_a_renamed_option_is_named_with_its_new_name(outside: Transport) -> None:
@@ -325,27 +333,21 @@ def test_the_workers_share_the_port_of_a_transport_that_takes_reuse_port(outside
     assert _reserve("outside-mq://127.0.0.1:0") == ("outside-mq://127.0.0.1:0", None)
 
 
-async def test_a_brokers_consumer_spans_carry_its_own_name(outside: Transport) -> None:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    meter_provider = MeterProvider()
-    telemetry = protobind.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+async def test_a_brokers_consumer_spans_carry_its_own_name(
+    outside: Transport, traced: tuple[protobind.Telemetry, InMemorySpanExporter]
+) -> None:
+    telemetry, exporter = traced
     jobs = Jobs()
-    try:
-        async with (
-            protobind.Server([jobs], telemetry=telemetry) as server,
-            protobind.connect("memory://queued", telemetry=telemetry) as channel,
-        ):
-            await server.start("outside-mq://queued")
-            await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="d3"))
-            assert await asyncio.wait_for(jobs.submitted.get(), 30) == "d3"
-        (consumer,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
-        assert consumer.attributes is not None
-        assert consumer.attributes["messaging.system"] == "outside-mq"
-    finally:
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+    async with (
+        protobind.Server([jobs], telemetry=telemetry) as server,
+        protobind.connect("memory://queued", telemetry=telemetry) as channel,
+    ):
+        await server.start("outside-mq://queued")
+        await DurableCalls(channel).submit(JOBS_SUBMIT, Job(id="d3"))
+        assert await asyncio.wait_for(jobs.submitted.get(), 30) == "d3"
+    (consumer,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert consumer.attributes is not None
+    assert consumer.attributes["messaging.system"] == "outside-mq"
 
 
 #: Where a core module may name a transport, and why.
