@@ -240,24 +240,42 @@ async def _within(bound: float, operation: Awaitable[object], what: str) -> bool
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer, bound: float, what: str) -> None:
-    """Stop an aiokafka consumer within ``bound`` seconds. Its stop leaves off before closing its
-    client when the fetcher's cancelled fetch tasks raise (a fetch that failed, waiting to retry:
-    a broker gone or overloaded), which would leave the client's metadata task running and its
-    sockets open: then the client is closed here."""
+    """Stop an aiokafka consumer within ``bound`` seconds. Its stop leaves off early when the
+    fetcher's cancelled fetch tasks raise (a fetch that failed, waiting to retry: a broker gone or
+    overloaded), and is cut off when leaving the group waits on a coordinator that does not
+    answer: either would leave its tasks (heartbeat, fetches, the client's metadata task) running
+    and its sockets open, so they are ended here."""
     if await _within(bound, consumer.stop(), what):
         return
-    client = getattr(consumer, "_client", None)  # aiokafka's own attribute, no public close of it
+    # aiokafka's own attributes (its stop has no way to be cut short cleanly): the group's
+    # background tasks, the fetch tasks (each, where its fetcher stops at the first), the client
+    coordinator = getattr(consumer, "_coordinator", None)
+    for step in ("_stop_heartbeat_task", "_stop_commit_offsets_refresh_task"):
+        stop = getattr(coordinator, step, None)
+        if stop is not None:
+            await _within(_UNWIND, stop(), f"{what}: {step}")
+    fetcher = getattr(consumer, "_fetcher", None)
+    fetching = [getattr(fetcher, "_fetch_task", None), *getattr(fetcher, "_pending_tasks", ())]
+    for task in fetching:
+        await _end_task(task, f"{what}: a fetch")
+    client = getattr(consumer, "_client", None)
     if client is not None:
         await _within(_UNWIND, client.close(), f"{what}: its client")
 
 
 async def _stop_producer(producer: AIOKafkaProducer, bound: float) -> None:
     """Flush and stop an aiokafka producer within ``bound`` seconds. Cut off (a broker that does
-    not take the buffered records), its stop leaves its sender task and client running: both are
-    ended here, and what was still buffered fails (those calls were never acknowledged)."""
+    not take the buffered records), its stop leaves its flush, its sender task and its client
+    running: what was still buffered or unacknowledged fails (those records were never
+    acknowledged: their senders get ``NotConnected``), then the sender and the client are ended."""
     if await _within(bound, producer.stop(), "the producer's flush and stop"):
         return
-    sender = getattr(producer, "_sender", None)  # aiokafka's own attribute, no public stop of it
+    # aiokafka's own attributes (no public way to give up a flush): the records still buffered or
+    # in flight fail, which ends the flush its stop left running and answers their senders
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator.fail_all(kafka_errors.KafkaConnectionError("the connection was closed"))
+    sender = getattr(producer, "_sender", None)
     if sender is not None:
         await _within(_UNWIND, sender.close(), "the producer's sender")
     await _within(_UNWIND, producer.client.close(), "the producer's client")
