@@ -399,9 +399,13 @@ class BrokerBinding(ServerBinding):
         finally:
             if key:
                 self._release(key, 0)
-        record(route.stats, started, error)
         if error is None:
+            # record() of a call that succeeded, written out
+            stats = route.stats
+            stats.num_requests += 1
+            stats.processing_time += time.perf_counter_ns() - started
             return True
+        record(route.stats, started, error)
         # a message without a reply address has nobody to tell: the log (and the count) is all
         self._refused(msg.subject, error)
         return error is not _STOPPED
