@@ -122,9 +122,10 @@ def main() -> None:
             stop_nats()
     first = per_call[kinds[0]]
     calls = args.high - args.low
+    driven = "one-way kinds in bursts of 64 senders, " if any(k in _oneway_kinds() for k in kinds) else ""
     print(
         f"{args.side}, payload {args.payload} B, instructions per call (callgrind, {calls} calls, "
-        f"{args.concurrency} in flight)"
+        f"{driven}{args.concurrency} in flight)"
     )
     for kind, count in per_call.items():
         print(f"  {kind:28} {count / 1000:10.1f} k   ratio {count / first:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -157,9 +158,16 @@ class Channel:
         call: CallInfo | None = None,
     ) -> RespT:
         """Call a unary method (generated clients do this for you)."""
-        # _check_loop and _check_request, written out on the path every small call takes
+        # _check_loop and _check_request, written out on the path every small call takes. A loop
+        # whose run records its thread (asyncio's own: _thread_id) and runs in this one is the
+        # running loop: that answers without get_running_loop(), which costs a getpid() system
+        # call per call on Python 3.11.
         loop = self._loop
-        if loop is not None and loop is not asyncio.get_running_loop():
+        if (
+            loop is not None
+            and getattr(loop, "_thread_id", None) != threading.get_ident()
+            and loop is not asyncio.get_running_loop()
+        ):
             self._check_loop()
         if not isinstance(request, method.input_type):
             _check_request(method, request)
