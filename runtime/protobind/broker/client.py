@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -167,6 +168,7 @@ class BrokerClient(ClientTransport):
         self._closed = False
         self._durable: DurableClient | None = None
         self._tokens = _Tokens()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the last unary call
 
     async def start(self) -> None:
         """Open the reply inbox."""
@@ -426,7 +428,11 @@ class BrokerClient(ClientTransport):
         # in the server's place
         token = self._tokens.next()
         reply = self._inbox.address(token)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or getattr(loop, "_thread_id", None) != threading.get_ident():
+            # not (or no longer) asyncio's loop running in this thread, which is the running loop
+            # (see Channel.unary): ask, at the cost of a getpid() system call on Python 3.11
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[BrokerMessage] = loop.create_future()
         self._unary[token] = future
         self._watch(token)
