@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -101,6 +101,12 @@ async def _good_call(url: str) -> None:
 # --- gRPC --------------------------------------------------------------------------------------------
 
 
+#: grpc.aio's own report when its request writer loses a race with the server's answer (the server
+#: answered a client stream after its first message, before the client's second write): the call is
+#: made again, as the conformance matrix does; any other INTERNAL is the server's and fails the test
+_GRPCIO_SEND_RACE = "Internal error from Core"
+
+
 async def test_grpc_random_request_bytes() -> None:
     allowed = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
     async with (
@@ -110,14 +116,25 @@ async def test_grpc_random_request_bytes() -> None:
         unary = channel.unary_unary(f"/{SERVICE}/Unary")  # no serializer: raw bytes go out
         stream = channel.unary_stream(f"/{SERVICE}/ServerStream")
         client_stream = channel.stream_unary(f"/{SERVICE}/ClientStream")
-        for body in examples(_message_bytes(), 150):
-            for call in (unary(body, timeout=10), client_stream(iter([body, body]), timeout=10)):
+
+        async def code_of(start: Callable[[], Awaitable[object]]) -> grpc.StatusCode:
+            for _ in range(5):
                 try:
-                    await call
-                    code = grpc.StatusCode.OK
+                    await start()
+                    return grpc.StatusCode.OK
                 except grpc.aio.AioRpcError as error:
-                    code = error.code()
-                    assert not any(leak in (error.details() or "") for leak in LEAKS)
+                    details = error.details() or ""
+                    assert not any(leak in details for leak in LEAKS)
+                    if error.code() is not grpc.StatusCode.INTERNAL or details != _GRPCIO_SEND_RACE:
+                        return error.code()
+            return grpc.StatusCode.INTERNAL
+
+        for body in examples(_message_bytes(), 150):
+            for start in (
+                lambda body=body: unary(body, timeout=10),
+                lambda body=body: client_stream(iter([body, body]), timeout=10),
+            ):
+                code = await code_of(start)
                 assert code in allowed, (body, code)
             try:
                 _ = [item async for item in stream(body, timeout=10)]
