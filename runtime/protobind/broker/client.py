@@ -380,6 +380,34 @@ class BrokerClient(ClientTransport):
             self._durable = DurableClient(broker, self.settings, self._codec)
         return self._durable
 
+    def _headers_of(
+        self, call: CallInfo, method: MethodInfo[Any, Any], codec: Codec, size: int
+    ) -> tuple[dict[str, str] | None, int]:
+        """The headers of a call's message (``None`` when it needs none) and the message's size
+        with them (``size``: its body's)."""
+        metadata = call.outgoing_metadata
+        deadline = call.deadline
+        if metadata is None and codec is PROTO and deadline is not None and not method.oneway:
+            # _request_headers for the common case (only the deadline), written out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
+            return {TIMEOUT: str(max(1, int(remaining * 1000)))}, size + _SMALL_HEADERS
+        if metadata is not None or (deadline is not None and not method.oneway) or codec is not PROTO:
+            headers = self._request_headers(call, codec, with_deadline=not method.oneway)
+            # without metadata the headers are a few dozen bytes; only metadata can make them large
+            return headers, size + (headers_size(headers) if metadata is not None else _SMALL_HEADERS)
+        return None, size
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, remembered: asking asyncio costs a getpid() system call on Python 3.11."""
+        loop = self._loop
+        if loop is None or getattr(loop, "_thread_id", None) != threading.get_ident():
+            # not (or no longer) asyncio's loop running in this thread, which is the running loop
+            # (see Channel.unary): ask
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     async def unary(self, request: Message, call: CallInfo) -> Message:
         method = call.method
         assert method is not None
@@ -388,21 +416,7 @@ class BrokerClient(ClientTransport):
         subject = self._subjects.get(method.path) or self._subject_of(method)
         codec = self._codec
         data = request.SerializeToString() if codec is PROTO else codec.encode(request)
-        headers = None
-        size = len(data)
-        metadata = call.outgoing_metadata
-        deadline = call.deadline
-        if metadata is None and codec is PROTO and deadline is not None and not method.oneway:
-            # _request_headers for the common case (only the deadline), written out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call was sent")
-            headers = {TIMEOUT: str(max(1, int(remaining * 1000)))}
-            size += _SMALL_HEADERS
-        elif metadata is not None or (deadline is not None and not method.oneway) or codec is not PROTO:
-            headers = self._request_headers(call, codec, with_deadline=not method.oneway)
-            # without metadata the headers are a few dozen bytes; only metadata can make them large
-            size += headers_size(headers) if metadata is not None else _SMALL_HEADERS
+        headers, size = self._headers_of(call, method, codec, len(data))
         broker = self.broker
         if method.oneway:
             # One message without a reply address, done once handed to the broker connection (as
@@ -428,12 +442,7 @@ class BrokerClient(ClientTransport):
         # in the server's place
         token = self._tokens.next()
         reply = self._inbox.address(token)
-        loop = self._loop
-        if loop is None or getattr(loop, "_thread_id", None) != threading.get_ident():
-            # not (or no longer) asyncio's loop running in this thread, which is the running loop
-            # (see Channel.unary): ask, at the cost of a getpid() system call on Python 3.11
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[BrokerMessage] = loop.create_future()
+        future: asyncio.Future[BrokerMessage] = self._running_loop().create_future()
         self._unary[token] = future
         self._watch(token)
         slot = 0

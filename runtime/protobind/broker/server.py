@@ -280,21 +280,17 @@ class BrokerBinding(ServerBinding):
         broker = self.broker
         try:
             headers = msg.headers
-            deadline = None
-            peer = broker.peer_of(reply)
             if headers is None:
-                context = Context(route.method, broker.name, peer=peer)
+                deadline = None
+                context = Context(route.method, broker.name, peer=broker.peer_of(reply))
             else:
                 codec, timeout_ms, metadata = read_request_headers(headers)
-                if timeout_ms is not None:
-                    deadline = _deadline(timeout_ms)
+                deadline = None if timeout_ms is None else _deadline(timeout_ms)
+                peer = broker.peer_of(reply)
                 context = Context(route.method, broker.name, metadata=metadata, deadline=deadline, peer=peer)
             request = _request(codec, msg.data, route.input_type, self.settings.max_message_size)
-            # What invoke_unary does without a deadline timer or a concurrency limit, written out:
-            # the deadline is enforced by self._deadlines (far cheaper than a loop timer per call),
-            # the consumer pool is the limit, and the excepts below map errors as it does.
-            # First step inline, in a copy of the context as a task of its own would have: most
-            # handlers finish without waiting, and then nothing else is needed.
+            # invoke_unary written out: self._deadlines and the consumer pool bound it; the first
+            # step runs inline, in a context copy as a task would have (most handlers never wait)
             isolated = contextvars.copy_context()
             handled = isolated.run(route.endpoint.handler, request, context)
             call = handled if type(handled) is CoroutineType else _coroutine(handled)
@@ -307,15 +303,7 @@ class BrokerBinding(ServerBinding):
                 key = reply
                 slot = self._hold(key, consumers, deadline)
                 response = await Resume(call, isolated, waiting)
-            if type(response) is not route.output_type:
-                response = check_response(route.method, response)
-            body = response.SerializeToString() if codec is PROTO else codec.encode(response)
-            out = None
-            if codec is not PROTO or context.response_metadata() != _NO_METADATA:
-                out = _response_headers(context, codec)
-            size = len(body) if out is None else len(body) + headers_size(out)
-            if size > broker.max_payload:
-                raise too_large(size, broker.max_payload)
+            body, out = _reply_of(route, response, codec, context, broker.max_payload)
             try:
                 buffer = self._buffer
                 if buffer is None or not buffer(reply, body, "", out):
@@ -337,15 +325,9 @@ class BrokerBinding(ServerBinding):
         finally:
             if key is not None:
                 self._release(key, slot)
-        # record() (broker/_calls.py), written out
-        stats = route.stats
-        stats.num_requests += 1
-        stats.processing_time += time.perf_counter_ns() - started
-        if error is not None:
-            stats.num_errors += 1
-            stats.last_error = f"{error.code.name}: {error.message}"
-            if reply:
-                await self._reply_error(route, reply, error, codec, context)
+        record(route.stats, started, error)
+        if error is not None and reply:
+            await self._reply_error(route, reply, error, codec, context)
 
     async def _serve_oneway(
         self, route: Route, inline: Endpoint, msg: BrokerMessage, consumers: Consumers | None
@@ -514,6 +496,23 @@ def _deadline(timeout_ms: int) -> float:
     if timeout_ms <= 0:
         raise RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
     return time.monotonic() + timeout_ms / 1000
+
+
+def _reply_of(
+    route: Route, response: Message, codec: Codec, context: Context, max_payload: int
+) -> tuple[bytes, dict[str, str] | None]:
+    """A unary call's reply: its body and headers (``None`` when a proto reply carries no
+    metadata), refused when the broker could not carry it."""
+    if type(response) is not route.output_type:
+        response = check_response(route.method, response)
+    body = response.SerializeToString() if codec is PROTO else codec.encode(response)
+    out = None
+    if codec is not PROTO or context.response_metadata() != _NO_METADATA:
+        out = _response_headers(context, codec)
+    size = len(body) if out is None else len(body) + headers_size(out)
+    if size > max_payload:
+        raise too_large(size, max_payload)
+    return body, out
 
 
 def _request(codec: Codec, data: bytes, message_type: type[Message], limit: int) -> Any:
