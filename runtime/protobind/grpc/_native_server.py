@@ -241,6 +241,29 @@ class _ServerConnection(h2.Connection):
                 ),
             )
             return
+        route = self._route_of(stream_id, fields, end)
+        if route is None:
+            return
+        call = _Call(stream_id, self.peer_initial_window, route, fields)
+        self.streams[stream_id] = call
+        if route.single:
+            if end:
+                call.closed_remote = True
+                self._start_single(call)
+            else:
+                self._await_body(stream_id)
+        else:
+            call.closed_remote = end
+            try:
+                call.deframer = Deframer(self.server.limits.max_message_size, message_encoding(fields))
+            except RpcError as error:
+                self._refuse(call, error)
+                return
+            self._start(call, self._stream_requests(call))
+
+    def _route_of(self, stream_id: int, fields: list[tuple[bytes, bytes]], end: bool) -> _Route | None:
+        """The method a new stream's request headers ask for, or None once the stream is answered
+        (not a gRPC request: 415 or 405; a method the server does not serve: UNIMPLEMENTED)."""
         path = b""
         grpc_type = False
         post = False
@@ -259,29 +282,13 @@ class _ServerConnection(h2.Connection):
             self.write(self.header_frames(stream_id, block, True))
             if not end:
                 self.write(h2.rst_stream(stream_id, h2.NO_ERROR))
-            return
+            return None
         route = self.server.routes.get(path)
         if route is None:
             self._trailers_only(
                 stream_id, end, RpcError(Code.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')[:200]}")
             )
-            return
-        call = _Call(stream_id, self.peer_initial_window, route, fields)
-        self.streams[stream_id] = call
-        if route.single:
-            if end:
-                call.closed_remote = True
-                self._start_single(call)
-            else:
-                self._await_body(stream_id)
-        else:
-            call.closed_remote = end
-            try:
-                call.deframer = Deframer(self.server.limits.max_message_size, message_encoding(fields))
-            except RpcError as error:
-                self._refuse(call, error)
-                return
-            self._start(call, self._stream_requests(call))
+        return route
 
     def on_data(self, stream_id: int, data: bytes, end: bool) -> None:
         call = self.streams.get(stream_id)
