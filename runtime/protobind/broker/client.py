@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
@@ -57,6 +57,7 @@ from .durable._client import DurableClient
 
 __all__ = [
     "BrokerClient",
+    "dial_broker",
 ]
 
 logger = logging.getLogger("protobind.broker")
@@ -590,3 +591,20 @@ class BrokerClient(ClientTransport):
             await self.broker.close()
         except Exception as exc:
             logger.debug("closing the broker connection: %r", exc)
+
+
+async def dial_broker(
+    opening: Awaitable[Broker], settings: EngineSettings, refused: type[ConnectionError]
+) -> BrokerClient:
+    """A started client on the connection ``opening`` makes: a broker package's ``dial``. The
+    connection's ``refused`` error (credentials refused) is ``UNAUTHENTICATED``, any other
+    ConnectionError ``UNAVAILABLE``; both keep their message, which the broker wrote without secrets."""
+    try:
+        broker = await opening
+    except refused as exc:
+        raise RpcError(Code.UNAUTHENTICATED, str(exc)) from None
+    except ConnectionError as exc:
+        raise RpcError(Code.UNAVAILABLE, str(exc)) from None
+    client = BrokerClient(broker, settings)
+    await client.start()
+    return client
