@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.protocol.parser import Parser as NatsParser
 
 from .._aio import Resume
 from .._wire import is_header_name
@@ -44,6 +45,7 @@ from ..broker.base import (
 from ..transport import network_reason
 from ..urls import redact, redact_text
 from ._jetstream import JetStream
+from ._parser import Parser
 
 if TYPE_CHECKING:
     from ..broker._bindings import Bindings
@@ -146,6 +148,8 @@ class Connection(Client):
         # sid -> an inbox whose callback runs as its messages arrive (see direct())
         self._direct: dict[int, _Direct] = {}
         self._reports: set[asyncio.Future[Any]] = set()  # error callbacks under way (see _report)
+        if self._fast and isinstance(getattr(self, "_ps", None), NatsParser):
+            self._ps = Parser(self)  # type: ignore[assignment]  # nats-py's, replaced (see ._parser)
 
     async def settle(self) -> None:
         """Return once the server has processed everything sent so far (subscriptions included).
@@ -249,17 +253,36 @@ class Connection(Client):
             self._reports.add(task)
             task.add_done_callback(self._reports.discard)
 
-    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        """nats-py's parser hands every message here. For a plain subscription protobind consumes
-        itself (no callback, no JetStream, no request future, no message limit), only what
-        nats-py does for such a message: count it, build it, queue it within the slow-consumer
-        limits (or, for a direct inbox, run its callback); with a message object that has only
-        the four fields the engine reads."""
+    def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Take a message for a subscription protobind consumes itself (no callback, no
+        JetStream, no request future, no message limit), doing only what nats-py does for such a
+        message: count it, build it, queue it within the slow-consumer limits (or, for a direct
+        inbox, run its callback); with a message object that has only the four fields the engine
+        reads. ``False`` for any other message (and a header block nats-py must read): the
+        parser then hands it to :meth:`_process_msg`, nats-py's path."""
         pulled = self._pulled.get(sid)
         inbox = None if pulled is not None else self._direct.get(sid)
         if pulled is None and inbox is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
+            return False
+        parsed: dict[str, str] | None = None
+        if headers:
+            try:
+                parsed = parse_headers(headers)
+            except _NotPlain:
+                return False
+        self._deliver(sid, subject, reply, data, parsed, pulled, inbox)
+        return True
+
+    def _deliver(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: dict[str, str] | None,
+        pulled: tuple[Any, Mailbox] | None,
+        inbox: _Direct | None,
+    ) -> None:
         size = len(data)
         stats = self.stats
         stats["in_msgs"] += 1
@@ -269,13 +292,7 @@ class Connection(Client):
         msg.subject = subject.decode()
         msg.reply = reply.decode()
         msg.data = data
-        if headers:
-            try:
-                msg.headers = parse_headers(headers)
-            except _NotPlain:
-                msg.headers = await super()._process_headers(headers)
-        else:
-            msg.headers = None
+        msg.headers = headers
         if inbox is not None:
             inbox.sub._received += 1
             inbox.deliver(msg)
@@ -290,8 +307,23 @@ class Connection(Client):
             sub._pending_size = pending
             mailbox.put(msg)
             return
-        error = nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)
-        await self._error_cb(error)
+        self._report(nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub))
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        """nats-py's parser (and :class:`Parser`, for what :meth:`take` leaves) hands messages
+        here: those of protobind's own subscriptions take :meth:`take`'s path, their header
+        block read by nats-py when it is not of the plain form; the rest go to nats-py."""
+        if self.take(sid, subject, reply, data, headers):
+            return
+        pulled = self._pulled.get(sid)
+        inbox = None if pulled is not None else self._direct.get(sid)
+        if pulled is None and inbox is None:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        parsed = await super()._process_headers(headers)
+        self._deliver(sid, subject, reply, data, parsed, pulled, inbox)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends

@@ -1,0 +1,150 @@
+"""protobind's NATS protocol reader (protobind.nats._parser) against the protocol as a server
+sends it: every operation, every way a read can split it, and the malformed lines it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from nats.errors import ProtocolError
+
+from protobind.nats._parser import Parser
+
+
+class Recorder:
+    """What the parser hands on, in order; ``take`` accepts the messages of sid 1 only (the
+    subscriptions protobind consumes itself), the rest go the async path."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+    def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        if sid != 1:
+            return False
+        self.seen.append(("msg", sid, subject, reply, data, headers))
+        return True
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.seen.append(("msg", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.seen.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.seen.append(("pong",))
+
+    async def _process_err(self, err: str) -> None:
+        self.seen.append(("err", err))
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        self.seen.append(("info", info))
+
+
+HEADERS = b"NATS/1.0\r\npb-timeout: 30000\r\n\r\n"
+BIG = bytes(range(256)) * 80  # 20 KiB, with \r\n inside
+
+STREAM = b"".join(
+    [
+        b"INFO " + json.dumps({"server_id": "x", "max_payload": 1048576}).encode() + b"\r\n",
+        b"MSG a.b 1 5\r\nhello\r\n",
+        b"MSG a.b 2 _INBOX.x.y 3\r\nabc\r\n",
+        b"+OK\r\n",
+        b"HMSG a.c 1 _INBOX.z %d %d\r\n%sbody\r\n" % (len(HEADERS), len(HEADERS) + 4, HEADERS),
+        b"HMSG a.c 3 %d %d\r\n%s\r\n" % (len(HEADERS), len(HEADERS), HEADERS),
+        b"PING\r\n",
+        b"MSG big 1 r %d\r\n%s\r\n" % (len(BIG), BIG),
+        b"MSG empty 1 0\r\n\r\n",
+        b"MSG  spaced\t1   7\r\ncontent\r\n",
+        b"PONG\r\n",
+        b"-ERR 'Permissions Violation for Publish to \"x\"'\r\n",
+    ]
+)
+
+EXPECTED = [
+    ("info", {"server_id": "x", "max_payload": 1048576}),
+    ("msg", 1, b"a.b", b"", b"hello", None),
+    ("msg", 2, b"a.b", b"_INBOX.x.y", b"abc", None),
+    ("msg", 1, b"a.c", b"_INBOX.z", b"body", HEADERS),
+    ("msg", 3, b"a.c", b"", b"", HEADERS),
+    ("ping",),
+    ("msg", 1, b"big", b"r", BIG, None),
+    ("msg", 1, b"empty", b"", b"", None),
+    ("msg", 1, b"spaced", b"", b"content", None),
+    ("pong",),
+    ("err", "'permissions violation for publish to \"x\"'"),
+]
+
+
+def parse_in(chunks: list[bytes]) -> list[tuple[Any, ...]]:
+    recorder = Recorder()
+    parser = Parser(recorder)
+
+    async def run() -> None:
+        for chunk in chunks:
+            await parser.parse(chunk)
+
+    asyncio.run(run())
+    return recorder.seen
+
+
+def test_one_read_holding_every_operation() -> None:
+    assert parse_in([STREAM]) == EXPECTED
+
+
+def test_every_split_of_the_stream_in_two_reads() -> None:
+    for at in range(len(STREAM) + 1):
+        assert parse_in([STREAM[:at], STREAM[at:]]) == EXPECTED, at
+
+
+def test_byte_by_byte() -> None:
+    assert parse_in([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+
+
+def test_a_payload_over_many_reads_is_joined_once_it_is_all_here() -> None:
+    payload = b"x" * 1_000_000
+    stream = b"MSG s 1 %d\r\n%s\r\nPING\r\n" % (len(payload), payload)
+    chunks = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    assert parse_in(chunks) == [("msg", 1, b"s", b"", payload, None), ("ping",)]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"MSG a\r\n",  # too few fields
+        b"MSG a 1 2 3 4\r\n",  # too many
+        b"MSG a x 3\r\nabc\r\n",  # sid not a number
+        b"MSG a 1 -3\r\nabc\r\n",  # size not a number
+        b"HMSG a 1 9 3\r\nabc\r\n",  # headers longer than the whole
+        b"HMSG a 1 3\r\nabc\r\n",
+        b"MAKE a 1 3\r\n",
+        b"HELLO\r\n",
+        b"BOGUS\r\n",
+    ],
+)
+def test_malformed_lines_are_protocol_errors(line: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_in([b"MSG ok 1 2\r\nok\r\n" + line])
+
+
+def test_a_reset_drops_the_rest_of_the_read() -> None:
+    """nats-py resets its parser when it reconnects; what was read before belongs to the old
+    connection."""
+    recorder = Recorder()
+    parser = Parser(recorder)
+
+    async def reset_on_ping() -> None:
+        recorder.seen.append(("ping",))
+        parser.reset()
+
+    recorder._process_ping = reset_on_ping  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await parser.parse(b"MSG a 1 1\r\nx\r\nPING\r\nMSG b 1 1\r\ny\r\nMSG c 1 5\r\nab")
+        await parser.parse(b"MSG d 1 1\r\nz\r\n")
+
+    asyncio.run(run())
+    assert recorder.seen == [("msg", 1, b"a", b"", b"x", None), ("ping",), ("msg", 1, b"d", b"", b"z", None)]
