@@ -21,11 +21,12 @@ import contextlib
 import contextvars
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nats import errors as nats_errors
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_BUFFER_SIZE, Client
 from nats.protocol.parser import Parser as NatsParser
 
 from .._aio import Resume
@@ -46,6 +47,7 @@ from ..transport import network_reason
 from ..urls import redact, redact_text
 from ._jetstream import JetStream
 from ._parser import Parser
+from ._transport import Reader, Transport
 
 if TYPE_CHECKING:
     from ..broker._bindings import Bindings
@@ -65,6 +67,9 @@ logger = logging.getLogger("protobind.nats")
 #: Seconds a close waits for the server to take what nats-py still buffers before dropping the socket.
 CLOSE_WAIT = 5.0
 
+
+#: Payloads of at least this many bytes are queued apart from their protocol line (not joined).
+_SEPARATE_PAYLOAD = 2048
 
 #: Header names already checked by :func:`encode_headers` (a bounded set: names are few).
 _CHECKED_NAMES: set[str] = set()
@@ -191,17 +196,23 @@ class Connection(Client):
         flusher = self._flusher_task
         if flusher is None or flusher.done():
             return False  # nats-py's publish writes inline when its flusher task is gone
-        # one join: "a + payload + b" would copy a large payload twice
         if headers:
             block = encode_headers(headers)
             line = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
-            command = b"".join((line, block, payload, b"\r\n"))
+            parts: tuple[bytes, ...] = (line, block, payload, b"\r\n")
         else:
-            command = b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
-        size = self._pending_data_size + len(command)
+            parts = (f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n")
+        size = self._pending_data_size + len(parts[0]) + len(payload) + 2
+        if headers:
+            size += len(parts[1])
         if 0 < self._max_pending_size < size:
             return False  # nats-py's publish flushes first, and waits for that
-        self._pending.append(command)
+        if len(payload) < _SEPARATE_PAYLOAD:
+            self._pending.append(b"".join(parts))
+        else:
+            # a large payload is not copied here: the transport hands the parts to the socket
+            # as they are (see protobind.nats._transport)
+            self._pending.extend(parts)
         self._pending_data_size = size
         stats = self.stats
         stats["out_msgs"] += 1
@@ -252,6 +263,47 @@ class Connection(Client):
             task = asyncio.ensure_future(error_cb(exc))
             self._reports.add(task)
             task.add_done_callback(self._reports.discard)
+
+    async def _connect_to_server(self, s: Any) -> None:
+        # nats-py's, for a TCP server (nats:// and tls://): with protobind's transport
+        # (see protobind.nats._transport), created once and reused on every reconnect
+        if self._transport is None and self._fast and s.uri.scheme in ("nats", "tls"):
+            s.last_attempt = time.monotonic()
+            self._transport = transport = Transport()
+            await transport.connect(s.uri, DEFAULT_BUFFER_SIZE, self.options["connect_timeout"])
+            return
+        await super()._connect_to_server(s)
+
+    async def _read_loop(self) -> None:
+        """nats-py's read loop, reading every chunk the socket returned at once (see
+        protobind.nats._transport) when the connection has protobind's reader."""
+        reader = getattr(self._transport, "_io_reader", None)
+        if not isinstance(reader, Reader):
+            await super()._read_loop()
+            return
+        reader.chunked()
+        parse = self._ps.parse
+        while True:
+            try:
+                if self.is_closed or self.is_reconnecting or self._transport is None:
+                    break
+                if reader.at_eof():
+                    eof = nats_errors.UnexpectedEOF()
+                    await self._error_cb(eof)
+                    await self._process_op_err(eof)
+                    break
+                await parse(await reader.take())
+            except nats_errors.ProtocolError:
+                await self._process_op_err(nats_errors.ProtocolError())
+                break
+            except OSError as exc:
+                await self._process_op_err(exc)
+                break
+            except asyncio.CancelledError:
+                break
+            except Exception:
+                logger.exception("NATS connection: reading failed")
+                break
 
     def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """Take a message for a subscription protobind consumes itself (no callback, no
