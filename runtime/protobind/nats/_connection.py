@@ -186,39 +186,35 @@ class Connection(Client):
         ``max_payload``, no subject, no flusher task, or a nats-py without these internals); the
         caller then awaits :meth:`send`, which does what nats-py does in those cases.
         """
-        if (
-            not self._fast
-            or self._status != Client.CONNECTED
-            or len(payload) > self._max_payload
-            or not subject
-        ):
+        size = len(payload)
+        if not self._fast or self._status != Client.CONNECTED or size > self._max_payload or not subject:
             return False  # nats-py's publish buffers while reconnecting, raises when too large or closed
         flusher = self._flusher_task
         if flusher is None or flusher.done():
             return False  # nats-py's publish writes inline when its flusher task is gone
         if headers:
             block = encode_headers(headers)
-            line = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
-            parts: tuple[bytes, ...] = (line, block, payload, b"\r\n")
+            head = b"%b%b" % (
+                f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
+                block,
+            )
         else:
-            parts = (f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n")
-        size = self._pending_data_size + len(parts[0]) + len(payload) + 2
-        if headers:
-            size += len(parts[1])
-        if 0 < self._max_pending_size < size:
+            head = f"PUB {subject} {reply} {size}\r\n".encode()
+        pending = self._pending_data_size + len(head) + size + 2
+        if 0 < self._max_pending_size < pending:
             return False  # nats-py's publish flushes first, and waits for that
-        if len(payload) < _SEPARATE_PAYLOAD:
-            self._pending.append(b"".join(parts))
+        if size < _SEPARATE_PAYLOAD:
+            self._pending.append(b"%b%b\r\n" % (head, payload))
         else:
             # a large payload is not copied here: the transport hands the parts to the socket
             # as they are (see protobind.nats._transport)
-            self._pending.extend(parts)
-        self._pending_data_size = size
+            self._pending += (head, payload, b"\r\n")
+        self._pending_data_size = pending
         stats = self.stats
         stats["out_msgs"] += 1
-        stats["out_bytes"] += len(payload)
+        stats["out_bytes"] += size
         flush_queue = self._flush_queue
-        if flush_queue is not None and flush_queue.empty():
+        if flush_queue is not None and not flush_queue._queue:  # type: ignore[attr-defined]
             # what nats-py's _flush_pending does to wake its flusher (which resolves the future)
             flush_queue.put_nowait(asyncio.get_running_loop().create_future())
         return True
