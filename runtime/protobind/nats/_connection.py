@@ -47,7 +47,7 @@ from ..transport import network_reason
 from ..urls import redact, redact_text
 from ._jetstream import JetStream
 from ._parser import Parser
-from ._transport import Reader, Transport
+from ._transport import LARGE, Reader, Transport
 
 if TYPE_CHECKING:
     from ..broker._bindings import Bindings
@@ -67,9 +67,6 @@ logger = logging.getLogger("protobind.nats")
 #: Seconds a close waits for the server to take what nats-py still buffers before dropping the socket.
 CLOSE_WAIT = 5.0
 
-
-#: Payloads of at least this many bytes are queued apart from their protocol line (not joined).
-_SEPARATE_PAYLOAD = 2048
 
 #: Header names already checked by :func:`encode_headers` (a bounded set: names are few).
 _CHECKED_NAMES: set[str] = set()
@@ -203,7 +200,7 @@ class Connection(Client):
         pending = self._pending_data_size + len(head) + size + 2
         if 0 < self._max_pending_size < pending:
             return False  # nats-py's publish flushes first, and waits for that
-        if size < _SEPARATE_PAYLOAD:
+        if size < LARGE:
             self._pending.append(b"%b%b\r\n" % (head, payload))
         else:
             # a large payload is not copied here: the transport hands the parts to the socket

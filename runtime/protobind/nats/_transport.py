@@ -9,9 +9,10 @@ connection's work. Here:
   connection's read loop starts (:meth:`Reader.chunked`), it keeps each received chunk as the
   socket returned it, and :meth:`Reader.take` hands the read loop all of them at once (the chunk
   itself when there is one: no copy);
-- :meth:`Transport.writelines` gives the socket the list of commands as they are (``sendmsg``:
-  the kernel gathers them) when nothing else waits to be written, and leaves any rest, and every
-  other case, to asyncio's transport.
+- :meth:`Transport.writelines` gives the socket a batch that holds large payloads as they are
+  (``sendmsg``: the kernel gathers them; the small commands between them joined, since one
+  buffer per protocol line costs the kernel more than the copy) when nothing else waits to be
+  written, and leaves any rest, and every other case, to asyncio's transport.
 
 TLS connections (upgraded by nats-py after the INFO line) read and write as nats-py does.
 """
@@ -25,11 +26,13 @@ from urllib.parse import ParseResult
 
 from nats.aio.transport import TcpTransport
 
-__all__ = ["READ_LIMIT", "Reader", "Transport"]
+__all__ = ["LARGE", "READ_LIMIT", "Reader", "Transport"]
 
 #: Bytes a connection holds unread before it stops reading from the socket (nats-py: 64 KiB,
 #: twice its 32 KiB buffer; a single read of the socket may bring 256 KiB).
 READ_LIMIT = 1 << 20
+#: Parts of at least this many bytes are written as they are, not joined with the others.
+LARGE = 2048
 #: The most buffers handed to one ``sendmsg`` (Linux accepts 1,024).
 _MAX_PARTS = 512
 
@@ -125,20 +128,41 @@ class Transport(TcpTransport):
         if (
             sock is None
             or len(payload) > _MAX_PARTS
+            or max(map(len, payload), default=0) < LARGE
             or transport.get_write_buffer_size()
             or transport.is_closing()
         ):
+            # small commands only: one joined write is cheaper for the kernel than many buffers
             writer.writelines(payload)
             return
+        parts = _gathered(payload)
         try:
-            sent = sock.sendmsg(payload)
+            sent = sock.sendmsg(parts)
         except OSError:  # nothing sent: the transport writes it, and handles the error if any
-            writer.writelines(payload)
+            writer.writelines(parts)
             return
-        for at, part in enumerate(payload):
+        for at, part in enumerate(parts):
             if sent < len(part):
                 # the socket took only some: the rest goes to the transport's buffer, in order
-                rest: list[bytes | memoryview] = [memoryview(part)[sent:], *payload[at + 1 :]]
+                rest: list[bytes | memoryview] = [memoryview(part)[sent:], *parts[at + 1 :]]
                 writer.write(b"".join(rest))
                 return
             sent -= len(part)
+
+
+def _gathered(payload: Sequence[bytes]) -> list[bytes]:
+    """``payload`` with each run of small parts joined (a buffer per protocol line costs the
+    kernel more than the copy) and large ones left as they are."""
+    parts: list[bytes] = []
+    run: list[bytes] = []
+    for part in payload:
+        if len(part) < LARGE:
+            run.append(part)
+            continue
+        if run:
+            parts.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        parts.append(part)
+    if run:
+        parts.append(run[0] if len(run) == 1 else b"".join(run))
+    return parts
