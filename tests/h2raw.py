@@ -52,6 +52,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     reset: int | None = None
     done: bool = False
+    body: bytearray = field(default_factory=bytearray)
 
     @property
     def status(self) -> str | None:
@@ -135,6 +136,7 @@ class RawH2:
             answer.reset = int(event.error_code)
             answer.done = True
         elif isinstance(event, h2.events.DataReceived):
+            self.answers.setdefault(event.stream_id, Answer()).body += event.data
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = int(event.error_code)

@@ -24,11 +24,11 @@ from typing import Any
 
 import zttp
 from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
-from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
 from ..grpc import _h2 as h2
 from ._h1server import TransportProxy
+from ._h2send import DirectDataH2Protocol
 
 __all__ = ["DrainingAutoProtocol", "StepWrites"]
 
@@ -65,9 +65,10 @@ class StepWrites(TransportProxy):
         self._held.append(bytes(data))
 
 
-class DrainingH2Protocol(ZttpH2Protocol):
-    """:class:`ZttpH2Protocol` counting the streams of its connection and retiring it in time,
-    writing through :class:`StepWrites`."""
+class DrainingH2Protocol(DirectDataH2Protocol):
+    """uvicorn's zttp HTTP/2 protocol (response bodies framed by :class:`DirectDataH2Protocol`)
+    counting the streams of its connection and retiring it in time, writing through
+    :class:`StepWrites`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
