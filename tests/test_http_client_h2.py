@@ -211,3 +211,39 @@ async def test_a_request_body_can_go_with_its_headers() -> None:
             assert connection.idle
         finally:
             await connection.close()
+
+
+async def test_responses_come_in_frames_as_large_as_the_client_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the client takes frames of up to 64 KiB (SETTINGS_MAX_FRAME_SIZE, HTTP/2's default being
+    # 16 KiB): a response of 40 kB comes in one DATA frame, a larger one in frames of 64 KiB
+    from urllib.parse import urlsplit
+
+    from protobind.http import _h2client
+    from protobind.http._h2client import H2Connection
+
+    frames: list[int] = []
+    on_data = H2Connection.on_data
+
+    def counted(self: H2Connection, stream_id: int, data: bytes, end: bool) -> None:
+        if data:
+            frames.append(len(data))
+        on_data(self, stream_id, data, end)
+
+    monkeypatch.setattr(H2Connection, "on_data", counted)
+    async with serving("http") as (url, _):
+        parts = urlsplit(url)
+        connection = await H2Connection.open(parts.hostname or "", parts.port or 0, None, None, url)
+        try:
+            headers = [("content-type", "application/proto"), ("connect-protocol-version", "1")]
+            path = f"{parts.path}/protobind.conformance.v1.ConformanceService/Unary"
+            for size in (40_000, 200_000):
+                frames.clear()
+                body = Request(behavior=Behavior(response_size=size)).SerializeToString()
+                stream = connection.start(path, headers, body, True)
+                status, _ = await asyncio.wait_for(stream.response(), 10)
+                answer = Response.FromString(await asyncio.wait_for(stream.read_all(1 << 24), 10))
+                stream.done()
+                assert (status, len(answer.payload)) == (200, size)
+                assert max(frames) == min(_h2client.MAX_FRAME, sum(frames)), frames
+        finally:
+            await connection.close()

@@ -592,12 +592,13 @@ class Connection(asyncio.Protocol):
             self.write(window_update(stream.id, stream.recv_unacked))
             stream.recv_unacked = 0
 
-    def data_frames(self, stream_id: int, data: bytes, end: bool) -> bytes:
-        """``data`` as DATA frames no larger than the peer allows (``end``: END_STREAM on the last)."""
+    def data_frames(self, stream_id: int, data: bytes, end: bool, before: bytes = b"") -> bytes:
+        """``data`` as DATA frames no larger than the peer allows (``end``: END_STREAM on the last),
+        after ``before`` (frames already built: joined here, the data is copied once)."""
         limit = self.peer_max_frame
         if len(data) <= limit:
-            return _HEAD.pack((len(data) << 8) | DATA, END_STREAM if end else 0, stream_id) + data
-        parts: list[bytes | memoryview] = []
+            return before + _HEAD.pack((len(data) << 8) | DATA, END_STREAM if end else 0, stream_id) + data
+        parts: list[bytes | memoryview] = [before]
         view = memoryview(data)
         for offset in range(0, len(data), limit):
             chunk = view[offset : offset + limit]
@@ -635,7 +636,7 @@ class Connection(asyncio.Protocol):
             stream.send_window -= size
             out = head
             if size or (end and trailers is None):
-                out += self.data_frames(stream.id, data, end and trailers is None)
+                out = self.data_frames(stream.id, data, end and trailers is None, head)
             if trailers is not None:
                 out += self.header_frames(stream.id, trailers, True)
             self.write(out)

@@ -29,6 +29,10 @@ __all__ = ["H2Connection", "H2Stream"]
 STREAMS_PER_CONNECTION = 1000
 #: the size of the response header list this client takes (SETTINGS_MAX_HEADER_LIST_SIZE)
 HEADER_LIMIT = 256 * 1024
+#: the largest frame this client takes (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16 KiB): a
+#: response of 16 KiB and a few bytes comes in one DATA frame instead of two (and the server
+#: builds one)
+MAX_FRAME = 64 * 1024
 #: seconds :meth:`H2Connection.close` lets the socket flush what is queued before dropping it
 _CLOSE_WAIT = 10.0
 
@@ -241,6 +245,7 @@ class H2Connection(h2.Connection):
                     (h2.SETTINGS_ENABLE_PUSH, 0),
                     (h2.SETTINGS_INITIAL_WINDOW_SIZE, h2.STREAM_WINDOW),
                     (h2.SETTINGS_MAX_HEADER_LIST_SIZE, self.header_limit),
+                    (h2.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME),
                 ]
             )
             + h2.window_update(0, h2.CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
@@ -261,6 +266,9 @@ class H2Connection(h2.Connection):
             data = head
             self._settled = True
         super().data_received(data)
+
+    def max_frame_in(self) -> int:
+        return MAX_FRAME
 
     def abort(self, code: int, message: str, last_stream_id: int = 0) -> None:
         self._broken = True
