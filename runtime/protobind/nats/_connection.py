@@ -335,7 +335,7 @@ class Connection(Client):
         # Received's fields set here, without an __init__ call: this runs for every message
         msg = _new(Received)
         msg.subject = subject.decode()
-        msg.reply = reply.decode()
+        msg.reply = reply.decode() if reply else ""
         msg.data = data
         msg.headers = headers
         if inbox is not None:

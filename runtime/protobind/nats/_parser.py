@@ -85,7 +85,7 @@ class Parser:
                         subject, sid, reply, size = args
                     else:
                         raise ProtocolError("nats: malformed MSG")
-                    head = 0
+                    hsize = b"0"
                 elif data.startswith(b"HMSG ", pos):
                     args = data[pos + 5 : eol].split()
                     if len(args) == 4:
@@ -95,11 +95,17 @@ class Parser:
                         subject, sid, reply, hsize, size = args
                     else:
                         raise ProtocolError("nats: malformed MSG")
-                    head = _number(hsize)
                 else:
                     raise ProtocolError("nats: unknown protocol")
+                try:
+                    # int() also takes a sign or underscores, harmless here; negatives are refused
+                    number, length, head = int(sid), int(size), int(hsize)
+                except ValueError:
+                    raise ProtocolError("nats: malformed MSG") from None
+                if length < 0 or head < 0:
+                    raise ProtocolError("nats: malformed MSG")
                 start = eol + 2
-                stop = start + _number(size)
+                stop = start + length
                 if stop + 2 > end:
                     # the payload is not all here yet: its line is read again with the rest
                     self._keep(data, pos, stop + 2 - pos)
@@ -113,7 +119,6 @@ class Parser:
                     headers = None
                     payload = data[start:stop]
                 pos = stop + 2
-                number = _number(sid)
                 if not take(number, subject, reply, payload, headers):
                     generation = self.generation
                     await nc._process_msg(number, subject, reply, payload, headers)
@@ -144,10 +149,3 @@ class Parser:
         self._parts.append(rest)
         self._have = len(rest)
         self._need = need
-
-
-def _number(text: bytes) -> int:
-    """A size or subscription id of a protocol line: decimal digits only."""
-    if not text.isdigit():
-        raise ProtocolError("nats: malformed MSG")
-    return int(text)
