@@ -8,12 +8,29 @@ import contextlib
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 from google.protobuf.message import Message
+
+import protobind
+
+from .conformance import Conformance
+
+
+@contextlib.asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[int]:
+    """The conformance service on an http:// port with ``options``; yields the port."""
+    server = protobind.Server([Conformance()], transport_options={"http": options})
+    (url,) = await server.start("http://127.0.0.1:0")
+    try:
+        yield urlsplit(url).port or 0
+    finally:
+        await server.stop(grace=1.0)
 
 
 def grpc_headers(path: str, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:

@@ -9,31 +9,16 @@ import base64
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator
-from typing import Any
-from urllib.parse import urlsplit
 
 import h2.settings
 
-import protobind
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request, Response
 
-from .conformance import Conformance
-from .h2raw import RawH2, connect_headers, grpc_frame, raw_h2
+from .h2raw import RawH2, connect_headers, grpc_frame, raw_h2, serving
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 INITIAL_WINDOW_SIZE = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 FLOW_CONTROL_ERROR = 0x3
-
-
-@contextlib.asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[int]:
-    server = protobind.Server([Conformance()], transport_options={"http": options})
-    (url,) = await server.start("http://127.0.0.1:0")
-    try:
-        yield urlsplit(url).port or 0
-    finally:
-        await server.stop(grace=1.0)
 
 
 async def _settled(peer: RawH2, window: int) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import h2.errors
 import h2.settings
@@ -20,22 +18,11 @@ import protobind.http._server
 from protobind import Code
 from protobind.conformance.v1.conformance_pb2 import Behavior, Request
 
-from .conformance import Conformance
-from .h2raw import RawH2, connect_headers, grpc_frame, raw_h2
+from .h2raw import RawH2, connect_headers, grpc_frame, raw_h2, serving
 
 SERVICE = "/protobind.conformance.v1.ConformanceService"
 MAX_CONCURRENT_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 MAX_HEADER_LIST_SIZE = h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE
-
-
-@contextlib.asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[int]:
-    server = protobind.Server([Conformance()], transport_options={"http": options})
-    (url,) = await server.start("http://127.0.0.1:0")
-    try:
-        yield urlsplit(url).port or 0
-    finally:
-        await server.stop(grace=1.0)
 
 
 async def _works(port: int) -> None:
