@@ -107,6 +107,18 @@ def settings_frame(settings: Iterable[tuple[int, int]]) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(_SETTING.pack(key, value) for key, value in settings))
 
 
+def client_preface(header_limit: int, *extra: tuple[int, int]) -> bytes:
+    """What a client connection sends first: the preface, its SETTINGS (no push, protobind's stream
+    window, ``header_limit``, then ``extra``) and the connection window opened to CONNECTION_WINDOW."""
+    settings = [
+        (SETTINGS_ENABLE_PUSH, 0),
+        (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+        (SETTINGS_MAX_HEADER_LIST_SIZE, header_limit),
+        *extra,
+    ]
+    return PREFACE + settings_frame(settings) + window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW)
+
+
 def window_update(stream_id: int, increment: int) -> bytes:
     return _HEAD.pack((4 << 8) | WINDOW_UPDATE, 0, stream_id) + _U32.pack(increment)
 

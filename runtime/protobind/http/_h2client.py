@@ -238,18 +238,7 @@ class H2Connection(h2.Connection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.write(
-            h2.PREFACE
-            + h2.settings_frame(
-                [
-                    (h2.SETTINGS_ENABLE_PUSH, 0),
-                    (h2.SETTINGS_INITIAL_WINDOW_SIZE, h2.STREAM_WINDOW),
-                    (h2.SETTINGS_MAX_HEADER_LIST_SIZE, self.header_limit),
-                    (h2.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME),
-                ]
-            )
-            + h2.window_update(0, h2.CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
-        )
+        self.write(h2.client_preface(self.header_limit, (h2.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME)))
 
     def data_received(self, data: bytes) -> None:
         if not self._settled:
