@@ -28,29 +28,19 @@ from typing import Any
 import zttp
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 
+from ..grpc import _h2 as h2
+
 __all__ = ["DirectDataH2Protocol"]
 
+# for reading the peer's frames; the constants and frame builders are grpc/_h2.py's
 _HEAD = struct.Struct(">IBI")  # length (24 bits) and type, flags, stream id
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
-_SETTINGS = 0x4
-_WINDOW_UPDATE = 0x8
-_END_HEADERS = 0x4
-_ACK = 0x1
-_INITIAL_WINDOW_SIZE = 0x4
-_MAX_FRAME_SIZE = 0x5
-_DEFAULT_WINDOW = 65_535
-_DEFAULT_MAX_FRAME = 16_384
-_MAX_WINDOW = 2**31 - 1
-_PREFACE_SIZE = 24
+_PREFACE_SIZE = len(h2.PREFACE)
 #: the largest SETTINGS or WINDOW_UPDATE frame read here: a larger one is zttp's to refuse
-_LARGEST_READ = 16_384 + 9
+_LARGEST_READ = h2.DEFAULT_MAX_FRAME + 9
 #: bodies up to this size are written joined to their frame head (one write), larger ones beside it
 _JOINED = 4096
-
-
-def _window_update(stream_id: int, increment: int) -> bytes:
-    return _HEAD.pack((4 << 8) | _WINDOW_UPDATE, 0, stream_id) + _U32.pack(increment)
 
 
 class _Sender:
@@ -115,9 +105,9 @@ class DirectDataH2Protocol(ZttpH2Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: the peer's connection window, its stream window for new streams, its largest frame
-        self.send_window = _DEFAULT_WINDOW
-        self.initial_window = _DEFAULT_WINDOW
-        self.max_frame = _DEFAULT_MAX_FRAME
+        self.send_window = h2.DEFAULT_WINDOW
+        self.initial_window = h2.DEFAULT_WINDOW
+        self.max_frame = h2.DEFAULT_MAX_FRAME
         #: the streams whose response is still being sent, and those of them waiting for a window
         self.senders: dict[int, _Sender] = {}
         self.blocked: dict[int, _Sender] = {}
@@ -156,7 +146,7 @@ class DirectDataH2Protocol(ZttpH2Protocol):
             if kind == 0x0:  # DATA, the most frequent
                 pass
             elif kind in (0x1, 0x5, 0x9):  # HEADERS, PUSH_PROMISE, CONTINUATION
-                in_block = not flags & _END_HEADERS
+                in_block = not flags & h2.END_HEADERS
             elif kind in (0x4, 0x8) and not in_block:  # SETTINGS, WINDOW_UPDATE
                 if end > size and end - position <= _LARGEST_READ:
                     self._kept = data[position:]
@@ -166,13 +156,13 @@ class DirectDataH2Protocol(ZttpH2Protocol):
                 if end <= size:
                     self._in_block = in_block
                     payload = data[position + 9 : end]
-                    if kind == _SETTINGS:
+                    if kind == h2.SETTINGS:
                         # zttp first, so that its acknowledgement leaves before data sent under
                         # the new settings (the peer applies them once acknowledged)
                         if not self._feed(data, start, end):
                             return
                         start = end
-                        if not flags & _ACK and stream_id == 0:
+                        if not flags & h2.ACK and stream_id == 0:
                             self._settings(payload)
                     else:
                         if start < position and not self._feed(data, start, position):
@@ -204,14 +194,14 @@ class DirectDataH2Protocol(ZttpH2Protocol):
             return  # zttp's to refuse
         for offset in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, offset)
-            if key == _INITIAL_WINDOW_SIZE and value <= _MAX_WINDOW:
+            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE and value <= h2.MAX_WINDOW:
                 delta = value - self.initial_window
                 self.initial_window = value
                 for sender in self.senders.values():
                     sender.window += delta
                 if delta > 0:
                     self._send_blocked()
-            elif key == _MAX_FRAME_SIZE and _DEFAULT_MAX_FRAME <= value < 2**24:
+            elif key == h2.SETTINGS_MAX_FRAME_SIZE and h2.DEFAULT_MAX_FRAME <= value < 2**24:
                 self.max_frame = value
 
     def _window_update(self, stream_id: int, payload: bytes) -> bool:
@@ -223,7 +213,7 @@ class DirectDataH2Protocol(ZttpH2Protocol):
             return False
         if not stream_id:
             self.send_window += increment
-            if self.send_window > _MAX_WINDOW:
+            if self.send_window > h2.MAX_WINDOW:
                 self._overflow(0)
                 return True
             self._send_blocked()
@@ -232,7 +222,7 @@ class DirectDataH2Protocol(ZttpH2Protocol):
         if sender is None:
             return False
         sender.window += increment
-        if sender.window > _MAX_WINDOW:
+        if sender.window > h2.MAX_WINDOW:
             self.forget(stream_id)
             self._overflow(stream_id)
             return True
@@ -242,7 +232,7 @@ class DirectDataH2Protocol(ZttpH2Protocol):
 
     def _overflow(self, stream_id: int) -> None:
         """Show zttp a WINDOW_UPDATE that overflows its own count, for it to answer as it does."""
-        self._feed(_window_update(stream_id, _MAX_WINDOW), 0, 13)
+        self._feed(h2.window_update(stream_id, h2.MAX_WINDOW), 0, 13)
 
     # --- sending ----------------------------------------------------------------------------------
 
