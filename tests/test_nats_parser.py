@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -109,6 +110,35 @@ def test_a_payload_over_many_reads_is_joined_once_it_is_all_here() -> None:
     stream = b"MSG s 1 %d\r\n%s\r\nPING\r\n" % (len(payload), payload)
     chunks = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
     assert parse_in(chunks) == [("msg", 1, b"s", b"", payload, None), ("ping",)]
+
+
+def test_a_message_split_over_two_reads_is_completed_without_copying_the_second_read() -> None:
+    """The end of a message read with a large read takes the bytes it lacks from that read: the
+    rest of the read is parsed where it lies, not joined with the message's start (on 16 KiB
+    calls that join copied every second 256 KiB read once more)."""
+    pings = 0
+
+    class Counter(Recorder):
+        async def _process_ping(self) -> None:
+            nonlocal pings
+            pings += 1
+
+    parser = Parser(Counter())
+    message = b"MSG s 1 %d\r\n%s\r\n" % (len(BIG), BIG)
+    second = message[-100:] + b"PING\r\n" * 200_000  # 1.2 MB
+
+    async def run() -> int:
+        await parser.parse(message[:-100])
+        tracemalloc.start()
+        try:
+            await parser.parse(second)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak = asyncio.run(run())
+    assert pings == 200_000
+    assert peak < len(second) // 10, peak
 
 
 @pytest.mark.parametrize(

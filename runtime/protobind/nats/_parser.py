@@ -48,27 +48,48 @@ class Parser:
 
     def reset(self) -> None:
         """Forget what is left of the last read (nats-py calls this on reconnecting)."""
-        # the start of an operation not all read yet, and the bytes it needs (0: its line is
-        # incomplete); a large payload's reads are joined once, when it is all here
-        self._parts: list[bytes] = []
+        # the start of an operation not all read yet (views of the reads that hold it, not
+        # copies), how many bytes of it they hold, and how many it needs (0: its line is
+        # incomplete); completed with just the bytes it lacks, never with a whole later read
+        self._parts: list[memoryview] = []
         self._have = 0
         self._need = 0
         self.generation += 1
 
     async def parse(self, data: bytes = b"") -> None:
-        parts = self._parts
-        if parts:
-            parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+        pos = 0
+        while self._parts:
+            # finish the operation an earlier read began: one join of the bytes it needs, handled
+            # on its own (a line joined this way may leave its payload still to come)
+            parts = self._parts
+            if self._need:
+                cut = pos + self._need - self._have
+            else:
+                cut = data.find(b"\n", pos) + 1  # the line's end (its \r may be in parts)
+                if cut == 0:
+                    cut = len(data) + 1
+            if cut > len(data):
+                if pos < len(data):
+                    parts.append(memoryview(data)[pos:])
+                    self._have += len(data) - pos
                 return
-            data = b"".join(parts)
-            parts.clear()
+            parts.append(memoryview(data)[pos:cut])
+            operation = b"".join(parts)
+            self._parts = []
+            self._have = self._need = 0
+            pos = cut
+            generation = self.generation
+            await self._operations(operation, 0)
+            if generation != self.generation:
+                return
+        await self._operations(data, pos)
+
+    async def _operations(self, data: bytes, pos: int) -> None:
+        """Handle the operations of ``data`` from ``pos`` on; keep an incomplete last one."""
         nc = self.nc
         take = nc.take
         find = data.find
         end = len(data)
-        pos = 0
         while pos < end:
             eol = find(b"\r\n", pos)
             if eol < 0:
@@ -145,7 +166,6 @@ class Parser:
                 return  # the connection was reset meanwhile (a reconnect): the rest is stale
 
     def _keep(self, data: bytes, pos: int, need: int) -> None:
-        rest = data[pos:]
-        self._parts.append(rest)
-        self._have = len(rest)
+        self._parts.append(memoryview(data)[pos:])
+        self._have = len(data) - pos
         self._need = need
