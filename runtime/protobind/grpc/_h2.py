@@ -12,6 +12,7 @@ that repeat on every call are built once and reused.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections import deque
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ __all__ = [
     "StreamBase",
     "encode_literal",
 ]
+
+logger = logging.getLogger("protobind.grpc")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -62,6 +65,13 @@ REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
+
+#: Frames a connection may queue in answer to the peer's (PING and SETTINGS acknowledgements,
+#: stream resets and refusals) while the peer reads none of what it is sent (the transport's
+#: buffer over its high-water mark). One more ends the connection at once, its queued output
+#: dropped: the HTTP/2 "ping flood" and "settings flood" (CVE-2019-9512, CVE-2019-9515) would
+#: otherwise grow that buffer without bound.
+UNREAD_REPLIES = 10_000
 
 # settings
 SETTINGS_HEADER_TABLE_SIZE = 0x1
@@ -350,6 +360,7 @@ class Connection(asyncio.Protocol):
         self._continuation: tuple[int, int, bytearray] | None = None  # stream, flags, block so far
         self._blocked: dict[int, StreamBase] = {}
         self._paused = False
+        self._unread_replies = 0  # frames queued in answer to the peer while it reads nothing
         self._resumed: asyncio.Future[None] | None = None
         self.closed = False
         self.goaway_received: int | None = None
@@ -364,6 +375,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._unread_replies = 0
         resumed, self._resumed = self._resumed, None
         if resumed is not None and not resumed.done():
             resumed.set_result(None)
@@ -390,6 +402,18 @@ class Connection(asyncio.Protocol):
         """Send ``data`` (frames) unless the connection is closed."""
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def reply(self, data: bytes) -> None:
+        """Send frames that answer the peer's (see :data:`UNREAD_REPLIES`)."""
+        if self._paused:
+            self._unread_replies += 1
+            if self._unread_replies > UNREAD_REPLIES:
+                logger.warning("HTTP/2 peer sent more frames to answer than it reads: connection closed")
+                self.closed = True
+                if self.transport is not None:
+                    self.transport.abort()  # a GOAWAY would wait behind what the peer does not read
+                return
+        self.write(data)
 
     def abort(self, code: int, message: str, last_stream_id: int = 0) -> None:
         """End the connection for a connection error."""
@@ -489,7 +513,7 @@ class Connection(asyncio.Protocol):
                 raise H2Error(PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & ACK:
                 self._settings(payload)
-                self.write(frame(SETTINGS, ACK, 0))
+                self.reply(frame(SETTINGS, ACK, 0))
         elif kind == WINDOW_UPDATE:
             if len(payload) != 4:
                 raise H2Error(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
@@ -499,7 +523,7 @@ class Connection(asyncio.Protocol):
             if len(payload) != 8 or stream_id:
                 raise H2Error(FRAME_SIZE_ERROR, "bad PING")
             if not flags & ACK:
-                self.write(frame(PING, ACK, 0, payload))
+                self.reply(frame(PING, ACK, 0, payload))
             else:
                 self.on_ping_ack(payload)
         elif kind == RST_STREAM:
@@ -584,7 +608,7 @@ class Connection(asyncio.Protocol):
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """Send RST_STREAM and forget the stream (subclasses also end what waits on it)."""
-        self.write(rst_stream(stream_id, code))
+        self.reply(rst_stream(stream_id, code))
         self.forget(stream_id)
 
     def forget(self, stream_id: int) -> None:

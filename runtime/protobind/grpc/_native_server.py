@@ -226,10 +226,10 @@ class _ServerConnection(h2.Connection):
             raise h2.H2Error(h2.PROTOCOL_ERROR, "a client stream id that is not new")
         self._last_id = stream_id
         if self.going_away:
-            self.write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+            self.reply(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
             return
         if len(self.streams) >= self.server.max_streams:
-            self.write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+            self.reply(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
             return
         if not fits:
             self._trailers_only(
@@ -279,9 +279,9 @@ class _ServerConnection(h2.Connection):
             block = head + status_block(
                 RpcError(Code.INTERNAL, "not a gRPC request (POST application/grpc)"), None
             )
-            self.write(self.header_frames(stream_id, block, True))
+            self.reply(self.header_frames(stream_id, block, True))
             if not end:
-                self.write(h2.rst_stream(stream_id, h2.NO_ERROR))
+                self.reply(h2.rst_stream(stream_id, h2.NO_ERROR))
             return None
         route = self.server.routes.get(path)
         if route is None:
@@ -355,10 +355,10 @@ class _ServerConnection(h2.Connection):
     def _trailers_only(
         self, stream_id: int, end: bool, error: RpcError, trailers: Metadata | None = None
     ) -> None:
-        self.write(self.header_frames(stream_id, _RESPONSE_HEAD + status_block(error, trailers), True))
+        self.reply(self.header_frames(stream_id, _RESPONSE_HEAD + status_block(error, trailers), True))
         if not end:
             # the answer is complete: the rest of the request is not wanted (RFC 9113 section 8.1)
-            self.write(h2.rst_stream(stream_id, h2.NO_ERROR))
+            self.reply(h2.rst_stream(stream_id, h2.NO_ERROR))
 
     def _refuse(self, call: _Call, error: RpcError) -> None:
         self._waiting.pop(call.id, None)

@@ -22,6 +22,7 @@ FLOW_CONTROL_ERROR).
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Any
 
@@ -31,6 +32,8 @@ from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from ..grpc import _h2 as h2
 
 __all__ = ["DirectDataH2Protocol"]
+
+logger = logging.getLogger("protobind.http")
 
 # for reading the peer's frames; the constants and frame builders are grpc/_h2.py's
 _HEAD = struct.Struct(">IBI")  # length (24 bits) and type, flags, stream id
@@ -117,6 +120,9 @@ class DirectDataH2Protocol(ZttpH2Protocol):
         self._through = _PREFACE_SIZE
         self._kept = b""
         self._in_block = False
+        # PING and SETTINGS frames (each asks for an acknowledgement) read while the peer reads
+        # nothing of what it is sent (see grpc/_h2.py, UNREAD_REPLIES)
+        self._unread_replies = 0
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -147,6 +153,8 @@ class DirectDataH2Protocol(ZttpH2Protocol):
                 pass
             elif kind in (0x1, 0x5, 0x9):  # HEADERS, PUSH_PROMISE, CONTINUATION
                 in_block = not flags & h2.END_HEADERS
+            elif kind in (0x4, 0x6) and not flags & h2.ACK and self.flow.write_paused and self._flooded():
+                return  # ended: the peer asks for answers (PING, SETTINGS) and reads none
             elif kind in (0x4, 0x8) and not in_block:  # SETTINGS, WINDOW_UPDATE
                 if end > size and end - position <= _LARGEST_READ:
                     self._kept = data[position:]
@@ -179,6 +187,20 @@ class DirectDataH2Protocol(ZttpH2Protocol):
         self._in_block = in_block
         if start < size:
             self._feed(data, start, size)
+
+    def _flooded(self) -> bool:
+        """Count a frame that asks for an answer while writing is paused; past
+        ``h2.UNREAD_REPLIES`` end the connection at once (its queued output dropped) and say so."""
+        self._unread_replies += 1
+        if self._unread_replies <= h2.UNREAD_REPLIES:
+            return False
+        logger.warning("HTTP/2 peer sent more frames to answer than it reads: connection closed")
+        self.transport.abort()
+        return True
+
+    def resume_writing(self) -> None:
+        self._unread_replies = 0
+        super().resume_writing()
 
     def _feed(self, data: bytes, start: int, end: int) -> bool:
         """Give zttp ``data[start:end]``; whether the connection is still open afterwards."""
