@@ -141,6 +141,30 @@ def test_a_message_split_over_two_reads_is_completed_without_copying_the_second_
     assert peak < len(second) // 10, peak
 
 
+def test_a_line_of_many_bare_newlines_split_over_reads_is_joined_once() -> None:
+    """A line's end is its \\r\\n: a bare \\n inside a line split over reads is part of the line.
+    Taken for the end, every one of them cost a join of the line so far and a failed parse: a
+    line of 40,000 (a hostile server's) took 1.3 s, growing with the square of their number."""
+    parser = Parser(Recorder())
+    joins = 0
+    operations = parser._operations
+
+    async def counted(data: bytes, pos: int) -> None:
+        nonlocal joins
+        joins += 1
+        await operations(data, pos)
+
+    parser._operations = counted  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await parser.parse(b'INFO {"a": ')
+        await parser.parse(b"\n" * 40_000 + b"1}\r\nPING\r\n")
+
+    asyncio.run(run())
+    assert joins <= 3  # the first read, the joined line, the rest of the second read
+    assert parser.nc.seen == [("info", {"a": 1}), ("ping",)]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     "line",
     [

@@ -66,11 +66,11 @@ CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
-#: Frames a connection may queue in answer to the peer's (PING and SETTINGS acknowledgements,
-#: stream resets and refusals) while the peer reads none of what it is sent (the transport's
-#: buffer over its high-water mark). One more ends the connection at once, its queued output
-#: dropped: the HTTP/2 "ping flood" and "settings flood" (CVE-2019-9512, CVE-2019-9515) would
-#: otherwise grow that buffer without bound.
+#: Frames a connection may queue in answer to the peer's (PING and SETTINGS acknowledgements; on
+#: the native server also the refusals of new streams) while the peer reads none of what it is
+#: sent (the transport's buffer over its high-water mark). One more ends the connection at once,
+#: its queued output dropped: the HTTP/2 "ping flood" and "settings flood" (CVE-2019-9512,
+#: CVE-2019-9515) would otherwise grow that buffer without bound.
 UNREAD_REPLIES = 10_000
 
 # settings
@@ -405,7 +405,7 @@ class Connection(asyncio.Protocol):
 
     def reply(self, data: bytes) -> None:
         """Send frames that answer the peer's (see :data:`UNREAD_REPLIES`)."""
-        if self._paused:
+        if self._paused and not self.closed:
             self._unread_replies += 1
             if self._unread_replies > UNREAD_REPLIES:
                 logger.warning("HTTP/2 peer sent more frames to answer than it reads: connection closed")
@@ -608,7 +608,7 @@ class Connection(asyncio.Protocol):
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """Send RST_STREAM and forget the stream (subclasses also end what waits on it)."""
-        self.reply(rst_stream(stream_id, code))
+        self.write(rst_stream(stream_id, code))
         self.forget(stream_id)
 
     def forget(self, stream_id: int) -> None:

@@ -64,9 +64,13 @@ class Parser:
             parts = self._parts
             if self._need:
                 cut = pos + self._need - self._have
+            elif parts[-1][-1] == 13 and data[pos : pos + 1] == b"\n":
+                cut = pos + 1  # the line's \r ended the last read
             else:
-                cut = data.find(b"\n", pos) + 1  # the line's end (its \r may be in parts)
-                if cut == 0:
+                # the line's end; a \n alone is part of the line (a search for it would join the
+                # line again at every one: quadratic in a hostile line of many)
+                cut = data.find(b"\r\n", pos) + 2
+                if cut == 1:
                     cut = len(data) + 1
             if cut > len(data):
                 if pos < len(data):
