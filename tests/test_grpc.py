@@ -1012,3 +1012,50 @@ async def test_deadline_bounds_a_connection_that_never_answers() -> None:
             writer.close()
         listener.close()
         await listener.wait_closed()
+
+
+class _RefuseLate:
+    """Server interceptor: refuse every call after ``delay`` seconds, without reading a request."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def intercept(self, handler: Any, request: Any, context: Any) -> Any:
+        await asyncio.sleep(self.delay)
+        raise RpcError(Code.UNAUTHENTICATED, "refused late")
+
+
+@pytest.mark.parametrize("grpc_engine", ["grpcio"], indirect=True)
+async def test_grpcio_client_keeps_the_servers_status_when_its_write_loses_the_race() -> None:
+    """grpc.aio records INTERNAL "Internal error from Core" over the server's status when a request
+    write reaches gRPC core after the server ended the call but before the loop saw the status (it
+    made the bearer-auth reflection test fail in CI). Forced here: the server, in a thread of its
+    own, refuses after 0.3 s; the client's loop is blocked across that moment before its first write."""
+    from protobind.sync import LoopThread
+
+    host = LoopThread("test-server")
+    server = protobind.Server([Conformance()], interceptors=[_RefuseLate(0.3)])
+    try:
+        (url,) = host.submit(server.start("grpc://127.0.0.1:0?engine=grpcio")).result()
+        try:
+
+            async def requests() -> AsyncIterator[Request]:
+                await asyncio.sleep(0.1)  # the call's headers are out
+                time.sleep(0.6)  # noqa: ASYNC251 (the loop is held while the server refuses)
+                yield Request(text="late")
+
+            for use in ("bidi", "client stream"):
+                async with protobind.connect(f"{url}?engine=grpcio") as channel:
+                    client = ConformanceServiceClient(channel)
+                    with pytest.raises(RpcError) as info:
+                        if use == "bidi":
+                            async for _ in client.bidi_stream(requests(), timeout=10):
+                                pass
+                        else:
+                            await client.client_stream(requests(), timeout=10)
+                    refusal = (info.value.code, info.value.message)
+                    assert refusal == (Code.UNAUTHENTICATED, "refused late"), use
+        finally:
+            host.submit(server.stop(grace=1.0)).result()
+    finally:
+        host.stop()

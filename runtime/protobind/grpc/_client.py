@@ -20,7 +20,7 @@ from ..method import MethodInfo, MethodKind
 from ..reflection import Reflected
 from ..transport import ClientTransport, DialFunction
 from ._options import client_options, parse_address
-from ._wire import DETAILS_KEY, _deserializer, _wire, from_grpc_code
+from ._wire import DETAILS_KEY, ServerStatus, _deserializer, _wire, from_grpc_code
 
 __all__ = [
     "GrpcTransport",
@@ -170,8 +170,10 @@ class GrpcTransport(ClientTransport):
         outgoing = call.outgoing_metadata
         metadata = None if outgoing is None else _wire(outgoing, strict=True)
         writer: asyncio.Task[None] | None = None
+        status: ServerStatus | None = None
         if method.kind.client_streams:
             grpc_call = multicallable(timeout=_timeout(call), metadata=metadata)
+            status = ServerStatus(grpc_call)
             writer = asyncio.ensure_future(_write_requests(grpc_call, requests))
             writer.add_done_callback(_cancel_call_on_failure(grpc_call))
         else:
@@ -196,6 +198,8 @@ class GrpcTransport(ClientTransport):
             call.trailers = _metadata(await grpc_call.trailing_metadata())
         except grpc.aio.AioRpcError as exc:
             _raise_request_failure(writer)
+            if status is not None:
+                exc = status.of(exc)
             raise _error(exc, call) from _library(exc)
         except asyncio.CancelledError:
             # A failing request iterator cancels the gRPC call; surface its exception instead.

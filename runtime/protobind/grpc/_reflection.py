@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2
 from .._errors import Code, RpcError
 from ..reflection import Reflected
 from ._services import REFLECTION_V1, REFLECTION_V1ALPHA
-from ._wire import from_grpc_code
+from ._wire import ServerStatus, from_grpc_code
 
 __all__ = ["fetch"]
 
@@ -33,9 +33,11 @@ async def fetch(channel: Any, timeout: float | None, metadata: Any = ()) -> Refl
             response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
         call = stream(timeout=timeout, metadata=metadata or None)
+        status = ServerStatus(call)
         try:
             return await ask(call, reflection_pb2)
-        except grpc.aio.AioRpcError as exc:
+        except grpc.aio.AioRpcError as race:
+            exc = status.of(race)
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and service == REFLECTION_V1:
                 continue
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -14,17 +15,17 @@ from .._errors import Code, RpcError
 from .._metadata import Metadata
 from .._wire import GRPC_DETAILS_KEY
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
     "DETAILS_KEY",
+    "WRITE_RACE",
+    "ServerStatus",
     "WireMetadata",
     "from_grpc_code",
     "to_grpc_code",
 ]
 
 logger = logging.getLogger("protobind.grpc")
+T = TypeVar("T")
 
 DETAILS_KEY = GRPC_DETAILS_KEY
 
@@ -98,3 +99,59 @@ def _deserializer(message_type: type[Message]) -> Callable[[bytes], Message | No
             return None
 
     return deserialize
+
+
+#: What grpc.aio reports when a request write finds the call already ended in gRPC core.
+WRITE_RACE = "Internal error from Core"
+
+
+class ServerStatus:
+    """Keeps the status the server sent for a grpc.aio call that writes requests.
+
+    A write that reaches gRPC core after the server ended the call, but before the loop ran the
+    status callback, fails; grpc.aio then records INTERNAL ``Internal error from Core`` as the
+    call's status, over the server's (``_write`` calls ``set_internal_error`` once the send fails,
+    and the status callback has run by then). Seen under load on a server that answers without
+    reading, such as an auth refusal. The status recorded first is kept here by a done callback,
+    and :meth:`of` gives it back.
+    """
+
+    __slots__ = ("_first",)
+
+    def __init__(self, grpc_call: Any) -> None:
+        self._first: grpc.aio.AioRpcError | None = None
+        grpc_call.add_done_callback(self._keep)
+
+    def _keep(self, grpc_call: Any) -> None:
+        # Runs inside grpc.aio's status setter: the accessors return without suspending, and
+        # nothing may raise here.
+        with contextlib.suppress(Exception):
+            self._first = _status_now(grpc_call)
+
+    def of(self, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """``error``, or the server's status when ``error`` is grpc.aio's record of the race."""
+        if error.code() is not grpc.StatusCode.INTERNAL or error.details() != WRITE_RACE:
+            return error
+        first = self._first
+        if first is not None and first.details() != WRITE_RACE:
+            return first  # the server's status came first, and was written over
+        return error
+
+
+def _status_now(grpc_call: Any) -> grpc.aio.AioRpcError | None:
+    """The ended ``grpc_call``'s status as an error (``None`` when it is OK)."""
+    code = _now(grpc_call.code())
+    if code is grpc.StatusCode.OK:
+        return None
+    headers, trailers = _now(grpc_call.initial_metadata()), _now(grpc_call.trailing_metadata())
+    return grpc.aio.AioRpcError(code, headers, trailers, _now(grpc_call.details()), None)
+
+
+def _now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that finishes without suspending (a done call's accessor)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("the call's status is not there yet")

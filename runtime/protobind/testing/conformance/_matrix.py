@@ -515,10 +515,6 @@ def _failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-#: What grpc.aio reports when a request write loses the race with the server's status.
-_GRPCIO_SEND_RACE = "Internal error from Core"
-
-
 async def _run_cell(case: Case, column: Column, env: Env, timeout: float) -> Cell:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -591,12 +587,6 @@ async def run_matrix(
                         )
                     else:
                         found = await _run_cell(case, column, env, cell_timeout)
-                        if found.verdict is Verdict.FAIL and _GRPCIO_SEND_RACE in found.reason:
-                            # grpcio's client: a request write that fails because the server had
-                            # already ended the call records INTERNAL over the server's status (a
-                            # race in grpc.aio's _write, seen under load); one more try
-                            env = dataclasses.replace(env, marker=f"{marker} again")
-                            found = await _run_cell(case, column, env, cell_timeout)
                     cells.append(found)
                     if on_cell is not None:
                         on_cell(found)

@@ -133,6 +133,10 @@ class GrpcioPeer(ClientTransport):
             grpc_call = self._channel.stream_unary(method.path, **options)(requests, **kwargs)
         else:
             grpc_call = self._channel.stream_stream(method.path, **options)(requests, **kwargs)
+        from ...grpc._wire import ServerStatus
+
+        # grpcio's request writer can lose the race with the server's status: keep the server's
+        status = ServerStatus(grpc_call)
         try:
             if method.kind is MethodKind.CLIENT_STREAMING:
                 yield await grpc_call
@@ -140,18 +144,8 @@ class GrpcioPeer(ClientTransport):
                 async for response in grpc_call:
                     yield response
             self._fill(call, await grpc_call.initial_metadata(), await grpc_call.trailing_metadata())
-        except self._grpc.aio.AioRpcError as error:
-            internal = self._grpc.StatusCode.INTERNAL
-            if error.code() is internal and error.details() == "Internal error from Core":
-                # grpcio's request sender raced the server's status (its write failed once the call
-                # had ended): the status the server sent is the call's own
-                aio = self._grpc.aio
-                error = aio.AioRpcError(
-                    await grpc_call.code(),
-                    await grpc_call.initial_metadata(),
-                    await grpc_call.trailing_metadata(),
-                    await grpc_call.details(),
-                )
+        except self._grpc.aio.AioRpcError as race:
+            error = status.of(race)
             raise self._error(error, call) from None
         finally:
             grpc_call.cancel()  # a no-op once the call is over; ends it when the caller stopped reading
