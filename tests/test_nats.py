@@ -1390,3 +1390,44 @@ async def test_closing_a_connection_the_server_stopped_reading_drops_the_socket(
     finally:
         os.kill(stop.process.pid, signal.SIGCONT)
         stop()
+
+
+async def test_buffered_large_payloads_are_queued_as_they_are_between_joined_small_parts(
+    nats_server: str, raw: Any
+) -> None:
+    """Connection.buffer queues a large payload as it is (the transport hands it to sendmsg
+    uncopied) and joins its head to the small part before it (the previous message's end, or a
+    small message), so the transport needs no pass to join them; what arrives is every message,
+    whole, in order."""
+    from protobind.nats._connection import open_broker
+    from protobind.nats._options import settings_from
+    from protobind.nats._transport import LARGE
+
+    received: list[tuple[bytes, dict[str, str] | None]] = []
+
+    async def keep(msg: Any) -> None:
+        received.append((msg.data, msg.headers))
+
+    await raw.subscribe("gathered.>", cb=keep)
+    await _settle(raw)
+    broker = await open_broker(settings_from(nats_server, {}), "gathered-test")
+    try:
+        client = broker.client
+        large = [bytes([n]) * (LARGE + 1000 * n) for n in range(1, 4)]
+        client._pending.clear()  # nothing else queued before the batch (no await below)
+        assert client.buffer("gathered.a", large[0], "", {"k": "v"})
+        assert client.buffer("gathered.b", b"small")
+        assert client.buffer("gathered.c", large[1])
+        assert client.buffer("gathered.d", large[2], "reply.to")
+        queued = list(client._pending)
+        assert [part for part in queued if len(part) >= LARGE] == large
+        assert all(any(part is payload for payload in large) for part in queued if len(part) >= LARGE)
+        # head, payload, end, small+head, payload, end+head, payload, end (a small message is
+        # queued whole, as before: joining it costs the small calls more than it saves)
+        assert len(queued) == 8
+        await broker.settle()
+        await eventually(lambda: len(received) == 4)
+        assert [data for data, _ in received] == [large[0], b"small", large[1], large[2]]
+        assert received[0][1] == {"k": "v"}
+    finally:
+        await broker.close()

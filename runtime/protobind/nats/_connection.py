@@ -200,12 +200,19 @@ class Connection(Client):
         pending = self._pending_data_size + len(head) + size + 2
         if 0 < self._max_pending_size < pending:
             return False  # nats-py's publish flushes first, and waits for that
+        queued = self._pending
         if size < LARGE:
-            self._pending.append(b"%b%b\r\n" % (head, payload))
+            queued.append(b"%b%b\r\n" % (head, payload))
         else:
-            # a large payload is not copied here: the transport hands the parts to the socket
-            # as they are (see protobind.nats._transport)
-            self._pending += (head, payload, b"\r\n")
+            # A large payload is not copied here: the transport hands the parts to the socket as
+            # they are (see protobind.nats._transport). The small bytes before it (the previous
+            # message's end, or a small message) and its head go in one part: a buffer per
+            # protocol line costs the kernel more than joining them.
+            if queued and len(last := queued[-1]) < LARGE:
+                queued[-1] = last + head
+            else:
+                queued.append(head)
+            queued += (payload, b"\r\n")
         self._pending_data_size = pending
         stats = self.stats
         stats["out_msgs"] += 1

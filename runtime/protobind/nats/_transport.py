@@ -10,9 +10,10 @@ connection's work. Here:
   socket returned it, and :meth:`Reader.take` hands the read loop all of them at once (the chunk
   itself when there is one: no copy);
 - :meth:`Transport.writelines` gives the socket a batch that holds large payloads as they are
-  (``sendmsg``: the kernel gathers them; the small commands between them joined, since one
-  buffer per protocol line costs the kernel more than the copy) when nothing else waits to be
-  written, and leaves any rest, and every other case, to asyncio's transport.
+  (``sendmsg``: the kernel gathers them) when nothing else waits to be written, and leaves any
+  rest, and every other case, to asyncio's transport. The small commands between large payloads
+  are joined as they are queued (``Connection.buffer``), since one buffer per protocol line costs
+  the kernel more than the copy.
 
 TLS connections (upgraded by nats-py after the INFO line) read and write as nats-py does.
 """
@@ -135,11 +136,13 @@ class Transport(TcpTransport):
             # small commands only: one joined write is cheaper for the kernel than many buffers
             writer.writelines(payload)
             return
-        parts = _gathered(payload)
+        parts = payload  # as queued: Connection.buffer joins the small bytes around large payloads
         try:
             sent = sock.sendmsg(parts)
         except OSError:  # nothing sent: the transport writes it, and handles the error if any
             writer.writelines(parts)
+            return
+        if sent == sum(map(len, parts)):
             return
         for at, part in enumerate(parts):
             if sent < len(part):
@@ -148,21 +151,3 @@ class Transport(TcpTransport):
                 writer.write(b"".join(rest))
                 return
             sent -= len(part)
-
-
-def _gathered(payload: Sequence[bytes]) -> list[bytes]:
-    """``payload`` with each run of small parts joined (a buffer per protocol line costs the
-    kernel more than the copy) and large ones left as they are."""
-    parts: list[bytes] = []
-    run: list[bytes] = []
-    for part in payload:
-        if len(part) < LARGE:
-            run.append(part)
-            continue
-        if run:
-            parts.append(run[0] if len(run) == 1 else b"".join(run))
-            run = []
-        parts.append(part)
-    if run:
-        parts.append(run[0] if len(run) == 1 else b"".join(run))
-    return parts
