@@ -1210,6 +1210,27 @@ async def test_oneway_calls_during_a_reconnection_wait_in_the_connection(nats_se
         await served.server.stop(0)
 
 
+async def test_a_call_while_disconnected_fails_at_once_with_unavailable(nats_servers: NatsServers) -> None:
+    """While the connection is down (reconnecting), a unary call is refused at once with
+    UNAVAILABLE naming the broker, not kept for after reconnection until its deadline."""
+    nats_url, stop_nats = nats_servers.start()
+    served = await _serve(nats_url, Conformance(), "&reconnect_wait=0.1")
+    try:
+        async with protobind.connect(served.url + "&reconnect_wait=0.1") as channel:
+            client = ConformanceServiceClient(channel)
+            assert (await client.unary(Request(text="before"), timeout=5)).text == "before"
+            stop_nats()
+            broker = channel.transport.broker  # type: ignore[attr-defined]
+            await eventually(lambda: not broker.is_connected)
+            started = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                await client.unary(Request(text="gap"), timeout=20)
+            assert (info.value.code, info.value.message) == (Code.UNAVAILABLE, "not connected to nats")
+            assert time.monotonic() - started < 2
+    finally:
+        await served.server.stop(0)
+
+
 async def test_stop_drains_in_flight_calls_and_refuses_new_ones(broker_url: str) -> None:
     service = Recorder()
     served = await _serve(broker_url, service)

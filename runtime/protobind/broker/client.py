@@ -436,8 +436,6 @@ class BrokerClient(ClientTransport):
             return _EMPTY if method.output_type is Empty else method.output_type()
         if size > broker.max_payload:
             raise too_large(size, broker.max_payload)
-        if not broker.is_connected:
-            raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
         assert self._inbox is not None
         # random, not a counter: a reply address is all another connection would need to answer
         # in the server's place
@@ -452,6 +450,10 @@ class BrokerClient(ClientTransport):
         try:
             buffer = self._buffer
             if buffer is None or not buffer(subject, data, reply, headers):
+                # buffer() refuses a message when not connected (among other cases): only then is
+                # it worth asking (a reconnecting connection's publish keeps the call for later)
+                if not broker.is_connected:
+                    raise RpcError(Code.UNAVAILABLE, f"not connected to {broker.name}")
                 await broker.publish(subject, data, reply, headers)
             msg = await future
         except asyncio.CancelledError:

@@ -305,36 +305,31 @@ class Connection(Client):
                 logger.exception("NATS connection: reading failed")
                 break
 
-    def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-        """Take a message for a subscription protobind consumes itself (no callback, no
-        JetStream, no request future, no message limit), doing only what nats-py does for such a
-        message: count it, build it, queue it within the slow-consumer limits (or, for a direct
-        inbox, run its callback); with a message object that has only the four fields the engine
-        reads. ``False`` for any other message (and a header block nats-py must read): the
-        parser then hands it to :meth:`_process_msg`, nats-py's path."""
-        pulled = self._pulled.get(sid)
-        inbox = None if pulled is not None else self._direct.get(sid)
-        if pulled is None and inbox is None:
-            return False
-        parsed: dict[str, str] | None = None
-        if headers:
-            try:
-                parsed = parse_headers(headers)
-            except _NotPlain:
-                return False
-        self._deliver(sid, subject, reply, data, parsed, pulled, inbox)
-        return True
-
-    def _deliver(
+    def take(
         self,
         sid: int,
         subject: bytes,
         reply: bytes,
         data: bytes,
-        headers: dict[str, str] | None,
-        pulled: tuple[Any, Mailbox] | None,
-        inbox: _Direct | None,
-    ) -> None:
+        headers: bytes | None,
+        parsed: dict[str, str] | None = None,
+    ) -> bool:
+        """Take a message for a subscription protobind consumes itself (no callback, no
+        JetStream, no request future, no message limit), doing only what nats-py does for such a
+        message: count it, build it, queue it within the slow-consumer limits (or, for a direct
+        inbox, run its callback); with a message object that has only the four fields the engine
+        reads. ``False`` for any other message (and a header block nats-py must read): the
+        parser then hands it to :meth:`_process_msg`, nats-py's path, which hands it back with
+        the block as nats-py read it (``parsed``, and no ``headers``)."""
+        pulled = self._pulled.get(sid)
+        inbox = None if pulled is not None else self._direct.get(sid)
+        if pulled is None and inbox is None:
+            return False
+        if headers:
+            try:
+                parsed = parse_headers(headers)
+            except _NotPlain:
+                return False
         size = len(data)
         stats = self.stats
         stats["in_msgs"] += 1
@@ -344,11 +339,11 @@ class Connection(Client):
         msg.subject = subject.decode()
         msg.reply = reply.decode() if reply else ""
         msg.data = data
-        msg.headers = headers
+        msg.headers = parsed
         if inbox is not None:
             inbox.sub._received += 1
             inbox.deliver(msg)
-            return
+            return True
         assert pulled is not None
         sub, mailbox = pulled
         sub._received += 1
@@ -358,8 +353,9 @@ class Connection(Client):
         if not 0 < limit <= pending and not 0 < sub._pending_msgs_limit <= len(mailbox.items):
             sub._pending_size = pending
             mailbox.put(msg)
-            return
+            return True
         self._report(nats_errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub))
+        return True
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -369,13 +365,10 @@ class Connection(Client):
         block read by nats-py when it is not of the plain form; the rest go to nats-py."""
         if self.take(sid, subject, reply, data, headers):
             return
-        pulled = self._pulled.get(sid)
-        inbox = None if pulled is not None else self._direct.get(sid)
-        if pulled is None and inbox is None:
+        if sid not in self._pulled and sid not in self._direct:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
-        parsed = await super()._process_headers(headers)
-        self._deliver(sid, subject, reply, data, parsed, pulled, inbox)
+        self.take(sid, subject, reply, data, None, await super()._process_headers(headers))
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         # nats-py upgrades to TLS only when the server's INFO says tls_required, and otherwise sends
@@ -665,6 +658,10 @@ class NatsBroker(JetStream, DurableBroker):
     def __init__(self, client: Connection) -> None:
         self.client = client
         self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
+        #: Publish without awaiting when the connection can take the message now (see
+        #: :meth:`Connection.buffer`); ``False``: nothing sent, await :meth:`publish`. The
+        #: connection's own method: it appends to nats-py's buffer and raises no nats-py error.
+        self.buffer = client.buffer
 
     # both asked on every call: read straight from nats-py's state where it has it
     @property
@@ -684,16 +681,6 @@ class NatsBroker(JetStream, DurableBroker):
         """Called by the connection when it is lost: runs the disconnect callbacks."""
         for callback in self._disconnect_callbacks:
             await callback()
-
-    def buffer(
-        self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
-    ) -> bool:
-        """Publish without awaiting when the connection can take the message now (see
-        :meth:`Connection.buffer`); ``False``: nothing sent, await :meth:`publish`."""
-        try:
-            return self.client.buffer(subject, payload, reply, headers)
-        except (nats_errors.Error, OSError) as exc:
-            raise _broker_error(exc) from None
 
     async def publish(
         self, subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
