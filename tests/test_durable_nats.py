@@ -46,8 +46,10 @@ def longest_pause(times: list[float]) -> float:
 
 
 async def test_a_server_killed_mid_run_loses_none_of_1000_calls(
-    nats_servers: NatsServers, store_dir: str, tmp_path: Path
+    store_dir: str, nats_servers: NatsServers, tmp_path: Path
 ) -> None:
+    # store_dir first: fixtures are torn down in reverse, so nats-server stops before its store
+    # is removed (the other way round it may still be writing there: "Directory not empty")
     nats_url, _ = nats_servers.start(args=["-js", "-sd", store_dir])
     # ack_wait 1 s: the killed server's unacknowledged calls come back a second after it died
     url = f"{nats_url}?prefix=kill.&ack_wait=1&max_ack_pending=32"

@@ -1059,3 +1059,34 @@ async def test_grpcio_client_keeps_the_servers_status_when_its_write_loses_the_r
             host.submit(server.stop(grace=1.0)).result()
     finally:
         host.stop()
+
+
+@pytest.mark.parametrize("grpc_engine", ["grpcio"], indirect=True)
+async def test_the_servers_status_is_kept_where_grpcio_runs_done_callbacks_again() -> None:
+    """grpcio before 1.7x runs a call's done callbacks again each time a status is set, the race's
+    INTERNAL included (grpcio 1.62 does; this project allows >= 1.62): the first status must stay
+    the one kept. The second run is made here as such a grpcio makes it."""
+    from protobind.grpc._wire import WRITE_RACE, ServerStatus
+
+    async def refuse(requests: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no entry")
+
+    server = grpc.aio.server()
+    handler = grpc.stream_unary_rpc_method_handler(refuse)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {"M": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_unary("/t.S/M")(iter(()))
+            status = ServerStatus(call)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            call._cython_call.set_internal_error("send_message failed")  # what _write does
+            status._keep(call)  # the second run of the done callbacks
+            race = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, WRITE_RACE, None)
+            kept = status.of(race)
+            assert (kept.code(), kept.details()) == (grpc.StatusCode.UNAUTHENTICATED, "no entry")
+    finally:
+        await server.stop(None)

@@ -1450,5 +1450,13 @@ async def test_buffered_large_payloads_are_queued_as_they_are_between_joined_sma
         await eventually(lambda: len(received) == 4)
         assert [data for data, _ in received] == [large[0], b"small", large[1], large[2]]
         assert received[0][1] == {"k": "v"}
+        # the one error buffer() can meet is the broker's own, as publish() reports it
+        from protobind.broker.base import BrokerError
+
+        with pytest.raises(BrokerError) as buffered:
+            broker.buffer("gathered.e", b"x", "", {"bad name": "v"})
+        with pytest.raises(BrokerError) as published:
+            await broker.publish("gathered.e", b"x", "", {"bad name": "v"})
+        assert type(buffered.value) is type(published.value) is BrokerError
     finally:
         await broker.close()

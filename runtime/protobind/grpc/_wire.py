@@ -116,15 +116,20 @@ class ServerStatus:
     and :meth:`of` gives it back.
     """
 
-    __slots__ = ("_first",)
+    __slots__ = ("_first", "_kept")
 
     def __init__(self, grpc_call: Any) -> None:
         self._first: grpc.aio.AioRpcError | None = None
+        self._kept = False
         grpc_call.add_done_callback(self._keep)
 
     def _keep(self, grpc_call: Any) -> None:
         # Runs inside grpc.aio's status setter: the accessors return without suspending, and
-        # nothing may raise here.
+        # nothing may raise here. Older grpcio (1.62 among them) runs the done callbacks again
+        # each time a status is set, the race's INTERNAL too: only the first is kept.
+        if self._kept:
+            return
+        self._kept = True
         with contextlib.suppress(Exception):
             self._first = _status_now(grpc_call)
 

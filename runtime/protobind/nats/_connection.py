@@ -190,7 +190,10 @@ class Connection(Client):
         if flusher is None or flusher.done():
             return False  # nats-py's publish writes inline when its flusher task is gone
         if headers:
-            block = encode_headers(headers)
+            try:
+                block = encode_headers(headers)
+            except nats_errors.BadHeaderError as exc:
+                raise _broker_error(exc) from None  # as NatsBroker.publish reports it
             head = b"%b%b" % (
                 f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),
                 block,
@@ -660,7 +663,8 @@ class NatsBroker(JetStream, DurableBroker):
         self._disconnect_callbacks: list[Callable[[], Awaitable[None]]] = []
         #: Publish without awaiting when the connection can take the message now (see
         #: :meth:`Connection.buffer`); ``False``: nothing sent, await :meth:`publish`. The
-        #: connection's own method: it appends to nats-py's buffer and raises no nats-py error.
+        #: connection's own method: it appends to nats-py's buffer, and its one error (a header
+        #: name NATS cannot carry) is a BrokerError already.
         self.buffer = client.buffer
 
     # both asked on every call: read straight from nats-py's state where it has it
