@@ -136,18 +136,18 @@ class Transport(TcpTransport):
             # small commands only: one joined write is cheaper for the kernel than many buffers
             writer.writelines(payload)
             return
-        parts = payload  # as queued: Connection.buffer joins the small bytes around large payloads
+        # as queued: Connection.buffer joins the small bytes around large payloads
         try:
-            sent = sock.sendmsg(parts)
+            sent = sock.sendmsg(payload)
         except OSError:  # nothing sent: the transport writes it, and handles the error if any
-            writer.writelines(parts)
+            writer.writelines(payload)
             return
-        if sent == sum(map(len, parts)):
+        if sent == sum(map(len, payload)):
             return
-        for at, part in enumerate(parts):
+        for at, part in enumerate(payload):
             if sent < len(part):
                 # the socket took only some: the rest goes to the transport's buffer, in order
-                rest: list[bytes | memoryview] = [memoryview(part)[sent:], *parts[at + 1 :]]
+                rest: list[bytes | memoryview] = [memoryview(part)[sent:], *payload[at + 1 :]]
                 writer.write(b"".join(rest))
                 return
             sent -= len(part)
