@@ -131,13 +131,20 @@ async def test_raw_zmqtt_client_calls_and_reads_dead_letters(mosquitto: Mosquitt
     await raw.connect()
     try:
         bad = Job(id="bad", fail_attempts=-1, fail_code=3)
-        await raw.publish(
-            f"zraw/{SUBMIT_TOPIC}",
-            bad.SerializeToString(),
-            qos=zmqtt.QoS.AT_LEAST_ONCE,
-            properties=zmqtt.PublishProperties(user_properties=(("Nats-Msg-Id", "zbad-1"),)),
-        )
-        await eventually(lambda: len(jobs.deliveries) == 1)
+        # A subscriber that is already there gets the dead letter as it is published. Retain As
+        # Published keeps the flag the server set, so the test does not depend on whether the letter
+        # is stored before or after the subscription (a race that once failed CI).
+        async with raw.subscribe(f"{dead}/+", qos=zmqtt.QoS.AT_LEAST_ONCE, retain_as_published=True) as live:
+            await raw.publish(
+                f"zraw/{SUBMIT_TOPIC}",
+                bad.SerializeToString(),
+                qos=zmqtt.QoS.AT_LEAST_ONCE,
+                properties=zmqtt.PublishProperties(user_properties=(("Nats-Msg-Id", "zbad-1"),)),
+            )
+            published = await asyncio.wait_for(live.get_message(), 10)
+        assert published.topic == f"{dead}/zbad-1" and published.retain
+        assert len(jobs.deliveries) == 1
+        # one that comes later finds it stored: the broker sends it as a retained message
         async with raw.subscribe(f"{dead}/+", qos=zmqtt.QoS.AT_LEAST_ONCE) as letters:
             letter = await asyncio.wait_for(letters.get_message(), 10)
         assert letter.topic == f"{dead}/zbad-1" and letter.retain
