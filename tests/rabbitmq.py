@@ -82,18 +82,23 @@ class RabbitMQ:
         }
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [RABBITMQ],
-            env=self._env(),
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # A node that fails before its logger starts (a port already in use) says why only on its
+        # console: kept in a file of the node's directory for the error below.
+        console = self.directory / "console.out"
+        with open(console, "ab") as out:
+            self.process = subprocess.Popen(
+                [RABBITMQ],
+                env=self._env(),
+                cwd=self.directory,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + _BOOT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = "\n".join(p.read_text()[-2000:] for p in (self.directory / "log").glob("*.log"))
+                logs = [console, *(self.directory / "log").glob("*.log")]
+                log = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
                 raise RuntimeError(f"rabbitmq-server exited: {log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
