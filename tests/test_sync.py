@@ -11,7 +11,7 @@ import contextvars
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +25,7 @@ from protobind.conformance.v1.conformance_protobind import (
     ConformanceServiceClient,
     ConformanceServiceSyncClient,
 )
-from protobind.sync import LoopThread
+from protobind.sync import LoopThread, _iterate
 
 from .conformance import Conformance
 from .servers import TRANSPORTS
@@ -127,6 +127,84 @@ def test_keyboard_interrupt_cancels_call(
         interrupter.join()
     assert eventually_blocking(lambda: "interrupted" in service.cancelled)
     assert sync_client.unary(Request(text="after")).text == "after"
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_an_interrupt_while_a_call_is_handed_to_the_loop_cancels_it(moment: str) -> None:
+    """Ctrl-C may arrive while ``run`` hands the call to the loop, before its wait begins: on a
+    loaded machine the call had reached the server by then, and was left running (the keyboard
+    interrupt test waited for its cancellation in vain). The interrupt is raised here as the
+    handing over ends: once the call runs on the loop, or before it was scheduled."""
+    runner = LoopThread("test-interrupted")
+    hand_over = runner.loop.call_soon_threadsafe
+    interrupted = False
+    entered, cancelled = threading.Event(), threading.Event()
+
+    def interrupt_once(callback: Any, *args: Any) -> Any:
+        nonlocal interrupted
+        if interrupted:
+            return hand_over(callback, *args)
+        interrupted = True
+        if moment == "after":
+            hand_over(callback, *args)
+            assert entered.wait(30)
+        raise KeyboardInterrupt
+
+    async def call() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    coro = call()
+    try:
+        runner.loop.call_soon_threadsafe = interrupt_once  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(coro)
+        assert runner.run(asyncio.sleep(0, "later")) == "later"  # the loop still takes calls
+        if moment == "after":
+            assert cancelled.wait(30)
+        else:
+            assert not entered.is_set()
+            assert coro.cr_frame is None  # closed: no "never awaited" warning
+    finally:
+        runner.stop()
+
+
+def test_an_interrupt_while_a_stream_is_handed_to_the_loop_cancels_it() -> None:
+    """The same for a response stream: Ctrl-C once the stream runs on the loop, before the first
+    ``next`` waits, ends it (its iterator is closed, as the transport's is for the server)."""
+    runner = LoopThread("test-interrupted")
+    hand_over = runner.loop.call_soon_threadsafe
+    interrupted = False
+    entered, closed = threading.Event(), threading.Event()
+
+    def interrupt_once(callback: Any, *args: Any) -> Any:
+        nonlocal interrupted
+        if interrupted:
+            return hand_over(callback, *args)
+        interrupted = True
+        hand_over(callback, *args)
+        assert entered.wait(30)
+        raise KeyboardInterrupt
+
+    async def responses() -> AsyncIterator[int]:
+        entered.set()
+        try:
+            yield 1
+            await asyncio.sleep(30)
+        finally:
+            closed.set()
+
+    try:
+        runner.loop.call_soon_threadsafe = interrupt_once  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            next(_iterate(runner, responses()))
+        assert closed.wait(30)
+    finally:
+        runner.stop()
 
 
 def test_server_stream(sync_client: ConformanceServiceSyncClient) -> None:

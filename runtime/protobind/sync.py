@@ -90,10 +90,12 @@ class LoopThread:
         # Cheaper than run_coroutine_threadsafe(...).result(): a bare lock instead of a
         # concurrent.futures.Future and its Condition (see the sync-* pairs in benchmarks/).
         call = _BlockingCall(coro)
-        if not self.call_soon(call.start):
-            coro.close()
-            raise LoopStopped("the event loop thread is stopped")
+        # The handing over is inside the try: a KeyboardInterrupt can arrive in it, after the loop
+        # has started the call (and the server has seen it), and must cancel the call as well.
         try:
+            if not self.call_soon(call.start):
+                coro.close()
+                raise LoopStopped("the event loop thread is stopped")
             call.done.acquire()
         except BaseException:
             self.call_soon(call.cancel)
@@ -151,9 +153,11 @@ class _BlockingCall(Generic[T]):
     def _finished(self, task: asyncio.Task[T]) -> None:
         self.done.release()
 
-    def cancel(self) -> None:  # on the loop, always after start()
+    def cancel(self) -> None:  # on the loop, after start() if start() was scheduled at all
         if self.task is not None:
             self.task.cancel()
+        else:  # interrupted before start() was scheduled: it never runs the coroutine
+            self.coro.close()
 
 
 async def _shutdown(loop: asyncio.AbstractEventLoop, last: Coroutine[Any, Any, object] | None) -> None:
@@ -331,9 +335,11 @@ class _Pump:
     def taken(self) -> None:  # on the loop
         self._taken.release()
 
-    def cancel(self) -> None:  # on the loop
+    def cancel(self) -> None:  # on the loop, after start() if start() was scheduled at all
         if self._task is not None:
             self._task.cancel()
+        else:  # interrupted before start() was scheduled: the last word is said here
+            self.out.put((_ERROR, None))
 
     async def _run(self) -> None:
         responses = self._responses
@@ -359,10 +365,11 @@ class _Pump:
 
 def _iterate(runner: LoopThread, responses: AsyncIterator[RespT]) -> Iterator[RespT]:
     pump = _Pump(responses)
-    if not runner.call_soon(pump.start):
-        raise RuntimeError("this SyncChannel is closed")
     finished = False
+    # The handing over is inside the try, as in LoopThread.run: an interrupt in it cancels the call.
     try:
+        if not runner.call_soon(pump.start):
+            raise RuntimeError("this SyncChannel is closed")
         while True:
             kind, value = pump.out.get()
             if kind == _ITEM:
