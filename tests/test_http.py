@@ -855,11 +855,13 @@ async def test_client_refuses_metadata_http_cannot_carry(http_server: tuple[str,
 
 
 async def test_stop_lets_in_flight_calls_finish() -> None:
-    server, url, _ = await _start()
+    server, url, service = await _start()
     async with protobind.connect(url) as channel:
         client = ConformanceServiceClient(channel)
         call = asyncio.ensure_future(client.unary(Request(text="slow", behavior=Behavior(sleep_ms=300))))
-        await asyncio.sleep(0.1)
+        # In flight is once the handler runs: a fixed pause could end before a loaded machine sent
+        # the call, which the stopping server would then refuse.
+        await service.until(lambda: "slow" in service.entered)
         await server.stop(grace=5.0)
         assert (await call).text == "slow"
         with pytest.raises(RpcError) as info:
