@@ -989,3 +989,49 @@ def test_process_exit_is_clean_after_http_calls() -> None:
         if result.returncode != 0 or result.stderr.strip():
             failures.append((result.returncode, result.stderr[-500:]))
     assert not failures
+
+
+async def test_a_connect_stream_cancelled_in_send_closes_the_handler_before_the_binding_returns() -> None:
+    """A cancellation that lands in send() (the client went away, the deadline passed while the
+    server waited to write) ends the handler's stream before the binding returns, as on the gRPC
+    bindings, not when the collector or a later loop turn gets to it. Driven through the ASGI app,
+    whose send() raises as a cancelled write does."""
+    from protobind.http import asgi_app
+
+    service = Conformance()
+    app = asgi_app([service])
+    request = Request(text="closed-in-send", behavior=Behavior(stream_count=1000))
+    body = request.SerializeToString()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{SERVICE}/ServerStream",
+        "raw_path": f"{SERVICE}/ServerStream".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/connect+proto")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [{"type": "http.request", "body": struct.pack(">BI", 0, len(body)) + body, "more_body": False}]
+    bodies = 0
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client never says it left
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal bodies
+        if message["type"] == "http.response.body" and message.get("more_body"):
+            bodies += 1
+            if bodies == 2:
+                raise asyncio.CancelledError  # the write is cancelled while the handler is mid-stream
+
+    await app(scope, receive, send)
+    # no await since the app returned: the handler's stream was closed within it
+    assert "closed-in-send" in service.cancelled

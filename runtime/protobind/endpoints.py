@@ -174,8 +174,15 @@ async def invoke_stream(
                 await limit.acquire()
                 acquired = True
             responses = await endpoint.handler(request, context)
-            async for response in responses:
-                yield check_response(endpoint.method, response)
+            try:
+                async for response in responses:
+                    yield check_response(endpoint.method, response)
+            finally:
+                # the handler's own stream is closed with this one, not later by the collector
+                # (its finally blocks run before the binding moves on)
+                aclose = getattr(responses, "aclose", None)
+                if aclose is not None:
+                    await aclose()
     except RpcError:
         raise
     except (asyncio.CancelledError, GeneratorExit):

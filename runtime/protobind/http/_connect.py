@@ -12,10 +12,11 @@ enveloped messages in one POST body; a gRPC or gRPC-Web request to the same path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_to_bytes
 
 from google.protobuf.message import Message
@@ -514,11 +515,18 @@ class ConnectApp:
             else:
                 request = await self._single_message(receive, head, codec, gzipped, endpoint)
                 watch.arm()
-            async for response in invoke_stream(endpoint, request, context, limit=self._concurrency):
-                data = codec.encode(response)
-                if not reply.started:
-                    await reply.start()
-                await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
+            stream = cast(
+                "AsyncGenerator[Message, None]",
+                invoke_stream(endpoint, request, context, limit=self._concurrency),
+            )
+            # aclosing, as the gRPC bindings do: a cancellation that lands in send() (the client went
+            # away, the deadline) closes the handler's stream here and now, not when it is collected
+            async with contextlib.aclosing(stream) as responses:
+                async for response in responses:
+                    data = codec.encode(response)
+                    if not reply.started:
+                        await reply.start()
+                    await send({"type": "http.response.body", "body": envelope(data), "more_body": True})
         else:
             requests = self._messages(receive, codec, gzipped, endpoint, watch)
             response = await invoke_unary(endpoint, requests, context, limit=self._concurrency)
