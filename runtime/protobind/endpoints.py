@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +159,7 @@ async def invoke_stream(
     *,
     enforce_deadline: bool = True,
     limit: ConcurrencyLimit | None = None,
-) -> AsyncIterator[Message]:
+) -> AsyncGenerator[Message, None]:
     """Run a server- or bidi-streaming endpoint; yield its responses, raise :class:`RpcError`.
 
     The deadline applies to the whole stream, in the task that iterates this generator

@@ -13,8 +13,8 @@ import collections
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -192,7 +192,7 @@ class StreamCalls:
                 raise too_big(len(msg.data), self.settings.max_message_size)
             request = codec.decode(msg.data, method.input_type)
         if method.kind.server_streams:
-            responses = cast(AsyncGenerator[Message, None], invoke_stream(route.endpoint, request, context))
+            responses = invoke_stream(route.endpoint, request, context)
             try:
                 async for response in responses:
                     if not state.headers_sent:

@@ -18,8 +18,8 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
@@ -534,11 +534,8 @@ class _ServerConnection(h2.Connection):
             context = self._context(call)
             if route.authorize is not None:
                 await self._authorized(call, context)
-            stream = cast(
-                "AsyncGenerator[Message, None]",
-                invoke_stream(
-                    route.endpoint, request, context, enforce_deadline=False, limit=self.server.limit
-                ),
+            stream = invoke_stream(
+                route.endpoint, request, context, enforce_deadline=False, limit=self.server.limit
             )
             async with contextlib.aclosing(stream) as responses:
                 async for response in responses:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -321,10 +321,7 @@ async def _write_stream(
     try:
         # aclosing: when a write fails or the call is cancelled between two responses, the
         # handler's generator must still be closed here, in this task, not later by the GC.
-        stream = cast(
-            "AsyncGenerator[Message, None]",
-            invoke_stream(endpoint, request, context, enforce_deadline=False, limit=limit),
-        )
+        stream = invoke_stream(endpoint, request, context, enforce_deadline=False, limit=limit)
         async with contextlib.aclosing(stream) as responses:
             async for response in responses:
                 if not headers_sent:

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from google.protobuf.message import Message
@@ -515,10 +515,7 @@ class ConnectApp:
             else:
                 request = await self._single_message(receive, head, codec, gzipped, endpoint)
                 watch.arm()
-            stream = cast(
-                "AsyncGenerator[Message, None]",
-                invoke_stream(endpoint, request, context, limit=self._concurrency),
-            )
+            stream = invoke_stream(endpoint, request, context, limit=self._concurrency)
             # aclosing, as the gRPC bindings do: a cancellation that lands in send() (the client went
             # away, the deadline) closes the handler's stream here and now, not when it is collected
             async with contextlib.aclosing(stream) as responses:

@@ -18,9 +18,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from google.protobuf.message import Message
 from starlette.types import Receive, Scope, Send
@@ -350,10 +349,7 @@ class GrpcHandler:
                     response = await invoke_unary(endpoint, request, context, limit=self._concurrency)
                     await output.message(codec.encode(response))
                 else:
-                    stream = cast(
-                        "AsyncGenerator[Message, None]",
-                        invoke_stream(endpoint, request, context, limit=self._concurrency),
-                    )
+                    stream = invoke_stream(endpoint, request, context, limit=self._concurrency)
                     async with contextlib.aclosing(stream) as responses:
                         async for response in responses:
                             await output.message(codec.encode(response))
