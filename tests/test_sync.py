@@ -11,7 +11,7 @@ import contextvars
 import queue
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -129,6 +129,26 @@ def test_keyboard_interrupt_cancels_call(
     assert sync_client.unary(Request(text="after")).text == "after"
 
 
+def _interrupt_first_hand_over(runner: LoopThread, entered: threading.Event | None) -> Callable[..., Any]:
+    """A stand-in for ``runner.loop.call_soon_threadsafe`` whose first use raises KeyboardInterrupt:
+    after handing the callback over and waiting for ``entered`` (the call runs on the loop), or
+    without handing it over when ``entered`` is None. Later uses hand over as usual."""
+    hand_over = runner.loop.call_soon_threadsafe
+    interrupted = False
+
+    def interrupt_once(callback: Any, *args: Any) -> Any:
+        nonlocal interrupted
+        if interrupted:
+            return hand_over(callback, *args)
+        interrupted = True
+        if entered is not None:
+            hand_over(callback, *args)
+            assert entered.wait(30)
+        raise KeyboardInterrupt
+
+    return interrupt_once
+
+
 @pytest.mark.parametrize("moment", ["before", "after"])
 def test_an_interrupt_while_a_call_is_handed_to_the_loop_cancels_it(moment: str) -> None:
     """Ctrl-C may arrive while ``run`` hands the call to the loop, before its wait begins: on a
@@ -136,19 +156,8 @@ def test_an_interrupt_while_a_call_is_handed_to_the_loop_cancels_it(moment: str)
     interrupt test waited for its cancellation in vain). The interrupt is raised here as the
     handing over ends: once the call runs on the loop, or before it was scheduled."""
     runner = LoopThread("test-interrupted")
-    hand_over = runner.loop.call_soon_threadsafe
-    interrupted = False
     entered, cancelled = threading.Event(), threading.Event()
-
-    def interrupt_once(callback: Any, *args: Any) -> Any:
-        nonlocal interrupted
-        if interrupted:
-            return hand_over(callback, *args)
-        interrupted = True
-        if moment == "after":
-            hand_over(callback, *args)
-            assert entered.wait(30)
-        raise KeyboardInterrupt
+    interrupt_once = _interrupt_first_hand_over(runner, entered if moment == "after" else None)
 
     async def call() -> None:
         entered.set()
@@ -177,18 +186,8 @@ def test_an_interrupt_while_a_stream_is_handed_to_the_loop_cancels_it() -> None:
     """The same for a response stream: Ctrl-C once the stream runs on the loop, before the first
     ``next`` waits, ends it (its iterator is closed, as the transport's is for the server)."""
     runner = LoopThread("test-interrupted")
-    hand_over = runner.loop.call_soon_threadsafe
-    interrupted = False
     entered, closed = threading.Event(), threading.Event()
-
-    def interrupt_once(callback: Any, *args: Any) -> Any:
-        nonlocal interrupted
-        if interrupted:
-            return hand_over(callback, *args)
-        interrupted = True
-        hand_over(callback, *args)
-        assert entered.wait(30)
-        raise KeyboardInterrupt
+    interrupt_once = _interrupt_first_hand_over(runner, entered)
 
     async def responses() -> AsyncIterator[int]:
         entered.set()
